@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Each makes its own
+# virtual environment in .venv and installs the project into it first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test check pytest bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gateway demo
+
+check: $(STAMP)
+	$(BIN)/ruff check gateway simulators tests benchmarks
+	$(BIN)/ruff format --check gateway simulators tests benchmarks
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: check pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/outbox_relay.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,220 @@
+"""The gateway application: one TaskGroup owns every driver, the rules runner and the bridge.
+
+Shutdown (`stop` set, by SIGINT/SIGTERM in the CLI): intake stops first (drivers are cancelled),
+the rules finish what is queued, the bridge gets `shutdown_grace_s` to publish what the outbox
+holds, then it publishes the offline status and everything closes. Nothing committed is lost:
+what was not published stays in the outbox for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from gateway import __version__
+from gateway.bridge.mqtt import MqttBridge
+from gateway.config import BarcodeScannerDevice, GatewayConfig
+from gateway.domain import Decision, Event, MoveTransaction, Notice, Severity
+from gateway.drivers.barcode import LabelRules
+from gateway.drivers.scanner import KIND as SCANNER_KIND
+from gateway.drivers.scanner import BarcodeScanner
+from gateway.health import StatusBoard
+from gateway.rules.moves import ForkliftMoves, MoveSettings
+from gateway.storage import OutboxMessage, PalletMove, Store
+from gateway.supervisor import Backoff, supervise
+from gateway.wire import Topics, move_message, notice_message
+
+log = structlog.get_logger("gateway.app")
+
+Clock = Callable[[], dt.datetime]
+TICK_S = 1.0
+
+
+def utc_now() -> dt.datetime:
+    """The wall clock, timezone-aware."""
+    return dt.datetime.now(dt.UTC)
+
+
+class Gateway:
+    """Runs the whole gateway for one site config until `stop` is set."""
+
+    def __init__(self, config: GatewayConfig, *, clock: Clock = utc_now) -> None:
+        self.config = config
+        self.clock = clock
+        self.topics = Topics(config.gateway.site, config.gateway.id)
+        self.board = StatusBoard(clock)
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=config.rules.queue_size)
+        self.notices_dropped = 0
+        self._alarm_raised = False
+        self.bridge: MqttBridge | None = None
+        self.store: Store | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down in order."""
+        config = self.config
+        store = await Store.open(config.storage.path, max_rows=config.storage.outbox_max_rows)
+        self.store = store
+        try:
+            moves = ForkliftMoves(
+                MoveSettings(
+                    timeout=dt.timedelta(seconds=config.rules.move.timeout_s),
+                    repeat_window=dt.timedelta(seconds=config.rules.move.repeat_window_s),
+                ),
+                pallet_locations=await store.pallet_locations(),
+                stations={
+                    d.id: d.location
+                    for d in config.devices
+                    if d.role == "station" and d.location is not None
+                },
+            )
+            bridge = MqttBridge(
+                config.broker,
+                topics=self.topics,
+                store=store,
+                board=self.board,
+                version=__version__,
+                clock=self.clock,
+            )
+            self.bridge = bridge
+            log.info(
+                "gateway starting",
+                site=config.gateway.site,
+                gateway=config.gateway.id,
+                devices=len(config.devices),
+                outbox_depth=store.depth,
+            )
+            async with asyncio.TaskGroup() as tg:
+                bridge_task = tg.create_task(bridge.run(), name="bridge")
+                rules_task = tg.create_task(self._run_rules(moves, store), name="rules")
+                drivers = [
+                    tg.create_task(self._supervised(device), name=f"device.{device.id}")
+                    for device in config.devices
+                ]
+                await stop.wait()
+                log.info("gateway stopping", grace_s=config.gateway.shutdown_grace_s)
+                for task in drivers:
+                    task.cancel()
+                await asyncio.wait(drivers) if drivers else None
+                await self._drain(store, bridge)
+                bridge.stop()
+                try:
+                    await asyncio.wait_for(asyncio.shield(bridge_task), timeout=5.0)
+                except TimeoutError:
+                    bridge_task.cancel()
+                rules_task.cancel()
+        finally:
+            await store.close()
+        log.info("gateway stopped", outbox_depth=store.depth)
+
+    async def _supervised(self, device: BarcodeScannerDevice) -> None:
+        health = self.board.add(device.id, SCANNER_KIND)
+        driver = BarcodeScanner(
+            device,
+            labels=LabelRules(
+                re.compile(self.config.labels.location_pattern),
+                aim_symbology=device.framing.aim_symbology,
+            ),
+            emit=self.queue.put,
+            health=health,
+            clock=self.clock,
+        )
+        await supervise(driver.run, health, Backoff(device.backoff.min_s, device.backoff.max_s))
+
+    async def _drain(self, store: Store, bridge: MqttBridge) -> None:
+        """Finish queued events, then give the bridge the grace period to empty the outbox."""
+        grace = self.config.gateway.shutdown_grace_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        try:
+            await asyncio.wait_for(self.queue.join(), timeout=grace)
+        except TimeoutError:
+            log.warning("rules did not finish queued events in time", queued=self.queue.qsize())
+        while (store.depth > 0 or bridge.statuses_pending) and bridge.connected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await store.wait_changed(store.version, timeout=min(remaining, 0.2))
+        if store.depth:
+            log.warning("outbox not empty at stop: kept for the next start", depth=store.depth)
+
+    async def _run_rules(self, moves: ForkliftMoves, store: Store) -> None:
+        batch_max = self.config.storage.commit_batch
+        while True:
+            try:
+                first = await asyncio.wait_for(self.queue.get(), timeout=TICK_S)
+            except TimeoutError:
+                await self._commit(moves.on_tick(self.clock()), store)
+                continue
+            events = [first]
+            while len(events) < batch_max and not self.queue.empty():
+                events.append(self.queue.get_nowait())
+            decisions: list[Decision] = []
+            for event in events:
+                decisions.extend(moves.on_event(event))
+            await self._commit(decisions, store)
+            for _ in events:
+                self.queue.task_done()
+
+    async def _commit(self, decisions: Sequence[Decision], store: Store) -> None:
+        """Commit decisions to the outbox; transactions wait for room, notices are dropped."""
+        txs = [d for d in decisions if isinstance(d, MoveTransaction)]
+        notices = [d for d in decisions if isinstance(d, Notice)]
+        for notice in notices:
+            log.info("notice", code=notice.code, device=notice.device_id, message=notice.message)
+        messages: list[OutboxMessage] = [move_message(tx, self.topics) for tx in txs]
+        while len(messages) > store.room():
+            self._raise_outbox_alarm(store, full=True)
+            await store.wait_changed(store.version, timeout=1.0)
+        room = store.room() - len(messages)
+        kept = [notice_message(n, self.topics) for n in notices[:room]]
+        if len(notices) > room:
+            self.notices_dropped += len(notices) - room
+        messages.extend(kept)
+        alarm = self._outbox_alarm(store, extra=len(messages))
+        if alarm is not None and len(messages) < store.room():
+            messages.append(notice_message(alarm, self.topics))
+        if not messages:
+            return
+        await store.commit(
+            messages,
+            [PalletMove(tx.sscc, tx.to_location, tx.tx_id) for tx in txs],
+        )
+        for tx in txs:
+            log.info(
+                "move committed",
+                tx_id=tx.tx_id,
+                sscc=tx.sscc,
+                from_location=tx.from_location,
+                to_location=tx.to_location,
+            )
+
+    def _outbox_alarm(self, store: Store, *, extra: int) -> Notice | None:
+        """An alarm the first time the outbox passes its alarm level; re-armed below 90% of it."""
+        level = int(store.max_rows * self.config.storage.outbox_alarm_ratio)
+        depth = store.depth + extra
+        if depth < level * 0.9:
+            self._alarm_raised = False
+            return None
+        if depth < level or self._alarm_raised:
+            return None
+        self._alarm_raised = True
+        log.error("outbox nearly full", depth=depth, limit=store.max_rows)
+        return Notice(
+            code="outbox_high",
+            message=(
+                f"outbox holds {depth} of {store.max_rows} messages: the broker is not taking "
+                "them; at the limit new scans are held back"
+            ),
+            at=self.clock(),
+            severity=Severity.ERROR,
+            details={"depth": depth, "limit": store.max_rows},
+        )
+
+    def _raise_outbox_alarm(self, store: Store, *, full: bool) -> None:
+        if full and not getattr(self, "_full_logged", False):
+            log.error("outbox full: intake held back", depth=store.depth, limit=store.max_rows)
+            self._full_logged = True

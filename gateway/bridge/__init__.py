@@ -1,0 +1,1 @@
+"""MQTT: publishing from the outbox, retained statuses, and (later) commands and reference data."""

@@ -1,0 +1,283 @@
+"""The MQTT bridge (aiomqtt, MQTT 5 by default): publishes the outbox and the retained statuses.
+
+Delivery contract: each outbox row is published with QoS 1 and deleted only when the broker's
+PUBACK carries a success reason code. In-flight publishes are capped by a semaphore. When the
+connection drops, unacknowledged rows stay in the outbox and are published again, in order,
+after the reconnect: a consumer may see a transaction twice, always with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.config import BrokerConfig
+from gateway.health import StatusBoard
+from gateway.storage import PendingMessage, Store
+from gateway.supervisor import Backoff
+from gateway.wire import Topics, encode, gateway_status_payload
+
+log = structlog.get_logger("gateway.bridge")
+
+# How long one publish may wait for its PUBACK before the connection is taken as dead.
+PUBACK_TIMEOUT_S = 30.0
+# Rows read from the outbox per query.
+FETCH_BATCH = 500
+
+
+class PublishRefused(Exception):
+    """The broker answered a publish with a failure reason code (e.g. not authorized)."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"broker refused publish to {topic!r}: {reason}")
+        self.topic = topic
+        self.reason = reason
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, plus the PUBACK reason code (aiomqtt 2.x discards it).
+
+    `publish_acked` follows aiomqtt 2.5's own `publish`; it relies on two private helpers of
+    that version (`_pending_call`, `_wait_for`), which is why the dependency is pinned below 3.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reasons: dict[int, ReasonCode] = {}
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        self._reasons[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_acked(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+        """Publish and wait for the broker's acknowledgement; raise if it refused."""
+        info = self._client.publish(topic, payload, qos, retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                await self._wait_for(confirmation.wait(), timeout=PUBACK_TIMEOUT_S)
+        reason = self._reasons.pop(info.mid, None)
+        if reason is not None and reason.is_failure:
+            raise PublishRefused(topic, str(reason))
+
+
+class MqttBridge:
+    """Owns the broker connection: statuses, the outbox relay, reconnects.
+
+    Args:
+        config: the broker section of the site config.
+        topics: this gateway's topic names.
+        store: the outbox.
+        board: device statuses to publish retained.
+        version: software version for the gateway status.
+        clock: wall clock.
+    """
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        topics: Topics,
+        store: Store,
+        board: StatusBoard,
+        version: str,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._config = config
+        self._topics = topics
+        self._store = store
+        self._board = board
+        self._version = version
+        self._started_at = clock()
+        self._stop = asyncio.Event()
+        self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
+        self.connected = False
+        self.published = 0
+        self.refused = 0
+        self.statuses_pending = True
+
+    def stop(self) -> None:
+        """Ask the bridge to publish its offline status and disconnect."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Connect, publish, reconnect on failure; returns after `stop()`."""
+        while not self._stop.is_set():
+            try:
+                await self._session()
+            except* (aiomqtt.MqttError, OSError, PublishRefused) as group:
+                self._down(_first(group))
+            if self._stop.is_set():
+                return
+            delay = self._backoff.next_delay()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    def _down(self, error: BaseException) -> None:
+        if self.connected:
+            log.warning("broker connection lost", error=str(error))
+        else:
+            log.debug("broker not reachable", error=str(error))
+        self.connected = False
+
+    def _client(self) -> _Client:
+        config = self._config
+        will_payload = encode(
+            gateway_status_payload(
+                online=False,
+                topics=self._topics,
+                version=self._version,
+                started_at=self._started_at,
+                reason="connection lost",
+            )
+        )
+        tls_params = None
+        if config.tls is not None:
+            tls_params = aiomqtt.TLSParameters(
+                ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
+                certfile=str(config.tls.cert_file) if config.tls.cert_file else None,
+                keyfile=str(config.tls.key_file) if config.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client = _Client(
+            config.host,
+            config.port,
+            username=config.username,
+            password=config.password(),
+            identifier=config.client_id or f"gw-{self._topics.site}-{self._topics.gateway}",
+            protocol=(
+                aiomqtt.ProtocolVersion.V5
+                if config.protocol == "5"
+                else aiomqtt.ProtocolVersion.V311
+            ),
+            will=aiomqtt.Will(self._topics.status, will_payload, qos=1, retain=True),
+            keepalive=config.keepalive_s,
+            timeout=10,
+            max_inflight_messages=config.max_inflight,
+            tls_params=tls_params,
+        )
+        # aiomqtt warns above this many pending calls; the semaphore is the real cap.
+        client.pending_calls_threshold = config.max_inflight + 50
+        return client
+
+    async def _session(self) -> None:
+        client = self._client()
+        async with client:
+            await self._publish_status(client, online=True, reason="started")
+            if not self.connected:
+                log.info("broker connected", host=self._config.host, port=self._config.port)
+            self.connected = True
+            self._backoff.reset()
+            self._board.mark_all()
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._watch_connection(client), name="bridge.watch"),
+                    tg.create_task(self._publish_statuses(client), name="bridge.statuses"),
+                    tg.create_task(self._relay(client), name="bridge.relay"),
+                ]
+                await self._stop.wait()
+                for task in tasks:
+                    task.cancel()
+            await self._publish_status(client, online=False, reason="stopped")
+            self.connected = False
+            log.info("broker disconnected: gateway stopping")
+
+    async def _publish_status(self, client: _Client, *, online: bool, reason: str) -> None:
+        payload = gateway_status_payload(
+            online=online,
+            topics=self._topics,
+            version=self._version,
+            started_at=self._started_at,
+            reason=reason,
+        )
+        await client.publish_acked(self._topics.status, encode(payload), qos=1, retain=True)
+
+    async def _watch_connection(self, client: _Client) -> None:
+        # aiomqtt's message iterator raises MqttError when the connection drops.
+        async for _ in client.messages:
+            pass
+
+    async def _publish_statuses(self, client: _Client) -> None:
+        while True:
+            self.statuses_pending = False
+            for health in await self._board.changed():
+                self.statuses_pending = True
+                await client.publish_acked(
+                    self._topics.device_status(health.device_id),
+                    encode(health.payload()),
+                    qos=1,
+                    retain=True,
+                )
+
+    async def _relay(self, client: _Client) -> None:
+        inflight = asyncio.Semaphore(self._config.max_inflight)
+        acked: list[int] = []
+        ack_ready = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._record_acks(acked, ack_ready), name="bridge.acks")
+            cursor = 0
+            while True:
+                seen = self._store.version
+                rows = await self._store.pending(after_seq=cursor, limit=FETCH_BATCH)
+                if not rows:
+                    await self._store.wait_changed(seen, timeout=5.0)
+                    continue
+                for row in rows:
+                    await inflight.acquire()
+                    tg.create_task(self._publish_row(client, row, inflight, acked, ack_ready))
+                cursor = rows[-1].seq
+
+    async def _publish_row(
+        self,
+        client: _Client,
+        row: PendingMessage,
+        inflight: asyncio.Semaphore,
+        acked: list[int],
+        ack_ready: asyncio.Event,
+    ) -> None:
+        try:
+            await client.publish_acked(row.topic, row.payload, qos=row.qos, retain=row.retain)
+        except PublishRefused as err:
+            # The row stays in the outbox; the session restarts and tries again after backoff.
+            self.refused += 1
+            log.error("broker refused a message", topic=row.topic, reason=err.reason)  # noqa: TRY400
+            raise
+        finally:
+            inflight.release()
+        acked.append(row.seq)
+        ack_ready.set()
+        self.published += 1
+
+    async def _record_acks(self, acked: list[int], ack_ready: asyncio.Event) -> None:
+        while True:
+            await ack_ready.wait()
+            ack_ready.clear()
+            batch = acked[:]
+            del acked[: len(batch)]
+            await self._store.acknowledge(batch)
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -1,0 +1,313 @@
+"""The site configuration: one TOML file, validated into typed models at start.
+
+Unknown keys are errors. `load_config` raises `ConfigError`, whose `errors` name the file,
+the key and what was expected, one line each.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# Identifiers end up in MQTT topics: no wildcards, separators or spaces.
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+SUFFIX_NAMES = {"CR": "\r", "LF": "\n", "CRLF": "\r\n", "TAB": "\t", "ETX": "\x03"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Model):
+    """Who this gateway is and how it stops."""
+
+    site: Identifier
+    id: Identifier
+    shutdown_grace_s: float = Field(default=5.0, ge=0, le=300)
+
+
+class TlsConfig(_Model):
+    """TLS towards the broker. Paths are relative to the config file."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class BrokerConfig(_Model):
+    """The MQTT broker the gateway publishes to."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    max_inflight: int = Field(default=100, ge=1, le=1000)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> BrokerConfig:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+    def password(self) -> str | None:
+        """The broker password, read from the environment or the password file."""
+        if self.password_env is not None:
+            return os.environ.get(self.password_env)
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return None
+
+
+class StorageConfig(_Model):
+    """The SQLite file that holds the outbox and the gateway's state."""
+
+    path: Path
+    outbox_max_rows: int = Field(default=100_000, ge=10)
+    outbox_alarm_ratio: float = Field(default=0.8, gt=0, lt=1)
+    commit_batch: int = Field(default=100, ge=1, le=10_000)
+
+
+class LoggingConfig(_Model):
+    """Structured logs: JSON lines for a service, readable lines on a console."""
+
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class LabelsConfig(_Model):
+    """How the site's own labels look."""
+
+    location_pattern: str = r"^[A-Z]{1,3}\d{0,3}(-[A-Z0-9]{1,4}){1,4}$"
+
+    @field_validator("location_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a valid regular expression: {err}") from err
+        return value
+
+
+class SerialTransport(_Model):
+    """A serial port, by path (prefer the stable /dev/serial/by-id/ names)."""
+
+    type: Literal["serial"]
+    port: str = Field(min_length=1)
+    baudrate: int = Field(default=9600, gt=0)
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: float = 1
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, value: float) -> float:
+        if value not in (1, 1.5, 2):
+            raise ValueError("stop bits must be 1, 1.5 or 2")
+        return value
+
+
+class ScannerFraming(_Model):
+    """Where one barcode ends and the next begins."""
+
+    suffix: str = Field(default="CR", min_length=1)
+    prefix: str = ""
+    aim_symbology: bool = False
+    max_length: int = Field(default=512, ge=16, le=65536)
+
+    @property
+    def suffix_bytes(self) -> bytes:
+        """The terminator as bytes: a name (CR, LF, CRLF, TAB, ETX) or the literal string."""
+        return SUFFIX_NAMES.get(self.suffix.upper(), self.suffix).encode("latin-1")
+
+
+class BackoffConfig(_Model):
+    """Capped, jittered restart delays for a failing device."""
+
+    min_s: float = Field(default=0.5, gt=0)
+    max_s: float = Field(default=30.0, gt=0)
+
+
+class BarcodeScannerDevice(_Model):
+    """A serial barcode scanner on a forklift or at a station."""
+
+    id: Identifier
+    kind: Literal["barcode_scanner"]
+    transport: SerialTransport
+    role: Literal["forklift", "receiving", "shipping", "station"] = "forklift"
+    location: str | None = None
+    framing: ScannerFraming = ScannerFraming()
+    queue_size: int = Field(default=256, ge=1, le=100_000)
+    backoff: BackoffConfig = BackoffConfig()
+
+
+DeviceConfig = Annotated[BarcodeScannerDevice, Field(discriminator="kind")]
+
+
+class MoveRuleConfig(_Model):
+    """The forklift move: pallet label, then location label, within a timeout."""
+
+    timeout_s: float = Field(default=60.0, gt=0)
+    repeat_window_s: float = Field(default=2.0, ge=0)
+
+
+class RulesConfig(_Model):
+    """Parameters of the rules engine."""
+
+    move: MoveRuleConfig = MoveRuleConfig()
+    queue_size: int = Field(default=1024, ge=1, le=1_000_000)
+
+
+class GatewayConfig(_Model):
+    """The whole site configuration."""
+
+    gateway: GatewaySection
+    broker: BrokerConfig
+    storage: StorageConfig
+    logging: LoggingConfig = LoggingConfig()
+    labels: LabelsConfig = LabelsConfig()
+    rules: RulesConfig = RulesConfig()
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_device_ids(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for device in self.devices:
+            if device.id in seen:
+                raise ValueError(f"device id {device.id!r} is used twice")
+            seen.add(device.id)
+        return self
+
+
+class ConfigError(Exception):
+    """The configuration could not be loaded; `errors` has one line per problem."""
+
+    def __init__(self, path: Path, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.path = path
+        self.errors = errors
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read, validate and resolve the TOML file at `path`."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(path, [f"{path}: cannot read: {err.strerror or err}"]) from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, [f"{path}: not valid TOML: {err}"]) from err
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> GatewayConfig:
+    """Validate an already parsed document; relative paths are taken from `path`'s folder."""
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(path, [_describe(path, e) for e in err.errors()]) from err
+    config = _resolve_paths(config, path.parent)
+    problems = _check_environment(config, path)
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def _describe(path: Path, error: Any) -> str:
+    key = _key(error["loc"])
+    if error["type"] == "missing":
+        what = "required key is missing"
+    elif error["type"] == "extra_forbidden":
+        what = "unknown key (not allowed here; check the spelling)"
+    elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        key += ".kind"
+        tag = error.get("ctx", {}).get("tag")
+        expected = ", ".join(sorted(_DEVICE_KINDS))
+        what = f"unknown device kind {tag!r}; expected one of: {expected}"
+    elif isinstance(error.get("input"), dict | list):
+        what = error["msg"]
+    else:
+        what = f"{error['msg']} (got {error.get('input')!r})"
+    return f"{path}: {key or '(top level)'}: {what}"
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif i > 0 and isinstance(loc[i - 1], int) and part in _DEVICE_KINDS:
+            continue  # the discriminator tag pydantic inserts after a list index
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_DEVICE_KINDS = {"barcode_scanner"}
+
+
+def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
+    def resolve(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else base / p)
+
+    storage = config.storage.model_copy(update={"path": resolve(config.storage.path)})
+    broker_update: dict[str, Any] = {"password_file": resolve(config.broker.password_file)}
+    if config.broker.tls is not None:
+        tls = config.broker.tls
+        broker_update["tls"] = tls.model_copy(
+            update={
+                "ca_file": resolve(tls.ca_file),
+                "cert_file": resolve(tls.cert_file),
+                "key_file": resolve(tls.key_file),
+            }
+        )
+    broker = config.broker.model_copy(update=broker_update)
+    return config.model_copy(update={"storage": storage, "broker": broker})
+
+
+def _check_environment(config: GatewayConfig, path: Path) -> list[str]:
+    problems = []
+    broker = config.broker
+    if broker.password_env is not None and broker.password_env not in os.environ:
+        problems.append(
+            f"{path}: broker.password_env: environment variable {broker.password_env!r} is not set"
+        )
+    files = {"broker.password_file": broker.password_file}
+    if broker.tls is not None:
+        files |= {
+            "broker.tls.ca_file": broker.tls.ca_file,
+            "broker.tls.cert_file": broker.tls.cert_file,
+            "broker.tls.key_file": broker.tls.key_file,
+        }
+    for key, file in files.items():
+        if file is not None and not file.is_file():
+            problems.append(f"{path}: {key}: file {str(file)!r} does not exist")
+    return problems

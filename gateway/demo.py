@@ -1,0 +1,193 @@
+"""`gateway demo`: the gateway, a simulated forklift scanner and an embedded broker, live.
+
+The scanner simulator (a pseudo-terminal) plays forklift shifts with a few planted problems
+(a torn label, a bad check digit, a location scanned first); the gateway validates the moves and
+publishes them; a subscriber prints every transaction, event and status as it is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import signal
+import socket
+import tempfile
+import tomllib
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import typer
+from amqtt.broker import Broker
+
+from gateway.app import Gateway
+from gateway.config import GatewayConfig, parse_config
+from gateway.health import DeviceState
+from gateway.wire import Topics
+from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
+from simulators.scanner import Garbage, ScannerSimulator, Step, Type, shift_script
+
+LOCATIONS = [
+    f"{aisle}-{bay:02d}-{level:02d}" for aisle in "ABC" for bay in (1, 2) for level in (1, 2)
+]
+
+
+async def run_demo(
+    *, broker: str | None, pallets: int, pace_s: float, state_dir: Path | None
+) -> None:
+    """Run the demo until Ctrl-C."""
+    with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
+        workdir = state_dir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        async with _broker(broker) as (host, port, protocol):
+            config = demo_config(workdir, host=host, port=port, protocol=protocol)
+            _banner(config, embedded=broker is None)
+            await _run(config, workdir / "scanner-fl-07", pallets=pallets, pace_s=pace_s)
+
+
+def demo_config(workdir: Path, *, host: str, port: int, protocol: str) -> GatewayConfig:
+    """The shipped demo configuration, pointed at this run's broker, scanner and folder."""
+    example = resources.files("gateway").joinpath("examples/demo.toml")
+    raw: dict[str, Any] = tomllib.loads(example.read_text("utf-8"))
+    raw["broker"].update(host=host, port=port, protocol=protocol)
+    raw["storage"]["path"] = str(workdir / "gateway.db")
+    raw["devices"][0]["transport"]["port"] = str(workdir / "scanner-fl-07")
+    return parse_config(raw, Path(str(example)))
+
+
+@contextlib.asynccontextmanager
+async def _broker(address: str | None) -> AsyncIterator[tuple[str, int, str]]:
+    if address is not None:
+        host, _, given = address.rpartition(":")
+        yield host or "127.0.0.1", int(given or 1883), "5"
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    embedded = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
+    await embedded.start()
+    try:
+        yield "127.0.0.1", port, "3.1.1"
+    finally:
+        await embedded.shutdown()
+
+
+async def _run(config: GatewayConfig, link: Path, *, pallets: int, pace_s: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(config)
+    async with ScannerSimulator(link) as scanner, asyncio.TaskGroup() as tg:
+        view = tg.create_task(_live_view(config), name="demo.view")
+        await asyncio.sleep(0.5)  # let the view subscribe before the first publish
+        run = tg.create_task(gateway.run(stop), name="demo.gateway")
+        shifts = tg.create_task(_shifts(gateway, scanner, pallets, pace_s), name="demo.shifts")
+        await run
+        shifts.cancel()
+        view.cancel()
+    typer.echo("demo stopped")
+
+
+async def _shifts(gateway: Gateway, scanner: ScannerSimulator, pallets: int, pace_s: float) -> None:
+    """Play shift after shift once the gateway has the scanner open."""
+    # Polls the health record the driver updates (scans typed before the port opens are lost).
+    while (h := gateway.board.devices.get("fl-07")) is None or h.state is not DeviceState.CONNECTED:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    shift = 0
+    while True:
+        steps, _ = shift_script(
+            pallets=pallets, locations=LOCATIONS, seed=shift, pause_s=(pace_s * 0.5, pace_s * 1.5)
+        )
+        await scanner.run(_with_problems(steps, shift, pace_s))
+        shift += 1
+
+
+def _with_problems(steps: list[Step], shift: int, pace_s: float) -> list[Step]:
+    """Plant the problems a real shift has: a damaged label, a torn read, a skipped pallet scan."""
+    damaged = sscc_label(sscc("0614141", 900_000 + shift))
+    planted: list[Step] = [
+        Type(corrupt_check_digit(damaged), aim="]C1", pause_s=pace_s),
+        Garbage(b"\x1b\x00#%&\r", pause_s=pace_s),
+        Type("B-02-01", pause_s=pace_s),
+    ]
+    middle = len(steps) // 2
+    return steps[:middle] + planted + steps[middle:]
+
+
+async def _live_view(config: GatewayConfig) -> None:
+    topics = Topics(config.gateway.site, config.gateway.id)
+    protocol = (
+        aiomqtt.ProtocolVersion.V5
+        if config.broker.protocol == "5"
+        else aiomqtt.ProtocolVersion.V311
+    )
+    while True:
+        try:
+            async with aiomqtt.Client(
+                config.broker.host, config.broker.port, protocol=protocol, identifier="demo-view"
+            ) as client:
+                await client.subscribe(f"{topics.base}/#", qos=1)
+                async for message in client.messages:
+                    payload = message.payload
+                    if isinstance(payload, bytes | bytearray) and payload:
+                        line = describe(str(message.topic), json.loads(payload), topics)
+                        if line:
+                            typer.echo(line)
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.5)
+
+
+_DEVICE_STATES: dict[str, str] = {}
+
+
+def describe(topic: str, payload: dict[str, Any], topics: Topics) -> str | None:
+    """One readable line for a published message (device statuses only when the state changes)."""
+    now = dt.datetime.now().strftime("%H:%M:%S")  # local time, for people
+    rel = topic.removeprefix(topics.base + "/")
+    if rel == "tx/move":
+        origin = payload["from_location"] or "(unknown)"
+        tag = typer.style(" MOVE  ", fg=typer.colors.GREEN, bold=True)
+        return (
+            f"{now} {tag} pallet {payload['sscc']}  {origin} -> {payload['to_location']}"
+            f"   tx {payload['tx_id'][:8]}"
+        )
+    if rel in ("event", "alarm"):
+        colour = typer.colors.RED if rel == "alarm" else typer.colors.YELLOW
+        tag = typer.style(f" {rel.upper():<6}", fg=colour, bold=True)
+        return f"{now} {tag} {payload['code']}: {payload['message']}"
+    if rel == "status":
+        tag = typer.style(" GATEWAY", fg=typer.colors.CYAN, bold=True)
+        return f"{now} {tag} {payload['state']} ({payload['reason']})"
+    if rel.startswith("device/") and rel.endswith("/status"):
+        if _DEVICE_STATES.get(payload["device"]) == payload["state"]:
+            return None
+        _DEVICE_STATES[payload["device"]] = payload["state"]
+        tag = typer.style(" DEVICE", fg=typer.colors.CYAN)
+        error = f": {payload['last_error']}" if payload["state"] == "disconnected" else ""
+        return f"{now} {tag} {payload['device']} {payload['state']}{error}"
+    return None
+
+
+def _banner(config: GatewayConfig, *, embedded: bool) -> None:
+    where = "embedded amqtt broker" if embedded else "broker"
+    typer.echo(
+        typer.style("Warehouse edge gateway demo", bold=True)
+        + f": site {config.gateway.site}, gateway {config.gateway.id}, {where} at "
+        f"{config.broker.host}:{config.broker.port}.\n"
+        "A simulated forklift scanner scans pallets and locations; every published "
+        "transaction, event and status is shown below. Ctrl-C stops.\n"
+        f"Watch it with any MQTT client: mosquitto_sub -h {config.broker.host} "
+        f"-p {config.broker.port} -t 'gw/#' -v\n"
+    )

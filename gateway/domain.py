@@ -1,0 +1,138 @@
+"""Domain events and transactions: frozen values that flow from drivers to rules to the outbox.
+
+Drivers emit scans; the rules turn them into transactions and notices. Nothing here does I/O,
+so `gateway.rules` may import it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+# Every tx_id is a UUID v5 in this namespace, over a canonical form of what the transaction
+# records, so that a replay of the same input carries the same id.
+TX_NAMESPACE = uuid.UUID("6f0c1d2e-5a57-4c4e-9d0e-7761726568f1")
+
+
+class ScanKind(enum.StrEnum):
+    """What a successfully read barcode identifies."""
+
+    PALLET = "pallet"  # an SSCC (AI 00): a logistic unit
+    ITEM = "item"  # a GTIN, with lot, expiry, serial or count when the label carries them
+    LOCATION = "location"  # a location label: the site's own pattern, or a GLN (AI 414)
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """A barcode read and understood by a scanner driver."""
+
+    device_id: str
+    at: dt.datetime
+    raw: str
+    kind: ScanKind
+    symbology: str | None = None
+    sscc: str | None = None
+    gtin: str | None = None
+    lot: str | None = None
+    expiry: dt.date | None = None
+    serial: str | None = None
+    count: int | None = None
+    location: str | None = None
+
+    @property
+    def code(self) -> str:
+        """The identity the scan stands for, used to spot repeated scans."""
+        return self.sscc or self.location or self.gtin or self.raw
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedScan:
+    """A barcode the driver could not accept, with the reason why."""
+
+    device_id: str
+    at: dt.datetime
+    raw: str
+    reason: str
+
+
+Event = Scan | RejectedScan
+
+
+class Severity(enum.StrEnum):
+    """How much a notice matters to the people on the floor."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something a person or a monitoring system should see: a rejected scan, a timed-out move.
+
+    Published on the `event` topic. `code` is a stable machine-readable reason.
+    """
+
+    code: str
+    message: str
+    at: dt.datetime
+    severity: Severity = Severity.WARNING
+    device_id: str | None = None
+    location: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event_id(self) -> str:
+        """Deterministic id over the notice's content."""
+        return deterministic_id(
+            "notice", self.code, self.device_id, self.location, _iso(self.at), self.details
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MoveTransaction:
+    """A validated pallet move: `sscc` left `from_location` (None when unknown) for `to_location`."""
+
+    sscc: str
+    from_location: str | None
+    to_location: str
+    device_id: str
+    pallet_scanned_at: dt.datetime
+    confirmed_at: dt.datetime
+    exceptions: tuple[str, ...] = ()
+
+    @property
+    def tx_id(self) -> str:
+        """Deterministic id: the same scans always give the same id."""
+        return deterministic_id(
+            "move",
+            self.sscc,
+            self.from_location,
+            self.to_location,
+            self.device_id,
+            _iso(self.confirmed_at),
+        )
+
+
+Transaction = MoveTransaction
+Decision = MoveTransaction | Notice
+
+
+def deterministic_id(*parts: Any) -> str:
+    """A UUID v5 over the canonical JSON of `parts`."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return str(uuid.uuid5(TX_NAMESPACE, canonical))
+
+
+def content_digest(payload: bytes) -> str:
+    """Short hex digest used as an idempotency key for payloads without an id of their own."""
+    return hashlib.sha256(payload).hexdigest()[:32]
+
+
+def _iso(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).isoformat(timespec="microseconds")

@@ -1,0 +1,26 @@
+"""JSON Schemas of every payload the gateway publishes, shipped with the package."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+NAMES = ("move", "event", "gateway-status", "device-status")
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    """The schema called `name` (one of `NAMES`)."""
+    text = resources.files(__package__).joinpath(f"{name}.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    """A validator for the schema called `name`, checking formats too."""
+    return Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)

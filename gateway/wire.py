@@ -1,0 +1,128 @@
+"""The wire contract: MQTT topics and the JSON payloads published on them.
+
+Each payload has a JSON Schema in `gateway/schemas/` (see `docs/mqtt.md`). Payloads are built
+only here, so the schema, the docs and the code change together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.domain import MoveTransaction, Notice, Severity
+from gateway.storage import OutboxMessage
+
+WIRE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names for one gateway: `gw/{site}/{gateway}/...`."""
+
+    site: str
+    gateway: str
+
+    @property
+    def base(self) -> str:
+        """The prefix every topic of this gateway starts with."""
+        return f"gw/{self.site}/{self.gateway}"
+
+    @property
+    def status(self) -> str:
+        """Retained online/offline status; also the last will."""
+        return f"{self.base}/status"
+
+    def device_status(self, device_id: str) -> str:
+        """Retained status of one device."""
+        return f"{self.base}/device/{device_id}/status"
+
+    def tx(self, kind: str) -> str:
+        """Transactions of one kind: receive, ship or move."""
+        return f"{self.base}/tx/{kind}"
+
+    @property
+    def event(self) -> str:
+        """Notices: rejected scans, timed-out moves and other things worth seeing."""
+        return f"{self.base}/event"
+
+    @property
+    def alarm(self) -> str:
+        """Exceptions that need a person."""
+        return f"{self.base}/alarm"
+
+
+def iso(at: dt.datetime) -> str:
+    """RFC 3339 timestamp in UTC with milliseconds."""
+    return at.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def move_payload(tx: MoveTransaction, topics: Topics) -> dict[str, Any]:
+    """The `tx/move` payload."""
+    return {
+        "version": WIRE_VERSION,
+        "tx_id": tx.tx_id,
+        "type": "move",
+        "site": topics.site,
+        "gateway": topics.gateway,
+        "status": "confirmed",
+        "sscc": tx.sscc,
+        "from_location": tx.from_location,
+        "to_location": tx.to_location,
+        "exceptions": list(tx.exceptions),
+        "evidence": {
+            "device": tx.device_id,
+            "pallet_scanned_at": iso(tx.pallet_scanned_at),
+            "location_scanned_at": iso(tx.confirmed_at),
+        },
+        "occurred_at": iso(tx.confirmed_at),
+    }
+
+
+def notice_payload(notice: Notice, topics: Topics) -> dict[str, Any]:
+    """The `event` and `alarm` payload."""
+    return {
+        "version": WIRE_VERSION,
+        "event_id": notice.event_id,
+        "code": notice.code,
+        "severity": notice.severity.value,
+        "message": notice.message,
+        "site": topics.site,
+        "gateway": topics.gateway,
+        "device": notice.device_id,
+        "location": notice.location,
+        "details": notice.details,
+        "occurred_at": iso(notice.at),
+    }
+
+
+def move_message(tx: MoveTransaction, topics: Topics) -> OutboxMessage:
+    """A move, ready for the outbox."""
+    return OutboxMessage(tx.tx_id, topics.tx("move"), encode(move_payload(tx, topics)))
+
+
+def notice_message(notice: Notice, topics: Topics) -> OutboxMessage:
+    """A notice for the outbox: errors go to `alarm`, the rest to `event`."""
+    topic = topics.alarm if notice.severity is Severity.ERROR else topics.event
+    return OutboxMessage(notice.event_id, topic, encode(notice_payload(notice, topics)))
+
+
+def gateway_status_payload(
+    *, online: bool, topics: Topics, version: str, started_at: dt.datetime, reason: str
+) -> dict[str, Any]:
+    """The retained gateway status (and, offline, the last will)."""
+    return {
+        "version": WIRE_VERSION,
+        "state": "online" if online else "offline",
+        "site": topics.site,
+        "gateway": topics.gateway,
+        "software_version": version,
+        "started_at": iso(started_at),
+        "reason": reason,
+    }

@@ -1,0 +1,1 @@
+"""Stand-ins for the warehouse devices, speaking their real protocols over real transports."""

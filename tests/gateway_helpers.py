@@ -1,0 +1,86 @@
+"""Test helpers: a site config for tests and a gateway running in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from gateway.app import Gateway
+from gateway.config import GatewayConfig, parse_config
+from gateway.health import DeviceState
+from gateway.schemas import validator
+
+LOCATIONS = ["A-01-01", "A-01-02", "B-02-01", "B-02-02", "C-03-01"]
+
+
+def site_config(
+    tmp_path: Path,
+    *,
+    broker_port: int,
+    scanner: Path | None,
+    protocol: str = "5",
+    **rules: Any,
+) -> dict[str, Any]:
+    devices = []
+    if scanner is not None:
+        devices.append(
+            {
+                "id": "fl-07",
+                "kind": "barcode_scanner",
+                "transport": {"type": "serial", "port": str(scanner)},
+                "backoff": {"min_s": 0.05, "max_s": 0.3},
+            }
+        )
+    return {
+        "gateway": {"site": "DC1", "id": "dock-1", "shutdown_grace_s": 5},
+        "broker": {
+            "host": "127.0.0.1",
+            "port": broker_port,
+            "protocol": protocol,
+            "keepalive_s": 5,
+            "reconnect_min_s": 0.05,
+            "reconnect_max_s": 0.5,
+        },
+        "storage": {"path": str(tmp_path / "gateway.db")},
+        "logging": {"format": "console", "level": "debug"},
+        "rules": {"move": {"timeout_s": 30, "repeat_window_s": 1.0, **rules}},
+        "devices": devices,
+    }
+
+
+def build(raw: dict[str, Any], tmp_path: Path) -> GatewayConfig:
+    return parse_config(raw, tmp_path / "site.toml")
+
+
+@contextlib.asynccontextmanager
+async def running(config: GatewayConfig) -> AsyncIterator[Gateway]:
+    """Run a gateway until the block ends; then stop it and check it stopped cleanly."""
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    try:
+        yield gateway
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def wait_device(
+    gateway: Gateway, device: str, state: DeviceState, timeout: float = 10
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        health = gateway.board.devices.get(device)
+        if health is not None and health.state is state:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{device} never became {state}: {health and health.state}")
+        await asyncio.sleep(0.02)
+
+
+def assert_valid(schema: str, payload: Any) -> None:
+    errors = sorted(validator(schema).iter_errors(payload), key=str)
+    assert not errors, [e.message for e in errors]

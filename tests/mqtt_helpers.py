@@ -1,0 +1,167 @@
+"""Test helpers: a private Mosquitto on a free port, and a subscriber that survives its restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
+
+
+class Mosquitto:
+    """A private broker for one test; `kill()` and `start()` again reuse the same port."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.dir = workdir / f"mosquitto-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # Mosquitto drops to the `mosquitto` user when started as root unless told otherwise;
+        # staying root keeps pytest's private temp folders usable.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.config = self.dir / "mosquitto.conf"
+        self.config.write_text(
+            f"{user}listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.dir}/\n"
+            "autosave_interval 1\n"
+            "autosave_on_changes true\n"
+            # The defaults drop messages in bursts; a test broker must not.
+            "max_queued_messages 0\n"
+            "max_inflight_messages 0\n"
+            "max_inflight_bytes 0\n"
+            "max_queued_bytes 0\n"
+            f"log_dest file {self.dir}/mosquitto.log\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = (self.dir / "mosquitto.log").read_text(errors="replace")
+                raise RuntimeError(f"mosquitto exited at start: {log[-2000:]}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes without a goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+@dataclass
+class Collector:
+    """Subscribes to `topic` with a persistent session and keeps every message, across restarts."""
+
+    port: int
+    topic: str = "gw/#"
+    client_id: str = "test-collector"
+    messages: list[Received] = field(default_factory=list)
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _new: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __aenter__(self) -> Collector:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.subscribed.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    "127.0.0.1",
+                    self.port,
+                    identifier=self.client_id,
+                    clean_session=False,
+                    max_queued_incoming_messages=0,
+                ) as client:
+                    await client.subscribe(self.topic, qos=1)
+                    self.subscribed.set()
+                    async for message in client.messages:
+                        payload = message.payload
+                        assert isinstance(payload, bytes | bytearray)
+                        self.messages.append(
+                            Received(str(message.topic), bytes(payload), bool(message.retain))
+                        )
+                        self._new.set()
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
+
+    def on(self, suffix: str) -> list[Received]:
+        return [m for m in self.messages if m.topic.endswith(suffix)]
+
+    async def wait_for(self, predicate: Any, timeout: float = 20.0) -> None:
+        """Wait until `predicate(self)` is true."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate(self):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"timed out; got {len(self.messages)} messages")
+            self._new.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new.wait(), min(remaining, 0.5))
