@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -32,7 +33,7 @@ def mosquitto_binary() -> str | None:
 class Mosquitto:
     """A private broker for one test; `kill()` and `start()` again reuse the same port."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, extra: str = "") -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
@@ -46,8 +47,8 @@ class Mosquitto:
         self.config = self.dir / "mosquitto.conf"
         self.config.write_text(
             f"{user}listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            + (extra or "allow_anonymous true\n")
+            + "persistence true\n"
             f"persistence_location {self.dir}/\n"
             "autosave_interval 1\n"
             "autosave_on_changes true\n"
@@ -78,6 +79,11 @@ class Mosquitto:
                 return
             time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening")
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reads its password and ACL files again."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         """SIGKILL: the broker vanishes without a goodbye."""
@@ -114,6 +120,9 @@ class Collector:
     port: int
     topic: str = "gw/#"
     client_id: str = "test-collector"
+    username: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
     messages: list[Received] = field(default_factory=list)
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -137,6 +146,11 @@ class Collector:
                     "127.0.0.1",
                     self.port,
                     identifier=self.client_id,
+                    username=self.username,
+                    password=self.password,
+                    tls_params=(
+                        aiomqtt.TLSParameters(ca_certs=str(self.tls_ca)) if self.tls_ca else None
+                    ),
                     clean_session=False,
                     max_queued_incoming_messages=0,
                 ) as client:

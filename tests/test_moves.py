@@ -233,6 +233,7 @@ def test_timeout_via_a_later_scan_comes_before_that_scans_own_decision() -> None
     moves.on_event(pallet(P1, t(0)))
     decisions = moves.on_event(location("A-01-02", t(60) + TICK))
     assert codes(decisions) == ["move_timeout", "location_without_pallet"]
+    assert isinstance(decisions[0], Notice)
     assert decisions[0].at == t(60)
     assert moves.location_of(P1) is None
 
@@ -272,7 +273,8 @@ def test_timeouts_of_several_devices_expire_together() -> None:
     moves = rule()
     feed(moves, pallet(P1, t(0), "fl-1"), pallet(P2, t(10), "fl-2"), pallet(P3, t(50), "fl-3"))
     decisions = moves.on_tick(t(71))
-    assert sorted((d.device_id, d.details["sscc"]) for d in decisions) == [
+    assert all(isinstance(d, Notice) for d in decisions)
+    assert sorted((d.device_id, d.details["sscc"]) for d in decisions if isinstance(d, Notice)) == [
         ("fl-1", P1),
         ("fl-2", P2),
     ]
@@ -585,8 +587,8 @@ LOCATIONS = ("A-01-01", "B-02-02", "DOCK-1")
 GTINS = (GTIN, "05901234123457")
 DEVICES = ("fl-1", "fl-2", "dock-1")
 # Gaps between consecutive events, in microseconds, straddling the repeat window and the timeout.
-GAPS_US = (0, 1_000, 500_000, 1_999_999, 2_000_000, 2_000_001, 10_000_000, 30_000_000)
-GAPS_US += (59_999_999, 60_000_000, 60_000_001, 90_000_000)
+GAPS_US: tuple[int, ...] = (0, 1_000, 500_000, 1_999_999, 2_000_000, 2_000_001, 10_000_000)
+GAPS_US += (30_000_000, 59_999_999, 60_000_000, 60_000_001, 90_000_000)
 
 
 @st.composite
@@ -642,7 +644,7 @@ class ReferenceModel:
         if event.sscc is not None:
             if device in self.stations:
                 return timeouts, [self.arrive(event.sscc, self.stations[device], device, at, at)]
-            out = []
+            out: list[tuple[object, ...]] = []
             if device in self.waiting and self.waiting[device][0] != event.sscc:
                 out.append(("move_abandoned", device, at, self.waiting[device][0]))
             self.waiting[device] = (event.sscc, at)

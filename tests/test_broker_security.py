@@ -1,0 +1,129 @@
+"""Username/password, an ACL that refuses a publish, and TLS, against a private Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+import trustme
+
+from gateway.health import DeviceState
+from simulators.gs1 import sscc, sscc_label
+from simulators.scanner import ScannerSimulator, Type
+from tests.gateway_helpers import build, running, site_config, wait_device
+from tests.mqtt_helpers import Collector, Mosquitto
+
+pytestmark = pytest.mark.broker
+
+PALLET = sscc("0376123", 5)
+
+
+def password_file(path: Path, users: dict[str, str]) -> Path:
+    path.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
+    subprocess.run(["mosquitto_passwd", "-U", str(path)], check=True)
+    path.chmod(0o600)
+    return path
+
+
+async def test_refused_publish_stays_in_the_outbox_until_the_acl_allows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passwd = password_file(tmp_path / "passwd", {"gw": "gw-secret", "wms": "wms-secret"})
+    acl = tmp_path / "acl"
+    # The gateway may publish its statuses and events, but not (yet) its transactions.
+    acl.write_text(
+        "user gw\ntopic write gw/DC1/dock-1/status\ntopic write gw/DC1/dock-1/device/#\n"
+        "topic write gw/DC1/dock-1/event\n"
+        "user wms\ntopic read gw/#\n"
+    )
+    broker = Mosquitto(
+        tmp_path,
+        extra=f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n",
+    )
+    broker.start()
+    try:
+        monkeypatch.setenv("TEST_MQTT_PASSWORD", "gw-secret")
+        raw = site_config(tmp_path, broker_port=broker.port, scanner=tmp_path / "scan0")
+        raw["broker"] |= {"username": "gw", "password_env": "TEST_MQTT_PASSWORD"}
+        config = build(raw, tmp_path)
+        async with (
+            Collector(broker.port, username="wms", password="wms-secret") as wms,
+            ScannerSimulator(tmp_path / "scan0") as sim,
+            running(config) as gateway,
+        ):
+            await wait_device(gateway, "fl-07", DeviceState.CONNECTED)
+            await sim.run([Type(sscc_label(PALLET), aim="]C1"), Type("A-01-01")])
+            assert gateway.store is not None
+            assert gateway.bridge is not None
+            # The broker answers PUBACK "not authorized": the move must stay in the outbox.
+            deadline = asyncio.get_running_loop().time() + 10
+            while gateway.bridge.refused < 2:
+                assert asyncio.get_running_loop().time() < deadline, "no refusal seen"
+                await asyncio.sleep(0.05)
+            assert gateway.store.depth == 1
+            assert wms.on("/tx/move") == []
+            # The site fixes its ACL; the backlog goes through.
+            acl.write_text(
+                acl.read_text().replace(
+                    "topic write gw/DC1/dock-1/event\n", "topic write gw/DC1/dock-1/#\n"
+                )
+            )
+            broker.reload()
+            await wms.wait_for(lambda c: len(c.on("/tx/move")) == 1)
+            assert wms.on("/tx/move")[0].json()["sscc"] == PALLET
+            while gateway.store.depth:
+                await asyncio.sleep(0.05)
+    finally:
+        broker.stop()
+
+
+async def test_wrong_password_keeps_retrying_without_losing_anything(tmp_path: Path) -> None:
+    passwd = password_file(tmp_path / "passwd", {"gw": "right"})
+    broker = Mosquitto(tmp_path, extra=f"allow_anonymous false\npassword_file {passwd}\n")
+    broker.start()
+    secret = tmp_path / "mqtt.password"
+    secret.write_text("wrong\n")
+    try:
+        raw = site_config(tmp_path, broker_port=broker.port, scanner=tmp_path / "scan0")
+        raw["broker"] |= {"username": "gw", "password_file": str(secret)}
+        config = build(raw, tmp_path)
+        async with ScannerSimulator(tmp_path / "scan0") as sim, running(config) as gateway:
+            await wait_device(gateway, "fl-07", DeviceState.CONNECTED)
+            await sim.run([Type(sscc_label(PALLET), aim="]C1"), Type("A-01-01")])
+            await asyncio.sleep(1.0)
+            assert gateway.bridge is not None
+            assert not gateway.bridge.connected
+            assert gateway.store is not None
+            assert gateway.store.depth == 1
+    finally:
+        broker.stop()
+
+
+async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    broker = Mosquitto(
+        tmp_path, extra=f"allow_anonymous true\ncafile {ca_file}\ncertfile {cert}\nkeyfile {key}\n"
+    )
+    broker.start()
+    try:
+        raw = site_config(tmp_path, broker_port=broker.port, scanner=tmp_path / "scan0")
+        raw["broker"] |= {"tls": {"ca_file": str(ca_file)}}
+        config = build(raw, tmp_path)
+        async with (
+            Collector(broker.port, tls_ca=ca_file) as collector,
+            ScannerSimulator(tmp_path / "scan0") as sim,
+            running(config) as gateway,
+        ):
+            await wait_device(gateway, "fl-07", DeviceState.CONNECTED)
+            await sim.run([Type(sscc_label(PALLET), aim="]C1"), Type("A-01-01")])
+            await collector.wait_for(lambda c: len(c.on("/tx/move")) == 1)
+    finally:
+        broker.stop()
