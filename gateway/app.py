@@ -50,6 +50,7 @@ class Gateway:
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=config.rules.queue_size)
         self.notices_dropped = 0
         self._alarm_raised = False
+        self._intake_held = False
         self.bridge: MqttBridge | None = None
         self.store: Store | None = None
 
@@ -167,8 +168,13 @@ class Gateway:
             log.info("notice", code=notice.code, device=notice.device_id, message=notice.message)
         messages: list[OutboxMessage] = [move_message(tx, self.topics) for tx in txs]
         while len(messages) > store.room():
-            self._raise_outbox_alarm(store, full=True)
+            if not self._intake_held:
+                log.error("outbox full: intake held back", depth=store.depth, limit=store.max_rows)
+                self._intake_held = True
             await store.wait_changed(store.version, timeout=1.0)
+        if self._intake_held:
+            log.info("outbox has room again: intake resumed", depth=store.depth)
+            self._intake_held = False
         room = store.room() - len(messages)
         kept = [notice_message(n, self.topics) for n in notices[:room]]
         if len(notices) > room:
@@ -213,8 +219,3 @@ class Gateway:
             severity=Severity.ERROR,
             details={"depth": depth, "limit": store.max_rows},
         )
-
-    def _raise_outbox_alarm(self, store: Store, *, full: bool) -> None:
-        if full and not getattr(self, "_full_logged", False):
-            log.error("outbox full: intake held back", depth=store.depth, limit=store.max_rows)
-            self._full_logged = True

@@ -80,7 +80,8 @@ class Store:
         self._db = db
         self.max_rows = max_rows
         self._depth = depth
-        self._changed = asyncio.Condition()
+        # Resolved and replaced on every change: any number of tasks can wait on it.
+        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._version = 0
         # One connection, several tasks (rules runner, relay): one transaction at a time.
         self._tx_lock = asyncio.Lock()
@@ -152,7 +153,7 @@ class Store:
                 [(m.sscc, m.location, m.tx_id, now) for m in moves],
             )
         self._depth += inserted
-        await self._bump()
+        self._bump()
         return inserted
 
     async def pending(self, *, after_seq: int = 0, limit: int = 500) -> list[PendingMessage]:
@@ -177,7 +178,7 @@ class Store:
             await self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
             deleted = self._db.total_changes - before
         self._depth -= deleted
-        await self._bump()
+        self._bump()
 
     @property
     def version(self) -> int:
@@ -186,11 +187,12 @@ class Store:
 
     async def wait_changed(self, seen: int, timeout: float | None = None) -> None:
         """Wait until `version` differs from `seen` (or `timeout` passes)."""
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._version != seen), timeout
-                )
+        if self._version != seen:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                # shield: a waiter that times out must not cancel the future others wait on.
+                await asyncio.shield(self._changed)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
@@ -205,10 +207,10 @@ class Store:
                 raise
             await self._db.execute("COMMIT")
 
-    async def _bump(self) -> None:
+    def _bump(self) -> None:
         self._version += 1
-        async with self._changed:
-            self._changed.notify_all()
+        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        changed.set_result(None)
 
     async def pallet_locations(self) -> dict[str, str]:
         """Every pallet's last recorded location."""

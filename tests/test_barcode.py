@@ -190,21 +190,14 @@ def test_overrun_without_any_suffix_is_reported_and_the_next_label_still_comes()
 
 
 # After an overrun the framer should drop everything up to the next suffix (resynchronise).
-OVERRUN_BUG = (
-    "BUG: after an overrun with no suffix in the buffer, the framer keeps len(suffix) - 1 "
-    "runaway bytes and the tail of the runaway label, and later delivers them as a Frame; "
-    "so the frames depend on how the bytes were chunked"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=OVERRUN_BUG)
 def test_overrun_without_any_suffix_delivers_nothing_of_the_runaway_bytes() -> None:
     framer = BarcodeFramer(suffix=b"\r\n", max_length=16)
     framer.feed(b"\xff" * 100)
     assert framer.feed(b"\r\nA-01-02\r\n") == [Frame(b"A-01-02")]
 
 
-@pytest.mark.xfail(strict=True, reason=OVERRUN_BUG)
 def test_overrun_with_a_partial_multi_byte_suffix_at_the_tail() -> None:
     framer = BarcodeFramer(suffix=b"<END>", max_length=4)
     out = framer.feed(b"XXXXXXXXXX<EN")
@@ -218,7 +211,6 @@ def test_overrun_in_one_chunk_recovers_for_the_next_good_frame() -> None:
     assert out == [Overrun(40), Frame(b"A-01-02")]
 
 
-@pytest.mark.xfail(strict=True, reason=OVERRUN_BUG)
 def test_overrun_fed_byte_by_byte_recovers_for_the_next_good_frame() -> None:
     framer = BarcodeFramer(suffix=b"\r\n", max_length=16)
     stream = b"9" * 40 + b"\r\n" + b"A-01-02\r\n"
@@ -403,11 +395,6 @@ def test_truncated_element_string_is_rejected(label: bytes) -> None:
     assert "GS1 element string" in rejection(label).reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: under ]C1 (GS1-128, so always an element string) a truncated 6-8 digit element "
-    "string fails as GS1 but is then accepted as an item through biip's UPC-E reading",
-)
 @pytest.mark.parametrize("label", [b"]C10012345", b"]C1414579"])
 def test_truncated_element_string_under_gs1_128_is_not_read_as_upc_e(label: bytes) -> None:
     rejection(label)
@@ -433,11 +420,6 @@ def test_ean13_digits_whose_start_looks_like_an_ai_are_read_as_ean13_under_e0() 
     assert scan(b"]E04006381333931").gtin == "4006381333931"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a bare (no AIM prefix) GTIN whose digits also parse as a GS1 element string "
-    "is rejected ('GS1 label carries neither ...') instead of read as a GTIN",
-)
 @pytest.mark.parametrize(
     "gtin",
     ["4006381333931", "96385074", "10012345000017"],
@@ -481,11 +463,6 @@ def test_gln_location_with_extension() -> None:
     assert scan(b"4145790000000012" + b"254" + b"1A").location == "5790000000012.1A"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the GLN check digit in AI (414) is not checked (biip reports gln_error, "
-    "decode_label ignores it), so a misread location label becomes a real location",
-)
 def test_gln_with_bad_check_digit_is_rejected() -> None:
     assert "check digit" in rejection(b"4145790000000013").reason
 

@@ -20,6 +20,10 @@ from gateway.domain import RejectedScan, Scan, ScanKind
 # AIM symbology identifier: "]" + code character + modifier, e.g. ]C1 for GS1-128,
 # ]d2 for GS1 DataMatrix, ]Q3 for GS1 QR, ]E0 for EAN-13.
 _AIM = re.compile(r"^\][A-Za-z][0-9A-Za-z]")
+# GS1-128, GS1 DataBar, GS1 DataMatrix, GS1 QR, GS1 DotCode: element strings only.
+_GS1_SYMBOLOGIES = frozenset({"]C1", "]e0", "]d2", "]Q3", "]J1"})
+_SSCC_LENGTH = 18
+_GTIN_LENGTHS = frozenset({8, 12, 13, 14})
 # A label may carry printable text and the GS1 group separator (FNC1 in transmission).
 _PRINTABLE = re.compile(r"^[\x1d\x20-\x7e]+$")
 
@@ -48,23 +52,32 @@ class BarcodeFramer:
         self._prefix = prefix
         self._max = max_length
         self._buffer = bytearray()
+        self._discarding = False
 
     def feed(self, data: bytes) -> list[Frame | Overrun]:
-        """Add `data`; return every complete frame, and an `Overrun` for each runaway chunk."""
+        """Add `data`; return every complete frame, and one `Overrun` per runaway label.
+
+        A label longer than `max_length` (prefix included) is reported once and then skipped
+        up to and including its suffix, however the bytes were split.
+        """
         self._buffer += data
         out: list[Frame | Overrun] = []
         while True:
             end = self._buffer.find(self._suffix)
             if end < 0:
-                if len(self._buffer) > self._max + len(self._suffix):
-                    # Keep a possible partial suffix at the tail; drop the runaway rest.
-                    keep = len(self._suffix) - 1
-                    dropped = len(self._buffer) - keep
-                    del self._buffer[:dropped]
-                    out.append(Overrun(dropped))
+                keep = self._suffix_start()
+                runaway = len(self._buffer) - keep
+                if self._discarding or runaway > self._max:
+                    if not self._discarding:
+                        out.append(Overrun(runaway))
+                        self._discarding = True
+                    del self._buffer[:runaway]
                 return out
             frame = bytes(self._buffer[:end])
             del self._buffer[: end + len(self._suffix)]
+            if self._discarding:
+                self._discarding = False
+                continue
             if len(frame) > self._max:
                 out.append(Overrun(len(frame)))
                 continue
@@ -73,9 +86,17 @@ class BarcodeFramer:
             if frame.strip(b"\r\n\x00"):
                 out.append(Frame(frame))
 
+    def _suffix_start(self) -> int:
+        """Length of the buffer's tail that could be the start of a suffix."""
+        for size in range(min(len(self._suffix) - 1, len(self._buffer)), 0, -1):
+            if self._buffer.endswith(self._suffix[:size]):
+                return size
+        return 0
+
     def reset(self) -> None:
         """Forget a partial frame (the port was reopened)."""
         self._buffer.clear()
+        self._discarding = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,18 +131,26 @@ def decode_label(
     if rules.location_pattern.fullmatch(body):
         return Scan(device_id, at, raw, ScanKind.LOCATION, symbology, location=body)
 
-    # Without a GS1 symbology, a plain 18-digit label is read as an SSCC and 8-14 digits as a GTIN.
-    gs1_symbology = symbology in (None, "]C1", "]e0", "]d2", "]Q3", "]J1")
-    if gs1_symbology and body.isdigit() and len(body) == 18:
-        body = "00" + body
+    # Symbologies that always carry GS1 element strings, and those that carry a bare GTIN.
+    gs1_only = symbology in _GS1_SYMBOLOGIES
+    if (symbology is None or gs1_only) and body.isdigit() and len(body) == _SSCC_LENGTH:
+        body = "00" + body  # 18 digits alone are an SSCC (no element string is 18 digits long)
     try:
         result = biip.parse(body)
     except Exception as err:  # noqa: BLE001 - biip reports errors in fields; anything else is a bad label
         return reject(f"unparseable label: {err}")
 
+    # A bare EAN/UPC also parses as an element string by accident (4006381333931 reads as
+    # AI 400): without a symbology identifier, digits of a GTIN length are a GTIN.
+    bare_gtin = symbology is None and body.isdigit() and len(body) in _GTIN_LENGTHS
+    if bare_gtin and result.gtin is not None:
+        return Scan(device_id, at, raw, ScanKind.ITEM, symbology, gtin=result.gtin.value)
     message = result.gs1_message
-    if message is not None and message.element_strings and gs1_symbology:
+    if message is not None and message.element_strings and (gs1_only or symbology is None):
         return _from_gs1(message, result, device_id, at, raw, symbology, reject)
+    if gs1_only:
+        detail = result.gs1_message_error or "no element strings"
+        return reject(f"invalid GS1 element string: {detail}")
     if result.gtin is not None:
         return Scan(device_id, at, raw, ScanKind.ITEM, symbology, gtin=result.gtin.value)
     errors = [e for e in (result.sscc_error, result.gtin_error, result.gs1_message_error) if e]
@@ -155,6 +184,9 @@ def _from_gs1(
             return reject(f"bad check digit: {result.sscc_error or 'invalid SSCC'}")
         return Scan(device_id, at, raw, ScanKind.PALLET, symbology, sscc=result.sscc.value)
     if "414" in fields:
+        gln = next(e for e in message.element_strings if e.ai.ai == "414").gln
+        if gln is None:
+            return reject(f"bad check digit in GLN {fields['414']!r} (AI 414)")
         location = fields["414"] + (f".{fields['254']}" if "254" in fields else "")
         return Scan(device_id, at, raw, ScanKind.LOCATION, symbology, location=location)
     gtin = fields.get("01") or fields.get("02")
