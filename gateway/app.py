@@ -67,9 +67,7 @@ class Gateway:
                 ),
                 pallet_locations=await store.pallet_locations(),
                 stations={
-                    d.id: d.location
-                    for d in config.devices
-                    if d.role == "station" and d.location is not None
+                    d.id: d.location for d in config.devices if d.role == "station" and d.location
                 },
             )
             bridge = MqttBridge(

@@ -162,11 +162,18 @@ class BarcodeScannerDevice(_Model):
     id: Identifier
     kind: Literal["barcode_scanner"]
     transport: SerialTransport
-    role: Literal["forklift", "receiving", "shipping", "station"] = "forklift"
+    # forklift: pallet label, then location label. station: a scanner fixed at `location`;
+    # a pallet scanned there is moved there.
+    role: Literal["forklift", "station"] = "forklift"
     location: str | None = None
     framing: ScannerFraming = ScannerFraming()
-    queue_size: int = Field(default=256, ge=1, le=100_000)
     backoff: BackoffConfig = BackoffConfig()
+
+    @model_validator(mode="after")
+    def _station_has_location(self) -> BarcodeScannerDevice:
+        if self.role == "station" and not self.location:
+            raise ValueError("a scanner with role 'station' needs its `location`")
+        return self
 
 
 DeviceConfig = Annotated[BarcodeScannerDevice, Field(discriminator="kind")]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -119,7 +118,6 @@ class MoveTransaction:
         )
 
 
-Transaction = MoveTransaction
 Decision = MoveTransaction | Notice
 
 
@@ -127,11 +125,6 @@ def deterministic_id(*parts: Any) -> str:
     """A UUID v5 over the canonical JSON of `parts`."""
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return str(uuid.uuid5(TX_NAMESPACE, canonical))
-
-
-def content_digest(payload: bytes) -> str:
-    """Short hex digest used as an idempotency key for payloads without an id of their own."""
-    return hashlib.sha256(payload).hexdigest()[:32]
 
 
 def _iso(at: dt.datetime) -> str:

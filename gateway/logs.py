@@ -34,7 +34,8 @@ def configure_logging(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
+            # The console renderer prints tracebacks itself; JSON needs them as a string.
+            *([structlog.processors.format_exc_info] if fmt == "json" else []),
             renderer,
         ],
     )
