@@ -9,6 +9,7 @@ what was not published stays in the outbox for the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 from collections.abc import Callable, Sequence
@@ -17,21 +18,42 @@ import structlog
 
 from gateway import __version__
 from gateway.bridge.mqtt import MqttBridge
-from gateway.config import BarcodeScannerDevice, GatewayConfig
-from gateway.domain import Decision, Event, MoveTransaction, Notice, Severity
+from gateway.config import BarcodeScannerDevice, DeviceConfig, GatewayConfig, LlrpReaderDevice
+from gateway.domain import Decision, Event, MoveTransaction, Notice, PortalPass, Severity
 from gateway.drivers.barcode import LabelRules
+from gateway.drivers.llrp import KIND as READER_KIND
+from gateway.drivers.llrp import LlrpReader
 from gateway.drivers.scanner import KIND as SCANNER_KIND
 from gateway.drivers.scanner import BarcodeScanner
 from gateway.health import StatusBoard
+from gateway.rules.engine import RulesEngine
 from gateway.rules.moves import ForkliftMoves, MoveSettings
+from gateway.rules.portal import PortalSettings, PortalTracker
 from gateway.storage import OutboxMessage, PalletMove, Store
 from gateway.supervisor import Backoff, supervise
-from gateway.wire import Topics, move_message, notice_message
+from gateway.wire import Topics, encode, move_message, notice_message, pass_payload
 
 log = structlog.get_logger("gateway.app")
 
 Clock = Callable[[], dt.datetime]
-TICK_S = 1.0
+TICK_S = 0.2
+
+
+def portal_settings(device: LlrpReaderDevice) -> PortalSettings:
+    """The portal logic's parameters for one reader's door."""
+    tuning = device.portal
+    return PortalSettings(
+        door=device.door,
+        reader_id=device.id,
+        outside=frozenset(device.antennas.outside),
+        inside=frozenset(device.antennas.inside),
+        min_reads=tuning.min_reads,
+        window_s=tuning.window_s,
+        depart_after_s=tuning.depart_after_s,
+        join_gap_s=tuning.join_gap_s,
+        static_after_s=tuning.static_after_s,
+        min_separation_s=tuning.min_separation_s,
+    )
 
 
 def utc_now() -> dt.datetime:
@@ -49,6 +71,7 @@ class Gateway:
         self.board = StatusBoard(clock)
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=config.rules.queue_size)
         self.notices_dropped = 0
+        self.passes_seen = 0
         self._alarm_raised = False
         self._intake_held = False
         self.bridge: MqttBridge | None = None
@@ -60,14 +83,25 @@ class Gateway:
         store = await Store.open(config.storage.path, max_rows=config.storage.outbox_max_rows)
         self.store = store
         try:
-            moves = ForkliftMoves(
-                MoveSettings(
-                    timeout=dt.timedelta(seconds=config.rules.move.timeout_s),
-                    repeat_window=dt.timedelta(seconds=config.rules.move.repeat_window_s),
+            engine = RulesEngine(
+                ForkliftMoves(
+                    MoveSettings(
+                        timeout=dt.timedelta(seconds=config.rules.move.timeout_s),
+                        repeat_window=dt.timedelta(seconds=config.rules.move.repeat_window_s),
+                    ),
+                    pallet_locations=await store.pallet_locations(),
+                    stations={
+                        d.id: d.location
+                        for d in config.devices
+                        if isinstance(d, BarcodeScannerDevice)
+                        and d.role == "station"
+                        and d.location
+                    },
                 ),
-                pallet_locations=await store.pallet_locations(),
-                stations={
-                    d.id: d.location for d in config.devices if d.role == "station" and d.location
+                portals={
+                    d.id: PortalTracker(portal_settings(d))
+                    for d in config.devices
+                    if isinstance(d, LlrpReaderDevice)
                 },
             )
             bridge = MqttBridge(
@@ -78,6 +112,7 @@ class Gateway:
                 version=__version__,
                 clock=self.clock,
             )
+            bridge.debug_max_per_s = config.debug.max_per_s
             self.bridge = bridge
             log.info(
                 "gateway starting",
@@ -88,7 +123,7 @@ class Gateway:
             )
             async with asyncio.TaskGroup() as tg:
                 bridge_task = tg.create_task(bridge.run(), name="bridge")
-                rules_task = tg.create_task(self._run_rules(moves, store), name="rules")
+                rules_task = tg.create_task(self._run_rules(engine, store), name="rules")
                 drivers = [
                     tg.create_task(self._supervised(device), name=f"device.{device.id}")
                     for device in config.devices
@@ -109,18 +144,23 @@ class Gateway:
             await store.close()
         log.info("gateway stopped", outbox_depth=store.depth)
 
-    async def _supervised(self, device: BarcodeScannerDevice) -> None:
-        health = self.board.add(device.id, SCANNER_KIND)
-        driver = BarcodeScanner(
-            device,
-            labels=LabelRules(
-                re.compile(self.config.labels.location_pattern),
-                aim_symbology=device.framing.aim_symbology,
-            ),
-            emit=self.queue.put,
-            health=health,
-            clock=self.clock,
-        )
+    async def _supervised(self, device: DeviceConfig) -> None:
+        driver: BarcodeScanner | LlrpReader
+        if isinstance(device, BarcodeScannerDevice):
+            health = self.board.add(device.id, SCANNER_KIND)
+            driver = BarcodeScanner(
+                device,
+                labels=LabelRules(
+                    re.compile(self.config.labels.location_pattern),
+                    aim_symbology=device.framing.aim_symbology,
+                ),
+                emit=self.queue.put,
+                health=health,
+                clock=self.clock,
+            )
+        else:
+            health = self.board.add(device.id, READER_KIND)
+            driver = LlrpReader(device, queue=self.queue, health=health, clock=self.clock)
         await supervise(driver.run, health, Backoff(device.backoff.min_s, device.backoff.max_s))
 
     async def _drain(self, store: Store, bridge: MqttBridge) -> None:
@@ -140,23 +180,49 @@ class Gateway:
         if store.depth:
             log.warning("outbox not empty at stop: kept for the next start", depth=store.depth)
 
-    async def _run_rules(self, moves: ForkliftMoves, store: Store) -> None:
+    async def _run_rules(self, engine: RulesEngine, store: Store) -> None:
         batch_max = self.config.storage.commit_batch
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + TICK_S
         while True:
-            try:
-                first = await asyncio.wait_for(self.queue.get(), timeout=TICK_S)
-            except TimeoutError:
-                await self._commit(moves.on_tick(self.clock()), store)
-                continue
-            events = [first]
-            while len(events) < batch_max and not self.queue.empty():
+            events: list[Event] = []
+            with contextlib.suppress(TimeoutError):
+                events.append(
+                    await asyncio.wait_for(
+                        self.queue.get(), timeout=max(0.0, next_tick - loop.time())
+                    )
+                )
+            while events and len(events) < batch_max and not self.queue.empty():
                 events.append(self.queue.get_nowait())
             decisions: list[Decision] = []
             for event in events:
-                decisions.extend(moves.on_event(event))
-            await self._commit(decisions, store)
+                decisions.extend(engine.on_event(event))
+            # Time moves on even while events pour in: departures and timeouts are due.
+            if loop.time() >= next_tick:
+                decisions.extend(engine.on_tick(self.clock()))
+                next_tick = loop.time() + TICK_S
+            await self._decide(decisions, store)
             for _ in events:
                 self.queue.task_done()
+
+    async def _decide(self, decisions: Sequence[Decision], store: Store) -> None:
+        """Act on decisions: passes go to the next rules (and the debug topic), the rest is committed."""
+        passes = [d for d in decisions if isinstance(d, PortalPass)]
+        for portal_pass in passes:
+            log.info(
+                "portal pass",
+                door=portal_pass.door,
+                direction=portal_pass.direction.value,
+                tags=len(portal_pass.tags),
+                separation_s=portal_pass.separation_s,
+            )
+            if self.config.debug.passes and self.bridge is not None:
+                self.bridge.publish_debug(
+                    self.topics.debug_pass(portal_pass.door),
+                    encode(pass_payload(portal_pass, self.topics)),
+                )
+        self.passes_seen += len(passes)
+        await self._commit([d for d in decisions if not isinstance(d, PortalPass)], store)
 
     async def _commit(self, decisions: Sequence[Decision], store: Store) -> None:
         """Commit decisions to the outbox; transactions wait for room, notices are dropped."""

@@ -176,7 +176,63 @@ class BarcodeScannerDevice(_Model):
         return self
 
 
-DeviceConfig = Annotated[BarcodeScannerDevice, Field(discriminator="kind")]
+class TcpTransport(_Model):
+    """A TCP endpoint (LLRP readers listen on 5084)."""
+
+    type: Literal["tcp"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=5084, ge=1, le=65535)
+
+
+class PortalAntennas(_Model):
+    """Which antennas of the reader face the dock (outside) and the warehouse (inside)."""
+
+    outside: list[int] = Field(min_length=1)
+    inside: list[int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> PortalAntennas:
+        both = set(self.outside) & set(self.inside)
+        if both:
+            raise ValueError(f"antennas {sorted(both)} cannot face both outside and inside")
+        for antenna in (*self.outside, *self.inside):
+            if not 1 <= antenna <= 64:
+                raise ValueError(f"antenna {antenna} is out of range 1..64")
+        return self
+
+
+class PortalTuning(_Model):
+    """How the door turns reads into passes; the defaults suit a 3-4 m dock door."""
+
+    min_reads: int = Field(default=2, ge=1)
+    window_s: float = Field(default=1.0, gt=0)
+    depart_after_s: float = Field(default=1.5, gt=0)
+    join_gap_s: float = Field(default=1.0, gt=0)
+    static_after_s: float = Field(default=10.0, gt=0)
+    min_separation_s: float = Field(default=0.05, ge=0)
+
+
+class LlrpReaderDevice(_Model):
+    """An LLRP RFID reader at a dock door."""
+
+    id: Identifier
+    kind: Literal["llrp_reader"]
+    transport: TcpTransport
+    door: Identifier
+    antennas: PortalAntennas
+    tx_power_dbm: float | None = Field(default=None, description="None: the reader's maximum")
+    mode_identifier: int | None = None
+    session: Literal[0, 1, 2, 3] = 2
+    tag_population: int = Field(default=32, ge=1, le=65535)
+    report_every_n_tags: int = Field(default=200, ge=1, le=65535)
+    report_timeout_ms: int = Field(default=100, ge=10, le=60_000)
+    keepalive_s: float = Field(default=5.0, gt=0, le=3600)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    portal: PortalTuning = PortalTuning()
+    backoff: BackoffConfig = BackoffConfig()
+
+
+DeviceConfig = Annotated[BarcodeScannerDevice | LlrpReaderDevice, Field(discriminator="kind")]
 
 
 class MoveRuleConfig(_Model):
@@ -184,6 +240,13 @@ class MoveRuleConfig(_Model):
 
     timeout_s: float = Field(default=60.0, gt=0)
     repeat_window_s: float = Field(default=2.0, ge=0)
+
+
+class DebugConfig(_Model):
+    """Raw output for commissioning a site: rate-limited, QoS 0, not part of the contract."""
+
+    passes: bool = False
+    max_per_s: float = Field(default=10.0, gt=0)
 
 
 class RulesConfig(_Model):
@@ -202,6 +265,7 @@ class GatewayConfig(_Model):
     logging: LoggingConfig = LoggingConfig()
     labels: LabelsConfig = LabelsConfig()
     rules: RulesConfig = RulesConfig()
+    debug: DebugConfig = DebugConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -211,6 +275,10 @@ class GatewayConfig(_Model):
             if device.id in seen:
                 raise ValueError(f"device id {device.id!r} is used twice")
             seen.add(device.id)
+        doors = [d.door for d in self.devices if isinstance(d, LlrpReaderDevice)]
+        for door in doors:
+            if doors.count(door) > 1:
+                raise ValueError(f"door {door!r} has more than one reader")
         return self
 
 
@@ -278,7 +346,7 @@ def _key(loc: tuple[Any, ...]) -> str:
     return out
 
 
-_DEVICE_KINDS = {"barcode_scanner"}
+_DEVICE_KINDS = {"barcode_scanner", "llrp_reader"}
 
 
 def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:

@@ -59,7 +59,21 @@ class RejectedScan:
     reason: str
 
 
-Event = Scan | RejectedScan
+@dataclass(frozen=True, slots=True)
+class TagReadBatch:
+    """Tag reads from one RFID reader report, in the portal logic's compact form.
+
+    Each read is (EPC hex, antenna id, peak RSSI dBm or None, time in seconds since the epoch
+    on the gateway's clock, times seen); see `gateway.rules.portal.TagRead`.
+    """
+
+    reader_id: str
+    at: dt.datetime
+    reads: tuple[tuple[str, int, int | None, float, int], ...]
+
+
+ScanEvent = Scan | RejectedScan
+Event = Scan | RejectedScan | TagReadBatch
 
 
 class Severity(enum.StrEnum):
@@ -118,9 +132,6 @@ class MoveTransaction:
         )
 
 
-Decision = MoveTransaction | Notice
-
-
 def deterministic_id(*parts: Any) -> str:
     """A UUID v5 over the canonical JSON of `parts`."""
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
@@ -129,3 +140,53 @@ def deterministic_id(*parts: Any) -> str:
 
 def _iso(at: dt.datetime) -> str:
     return at.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+class Direction(enum.StrEnum):
+    """Which way a pallet crossed a dock door."""
+
+    INBOUND = "inbound"  # outside (dock, truck) to inside (warehouse)
+    OUTBOUND = "outbound"
+    UNKNOWN = "unknown"  # the antennas could not tell
+
+
+@dataclass(frozen=True, slots=True)
+class TagEvidence:
+    """What the reader saw of one tag during a pass."""
+
+    epc: str  # upper-case hex, as read
+    reads: int
+    antennas: tuple[int, ...]
+    peak_rssi: int | None
+    first_seen: float  # seconds since the epoch
+    last_seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class PortalPass:
+    """Tags that crossed a dock door together, with the direction and the evidence."""
+
+    door: str
+    reader_id: str
+    direction: Direction
+    tags: tuple[TagEvidence, ...]
+    started_at: float
+    ended_at: float
+    # Seconds between the power-weighted times the tags were seen outside and inside;
+    # positive is inbound. Near zero means the direction is a guess.
+    separation_s: float
+
+    @property
+    def epcs(self) -> tuple[str, ...]:
+        """The EPCs of the pass, sorted."""
+        return tuple(sorted(t.epc for t in self.tags))
+
+    @property
+    def pass_id(self) -> str:
+        """Deterministic id: door, direction, EPC set and start."""
+        return deterministic_id(
+            "pass", self.door, self.direction.value, self.epcs, round(self.started_at, 3)
+        )
+
+
+Decision = MoveTransaction | Notice | PortalPass

@@ -48,7 +48,9 @@ class DeviceHealth:
         self.last_error: str | None = None
         self.since = clock()
         self.counts: dict[str, int] = {"reads": 0, "rejected": 0, "errors": 0, "restarts": 0}
-        self._recent: deque[float] = deque(maxlen=10_000)
+        # (monotonic time, reads) per batch, for the reads/s figure; bounded.
+        self._recent: deque[tuple[float, int]] = deque(maxlen=10_000)
+        self._last_data: float | None = None
         self._on_change = on_change
         self._clock = clock
 
@@ -78,14 +80,18 @@ class DeviceHealth:
         self.counts[name] = self.counts.get(name, 0) + n
         if name == "reads":
             now = time.monotonic()
-            self._recent.extend([now] * min(n, 1000))
+            self._recent.append((now, n))
+
+    def data_received(self) -> None:
+        """The device sent something (a label, a tag report)."""
+        self._last_data = time.monotonic()
 
     def reads_per_s(self, window_s: float = 10.0) -> float:
         """Average read rate over the last `window_s` seconds."""
         cutoff = time.monotonic() - window_s
-        while self._recent and self._recent[0] < cutoff:
+        while self._recent and self._recent[0][0] < cutoff:
             self._recent.popleft()
-        return round(len(self._recent) / window_s, 2)
+        return round(sum(n for _, n in self._recent) / window_s, 2)
 
     def payload(self) -> dict[str, Any]:
         """The retained `device/{id}/status` payload."""
@@ -99,6 +105,9 @@ class DeviceHealth:
             "last_error": self.last_error,
             "counts": dict(self.counts),
             "reads_per_s": self.reads_per_s(),
+            "last_data_age_s": (
+                None if self._last_data is None else round(time.monotonic() - self._last_data, 3)
+            ),
             "at": iso(self._clock()),
         }
 

@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.domain import MoveTransaction, Notice, Severity
+from gateway.domain import MoveTransaction, Notice, PortalPass, Severity
+from gateway.epc import decode_epc
 from gateway.storage import OutboxMessage
 
 WIRE_VERSION = 1
@@ -46,6 +47,10 @@ class Topics:
     def event(self) -> str:
         """Notices: rejected scans, timed-out moves and other things worth seeing."""
         return f"{self.base}/event"
+
+    def debug_pass(self, door: str) -> str:
+        """Portal passes of one door, for commissioning (debug option, rate-limited, QoS 0)."""
+        return f"{self.base}/debug/pass/{door}"
 
     @property
     def alarm(self) -> str:
@@ -125,4 +130,38 @@ def gateway_status_payload(
         "software_version": version,
         "started_at": iso(started_at),
         "reason": reason,
+    }
+
+
+def pass_payload(portal_pass: PortalPass, topics: Topics) -> dict[str, Any]:
+    """The `debug/pass/{door}` payload: a portal pass with decoded EPCs and the evidence."""
+    tags = []
+    for tag in portal_pass.tags:
+        epc = decode_epc(tag.epc)
+        tags.append(
+            {
+                "epc": tag.epc,
+                "scheme": epc.scheme,
+                "uri": epc.uri,
+                "gtin": epc.gtin,
+                "sscc": epc.sscc,
+                "reads": tag.reads,
+                "antennas": list(tag.antennas),
+                "peak_rssi": tag.peak_rssi,
+                "first_seen": iso(dt.datetime.fromtimestamp(tag.first_seen, dt.UTC)),
+                "last_seen": iso(dt.datetime.fromtimestamp(tag.last_seen, dt.UTC)),
+            }
+        )
+    return {
+        "version": WIRE_VERSION,
+        "pass_id": portal_pass.pass_id,
+        "site": topics.site,
+        "gateway": topics.gateway,
+        "door": portal_pass.door,
+        "reader": portal_pass.reader_id,
+        "direction": portal_pass.direction.value,
+        "separation_s": portal_pass.separation_s,
+        "started_at": iso(dt.datetime.fromtimestamp(portal_pass.started_at, dt.UTC)),
+        "ended_at": iso(dt.datetime.fromtimestamp(portal_pass.ended_at, dt.UTC)),
+        "tags": tags,
     }

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import ssl
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,8 @@ log = structlog.get_logger("gateway.bridge")
 PUBACK_TIMEOUT_S = 30.0
 # Rows read from the outbox per query.
 FETCH_BATCH = 500
+# Debug messages waiting for their turn under the rate limit.
+DEBUG_BACKLOG = 100
 
 
 class PublishRefused(Exception):
@@ -114,6 +117,18 @@ class MqttBridge:
         self.published = 0
         self.refused = 0
         self.statuses_pending = True
+        # Debug output: newest first to go when more comes than the rate allows.
+        self._debug: deque[tuple[str, bytes]] = deque(maxlen=DEBUG_BACKLOG)
+        self._debug_ready = asyncio.Event()
+        self.debug_max_per_s = 10.0
+        self.debug_dropped = 0
+
+    def publish_debug(self, topic: str, payload: bytes) -> None:
+        """Queue a debug message (QoS 0, rate-limited; the oldest is dropped when too many wait)."""
+        if len(self._debug) == self._debug.maxlen:
+            self.debug_dropped += 1
+        self._debug.append((topic, payload))
+        self._debug_ready.set()
 
     def stop(self) -> None:
         """Ask the bridge to publish its offline status and disconnect."""
@@ -193,6 +208,7 @@ class MqttBridge:
                     tg.create_task(self._watch_connection(client), name="bridge.watch"),
                     tg.create_task(self._publish_statuses(client), name="bridge.statuses"),
                     tg.create_task(self._relay(client), name="bridge.relay"),
+                    tg.create_task(self._publish_debug(client), name="bridge.debug"),
                 ]
                 await self._stop.wait()
                 for task in tasks:
@@ -227,6 +243,16 @@ class MqttBridge:
                     qos=1,
                     retain=True,
                 )
+
+    async def _publish_debug(self, client: _Client) -> None:
+        interval = 1.0 / self.debug_max_per_s
+        while True:
+            await self._debug_ready.wait()
+            while self._debug:
+                topic, payload = self._debug.popleft()
+                await client.publish(topic, payload, qos=0)
+                await asyncio.sleep(interval)
+            self._debug_ready.clear()
 
     async def _relay(self, client: _Client) -> None:
         inflight = asyncio.Semaphore(self._config.max_inflight)

@@ -73,6 +73,7 @@ class BarcodeScanner:
                     raise DeviceError(f"{transport.port} failed: {err}") from err
                 if not data:
                     raise DeviceError(f"{transport.port} closed (scanner unplugged?)")
+                self._health.data_received()
                 await self._handle(framer.feed(data))
         finally:
             writer.close()

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 from gateway.domain import (
     Decision,
-    Event,
     MoveTransaction,
     Notice,
     RejectedScan,
     Scan,
+    ScanEvent,
     ScanKind,
     Severity,
 )
@@ -84,7 +84,7 @@ class ForkliftMoves:
         """The pallet's last known location."""
         return self._locations.get(sscc)
 
-    def on_event(self, event: Event) -> list[Decision]:
+    def on_event(self, event: ScanEvent) -> list[Decision]:
         """Handle one scan (its own timestamp is the clock)."""
         decisions = self.on_tick(event.at)
         if isinstance(event, RejectedScan):

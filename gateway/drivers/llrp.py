@@ -1,0 +1,288 @@
+"""LLRP RFID reader driver on sllurp's `LLRPReaderClient`.
+
+sllurp runs its own thread (a `select` loop); its callbacks run there. Each tag report is
+turned into compact reads on that thread and handed to the event loop with
+`call_soon_threadsafe`. sllurp's own reconnect (a fixed 60 s wait) is off: when the connection
+drops, the reader stops answering keepalives, or it refuses the configuration, `run()` raises
+`DeviceError` and the gateway's supervisor reconnects with its own backoff.
+
+Overflow policy: the rules' queue is bounded; when it is full, a report is dropped and counted
+(`dropped` in the device status). A tag in the field is read many times a second, so a short
+overload thins the evidence of a pass rather than losing it, and memory stays flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from sllurp.llrp import THREAD_NAME_PREFIX, LLRPReaderClient, LLRPReaderConfig, LLRPReaderState
+
+from gateway.config import LlrpReaderDevice
+from gateway.domain import Event, TagReadBatch
+from gateway.health import DeviceHealth
+from gateway.supervisor import DeviceError
+
+log = structlog.get_logger("gateway.drivers.llrp")
+
+KIND = "llrp_reader"
+# sllurp warns on every TCP split at high read rates ("Too few bytes"): ordinary, not news.
+logging.getLogger("sllurp").setLevel(logging.ERROR)
+
+# What each TagReportData must carry for the portal logic.
+_TAG_CONTENT = {
+    "EnableROSpecID": False,
+    "EnableSpecIndex": False,
+    "EnableInventoryParameterSpecID": False,
+    "EnableAntennaID": True,
+    "EnableChannelIndex": False,
+    "EnablePeakRSSI": True,
+    "EnableFirstSeenTimestamp": True,
+    "EnableLastSeenTimestamp": True,
+    "EnableTagSeenCount": True,
+    "EnableAccessSpecID": False,
+}
+
+
+class _DecodeErrors(logging.Filter):
+    """Counts the frames sllurp could not decode, per reader thread (sllurp only logs them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to decode LLRPMessage"):
+            name = record.threadName or ""
+            with self._lock:
+                self.counts[name] = self.counts.get(name, 0) + 1
+        return True
+
+
+_decode_errors = _DecodeErrors()
+logging.getLogger("sllurp.llrp").addFilter(_decode_errors)
+
+
+class ReaderClock:
+    """Maps the reader's timestamps onto the gateway's clock.
+
+    The offset is the smallest (arrival - reader time) seen: network latency is never
+    negative. A jump of more than `reset_s` (the reader's clock was set) starts over.
+    """
+
+    def __init__(self, reset_s: float = 5.0) -> None:
+        self.offset: float | None = None
+        self._reset_s = reset_s
+
+    def observe(self, arrival: float, reader_time: float) -> float:
+        """Update with one report; return the offset to add to reader times."""
+        candidate = arrival - reader_time
+        if (
+            self.offset is None
+            or abs(candidate - self.offset) > self._reset_s
+            or candidate < self.offset
+        ):
+            self.offset = candidate
+        return self.offset
+
+
+def convert_report(
+    tags: Sequence[Mapping[str, Any]], arrival: float, clock: ReaderClock
+) -> tuple[tuple[str, int, int | None, float, int], ...]:
+    """sllurp's TagReportData dicts to compact reads on the gateway's clock (sllurp's thread)."""
+    reads = []
+    newest = 0
+    for tag in tags:
+        epc = tag.get("EPC")
+        if not epc:
+            continue
+        seen_us = tag.get("LastSeenTimestampUTC") or tag.get("FirstSeenTimestampUTC") or 0
+        if seen_us > newest:
+            newest = seen_us
+        reads.append(
+            (
+                (epc.decode("ascii") if isinstance(epc, bytes) else str(epc)).upper(),
+                int(tag.get("AntennaID", 0)),
+                tag.get("PeakRSSI"),
+                seen_us,
+                int(tag.get("TagSeenCount", 1)),
+            )
+        )
+    if not reads:
+        return ()
+    offset = clock.observe(arrival, newest * 1e-6) if newest else 0.0
+    return tuple(
+        (epc, antenna, rssi, seen_us * 1e-6 + offset if seen_us else arrival, seen)
+        for epc, antenna, rssi, seen_us, seen in reads
+    )
+
+
+class LlrpReader:
+    """One LLRP reader. `run()` connects, inventories and returns only by raising."""
+
+    def __init__(
+        self,
+        config: LlrpReaderDevice,
+        *,
+        queue: asyncio.Queue[Event],
+        health: DeviceHealth,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self.config = config
+        self._queue = queue
+        self._health = health
+        self._clock = clock
+        self._reader_clock = ReaderClock()
+        self.last_message = 0.0  # monotonic time of the last report or keepalive
+        self._overloaded = False
+
+    def sllurp_config(self) -> LLRPReaderConfig:
+        """The ROSpec and reader settings sllurp sends, from the device config."""
+        c = self.config
+        antennas = sorted({*c.antennas.outside, *c.antennas.inside})
+        settings: dict[str, Any] = {
+            "antennas": antennas,
+            "session": c.session,
+            "tag_population": c.tag_population,
+            "report_every_n_tags": c.report_every_n_tags,
+            "report_timeout_ms": c.report_timeout_ms,
+            "mode_identifier": c.mode_identifier,
+            "tag_content_selector": dict(_TAG_CONTENT),
+            "keepalive_interval": int(c.keepalive_s * 1000),
+            "reconnect": False,  # the supervisor reconnects, with its own backoff
+            "start_inventory": True,
+            "reset_on_connect": True,
+            "tx_power": 0,  # index 0: the reader's maximum
+        }
+        if c.tx_power_dbm is not None:
+            settings["tx_power_dbm"] = float(c.tx_power_dbm)
+        return LLRPReaderConfig(settings)
+
+    async def run(self) -> None:
+        """Connect, configure, inventory; raise `DeviceError` when the reader is lost."""
+        c = self.config
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[str] = loop.create_future()
+        inventorying = asyncio.Event()
+        client = LLRPReaderClient(c.transport.host, c.transport.port, self.sllurp_config())
+        thread = f"{c.transport.host}-{c.transport.port}"
+        refusals: list[str] = []
+
+        def on_lost(reason: str) -> None:
+            if not lost.done():
+                lost.set_result(reason)
+
+        def on_tags(_: Any, tags: Sequence[Mapping[str, Any]]) -> None:
+            arrival = time.time()
+            reads = convert_report(tags, arrival, self._reader_clock)
+            loop.call_soon_threadsafe(self._deliver, reads)
+
+        def on_response(_: Any, message: Any) -> None:
+            # A refused configuration: sllurp only logs it and drops the connection.
+            name = message.getName()
+            if not message.isSuccess():
+                status = message.msgdict.get(name, {}).get("LLRPStatus", {})
+                refusals.append(
+                    f"{name}: {status.get('StatusCode')} {status.get('ErrorDescription', '')}".strip()
+                )
+
+        def on_keepalive(_: Any, __: Any) -> None:
+            self.last_message = time.monotonic()
+
+        client.add_tag_report_callback(on_tags)
+        client.add_message_callback("KEEPALIVE", on_keepalive)
+        for response in (
+            "SET_READER_CONFIG_RESPONSE",
+            "ADD_ROSPEC_RESPONSE",
+            "ENABLE_ROSPEC_RESPONSE",
+        ):
+            client.add_message_callback(response, on_response)
+        client.add_state_callback(
+            LLRPReaderState.STATE_INVENTORYING,
+            lambda *_: loop.call_soon_threadsafe(inventorying.set),
+        )
+        client.add_disconnected_callback(
+            lambda *_: loop.call_soon_threadsafe(on_lost, "connection closed by the reader")
+        )
+        try:
+            await asyncio.to_thread(client.connect)
+        except OSError as err:
+            raise DeviceError(
+                f"cannot connect to {c.transport.host}:{c.transport.port}: {err}"
+            ) from err
+        try:
+            await self._until_inventorying(inventorying, lost, refusals)
+            self._health.connected()
+            self.last_message = time.monotonic()
+            errors_before = _decode_errors.counts.get(_thread_name(thread), 0)
+            while True:
+                done, _ = await asyncio.wait({lost}, timeout=min(1.0, c.keepalive_s))
+                errors = _decode_errors.counts.get(_thread_name(thread), 0)
+                if errors > errors_before:
+                    self._health.count("malformed", errors - errors_before)
+                    log.warning("reader sent frames that could not be decoded", device=c.id)
+                    errors_before = errors
+                if done:
+                    raise DeviceError(refusals[-1] if refusals else lost.result())
+                silent = time.monotonic() - self.last_message
+                if silent > 3 * c.keepalive_s:
+                    raise DeviceError(f"reader silent for {silent:.1f} s (no keepalive, no report)")
+        finally:
+            await asyncio.to_thread(_close, client)
+
+    async def _until_inventorying(
+        self, inventorying: asyncio.Event, lost: asyncio.Future[str], refusals: list[str]
+    ) -> None:
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(inventorying.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, lost},
+                timeout=self.config.connect_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiter.cancel()
+        if lost in done:
+            reason = refusals[-1] if refusals else lost.result()
+            raise DeviceError(f"reader refused the configuration: {reason}" if refusals else reason)
+        if waiter not in done:
+            raise DeviceError(
+                f"reader did not start inventory within {self.config.connect_timeout_s:g} s"
+            )
+
+    def _deliver(self, reads: tuple[tuple[str, int, int | None, float, int], ...]) -> None:
+        self.last_message = time.monotonic()
+        self._health.data_received()
+        if not reads:
+            return
+        try:
+            self._queue.put_nowait(TagReadBatch(self.config.id, self._clock(), reads))
+        except asyncio.QueueFull:
+            self._health.count("dropped", len(reads))
+            if not self._overloaded:
+                log.warning("rules are behind: dropping tag reports", device=self.config.id)
+                self._overloaded = True
+            return
+        self._overloaded = False
+        self._health.count("reads", sum(r[4] for r in reads))
+
+
+def _thread_name(suffix: str) -> str:
+    return f"{THREAD_NAME_PREFIX}-{suffix}"
+
+
+def _close(client: LLRPReaderClient) -> None:
+    """Stop sllurp's thread and close the socket, politely if the reader still answers."""
+    try:
+        client.disconnect(timeout=2.0)
+    except Exception:  # noqa: BLE001 - the connection may already be gone; close it hard below
+        log.debug("polite disconnect failed")
+    client.hard_disconnect()
+    client.join(2.0)
