@@ -29,7 +29,7 @@ from gateway.health import StatusBoard
 from gateway.rules.engine import RulesEngine
 from gateway.rules.moves import ForkliftMoves, MoveSettings
 from gateway.rules.portal import PortalSettings, PortalTracker
-from gateway.storage import OutboxMessage, PalletMove, Store
+from gateway.storage import OutboxMessage, PalletMove, StorageError, Store
 from gateway.supervisor import Backoff, supervise
 from gateway.wire import Topics, encode, move_message, notice_message, pass_payload
 
@@ -72,6 +72,8 @@ class Gateway:
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=config.rules.queue_size)
         self.notices_dropped = 0
         self.passes_seen = 0
+        self._late_notices: list[Notice] = []
+        self._storage_failing = False
         self._alarm_raised = False
         self._intake_held = False
         self.bridge: MqttBridge | None = None
@@ -111,7 +113,16 @@ class Gateway:
                 board=self.board,
                 version=__version__,
                 clock=self.clock,
+                outbox_alarm_at=int(
+                    config.storage.outbox_max_rows * config.storage.outbox_alarm_ratio
+                ),
+                on_refused=self._publish_refused,
             )
+            if config.broker.protocol == "3.1.1":
+                log.warning(
+                    "MQTT 3.1.1: a PUBACK carries no reason code, so a publish the broker "
+                    "refuses by ACL cannot be told from a delivered one; prefer MQTT 5"
+                )
             bridge.debug_max_per_s = config.debug.max_per_s
             self.bridge = bridge
             log.info(
@@ -181,7 +192,9 @@ class Gateway:
             log.warning("outbox not empty at stop: kept for the next start", depth=store.depth)
 
     async def _run_rules(self, engine: RulesEngine, store: Store) -> None:
-        batch_max = self.config.storage.commit_batch
+        # An event makes at most a transaction and a notice: a batch's decisions always fit
+        # in an empty outbox, so waiting for room always ends.
+        batch_max = max(1, min(self.config.storage.commit_batch, store.max_rows // 4))
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + TICK_S
         while True:
@@ -201,9 +214,23 @@ class Gateway:
             if loop.time() >= next_tick:
                 decisions.extend(engine.on_tick(self.clock()))
                 next_tick = loop.time() + TICK_S
+            decisions.extend(self._late_notices)
+            self._late_notices.clear()
             await self._decide(decisions, store)
             for _ in events:
                 self.queue.task_done()
+
+    def _publish_refused(self, topic: str, reason: str) -> None:
+        """The broker refused a topic (an ACL): an alarm, committed with the next decisions."""
+        self._late_notices.append(
+            Notice(
+                code="publish_refused",
+                message=f"the broker refused messages on {topic}: {reason}; they are kept and retried",
+                at=self.clock(),
+                severity=Severity.ERROR,
+                details={"topic": topic, "reason": reason},
+            )
+        )
 
     async def _decide(self, decisions: Sequence[Decision], store: Store) -> None:
         """Act on decisions: passes go to the next rules (and the debug topic), the rest is committed."""
@@ -222,7 +249,22 @@ class Gateway:
                     encode(pass_payload(portal_pass, self.topics)),
                 )
         self.passes_seen += len(passes)
-        await self._commit([d for d in decisions if not isinstance(d, PortalPass)], store)
+        rest = [d for d in decisions if not isinstance(d, PortalPass)]
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                await self._commit(rest, store)
+            except StorageError as err:
+                # Intake is held (the queue fills, drivers wait) until the disk recovers.
+                if not self._storage_failing:
+                    log.error("cannot commit to the outbox; retrying", error=str(err))  # noqa: TRY400
+                    self._storage_failing = True
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if self._storage_failing:
+                log.info("outbox commits again")
+                self._storage_failing = False
+            return
 
     async def _commit(self, decisions: Sequence[Decision], store: Store) -> None:
         """Commit decisions to the outbox; transactions wait for room, notices are dropped."""

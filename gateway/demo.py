@@ -141,10 +141,14 @@ async def _live_view(config: GatewayConfig) -> None:
                 await client.subscribe(f"{topics.base}/#", qos=1)
                 async for message in client.messages:
                     payload = message.payload
-                    if isinstance(payload, bytes | bytearray) and payload:
+                    if not isinstance(payload, bytes | bytearray) or not payload:
+                        continue
+                    try:
                         line = describe(str(message.topic), json.loads(payload), topics)
-                        if line:
-                            typer.echo(line)
+                    except (ValueError, KeyError, TypeError):
+                        line = f"(unreadable message on {message.topic})"
+                    if line:
+                        typer.echo(line)
         except aiomqtt.MqttError:
             await asyncio.sleep(0.5)
 

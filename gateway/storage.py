@@ -1,22 +1,30 @@
 """The gateway's SQLite file: the durable outbox and the pallet location ledger.
 
 Contract: a message is committed here (WAL, synchronous=FULL) before anything publishes it,
-and it is deleted only after the broker acknowledged it. Rows are published in `seq` order.
-The rules engine never touches this module; the app commits what the rules decide.
+and it is deleted only after the broker acknowledged it. Rows are published in `seq` order;
+a row the broker refuses is set aside for a later retry (`refuse`) so it does not hold up the
+rows behind it. The rules engine never touches this module; the app commits what they decide.
+
+Every transaction runs to its end even when the task that asked for it is cancelled (it runs
+in a shielded task), so a cancelled commit or acknowledgement never leaves a transaction open
+or the depth count wrong. SQLite failures (disk full, I/O error, locked) raise `StorageError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
 
 import aiosqlite
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -26,8 +34,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload    BLOB NOT NULL,
     qos        INTEGER NOT NULL DEFAULT 1,
     retain     INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,  -- refusals by the broker so far
+    retry_at   REAL NOT NULL DEFAULT 0,     -- 0: in the normal stream; else when to retry
+    last_error TEXT
 );
+CREATE INDEX IF NOT EXISTS outbox_retry ON outbox (retry_at) WHERE retry_at > 0;
 CREATE TABLE IF NOT EXISTS pallet_location (
     sscc       TEXT PRIMARY KEY,
     location   TEXT NOT NULL,
@@ -58,6 +70,7 @@ class PendingMessage:
     payload: bytes
     qos: int
     retain: bool
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,38 +86,55 @@ class OutboxFull(Exception):
     """The outbox reached its size limit; nothing more is taken until the broker drains it."""
 
 
+class StorageError(Exception):
+    """The SQLite file failed (disk full, I/O error, locked); the operation did not happen."""
+
+
 class Store:
     """The SQLite file behind the gateway. Open it with `await Store.open(path)`."""
 
-    def __init__(self, db: aiosqlite.Connection, *, max_rows: int, depth: int) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, *, max_rows: int, depth: int, refused: int
+    ) -> None:
         self._db = db
         self.max_rows = max_rows
         self._depth = depth
+        self._refused = refused
         # Resolved and replaced on every change: any number of tasks can wait on it.
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._version = 0
-        # One connection, several tasks (rules runner, relay): one transaction at a time.
-        self._tx_lock = asyncio.Lock()
+        # One connection, several tasks (rules runner, relay): one transaction at a time,
+        # and no read in the middle of another task's transaction.
+        self._lock = asyncio.Lock()
+        self._running: set[asyncio.Task[Any]] = set()
 
     @classmethod
     async def open(cls, path: Path, *, max_rows: int = 100_000) -> Self:
         """Open (or create) the file, in WAL mode with full fsync on commit."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as err:
+            raise StorageError(f"cannot open {path}: {err}") from err
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA busy_timeout=5000")
             await db.executescript(_SCHEMA)
-            async with db.execute("SELECT COUNT(*) FROM outbox") as cursor:
+            async with db.execute(
+                "SELECT COUNT(*), COUNT(NULLIF(retry_at, 0)) FROM outbox"
+            ) as cursor:
                 row = await cursor.fetchone()
-        except BaseException:
+        except sqlite3.Error as err:
             await db.close()
-            raise
-        return cls(db, max_rows=max_rows, depth=int(row[0]) if row else 0)
+            raise StorageError(f"cannot prepare {path}: {err}") from err
+        depth, refused = (int(row[0]), int(row[1])) if row else (0, 0)
+        return cls(db, max_rows=max_rows, depth=depth, refused=refused)
 
     async def close(self) -> None:
-        """Close the file (committed data is already on disk)."""
+        """Let running transactions finish, then close the file."""
+        if self._running:
+            await asyncio.wait(self._running)
         await self._db.close()
 
     async def __aenter__(self) -> Self:
@@ -120,8 +150,13 @@ class Store:
 
     @property
     def depth(self) -> int:
-        """Messages committed and not yet acknowledged."""
+        """Messages committed and not yet acknowledged (refused ones included)."""
         return self._depth
+
+    @property
+    def refused(self) -> int:
+        """Messages the broker refused, waiting for a retry."""
+        return self._refused
 
     def room(self) -> int:
         """How many more messages fit before the size limit."""
@@ -137,48 +172,94 @@ class Store:
         if len(messages) > self.room():
             raise OutboxFull(f"outbox holds {self._depth} of {self.max_rows} messages")
         now = time.time()
-        async with self._transaction():
-            before = self._db.total_changes
-            await self._db.executemany(
+
+        async def body(db: aiosqlite.Connection) -> int:
+            before = db.total_changes
+            await db.executemany(
                 "INSERT OR IGNORE INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [(m.msg_id, m.topic, m.payload, m.qos, int(m.retain), now) for m in messages],
             )
-            inserted = self._db.total_changes - before
-            await self._db.executemany(
+            inserted = db.total_changes - before
+            await db.executemany(
                 "INSERT INTO pallet_location (sscc, location, tx_id, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (sscc) DO UPDATE SET"
                 " location = excluded.location, tx_id = excluded.tx_id,"
                 " updated_at = excluded.updated_at",
                 [(m.sscc, m.location, m.tx_id, now) for m in moves],
             )
-        self._depth += inserted
-        self._bump()
-        return inserted
+            return inserted
+
+        def done(inserted: int) -> None:
+            self._depth += inserted
+
+        return await self._transaction(body, done)
 
     async def pending(self, *, after_seq: int = 0, limit: int = 500) -> list[PendingMessage]:
-        """Unacknowledged messages after `after_seq`, oldest first."""
-        async with self._db.execute(
-            "SELECT seq, msg_id, topic, payload, qos, retain FROM outbox"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
+        """Unacknowledged messages of the normal stream after `after_seq`, oldest first."""
+        return await self._select(
+            "SELECT seq, msg_id, topic, payload, qos, retain, attempts FROM outbox"
+            " WHERE seq > ? AND retry_at = 0 ORDER BY seq LIMIT ?",
             (after_seq, limit),
-        ) as cursor:
-            rows = await cursor.fetchall()
-        return [
-            PendingMessage(int(r[0]), str(r[1]), str(r[2]), bytes(r[3]), int(r[4]), bool(r[5]))
-            for r in rows
-        ]
+        )
+
+    async def due_retries(self, *, now: float, limit: int = 100) -> list[PendingMessage]:
+        """Refused messages whose retry time has come, oldest first."""
+        return await self._select(
+            "SELECT seq, msg_id, topic, payload, qos, retain, attempts FROM outbox"
+            " WHERE retry_at > 0 AND retry_at <= ? ORDER BY seq LIMIT ?",
+            (now, limit),
+        )
 
     async def acknowledge(self, seqs: Sequence[int]) -> None:
         """Delete messages the broker acknowledged."""
         if not seqs:
             return
-        async with self._transaction():
-            before = self._db.total_changes
-            await self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-            deleted = self._db.total_changes - before
-        self._depth -= deleted
-        self._bump()
+
+        async def body(db: aiosqlite.Connection) -> tuple[int, int]:
+            placeholders = ",".join("?" * len(seqs))
+            async with db.execute(
+                f"SELECT COUNT(*) FROM outbox WHERE retry_at > 0 AND seq IN ({placeholders})",  # noqa: S608 - placeholders only
+                list(seqs),
+            ) as cursor:
+                row = await cursor.fetchone()
+            before = db.total_changes
+            await db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            return db.total_changes - before, int(row[0]) if row else 0
+
+        def done(result: tuple[int, int]) -> None:
+            deleted, were_refused = result
+            self._depth -= deleted
+            self._refused -= were_refused
+
+        await self._transaction(body, done)
+
+    async def refuse(self, seq: int, *, reason: str, retry_at: float) -> None:
+        """Set a refused message aside until `retry_at`; the rest of the stream goes on."""
+
+        async def body(db: aiosqlite.Connection) -> int:
+            async with db.execute("SELECT retry_at FROM outbox WHERE seq = ?", (seq,)) as cursor:
+                row = await cursor.fetchone()
+            await db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, retry_at = ?, last_error = ?"
+                " WHERE seq = ?",
+                (retry_at, reason, seq),
+            )
+            return 1 if row is not None and row[0] == 0 else 0
+
+        def done(newly_refused: int) -> None:
+            self._refused += newly_refused
+
+        await self._transaction(body, done)
+
+    async def pallet_locations(self) -> dict[str, str]:
+        """Every pallet's last recorded location."""
+        async with self._lock:
+            try:
+                async with self._db.execute("SELECT sscc, location FROM pallet_location") as cur:
+                    return {str(sscc): str(loc) for sscc, loc in await cur.fetchall()}
+            except sqlite3.Error as err:
+                raise StorageError(f"cannot read pallet locations: {err}") from err
 
     @property
     def version(self) -> int:
@@ -194,25 +275,58 @@ class Store:
                 # shield: a waiter that times out must not cancel the future others wait on.
                 await asyncio.shield(self._changed)
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
-        async with self._tx_lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+    async def _select(self, sql: str, args: tuple[object, ...]) -> list[PendingMessage]:
+        async with self._lock:
             try:
-                yield
-            except BaseException:
-                # Runs on cancellation too: the statement in flight finishes in aiosqlite's
-                # thread, then the whole transaction is undone.
-                await asyncio.shield(self._db.execute("ROLLBACK"))
-                raise
-            await self._db.execute("COMMIT")
+                async with self._db.execute(sql, args) as cursor:
+                    rows = await cursor.fetchall()
+            except sqlite3.Error as err:
+                raise StorageError(f"cannot read the outbox: {err}") from err
+        return [
+            PendingMessage(
+                int(r[0]), str(r[1]), str(r[2]), bytes(r[3]), int(r[4]), bool(r[5]), int(r[6])
+            )
+            for r in rows
+        ]
+
+    async def _transaction(
+        self,
+        body: Callable[[aiosqlite.Connection], Awaitable[T]],
+        done: Callable[[T], None],
+    ) -> T:
+        """Run `body` in BEGIN IMMEDIATE ... COMMIT to its end, even if the caller is cancelled."""
+
+        async def run() -> T:
+            async with self._lock:
+                db = self._db
+                try:
+                    await db.execute("BEGIN IMMEDIATE")
+                    result = await body(db)
+                    await db.execute("COMMIT")
+                except sqlite3.Error as err:
+                    if db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            await db.execute("ROLLBACK")
+                    raise StorageError(str(err)) from err
+                done(result)
+            self._bump()
+            return result
+
+        task: asyncio.Task[T] = asyncio.ensure_future(run())
+        self._running.add(task)
+        task.add_done_callback(_finished(self._running))
+        return await asyncio.shield(task)
 
     def _bump(self) -> None:
         self._version += 1
         changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
         changed.set_result(None)
 
-    async def pallet_locations(self) -> dict[str, str]:
-        """Every pallet's last recorded location."""
-        async with self._db.execute("SELECT sscc, location FROM pallet_location") as cursor:
-            return {str(sscc): str(loc) for sscc, loc in await cursor.fetchall()}
+
+def _finished(running: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def forget(task: asyncio.Task[Any]) -> None:
+        running.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller may have been cancelled and never will
+
+    return forget

@@ -66,4 +66,8 @@ async def supervise(
         if loop.time() - started >= healthy_after_s:
             backoff.reset()
         health.count("restarts")
-        await asyncio.sleep(backoff.next_delay())
+        try:
+            await asyncio.sleep(backoff.next_delay())
+        except asyncio.CancelledError:
+            health.stopped()
+            raise

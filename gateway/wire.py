@@ -119,10 +119,16 @@ def notice_message(notice: Notice, topics: Topics) -> OutboxMessage:
 
 
 def gateway_status_payload(
-    *, online: bool, topics: Topics, version: str, started_at: dt.datetime, reason: str
+    *,
+    online: bool,
+    topics: Topics,
+    version: str,
+    started_at: dt.datetime,
+    reason: str,
+    outbox: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The retained gateway status (and, offline, the last will)."""
-    return {
+    payload: dict[str, Any] = {
         "version": WIRE_VERSION,
         "state": "online" if online else "offline",
         "site": topics.site,
@@ -131,6 +137,9 @@ def gateway_status_payload(
         "started_at": iso(started_at),
         "reason": reason,
     }
+    if outbox is not None:
+        payload["outbox"] = outbox
+    return payload
 
 
 def pass_payload(portal_pass: PortalPass, topics: Topics) -> dict[str, Any]:

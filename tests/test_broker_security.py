@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from gateway.bridge import mqtt
 from gateway.health import DeviceState
 from simulators.gs1 import sscc, sscc_label
 from simulators.scanner import ScannerSimulator, Type
@@ -27,15 +28,16 @@ def password_file(path: Path, users: dict[str, str]) -> Path:
     return path
 
 
-async def test_refused_publish_stays_in_the_outbox_until_the_acl_allows_it(
+async def test_refused_publish_is_kept_retried_and_does_not_hold_up_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(mqtt, "REFUSED_RETRY_MIN_S", 0.3)
     passwd = password_file(tmp_path / "passwd", {"gw": "gw-secret", "wms": "wms-secret"})
     acl = tmp_path / "acl"
-    # The gateway may publish its statuses and events, but not (yet) its transactions.
+    # The gateway may publish statuses, events and alarms, but not (yet) its transactions.
     acl.write_text(
         "user gw\ntopic write gw/DC1/dock-1/status\ntopic write gw/DC1/dock-1/device/#\n"
-        "topic write gw/DC1/dock-1/event\n"
+        "topic write gw/DC1/dock-1/event\ntopic write gw/DC1/dock-1/alarm\n"
         "user wms\ntopic read gw/#\n"
     )
     broker = Mosquitto(
@@ -54,17 +56,25 @@ async def test_refused_publish_stays_in_the_outbox_until_the_acl_allows_it(
             running(config) as gateway,
         ):
             await wait_device(gateway, "fl-07", DeviceState.CONNECTED)
-            await sim.run([Type(sscc_label(PALLET), aim="]C1"), Type("A-01-01")])
-            assert gateway.store is not None
-            assert gateway.bridge is not None
-            # The broker answers PUBACK "not authorized": the move must stay in the outbox.
-            deadline = asyncio.get_running_loop().time() + 10
-            while gateway.bridge.refused < 2:
-                assert asyncio.get_running_loop().time() < deadline, "no refusal seen"
-                await asyncio.sleep(0.05)
-            assert gateway.store.depth == 1
+            # A move (refused), then a location with no pallet (an event, allowed).
+            await sim.run([Type(sscc_label(PALLET), aim="]C1"), Type("A-01-01"), Type("B-02-02")])
+            # The event behind the refused move gets through; the refusal raises one alarm.
+            await wms.wait_for(lambda c: len(c.on("/event")) == 1 and len(c.on("/alarm")) == 1)
+            alarm = wms.on("/alarm")[0].json()
+            assert alarm["code"] == "publish_refused"
+            assert alarm["details"]["topic"] == "gw/DC1/dock-1/tx/move"
             assert wms.on("/tx/move") == []
-            # The site fixes its ACL; the backlog goes through.
+            assert gateway.store is not None
+            store = gateway.store
+            deadline = asyncio.get_running_loop().time() + 10
+            while store.depth != 1:  # acknowledgements of the event and the alarm settle
+                assert asyncio.get_running_loop().time() < deadline, store.depth
+                await asyncio.sleep(0.05)
+            # The move is kept.
+            assert gateway.store.refused == 1
+            assert gateway.bridge is not None
+            assert gateway.bridge.refused >= 1
+            # The site fixes its ACL; the retry delivers the move.
             acl.write_text(
                 acl.read_text().replace(
                     "topic write gw/DC1/dock-1/event\n", "topic write gw/DC1/dock-1/#\n"
@@ -75,6 +85,7 @@ async def test_refused_publish_stays_in_the_outbox_until_the_acl_allows_it(
             assert wms.on("/tx/move")[0].json()["sscc"] == PALLET
             while gateway.store.depth:
                 await asyncio.sleep(0.05)
+            assert gateway.store.refused == 0
     finally:
         broker.stop()
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from gateway.storage import OutboxFull, OutboxMessage, PalletMove, Store
+from gateway.storage import OutboxFull, OutboxMessage, PalletMove, StorageError, Store
 
 
 def msg(n: int) -> OutboxMessage:
@@ -74,3 +75,61 @@ async def test_wait_changed_wakes_on_commit(tmp_path: Path) -> None:
         await store.commit([msg(1)])
         await asyncio.wait_for(waiter, 1)
         assert store.version != seen
+
+
+async def test_cancelled_commits_and_acknowledgements_leave_no_open_transaction(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import random
+
+    rng = random.Random(7)
+    path = tmp_path / "gw.db"
+    async with await Store.open(path) as store:
+        n = 0
+        for _ in range(150):
+            if rng.random() < 0.6 or store.depth == 0:
+                batch = [msg(n + i) for i in range(rng.randint(1, 20))]
+                n += len(batch)
+                task = asyncio.create_task(store.commit(batch))
+            else:
+                seqs = [p.seq for p in await store.pending(limit=rng.randint(1, 10))]
+                task = asyncio.create_task(store.acknowledge(seqs))
+            for _ in range(rng.randint(0, 3)):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.1)
+        # Whatever was cancelled, every transaction ran to its end or not at all.
+        assert await store.commit([msg(10_000)]) == 1
+        rows = sqlite3.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        assert store.depth == rows
+
+
+async def test_disk_full_is_a_storage_error_and_the_store_recovers(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "gw.db") as store:
+        await store.commit([msg(1)])
+        # SQLite's page limit stands in for a full disk.
+        await store._db.execute("PRAGMA max_page_count = 1")
+        big = [OutboxMessage(f"big-{i}", "t", b"x" * 4000) for i in range(50)]
+        with pytest.raises(StorageError):
+            await store.commit(big)
+        assert store.depth == 1
+        await store._db.execute("PRAGMA max_page_count = 1073741823")
+        assert await store.commit(big) == 50
+        assert store.depth == 51
+
+
+async def test_refused_rows_leave_the_stream_until_their_retry_time(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "gw.db") as store:
+        await store.commit([msg(1), msg(2), msg(3)])
+        first = (await store.pending())[0]
+        await store.refuse(first.seq, reason="Not authorized", retry_at=1000.0)
+        assert store.refused == 1
+        assert [p.msg_id for p in await store.pending()] == ["id-2", "id-3"]
+        assert await store.due_retries(now=999.0) == []
+        (due,) = await store.due_retries(now=1000.0)
+        assert (due.msg_id, due.attempts) == ("id-1", 1)
+        await store.acknowledge([due.seq])
+        assert (store.depth, store.refused) == (2, 0)

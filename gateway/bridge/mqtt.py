@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import BrokerConfig
 from gateway.health import StatusBoard
-from gateway.storage import PendingMessage, Store
+from gateway.storage import PendingMessage, StorageError, Store
 from gateway.supervisor import Backoff
 from gateway.wire import Topics, encode, gateway_status_payload
 
@@ -36,6 +37,15 @@ PUBACK_TIMEOUT_S = 30.0
 FETCH_BATCH = 500
 # Debug messages waiting for their turn under the rate limit.
 DEBUG_BACKLOG = 100
+# A session that lasted this long resets the reconnect backoff (a broker that accepts and
+# then drops the client at once must not cause a reconnect storm).
+HEALTHY_SESSION_S = 10.0
+# A message the broker refused (an ACL) is retried after 5 s, doubling up to 5 minutes.
+REFUSED_RETRY_MIN_S = 5.0
+REFUSED_RETRY_MAX_S = 300.0
+RETRY_SWEEP_S = 1.0
+# While the outbox's figures change, the gateway status is republished at most this often.
+STATUS_REFRESH_S = 10.0
 
 
 class PublishRefused(Exception):
@@ -93,6 +103,8 @@ class MqttBridge:
         board: device statuses to publish retained.
         version: software version for the gateway status.
         clock: wall clock.
+        outbox_alarm_at: outbox depth at which the gateway status shows the alarm.
+        on_refused: called once per topic the broker refuses (topic, reason).
     """
 
     def __init__(
@@ -104,6 +116,8 @@ class MqttBridge:
         board: StatusBoard,
         version: str,
         clock: Callable[[], dt.datetime],
+        outbox_alarm_at: int | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self._config = config
         self._topics = topics
@@ -111,6 +125,10 @@ class MqttBridge:
         self._board = board
         self._version = version
         self._started_at = clock()
+        self._outbox_alarm_at = outbox_alarm_at
+        self._on_refused = on_refused
+        self._refused_topics: set[str] = set()
+        self._reported_down = False
         self._stop = asyncio.Event()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self.connected = False
@@ -136,11 +154,15 @@ class MqttBridge:
 
     async def run(self) -> None:
         """Connect, publish, reconnect on failure; returns after `stop()`."""
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
+            began = loop.time()
             try:
                 await self._session()
-            except* (aiomqtt.MqttError, OSError, PublishRefused) as group:
+            except* (aiomqtt.MqttError, OSError, PublishRefused, StorageError) as group:
                 self._down(_first(group))
+            if loop.time() - began >= HEALTHY_SESSION_S:
+                self._backoff.reset()
             if self._stop.is_set():
                 return
             delay = self._backoff.next_delay()
@@ -150,8 +172,11 @@ class MqttBridge:
     def _down(self, error: BaseException) -> None:
         if self.connected:
             log.warning("broker connection lost", error=str(error))
+        elif not self._reported_down:
+            log.warning("broker not reachable", host=self._config.host, error=str(error))
         else:
-            log.debug("broker not reachable", error=str(error))
+            log.debug("broker still not reachable", error=str(error))
+        self._reported_down = True
         self.connected = False
 
     def _client(self) -> _Client:
@@ -201,13 +226,15 @@ class MqttBridge:
             if not self.connected:
                 log.info("broker connected", host=self._config.host, port=self._config.port)
             self.connected = True
-            self._backoff.reset()
+            self._reported_down = False
             self._board.mark_all()
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self._watch_connection(client), name="bridge.watch"),
                     tg.create_task(self._publish_statuses(client), name="bridge.statuses"),
                     tg.create_task(self._relay(client), name="bridge.relay"),
+                    tg.create_task(self._retry_refused(client), name="bridge.retries"),
+                    tg.create_task(self._refresh_status(client), name="bridge.status"),
                     tg.create_task(self._publish_debug(client), name="bridge.debug"),
                 ]
                 await self._stop.wait()
@@ -217,6 +244,16 @@ class MqttBridge:
             self.connected = False
             log.info("broker disconnected: gateway stopping")
 
+    def outbox_state(self) -> dict[str, Any]:
+        """The outbox as the gateway status shows it."""
+        depth = self._store.depth
+        return {
+            "depth": depth,
+            "limit": self._store.max_rows,
+            "refused": self._store.refused,
+            "alarm": self._outbox_alarm_at is not None and depth >= self._outbox_alarm_at,
+        }
+
     async def _publish_status(self, client: _Client, *, online: bool, reason: str) -> None:
         payload = gateway_status_payload(
             online=online,
@@ -224,6 +261,7 @@ class MqttBridge:
             version=self._version,
             started_at=self._started_at,
             reason=reason,
+            outbox=self.outbox_state(),
         )
         await client.publish_acked(self._topics.status, encode(payload), qos=1, retain=True)
 
@@ -243,6 +281,28 @@ class MqttBridge:
                     qos=1,
                     retain=True,
                 )
+
+    async def _refresh_status(self, client: _Client) -> None:
+        """Republish the online status when the outbox's alarm state flips, or every refresh
+        period while its figures change, so that a backlog is visible before it drains."""
+        shown = self.outbox_state()
+        last = asyncio.get_running_loop().time()
+        while True:
+            await self._store.wait_changed(self._store.version, timeout=1.0)
+            state = self.outbox_state()
+            now = asyncio.get_running_loop().time()
+            if state["alarm"] != shown["alarm"] or (
+                state != shown and now - last >= STATUS_REFRESH_S
+            ):
+                await self._publish_status(client, online=True, reason="started")
+                shown, last = state, now
+
+    async def _retry_refused(self, client: _Client) -> None:
+        """Publish refused messages again when their retry time comes."""
+        while True:
+            await asyncio.sleep(RETRY_SWEEP_S)
+            for row in await self._store.due_retries(now=time.time()):
+                await self._publish_one(client, row)
 
     async def _publish_debug(self, client: _Client) -> None:
         interval = 1.0 / self.debug_max_per_s
@@ -272,6 +332,34 @@ class MqttBridge:
                     tg.create_task(self._publish_row(client, row, inflight, acked, ack_ready))
                 cursor = rows[-1].seq
 
+    async def _publish_one(self, client: _Client, row: PendingMessage) -> None:
+        """Publish one message outside the pipelined stream (retries)."""
+        try:
+            await client.publish_acked(row.topic, row.payload, qos=row.qos, retain=row.retain)
+        except PublishRefused as err:
+            await self._refused(row, err)
+            return
+        await self._store.acknowledge([row.seq])
+        self.published += 1
+        log.info("refused message accepted on retry", topic=row.topic, attempts=row.attempts)
+
+    async def _refused(self, row: PendingMessage, err: PublishRefused) -> None:
+        """Keep a refused row, set aside for a retry with backoff; tell the app once per topic.
+
+        Some brokers (Mosquitto 2.0.11) also drop the connection right after the refusal, which
+        cancels this task: the app is told first, and the store finishes its update regardless.
+        """
+        self.refused += 1
+        if row.topic not in self._refused_topics:
+            self._refused_topics.add(row.topic)
+            log.error(
+                "broker refused a message; kept for retry", topic=row.topic, reason=err.reason
+            )
+            if self._on_refused is not None:
+                self._on_refused(row.topic, err.reason)
+        delay = min(REFUSED_RETRY_MAX_S, REFUSED_RETRY_MIN_S * 2 ** min(row.attempts, 16))
+        await self._store.refuse(row.seq, reason=err.reason, retry_at=time.time() + delay)
+
     async def _publish_row(
         self,
         client: _Client,
@@ -283,10 +371,9 @@ class MqttBridge:
         try:
             await client.publish_acked(row.topic, row.payload, qos=row.qos, retain=row.retain)
         except PublishRefused as err:
-            # The row stays in the outbox; the session restarts and tries again after backoff.
-            self.refused += 1
-            log.error("broker refused a message", topic=row.topic, reason=err.reason)  # noqa: TRY400
-            raise
+            # The row stays in the outbox, set aside for a retry; the rows behind it go on.
+            await self._refused(row, err)
+            return
         finally:
             inflight.release()
         acked.append(row.seq)

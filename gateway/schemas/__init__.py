@@ -9,7 +9,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-NAMES = ("move", "event", "gateway-status", "device-status")
+NAMES = ("move", "event", "gateway-status", "device-status", "pass")
 
 
 @cache

@@ -1,0 +1,83 @@
+"""A broker that accepts the connection but never acknowledges: nothing is deleted, stop is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.bridge import mqtt
+from gateway.storage import OutboxMessage, Store
+from tests.gateway_helpers import build, running, site_config
+
+# MQTT 5 CONNACK: session present 0, reason "success", no properties.
+CONNACK_V5 = b"\x20\x03\x00\x00\x00"
+
+
+@contextlib.asynccontextmanager
+async def silent_broker():
+    """Answers CONNECT with CONNACK, then swallows everything: no PUBACK, no PINGRESP."""
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            await reader.read(4096)  # the CONNECT packet
+            writer.write(CONNACK_V5)
+            await writer.drain()
+            while await reader.read(4096):
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port, lambda: connections
+    finally:
+        server.close()
+
+
+async def test_no_puback_deletes_nothing_and_the_bridge_reconnects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mqtt, "PUBACK_TIMEOUT_S", 0.5)
+    async with await Store.open(tmp_path / "gateway.db") as store:
+        await store.commit(
+            [OutboxMessage(f"m{i}", "gw/DC1/dock-1/tx/move", b"{}") for i in range(3)]
+        )
+    async with silent_broker() as (port, connections):
+        raw = site_config(tmp_path, broker_port=port, scanner=None)
+        raw["gateway"]["shutdown_grace_s"] = 1.0
+        config = build(raw, tmp_path)
+        async with running(config) as gateway:
+            deadline = time.monotonic() + 15
+            while connections() < 2:  # the unacknowledged publish ended the session
+                assert time.monotonic() < deadline, "no reconnect"
+                await asyncio.sleep(0.05)
+            assert gateway.store is not None
+            assert gateway.store.depth == 3
+            began = time.monotonic()
+        stopped_in = time.monotonic() - began
+    # Grace (1 s) plus the bridge's bounded goodbye: never hangs on a mute broker.
+    assert stopped_in < 8.0
+    async with await Store.open(tmp_path / "gateway.db") as store:
+        assert store.depth == 3
+
+
+async def test_stop_with_the_broker_down_is_bounded_by_the_grace_period(tmp_path: Path) -> None:
+    from tests.mqtt_helpers import free_port
+
+    raw = site_config(tmp_path, broker_port=free_port(), scanner=None)
+    raw["gateway"]["shutdown_grace_s"] = 1.0
+    config = build(raw, tmp_path)
+    async with running(config):
+        await asyncio.sleep(0.5)
+        began = time.monotonic()
+    assert time.monotonic() - began < 3.0
