@@ -53,6 +53,7 @@ def portal_settings(device: LlrpReaderDevice) -> PortalSettings:
         join_gap_s=tuning.join_gap_s,
         static_after_s=tuning.static_after_s,
         min_separation_s=tuning.min_separation_s,
+        min_peak_rssi=tuning.min_peak_rssi,
     )
 
 

@@ -210,6 +210,7 @@ class PortalTuning(_Model):
     join_gap_s: float = Field(default=1.0, gt=0)
     static_after_s: float = Field(default=10.0, gt=0)
     min_separation_s: float = Field(default=0.05, ge=0)
+    min_peak_rssi: int | None = Field(default=-66, ge=-128, le=0)
 
 
 class LlrpReaderDevice(_Model):

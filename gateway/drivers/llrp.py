@@ -77,12 +77,19 @@ class ReaderClock:
     negative. A jump of more than `reset_s` (the reader's clock was set) starts over.
     """
 
-    def __init__(self, reset_s: float = 5.0) -> None:
-        self.offset: float | None = None
+    def __init__(self, reset_s: float = 5.0, *, trust_reader: bool = False) -> None:
+        self.offset: float | None = 0.0 if trust_reader else None
         self._reset_s = reset_s
+        self._trust_reader = trust_reader
 
     def observe(self, arrival: float, reader_time: float) -> float:
-        """Update with one report; return the offset to add to reader times."""
+        """Update with one report; return the offset to add to reader times.
+
+        With `trust_reader` the reader's own time is used as it is (a simulator playing a
+        scenario faster than real time, whose clock the portal logic must follow).
+        """
+        if self._trust_reader:
+            return 0.0
         candidate = arrival - reader_time
         if (
             self.offset is None
@@ -134,12 +141,13 @@ class LlrpReader:
         queue: asyncio.Queue[Event],
         health: DeviceHealth,
         clock: Callable[[], dt.datetime],
+        reader_clock: ReaderClock | None = None,
     ) -> None:
         self.config = config
         self._queue = queue
         self._health = health
         self._clock = clock
-        self._reader_clock = ReaderClock()
+        self._reader_clock = reader_clock or ReaderClock()
         self.last_message = 0.0  # monotonic time of the last report or keepalive
         self._overloaded = False
 
@@ -231,11 +239,14 @@ class LlrpReader:
                     errors_before = errors
                 if done:
                     raise DeviceError(refusals[-1] if refusals else lost.result())
+                if not client.is_alive():
+                    # sllurp's thread can die on a frame it cannot parse, without telling.
+                    raise DeviceError("the LLRP client stopped (a frame it could not parse?)")
                 silent = time.monotonic() - self.last_message
                 if silent > 3 * c.keepalive_s:
                     raise DeviceError(f"reader silent for {silent:.1f} s (no keepalive, no report)")
         finally:
-            await asyncio.to_thread(_close, client)
+            await asyncio.to_thread(_close, client, polite=inventorying.is_set())
 
     async def _until_inventorying(
         self, inventorying: asyncio.Event, lost: asyncio.Future[str], refusals: list[str]
@@ -278,11 +289,12 @@ def _thread_name(suffix: str) -> str:
     return f"{THREAD_NAME_PREFIX}-{suffix}"
 
 
-def _close(client: LLRPReaderClient) -> None:
-    """Stop sllurp's thread and close the socket, politely if the reader still answers."""
-    try:
-        client.disconnect(timeout=2.0)
-    except Exception:  # noqa: BLE001 - the connection may already be gone; close it hard below
-        log.debug("polite disconnect failed")
+def _close(client: LLRPReaderClient, *, polite: bool) -> None:
+    """Stop sllurp's thread and close the socket; stop the inventory first if it was running."""
+    if polite and client.is_alive():
+        try:
+            client.disconnect(timeout=2.0)
+        except Exception:  # noqa: BLE001 - the connection may already be gone; close it hard below
+            log.debug("polite disconnect failed")
     client.hard_disconnect()
     client.join(2.0)

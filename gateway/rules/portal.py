@@ -6,7 +6,9 @@ Pure and clock-free: every read carries its time (seconds), and `on_tick(now)` a
   reads never make a pass. It departs after `depart_after_s` without reads.
 - De-duplication: a tag is one entry of a pass however many antennas read it, how often.
 - Static tags: a tag read for longer than `static_after_s` (a tagged rack, a pallet parked in
-  the doorway) is taken out of its pass and ignored until it departs.
+  the doorway) is taken out of its pass and ignored until it departs. A tag whose strongest
+  read stayed below `min_peak_rssi` never came through the door (a crate nearby, read now and
+  then): it is left out of passes too.
 - Grouping: a tag that starts counting within `join_gap_s` of the group's latest such start
   crosses with that group (the tags of one pallet come into range together); a group becomes
   a pass when every member departed or turned out to be static.
@@ -45,6 +47,9 @@ class PortalSettings:
     join_gap_s: float = 1.0
     static_after_s: float = 10.0
     min_separation_s: float = 0.05
+    # A tag that never came this close (peak RSSI, dBm) did not go through the door: a tag
+    # sitting nearby, read now and then. None: no such filter (readers without RSSI).
+    min_peak_rssi: int | None = -66
 
 
 class _Group:
@@ -105,6 +110,7 @@ class PortalTracker:
         self._groups: list[_Group] = []
         self.reads = 0
         self.static_tags = 0
+        self.weak_tags = 0  # tags left out of passes: never read strongly enough
 
     @property
     def tracked(self) -> int:
@@ -214,6 +220,11 @@ class PortalTracker:
         members = group.members
         for tag in members:
             tag.group = None
+        floor = self.settings.min_peak_rssi
+        if floor is not None:
+            near = [t for t in members if t.peak is None or t.peak >= floor]
+            self.weak_tags += len(members) - len(near)
+            members = near
         return [self._pass(members)] if members else []
 
     def _pass(self, members: list[_Tag]) -> PortalPass:

@@ -1,0 +1,201 @@
+"""The LLRP driver on sllurp against the reader simulator over TCP, with the portal logic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway.app import portal_settings
+from gateway.config import LlrpReaderDevice
+from gateway.domain import Event, PortalPass, TagReadBatch
+from gateway.drivers.llrp import LlrpReader, ReaderClock
+from gateway.health import DeviceHealth, DeviceState, StatusBoard
+from gateway.rules.portal import PortalTracker
+from gateway.supervisor import Backoff, supervise
+from simulators.llrp import LlrpReaderSimulator, Scenario, StrayTag, day_scenario
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def device(port: int, **extra: Any) -> LlrpReaderDevice:
+    return LlrpReaderDevice.model_validate(
+        {
+            "id": "d03-reader",
+            "kind": "llrp_reader",
+            "door": "D03",
+            "transport": {"type": "tcp", "host": "127.0.0.1", "port": port},
+            "antennas": {"outside": [1, 2], "inside": [3, 4]},
+            "keepalive_s": 0.5,
+            "connect_timeout_s": 3,
+            **extra,
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def supervised(
+    config: LlrpReaderDevice, *, reader_clock: ReaderClock | None = None
+) -> AsyncIterator[tuple[asyncio.Queue[Event], DeviceHealth, asyncio.Task[None]]]:
+    queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
+    health = StatusBoard(now).add(config.id, "llrp_reader")
+    driver = LlrpReader(config, queue=queue, health=health, clock=now, reader_clock=reader_clock)
+    task = asyncio.create_task(supervise(driver.run, health, Backoff(0.05, 0.2)))
+    try:
+        yield queue, health, task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(predicate: Any, timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def drain(queue: asyncio.Queue[Event]) -> list[TagReadBatch]:
+    out = []
+    while not queue.empty():
+        event = queue.get_nowait()
+        assert isinstance(event, TagReadBatch)
+        out.append(event)
+    return out
+
+
+STRAYS = Scenario(
+    strays=[StrayTag(bytes.fromhex("3074257BF7194E4000001A85"), antennas=[1, 3], rssi=-50)],
+    seed=1,
+)
+
+
+async def test_a_day_of_fifty_pallets_matches_the_ground_truth_item_by_item() -> None:
+    scenario = day_scenario(50, seed=11, time_scale=12, door="D03")
+    async with LlrpReaderSimulator(scenario, reads_per_s=5000) as sim:
+        config = device(sim.port)
+        tracker = PortalTracker(portal_settings(config))
+        passes: list[PortalPass] = []
+        # The simulator plays the day twelve times faster than real time: the portal logic
+        # follows the reader's clock, as it would a reader synchronised by NTP.
+        async with supervised(config, reader_clock=ReaderClock(trust_reader=True)) as (
+            queue,
+            health,
+            _,
+        ):
+            deadline = time.monotonic() + 120
+            while not sim.started or sim.scenario_time < scenario.end_s + 20:
+                assert time.monotonic() < deadline
+                with contextlib.suppress(TimeoutError):
+                    batch = await asyncio.wait_for(queue.get(), 0.05)
+                    assert isinstance(batch, TagReadBatch)
+                    passes += tracker.on_reads(batch.reads)
+                if sim.started:
+                    passes += tracker.on_tick(sim.utc_us(sim.scenario_time) / 1e6)
+            assert health.counts["errors"] == 0
+        truth = sorted(
+            (c.direction, tuple(sorted(epc.hex().upper() for epc in c.epcs)))
+            for c in sim.ground_truth
+        )
+    assert len(truth) == 50
+    assert {d for d, _ in truth} == {"inbound", "outbound"}
+    got = sorted((p.direction.value, p.epcs) for p in passes)
+    assert got == truth  # every pass, its direction and its exact EPC set; no stray makes one
+
+
+async def test_reader_dropped_and_restarted_twenty_times() -> None:
+    async with (
+        LlrpReaderSimulator(STRAYS, reads_per_s=500) as sim,
+        supervised(device(sim.port)) as (queue, health, task),
+    ):
+        for cycle in range(20):
+            await until(lambda: health.state is DeviceState.CONNECTED, what=f"connect {cycle}")
+            await until(lambda: not queue.empty(), what="reads")
+            drain(queue)
+            if cycle % 2:
+                await sim.drop_connections()
+            else:
+                await sim.restart(down_for_s=0.1)
+            await until(lambda: health.state is DeviceState.DISCONNECTED, what="disconnect")
+            assert not task.done()  # no exception escaped the supervisor
+        await until(lambda: health.state is DeviceState.CONNECTED, what="last connect")
+        assert health.counts["restarts"] >= 20
+        assert health.last_error
+        assert sim.stats.connections >= 21
+
+
+@pytest.mark.parametrize("kind", ["garbage", "bad_length", "unknown_type", "truncated_parameter"])
+async def test_malformed_frames_are_survived(kind: str) -> None:
+    async with (
+        LlrpReaderSimulator(STRAYS, reads_per_s=500) as sim,
+        supervised(device(sim.port)) as (queue, health, task),
+    ):
+        await until(lambda: health.state is DeviceState.CONNECTED, what="connect")
+        await until(lambda: not queue.empty(), what="reads")
+        connections = sim.stats.connections
+        for _ in range(3):
+            sim.send_malformed(kind)  # type: ignore[arg-type]
+            await asyncio.sleep(0.05)
+        drain(queue)
+        # Reads flow again: on the same connection, or after the watchdog reconnected.
+        await until(lambda: not queue.empty(), timeout=10, what="reads after malformed frames")
+        assert not task.done()
+        await until(
+            lambda: any(
+                read[0] == "3074257BF7194E4000001A85"
+                for batch in drain(queue)
+                for read in batch.reads
+            ),
+            what="the stray tag read again",
+        )
+        if kind in ("garbage", "bad_length"):
+            # sllurp cannot resynchronise (garbage) or its thread dies (bad length): the
+            # watchdog notices and reconnects.
+            assert sim.stats.connections > connections
+            assert health.counts["restarts"] >= 1
+        if kind == "unknown_type":
+            # sllurp skips what it cannot decode and carries on: counted, not fatal.
+            await until(lambda: health.counts.get("malformed", 0) >= 1, what="malformed count")
+            assert sim.stats.connections == connections
+
+
+async def test_refused_configuration_is_a_clear_status_and_recovers() -> None:
+    async with (
+        LlrpReaderSimulator(STRAYS, reject_config=True) as sim,
+        supervised(device(sim.port)) as (queue, health, task),
+    ):
+        await until(lambda: health.counts["errors"] >= 3, what="refusals")
+        assert health.state is DeviceState.DISCONNECTED
+        assert "refused the configuration" in (health.last_error or "")
+        assert not task.done()
+        sim.reject_config = False  # the integrator fixes the reader
+        await until(lambda: health.state is DeviceState.CONNECTED, what="connect")
+        await until(lambda: not queue.empty(), what="reads")
+
+
+async def test_unreachable_and_mute_readers() -> None:
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, never speaks LLRP
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with supervised(device(port, connect_timeout_s=0.5)) as (_, health, task):
+            await until(lambda: health.counts["errors"] >= 2, what="timeouts")
+            assert "did not start inventory" in (health.last_error or "")
+            assert not task.done()
+    finally:
+        server.close()
+    async with supervised(device(port)) as (_, health, task):
+        await until(lambda: health.counts["errors"] >= 2, what="refused connections")
+        assert "cannot connect" in (health.last_error or "")
