@@ -29,6 +29,7 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.health import DeviceState
 from gateway.wire import Topics
 from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
+from simulators.llrp import LlrpReaderSimulator, day_scenario
 from simulators.scanner import Garbage, ScannerSimulator, Step, Type, shift_script
 
 LOCATIONS = [
@@ -43,19 +44,29 @@ async def run_demo(
     with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
         workdir = state_dir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        async with _broker(broker) as (host, port, protocol):
-            config = demo_config(workdir, host=host, port=port, protocol=protocol)
+        # A dock door: a day of trucks unloaded and loaded, about an hour of pallets.
+        door = day_scenario(500, seed=1, door="D03", gap_s=(4.0, 9.0))
+        async with (
+            _broker(broker) as (host, port, protocol),
+            LlrpReaderSimulator(door, reads_per_s=1500) as reader,
+        ):
+            config = demo_config(
+                workdir, host=host, port=port, protocol=protocol, reader_port=reader.port
+            )
             _banner(config, embedded=broker is None)
             await _run(config, workdir / "scanner-fl-07", pallets=pallets, pace_s=pace_s)
 
 
-def demo_config(workdir: Path, *, host: str, port: int, protocol: str) -> GatewayConfig:
+def demo_config(
+    workdir: Path, *, host: str, port: int, protocol: str, reader_port: int
+) -> GatewayConfig:
     """The shipped demo configuration, pointed at this run's broker, scanner and folder."""
     example = resources.files("gateway").joinpath("examples/demo.toml")
     raw: dict[str, Any] = tomllib.loads(example.read_text("utf-8"))
     raw["broker"].update(host=host, port=port, protocol=protocol)
     raw["storage"]["path"] = str(workdir / "gateway.db")
     raw["devices"][0]["transport"]["port"] = str(workdir / "scanner-fl-07")
+    raw["devices"][1]["transport"]["port"] = reader_port
     return parse_config(raw, Path(str(example)))
 
 
@@ -154,6 +165,7 @@ async def _live_view(config: GatewayConfig) -> None:
 
 
 _DEVICE_STATES: dict[str, str] = {}
+_GATEWAY_STATE: dict[str, tuple[object, ...]] = {}
 
 
 def describe(topic: str, payload: dict[str, Any], topics: Topics) -> str | None:
@@ -167,13 +179,30 @@ def describe(topic: str, payload: dict[str, Any], topics: Topics) -> str | None:
             f"{now} {tag} pallet {payload['sscc']}  {origin} -> {payload['to_location']}"
             f"   tx {payload['tx_id'][:8]}"
         )
+    if rel.startswith("debug/pass/"):
+        tag = typer.style(" PASS  ", fg=typer.colors.MAGENTA, bold=True)
+        tags = payload["tags"]
+        pallet = next((t["sscc"] for t in tags if t["sscc"]), None)
+        gtins = {t["gtin"] for t in tags if t["gtin"]}
+        cases = sum(1 for t in tags if t["gtin"])
+        return (
+            f"{now} {tag} door {payload['door']} {payload['direction']:<8} "
+            f"pallet {pallet or '(no SSCC tag)'} + {cases} cases of {len(gtins)} products"
+            f"   ({len(tags)} tags)"
+        )
     if rel in ("event", "alarm"):
         colour = typer.colors.RED if rel == "alarm" else typer.colors.YELLOW
         tag = typer.style(f" {rel.upper():<6}", fg=colour, bold=True)
         return f"{now} {tag} {payload['code']}: {payload['message']}"
     if rel == "status":
+        outbox = payload.get("outbox") or {}
+        shown = (payload["state"], payload["reason"], outbox.get("alarm"))
+        if _GATEWAY_STATE.get("last") == shown:
+            return None  # the periodic refresh: same state, new figures
+        _GATEWAY_STATE["last"] = shown
         tag = typer.style(" GATEWAY", fg=typer.colors.CYAN, bold=True)
-        return f"{now} {tag} {payload['state']} ({payload['reason']})"
+        alarm = f", outbox {outbox['depth']}/{outbox['limit']} ALARM" if outbox.get("alarm") else ""
+        return f"{now} {tag} {payload['state']} ({payload['reason']}{alarm})"
     if rel.startswith("device/") and rel.endswith("/status"):
         if _DEVICE_STATES.get(payload["device"]) == payload["state"]:
             return None
@@ -190,8 +219,9 @@ def _banner(config: GatewayConfig, *, embedded: bool) -> None:
         typer.style("Warehouse edge gateway demo", bold=True)
         + f": site {config.gateway.site}, gateway {config.gateway.id}, {where} at "
         f"{config.broker.host}:{config.broker.port}.\n"
-        "A simulated forklift scanner scans pallets and locations; every published "
-        "transaction, event and status is shown below. Ctrl-C stops.\n"
+        "A simulated forklift scanner scans pallets and locations, and a simulated RFID "
+        "portal at dock door D03 sees pallets roll in and out; every published "
+        "transaction, pass, event and status is shown below. Ctrl-C stops.\n"
         f"Watch it with any MQTT client: mosquitto_sub -h {config.broker.host} "
         f"-p {config.broker.port} -t 'gw/#' -v\n"
     )

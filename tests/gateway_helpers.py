@@ -22,15 +22,28 @@ def site_config(
     broker_port: int,
     scanner: Path | None,
     protocol: str = "5",
+    reader_port: int | None = None,
     **rules: Any,
 ) -> dict[str, Any]:
-    devices = []
+    devices: list[dict[str, Any]] = []
     if scanner is not None:
         devices.append(
             {
                 "id": "fl-07",
                 "kind": "barcode_scanner",
                 "transport": {"type": "serial", "port": str(scanner)},
+                "backoff": {"min_s": 0.05, "max_s": 0.3},
+            }
+        )
+    if reader_port is not None:
+        devices.append(
+            {
+                "id": "d03-reader",
+                "kind": "llrp_reader",
+                "door": "D03",
+                "transport": {"type": "tcp", "host": "127.0.0.1", "port": reader_port},
+                "antennas": {"outside": [1, 2], "inside": [3, 4]},
+                "keepalive_s": 1.0,
                 "backoff": {"min_s": 0.05, "max_s": 0.3},
             }
         )

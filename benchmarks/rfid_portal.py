@@ -1,0 +1,509 @@
+"""Benchmark: RFID dock-door portal throughput, from the portal logic alone to the whole pipeline.
+
+Prints, in one run:
+1. portal logic on one core: tag reads/s through `PortalTracker.on_reads` (batches of up to 100
+   reads, as sllurp reports arrive) and `on_tick` every 0.2 s of read time, over a pre-generated
+   day at a door (pallets of 5-40 tags crossing both ways, antenna bleed on 4 antennas, stray
+   tags); the passes found are checked against the day's ground truth;
+2. sllurp alone: a bare `LLRPReaderClient` (the gateway's reader config) whose tag-report
+   callback only counts reads, against the LLRP reader simulator running in a child process
+   with a very high read-rate cap and many tags in the field;
+3. the gateway pipeline against a fresh simulator set up the same way: `LlrpReader` -> bounded
+   queue -> a consumer that does what the app's rules runner does (drain batches,
+   `PortalTracker.on_reads`, `on_tick` every 0.2 s); reads that reached the tracker per second,
+   reads dropped, passes produced;
+4. the ratio of 3 to 2 (the issue's target: the gateway keeps at least 90% of sllurp's rate).
+
+Run with `python benchmarks/rfid_portal.py` (about 40 s) or `--quick` (about 15 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import platform
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.app import TICK_S, portal_settings
+from gateway.config import LlrpReaderDevice, RulesConfig, StorageConfig
+from gateway.domain import Event, PortalPass, TagReadBatch
+from gateway.drivers.llrp import LlrpReader, ReaderClock
+from gateway.epc import encode_sgtin96, encode_sscc96
+from gateway.health import DeviceState, StatusBoard
+from gateway.logs import configure_logging
+from gateway.rules.portal import PortalTracker, TagRead
+from simulators.llrp.scenario import Pallet, PortalRadio, Scenario, StrayTag, day_scenario
+
+# The simulator splits reports at 100 TagReportData, as real readers do: sllurp's batches.
+BATCH = 100
+# Gateway times are seconds since the epoch; the generated day starts here.
+EPOCH = 1_750_000_000.0
+# A reader's settings in the simulator runs (the gateway's defaults otherwise).
+DEVICE_ID = "bench-reader"
+# A child that outlives this (a parent killed hard) stops by itself.
+CHILD_LIFETIME_S = 180.0
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def device(port: int) -> LlrpReaderDevice:
+    return LlrpReaderDevice.model_validate(
+        {
+            "id": DEVICE_ID,
+            "kind": "llrp_reader",
+            "door": "D01",
+            "transport": {"type": "tcp", "host": "127.0.0.1", "port": port},
+            "antennas": {"outside": [1, 2], "inside": [3, 4]},
+            "keepalive_s": 2.0,
+            "connect_timeout_s": 10,
+        }
+    )
+
+
+def truth_key(direction: str, epcs: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    return direction, tuple(sorted(epcs))
+
+
+# -- 1. the portal logic alone -----------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """A day at a door as the tracker gets it: batches, and the tick due after each batch."""
+
+    schedule: list[tuple[tuple[TagRead, ...], float | None]]
+    reads: int
+    seconds: float
+    end: float
+    truth: list[tuple[str, tuple[str, ...]]]
+    strays: int
+
+
+def generate_stream(pallets: int, strays: int, seed: int, reads_per_s: float) -> Stream:
+    """Sample a day with `PortalRadio`, as a reader capped at `reads_per_s` would report it."""
+    scenario = day_scenario(pallets, seed=seed, strays=strays, cases=(5, 40))
+    radio = PortalRadio(scenario)
+    antennas = {*scenario.outside_antennas, *scenario.inside_antennas}
+    step = 0.05  # a report every 50 ms, as the simulator sends them
+    end_s = scenario.end_s + 5.0
+    hexes: dict[bytes, str] = {}
+    schedule: list[tuple[tuple[TagRead, ...], float | None]] = []
+    next_tick = EPOCH + TICK_S
+    total = 0
+    k = 0
+    while (t0 := k * step) < end_s:
+        k += 1
+        reads = radio.inventory(t0, t0 + step, antennas=antennas, max_reads=int(reads_per_s * step))
+        compact: list[TagRead] = []
+        for epc, antenna, rssi, t in reads:
+            name = hexes.get(epc)
+            if name is None:
+                name = hexes[epc] = epc.hex().upper()
+            compact.append((name, antenna, rssi, EPOCH + t, 1))
+        total += len(compact)
+        for i in range(0, len(compact), BATCH):
+            batch = tuple(compact[i : i + BATCH])
+            tick = None
+            if batch[-1][3] >= next_tick:
+                tick = next_tick
+                next_tick += TICK_S
+            schedule.append((batch, tick))
+    truth = sorted(
+        truth_key(c.direction, [e.hex().upper() for e in c.epcs]) for c in scenario.crossings
+    )
+    return Stream(schedule, total, end_s, EPOCH + end_s, truth, len(scenario.strays))
+
+
+def run_tracker(stream: Stream, settings: Any) -> tuple[float, list[PortalPass]]:
+    tracker = PortalTracker(settings)
+    on_reads, on_tick = tracker.on_reads, tracker.on_tick
+    passes: list[PortalPass] = []
+    began = time.perf_counter()
+    for batch, tick in stream.schedule:
+        found = on_reads(batch)
+        if tick is not None:
+            found += on_tick(tick)
+        if found:
+            passes += found
+    passes += on_tick(stream.end + 60.0)  # everything departs
+    elapsed = time.perf_counter() - began
+    assert tracker.reads == stream.reads
+    return elapsed, passes
+
+
+def bench_portal_logic(args: argparse.Namespace) -> None:
+    print("1. portal logic (PortalTracker, one core)")
+    began = time.perf_counter()
+    stream = generate_stream(args.pallets, args.logic_strays, args.seed, args.logic_reads_per_s)
+    print(
+        f"   stream: {args.pallets} pallets of 5-40 tags + {stream.strays} stray tags, "
+        f"4 antennas, {stream.seconds:.0f} s of reads, {stream.reads:,} reads in "
+        f"{len(stream.schedule):,} batches (generated in {time.perf_counter() - began:.1f} s)"
+    )
+    settings = portal_settings(device(5084))
+    runs = []
+    passes: list[PortalPass] = []
+    for _ in range(args.repeat):
+        elapsed, passes = run_tracker(stream, settings)
+        runs.append(elapsed)
+    best = min(runs)
+    rate = stream.reads / best
+    verdict = "OK" if rate >= 100_000 else "BELOW TARGET"
+    print(
+        f"   throughput: {rate:,.0f} reads/s (best of {len(runs)}; median "
+        f"{stream.reads / statistics.median(runs):,.0f})   target >= 100,000: {verdict}"
+    )
+    got = sorted(truth_key(p.direction.value, p.epcs) for p in passes)
+    correct = sum(1 for key in got if key in set(stream.truth))
+    extra = len(got) - correct
+    print(
+        f"   passes: {correct}/{len(stream.truth)} correct"
+        + (f" ({extra} wrong or extra)" if extra else "")
+        + ("" if got == stream.truth else "  MISMATCH with the ground truth")
+    )
+
+
+# -- the simulator in a child process ----------------------------------------------------------
+
+
+def sim_scenario(strays: int, seed: int) -> Scenario:
+    """Many tags in the field: strong stray tags on every antenna, pallets crossing both ways."""
+    rng = random.Random(seed)
+    serial = 1_000_000
+
+    def case() -> bytes:
+        nonlocal serial
+        serial += 1
+        return encode_sgtin96("0614141", "812345", serial)
+
+    stray_tags = [
+        StrayTag(case(), (1, 2, 3, 4), rng.uniform(-58.0, -50.0)) for _ in range(strays)
+    ]
+    pallets = []
+    for i in range(40):
+        epcs = [case() for _ in range(rng.randint(5, 40))]
+        epcs.append(encode_sscc96("0614141", f"{100_000_000 + i:010d}"))
+        direction = "inbound" if i % 2 == 0 else "outbound"
+        pallets.append(Pallet(epcs, direction, start_s=1.0 + 4.0 * i, duration_s=2.5))
+    return Scenario(pallets=pallets, strays=stray_tags, seed=seed)
+
+
+def serve_simulator(
+    conn: multiprocessing.connection.Connection,
+    strays: int,
+    seed: int,
+    reads_per_s: float,
+    report_interval_s: float,
+) -> None:
+    """Child process: play `sim_scenario` until the parent says stop (or goes away)."""
+    from simulators.llrp.server import LlrpReaderSimulator
+
+    logging.basicConfig(level=logging.ERROR)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def watch_parent() -> None:
+            with contextlib.suppress(EOFError, OSError):
+                conn.recv()  # "stop", or EOF when the parent is gone
+            loop.call_soon_threadsafe(stop.set)
+
+        scenario = sim_scenario(strays, seed)
+        async with LlrpReaderSimulator(
+            scenario, reads_per_s=reads_per_s, report_interval_s=report_interval_s
+        ) as sim:
+            conn.send(sim.port)
+            threading.Thread(target=watch_parent, daemon=True).start()
+            cpu0 = time.process_time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CHILD_LIFETIME_S)
+            stats = sim.stats
+            started = sim.started
+            scenario_time = sim.scenario_time
+            cpu = time.process_time() - cpu0
+        with contextlib.suppress(OSError):
+            conn.send(
+                {
+                    "reads_sent": stats.reads_sent,
+                    "reports_sent": stats.reports_sent,
+                    "started": started,
+                    "scenario_time": scenario_time,
+                    "cpu_s": cpu,
+                }
+            )
+
+    asyncio.run(serve())
+
+
+class SimulatorProcess:
+    """The LLRP reader simulator in a child process (its own GIL), killed on exit."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._process = ctx.Process(
+            target=serve_simulator,
+            args=(child_conn, args.strays, args.seed, args.reads_per_s, args.report_interval),
+            name="llrp-simulator",
+            daemon=True,
+        )
+        self._child_conn = child_conn
+        self.port = 0
+        self.stats: dict[str, Any] = {}
+
+    def __enter__(self) -> SimulatorProcess:
+        self._process.start()
+        self._child_conn.close()
+        if not self._conn.poll(30.0):
+            self._kill()
+            raise RuntimeError("the simulator did not start within 30 s")
+        self.port = self._conn.recv()
+        self.began = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                self._conn.send("stop")
+                if self._conn.poll(5.0):
+                    self.stats = self._conn.recv()
+            self._process.join(5.0)
+        finally:
+            self._kill()
+            self._conn.close()
+
+    def _kill(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5.0)
+
+
+def describe_sim(sim: SimulatorProcess) -> str:
+    stats = sim.stats
+    if not stats:
+        return "simulator stats unavailable"
+    busy = stats["cpu_s"] / max(1e-9, time.perf_counter() - sim.began)
+    return (
+        f"simulator sent {stats['reads_sent']:,} reads in {stats['reports_sent']:,} reports, "
+        f"its process {busy:.0%} busy"
+    )
+
+
+# -- 2. sllurp alone ---------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    reads: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.reads / self.seconds
+
+
+def bench_sllurp(args: argparse.Namespace) -> Measured:
+    from sllurp.llrp import LLRPReaderClient, LLRPReaderState
+
+    with SimulatorProcess(args) as sim:
+        config = device(sim.port)
+        reader = LlrpReader(
+            config, queue=asyncio.Queue(), health=StatusBoard(now).add("x", "llrp_reader"), clock=now
+        )
+        client = LLRPReaderClient("127.0.0.1", sim.port, reader.sllurp_config())
+        count = 0
+        inventorying = threading.Event()
+
+        def on_tags(_: Any, tags: Sequence[dict[str, Any]]) -> None:
+            nonlocal count
+            count += sum(tag.get("TagSeenCount", 1) for tag in tags)
+
+        client.add_tag_report_callback(on_tags)
+        client.add_state_callback(
+            LLRPReaderState.STATE_INVENTORYING, lambda *_: inventorying.set()
+        )
+        try:
+            client.connect()
+            if not inventorying.wait(config.connect_timeout_s):
+                raise RuntimeError("sllurp did not reach STATE_INVENTORYING")
+            began, before = time.perf_counter(), count
+            time.sleep(args.seconds)
+            measured = Measured(count - before, time.perf_counter() - began)
+            if not client.is_alive():
+                raise RuntimeError("sllurp's thread died during the measurement")
+        finally:
+            close_client(client)
+    print(
+        f"   {measured.rate:,.0f} reads/s ({measured.reads:,} reads in {measured.seconds:.1f} s); "
+        + describe_sim(sim)
+    )
+    return measured
+
+
+def close_client(client: Any) -> None:
+    if client.is_alive():
+        with contextlib.suppress(Exception):
+            client.disconnect(timeout=2.0)
+    client.hard_disconnect()
+    client.join(2.0)
+
+
+# -- 3. the gateway pipeline -------------------------------------------------------------------
+
+
+async def consume(
+    queue: asyncio.Queue[Event],
+    tracker: PortalTracker,
+    passes: list[PortalPass],
+    clock: Callable[[], dt.datetime],
+) -> None:
+    """What `Gateway._run_rules` does with tag reads (without the outbox)."""
+    batch_max = StorageConfig.model_fields["commit_batch"].default
+    loop = asyncio.get_running_loop()
+    next_tick = loop.time() + TICK_S
+    while True:
+        events: list[Event] = []
+        with contextlib.suppress(TimeoutError):
+            events.append(
+                await asyncio.wait_for(queue.get(), timeout=max(0.0, next_tick - loop.time()))
+            )
+        while events and len(events) < batch_max and not queue.empty():
+            events.append(queue.get_nowait())
+        for event in events:
+            if isinstance(event, TagReadBatch):
+                passes += tracker.on_reads(event.reads)
+        if loop.time() >= next_tick:
+            passes += tracker.on_tick(clock().timestamp())
+            next_tick = loop.time() + TICK_S
+        for _ in events:
+            queue.task_done()
+        await asyncio.sleep(0)  # `_decide` awaits the outbox commit
+
+
+async def run_pipeline(
+    args: argparse.Namespace, port: int
+) -> tuple[Measured, int, list[PortalPass], float]:
+    config = device(port)
+    queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=RulesConfig().queue_size)
+    health = StatusBoard(now).add(config.id, "llrp_reader")
+    reader = LlrpReader(config, queue=queue, health=health, clock=now, reader_clock=ReaderClock())
+    tracker = PortalTracker(portal_settings(config))
+    passes: list[PortalPass] = []
+    driver = asyncio.create_task(reader.run(), name="driver")
+    consumer = asyncio.create_task(consume(queue, tracker, passes, now), name="consumer")
+    try:
+        deadline = time.monotonic() + config.connect_timeout_s + 5
+        while health.state is not DeviceState.CONNECTED:
+            if driver.done():
+                driver.result()  # raises the driver's error
+            if time.monotonic() > deadline:
+                raise RuntimeError("the driver did not reach inventorying")
+            await asyncio.sleep(0.005)
+        began, before, dropped_before = time.perf_counter(), tracker.reads, 0
+        inventory_began = began
+        await asyncio.sleep(args.seconds)
+        if driver.done():
+            driver.result()
+        measured = Measured(tracker.reads - before, time.perf_counter() - began)
+        dropped = health.counts.get("dropped", 0) - dropped_before
+        return measured, dropped, list(passes), time.perf_counter() - inventory_began
+    finally:
+        for task in (driver, consumer):
+            task.cancel()
+        await asyncio.wait({driver, consumer}, timeout=10)
+
+
+def bench_gateway(args: argparse.Namespace) -> tuple[Measured, int]:
+    with SimulatorProcess(args) as sim:
+        measured, dropped, passes, played = asyncio.run(run_pipeline(args, sim.port))
+    print(
+        f"   {measured.rate:,.0f} reads/s reached the tracker ({measured.reads:,} reads in "
+        f"{measured.seconds:.1f} s); dropped: {dropped:,} reads; " + describe_sim(sim)
+    )
+    scenario = sim_scenario(args.strays, args.seed)
+    depart = portal_settings(device(5084)).depart_after_s
+    truth = {
+        truth_key(c.direction, [e.hex().upper() for e in c.epcs]): c for c in scenario.crossings
+    }
+    due = sum(1 for c in scenario.crossings if c.end_s + depart + 2 * TICK_S < played)
+    right = sum(1 for p in passes if truth_key(p.direction.value, p.epcs) in truth)
+    print(
+        f"   passes: {len(passes)} produced, {right} exactly right (direction and EPC set); "
+        f"{due} pallets had crossed and departed by the end"
+    )
+    return measured, dropped
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=10.0, help="each TCP measurement (s)")
+    parser.add_argument("--quick", action="store_true", help="short run: 3 s, a smaller day")
+    parser.add_argument("--pallets", type=int, default=150, help="pallets in the logic's day")
+    parser.add_argument("--logic-strays", type=int, default=12, help="stray tags in that day")
+    parser.add_argument(
+        "--logic-reads-per-s", type=float, default=20_000, help="read cap of that day's reader"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the logic benchmark")
+    parser.add_argument("--strays", type=int, default=1000, help="strong stray tags (TCP runs)")
+    parser.add_argument("--reads-per-s", type=float, default=1_000_000, help="simulator cap")
+    parser.add_argument("--report-interval", type=float, default=0.01, help="simulator, s")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--only", choices=("logic", "tcp"), help="run only the logic or only the TCP part"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds = min(args.seconds, 3.0)
+        args.pallets = min(args.pallets, 40)
+        args.repeat = 1
+    configure_logging("console", "error")
+    logging.getLogger("sllurp").setLevel(logging.ERROR)
+
+    print(
+        f"machine: {os.cpu_count()} CPUs ({platform.machine()}, {platform.processor() or '?'}), "
+        f"Python {platform.python_version()} ({platform.python_implementation()}), "
+        f"{platform.system()} {platform.release()}"
+    )
+    if args.only != "tcp":
+        bench_portal_logic(args)
+    if args.only == "logic":
+        return 0
+    print(
+        f"   TCP runs: simulator in a child process, {args.strays} strong stray tags on 4 "
+        f"antennas + pallets crossing every 4 s, cap {args.reads_per_s:,.0f} reads/s, a report "
+        f"every {args.report_interval * 1000:g} ms; {args.seconds:g} s from STATE_INVENTORYING"
+    )
+    print("2. sllurp alone (bare LLRPReaderClient, callback counts TagSeenCount)")
+    alone = bench_sllurp(args)
+    print("3. gateway pipeline (LlrpReader -> bounded queue -> rules consumer -> PortalTracker)")
+    gateway, _ = bench_gateway(args)
+    ratio = gateway.rate / alone.rate if alone.rate else 0.0
+    verdict = "OK" if ratio >= 0.9 else "BELOW TARGET"
+    print(f"4. gateway keeps {ratio:.0%} of sllurp's rate (target >= 90%): {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
