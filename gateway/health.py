@@ -69,6 +69,12 @@ class DeviceHealth:
             self.last_error = error
             self._transition(DeviceState.DISCONNECTED)
 
+    def note_error(self, error: str) -> None:
+        """The device reports a problem but keeps working: shown as `last_error`, counted."""
+        self.counts["device_errors"] = self.counts.get("device_errors", 0) + 1
+        self.last_error = error
+        self._on_change()
+
     def stopped(self) -> None:
         """The gateway stopped the device on purpose."""
         if self.state is not DeviceState.STOPPED:

@@ -182,6 +182,21 @@ async def test_refused_configuration_is_a_clear_status_and_recovers() -> None:
         await until(lambda: not queue.empty(), what="reads")
 
 
+async def test_reader_exception_event_shows_on_the_status_without_a_reconnect() -> None:
+    async with (
+        LlrpReaderSimulator(STRAYS, reads_per_s=200) as sim,
+        supervised(device(sim.port)) as (queue, health, _),
+    ):
+        await until(lambda: health.state is DeviceState.CONNECTED, what="connect")
+        sim.send_reader_exception("antenna 3 disconnected")
+        await until(lambda: health.counts.get("device_errors", 0) == 1, what="the exception")
+        assert health.last_error == "reader exception: antenna 3 disconnected"
+        assert health.state is DeviceState.CONNECTED
+        drain(queue)
+        await until(lambda: not queue.empty(), what="reads go on")
+        assert sim.stats.connections == 1
+
+
 async def test_unreachable_and_mute_readers() -> None:
     async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # accepts, never speaks LLRP

@@ -204,7 +204,17 @@ class LlrpReader:
         def on_keepalive(_: Any, __: Any) -> None:
             self.last_message = time.monotonic()
 
+        def on_event(_: Any, event: Mapping[str, Any]) -> None:
+            # The reader reports a fault of its own (an antenna disconnected, a radio error).
+            exception = event.get("ReaderExceptionEvent")
+            if exception:
+                text = exception.get("Message", b"") if isinstance(exception, dict) else exception
+                if isinstance(text, bytes):
+                    text = text.decode("utf-8", "replace")
+                loop.call_soon_threadsafe(self._reader_error, str(text))
+
         client.add_tag_report_callback(on_tags)
+        client.add_event_callback(on_event)
         client.add_message_callback("KEEPALIVE", on_keepalive)
         for response in (
             "SET_READER_CONFIG_RESPONSE",
@@ -267,6 +277,10 @@ class LlrpReader:
             raise DeviceError(
                 f"reader did not start inventory within {self.config.connect_timeout_s:g} s"
             )
+
+    def _reader_error(self, text: str) -> None:
+        self._health.note_error(f"reader exception: {text}")
+        log.warning("reader reports an exception", device=self.config.id, message=text)
 
     def _deliver(self, reads: tuple[tuple[str, int, int | None, float, int], ...]) -> None:
         self.last_message = time.monotonic()

@@ -168,6 +168,7 @@ class ParamType(enum.IntEnum):
     READER_EVENT_NOTIFICATION_SPEC = 244
     EVENT_NOTIFICATION_STATE = 245
     READER_EVENT_NOTIFICATION_DATA = 246
+    READER_EXCEPTION_EVENT = 252
     CONNECTION_ATTEMPT_EVENT = 256
     CONNECTION_CLOSE_EVENT = 257
     LLRP_STATUS = 287
@@ -644,6 +645,15 @@ def reader_event_notification(
         if closing
         else tlv(ParamType.CONNECTION_ATTEMPT_EVENT, _U16.pack(status))
     )
+    timestamp = tlv(ParamType.UTC_TIMESTAMP, struct.pack("!Q", utc_us))
+    data = tlv(ParamType.READER_EVENT_NOTIFICATION_DATA, timestamp + event)
+    return encode_frame(MessageType.READER_EVENT_NOTIFICATION, msg_id, data)
+
+
+def reader_exception_notification(msg_id: int, utc_us: int, message: str) -> bytes:
+    """READER_EVENT_NOTIFICATION with a ReaderExceptionEvent: the reader reports a fault."""
+    text = message.encode("utf-8")
+    event = tlv(ParamType.READER_EXCEPTION_EVENT, _U16.pack(len(text)) + text)
     timestamp = tlv(ParamType.UTC_TIMESTAMP, struct.pack("!Q", utc_us))
     data = tlv(ParamType.READER_EVENT_NOTIFICATION_DATA, timestamp + event)
     return encode_frame(MessageType.READER_EVENT_NOTIFICATION, msg_id, data)

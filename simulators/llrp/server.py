@@ -54,6 +54,7 @@ from simulators.llrp.codec import (
     parse_spec_id,
     reader_config_response,
     reader_event_notification,
+    reader_exception_notification,
     response_type,
     ro_access_report,
     status_response,
@@ -520,6 +521,11 @@ class LlrpReaderSimulator:
         for conn in self._connections:
             conn.send(_malformed(kind, self._rng, next(self._msg_ids)))
             self._counters.malformed_sent += 1
+
+    def send_reader_exception(self, message: str) -> None:
+        """Report a reader fault (ReaderExceptionEvent) to every connected client."""
+        for conn in self._connections:
+            conn.send(reader_exception_notification(next(self._msg_ids), _utc_now_us(), message))
 
     # -- internals --
 
