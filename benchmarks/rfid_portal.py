@@ -219,6 +219,8 @@ def serve_simulator(
     from simulators.llrp.server import LlrpReaderSimulator
 
     logging.basicConfig(level=logging.ERROR)
+    # Closing a connection whose client stopped reading: asyncio logs the cancelled task.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
@@ -536,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"machine: {os.cpu_count()} CPUs ({platform.machine()}, {platform.processor() or '?'}), "
         f"Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"{platform.system()} {platform.release()}"
+        f"{platform.system()} {platform.release()}, load average {os.getloadavg()[0]:.2f}"
     )
     if args.only != "tcp":
         bench_portal_logic(args)

@@ -11,27 +11,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 
 from gateway import __version__
 from gateway.bridge.mqtt import MqttBridge
 from gateway.config import BarcodeScannerDevice, DeviceConfig, GatewayConfig, LlrpReaderDevice
-from gateway.domain import Decision, Event, MoveTransaction, Notice, PortalPass, Severity
+from gateway.domain import (
+    CommandResponse,
+    Event,
+    MoveTransaction,
+    Notice,
+    PortalPass,
+    Severity,
+    WmsMessage,
+)
 from gateway.drivers.barcode import LabelRules
 from gateway.drivers.llrp import KIND as READER_KIND
 from gateway.drivers.llrp import LlrpReader
 from gateway.drivers.scanner import KIND as SCANNER_KIND
 from gateway.drivers.scanner import BarcodeScanner
+from gateway.epcis import EpcisSettings, object_event
+from gateway.epcis import document as epcis_document
 from gateway.health import StatusBoard
-from gateway.rules.engine import RulesEngine
+from gateway.refdata import to_json
+from gateway.rules.engine import DockStation, RefDataChange, RulesEngine
 from gateway.rules.moves import ForkliftMoves, MoveSettings
 from gateway.rules.portal import PortalSettings, PortalTracker
-from gateway.storage import OutboxMessage, PalletMove, StorageError, Store
+from gateway.rules.receiving import (
+    DockRules,
+    DockSummary,
+    DockTransaction,
+    LedgerEntry,
+    ledger_entries,
+)
+from gateway.storage import (
+    LedgerRow,
+    OutboxMessage,
+    PalletMove,
+    RefDataRow,
+    StorageError,
+    Store,
+)
 from gateway.supervisor import Backoff, supervise
-from gateway.wire import Topics, encode, move_message, notice_message, pass_payload
+from gateway.wire import (
+    Topics,
+    dock_payload,
+    encode,
+    move_message,
+    move_payload,
+    notice_message,
+    pass_payload,
+    summary_payload,
+)
 
 log = structlog.get_logger("gateway.app")
 
@@ -106,7 +142,35 @@ class Gateway:
                     for d in config.devices
                     if isinstance(d, LlrpReaderDevice)
                 },
+                dock=DockRules(
+                    idle_close=dt.timedelta(seconds=config.rules.dock.idle_close_s),
+                    ledger=[
+                        LedgerEntry(r.kind, r.key, r.reference, r.line, r.counted)
+                        for r in await store.dock_ledger()
+                    ],
+                    closed=await store.closed_references(),
+                ),
+                site=config.gateway.site,
+                door_roles={
+                    d.door: d.role for d in config.devices if isinstance(d, LlrpReaderDevice)
+                },
+                dock_stations={
+                    d.id: DockStation(d.location, d.role)
+                    for d in config.devices
+                    if isinstance(d, BarcodeScannerDevice)
+                    and d.role in ("receiving", "shipping")
+                    and d.location
+                },
             )
+            # What the WMS sent before the restart (the broker's retained copies follow).
+            for row in await store.reference_data():
+                engine.on_event(
+                    WmsMessage(
+                        f"wms/{config.gateway.site}/{row.kind}/{row.key}",
+                        (row.body or "").encode(),
+                        self.clock(),
+                    )
+                )
             bridge = MqttBridge(
                 config.broker,
                 topics=self.topics,
@@ -118,6 +182,7 @@ class Gateway:
                     config.storage.outbox_max_rows * config.storage.outbox_alarm_ratio
                 ),
                 on_refused=self._publish_refused,
+                inbox=self.queue.put,
             )
             if config.broker.protocol == "3.1.1":
                 log.warning(
@@ -193,9 +258,9 @@ class Gateway:
             log.warning("outbox not empty at stop: kept for the next start", depth=store.depth)
 
     async def _run_rules(self, engine: RulesEngine, store: Store) -> None:
-        # An event makes at most a transaction and a notice: a batch's decisions always fit
-        # in an empty outbox, so waiting for room always ends.
-        batch_max = max(1, min(self.config.storage.commit_batch, store.max_rows // 4))
+        # An event makes at most a few messages (a transaction, its EPCIS document, an alarm):
+        # a batch's decisions always fit in an empty outbox, so waiting for room always ends.
+        batch_max = max(1, min(self.config.storage.commit_batch, store.max_rows // 8))
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + TICK_S
         while True:
@@ -208,7 +273,7 @@ class Gateway:
                 )
             while events and len(events) < batch_max and not self.queue.empty():
                 events.append(self.queue.get_nowait())
-            decisions: list[Decision] = []
+            decisions: list[Any] = []
             for event in events:
                 decisions.extend(engine.on_event(event))
             # Time moves on even while events pour in: departures and timeouts are due.
@@ -233,7 +298,7 @@ class Gateway:
             )
         )
 
-    async def _decide(self, decisions: Sequence[Decision], store: Store) -> None:
+    async def _decide(self, decisions: Sequence[Any], store: Store) -> None:
         """Act on decisions: passes go to the next rules (and the debug topic), the rest is committed."""
         passes = [d for d in decisions if isinstance(d, PortalPass)]
         for portal_pass in passes:
@@ -245,10 +310,12 @@ class Gateway:
                 separation_s=portal_pass.separation_s,
             )
             if self.config.debug.passes and self.bridge is not None:
-                self.bridge.publish_debug(
-                    self.topics.debug_pass(portal_pass.door),
-                    encode(pass_payload(portal_pass, self.topics)),
-                )
+                try:
+                    payload = encode(pass_payload(portal_pass, self.topics))
+                except (ValueError, OverflowError) as err:  # debug output must never stop the rules
+                    log.warning("cannot render a pass for the debug topic", error=str(err))
+                    continue
+                self.bridge.publish_debug(self.topics.debug_pass(portal_pass.door), payload)
         self.passes_seen += len(passes)
         rest = [d for d in decisions if not isinstance(d, PortalPass)]
         backoff = Backoff(0.2, 5.0)
@@ -267,13 +334,46 @@ class Gateway:
                 self._storage_failing = False
             return
 
-    async def _commit(self, decisions: Sequence[Decision], store: Store) -> None:
+    async def _commit(self, decisions: Sequence[Any], store: Store) -> None:
         """Commit decisions to the outbox; transactions wait for room, notices are dropped."""
-        txs = [d for d in decisions if isinstance(d, MoveTransaction)]
-        notices = [d for d in decisions if isinstance(d, Notice)]
+        messages: list[OutboxMessage] = []
+        moves: list[PalletMove] = []
+        ledger: list[LedgerRow] = []
+        closed: list[tuple[str, str]] = []
+        refdata: list[RefDataRow] = []
+        notices: list[Notice] = []
+        for d in decisions:
+            if isinstance(d, MoveTransaction):
+                messages.append(move_message(d, self.topics))
+                moves.append(PalletMove(d.sscc, d.to_location, d.tx_id))
+                messages.extend(self._epcis(move_payload(d, self.topics)))
+            elif isinstance(d, DockTransaction):
+                payload = dock_payload(d, self.topics)
+                messages.append(OutboxMessage(d.tx_id, self.topics.tx(d.kind), encode(payload)))
+                messages.extend(self._epcis(payload))
+                ledger.extend(
+                    LedgerRow(e.kind, e.key, e.reference, e.line, e.counted, d.tx_id)
+                    for e in ledger_entries(d)
+                )
+            elif isinstance(d, DockSummary):
+                messages.append(
+                    OutboxMessage(
+                        d.tx_id,
+                        self.topics.summary(d.kind),
+                        encode(summary_payload(d, self.topics)),
+                    )
+                )
+                closed.append((d.reference, d.tx_id))
+            elif isinstance(d, RefDataChange):
+                body = None if d.item is None else json.dumps(to_json(d.item), sort_keys=True)
+                refdata.append(RefDataRow(d.kind, d.key, body))
+            elif isinstance(d, CommandResponse):
+                if self.bridge is not None:
+                    self.bridge.respond(d.topic, d.correlation, encode(d.payload))
+            elif isinstance(d, Notice):
+                notices.append(d)
         for notice in notices:
             log.info("notice", code=notice.code, device=notice.device_id, message=notice.message)
-        messages: list[OutboxMessage] = [move_message(tx, self.topics) for tx in txs]
         while len(messages) > store.room():
             if not self._intake_held:
                 log.error("outbox full: intake held back", depth=store.depth, limit=store.max_rows)
@@ -290,20 +390,28 @@ class Gateway:
         alarm = self._outbox_alarm(store, extra=len(messages))
         if alarm is not None and len(messages) < store.room():
             messages.append(notice_message(alarm, self.topics))
-        if not messages:
+        if not (messages or refdata):
             return
-        await store.commit(
-            messages,
-            [PalletMove(tx.sscc, tx.to_location, tx.tx_id) for tx in txs],
+        await store.commit(messages, moves, ledger=ledger, closed=closed, refdata=refdata)
+        for d in decisions:
+            if isinstance(d, MoveTransaction | DockTransaction | DockSummary):
+                log.info("transaction committed", tx_id=d.tx_id, kind=type(d).__name__)
+
+    def _epcis(self, payload: dict[str, Any]) -> list[OutboxMessage]:
+        """The same transaction as a GS1 EPCIS 2.0 document, when the site asked for it."""
+        if not self.config.epcis.enabled:
+            return []
+        settings = self.config.epcis
+        event = object_event(
+            payload,
+            EpcisSettings(
+                read_point_base=settings.read_point_base,
+                biz_location_base=settings.biz_location_base,
+                company_prefix_length=settings.company_prefix_length,
+            ),
         )
-        for tx in txs:
-            log.info(
-                "move committed",
-                tx_id=tx.tx_id,
-                sscc=tx.sscc,
-                from_location=tx.from_location,
-                to_location=tx.to_location,
-            )
+        doc = epcis_document([event], created=payload["occurred_at"])
+        return [OutboxMessage(f"epcis:{payload['tx_id']}", self.topics.epcis, encode(doc))]
 
     def _outbox_alarm(self, store: Store, *, extra: int) -> Notice | None:
         """An alarm the first time the outbox passes its alarm level; re-armed below 90% of it."""

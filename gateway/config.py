@@ -163,16 +163,18 @@ class BarcodeScannerDevice(_Model):
     kind: Literal["barcode_scanner"]
     transport: SerialTransport
     # forklift: pallet label, then location label. station: a scanner fixed at `location`;
-    # a pallet scanned there is moved there.
-    role: Literal["forklift", "station"] = "forklift"
+    # a pallet scanned there is moved there. receiving / shipping: a scanner at the dock door
+    # `location`; what it scans is received against the door's ASN or checked against its
+    # ship order.
+    role: Literal["forklift", "station", "receiving", "shipping"] = "forklift"
     location: str | None = None
     framing: ScannerFraming = ScannerFraming()
     backoff: BackoffConfig = BackoffConfig()
 
     @model_validator(mode="after")
     def _station_has_location(self) -> BarcodeScannerDevice:
-        if self.role == "station" and not self.location:
-            raise ValueError("a scanner with role 'station' needs its `location`")
+        if self.role != "forklift" and not self.location:
+            raise ValueError(f"a scanner with role {self.role!r} needs its `location`")
         return self
 
 
@@ -220,10 +222,15 @@ class LlrpReaderDevice(_Model):
     kind: Literal["llrp_reader"]
     transport: TcpTransport
     door: Identifier
+    # receiving: inbound passes are received against the door's ASN; shipping: outbound passes
+    # are checked against its ship order; both: each direction does its own.
+    role: Literal["receiving", "shipping", "both"] = "receiving"
     antennas: PortalAntennas
     tx_power_dbm: float | None = Field(default=None, description="None: the reader's maximum")
     mode_identifier: int | None = None
-    session: Literal[0, 1, 2, 3] = 2
+    # Gen2 session 1: a tag answers again within seconds, so the portal sees it move; under
+    # session 2 (single target) a tag read once stays quiet while it is powered.
+    session: Literal[0, 1, 2, 3] = 1
     tag_population: int = Field(default=32, ge=1, le=65535)
     report_every_n_tags: int = Field(default=200, ge=1, le=65535)
     report_timeout_ms: int = Field(default=100, ge=10, le=60_000)
@@ -250,10 +257,26 @@ class DebugConfig(_Model):
     max_per_s: float = Field(default=10.0, gt=0)
 
 
+class DockRuleConfig(_Model):
+    """Receiving and shipping."""
+
+    idle_close_s: float = Field(default=1800.0, gt=0)
+
+
+class EpcisConfig(_Model):
+    """GS1 EPCIS 2.0 events for receive, ship and move, on `gw/{site}/{gateway}/epcis`."""
+
+    enabled: bool = False
+    read_point_base: str = "urn:epc:id:sgln:0000000.00000"
+    biz_location_base: str = "urn:epc:id:sgln:0000000.00000"
+    company_prefix_length: int = Field(default=7, ge=6, le=12)
+
+
 class RulesConfig(_Model):
     """Parameters of the rules engine."""
 
     move: MoveRuleConfig = MoveRuleConfig()
+    dock: DockRuleConfig = DockRuleConfig()
     queue_size: int = Field(default=1024, ge=1, le=1_000_000)
 
 
@@ -267,6 +290,7 @@ class GatewayConfig(_Model):
     labels: LabelsConfig = LabelsConfig()
     rules: RulesConfig = RulesConfig()
     debug: DebugConfig = DebugConfig()
+    epcis: EpcisConfig = EpcisConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -72,8 +72,36 @@ class TagReadBatch:
     reads: tuple[tuple[str, int, int | None, float, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class WmsMessage:
+    """A reference data message from the WMS (ASN, ship order, product, location), as received."""
+
+    topic: str
+    payload: bytes
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CloseCommand:
+    """Close a receipt or shipment now (MQTT 5 request; the answer goes to `response_topic`)."""
+
+    reference: str
+    at: dt.datetime
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResponse:
+    """The answer to a command, for the request's response topic."""
+
+    topic: str
+    correlation: bytes | None
+    payload: dict[str, Any]
+
+
 ScanEvent = Scan | RejectedScan
-Event = Scan | RejectedScan | TagReadBatch
+Event = Scan | RejectedScan | TagReadBatch | WmsMessage | CloseCommand
 
 
 class Severity(enum.StrEnum):

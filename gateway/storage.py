@@ -40,6 +40,27 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_retry ON outbox (retry_at) WHERE retry_at > 0;
+CREATE TABLE IF NOT EXISTS dock_ledger (
+    kind       TEXT NOT NULL,              -- receive or ship
+    key        TEXT NOT NULL,              -- epc:HEX, sscc:N, sgtin:GTIN.SERIAL
+    reference  TEXT NOT NULL,              -- the ASN or ship order
+    line       INTEGER,
+    counted    INTEGER NOT NULL,           -- counted towards its line
+    tx_id      TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS dock_closed (
+    reference  TEXT PRIMARY KEY,
+    tx_id      TEXT NOT NULL,
+    closed_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refdata (
+    kind       TEXT NOT NULL,              -- asn, shipment, product, location
+    key        TEXT NOT NULL,
+    body       TEXT NOT NULL,              -- canonical JSON
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 CREATE TABLE IF NOT EXISTS pallet_location (
     sscc       TEXT PRIMARY KEY,
     location   TEXT NOT NULL,
@@ -71,6 +92,27 @@ class PendingMessage:
     qos: int
     retain: bool
     attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """An item a receive or ship transaction recorded."""
+
+    kind: str
+    key: str
+    reference: str
+    line: int | None
+    counted: bool
+    tx_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefDataRow:
+    """Reference data to keep (`body` JSON) or to forget (`body` None)."""
+
+    kind: str
+    key: str
+    body: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +205,18 @@ class Store:
         return max(0, self.max_rows - self._depth)
 
     async def commit(
-        self, messages: Sequence[OutboxMessage], moves: Sequence[PalletMove] = ()
+        self,
+        messages: Sequence[OutboxMessage],
+        moves: Sequence[PalletMove] = (),
+        *,
+        ledger: Sequence[LedgerRow] = (),
+        closed: Sequence[tuple[str, str]] = (),
+        refdata: Sequence[RefDataRow] = (),
     ) -> int:
-        """Commit messages and pallet locations in one transaction; returns rows inserted.
+        """Commit messages with the state they record, in one transaction; returns rows inserted.
+
+        `moves`: pallet locations; `ledger`: items received or shipped; `closed`: receipts and
+        shipments closed, as (reference, tx_id); `refdata`: reference data kept or forgotten.
 
         Raises `OutboxFull` (and commits nothing) when the messages do not fit.
         """
@@ -188,6 +239,27 @@ class Store:
                 " updated_at = excluded.updated_at",
                 [(m.sscc, m.location, m.tx_id, now) for m in moves],
             )
+            await db.executemany(
+                "INSERT OR IGNORE INTO dock_ledger (kind, key, reference, line, counted, tx_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.kind, r.key, r.reference, r.line, int(r.counted), r.tx_id) for r in ledger],
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO dock_closed (reference, tx_id, closed_at) VALUES (?, ?, ?)",
+                [(reference, tx_id, now) for reference, tx_id in closed],
+            )
+            for row in refdata:
+                if row.body is None:
+                    await db.execute(
+                        "DELETE FROM refdata WHERE kind = ? AND key = ?", (row.kind, row.key)
+                    )
+                else:
+                    await db.execute(
+                        "INSERT INTO refdata (kind, key, body, updated_at) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body,"
+                        " updated_at = excluded.updated_at",
+                        (row.kind, row.key, row.body, now),
+                    )
             return inserted
 
         def done(inserted: int) -> None:
@@ -251,6 +323,35 @@ class Store:
             self._refused += newly_refused
 
         await self._transaction(body, done)
+
+    async def dock_ledger(self) -> list[LedgerRow]:
+        """Every item received or shipped, as recorded."""
+        rows = await self._fetch(
+            "SELECT kind, key, reference, line, counted, tx_id FROM dock_ledger ORDER BY rowid"
+        )
+        return [
+            LedgerRow(
+                str(k), str(key), str(r), None if line is None else int(line), bool(c), str(t)
+            )
+            for k, key, r, line, c, t in rows
+        ]
+
+    async def closed_references(self) -> set[str]:
+        """Receipts and shipments already closed."""
+        return {str(r[0]) for r in await self._fetch("SELECT reference FROM dock_closed")}
+
+    async def reference_data(self) -> list[RefDataRow]:
+        """Reference data kept from the WMS."""
+        rows = await self._fetch("SELECT kind, key, body FROM refdata ORDER BY updated_at")
+        return [RefDataRow(str(k), str(key), str(b)) for k, key, b in rows]
+
+    async def _fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        async with self._lock:
+            try:
+                async with self._db.execute(sql) as cursor:
+                    return [tuple(r) for r in await cursor.fetchall()]
+            except sqlite3.Error as err:
+                raise StorageError(f"cannot read: {err}") from err
 
     async def pallet_locations(self) -> dict[str, str]:
         """Every pallet's last recorded location."""

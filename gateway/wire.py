@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.domain import MoveTransaction, Notice, PortalPass, Severity
 from gateway.epc import decode_epc
+from gateway.rules.receiving import DockSummary, DockTransaction
 from gateway.storage import OutboxMessage
 
 WIRE_VERSION = 1
@@ -42,6 +43,15 @@ class Topics:
     def tx(self, kind: str) -> str:
         """Transactions of one kind: receive, ship or move."""
         return f"{self.base}/tx/{kind}"
+
+    def summary(self, kind: str) -> str:
+        """Closed receipts (`receipt`) and shipments (`shipment`)."""
+        return f"{self.base}/{kind}"
+
+    @property
+    def epcis(self) -> str:
+        """GS1 EPCIS 2.0 documents of the same transactions (optional output)."""
+        return f"{self.base}/epcis"
 
     @property
     def event(self) -> str:
@@ -173,4 +183,80 @@ def pass_payload(portal_pass: PortalPass, topics: Topics) -> dict[str, Any]:
         "started_at": iso(dt.datetime.fromtimestamp(portal_pass.started_at, dt.UTC)),
         "ended_at": iso(dt.datetime.fromtimestamp(portal_pass.ended_at, dt.UTC)),
         "tags": tags,
+    }
+
+
+def dock_payload(tx: DockTransaction, topics: Topics) -> dict[str, Any]:
+    """The `tx/receive` and `tx/ship` payload."""
+    items = [
+        {
+            "key": r.item.key,
+            "epc": r.item.epc,
+            "uri": r.item.uri,
+            "gtin": r.item.gtin,
+            "serial": r.item.serial,
+            "sscc": r.item.sscc,
+            "lot": r.item.lot,
+            "expiry": r.item.expiry.isoformat() if r.item.expiry else None,
+            "line": r.line,
+            "result": r.result,
+            "detail": r.detail,
+        }
+        for r in tx.items
+    ]
+    return {
+        "version": WIRE_VERSION,
+        "tx_id": tx.tx_id,
+        "type": tx.kind,
+        "site": topics.site,
+        "gateway": topics.gateway,
+        "door": tx.door,
+        ("asn_id" if tx.kind == "receive" else "order_id"): tx.reference,
+        "status": tx.status,
+        "items": items,
+        "exceptions": [
+            {
+                "code": r.result,
+                "item": r.item.key or r.item.gtin,
+                "line": r.line,
+                "detail": r.detail,
+            }
+            for r in tx.items
+            if r.result != "accepted"
+        ],
+        "evidence": {
+            "source": tx.source,
+            "device": tx.device,
+            "evidence_id": tx.evidence_id,
+            "direction": tx.direction,
+            "started_at": iso(tx.started_at),
+        },
+        "occurred_at": iso(tx.occurred_at),
+    }
+
+
+def summary_payload(summary: DockSummary, topics: Topics) -> dict[str, Any]:
+    """The `receipt` and `shipment` payload: a closed receipt or shipment."""
+    return {
+        "version": WIRE_VERSION,
+        "tx_id": summary.tx_id,
+        "type": summary.kind,
+        "site": topics.site,
+        "gateway": topics.gateway,
+        "reference": summary.reference,
+        "door": summary.door,
+        "status": summary.status,
+        "reason": summary.reason,
+        "lines": [
+            {
+                "line": line.line,
+                "what": line.what,
+                "expected": line.expected,
+                "done": line.done,
+                "short": line.short,
+                "over": line.over,
+            }
+            for line in summary.lines
+        ],
+        "closed_at": iso(summary.closed_at),
     }

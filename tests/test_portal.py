@@ -113,6 +113,38 @@ def test_static_tag_that_starts_with_a_pallet_is_left_out_of_its_pass() -> None:
     assert [p.epcs for p in passes] == [tuple(sorted(epcs))]
 
 
+def test_a_pallet_that_stops_in_the_doorway_still_makes_its_pass() -> None:
+    epcs = pallet(10, 11)
+    rng = random.Random(8)
+    reads = crossing(epcs, inbound=True, start=100.0, rng=rng, duration=1.5)
+    # Stopped in the middle of the door for 12 s, read by both sides, then on its way in.
+    reads += [(e, ant, -55, 101.5 + k * 0.1, 1) for k in range(120) for e in epcs for ant in (1, 3)]
+    reads += crossing(epcs, inbound=True, start=113.5, rng=rng, duration=1.5)
+    passes = play(PortalTracker(DOOR), reads, 140)
+    assert [(p.direction, p.epcs) for p in passes] == [(Direction.INBOUND, tuple(sorted(epcs)))]
+
+
+def test_pallets_crossing_at_once_in_opposite_directions_are_two_passes() -> None:
+    rng = random.Random(9)
+    inbound, outbound = pallet(10, 21), pallet(10, 22)
+    reads = crossing(inbound, inbound=True, start=100.0, rng=rng)
+    reads += crossing(outbound, inbound=False, start=100.8, rng=rng)
+    passes = play(PortalTracker(DOOR), reads, 120)
+    assert sorted((p.direction, p.epcs) for p in passes) == sorted(
+        [(Direction.INBOUND, tuple(sorted(inbound))), (Direction.OUTBOUND, tuple(sorted(outbound)))]
+    )
+
+
+def test_a_clock_stepped_back_does_not_hold_tags_forever() -> None:
+    tracker = PortalTracker(DOOR)
+    epcs = pallet(5, 12)
+    tracker.on_reads(crossing(epcs, inbound=True, start=1000.0, rng=random.Random(10)))
+    # The gateway's clock is set back fifteen minutes: what was tracked is let go, as a pass.
+    passes = tracker.on_tick(100.0)
+    assert [p.epcs for p in passes] == [tuple(sorted(epcs))]
+    assert tracker.tracked == 0
+
+
 def test_each_tag_is_one_entry_with_its_evidence() -> None:
     reads: list[TagRead] = [
         ("AA01", antenna, rssi, 10.0 + k * 0.05, 2)
@@ -177,6 +209,7 @@ def test_portal_never_raises_and_each_pass_is_well_formed(
             passes += tracker.on_tick(ticks.pop())
     passes += tracker.on_tick(10_000)
     assert tracker.tracked == 0  # everything departs in the end: nothing leaks
+    assert not tracker._groups
     for p in passes:
         assert p.tags
         assert len(set(p.epcs)) == len(p.epcs)

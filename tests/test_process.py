@@ -174,9 +174,12 @@ async def test_sigkill_then_restart_delivers_everything_committed(
     assert "Traceback" not in "\n".join(log_lines)
     # A service logs JSON lines, one event each.
     records = [json.loads(line) for line in log_lines]
-    assert {"gateway starting", "device connected", "move committed", "broker connected"} <= {
-        r["event"] for r in records
-    }
+    assert {
+        "gateway starting",
+        "device connected",
+        "transaction committed",
+        "broker connected",
+    } <= {r["event"] for r in records}
 
 
 def test_run_with_a_bad_config_exits_2_and_names_the_key(tmp_path: Path) -> None:

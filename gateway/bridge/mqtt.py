@@ -11,19 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
 import structlog
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import BrokerConfig
+from gateway.domain import CloseCommand, Event, WmsMessage
 from gateway.health import StatusBoard
 from gateway.storage import PendingMessage, StorageError, Store
 from gateway.supervisor import Backoff
@@ -35,6 +38,8 @@ log = structlog.get_logger("gateway.bridge")
 PUBACK_TIMEOUT_S = 30.0
 # Rows read from the outbox per query.
 FETCH_BATCH = 500
+# Command answers waiting for the connection.
+RESPONSE_BACKLOG = 100
 # Debug messages waiting for their turn under the rate limit.
 DEBUG_BACKLOG = 100
 # A session that lasted this long resets the reconnect backoff (a broker that accepts and
@@ -105,6 +110,7 @@ class MqttBridge:
         clock: wall clock.
         outbox_alarm_at: outbox depth at which the gateway status shows the alarm.
         on_refused: called once per topic the broker refuses (topic, reason).
+        inbox: where reference data from the WMS and commands go (the rules' queue).
     """
 
     def __init__(
@@ -118,6 +124,7 @@ class MqttBridge:
         clock: Callable[[], dt.datetime],
         outbox_alarm_at: int | None = None,
         on_refused: Callable[[str, str], None] | None = None,
+        inbox: Callable[[Event], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
         self._topics = topics
@@ -127,6 +134,11 @@ class MqttBridge:
         self._started_at = clock()
         self._outbox_alarm_at = outbox_alarm_at
         self._on_refused = on_refused
+        self._inbox = inbox
+        self._clock = clock
+        # Answers to commands: published directly, QoS 1, the oldest dropped past the bound.
+        self._responses: deque[tuple[str, bytes | None, bytes]] = deque(maxlen=RESPONSE_BACKLOG)
+        self._responses_ready = asyncio.Event()
         self._refused_topics: set[str] = set()
         self._reported_down = False
         self._stop = asyncio.Event()
@@ -147,6 +159,11 @@ class MqttBridge:
             self.debug_dropped += 1
         self._debug.append((topic, payload))
         self._debug_ready.set()
+
+    def respond(self, topic: str, correlation: bytes | None, payload: bytes) -> None:
+        """Answer a command on its response topic (MQTT 5 request/response)."""
+        self._responses.append((topic, correlation, payload))
+        self._responses_ready.set()
 
     def stop(self) -> None:
         """Ask the bridge to publish its offline status and disconnect."""
@@ -230,7 +247,8 @@ class MqttBridge:
             self._board.mark_all()
             async with asyncio.TaskGroup() as tg:
                 tasks = [
-                    tg.create_task(self._watch_connection(client), name="bridge.watch"),
+                    tg.create_task(self._receive(client), name="bridge.receive"),
+                    tg.create_task(self._publish_responses(client), name="bridge.responses"),
                     tg.create_task(self._publish_statuses(client), name="bridge.statuses"),
                     tg.create_task(self._relay(client), name="bridge.relay"),
                     tg.create_task(self._retry_refused(client), name="bridge.retries"),
@@ -265,10 +283,33 @@ class MqttBridge:
         )
         await client.publish_acked(self._topics.status, encode(payload), qos=1, retain=True)
 
-    async def _watch_connection(self, client: _Client) -> None:
-        # aiomqtt's message iterator raises MqttError when the connection drops.
-        async for _ in client.messages:
-            pass
+    async def _receive(self, client: _Client) -> None:
+        """Reference data from the WMS and commands in; raises MqttError when the link drops."""
+        if self._inbox is not None:
+            site, base = self._topics.site, self._topics.base
+            await client.subscribe(f"wms/{site}/+/+", qos=1)
+            await client.subscribe(f"{base}/cmd/+", qos=1)
+        async for message in client.messages:
+            if self._inbox is None or not isinstance(message.payload, bytes | bytearray | None):
+                continue
+            topic = str(message.topic)
+            payload = bytes(message.payload or b"")
+            if topic.startswith("wms/"):
+                await self._inbox(WmsMessage(topic, payload, self._clock()))
+            elif topic == f"{self._topics.base}/cmd/close":
+                await self._inbox(_close_command(payload, message.properties, self._clock()))
+
+    async def _publish_responses(self, client: _Client) -> None:
+        while True:
+            await self._responses_ready.wait()
+            while self._responses:
+                topic, correlation, payload = self._responses.popleft()
+                properties = None
+                if correlation is not None:
+                    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                    properties.CorrelationData = correlation
+                await client.publish(topic, payload, qos=1, properties=properties)
+            self._responses_ready.clear()
 
     async def _publish_statuses(self, client: _Client) -> None:
         while True:
@@ -387,6 +428,18 @@ class MqttBridge:
             batch = acked[:]
             del acked[: len(batch)]
             await self._store.acknowledge(batch)
+
+
+def _close_command(payload: bytes, properties: Properties | None, at: dt.datetime) -> CloseCommand:
+    """`cmd/close` with {"reference": "<ASN or order id>"}; a bad request gets an error answer."""
+    response = getattr(properties, "ResponseTopic", None) if properties else None
+    correlation = getattr(properties, "CorrelationData", None) if properties else None
+    try:
+        body = json.loads(payload)
+        reference = str(body["reference"]) if isinstance(body, dict) else ""
+    except (ValueError, KeyError):
+        reference = ""
+    return CloseCommand(reference, at, response, correlation)
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:

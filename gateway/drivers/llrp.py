@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -73,14 +74,19 @@ logging.getLogger("sllurp.llrp").addFilter(_decode_errors)
 class ReaderClock:
     """Maps the reader's timestamps onto the gateway's clock.
 
-    The offset is the smallest (arrival - reader time) seen: network latency is never
-    negative. A jump of more than `reset_s` (the reader's clock was set) starts over.
+    The offset is the smallest (arrival - reader time) seen over the last `window_s`: network
+    latency is never negative, and the window lets the offset follow a reader clock that drifts
+    or is set, either way. A mapped time is kept within `max_latency_s` before its arrival, so a
+    corrupt timestamp cannot throw a read into another day.
     """
 
-    def __init__(self, reset_s: float = 5.0, *, trust_reader: bool = False) -> None:
-        self.offset: float | None = 0.0 if trust_reader else None
-        self._reset_s = reset_s
+    def __init__(
+        self, window_s: float = 60.0, max_latency_s: float = 5.0, *, trust_reader: bool = False
+    ) -> None:
+        self._window_s = window_s
+        self.max_latency_s = max_latency_s
         self._trust_reader = trust_reader
+        self._samples: deque[tuple[float, float]] = deque()  # (arrival, offset), bounded by time
 
     def observe(self, arrival: float, reader_time: float) -> float:
         """Update with one report; return the offset to add to reader times.
@@ -90,14 +96,19 @@ class ReaderClock:
         """
         if self._trust_reader:
             return 0.0
-        candidate = arrival - reader_time
-        if (
-            self.offset is None
-            or abs(candidate - self.offset) > self._reset_s
-            or candidate < self.offset
-        ):
-            self.offset = candidate
-        return self.offset
+        samples = self._samples
+        samples.append((arrival, arrival - reader_time))
+        while samples and samples[0][0] < arrival - self._window_s:
+            samples.popleft()
+        while len(samples) > 10_000:
+            samples.popleft()
+        return min(offset for _, offset in samples)
+
+    def place(self, reader_time: float, offset: float, arrival: float) -> float:
+        """A read's time on the gateway's clock, within the plausible range."""
+        if self._trust_reader:
+            return reader_time
+        return min(arrival, max(arrival - self.max_latency_s, reader_time + offset))
 
 
 def convert_report(
@@ -105,14 +116,16 @@ def convert_report(
 ) -> tuple[tuple[str, int, int | None, float, int], ...]:
     """sllurp's TagReportData dicts to compact reads on the gateway's clock (sllurp's thread)."""
     reads = []
-    newest = 0
+    stamps = []
     for tag in tags:
         epc = tag.get("EPC")
         if not epc:
             continue
         seen_us = tag.get("LastSeenTimestampUTC") or tag.get("FirstSeenTimestampUTC") or 0
-        if seen_us > newest:
-            newest = seen_us
+        if not isinstance(seen_us, int) or not 0 < seen_us < _MAX_US:
+            seen_us = 0
+        else:
+            stamps.append(seen_us)
         reads.append(
             (
                 (epc.decode("ascii") if isinstance(epc, bytes) else str(epc)).upper(),
@@ -124,11 +137,16 @@ def convert_report(
         )
     if not reads:
         return ()
-    offset = clock.observe(arrival, newest * 1e-6) if newest else 0.0
+    # The report's time is its median stamp: one corrupt timestamp cannot move the offset.
+    offset = clock.observe(arrival, sorted(stamps)[len(stamps) // 2] * 1e-6) if stamps else 0.0
     return tuple(
-        (epc, antenna, rssi, seen_us * 1e-6 + offset if seen_us else arrival, seen)
-        for epc, antenna, rssi, seen_us, seen in reads
+        (epc, antenna, rssi, clock.place(us * 1e-6, offset, arrival) if us else arrival, seen)
+        for epc, antenna, rssi, us, seen in reads
     )
+
+
+# Timestamps after the year 2200 are corrupt.
+_MAX_US = 7_258_118_400 * 1_000_000
 
 
 class LlrpReader:

@@ -4,35 +4,154 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from gateway.domain import Decision, Event, TagReadBatch
+from gateway.domain import (
+    CloseCommand,
+    CommandResponse,
+    Direction,
+    Event,
+    MoveTransaction,
+    Notice,
+    PortalPass,
+    RejectedScan,
+    Scan,
+    Severity,
+    TagReadBatch,
+    WmsMessage,
+)
+from gateway.refdata import Asn, Deleted, Location, Product, Rejected, ShipOrder, parse_message
 from gateway.rules.moves import ForkliftMoves
 from gateway.rules.portal import PortalTracker
+from gateway.rules.receiving import DockRules, DockSummary, DockTransaction
+
+Decision = MoveTransaction | Notice | PortalPass | DockTransaction | DockSummary | CommandResponse
+
+
+@dataclass(frozen=True, slots=True)
+class DockStation:
+    """A scanner at a dock door: what it scans is received or shipped there."""
+
+    door: str
+    role: str  # "receiving" or "shipping"
+
+
+@dataclass(frozen=True, slots=True)
+class RefDataChange:
+    """Reference data accepted (or deleted): the app stores it so that a restart has it."""
+
+    kind: str
+    key: str
+    item: Asn | ShipOrder | Product | Location | None  # None: deleted
 
 
 class RulesEngine:
     """Pure: events with their timestamps in, decisions out; `on_tick` advances time.
 
     Args:
-        moves: the forklift move rule (all scanners).
+        moves: the forklift move rule (forklift and station scanners).
         portals: one tracker per RFID reader id.
+        dock: receiving and shipping.
+        site: the site id (reference data topics carry it).
+        door_roles: each door's role (receiving, shipping or both).
+        dock_stations: scanners at dock doors, by device id.
     """
 
-    def __init__(self, moves: ForkliftMoves, portals: Mapping[str, PortalTracker]) -> None:
+    def __init__(
+        self,
+        moves: ForkliftMoves,
+        portals: Mapping[str, PortalTracker],
+        *,
+        dock: DockRules | None = None,
+        site: str = "",
+        door_roles: Mapping[str, str] | None = None,
+        dock_stations: Mapping[str, DockStation] | None = None,
+    ) -> None:
         self.moves = moves
         self.portals = dict(portals)
+        self.dock = dock or DockRules()
+        self.site = site
+        self.door_roles = dict(door_roles or {})
+        self.dock_stations = dict(dock_stations or {})
 
-    def on_event(self, event: Event) -> list[Decision]:
+    def on_event(self, event: Event) -> list[Any]:
         """Decisions caused by one event."""
         if isinstance(event, TagReadBatch):
             portal = self.portals.get(event.reader_id)
-            return list(portal.on_reads(event.reads)) if portal is not None else []
-        return self.moves.on_event(event)
+            return self._passes(portal.on_reads(event.reads)) if portal is not None else []
+        if isinstance(event, WmsMessage):
+            return self._reference(event)
+        if isinstance(event, CloseCommand):
+            return self._close(event)
+        station = self.dock_stations.get(event.device_id)
+        if station is not None and isinstance(event, Scan):
+            return list(self.dock.on_scan(event, station.door, station.role))
+        if station is not None and isinstance(event, RejectedScan):
+            return self.moves.on_event(event)  # a rejected label is reported the same way
+        return list(self.moves.on_event(event))
 
-    def on_tick(self, now: dt.datetime) -> list[Decision]:
-        """Decisions that time alone causes: timeouts, tags that departed."""
-        decisions: list[Decision] = list(self.moves.on_tick(now))
+    def on_tick(self, now: dt.datetime) -> list[Any]:
+        """Decisions that time alone causes: timeouts, tags that departed, idle receipts."""
+        decisions: list[Any] = list(self.moves.on_tick(now))
         seconds = now.timestamp()
         for portal in self.portals.values():
-            decisions.extend(portal.on_tick(seconds))
+            decisions.extend(self._passes(portal.on_tick(seconds)))
+        decisions.extend(self.dock.on_tick(now))
+        return decisions
+
+    def _passes(self, passes: list[PortalPass]) -> list[Any]:
+        out: list[Any] = []
+        for portal_pass in passes:
+            out.append(portal_pass)
+            role = self.door_roles.get(portal_pass.door)
+            if role is not None and portal_pass.direction is not Direction.UNKNOWN:
+                out.extend(self.dock.on_pass(portal_pass, role))
+        return out
+
+    def _reference(self, message: WmsMessage) -> list[Any]:
+        parsed = parse_message(message.topic, message.payload, self.site)
+        if isinstance(parsed, Rejected):
+            return [
+                Notice(
+                    code="reference_data_rejected",
+                    message=f"{parsed.topic}: {parsed.reason}",
+                    at=message.at,
+                    severity=Severity.WARNING,
+                    details={"topic": parsed.topic, "reason": parsed.reason},
+                )
+            ]
+        if isinstance(parsed, Deleted):
+            self.dock.delete(parsed.kind, parsed.key)
+            return [RefDataChange(parsed.kind, parsed.key, None)]
+        if isinstance(parsed, Asn):
+            self.dock.set_asn(parsed)
+            return [RefDataChange("asn", parsed.asn_id, parsed)]
+        if isinstance(parsed, ShipOrder):
+            self.dock.set_order(parsed)
+            return [RefDataChange("shipment", parsed.order_id, parsed)]
+        if isinstance(parsed, Product):
+            self.dock.set_product(parsed)
+            return [RefDataChange("product", parsed.gtin, parsed)]
+        return [RefDataChange("location", parsed.location, parsed)]
+
+    def _close(self, command: CloseCommand) -> list[Any]:
+        decisions: list[Any] = list(self.dock.close(command.reference, command.at))
+        if command.response_topic:
+            summary = next((d for d in decisions if isinstance(d, DockSummary)), None)
+            payload: dict[str, Any] = (
+                {
+                    "ok": True,
+                    "reference": command.reference,
+                    "status": summary.status,
+                    "tx_id": summary.tx_id,
+                }
+                if summary is not None
+                else {
+                    "ok": False,
+                    "reference": command.reference,
+                    "error": "no open receipt or shipment with this reference",
+                }
+            )
+            decisions.append(CommandResponse(command.response_topic, command.correlation, payload))
         return decisions

@@ -5,8 +5,10 @@ Pure and clock-free: every read carries its time (seconds), and `on_tick(now)` a
 - Smoothing: a tag counts once it is read `min_reads` times within `window_s`; stray single
   reads never make a pass. It departs after `depart_after_s` without reads.
 - De-duplication: a tag is one entry of a pass however many antennas read it, how often.
-- Static tags: a tag read for longer than `static_after_s` (a tagged rack, a pallet parked in
-  the doorway) is taken out of its pass and ignored until it departs. A tag whose strongest
+- Static tags: a tag read for longer than `static_after_s` that is still read when the tags it
+  started with have gone (a tagged rack by the door) is left out of their pass and ignored until
+  it departs; a pallet that stops in the doorway keeps its pass, its tags leave together. A
+  group read for longer than `max_pass_s` was parked, not crossing: no pass. A tag whose strongest
   read stayed below `min_peak_rssi` never came through the door (a crate nearby, read now and
   then): it is left out of passes too.
 - Grouping: a tag that starts counting within `join_gap_s` of the group's latest such start
@@ -31,6 +33,8 @@ TagRead = tuple[str, int, int | None, float, int]
 # Linear power for each whole dBm from -128 to 0: 10 ** (rssi / 10).
 _POWER = [10.0 ** (dbm / 10.0) for dbm in range(-128, 1)]
 _NO_RSSI = 10.0 ** (-9.0)
+# A clock that went back this far (s) is a clock step, not reads arriving late.
+CLOCK_STEP_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,8 @@ class PortalSettings:
     # A tag that never came this close (peak RSSI, dBm) did not go through the door: a tag
     # sitting nearby, read now and then. None: no such filter (readers without RSSI).
     min_peak_rssi: int | None = -66
+    # A group read for longer than this was parked by the door, not crossing: no pass.
+    max_pass_s: float = 120.0
 
 
 class _Group:
@@ -111,6 +117,7 @@ class PortalTracker:
         self.reads = 0
         self.static_tags = 0
         self.weak_tags = 0  # tags left out of passes: never read strongly enough
+        self.parked_groups = 0
 
     @property
     def tracked(self) -> int:
@@ -169,18 +176,21 @@ class PortalTracker:
         """Advance time: departures, static tags, and the passes they complete."""
         s = self.settings
         passes: list[PortalPass] = []
+        if self._tags and now < max(t.last for t in self._tags.values()) - CLOCK_STEP_S:
+            # The clock stepped back minutes: what is tracked cannot be timed; let it go.
+            now = float("inf")
         for epc, tag in list(self._tags.items()):
             if now - tag.last > s.depart_after_s:
                 passes.extend(self._depart(epc, tag))
             elif not tag.static and tag.last - tag.first > s.static_after_s:
                 tag.static = True
                 self.static_tags += 1
-                group = tag.group
-                if group is not None:
-                    group.members.remove(tag)
-                    group.live -= 1
-                    tag.group = None
-                    passes.extend(self._close_if_done(group))
+        for group in list(self._groups):
+            if now - group.first > s.max_pass_s:
+                # Read for minutes: parked by the door, not crossing. No pass.
+                self._abandon(group)
+            else:
+                passes.extend(self._close_if_done(group, now))
         return passes
 
     def _join(self, tag: _Tag, t: float) -> None:
@@ -201,7 +211,7 @@ class PortalTracker:
             return []
         group.live -= 1
         group.departed[epc] = tag
-        return self._close_if_done(group)
+        return self._close_if_done(group, tag.last + self.settings.depart_after_s)
 
     def _revive(self, epc: str) -> _Tag | None:
         """A member of a pass still in progress is read again: same track, same pass."""
@@ -212,20 +222,45 @@ class PortalTracker:
                 return tag
         return None
 
-    def _close_if_done(self, group: _Group) -> list[PortalPass]:
-        if group.live > 0 or group.closed:
+    def _abandon(self, group: _Group) -> None:
+        group.closed = True
+        self._groups.remove(group)
+        for tag in group.members:
+            tag.group = None
+            tag.static = True
+        self.parked_groups += 1
+
+    def _close_if_done(self, group: _Group, now: float) -> list[PortalPass]:
+        """A group is over when every member departed, or when those still read are static
+        (read for longer than `static_after_s`) and the rest have gone: a tag that outlives
+        the pallet it started with was sitting by the door. A pallet that stops in the
+        doorway keeps its pass: its tags depart together when it moves on."""
+        if group.closed:
             return []
+        if group.live > 0:
+            lingering = [t for t in group.members if t.epc in self._tags and not _gone(t, group)]
+            if not group.departed or not all(t.static for t in lingering):
+                return []
+            left = max(t.last for t in group.departed.values())
+            if now - left <= self.settings.static_after_s:
+                return []  # they may still leave with the others (a pallet stopped in the door)
+            for tag in lingering:
+                group.members.remove(tag)
+                tag.group = None
+            group.live = 0
         group.closed = True
         self._groups.remove(group)
         members = group.members
         for tag in members:
             tag.group = None
+        # A static tag seen from one side of the door only never went through it.
+        members = [t for t in members if not t.static or (t.w_out > 0 and t.w_in > 0)]
         floor = self.settings.min_peak_rssi
         if floor is not None:
             near = [t for t in members if t.peak is None or t.peak >= floor]
             self.weak_tags += len(members) - len(near)
             members = near
-        return [self._pass(members)] if members else []
+        return [self._pass(part) for part in _split_by_direction(members, self.settings)]
 
     def _pass(self, members: list[_Tag]) -> PortalPass:
         s = self.settings
@@ -247,7 +282,7 @@ class PortalTracker:
                     TagEvidence(
                         epc=tag.epc,
                         reads=tag.reads,
-                        antennas=tuple(a for a in range(64) if tag.antennas >> a & 1),
+                        antennas=tuple(a for a in range(65) if tag.antennas >> a & 1),
                         peak_rssi=tag.peak,
                         first_seen=tag.first,
                         last_seen=tag.last,
@@ -266,3 +301,43 @@ class PortalTracker:
             ended_at=max(t.last for t in members),
             separation_s=round(separation, 4),
         )
+
+
+def _gone(tag: _Tag, group: _Group) -> bool:
+    return tag.epc in group.departed
+
+
+def _side_time(tag: _Tag) -> float | None:
+    """The tag's own outside-to-inside separation (s), when both sides saw it."""
+    if tag.w_out <= 0 or tag.w_in <= 0:
+        return None
+    return tag.wt_in / tag.w_in - tag.wt_out / tag.w_out
+
+
+def _split_by_direction(members: list[_Tag], settings: PortalSettings) -> list[list[_Tag]]:
+    """Two pallets that crossed at the same moment in opposite directions are two passes.
+
+    Each tag's own separation says which way it went; when a clear minority (three tags and
+    two fifths or more) clearly went the other way, they are split off. Tags that do not tell go
+    with the majority.
+    """
+    if not members:
+        return []
+    threshold = max(settings.min_separation_s, 0.5)
+    seps = [_side_time(t) for t in members]
+    inbound = [
+        t for t, sep in zip(members, seps, strict=True) if sep is not None and sep > threshold
+    ]
+    outbound = [
+        t for t, sep in zip(members, seps, strict=True) if sep is not None and sep < -threshold
+    ]
+    if min(len(inbound), len(outbound)) < max(3, 0.4 * len(members)):
+        return [members]
+    unknown = [
+        t for t, sep in zip(members, seps, strict=True) if sep is None or abs(sep) <= threshold
+    ]
+    if len(inbound) >= len(outbound):
+        inbound += unknown
+    else:
+        outbound += unknown
+    return [inbound, outbound]

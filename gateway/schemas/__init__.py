@@ -9,7 +9,20 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-NAMES = ("move", "event", "gateway-status", "device-status", "pass")
+NAMES = (
+    "move",
+    "event",
+    "gateway-status",
+    "device-status",
+    "pass",
+    "receive",
+    "ship",
+    "dock-summary",
+    "asn",
+    "shipment",
+    "product",
+    "location",
+)
 
 
 @cache

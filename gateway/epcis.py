@@ -1,0 +1,455 @@
+"""GS1 EPCIS 2.0 events for the gateway's receive, ship and move transactions.
+
+Pure: a transaction payload (the JSON published on `gw/{site}/{gateway}/tx/...`) and the
+site's `EpcisSettings` in, one EPCIS 2.0 `ObjectEvent` (a JSON-LD object) out; no I/O, no
+clock. `document` wraps events in an `EPCISDocument`; `validator` checks either against the
+official GS1 schema shipped in `gateway/schemas/vendor/epcis-2.0/`.
+
+Choices, all accepted by the official schema and the EPCIS 2.0 JSON-LD context:
+
+- CBV 2.0 values (`bizStep`, `disposition`, business transaction types) are the bare words the
+  JSON-LD context maps to the CBV (`"receiving"`, not `https://ref.gs1.org/cbv/BizStep-receiving`).
+- `eventID` is `urn:uuid:<tx_id>`: the transaction id is already deterministic (the same pass
+  gives the same id), so a replayed transaction gives the same event id.
+- Business transactions use the CBV form `urn:epcglobal:cbv:bt:<GLN>:<id>` with the site's GLN:
+  ASN and order ids are the ones the site's WMS keys them by, so the site is the party that
+  assigned them. The id is percent-encoded.
+- Read points and business locations are a site base URI joined with the door, device or
+  storage location: for an SGLN base (`urn:epc:id:sgln:CP.LR`) the name becomes the SGLN
+  extension (GS1 character set 82, at most 20 characters, escaped as the Tag Data Standard
+  says); any other base gets `/` and the percent-encoded name.
+- Items of receive and ship transactions are in the event only when their result is
+  "accepted". Each is identified by, in this order: its EPC URI, its EPC hex decoded, its SSCC,
+  its GTIN and serial (an SGTIN), or, counted in `quantityList` (its `quantity`, else 1), its
+  GTIN as a class: `urn:epc:class:lgtin:CP.IR.LOT` when the lot is known, else
+  `urn:epc:idpat:sgtin:CP.IR.*`.
+
+A payload that does not fit raises `PayloadError` (a `ValueError`) naming the field and what
+was expected; bad settings raise `ValueError` when `EpcisSettings` is made.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import quote
+
+from biip.checksums import gs1_standard_check_digit
+from jsonschema import Draft7Validator
+
+from gateway.epc import decode_epc
+
+__all__ = [
+    "EPCIS_CONTEXT",
+    "EpcisSettings",
+    "PayloadError",
+    "document",
+    "gtin_class_uri",
+    "object_event",
+    "sgtin_uri",
+    "sscc_uri",
+    "validator",
+]
+
+EPCIS_CONTEXT: Final = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
+"""The EPCIS 2.0 JSON-LD context every event and document carries."""
+
+_SCHEMA_PATH: Final = ("vendor", "epcis-2.0", "EPCIS-JSON-Schema.json")
+_SGLN_PREFIX: Final = "urn:epc:id:sgln:"
+_SGLN_BASE = re.compile(r"urn:epc:id:sgln:(\d{6,12})\.(\d{0,6})")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
+_OFFSET = re.compile(r"[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00)")  # as the EPCIS schema has it
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
+
+# GS1 "character set 82" (serial numbers, lots, GLN extensions) and the characters the Tag Data
+# Standard escapes when such a value is written in a URI.
+_CSET82: Final = frozenset(
+    "!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+)
+_URI_ESCAPES: Final = {
+    '"': "%22",
+    "%": "%25",
+    "&": "%26",
+    "/": "%2F",
+    "<": "%3C",
+    ">": "%3E",
+    "?": "%3F",
+}
+_GLN_DIGITS: Final = 12  # company prefix and location reference, before the check digit
+_MAX_CSET82_LENGTH: Final = 20  # AI (254) GLN extension and AI (10) lot: up to 20 characters
+
+
+@dataclass(frozen=True, slots=True)
+class EpcisSettings:
+    """Where the site's events happen, as EPCIS identifiers.
+
+    Args:
+        read_point_base: URI prefix for read points (doors, devices). For
+            "urn:epc:id:sgln:0614141.00001" door D03 gives "urn:epc:id:sgln:0614141.00001.D03";
+            for any other URI it gives "<base>/D03" (no "/" added after a "/" or ":").
+        biz_location_base: the same for business locations (storage locations, doors).
+        timezone_offset: the site's offset from UTC, as in "+01:00"; times stay in UTC.
+        company_prefix_length: digits of the GS1 Company Prefix in the SSCCs and GTINs the
+            site handles (6 to 12). An SSCC or GTIN alone does not say where the prefix ends,
+            and the EPC URI needs it. Items read from RFID tags carry it in their EPC.
+        gln: the site's GLN-13, for business transaction URIs. May be left out when either
+            base is an SGLN, whose company prefix and location reference give the GLN.
+    """
+
+    read_point_base: str
+    biz_location_base: str
+    timezone_offset: str = "+00:00"
+    company_prefix_length: int = 7
+    gln: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check every field, so a bad configuration fails at start, not at the first event."""
+        for name in ("read_point_base", "biz_location_base"):
+            _check_base(name, getattr(self, name))
+        if not _OFFSET.fullmatch(self.timezone_offset):
+            raise ValueError(
+                f"timezone_offset must be +hh:mm or -hh:mm from -14:00 to +14:00, "
+                f"got {self.timezone_offset!r}"
+            )
+        _check_prefix_length(self.company_prefix_length)
+        if self.gln is not None:
+            _check_digits(self.gln, _GLN_DIGITS + 1, "gln", check_digit=True)
+        elif _site_gln(self) is None:
+            raise ValueError(
+                "gln is needed for business transaction URIs when neither read_point_base "
+                f"nor biz_location_base is an SGLN ({_SGLN_PREFIX}<company prefix>.<location>)"
+            )
+
+
+class PayloadError(ValueError):
+    """A transaction payload that cannot be expressed as an EPCIS event; says which field."""
+
+
+def object_event(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
+    """One EPCIS 2.0 `ObjectEvent` for one receive, ship or move transaction payload.
+
+    Raises:
+        PayloadError: a field is missing or not what the transaction type needs.
+    """
+    kind = tx.get("type")
+    build = _BUILDERS.get(kind) if isinstance(kind, str) else None
+    if build is None:
+        raise PayloadError(f"no EPCIS event for transaction type {kind!r} (receive, ship or move)")
+    try:
+        event: dict[str, Any] = {
+            "@context": EPCIS_CONTEXT,
+            "type": "ObjectEvent",
+            "eventID": _event_id(tx),
+            "eventTime": _timestamp(tx.get("occurred_at"), "occurred_at"),
+            "eventTimeZoneOffset": settings.timezone_offset,
+        }
+        event.update(build(tx, settings))
+    except ValueError as err:
+        raise PayloadError(f"{kind} transaction {tx.get('tx_id')!r}: {err}") from err
+    return event
+
+
+def document(events: Sequence[dict[str, Any]], *, created: str) -> dict[str, Any]:
+    """An `EPCISDocument` holding `events`, created at `created` (RFC 3339).
+
+    An event's own `@context` is left out when it is the document's.
+    """
+    event_list = [
+        {key: value for key, value in event.items() if key != "@context"}
+        if event.get("@context") == EPCIS_CONTEXT
+        else dict(event)
+        for event in events
+    ]
+    return {
+        "@context": EPCIS_CONTEXT,
+        "type": "EPCISDocument",
+        "schemaVersion": "2.0",
+        "creationDate": _timestamp(created, "created"),
+        "epcisBody": {"eventList": event_list},
+    }
+
+
+@cache
+def validator() -> Draft7Validator:
+    """A validator of the official EPCIS 2.0 JSON Schema (draft-07), checking formats too."""
+    path = resources.files("gateway.schemas").joinpath(*_SCHEMA_PATH)
+    schema: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    return Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER)
+
+
+def sscc_uri(sscc: str, company_prefix_length: int) -> str:
+    """The pure identity URI of an 18-digit SSCC: `urn:epc:id:sscc:CP.SR`.
+
+    The serial reference SR is the extension digit followed by the digits after the company
+    prefix CP, without the check digit (EPC Tag Data Standard, SSCC).
+    """
+    _check_digits(sscc, 18, "sscc", check_digit=True)
+    _check_prefix_length(company_prefix_length)
+    prefix = sscc[1 : 1 + company_prefix_length]
+    serial = sscc[0] + sscc[1 + company_prefix_length : 17]
+    return f"urn:epc:id:sscc:{prefix}.{serial}"
+
+
+def sgtin_uri(gtin: str, serial: str, company_prefix_length: int) -> str:
+    """The pure identity URI of a serialised trade item: `urn:epc:id:sgtin:CP.IR.SERIAL`.
+
+    `gtin` has 8, 12, 13 or 14 digits; `serial` is the GS1 AI (21) value (escaped in the URI).
+    """
+    prefix, item = _gtin_parts(gtin, company_prefix_length)
+    return f"urn:epc:id:sgtin:{prefix}.{item}.{_cset82_uri(serial, 'serial')}"
+
+
+def gtin_class_uri(gtin: str, company_prefix_length: int, lot: str | None = None) -> str:
+    """The class of a GTIN (8, 12, 13 or 14 digits) as an EPC URI.
+
+    With a lot: `urn:epc:class:lgtin:CP.IR.LOT`; without: `urn:epc:idpat:sgtin:CP.IR.*`.
+    """
+    prefix, item = _gtin_parts(gtin, company_prefix_length)
+    if lot is None:
+        return f"urn:epc:idpat:sgtin:{prefix}.{item}.*"
+    return f"urn:epc:class:lgtin:{prefix}.{item}.{_cset82_uri(lot, 'lot')}"
+
+
+def _gtin_parts(gtin: str, company_prefix_length: int) -> tuple[str, str]:
+    """Company prefix CP and item reference IR of a GTIN: IR is the indicator digit followed
+    by the digits after CP, without the check digit (EPC Tag Data Standard, SGTIN)."""
+    if len(gtin) not in (8, 12, 13, 14):
+        raise ValueError(f"gtin must have 8, 12, 13 or 14 digits, got {gtin!r}")
+    gtin14 = gtin.zfill(14)
+    _check_digits(gtin14, 14, "gtin", check_digit=True)
+    _check_prefix_length(company_prefix_length)
+    return gtin14[1 : 1 + company_prefix_length], gtin14[0] + gtin14[1 + company_prefix_length : 13]
+
+
+# --- the three transaction types -------------------------------------------------------------
+
+
+def _move(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
+    """A pallet put away: observed at its new storage location (where it came from is not an
+    EPCIS field of a storing step; the gateway's move transaction keeps it)."""
+    evidence = tx.get("evidence")
+    if not isinstance(evidence, Mapping):
+        raise PayloadError("evidence must be an object naming the device")
+    sscc = _text(tx, "sscc")
+    return {
+        "epcList": [sscc_uri(sscc, settings.company_prefix_length)],
+        "action": "OBSERVE",
+        "bizStep": "storing",
+        "disposition": "in_progress",
+        "readPoint": {"id": _location_uri(settings.read_point_base, _text(evidence, "device"))},
+        "bizLocation": {"id": _location_uri(settings.biz_location_base, _text(tx, "to_location"))},
+    }
+
+
+def _receive(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
+    """Goods received at a dock door, against the ASN when there is one."""
+    door = _text(tx, "door")
+    event = _items(tx, settings)
+    event.update(
+        action="OBSERVE",
+        bizStep="receiving",
+        disposition="in_progress",
+        readPoint={"id": _location_uri(settings.read_point_base, door)},
+        bizLocation={"id": _location_uri(settings.biz_location_base, door)},
+    )
+    _add_biz_transaction(event, tx, settings, key="asn_id", kind="desadv")
+    return event
+
+
+def _ship(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
+    """Goods leaving through a shipping door, against the order when there is one.
+
+    No `bizLocation`: the goods are in transit, at no location of the site any more.
+    """
+    door = _text(tx, "door")
+    event = _items(tx, settings)
+    event.update(
+        action="OBSERVE",
+        bizStep="shipping",
+        disposition="in_transit",
+        readPoint={"id": _location_uri(settings.read_point_base, door)},
+    )
+    _add_biz_transaction(event, tx, settings, key="order_id", kind="po")
+    return event
+
+
+_BUILDERS: Final[dict[str, Callable[[Mapping[str, Any], EpcisSettings], dict[str, Any]]]] = {
+    "move": _move,
+    "receive": _receive,
+    "ship": _ship,
+}
+
+
+# --- parts of an event -----------------------------------------------------------------------
+
+
+def _event_id(tx: Mapping[str, Any]) -> str:
+    tx_id = tx.get("tx_id")
+    if isinstance(tx_id, str):
+        try:
+            return f"urn:uuid:{uuid.UUID(tx_id)}"
+        except ValueError:
+            pass
+    raise ValueError(f"tx_id must be a UUID string, got {tx_id!r}")
+
+
+def _items(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
+    """`epcList` (always, maybe empty) and `quantityList` (when not empty) of accepted items."""
+    items = tx.get("items")
+    if not isinstance(items, list):
+        raise PayloadError("items must be a list")
+    epcs: dict[str, None] = {}  # a dict keeps the first-seen order and drops repeats
+    quantities: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise PayloadError(f"items[{index}] must be an object")
+        if item.get("result") != "accepted":
+            continue
+        uri = _instance_uri(item, settings)
+        if uri is not None:
+            epcs[uri] = None
+            continue
+        gtin = item.get("gtin")
+        if not isinstance(gtin, str) or not gtin:
+            raise PayloadError(f"items[{index}] is accepted but has no uri, epc, sscc or gtin")
+        lot = item.get("lot")
+        class_uri = gtin_class_uri(
+            gtin, settings.company_prefix_length, lot if isinstance(lot, str) and lot else None
+        )
+        quantities[class_uri] = quantities.get(class_uri, 0) + _quantity(item, index)
+    event: dict[str, Any] = {"epcList": list(epcs)}
+    if quantities:
+        event["quantityList"] = [
+            {"epcClass": epc_class, "quantity": quantity}
+            for epc_class, quantity in quantities.items()
+        ]
+    return event
+
+
+def _instance_uri(item: Mapping[str, Any], settings: EpcisSettings) -> str | None:
+    """The EPC URI of one item (tag, pallet, serialised label), or None for a GTIN only."""
+    uri = item.get("uri")
+    if isinstance(uri, str) and uri:
+        return uri
+    epc = item.get("epc")
+    if isinstance(epc, str) and epc:
+        decoded = decode_epc(epc).uri
+        if decoded is not None:
+            return decoded
+    sscc = item.get("sscc")
+    if isinstance(sscc, str) and sscc:
+        return sscc_uri(sscc, settings.company_prefix_length)
+    gtin, serial = item.get("gtin"), item.get("serial")
+    if isinstance(gtin, str) and gtin and isinstance(serial, str) and serial:
+        return sgtin_uri(gtin, serial, settings.company_prefix_length)
+    return None
+
+
+def _quantity(item: Mapping[str, Any], index: int) -> int:
+    """How many units an item row counts: its `quantity`, or 1 (one scanned unit)."""
+    quantity = item.get("quantity", 1)
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
+        raise PayloadError(f"items[{index}].quantity must be a whole number >= 1")
+    return quantity
+
+
+def _add_biz_transaction(
+    event: dict[str, Any],
+    tx: Mapping[str, Any],
+    settings: EpcisSettings,
+    *,
+    key: str,
+    kind: str,
+) -> None:
+    """Adds `bizTransactionList` when the transaction names its ASN or order."""
+    reference = tx.get(key)
+    if reference is None:
+        return
+    if not isinstance(reference, str) or not reference:
+        raise PayloadError(f"{key} must be a non-empty string or null, got {reference!r}")
+    gln = settings.gln or _site_gln(settings)
+    event["bizTransactionList"] = [
+        {"type": kind, "bizTransaction": f"urn:epcglobal:cbv:bt:{gln}:{quote(reference, safe='')}"}
+    ]
+
+
+def _location_uri(base: str, name: str) -> str:
+    """A door, device or storage location under a base URI (see `EpcisSettings`)."""
+    if base.startswith(_SGLN_PREFIX):
+        return f"{base}.{_cset82_uri(name, 'SGLN extension')}"
+    separator = "" if base.endswith(("/", ":")) else "/"
+    return f"{base}{separator}{quote(name, safe='')}"
+
+
+def _cset82_uri(value: str, what: str) -> str:
+    """A GS1 character-set-82 value (lot, GLN extension) escaped for an EPC URI."""
+    if not 1 <= len(value) <= _MAX_CSET82_LENGTH or not set(value) <= _CSET82:
+        raise ValueError(
+            f"{what} must be 1 to {_MAX_CSET82_LENGTH} characters of the GS1 character set 82 "
+            f"(letters, digits and !\"%&'()*+,-./:;<=>?_), got {value!r}"
+        )
+    return "".join(_URI_ESCAPES.get(char, char) for char in value)
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+def _text(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _timestamp(value: object, name: str) -> str:
+    """An RFC 3339 date-time with seconds and an offset, returned unchanged."""
+    if isinstance(value, str) and _TIMESTAMP.fullmatch(value):
+        try:
+            dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return value
+    raise ValueError(f"{name} must be an RFC 3339 date-time such as 2024-05-01T10:00:00Z")
+
+
+def _check_digits(value: str, length: int, name: str, *, check_digit: bool = False) -> None:
+    if len(value) != length or not (value.isascii() and value.isdigit()):
+        raise ValueError(f"{name} must be {length} digits, got {value!r}")
+    if check_digit and str(gs1_standard_check_digit(value[:-1])) != value[-1]:
+        raise ValueError(f"{name} {value!r} has a wrong check digit")
+
+
+def _check_prefix_length(length: int) -> None:
+    # The Company Prefix has 6 to 12 digits (GS1 General Specifications).
+    if isinstance(length, bool) or not isinstance(length, int) or not 6 <= length <= 12:
+        raise ValueError(f"company prefix length must be 6 to 12, got {length!r}")
+
+
+def _check_base(name: str, base: object) -> None:
+    if not isinstance(base, str) or not _URI.fullmatch(base):
+        raise ValueError(f"{name} must be an absolute URI, got {base!r}")
+    if base.startswith(_SGLN_PREFIX):
+        match = _SGLN_BASE.fullmatch(base)
+        if match is None or len(match[1]) + len(match[2]) != _GLN_DIGITS:
+            raise ValueError(
+                f"{name} must be {_SGLN_PREFIX}<company prefix>.<location reference> "
+                f"(12 digits in all, no extension), got {base!r}"
+            )
+
+
+def _site_gln(settings: EpcisSettings) -> str | None:
+    """The GLN-13 of an SGLN base (company prefix, location reference, check digit)."""
+    for base in (settings.biz_location_base, settings.read_point_base):
+        match = _SGLN_BASE.fullmatch(base)
+        if match is not None:
+            gln12 = match[1] + match[2]
+            return gln12 + str(gs1_standard_check_digit(gln12))
+    return None

@@ -1,0 +1,580 @@
+"""Reference data from the WMS: ASNs, ship orders, products and locations, as frozen values.
+
+The WMS publishes each record retained on `wms/{site}/{kind}/{key}`; an empty payload deletes
+it. `parse_message` turns one MQTT message into a record, a deletion or a rejection with a
+one-line reason naming the field; it never raises, so one bad message cannot stop the bridge or
+disturb records held before. Checking goes in two steps: the JSON Schema shipped in
+`gateway/schemas/` (the documented contract), then the rules a schema cannot express (check
+digits through biip, the key in the topic, unique line numbers). `to_json` gives the canonical
+JSON back, for storage. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import biip
+from jsonschema import ValidationError
+
+from gateway.schemas import validator
+
+KINDS = ("asn", "shipment", "product", "location")
+"""The kinds of reference data, as the third level of their topic (and their schema's name)."""
+
+MAX_PAYLOAD_BYTES = 1024 * 1024
+"""A bigger payload is rejected unread."""
+
+_KEY_FIELD = {"asn": "asn_id", "shipment": "order_id", "product": "gtin", "location": "location"}
+
+# jsonschema's `pattern` uses re.search, where `$` also matches before a final newline.
+_EPC = re.compile(r"[0-9A-F]{24,124}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,59}")
+
+
+@dataclass(frozen=True, slots=True)
+class AsnLine:
+    """One expected item of an ASN: tagged items by EPC, a pallet by SSCC or a GTIN quantity."""
+
+    line: int
+    quantity: int
+    epcs: tuple[str, ...] = ()  # upper-case hex
+    sscc: str | None = None
+    gtin: str | None = None
+    lot: str | None = None
+    expiry: dt.date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Asn:
+    """An advance shipping notice: what is expected to arrive at a door."""
+
+    asn_id: str
+    door: str
+    lines: tuple[AsnLine, ...]
+    supplier: str | None = None  # the supplier's name
+    window_from: dt.datetime | None = None  # the appointment window, aware datetimes
+    window_to: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShipLine:
+    """One line of a ship order: a quantity of a trade item, optionally of one lot."""
+
+    line: int
+    gtin: str
+    quantity: int
+    lot: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShipOrder:
+    """A ship order: the pallets and items allowed to leave through a door."""
+
+    order_id: str
+    door: str
+    pallets: tuple[str, ...]  # SSCCs
+    lines: tuple[ShipLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """What the gateway knows about a trade item for weight and shelf-life checks."""
+
+    gtin: str
+    min_remaining_shelf_life_days: int = 0
+    unit_weight_kg: float | None = None
+    tare_weight_kg: float | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A place pallets can be: dock door, staging lane, rack slot or floor area."""
+
+    location: str
+    zone: str | None = None
+    kind: str | None = None  # dock_door, staging, rack or floor
+    capacity_pallets: int | None = None
+
+
+RefData = Asn | ShipOrder | Product | Location
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """An empty retained payload: the WMS withdrew the record `key` of this `kind`."""
+
+    kind: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that was not accepted; `reason` is one line and names the field."""
+
+    topic: str
+    reason: str
+
+
+class _Invalid(Exception):
+    """A rule the schema cannot express was broken; the message is the reason."""
+
+
+def parse_topic(topic: str, site: str) -> tuple[str, str] | None:
+    """`wms/{site}/{kind}/{key}` as (kind, key); None for any other topic."""
+    prefix = f"wms/{site}/"
+    if not topic.startswith(prefix):
+        return None
+    kind, _, key = topic[len(prefix) :].partition("/")
+    if kind not in KINDS or not key or any(c in key for c in "/+#"):
+        return None
+    return kind, key
+
+
+def key_of(item: RefData) -> tuple[str, str]:
+    """The (kind, key) a record is published under: its topic is `wms/{site}/{kind}/{key}`."""
+    match item:
+        case Asn():
+            return "asn", item.asn_id
+        case ShipOrder():
+            return "shipment", item.order_id
+        case Product():
+            return "product", item.gtin
+        case Location():
+            return "location", item.location
+
+
+def parse_message(topic: str, payload: bytes, site: str) -> RefData | Deleted | Rejected:
+    """One reference data message as a record, a deletion or a rejection. Never raises."""
+    where = parse_topic(topic, site)
+    if where is None:
+        return Rejected(
+            topic, f"not a reference data topic: expected wms/{site}/{{{'|'.join(KINDS)}}}/{{id}}"
+        )
+    kind, key = where
+    if not payload:
+        return Deleted(kind, key)
+    result = _parse(kind, key, payload)
+    return Rejected(topic, _one_line(result)) if isinstance(result, str) else result
+
+
+def _parse(kind: str, key: str, payload: bytes) -> RefData | str:
+    """The record in `payload`, or why there is none."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return f"payload: {len(payload)} bytes, more than the limit of {MAX_PAYLOAD_BYTES}"
+    try:
+        doc = _decode(payload)
+    except UnicodeError as err:
+        return f"payload: not UTF-8 ({err})"
+    except RecursionError:
+        return "payload: JSON nested too deeply"
+    except ValueError as err:
+        return f"payload: not valid JSON ({err})"
+    try:
+        reason = _schema_reason(kind, doc)
+    except RecursionError:
+        return "payload: JSON nested too deeply"
+    if reason is not None:
+        return reason
+    field = _KEY_FIELD[kind]
+    if doc[field] != key:
+        return f"{field}: {_show(doc[field])} is not the id in the topic, {_show(key)}"
+    try:
+        return _BUILD[kind](doc)
+    except _Invalid as err:
+        return str(err)
+
+
+def to_json(item: RefData) -> dict[str, Any]:
+    """The canonical JSON of a record: valid against its schema, and parsed back to `item`."""
+    match item:
+        case Asn():
+            asn: dict[str, Any] = {"asn_id": item.asn_id, "door": item.door}
+            window = _omit_none(
+                {"from": _iso(item.window_from), "to": _iso(item.window_to)},
+            )
+            if window:
+                asn["appointment"] = window
+            if item.supplier is not None:
+                asn["supplier"] = {"name": item.supplier}
+            asn["lines"] = [_asn_line_json(line) for line in item.lines]
+            return asn
+        case ShipOrder():
+            return {
+                "order_id": item.order_id,
+                "door": item.door,
+                "pallets": list(item.pallets),
+                "lines": [
+                    _omit_none(
+                        {"line": x.line, "gtin": x.gtin, "quantity": x.quantity, "lot": x.lot}
+                    )
+                    for x in item.lines
+                ],
+            }
+        case Product():
+            return _omit_none(
+                {
+                    "gtin": item.gtin,
+                    "description": item.description,
+                    "unit_weight_kg": item.unit_weight_kg,
+                    "tare_weight_kg": item.tare_weight_kg,
+                    "min_remaining_shelf_life_days": item.min_remaining_shelf_life_days,
+                }
+            )
+        case Location():
+            return _omit_none(
+                {
+                    "location": item.location,
+                    "zone": item.zone,
+                    "kind": item.kind,
+                    "capacity_pallets": item.capacity_pallets,
+                }
+            )
+
+
+# --- decoding and the schema step -------------------------------------------------------------
+
+
+def _decode(payload: bytes) -> Any:
+    """JSON from strict UTF-8; no NaN or infinities, no duplicate keys, no lone surrogates."""
+    doc = json.loads(
+        payload.decode("utf-8"),
+        parse_constant=_refuse_constant,
+        parse_float=_finite_float,
+        object_pairs_hook=_unique_keys,
+    )
+    # "\ud800" is valid JSON but no valid text: it would fail later, in SQLite or in a log.
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone surrogate (\\ud800 to \\udfff)") from None
+    return doc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise ValueError(f"duplicate key {_show(key)}")
+        doc[key] = value
+    return doc
+
+
+def _schema_reason(kind: str, doc: Any) -> str | None:
+    """Why `doc` fails the schema of `kind`, naming the field; None when it passes.
+
+    Only the first error is taken: jsonschema finds them lazily, and collecting all of them
+    from a hostile megabyte takes minutes. The schemas are written so that the first error is
+    the one to report (type, then fields, then contents).
+    """
+    error = next(iter(validator(kind).iter_errors(doc)), None)
+    return None if error is None else _describe(error)
+
+
+def _describe(error: ValidationError) -> str:
+    field = _path(error.absolute_path)
+    keyword = error.validator
+    value: Any = error.validator_value
+    instance: Any = error.instance
+    schema: Any = error.schema  # a dict: every schema here is an object
+    match keyword:
+        case "required":
+            missing = next(name for name in value if name not in instance)
+            return f"{_path([*error.absolute_path, missing])}: required but missing"
+        case "additionalProperties":
+            known = schema.get("properties", {})
+            extra = sorted(name for name in instance if name not in known)
+            return f"{_path([*error.absolute_path, extra[0]])}: unknown field"
+        case "type":
+            return f"{field}: must be {_a(value)}, got {_json_type(instance)}"
+        case "pattern" | "minLength" | "maxLength" | "format" if "title" in schema:
+            return f"{field}: {_show(instance)} is not a valid {schema['title']}"
+        case "minimum":
+            return f"{field}: {_show(instance)} is less than {value}"
+        case "exclusiveMinimum":
+            return f"{field}: {_show(instance)} must be more than {value}"
+        case "maximum":
+            return f"{field}: {_show(instance)} is more than {value}"
+        case "enum":
+            return f"{field}: {_show(instance)} is not one of {', '.join(map(str, value))}"
+        case "minItems":
+            return f"{field}: needs at least {value} item{'s' if value != 1 else ''}"
+        case "maxItems":
+            return f"{field}: more than {value} items"
+        case "uniqueItems":
+            return f"{field}: lists the same value twice"
+        case "minProperties":
+            return f"{field}: needs at least one of {', '.join(schema.get('properties', {}))}"
+        case "oneOf" | "anyOf":
+            names = [name for branch in value for name in branch.get("required", ())]
+            present = [name for name in names if isinstance(instance, dict) and name in instance]
+            if keyword == "anyOf":
+                return f"{field}: needs a non-empty {' or '.join(names)}"
+            if present:
+                return (
+                    f"{field}: has {' and '.join(present)}; give exactly one of {', '.join(names)}"
+                )
+            return f"{field}: needs exactly one of {', '.join(names)}"
+    return f"{field}: {_one_line(error.message)}"
+
+
+def _path(parts: Iterable[str | int]) -> str:
+    """A JSON path the way people write it: `lines[2].quantity`; the whole document is `payload`."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _NAME.fullmatch(part):
+            text += f".{part}" if text else part
+        else:  # an unknown key can be anything: show it quoted, escaped and short
+            text += f"[{_show(part, 40)}]"
+    return text or "payload"
+
+
+def _a(types: str | list[str]) -> str:
+    names = [types] if isinstance(types, str) else types
+    return " or ".join(("an " if n[0] in "aeiou" else "a ") + n for n in names)
+
+
+def _json_type(value: Any) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case _:
+            return "an object"
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value as short, one-line JSON, for a reason."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- building records from documents that passed the schema ------------------------------------
+
+
+def _asn(doc: dict[str, Any]) -> Asn:
+    lines: list[AsnLine] = []
+    line_at: dict[int, int] = {}
+    epc_at: dict[str, str] = {}
+    sscc_at: dict[str, str] = {}
+    for i, raw in enumerate(doc["lines"]):
+        where = f"lines[{i}]"
+        number = _unique_line(line_at, raw["line"], i)
+        epcs: list[str] = []
+        for j, given in enumerate(raw.get("epcs", ())):
+            epc = given.upper()
+            if not _EPC.fullmatch(epc):
+                raise _Invalid(f"{where}.epcs[{j}]: {_show(given)} is not a valid EPC")
+            _unique(epc_at, epc, f"{where}.epcs[{j}]", "EPC")
+            epcs.append(epc)
+        quantity = int(raw.get("quantity", len(epcs)))  # the schema lets 2.0 pass as an integer
+        if epcs and quantity != len(epcs):
+            raise _Invalid(
+                f"{where}.quantity: {quantity} does not match the {len(epcs)} EPCs of the line"
+            )
+        sscc = raw.get("sscc")
+        if sscc is not None:
+            _check_sscc(f"{where}.sscc", sscc)
+            _unique(sscc_at, sscc, f"{where}.sscc", "SSCC")
+        gtin = raw.get("gtin")
+        if gtin is not None:
+            _check_gtin(f"{where}.gtin", gtin)
+        expiry = raw.get("expiry")
+        lines.append(
+            AsnLine(
+                line=number,
+                quantity=quantity,
+                epcs=tuple(epcs),
+                sscc=sscc,
+                gtin=gtin,
+                lot=raw.get("lot"),
+                expiry=None if expiry is None else dt.date.fromisoformat(expiry),
+            )
+        )
+    supplier = doc.get("supplier")
+    if supplier is not None and "gln" in supplier:
+        _check_gln("supplier.gln", supplier["gln"])
+    window = doc.get("appointment", {})
+    window_from = _datetime("appointment.from", window.get("from"))
+    window_to = _datetime("appointment.to", window.get("to"))
+    if window_from is not None and window_to is not None and window_to < window_from:
+        raise _Invalid(f"appointment.to: {window['to']} is before appointment.from")
+    return Asn(
+        asn_id=doc["asn_id"],
+        door=doc["door"],
+        lines=tuple(lines),
+        supplier=None if supplier is None else supplier["name"],
+        window_from=window_from,
+        window_to=window_to,
+    )
+
+
+def _ship_order(doc: dict[str, Any]) -> ShipOrder:
+    for i, sscc in enumerate(doc.get("pallets", ())):
+        _check_sscc(f"pallets[{i}]", sscc)
+    lines: list[ShipLine] = []
+    line_at: dict[int, int] = {}
+    for i, raw in enumerate(doc.get("lines", ())):
+        number = _unique_line(line_at, raw["line"], i)
+        _check_gtin(f"lines[{i}].gtin", raw["gtin"])
+        lines.append(ShipLine(number, raw["gtin"], int(raw["quantity"]), raw.get("lot")))
+    customer = doc.get("customer")
+    if customer is not None and "gln" in customer:
+        _check_gln("customer.gln", customer["gln"])
+    _datetime("ship_by", doc.get("ship_by"))
+    return ShipOrder(doc["order_id"], doc["door"], tuple(doc.get("pallets", ())), tuple(lines))
+
+
+def _product(doc: dict[str, Any]) -> Product:
+    _check_gtin("gtin", doc["gtin"])
+    unit, tare = doc.get("unit_weight_kg"), doc.get("tare_weight_kg")
+    return Product(
+        gtin=doc["gtin"],
+        min_remaining_shelf_life_days=int(doc.get("min_remaining_shelf_life_days", 0)),
+        unit_weight_kg=None if unit is None else float(unit),
+        tare_weight_kg=None if tare is None else float(tare),
+        description=doc.get("description"),
+    )
+
+
+def _location(doc: dict[str, Any]) -> Location:
+    if "gln" in doc:
+        _check_gln("gln", doc["gln"])
+    capacity = doc.get("capacity_pallets")
+    return Location(
+        doc["location"],
+        doc.get("zone"),
+        doc.get("kind"),
+        None if capacity is None else int(capacity),
+    )
+
+
+_BUILD: dict[str, Callable[[dict[str, Any]], RefData]] = {
+    "asn": _asn,
+    "shipment": _ship_order,
+    "product": _product,
+    "location": _location,
+}
+
+
+def _unique_line(line_at: dict[int, int], given: float, index: int) -> int:
+    """The line number, as an int; two lines with one number are refused."""
+    number = int(given)
+    if number in line_at:
+        raise _Invalid(f"lines[{index}].line: {number} is already used by lines[{line_at[number]}]")
+    line_at[number] = index
+    return number
+
+
+def _unique(seen: dict[str, str], value: str, where: str, name: str) -> None:
+    if value in seen:
+        raise _Invalid(f"{where}: {name} {value} is already listed at {seen[value]}")
+    seen[value] = where
+
+
+# Check digits through biip: it reports errors in the result's fields instead of raising.
+# Cached, as the same identifiers come again (several lines, every reload after a restart).
+
+
+def _check_gtin(where: str, gtin: str) -> None:
+    error = _gtin_error(gtin)
+    if error is not None:
+        raise _Invalid(f"{where}: {error}")
+
+
+def _check_sscc(where: str, sscc: str) -> None:
+    error = _sscc_error(sscc)
+    if error is not None:
+        raise _Invalid(f"{where}: {error}")
+
+
+def _check_gln(where: str, gln: str) -> None:
+    error = _gln_error(gln)
+    if error is not None:
+        raise _Invalid(f"{where}: {error}")
+
+
+@lru_cache(maxsize=4096)
+def _gtin_error(gtin: str) -> str | None:
+    result = biip.parse("01" + gtin)
+    return None if result.gtin is not None else result.gtin_error or f"{gtin} is not a valid GTIN"
+
+
+@lru_cache(maxsize=4096)
+def _sscc_error(sscc: str) -> str | None:
+    result = biip.parse("00" + sscc)
+    return None if result.sscc is not None else result.sscc_error or f"{sscc} is not a valid SSCC"
+
+
+@lru_cache(maxsize=1024)
+def _gln_error(gln: str) -> str | None:
+    message = biip.parse("414" + gln).gs1_message
+    element = message.element_strings[0] if message and message.element_strings else None
+    if element is not None and element.gln is not None:
+        return None
+    return (element.gln_error if element else None) or f"{gln} is not a valid GLN"
+
+
+def _datetime(where: str, text: str | None) -> dt.datetime | None:
+    """An RFC 3339 date-time (already checked by the schema) as an aware datetime."""
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.upper())
+        value.astimezone(dt.UTC)  # out of range once converted (year 1 or 9999 near the edge)
+    except (ValueError, OverflowError) as err:
+        raise _Invalid(f"{where}: {_show(text)} is not a usable date-time ({err})") from err
+    return value
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _omit_none(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def _asn_line_json(line: AsnLine) -> dict[str, Any]:
+    return _omit_none(
+        {
+            "line": line.line,
+            "epcs": list(line.epcs) or None,
+            "sscc": line.sscc,
+            "gtin": line.gtin,
+            "quantity": line.quantity,
+            "lot": line.lot,
+            "expiry": None if line.expiry is None else line.expiry.isoformat(),
+        }
+    )

@@ -1,0 +1,658 @@
+"""Receiving and shipping at the dock doors: passes and scans checked against the WMS's plans.
+
+Pure: reference data, passes and scans in (with their timestamps), transactions, alarms and
+closing summaries out. The ledger of what was received or shipped is given at start and kept
+up to date by the decisions (the app stores it with each transaction), so nothing is received
+or shipped twice, also across restarts.
+
+A receipt is the work against one ASN at its door: it opens with the first pass or scan at
+that door while the ASN is open, and closes by command or after `idle_close` without activity.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from gateway.domain import (
+    Notice,
+    PortalPass,
+    Scan,
+    ScanKind,
+    Severity,
+    deterministic_id,
+)
+from gateway.epc import decode_epc
+from gateway.refdata import Asn, AsnLine, Product, ShipOrder
+
+# Results of one item.
+ACCEPTED = "accepted"
+UNEXPECTED = "unexpected"
+OVER_RECEIPT = "over_receipt"
+ALREADY_RECEIVED = "already_received"
+EXPIRED = "expired"
+SHORT_DATED = "short_dated"
+LOT_MISMATCH = "lot_mismatch"
+NOT_ON_ORDER = "not_on_order"
+ALREADY_SHIPPED = "already_shipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One thing that came through: a tagged case or pallet, or a scanned label."""
+
+    key: str  # identity for the ledger: epc:HEX, sscc:N or sgtin:GTIN.SERIAL; "" if none
+    epc: str | None = None
+    uri: str | None = None
+    gtin: str | None = None
+    serial: str | None = None
+    sscc: str | None = None
+    lot: str | None = None
+    expiry: dt.date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """What the rule made of one item."""
+
+    item: Item
+    result: str
+    line: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DockTransaction:
+    """A receive or ship transaction: the items of one pass or scan at a door."""
+
+    kind: str  # "receive" or "ship"
+    door: str
+    reference: str | None  # the ASN or ship order; None when nothing was planned at the door
+    items: tuple[ItemResult, ...]
+    source: str  # "portal" or "scanner"
+    device: str
+    evidence_id: str
+    started_at: dt.datetime
+    occurred_at: dt.datetime
+    direction: str | None = None
+
+    @property
+    def tx_id(self) -> str:
+        """Deterministic: the same pass or scan always gives the same id."""
+        return deterministic_id(
+            self.kind,
+            self.door,
+            self.reference,
+            sorted(r.item.key or r.item.gtin or "" for r in self.items),
+            self.evidence_id,
+        )
+
+    @property
+    def status(self) -> str:
+        """unplanned, accepted, accepted_with_exceptions or rejected."""
+        if self.reference is None:
+            return "unplanned"
+        accepted = sum(1 for r in self.items if r.result == ACCEPTED)
+        if accepted == len(self.items):
+            return "accepted"
+        return "accepted_with_exceptions" if accepted else "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class LineSummary:
+    """A line of a closed receipt or shipment."""
+
+    line: int
+    what: str  # the EPCs, SSCC or GTIN the line expected
+    expected: int
+    done: int
+    over: int
+
+    @property
+    def short(self) -> int:
+        """Expected and not received (or not shipped)."""
+        return max(0, self.expected - self.done)
+
+
+@dataclass(frozen=True, slots=True)
+class DockSummary:
+    """A receipt or shipment closed: per line what came and what is missing."""
+
+    kind: str  # "receipt" or "shipment"
+    reference: str
+    door: str
+    lines: tuple[LineSummary, ...]
+    closed_at: dt.datetime
+    reason: str  # "command" or "idle"
+
+    @property
+    def tx_id(self) -> str:
+        """One summary per receipt or shipment."""
+        return deterministic_id(self.kind, "close", self.reference)
+
+    @property
+    def status(self) -> str:
+        """complete, short, over or short_and_over."""
+        short = any(line.short for line in self.lines)
+        over = any(line.over for line in self.lines)
+        if short and over:
+            return "short_and_over"
+        return "short" if short else "over" if over else "complete"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """An item recorded by a transaction (stored by the app, reloaded at start)."""
+
+    kind: str  # "receive" or "ship"
+    key: str
+    reference: str
+    line: int | None
+    counted: bool  # counted towards its line
+
+
+DockDecision = DockTransaction | DockSummary | Notice
+
+
+def items_of_pass(portal_pass: PortalPass) -> list[Item]:
+    """The items a pass carried, with their EPCs decoded."""
+    items = []
+    for tag in portal_pass.tags:
+        epc = decode_epc(tag.epc)
+        items.append(
+            Item(
+                key=f"epc:{tag.epc}",
+                epc=tag.epc,
+                uri=epc.uri,
+                gtin=epc.gtin,
+                serial=epc.serial,
+                sscc=epc.sscc,
+            )
+        )
+    return items
+
+
+def item_of_scan(scan: Scan) -> Item | None:
+    """The item a scanned label stands for; None for a location label."""
+    if scan.kind is ScanKind.PALLET and scan.sscc:
+        return Item(key=f"sscc:{scan.sscc}", sscc=scan.sscc)
+    if scan.kind is ScanKind.ITEM and scan.gtin:
+        key = f"sgtin:{scan.gtin}.{scan.serial}" if scan.serial else ""
+        return Item(
+            key=key, gtin=scan.gtin.zfill(14), serial=scan.serial, lot=scan.lot, expiry=scan.expiry
+        )
+    return None
+
+
+@dataclass
+class _Open:
+    """Progress of one receipt or shipment."""
+
+    reference: str
+    door: str
+    done: dict[int, int] = field(default_factory=dict)  # line -> counted
+    over: dict[int, int] = field(default_factory=dict)
+    pallets: set[str] = field(default_factory=set)  # ship: SSCCs loaded
+    last_activity: dt.datetime | None = None
+
+
+class DockRules:
+    """Receiving and shipping for every door of the gateway.
+
+    Args:
+        idle_close: a receipt or shipment with activity closes after this long without any.
+        ledger: what earlier transactions recorded (from storage).
+        closed: references already closed (from storage).
+    """
+
+    def __init__(
+        self,
+        *,
+        idle_close: dt.timedelta = dt.timedelta(minutes=30),
+        ledger: Iterable[LedgerEntry] = (),
+        closed: Iterable[str] = (),
+    ) -> None:
+        self.idle_close = idle_close
+        self.asns: dict[str, Asn] = {}
+        self.orders: dict[str, ShipOrder] = {}
+        self.products: dict[str, Product] = {}
+        self._seen: dict[str, set[str]] = {"receive": set(), "ship": set()}
+        self._open: dict[tuple[str, str], _Open] = {}
+        self._closed = set(closed)
+        for entry in ledger:
+            self._record(entry)
+
+    # -- reference data ------------------------------------------------------------------
+
+    def set_asn(self, asn: Asn) -> None:
+        """An ASN arrived or changed."""
+        self.asns[asn.asn_id] = asn
+
+    def set_order(self, order: ShipOrder) -> None:
+        """A ship order arrived or changed."""
+        self.orders[order.order_id] = order
+
+    def set_product(self, product: Product) -> None:
+        """A product's master data arrived or changed."""
+        self.products[product.gtin] = product
+
+    def delete(self, kind: str, key: str) -> None:
+        """The WMS withdrew an ASN, a ship order or a product."""
+        if kind == "asn":
+            self.asns.pop(key, None)
+        elif kind == "shipment":
+            self.orders.pop(key, None)
+        elif kind == "product":
+            self.products.pop(key, None)
+
+    # -- events --------------------------------------------------------------------------
+
+    def on_pass(self, portal_pass: PortalPass, door_role: str) -> list[DockDecision]:
+        """An inbound pass at a receiving door or an outbound pass at a shipping door."""
+        at = dt.datetime.fromtimestamp(portal_pass.ended_at, dt.UTC)
+        started = dt.datetime.fromtimestamp(portal_pass.started_at, dt.UTC)
+        items = items_of_pass(portal_pass)
+        direction = portal_pass.direction.value
+        if door_role == "shipping" or (door_role == "both" and direction == "outbound"):
+            if direction == "inbound":
+                return []  # a pallet brought back in through a shipping door: not a shipment
+            return self._ship(
+                portal_pass.door,
+                items,
+                "portal",
+                portal_pass.reader_id,
+                portal_pass.pass_id,
+                started,
+                at,
+                direction,
+            )
+        if direction == "outbound":
+            return []  # a pallet leaving through a receiving door (an empty, a return)
+        return self._receive(
+            portal_pass.door,
+            items,
+            "portal",
+            portal_pass.reader_id,
+            portal_pass.pass_id,
+            started,
+            at,
+            direction,
+        )
+
+    def on_scan(self, scan: Scan, door: str, role: str) -> list[DockDecision]:
+        """A label scanned at a receiving or shipping station of `door`."""
+        item = item_of_scan(scan)
+        if item is None:
+            return []
+        evidence = deterministic_id("scan", scan.device_id, scan.raw, scan.at.isoformat())
+        if role == "shipping":
+            return self._ship(
+                door, [item], "scanner", scan.device_id, evidence, scan.at, scan.at, None
+            )
+        return self._receive(
+            door, [item], "scanner", scan.device_id, evidence, scan.at, scan.at, None
+        )
+
+    def close(self, reference: str, at: dt.datetime, reason: str = "command") -> list[DockDecision]:
+        """Close a receipt (ASN id) or shipment (order id); unknown or closed ones give nothing."""
+        for kind in ("receive", "ship"):
+            progress = self._open.pop((kind, reference), None)
+            if progress is None and reference not in self._closed:
+                plan = self.asns.get(reference) if kind == "receive" else self.orders.get(reference)
+                if plan is not None:
+                    progress = _Open(reference, plan.door)
+            if progress is not None:
+                self._closed.add(reference)
+                return [self._summary(kind, progress, at, reason)]
+        return []
+
+    def on_tick(self, now: dt.datetime) -> list[DockDecision]:
+        """Close receipts and shipments idle for `idle_close`."""
+        out: list[DockDecision] = []
+        for (kind, reference), progress in list(self._open.items()):
+            if progress.last_activity and now - progress.last_activity >= self.idle_close:
+                del self._open[(kind, reference)]
+                self._closed.add(reference)
+                out.append(self._summary(kind, progress, now, "idle"))
+        return out
+
+    def is_closed(self, reference: str) -> bool:
+        """Whether a receipt or shipment was closed."""
+        return reference in self._closed
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _open_asn(self, door: str, at: dt.datetime) -> Asn | None:
+        candidates = [
+            a for a in self.asns.values() if a.door == door and a.asn_id not in self._closed
+        ]
+        in_window = [
+            a
+            for a in candidates
+            if (a.window_from is None or a.window_from <= at)
+            and (a.window_to is None or at <= a.window_to)
+        ]
+        pool = in_window or candidates
+        # A receipt already under way wins; then the earliest appointment.
+        pool.sort(
+            key=lambda a: (("receive", a.asn_id) not in self._open, a.window_from or at, a.asn_id)
+        )
+        return pool[0] if pool else None
+
+    def _receive(
+        self,
+        door: str,
+        items: list[Item],
+        source: str,
+        device: str,
+        evidence: str,
+        started: dt.datetime,
+        at: dt.datetime,
+        direction: str | None,
+    ) -> list[DockDecision]:
+        asn = self._open_asn(door, at)
+        if asn is None:
+            tx = DockTransaction(
+                "receive",
+                door,
+                None,
+                tuple(ItemResult(i, UNEXPECTED, None, "no open ASN at this door") for i in items),
+                source,
+                device,
+                evidence,
+                started,
+                at,
+                direction,
+            )
+            return [
+                tx,
+                _alarm(
+                    "unplanned_receipt",
+                    f"{len(items)} item(s) received at {door} with no open ASN",
+                    at,
+                    door,
+                    {"tx_id": tx.tx_id},
+                ),
+            ]
+        progress = self._progress("receive", asn.asn_id, door)
+        results = [self._check_receipt(asn, progress, item, at) for item in items]
+        progress.last_activity = at
+        tx = DockTransaction(
+            "receive",
+            door,
+            asn.asn_id,
+            tuple(results),
+            source,
+            device,
+            evidence,
+            started,
+            at,
+            direction,
+        )
+        for r in results:
+            if r.result != ALREADY_RECEIVED and r.item.key:
+                self._seen["receive"].add(r.item.key)
+        out: list[DockDecision] = [tx]
+        dated = [r for r in results if r.result in (EXPIRED, SHORT_DATED)]
+        if dated:
+            out.append(
+                _alarm(
+                    "expired_lot",
+                    f"{len(dated)} item(s) at {door} expired or short-dated against ASN {asn.asn_id}",
+                    at,
+                    door,
+                    {"tx_id": tx.tx_id, "items": [r.item.key or r.item.gtin for r in dated]},
+                )
+            )
+        return out
+
+    def _check_receipt(self, asn: Asn, progress: _Open, item: Item, at: dt.datetime) -> ItemResult:
+        if item.key and item.key in self._seen["receive"]:
+            return ItemResult(item, ALREADY_RECEIVED, None, "received before")
+        line = _line_for(asn, item, progress)
+        if line is None:
+            return ItemResult(item, UNEXPECTED, None, "not on the ASN")
+        if line.lot and item.lot and item.lot != line.lot:
+            return ItemResult(item, LOT_MISMATCH, line.line, f"lot {item.lot}, ASN says {line.lot}")
+        expiry = item.expiry or line.expiry
+        gtin = item.gtin or line.gtin
+        if expiry is not None:
+            product = self.products.get(gtin) if gtin else None
+            days_left = (expiry - at.date()).days
+            minimum = product.min_remaining_shelf_life_days if product else 0
+            if days_left < 0:
+                return ItemResult(item, EXPIRED, line.line, f"expired on {expiry.isoformat()}")
+            if days_left < minimum:
+                return ItemResult(
+                    item,
+                    SHORT_DATED,
+                    line.line,
+                    f"{days_left} days left, the product needs {minimum}",
+                )
+        if progress.done.get(line.line, 0) >= line.quantity:
+            progress.over[line.line] = progress.over.get(line.line, 0) + 1
+            return ItemResult(
+                item, OVER_RECEIPT, line.line, f"line {line.line} expects {line.quantity}"
+            )
+        progress.done[line.line] = progress.done.get(line.line, 0) + 1
+        return ItemResult(item, ACCEPTED, line.line)
+
+    # -- shipping --------------------------------------------------------------------------
+
+    def _open_order(self, door: str) -> ShipOrder | None:
+        candidates = sorted(
+            (o for o in self.orders.values() if o.door == door and o.order_id not in self._closed),
+            key=lambda o: (("ship", o.order_id) not in self._open, o.order_id),
+        )
+        return candidates[0] if candidates else None
+
+    def _ship(
+        self,
+        door: str,
+        items: list[Item],
+        source: str,
+        device: str,
+        evidence: str,
+        started: dt.datetime,
+        at: dt.datetime,
+        direction: str | None,
+    ) -> list[DockDecision]:
+        order = self._open_order(door)
+        if order is None:
+            tx = DockTransaction(
+                "ship",
+                door,
+                None,
+                tuple(
+                    ItemResult(i, NOT_ON_ORDER, None, "no open ship order at this door")
+                    for i in items
+                ),
+                source,
+                device,
+                evidence,
+                started,
+                at,
+                direction,
+            )
+            return [
+                tx,
+                _alarm(
+                    "wrong_pallet_at_shipping",
+                    f"{len(items)} item(s) leaving {door} with no open ship order",
+                    at,
+                    door,
+                    {"tx_id": tx.tx_id},
+                ),
+            ]
+        progress = self._progress("ship", order.order_id, door)
+        results = []
+        for item in items:
+            results.append(self._check_shipment(order, progress, item))
+        progress.last_activity = at
+        tx = DockTransaction(
+            "ship",
+            door,
+            order.order_id,
+            tuple(results),
+            source,
+            device,
+            evidence,
+            started,
+            at,
+            direction,
+        )
+        for r in results:
+            if r.result != ALREADY_SHIPPED and r.item.key:
+                self._seen["ship"].add(r.item.key)
+        out: list[DockDecision] = [tx]
+        wrong = [r for r in results if r.result == NOT_ON_ORDER]
+        if wrong:
+            out.append(
+                _alarm(
+                    "wrong_pallet_at_shipping",
+                    f"{len(wrong)} item(s) at {door} are not on ship order {order.order_id}: stop the load",
+                    at,
+                    door,
+                    {"tx_id": tx.tx_id, "items": [r.item.key or r.item.gtin for r in wrong]},
+                )
+            )
+        return out
+
+    def _check_shipment(self, order: ShipOrder, progress: _Open, item: Item) -> ItemResult:
+        if item.key and item.key in self._seen["ship"]:
+            return ItemResult(item, ALREADY_SHIPPED, None, "shipped before")
+        if item.sscc is not None:
+            if item.sscc in order.pallets:
+                progress.pallets.add(item.sscc)
+                return ItemResult(item, ACCEPTED, None)
+            return ItemResult(item, NOT_ON_ORDER, None, f"pallet {item.sscc} is not on the order")
+        for line in order.lines:
+            if item.gtin == line.gtin:
+                if progress.done.get(line.line, 0) >= line.quantity:
+                    progress.over[line.line] = progress.over.get(line.line, 0) + 1
+                    return ItemResult(
+                        item, NOT_ON_ORDER, line.line, f"line {line.line} is complete"
+                    )
+                progress.done[line.line] = progress.done.get(line.line, 0) + 1
+                return ItemResult(item, ACCEPTED, line.line)
+        if order.pallets and not order.lines:
+            return ItemResult(item, ACCEPTED, None, "on a pallet of the order")
+        return ItemResult(item, NOT_ON_ORDER, None, "not on the order")
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def _progress(self, kind: str, reference: str, door: str) -> _Open:
+        key = (kind, reference)
+        if key not in self._open:
+            self._open[key] = _Open(reference, door)
+        return self._open[key]
+
+    def _record(self, entry: LedgerEntry) -> None:
+        self._seen[entry.kind].add(entry.key)
+        if entry.counted:
+            progress = self._progress(entry.kind, entry.reference, "")
+            if entry.line is not None:
+                progress.done[entry.line] = progress.done.get(entry.line, 0) + 1
+            elif entry.kind == "ship" and entry.key.startswith("sscc:"):
+                progress.pallets.add(entry.key.removeprefix("sscc:"))
+
+    def _summary(self, kind: str, progress: _Open, at: dt.datetime, reason: str) -> DockSummary:
+        lines: list[LineSummary] = []
+        door = progress.door
+        if kind == "receive":
+            asn = self.asns.get(progress.reference)
+            door = asn.door if asn else door
+            for line in asn.lines if asn else ():
+                lines.append(
+                    LineSummary(
+                        line.line,
+                        _what(line),
+                        line.quantity,
+                        progress.done.get(line.line, 0),
+                        progress.over.get(line.line, 0),
+                    )
+                )
+        else:
+            order = self.orders.get(progress.reference)
+            door = order.door if order else door
+            if order:
+                for n, sscc in enumerate(order.pallets, start=1):
+                    lines.append(
+                        LineSummary(-n, f"sscc:{sscc}", 1, int(sscc in progress.pallets), 0)
+                    )
+                for ship_line in order.lines:
+                    lines.append(
+                        LineSummary(
+                            ship_line.line,
+                            f"gtin:{ship_line.gtin}",
+                            ship_line.quantity,
+                            progress.done.get(ship_line.line, 0),
+                            progress.over.get(ship_line.line, 0),
+                        )
+                    )
+        return DockSummary(
+            "receipt" if kind == "receive" else "shipment",
+            progress.reference,
+            door,
+            tuple(lines),
+            at,
+            reason,
+        )
+
+
+def ledger_entries(tx: DockTransaction) -> list[LedgerEntry]:
+    """What the app stores with a transaction, so that a restart knows what was done."""
+    if tx.reference is None:
+        return []
+    seen_result = ALREADY_RECEIVED if tx.kind == "receive" else ALREADY_SHIPPED
+    counted = {ACCEPTED}
+    return [
+        LedgerEntry(
+            tx.kind,
+            r.item.key or f"gtin:{r.item.gtin}:{tx.tx_id}:{i}",
+            tx.reference,
+            r.line,
+            r.result in counted,
+        )
+        for i, r in enumerate(tx.items)
+        if r.result != seen_result
+    ]
+
+
+def _line_for(asn: Asn, item: Item, progress: _Open) -> AsnLine | None:
+    if item.epc:
+        for line in asn.lines:
+            if item.epc in line.epcs:
+                return line
+    if item.sscc:
+        for line in asn.lines:
+            if line.sscc == item.sscc:
+                return line
+        return None
+    if item.gtin:
+        matching = [line for line in asn.lines if line.gtin == item.gtin and not line.epcs]
+        for line in matching:
+            if progress.done.get(line.line, 0) < line.quantity:
+                return line
+        return matching[-1] if matching else None
+    return None
+
+
+def _what(line: AsnLine) -> str:
+    if line.epcs:
+        return f"{len(line.epcs)} EPCs"
+    return f"sscc:{line.sscc}" if line.sscc else f"gtin:{line.gtin}"
+
+
+def _alarm(
+    code: str, message: str, at: dt.datetime, door: str, details: Mapping[str, object]
+) -> Notice:
+    return Notice(
+        code=code,
+        message=message,
+        at=at,
+        severity=Severity.ERROR,
+        location=door,
+        details=dict(details),
+    )

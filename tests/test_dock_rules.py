@@ -1,0 +1,211 @@
+"""Receiving and shipping rules (pure): ASNs, ship orders, exceptions, the ledger, closing."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from gateway.domain import Direction, PortalPass, Scan, ScanKind, TagEvidence
+from gateway.epc import encode_sgtin96, encode_sscc96
+from gateway.refdata import Asn, AsnLine, Product, ShipLine, ShipOrder
+from gateway.rules.receiving import DockRules, DockSummary, DockTransaction, ledger_entries
+
+T0 = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
+CP = "0614141"
+
+
+def sgtin(item: str, serial: int) -> str:
+    return encode_sgtin96(CP, item, serial).hex().upper()
+
+
+def sscc_epc(ref: str) -> str:
+    return encode_sscc96(CP, ref).hex().upper()
+
+
+GTIN_A = "00614141123452"  # item reference 012345 (indicator 0)
+GTIN_B = "00614141543212"
+
+
+def a(serial: int) -> str:
+    return sgtin("012345", serial)
+
+
+def b(serial: int) -> str:
+    return sgtin("054321", serial)
+
+
+def passing(
+    epcs: list[str], *, door: str = "D03", inbound: bool = True, at: float = 0.0
+) -> PortalPass:
+    start = T0.timestamp() + at
+    return PortalPass(
+        door=door,
+        reader_id="r1",
+        direction=Direction.INBOUND if inbound else Direction.OUTBOUND,
+        tags=tuple(TagEvidence(e, 5, (1, 3), -50, start, start + 2) for e in sorted(epcs)),
+        started_at=start,
+        ended_at=start + 2,
+        separation_s=1.0 if inbound else -1.0,
+    )
+
+
+def asn(**lines: AsnLine) -> Asn:
+    return Asn(asn_id="ASN-1", door="D03", lines=tuple(lines.values()), supplier="ACME")
+
+
+def tx_of(decisions: list[object]) -> DockTransaction:
+    (tx,) = [d for d in decisions if isinstance(d, DockTransaction)]
+    return tx
+
+
+def results(tx: DockTransaction) -> dict[str, str]:
+    return {r.item.key: r.result for r in tx.items}
+
+
+def test_pass_received_against_the_asn_by_gtin_quantity() -> None:
+    rules = DockRules()
+    rules.set_asn(asn(l1=AsnLine(line=1, quantity=3, gtin=GTIN_A)))
+    tx = tx_of(rules.on_pass(passing([a(1), a(2), a(3)]), "receiving"))
+    assert tx.kind == "receive"
+    assert tx.reference == "ASN-1"
+    assert tx.status == "accepted"
+    assert set(results(tx).values()) == {"accepted"}
+    assert all(r.line == 1 for r in tx.items)
+
+
+def test_unexpected_and_over_receipt_are_flagged_at_once() -> None:
+    rules = DockRules()
+    rules.set_asn(asn(l1=AsnLine(line=1, quantity=2, gtin=GTIN_A)))
+    tx = tx_of(rules.on_pass(passing([a(1), a(2), a(3), b(1)]), "receiving"))
+    got = results(tx)
+    assert sorted(got.values()) == ["accepted", "accepted", "over_receipt", "unexpected"]
+    assert got[f"epc:{b(1)}"] == "unexpected"
+    assert tx.status == "accepted_with_exceptions"
+
+
+def test_epc_and_sscc_lines() -> None:
+    rules = DockRules()
+    pallet = sscc_epc("1234567890")
+    rules.set_asn(
+        asn(
+            l1=AsnLine(line=1, quantity=2, epcs=(a(7), a(8))),
+            l2=AsnLine(line=2, quantity=1, sscc="106141412345678908"),
+        )
+    )
+    tx = tx_of(rules.on_pass(passing([a(7), a(8), pallet]), "receiving"))
+    assert tx.status == "accepted"
+    assert {r.line for r in tx.items} == {1, 2}
+
+
+def test_nothing_is_received_twice_also_after_a_restart() -> None:
+    rules = DockRules()
+    rules.set_asn(asn(l1=AsnLine(line=1, quantity=5, gtin=GTIN_A)))
+    first = tx_of(rules.on_pass(passing([a(1), a(2)]), "receiving"))
+    again = tx_of(rules.on_pass(passing([a(1), a(2)], at=60), "receiving"))
+    assert set(results(again).values()) == {"already_received"}
+    # A restart: the ledger the app stored is given back.
+    restarted = DockRules(ledger=ledger_entries(first))
+    restarted.set_asn(asn(l1=AsnLine(line=1, quantity=5, gtin=GTIN_A)))
+    third = tx_of(restarted.on_pass(passing([a(1), a(2), a(3)], at=120), "receiving"))
+    assert sorted(results(third).values()) == ["accepted", "already_received", "already_received"]
+    (summary,) = restarted.close("ASN-1", T0 + dt.timedelta(hours=1))
+    assert isinstance(summary, DockSummary)
+    assert [(line.done, line.short) for line in summary.lines] == [(3, 2)]
+
+
+def test_expired_and_short_dated_lots_raise_an_alarm() -> None:
+    rules = DockRules()
+    rules.set_product(Product(gtin=GTIN_A, min_remaining_shelf_life_days=30))
+    rules.set_asn(
+        asn(
+            l1=AsnLine(line=1, quantity=1, epcs=(a(1),), expiry=dt.date(2026, 11, 1)),
+            l2=AsnLine(line=2, quantity=1, epcs=(a(2),), expiry=dt.date(2026, 12, 10)),
+            l3=AsnLine(line=3, quantity=1, epcs=(a(3),), expiry=dt.date(2027, 6, 1)),
+        )
+    )
+    decisions = rules.on_pass(passing([a(1), a(2), a(3)]), "receiving")
+    got = results(tx_of(decisions))
+    assert got == {
+        f"epc:{a(1)}": "expired",
+        f"epc:{a(2)}": "short_dated",
+        f"epc:{a(3)}": "accepted",
+    }
+    alarms = [d for d in decisions if getattr(d, "code", None) == "expired_lot"]
+    assert len(alarms) == 1
+
+
+def test_lot_mismatch_from_a_scanned_label() -> None:
+    rules = DockRules()
+    rules.set_asn(asn(l1=AsnLine(line=1, quantity=4, gtin=GTIN_A, lot="L1")))
+    label = Scan("rcv-1", T0, "raw", ScanKind.ITEM, gtin=GTIN_A, lot="L2", serial="99")
+    tx = tx_of(rules.on_scan(label, "D03", "receiving"))
+    assert [r.result for r in tx.items] == ["lot_mismatch"]
+    assert tx.source == "scanner"
+
+
+def test_unplanned_receipt_when_no_asn_is_open_at_the_door() -> None:
+    rules = DockRules()
+    rules.set_asn(
+        Asn(asn_id="ASN-9", door="D07", lines=(AsnLine(line=1, quantity=1, gtin=GTIN_A),))
+    )
+    decisions = rules.on_pass(passing([a(1)]), "receiving")
+    tx = tx_of(decisions)
+    assert tx.status == "unplanned"
+    assert tx.reference is None
+    assert [getattr(d, "code", None) for d in decisions if not isinstance(d, DockTransaction)] == [
+        "unplanned_receipt"
+    ]
+
+
+def test_close_by_command_and_by_idle_timeout() -> None:
+    rules = DockRules(idle_close=dt.timedelta(minutes=10))
+    rules.set_asn(asn(l1=AsnLine(line=1, quantity=3, gtin=GTIN_A)))
+    rules.on_pass(passing([a(1)]), "receiving")
+    assert rules.on_tick(T0 + dt.timedelta(minutes=5)) == []
+    (summary,) = rules.on_tick(T0 + dt.timedelta(minutes=11))
+    assert isinstance(summary, DockSummary)
+    assert (summary.reason, summary.status) == ("idle", "short")
+    assert summary.lines[0].short == 2
+    assert rules.close("ASN-1", T0) == []  # already closed
+    # After the close, the door has no open ASN: the next pallet is unplanned.
+    assert tx_of(rules.on_pass(passing([a(5)], at=3600), "receiving")).status == "unplanned"
+
+
+def test_wrong_pallet_at_a_shipping_door_raises_an_alarm() -> None:
+    rules = DockRules()
+    good, wrong = "106141412345678908", "106141419999999990"
+    rules.set_order(
+        ShipOrder(
+            order_id="SO-1",
+            door="D05",
+            pallets=(good,),
+            lines=(ShipLine(line=1, gtin=GTIN_B, quantity=2),),
+        )
+    )
+    decisions = rules.on_pass(
+        passing([sscc_epc("1234567890"), b(1), b(2)], door="D05", inbound=False), "shipping"
+    )
+    assert tx_of(decisions).status == "accepted"
+    scan = Scan("shp-1", T0, "raw", ScanKind.PALLET, sscc=wrong)
+    decisions = rules.on_scan(scan, "D05", "shipping")
+    assert [r.result for r in tx_of(decisions).items] == ["not_on_order"]
+    assert any(getattr(d, "code", None) == "wrong_pallet_at_shipping" for d in decisions)
+    (summary,) = rules.close("SO-1", T0)
+    assert isinstance(summary, DockSummary)
+    assert summary.status == "complete"
+
+
+def test_inbound_pass_at_a_shipping_door_is_not_a_shipment() -> None:
+    rules = DockRules()
+    rules.set_order(
+        ShipOrder(order_id="SO-1", door="D05", pallets=("106141412345678908",), lines=())
+    )
+    assert rules.on_pass(passing([b(1)], door="D05", inbound=True), "shipping") == []
+
+
+def test_transaction_ids_are_deterministic() -> None:
+    def run() -> str:
+        rules = DockRules()
+        rules.set_asn(asn(l1=AsnLine(line=1, quantity=3, gtin=GTIN_A)))
+        return tx_of(rules.on_pass(passing([a(1), a(2)]), "receiving")).tx_id
+
+    assert run() == run()
