@@ -115,6 +115,8 @@ async def test_receipt_against_an_asn_with_planted_problems(
     for e in p3[1:]:
         expected[e.hex().upper()] = "expired"
     assert results == expected
+    for message in collector.on("/alarm") + collector.on("/event"):
+        assert_valid("event", message.json())
     alarms = [m.json()["code"] for m in collector.on("/alarm")]
     assert alarms.count("expired_lot") == 1
     events = [m.json() for m in collector.on("/event")]
