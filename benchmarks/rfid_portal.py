@@ -29,6 +29,7 @@ import multiprocessing.connection
 import os
 import platform
 import random
+import socket
 import statistics
 import sys
 import threading
@@ -58,6 +59,10 @@ EPOCH = 1_750_000_000.0
 DEVICE_ID = "bench-reader"
 # A child that outlives this (a parent killed hard) stops by itself.
 CHILD_LIFETIME_S = 180.0
+# The simulator's socket send buffer (bytes; Linux doubles it, capped by net.core.wmem_max).
+SIM_SEND_BUFFER = 4 * 1024 * 1024
+# Below this, a process was idle part of the measurement: waiting for data or for a CPU.
+SATURATED = 0.9
 
 
 def now() -> dt.datetime:
@@ -236,6 +241,11 @@ def serve_simulator(
                         conn.send((time.process_time(), sim.stats.reads_sent))
                 loop.call_soon_threadsafe(stop.set)
 
+            # A big kernel send buffer: while the simulator computes a large report (its event
+            # loop busy), the kernel keeps feeding the client from it. Without it the client
+            # starves in those pauses and the figures measure the simulator, not the client.
+            for sock in getattr(getattr(sim, "_server", None), "sockets", ()):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SIM_SEND_BUFFER)
             conn.send(sim.port)
             threading.Thread(target=serve_parent, daemon=True).start()
             with contextlib.suppress(TimeoutError):
@@ -515,10 +525,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--logic-reads-per-s", type=float, default=20_000, help="read cap of that day's reader"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of the logic benchmark")
-    parser.add_argument("--strays", type=int, default=1000, help="strong stray tags (TCP runs)")
+    parser.add_argument("--strays", type=int, default=900, help="strong stray tags (TCP runs)")
     parser.add_argument("--reads-per-s", type=float, default=1_000_000, help="simulator cap")
-    parser.add_argument("--report-interval", type=float, default=0.01, help="simulator, s")
+    parser.add_argument("--report-interval", type=float, default=0.05, help="simulator, s")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate runs 2 and 3 this many times, keep the best",
+    )
     parser.add_argument(
         "--check-simulator",
         action="store_true",
@@ -552,13 +568,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_simulator:
         print("0. simulator capacity (sllurp's socket thread discards the bytes)")
         bench_sllurp(args, discard=True)
-    print("2. sllurp alone (bare LLRPReaderClient, callback counts TagSeenCount)")
-    alone = bench_sllurp(args)
-    print("3. gateway pipeline (LlrpReader -> bounded queue -> rules consumer -> PortalTracker)")
-    gateway = bench_gateway(args).measured
-    ratio = gateway.rate / alone.rate if alone.rate else 0.0
+    alone: list[Measured] = []
+    gateway: list[Measured] = []
+    for round_ in range(args.rounds):
+        suffix = f" [round {round_ + 1}/{args.rounds}]" if args.rounds > 1 else ""
+        print(f"2. sllurp alone (bare LLRPReaderClient, callback counts TagSeenCount){suffix}")
+        alone.append(bench_sllurp(args))
+        print(f"3. gateway pipeline (LlrpReader -> queue -> rules consumer -> tracker){suffix}")
+        gateway.append(bench_gateway(args).measured)
+    best_alone = max(alone, key=lambda m: m.rate)
+    best_gateway = max(gateway, key=lambda m: m.rate)
+    ratio = best_gateway.rate / best_alone.rate if best_alone.rate else 0.0
     verdict = "OK" if ratio >= 0.9 else "BELOW TARGET"
-    print(f"4. gateway keeps {ratio:.0%} of sllurp's rate (target >= 90%): {verdict}")
+    best = " (best rounds)" if args.rounds > 1 else ""
+    print(
+        f"4. gateway keeps {ratio:.1%} of sllurp's rate{best} (target >= 90%): {verdict}; "
+        f"per CPU-second of this process: "
+        f"{(best_gateway.reads / best_gateway.cpu_s) / (best_alone.reads / best_alone.cpu_s):.1%}"
+    )
+    if min(best_alone.busy, best_gateway.busy) < SATURATED:
+        print(
+            f"   note: this process was busy less than {SATURATED:.0%} of a run: it waited for "
+            "the simulator, for the GIL or for a CPU (other load?); compare on a quiet machine"
+        )
     return 0
 
 

@@ -59,7 +59,7 @@ class PortalSettings:
 
 
 class _Group:
-    __slots__ = ("closed", "departed", "first", "last", "live", "members")
+    __slots__ = ("closed", "departed", "first", "last", "left_at", "live", "members")
 
     def __init__(self, t: float) -> None:
         self.first = t
@@ -68,6 +68,7 @@ class _Group:
         self.members: list[_Tag] = []
         # Members that went quiet while others are still read: a read brings them back.
         self.departed: dict[str, _Tag] = {}
+        self.left_at = float("-inf")  # when the last departed member was last read
         self.closed = False
 
 
@@ -211,6 +212,7 @@ class PortalTracker:
             return []
         group.live -= 1
         group.departed[epc] = tag
+        group.left_at = max(group.left_at, tag.last)
         return self._close_if_done(group, tag.last + self.settings.depart_after_s)
 
     def _revive(self, epc: str) -> _Tag | None:
@@ -238,15 +240,17 @@ class PortalTracker:
         if group.closed:
             return []
         if group.live > 0:
-            lingering = [t for t in group.members if t.epc in self._tags and not _gone(t, group)]
-            if not group.departed or not all(t.static for t in lingering):
-                return []
-            left = max(t.last for t in group.departed.values())
-            if now - left <= self.settings.static_after_s:
+            # Cheap tests first: this runs for every departure and every tick.
+            if not group.departed or now - group.left_at <= self.settings.static_after_s:
                 return []  # they may still leave with the others (a pallet stopped in the door)
+            departed = group.departed
+            lingering = [t for t in group.members if t.epc not in departed]
+            if not all(t.static for t in lingering):
+                return []
+            members = [t for t in group.members if t.epc in departed]
             for tag in lingering:
-                group.members.remove(tag)
                 tag.group = None
+            group.members = members
             group.live = 0
         group.closed = True
         self._groups.remove(group)
@@ -301,10 +305,6 @@ class PortalTracker:
             ended_at=max(t.last for t in members),
             separation_s=round(separation, 4),
         )
-
-
-def _gone(tag: _Tag, group: _Group) -> bool:
-    return tag.epc in group.departed
 
 
 def _side_time(tag: _Tag) -> float | None:
