@@ -144,6 +144,7 @@ class MqttBridge:
         self._stop = asyncio.Event()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self.connected = False
+        self.subscribed = False  # to the WMS's reference data and the commands
         self.published = 0
         self.refused = 0
         self.statuses_pending = True
@@ -195,6 +196,7 @@ class MqttBridge:
             log.debug("broker still not reachable", error=str(error))
         self._reported_down = True
         self.connected = False
+        self.subscribed = False
 
     def _client(self) -> _Client:
         config = self._config
@@ -289,6 +291,7 @@ class MqttBridge:
             site, base = self._topics.site, self._topics.base
             await client.subscribe(f"wms/{site}/+/+", qos=1)
             await client.subscribe(f"{base}/cmd/+", qos=1)
+            self.subscribed = True
         async for message in client.messages:
             if self._inbox is None or not isinstance(message.payload, bytes | bytearray | None):
                 continue
