@@ -58,7 +58,7 @@ def tx_of(decisions: list[object]) -> DockTransaction:
 
 
 def results(tx: DockTransaction) -> dict[str, str]:
-    return {r.item.key: r.result for r in tx.items}
+    return {f"epc:{r.item.epc}" if r.item.epc else r.item.key: r.result for r in tx.items}
 
 
 def test_pass_received_against_the_asn_by_gtin_quantity() -> None:

@@ -160,9 +160,16 @@ def items_of_pass(portal_pass: PortalPass) -> list[Item]:
     items = []
     for tag in portal_pass.tags:
         epc = decode_epc(tag.epc)
+        # The same identity as the item's label, so that a tag and a scan of its label agree.
+        if epc.sscc:
+            key = f"sscc:{epc.sscc}"
+        elif epc.gtin and epc.serial:
+            key = f"sgtin:{epc.gtin}.{epc.serial}"
+        else:
+            key = f"epc:{tag.epc}"
         items.append(
             Item(
-                key=f"epc:{tag.epc}",
+                key=key,
                 epc=tag.epc,
                 uri=epc.uri,
                 gtin=epc.gtin,
