@@ -15,7 +15,7 @@ import signal
 import socket
 import tempfile
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,9 @@ from gateway.app import Gateway
 from gateway.config import GatewayConfig, parse_config
 from gateway.health import DeviceState
 from gateway.wire import Topics
+from simulators.dock_day import Truck, dock_day
 from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
-from simulators.llrp import LlrpReaderSimulator, day_scenario
+from simulators.llrp import LlrpReaderSimulator, Scenario
 from simulators.scanner import Garbage, ScannerSimulator, Step, Type, shift_script
 
 LOCATIONS = [
@@ -44,21 +45,29 @@ async def run_demo(
     with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
         workdir = state_dir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        # A dock door: a day of trucks unloaded and loaded, about an hour of pallets.
-        door = day_scenario(500, seed=1, door="D03", gap_s=(4.0, 9.0))
+        # Two dock doors: trucks unloaded at D03 against ASNs, loaded at D05 against orders.
+        trucks, products = dock_day(40)
+        receiving = Scenario(
+            pallets=[p for t in trucks if t.direction == "inbound" for p in t.pallets], door="D03"
+        )
+        shipping = Scenario(
+            pallets=[p for t in trucks if t.direction == "outbound" for p in t.pallets], door="D05"
+        )
         async with (
             _broker(broker) as (host, port, protocol),
-            LlrpReaderSimulator(door, reads_per_s=1500) as reader,
+            LlrpReaderSimulator(receiving, reads_per_s=1500) as d03,
+            LlrpReaderSimulator(shipping, reads_per_s=1500) as d05,
         ):
             config = demo_config(
-                workdir, host=host, port=port, protocol=protocol, reader_port=reader.port
+                workdir, host=host, port=port, protocol=protocol, reader_ports=(d03.port, d05.port)
             )
             _banner(config, embedded=broker is None)
-            await _run(config, workdir / "scanner-fl-07", pallets=pallets, pace_s=pace_s)
+            wms = _wms(config, trucks, products, {"D03": d03, "D05": d05})
+            await _run(config, workdir / "scanner-fl-07", pallets=pallets, pace_s=pace_s, wms=wms)
 
 
 def demo_config(
-    workdir: Path, *, host: str, port: int, protocol: str, reader_port: int
+    workdir: Path, *, host: str, port: int, protocol: str, reader_ports: tuple[int, int]
 ) -> GatewayConfig:
     """The shipped demo configuration, pointed at this run's broker, scanner and folder."""
     example = resources.files("gateway").joinpath("examples/demo.toml")
@@ -66,7 +75,8 @@ def demo_config(
     raw["broker"].update(host=host, port=port, protocol=protocol)
     raw["storage"]["path"] = str(workdir / "gateway.db")
     raw["devices"][0]["transport"]["port"] = str(workdir / "scanner-fl-07")
-    raw["devices"][1]["transport"]["port"] = reader_port
+    raw["devices"][1]["transport"]["port"] = reader_ports[0]
+    raw["devices"][2]["transport"]["port"] = reader_ports[1]
     return parse_config(raw, Path(str(example)))
 
 
@@ -94,7 +104,14 @@ async def _broker(address: str | None) -> AsyncIterator[tuple[str, int, str]]:
         await embedded.shutdown()
 
 
-async def _run(config: GatewayConfig, link: Path, *, pallets: int, pace_s: float) -> None:
+async def _run(
+    config: GatewayConfig,
+    link: Path,
+    *,
+    pallets: int,
+    pace_s: float,
+    wms: Coroutine[Any, Any, None],
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -105,10 +122,70 @@ async def _run(config: GatewayConfig, link: Path, *, pallets: int, pace_s: float
         await asyncio.sleep(0.5)  # let the view subscribe before the first publish
         run = tg.create_task(gateway.run(stop), name="demo.gateway")
         shifts = tg.create_task(_shifts(gateway, scanner, pallets, pace_s), name="demo.shifts")
+        trucks = tg.create_task(wms, name="demo.wms")
         await run
         shifts.cancel()
+        trucks.cancel()
         view.cancel()
     typer.echo("demo stopped")
+
+
+async def _wms(
+    config: GatewayConfig,
+    trucks: list[Truck],
+    products: list[dict[str, Any]],
+    readers: dict[str, LlrpReaderSimulator],
+) -> None:
+    """The WMS: products, then each truck's ASN or ship order as it docks, closed after it."""
+    site = config.gateway.site
+    close_topic = f"{Topics(site, config.gateway.id).base}/cmd/close"
+    while True:
+        try:
+            async with aiomqtt.Client(
+                config.broker.host,
+                config.broker.port,
+                protocol=_protocol(config),
+                identifier="demo-wms",
+            ) as client:
+                for product in products:
+                    await client.publish(
+                        f"wms/{site}/product/{product['gtin']}",
+                        json.dumps(product),
+                        qos=1,
+                        retain=True,
+                    )
+                pending = sorted(trucks, key=lambda t: t.pallets[0].start_s)
+                docked: list[Truck] = []
+                while pending or docked:
+                    for truck in list(pending):
+                        if readers[truck.door].scenario_time >= truck.pallets[0].start_s - 2.0:
+                            kind = "asn" if truck.direction == "inbound" else "shipment"
+                            await client.publish(
+                                f"wms/{site}/{kind}/{truck.reference}",
+                                json.dumps(truck.document),
+                                qos=1,
+                                retain=True,
+                            )
+                            pending.remove(truck)
+                            docked.append(truck)
+                    for truck in list(docked):
+                        if readers[truck.door].scenario_time >= truck.end_s + 4.0:
+                            await client.publish(
+                                close_topic, json.dumps({"reference": truck.reference}), qos=1
+                            )
+                            docked.remove(truck)
+                    await asyncio.sleep(0.5)
+                return
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.5)
+
+
+def _protocol(config: GatewayConfig) -> aiomqtt.ProtocolVersion:
+    return (
+        aiomqtt.ProtocolVersion.V5
+        if config.broker.protocol == "5"
+        else aiomqtt.ProtocolVersion.V311
+    )
 
 
 async def _shifts(gateway: Gateway, scanner: ScannerSimulator, pallets: int, pace_s: float) -> None:
@@ -190,6 +267,29 @@ def describe(topic: str, payload: dict[str, Any], topics: Topics) -> str | None:
             f"pallet {pallet or '(no SSCC tag)'} + {cases} cases of {len(gtins)} products"
             f"   ({len(tags)} tags)"
         )
+    if rel in ("tx/receive", "tx/ship"):
+        kind = "RECEIVE" if rel == "tx/receive" else "SHIP   "
+        counts: dict[str, int] = {}
+        for item in payload["items"]:
+            counts[item["result"]] = counts.get(item["result"], 0) + 1
+        colour = typer.colors.GREEN if payload["status"] == "accepted" else typer.colors.YELLOW
+        tag = typer.style(f" {kind}", fg=colour, bold=True)
+        reference = payload.get("asn_id") or payload.get("order_id") or "(nothing planned)"
+        detail = ", ".join(
+            f"{n} {result.replace('_', ' ')}" for result, n in sorted(counts.items())
+        )
+        return f"{now} {tag} door {payload['door']} {reference}: {detail}"
+    if rel in ("receipt", "shipment"):
+        tag = typer.style(f" {rel.upper():<7}", fg=typer.colors.BLUE, bold=True)
+        short = [
+            f"line {line['line']} short {line['short']}"
+            for line in payload["lines"]
+            if line["short"]
+        ]
+        return (
+            f"{now} {tag} {payload['reference']} closed ({payload['reason']}): {payload['status']}"
+            + (f" - {', '.join(short)}" if short else "")
+        )
     if rel in ("event", "alarm"):
         colour = typer.colors.RED if rel == "alarm" else typer.colors.YELLOW
         tag = typer.style(f" {rel.upper():<6}", fg=colour, bold=True)
@@ -219,9 +319,11 @@ def _banner(config: GatewayConfig, *, embedded: bool) -> None:
         typer.style("Warehouse edge gateway demo", bold=True)
         + f": site {config.gateway.site}, gateway {config.gateway.id}, {where} at "
         f"{config.broker.host}:{config.broker.port}.\n"
-        "A simulated forklift scanner scans pallets and locations, and a simulated RFID "
-        "portal at dock door D03 sees pallets roll in and out; every published "
-        "transaction, pass, event and status is shown below. Ctrl-C stops.\n"
+        "A simulated forklift scanner scans pallets and locations; trucks are unloaded "
+        "through the RFID portal of door D03 against their ASNs and loaded through door D05 "
+        "against their ship orders, each with a planted problem (an unexpected case, an "
+        "expired lot, a short pallet, the wrong pallet). Every transaction, alarm, event and "
+        "status is shown below as it is published. Ctrl-C stops.\n"
         f"Watch it with any MQTT client: mosquitto_sub -h {config.broker.host} "
         f"-p {config.broker.port} -t 'gw/#' -v\n"
     )

@@ -209,3 +209,28 @@ def test_transaction_ids_are_deterministic() -> None:
         return tx_of(rules.on_pass(passing([a(1), a(2)]), "receiving")).tx_id
 
     assert run() == run()
+
+
+def test_cases_ride_with_their_pallet_at_a_shipping_door() -> None:
+    rules = DockRules()
+    on_order = sscc_epc("1234567890")
+    rules.set_order(
+        ShipOrder(order_id="SO-2", door="D05", pallets=(decode_sscc(on_order),), lines=())
+    )
+    good = tx_of(
+        rules.on_pass(passing([on_order, b(1), b(2)], door="D05", inbound=False), "shipping")
+    )
+    assert set(results(good).values()) == {"accepted"}
+    wrong_pallet = sscc_epc("1999999999")
+    bad = tx_of(
+        rules.on_pass(passing([wrong_pallet, b(3)], door="D05", inbound=False, at=30), "shipping")
+    )
+    assert set(results(bad).values()) == {"not_on_order"}
+
+
+def decode_sscc(epc_hex: str) -> str:
+    from gateway.epc import decode_epc
+
+    value = decode_epc(epc_hex).sscc
+    assert value is not None
+    return value

@@ -493,9 +493,10 @@ class DockRules:
                 ),
             ]
         progress = self._progress("ship", order.order_id, door)
-        results = []
-        for item in items:
-            results.append(self._check_shipment(order, progress, item))
+        # Cases ride on their pallet: on a pallet of the order they go, on another they do not.
+        pallets = [i.sscc for i in items if i.sscc]
+        on_order_pallet = any(p in order.pallets for p in pallets) if pallets else None
+        results = [self._check_shipment(order, progress, item, on_order_pallet) for item in items]
         progress.last_activity = at
         tx = DockTransaction(
             "ship",
@@ -526,7 +527,9 @@ class DockRules:
             )
         return out
 
-    def _check_shipment(self, order: ShipOrder, progress: _Open, item: Item) -> ItemResult:
+    def _check_shipment(
+        self, order: ShipOrder, progress: _Open, item: Item, on_order_pallet: bool | None
+    ) -> ItemResult:
         if item.key and item.key in self._seen["ship"]:
             return ItemResult(item, ALREADY_SHIPPED, None, "shipped before")
         if item.sscc is not None:
@@ -543,8 +546,10 @@ class DockRules:
                     )
                 progress.done[line.line] = progress.done.get(line.line, 0) + 1
                 return ItemResult(item, ACCEPTED, line.line)
-        if order.pallets and not order.lines:
+        if on_order_pallet:
             return ItemResult(item, ACCEPTED, None, "on a pallet of the order")
+        if on_order_pallet is False:
+            return ItemResult(item, NOT_ON_ORDER, None, "on a pallet that is not on the order")
         return ItemResult(item, NOT_ON_ORDER, None, "not on the order")
 
     # -- shared ----------------------------------------------------------------------------
