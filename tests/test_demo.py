@@ -1,0 +1,44 @@
+"""`gateway demo` (what `make demo` runs) starts, shows moves and dock transactions, and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def test_demo_shows_transactions_and_stops_cleanly(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--pace", "0.3", "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    output = b""
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            output += process.stdout.read() or b""
+            if b"MOVE" in output and b"RECEIVE" in output and b"SHIP" in output:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+        output += process.stdout.read() or b""
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = output.decode(errors="replace")
+    assert "MOVE" in text, text[-2000:]
+    assert "RECEIVE" in text, text[-2000:]
+    assert "SHIP" in text, text[-2000:]
+    assert "GATEWAY offline (stopped)" in text, text[-2000:]
+    assert "Traceback" not in text, text[-4000:]
+    assert process.returncode == 0
+    assert (tmp_path / "gateway.db").exists()
