@@ -20,7 +20,13 @@ import structlog
 
 from gateway import __version__
 from gateway.bridge.mqtt import MqttBridge
-from gateway.config import BarcodeScannerDevice, DeviceConfig, GatewayConfig, LlrpReaderDevice
+from gateway.config import (
+    BarcodeScannerDevice,
+    DeviceConfig,
+    GatewayConfig,
+    LlrpReaderDevice,
+    SignalLightDevice,
+)
 from gateway.domain import (
     CommandResponse,
     Event,
@@ -35,6 +41,8 @@ from gateway.drivers.llrp import KIND as READER_KIND
 from gateway.drivers.llrp import LlrpReader
 from gateway.drivers.scanner import KIND as SCANNER_KIND
 from gateway.drivers.scanner import BarcodeScanner
+from gateway.drivers.signal_light import KIND as LIGHT_KIND
+from gateway.drivers.signal_light import SignalLight
 from gateway.epcis import EpcisSettings, object_event
 from gateway.epcis import document as epcis_document
 from gateway.health import StatusBoard
@@ -93,6 +101,17 @@ def portal_settings(device: LlrpReaderDevice) -> PortalSettings:
     )
 
 
+def epcis_settings(config: GatewayConfig) -> EpcisSettings | None:
+    """The EPCIS settings, checked; None when EPCIS output is off."""
+    if not config.epcis.enabled:
+        return None
+    return EpcisSettings(
+        read_point_base=config.epcis.read_point_base,
+        biz_location_base=config.epcis.biz_location_base,
+        company_prefix_length=config.epcis.company_prefix_length,
+    )
+
+
 def utc_now() -> dt.datetime:
     """The wall clock, timezone-aware."""
     return dt.datetime.now(dt.UTC)
@@ -110,6 +129,25 @@ class Gateway:
         self.notices_dropped = 0
         self.passes_seen = 0
         self._late_notices: list[Notice] = []
+        self._epcis_settings = epcis_settings(config)
+        # Stack lights and horns, built before anything runs so that no early alarm is lost.
+        self.lights: dict[str, SignalLight] = {}
+        self.door_lights: dict[str, list[SignalLight]] = {}
+        for device in config.devices:
+            if isinstance(device, SignalLightDevice):
+                light = SignalLight(
+                    host=device.host,
+                    port=device.port,
+                    unit=device.unit,
+                    coil=device.coil,
+                    hold_s=device.hold_s,
+                    timeout_s=device.timeout_s,
+                    refresh_s=device.refresh_s,
+                    health=self.board.add(device.id, LIGHT_KIND),
+                )
+                self.lights[device.id] = light
+                for door in device.doors:
+                    self.door_lights.setdefault(door, []).append(light)
         self._storage_failing = False
         self._alarm_raised = False
         self._intake_held = False
@@ -122,6 +160,12 @@ class Gateway:
         store = await Store.open(config.storage.path, max_rows=config.storage.outbox_max_rows)
         self.store = store
         try:
+            retention = config.rules.dock.ledger_retention_days * 86400
+            pruned = await store.prune_dock_history(
+                closed_before=self.clock().timestamp() - retention
+            )
+            if pruned:
+                log.info("pruned old receipts and shipments from the ledger", items=pruned)
             engine = RulesEngine(
                 ForkliftMoves(
                     MoveSettings(
@@ -145,10 +189,11 @@ class Gateway:
                 dock=DockRules(
                     idle_close=dt.timedelta(seconds=config.rules.dock.idle_close_s),
                     ledger=[
-                        LedgerEntry(r.kind, r.key, r.reference, r.line, r.counted)
+                        LedgerEntry(r.kind, r.key, r.reference, r.line, r.result)
                         for r in await store.dock_ledger()
                     ],
                     closed=await store.closed_references(),
+                    resumed_at=self.clock(),
                 ),
                 site=config.gateway.site,
                 door_roles={
@@ -222,8 +267,11 @@ class Gateway:
         log.info("gateway stopped", outbox_depth=store.depth)
 
     async def _supervised(self, device: DeviceConfig) -> None:
-        driver: BarcodeScanner | LlrpReader
-        if isinstance(device, BarcodeScannerDevice):
+        driver: BarcodeScanner | LlrpReader | SignalLight
+        if isinstance(device, SignalLightDevice):
+            driver = self.lights[device.id]
+            health = self.board.devices[device.id]
+        elif isinstance(device, BarcodeScannerDevice):
             health = self.board.add(device.id, SCANNER_KIND)
             driver = BarcodeScanner(
                 device,
@@ -317,6 +365,11 @@ class Gateway:
                     continue
                 self.bridge.publish_debug(self.topics.debug_pass(portal_pass.door), payload)
         self.passes_seen += len(passes)
+        for decision in decisions:
+            # Alarms at a door light its stack light or sound its horn at once, before the disk.
+            if isinstance(decision, Notice) and decision.severity is Severity.ERROR:
+                for light in self.door_lights.get(decision.location or "", ()):
+                    light.alarm()
         rest = [d for d in decisions if not isinstance(d, PortalPass)]
         backoff = Backoff(0.2, 5.0)
         while True:
@@ -352,7 +405,7 @@ class Gateway:
                 messages.append(OutboxMessage(d.tx_id, self.topics.tx(d.kind), encode(payload)))
                 messages.extend(self._epcis(payload))
                 ledger.extend(
-                    LedgerRow(e.kind, e.key, e.reference, e.line, e.counted, d.tx_id)
+                    LedgerRow(e.kind, e.key, e.reference, e.line, e.result, d.tx_id)
                     for e in ledger_entries(d)
                 )
             elif isinstance(d, DockSummary):
@@ -398,18 +451,25 @@ class Gateway:
                 log.info("transaction committed", tx_id=d.tx_id, kind=type(d).__name__)
 
     def _epcis(self, payload: dict[str, Any]) -> list[OutboxMessage]:
-        """The same transaction as a GS1 EPCIS 2.0 document, when the site asked for it."""
-        if not self.config.epcis.enabled:
+        """The same transaction as a GS1 EPCIS 2.0 document, when the site asked for it.
+
+        A transaction that cannot be expressed in EPCIS (a location name too long for an SGLN
+        extension, a tag that is no GS1 identifier) is still committed; the EPCIS document is
+        left out, with an event saying why."""
+        if self._epcis_settings is None:
             return []
-        settings = self.config.epcis
-        event = object_event(
-            payload,
-            EpcisSettings(
-                read_point_base=settings.read_point_base,
-                biz_location_base=settings.biz_location_base,
-                company_prefix_length=settings.company_prefix_length,
-            ),
-        )
+        try:
+            event = object_event(payload, self._epcis_settings)
+        except ValueError as err:
+            self._late_notices.append(
+                Notice(
+                    code="epcis_failed",
+                    message=f"no EPCIS event for transaction {payload['tx_id']}: {err}",
+                    at=self.clock(),
+                    details={"tx_id": payload["tx_id"], "reason": str(err)},
+                )
+            )
+            return []
         doc = epcis_document([event], created=payload["occurred_at"])
         return [OutboxMessage(f"epcis:{payload['tx_id']}", self.topics.epcis, encode(doc))]
 

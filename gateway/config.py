@@ -240,7 +240,25 @@ class LlrpReaderDevice(_Model):
     backoff: BackoffConfig = BackoffConfig()
 
 
-DeviceConfig = Annotated[BarcodeScannerDevice | LlrpReaderDevice, Field(discriminator="kind")]
+class SignalLightDevice(_Model):
+    """A stack light or horn on a Modbus TCP coil, switched on by alarms at its doors."""
+
+    id: Identifier
+    kind: Literal["signal_light"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+    unit: int = Field(default=1, ge=0, le=255)
+    coil: int = Field(default=0, ge=0, le=65535)
+    doors: list[Identifier] = Field(min_length=1)
+    hold_s: float = Field(default=10.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    refresh_s: float | None = Field(default=5.0, gt=0)
+    backoff: BackoffConfig = BackoffConfig()
+
+
+DeviceConfig = Annotated[
+    BarcodeScannerDevice | LlrpReaderDevice | SignalLightDevice, Field(discriminator="kind")
+]
 
 
 class MoveRuleConfig(_Model):
@@ -261,6 +279,9 @@ class DockRuleConfig(_Model):
     """Receiving and shipping."""
 
     idle_close_s: float = Field(default=1800.0, gt=0)
+    # An item is never received (or shipped) twice within this many days of its receipt's
+    # close; older history is pruned at start so that the ledger stays bounded.
+    ledger_retention_days: float = Field(default=90.0, gt=0)
 
 
 class EpcisConfig(_Model):
@@ -270,6 +291,18 @@ class EpcisConfig(_Model):
     read_point_base: str = "urn:epc:id:sgln:0000000.00000"
     biz_location_base: str = "urn:epc:id:sgln:0000000.00000"
     company_prefix_length: int = Field(default=7, ge=6, le=12)
+
+    @model_validator(mode="after")
+    def _valid_identifiers(self) -> EpcisConfig:
+        from gateway.epcis import EpcisSettings
+
+        if self.enabled:
+            EpcisSettings(
+                read_point_base=self.read_point_base,
+                biz_location_base=self.biz_location_base,
+                company_prefix_length=self.company_prefix_length,
+            )
+        return self
 
 
 class RulesConfig(_Model):
@@ -371,7 +404,7 @@ def _key(loc: tuple[Any, ...]) -> str:
     return out
 
 
-_DEVICE_KINDS = {"barcode_scanner", "llrp_reader"}
+_DEVICE_KINDS = {"barcode_scanner", "llrp_reader", "signal_light"}
 
 
 def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:

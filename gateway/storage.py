@@ -45,8 +45,9 @@ CREATE TABLE IF NOT EXISTS dock_ledger (
     key        TEXT NOT NULL,              -- epc:HEX, sscc:N, sgtin:GTIN.SERIAL
     reference  TEXT NOT NULL,              -- the ASN or ship order
     line       INTEGER,
-    counted    INTEGER NOT NULL,           -- counted towards its line
+    result     TEXT NOT NULL,              -- accepted (counted) or over_receipt
     tx_id      TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
     PRIMARY KEY (kind, key)
 );
 CREATE TABLE IF NOT EXISTS dock_closed (
@@ -102,7 +103,7 @@ class LedgerRow:
     key: str
     reference: str
     line: int | None
-    counted: bool
+    result: str
     tx_id: str
 
 
@@ -240,9 +241,10 @@ class Store:
                 [(m.sscc, m.location, m.tx_id, now) for m in moves],
             )
             await db.executemany(
-                "INSERT OR IGNORE INTO dock_ledger (kind, key, reference, line, counted, tx_id)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.kind, r.key, r.reference, r.line, int(r.counted), r.tx_id) for r in ledger],
+                "INSERT OR IGNORE INTO dock_ledger"
+                " (kind, key, reference, line, result, tx_id, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r.kind, r.key, r.reference, r.line, r.result, r.tx_id, now) for r in ledger],
             )
             await db.executemany(
                 "INSERT OR IGNORE INTO dock_closed (reference, tx_id, closed_at) VALUES (?, ?, ?)",
@@ -327,14 +329,31 @@ class Store:
     async def dock_ledger(self) -> list[LedgerRow]:
         """Every item received or shipped, as recorded."""
         rows = await self._fetch(
-            "SELECT kind, key, reference, line, counted, tx_id FROM dock_ledger ORDER BY rowid"
+            "SELECT kind, key, reference, line, result, tx_id FROM dock_ledger ORDER BY rowid"
         )
         return [
             LedgerRow(
-                str(k), str(key), str(r), None if line is None else int(line), bool(c), str(t)
+                str(k), str(key), str(r), None if line is None else int(line), str(res), str(t)
             )
-            for k, key, r, line, c, t in rows
+            for k, key, r, line, res, t in rows
         ]
+
+    async def prune_dock_history(self, *, closed_before: float) -> int:
+        """Forget receipts and shipments closed before `closed_before` (epoch s), and their
+        items; returns the items forgotten. Bounds the ledger of a gateway that runs for years."""
+
+        async def body(db: aiosqlite.Connection) -> int:
+            before = db.total_changes
+            await db.execute(
+                "DELETE FROM dock_ledger WHERE reference IN"
+                " (SELECT reference FROM dock_closed WHERE closed_at < ?)",
+                (closed_before,),
+            )
+            items = db.total_changes - before
+            await db.execute("DELETE FROM dock_closed WHERE closed_at < ?", (closed_before,))
+            return items
+
+        return await self._transaction(body, lambda _: None)
 
     async def closed_references(self) -> set[str]:
         """Receipts and shipments already closed."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +82,58 @@ async def test_stop_with_the_broker_down_is_bounded_by_the_grace_period(tmp_path
         await asyncio.sleep(0.5)
         began = time.monotonic()
     assert time.monotonic() - began < 3.0
+
+
+@pytest.mark.broker
+async def test_malformed_commands_are_answered_or_ignored_never_fatal(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    import json
+
+    import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    config = build(site_config(tmp_path, broker_port=mosquitto.port, scanner=None), tmp_path)
+
+    def reply_to(topic: str, correlation: bytes) -> Properties:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = topic
+        props.CorrelationData = correlation
+        return props
+
+    async with (
+        running(config) as gateway,
+        aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as wms,
+    ):
+        deadline = time.monotonic() + 10
+        while not (gateway.bridge and gateway.bridge.subscribed):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await wms.subscribe("replies/#", qos=1)
+        cmd = "gw/DC1/dock-1/cmd/close"
+        await wms.publish(cmd, b"[" * 200_000, qos=1, properties=reply_to("replies/a", b"1"))
+        await wms.publish(
+            cmd, b'{"reference": null}', qos=1, properties=reply_to("replies/+/x", b"2")
+        )
+        await wms.publish(cmd, b'{"reference": "X"}', qos=1, retain=True)
+        await wms.publish(
+            cmd, json.dumps({"reference": "NOPE"}), qos=1, properties=reply_to("replies/b", b"3")
+        )
+        answers: dict[bytes, dict[str, Any]] = {}
+        async with asyncio.timeout(10):
+            async for message in wms.messages:
+                correlation = message.properties.CorrelationData  # type: ignore[union-attr]
+                answers[correlation] = json.loads(message.payload)  # type: ignore[arg-type]
+                if b"3" in answers:
+                    break
+        await wms.publish(cmd, b"", qos=1, retain=True)
+        assert gateway.bridge is not None
+        assert gateway.bridge.connected
+    assert answers[b"1"]["ok"] is False  # too large to read: refused, answered
+    assert b"2" not in answers  # a wildcard response topic cannot be answered
+    assert answers[b"3"] == {
+        "ok": False,
+        "reference": "NOPE",
+        "error": "no open receipt or shipment with this reference",
+    }

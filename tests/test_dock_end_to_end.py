@@ -15,6 +15,7 @@ import pytest
 from gateway.epc import decode_epc, encode_sgtin96, encode_sscc96
 from gateway.health import DeviceState
 from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
+from simulators.modbus_coil import ModbusCoilSimulator
 from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
 from tests.mqtt_helpers import Collector, Mosquitto
 
@@ -195,14 +196,31 @@ async def test_the_wrong_pallet_at_a_shipping_door_raises_an_alarm(
     )
     async with (
         LlrpReaderSimulator(scenario, reads_per_s=2000) as sim,
+        ModbusCoilSimulator() as horn,
         Collector(mosquitto.port) as collector,
         aiomqtt.Client("127.0.0.1", mosquitto.port) as wms,
     ):
-        config = reader_config(tmp_path, mosquitto.port, sim.port, role="shipping")
+        raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None, reader_port=sim.port)
+        raw["devices"][0]["role"] = "shipping"
+        raw["devices"].append(
+            {
+                "id": "horn-d03",
+                "kind": "signal_light",
+                "host": "127.0.0.1",
+                "port": horn.port,
+                "coil": 3,
+                "doors": ["D03"],
+                "hold_s": 30,
+                "backoff": {"min_s": 0.05, "max_s": 0.3},
+            }
+        )
+        config = build(raw, tmp_path)
         await wms.publish("wms/DC1/shipment/SO-5", json.dumps(order), qos=1, retain=True)
         async with running(config) as gateway:
             await wait_device(gateway, "d03-reader", DeviceState.CONNECTED)
             await collector.wait_for(lambda c: len(c.on("/tx/ship")) == 2, timeout=30)
+            # The wrong pallet sounds the door's horn (a Modbus coil) while the alarm holds.
+            await horn.wait_for(3, True, timeout=5.0)
             await close(wms, "SO-5")
             await collector.wait_for(lambda c: len(c.on("/shipment")) == 1)
         await wms.publish("wms/DC1/shipment/SO-5", b"", qos=1, retain=True)

@@ -234,3 +234,52 @@ def decode_sscc(epc_hex: str) -> str:
     value = decode_epc(epc_hex).sscc
     assert value is not None
     return value
+
+
+def test_restart_keeps_over_counts_closes_once_and_closes_on_idle() -> None:
+    rules = DockRules()
+    plan = asn(l1=AsnLine(line=1, quantity=1, gtin=GTIN_A))
+    rules.set_asn(plan)
+    tx = tx_of(rules.on_pass(passing([a(1), a(2)]), "receiving"))
+    assert sorted(results(tx).values()) == ["accepted", "over_receipt"]
+    restart = T0 + dt.timedelta(hours=1)
+    again = DockRules(
+        ledger=ledger_entries(tx), idle_close=dt.timedelta(minutes=10), resumed_at=restart
+    )
+    again.set_asn(plan)
+    # A receipt under way at the restart closes on idle, counted from the restart.
+    assert again.on_tick(restart + dt.timedelta(minutes=5)) == []
+    (summary,) = again.on_tick(restart + dt.timedelta(minutes=11))
+    assert isinstance(summary, DockSummary)
+    assert [(line.done, line.over) for line in summary.lines] == [(1, 1)]
+    assert summary.status == "over"
+    # Closed for good, also after another restart.
+    third = DockRules(ledger=ledger_entries(tx), closed={"ASN-1"}, resumed_at=restart)
+    third.set_asn(plan)
+    assert third.close("ASN-1", restart) == []
+    assert third.on_tick(restart + dt.timedelta(days=1)) == []
+
+
+def test_an_item_refused_once_is_received_when_the_wms_puts_it_right() -> None:
+    rules = DockRules()
+    rules.set_asn(asn(l1=AsnLine(line=1, quantity=1, gtin=GTIN_A)))
+    first = tx_of(rules.on_pass(passing([b(1)]), "receiving"))
+    assert results(first) == {f"epc:{b(1)}": "unexpected"}
+    rules.set_asn(
+        asn(
+            l1=AsnLine(line=1, quantity=1, gtin=GTIN_A), l2=AsnLine(line=2, quantity=1, gtin=GTIN_B)
+        )
+    )
+    second = tx_of(rules.on_pass(passing([b(1)], at=60), "receiving"))
+    assert results(second) == {f"epc:{b(1)}": "accepted"}
+    assert ledger_entries(first) == []  # refused items are not recorded as received
+
+
+def test_an_asn_withdrawn_mid_receipt_closes_it_with_what_was_done() -> None:
+    rules = DockRules()
+    rules.set_asn(asn(l1=AsnLine(line=1, quantity=3, gtin=GTIN_A)))
+    rules.on_pass(passing([a(1)]), "receiving")
+    (summary,) = rules.delete("asn", "ASN-1", T0 + dt.timedelta(minutes=5))
+    assert isinstance(summary, DockSummary)
+    assert (summary.reason, summary.status, summary.lines[0].done) == ("withdrawn", "short", 1)
+    assert rules.delete("asn", "ASN-1", T0) == []

@@ -170,8 +170,17 @@ def test_a_pallet_that_goes_in_and_comes_back_out_makes_two_passes() -> None:
     assert passes[0].pass_id != passes[1].pass_id
 
 
-def test_one_side_only_gives_unknown_direction() -> None:
+def test_tags_seen_from_one_side_only_did_not_cross() -> None:
     reads: list[TagRead] = [("AA01", 1, -50, 10.0 + k * 0.05, 1) for k in range(20)]
+    tracker = PortalTracker(DOOR)
+    assert play(tracker, reads, 20) == []
+    assert tracker.one_sided_groups == 1
+
+
+def test_no_clear_order_between_the_sides_gives_unknown_direction() -> None:
+    reads: list[TagRead] = [
+        ("AA01", ant, -50, 10.0 + k * 0.05, 1) for k in range(20) for ant in (1, 3)
+    ]
     (only,) = play(PortalTracker(DOOR), reads, 20)
     assert only.direction is Direction.UNKNOWN
 

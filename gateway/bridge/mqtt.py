@@ -38,6 +38,8 @@ log = structlog.get_logger("gateway.bridge")
 PUBACK_TIMEOUT_S = 30.0
 # Rows read from the outbox per query.
 FETCH_BATCH = 500
+# A command is a small JSON object; anything larger is refused unread.
+MAX_COMMAND_BYTES = 4096
 # Command answers waiting for the connection.
 RESPONSE_BACKLOG = 100
 # Debug messages waiting for their turn under the rate limit.
@@ -299,7 +301,8 @@ class MqttBridge:
             payload = bytes(message.payload or b"")
             if topic.startswith("wms/"):
                 await self._inbox(WmsMessage(topic, payload, self._clock()))
-            elif topic == f"{self._topics.base}/cmd/close":
+            elif topic == f"{self._topics.base}/cmd/close" and not message.retain:
+                # A retained command would be carried out again at every reconnect: ignored.
                 await self._inbox(_close_command(payload, message.properties, self._clock()))
 
     async def _publish_responses(self, client: _Client) -> None:
@@ -311,7 +314,10 @@ class MqttBridge:
                 if correlation is not None:
                     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                     properties.CorrelationData = correlation
-                await client.publish(topic, payload, qos=1, properties=properties)
+                try:
+                    await client.publish(topic, payload, qos=1, properties=properties)
+                except ValueError as err:  # a response topic no client may publish to
+                    log.warning("cannot answer a command", topic=topic, error=str(err))
             self._responses_ready.clear()
 
     async def _publish_statuses(self, client: _Client) -> None:
@@ -436,12 +442,17 @@ class MqttBridge:
 def _close_command(payload: bytes, properties: Properties | None, at: dt.datetime) -> CloseCommand:
     """`cmd/close` with {"reference": "<ASN or order id>"}; a bad request gets an error answer."""
     response = getattr(properties, "ResponseTopic", None) if properties else None
+    if response is not None and ("+" in response or "#" in response):
+        response = None  # not a topic anyone can publish to
     correlation = getattr(properties, "CorrelationData", None) if properties else None
-    try:
-        body = json.loads(payload)
-        reference = str(body["reference"]) if isinstance(body, dict) else ""
-    except (ValueError, KeyError):
-        reference = ""
+    reference = ""
+    if len(payload) <= MAX_COMMAND_BYTES:
+        try:
+            body = json.loads(payload)
+        except (ValueError, RecursionError):
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("reference"), str):
+            reference = body["reference"]
     return CloseCommand(reference, at, response, correlation)
 
 

@@ -7,7 +7,10 @@ and a deadline, so an alarm storm costs nothing but one write.
 
 Every connect (the first one, and each reconnect after a failure) writes the desired state
 unconditionally, so a light that lost power or a gateway restarted mid-alarm ends up right:
-on if an alarm is active, off otherwise (a horn left sounding by a crash is silenced).
+on if an alarm is active, off otherwise (a horn left sounding by a crash is silenced). The state
+is also written again every `refresh_s` (None: never): that keeps an idle connection from being
+dropped by devices with an idle timeout, holds the output on I/O modules whose communication
+watchdog resets outputs nobody writes, and repairs a coil changed behind the gateway's back.
 A lost connection, a timeout or a Modbus exception response raises `DeviceError`; the gateway's
 supervisor restarts `run()` with backoff. When the gateway stops (`run()` cancelled) a coil
 that is on is switched off, best effort, within `timeout_s`.
@@ -22,7 +25,7 @@ import time
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from gateway.health import DeviceHealth
 from gateway.supervisor import DeviceError
@@ -54,20 +57,22 @@ class SignalLight:
         coil: int = 0,
         hold_s: float = 10.0,
         timeout_s: float = 2.0,
+        refresh_s: float | None = 5.0,
         health: DeviceHealth | None = None,
     ) -> None:
         if not 0 <= unit <= 255:
             raise ValueError(f"unit {unit} is out of range 0..255")
         if not 0 <= coil <= 65535:
             raise ValueError(f"coil {coil} is out of range 0..65535")
-        if hold_s <= 0 or timeout_s <= 0:
-            raise ValueError("hold_s and timeout_s must be positive")
+        if hold_s <= 0 or timeout_s <= 0 or (refresh_s is not None and refresh_s <= 0):
+            raise ValueError("hold_s, timeout_s and refresh_s must be positive")
         self.host = host
         self.port = port
         self.unit = unit
         self.coil = coil
         self.hold_s = hold_s
         self.timeout_s = timeout_s
+        self.refresh_s = refresh_s
         self._health = health
         self._until: float | None = None  # monotonic time the coil goes off
         self._wake = asyncio.Event()
@@ -95,9 +100,13 @@ class SignalLight:
             reconnect_delay=0,  # no reconnects behind our back: the supervisor does them
             trace_connect=self._connection_changed,
         )
-        written: bool | None = None
+        written: bool | None = None  # None: not known (a fresh connection asserts the state)
+        maybe_on = False  # an ON was sent and no OFF confirmed since
+        refresh_at: float | None = None
         try:
-            if not await client.connect():
+            connected = await client.connect()
+            _raise_if_cancelled()
+            if not connected:
                 raise DeviceError(
                     f"cannot connect to Modbus TCP {self._where()} within {self.timeout_s:g} s"
                 )
@@ -105,19 +114,25 @@ class SignalLight:
                 self._health.connected()
             while True:
                 self._wake.clear()
-                want = self.state
-                if want != written:
-                    written = None  # unknown until the device confirms
-                    await self._write(client, want)
-                    written = want
                 if not client.connected:
                     raise DeviceError(f"connection to {self._where()} lost")
-                until = self._until
-                wait_s = None if not want or until is None else until - time.monotonic()
+                want = self.state
+                if want != written or (refresh_at is not None and time.monotonic() >= refresh_at):
+                    written = None
+                    maybe_on = maybe_on or want
+                    await self._write(client, want)
+                    written = want
+                    maybe_on = want
+                    _raise_if_cancelled()
+                    if self.refresh_s is not None:
+                        refresh_at = time.monotonic() + self.refresh_s
+                wake_at = [t for t in (self._until if want else None, refresh_at) if t is not None]
+                wait_s = min(wake_at) - time.monotonic() if wake_at else None
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                    async with asyncio.timeout(wait_s):
+                        await self._wake.wait()
         except asyncio.CancelledError:
-            if written and client.connected:
+            if maybe_on and client.connected:
                 # Stopping: do not leave a horn sounding. Best effort, bounded.
                 with contextlib.suppress(DeviceError):
                     await self._write(client, False)
@@ -132,6 +147,10 @@ class SignalLight:
                 response = await client.write_coil(self.coil, value, device_id=self.unit)
         except TimeoutError as err:
             raise DeviceError(f"{action}: no answer within {self.timeout_s:g} s") from err
+        except ModbusIOException as err:  # pymodbus's own timeout, or an answer that does not fit
+            raise DeviceError(
+                f"{action}: no valid answer within {self.timeout_s:g} s ({err})"
+            ) from err
         except ModbusException as err:
             raise DeviceError(f"{action}: {err}") from err
         if response.isError():
@@ -152,3 +171,16 @@ class SignalLight:
 
     def _where(self) -> str:
         return f"{self.host}:{self.port} unit {self.unit}"
+
+
+def _raise_if_cancelled() -> None:
+    """Deliver a cancellation that Python 3.11's `asyncio.wait_for` swallowed.
+
+    pymodbus waits for connects and answers with `asyncio.wait_for`; on 3.11, a task cancelled
+    just as the awaited answer arrives gets the answer and loses the cancellation (fixed in
+    3.12). The task is still marked as cancelling, so a gateway stopping its drivers would
+    otherwise wait for this one forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -73,6 +73,7 @@ class RulesEngine:
         self.dock = dock or DockRules()
         self.site = site
         self.door_roles = dict(door_roles or {})
+        self.locations: dict[str, Location] = {}
         self.dock_stations = dict(dock_stations or {})
 
     def on_event(self, event: Event) -> list[Any]:
@@ -122,18 +123,39 @@ class RulesEngine:
                 )
             ]
         if isinstance(parsed, Deleted):
-            self.dock.delete(parsed.kind, parsed.key)
-            return [RefDataChange(parsed.kind, parsed.key, None)]
+            known = self._known(parsed.kind, parsed.key)
+            closing: list[Any] = list(self.dock.delete(parsed.kind, parsed.key, message.at))
+            return [*closing, RefDataChange(parsed.kind, parsed.key, None)] if known else closing
         if isinstance(parsed, Asn):
+            same = self.dock.asns.get(parsed.asn_id) == parsed
             self.dock.set_asn(parsed)
-            return [RefDataChange("asn", parsed.asn_id, parsed)]
-        if isinstance(parsed, ShipOrder):
+            key = parsed.asn_id
+        elif isinstance(parsed, ShipOrder):
+            same = self.dock.orders.get(parsed.order_id) == parsed
             self.dock.set_order(parsed)
-            return [RefDataChange("shipment", parsed.order_id, parsed)]
-        if isinstance(parsed, Product):
+            key = parsed.order_id
+        elif isinstance(parsed, Product):
+            same = self.dock.products.get(parsed.gtin) == parsed
             self.dock.set_product(parsed)
-            return [RefDataChange("product", parsed.gtin, parsed)]
-        return [RefDataChange("location", parsed.location, parsed)]
+            key = parsed.gtin
+        else:
+            same = self.locations.get(parsed.location) == parsed
+            self.locations[parsed.location] = parsed
+            key = parsed.location
+        # The broker redelivers retained data at every reconnect: store only what changed.
+        kind = {Asn: "asn", ShipOrder: "shipment", Product: "product", Location: "location"}[
+            type(parsed)
+        ]
+        return [] if same else [RefDataChange(kind, key, parsed)]
+
+    def _known(self, kind: str, key: str) -> bool:
+        if kind == "asn":
+            return key in self.dock.asns
+        if kind == "shipment":
+            return key in self.dock.orders
+        if kind == "product":
+            return key in self.dock.products
+        return key in self.locations
 
     def _close(self, command: CloseCommand) -> list[Any]:
         decisions: list[Any] = list(self.dock.close(command.reference, command.at))

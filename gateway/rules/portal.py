@@ -119,6 +119,7 @@ class PortalTracker:
         self.static_tags = 0
         self.weak_tags = 0  # tags left out of passes: never read strongly enough
         self.parked_groups = 0
+        self.one_sided_groups = 0
 
     @property
     def tracked(self) -> int:
@@ -264,6 +265,10 @@ class PortalTracker:
             near = [t for t in members if t.peak is None or t.peak >= floor]
             self.weak_tags += len(members) - len(near)
             members = near
+        if not any(t.w_out > 0 and t.w_in > 0 for t in members):
+            # Nothing in the group was seen from both sides of the door: it did not cross.
+            self.one_sided_groups += 1
+            return []
         return [self._pass(part) for part in _split_by_direction(members, self.settings)]
 
     def _pass(self, members: list[_Tag]) -> PortalPass:

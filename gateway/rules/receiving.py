@@ -124,7 +124,7 @@ class DockSummary:
     door: str
     lines: tuple[LineSummary, ...]
     closed_at: dt.datetime
-    reason: str  # "command" or "idle"
+    reason: str  # "command", "idle" or "withdrawn" (the WMS deleted the ASN or order)
 
     @property
     def tx_id(self) -> str:
@@ -149,8 +149,18 @@ class LedgerEntry:
     key: str
     reference: str
     line: int | None
-    counted: bool  # counted towards its line
+    result: str  # accepted or over_receipt: what counted, as it counted
 
+    @property
+    def counted(self) -> bool:
+        """Counted towards its line."""
+        return self.result == ACCEPTED
+
+
+# Results that make an item received (or shipped): a second pass of it is "already ...".
+# Exceptions (unexpected, expired, not on order...) are not recorded: the item may come back
+# once the WMS has put it right, and is then received as it should be.
+_RECORDED = frozenset({ACCEPTED, OVER_RECEIPT})
 
 DockDecision = DockTransaction | DockSummary | Notice
 
@@ -211,6 +221,7 @@ class DockRules:
         idle_close: a receipt or shipment with activity closes after this long without any.
         ledger: what earlier transactions recorded (from storage).
         closed: references already closed (from storage).
+        resumed_at: when the gateway started (receipts under way close on idle from then).
     """
 
     def __init__(
@@ -219,8 +230,11 @@ class DockRules:
         idle_close: dt.timedelta = dt.timedelta(minutes=30),
         ledger: Iterable[LedgerEntry] = (),
         closed: Iterable[str] = (),
+        resumed_at: dt.datetime | None = None,
     ) -> None:
         self.idle_close = idle_close
+        # A receipt under way at a restart counts as active from the restart on.
+        self._resumed_at = resumed_at
         self.asns: dict[str, Asn] = {}
         self.orders: dict[str, ShipOrder] = {}
         self.products: dict[str, Product] = {}
@@ -244,14 +258,27 @@ class DockRules:
         """A product's master data arrived or changed."""
         self.products[product.gtin] = product
 
-    def delete(self, kind: str, key: str) -> None:
-        """The WMS withdrew an ASN, a ship order or a product."""
+    def delete(self, kind: str, key: str, at: dt.datetime) -> list[DockDecision]:
+        """The WMS withdrew an ASN, a ship order or a product.
+
+        A receipt or shipment under way against it closes now (reason "withdrawn"), with the
+        plan as it was, so that what was done is reported.
+        """
+        out: list[DockDecision] = []
+        if kind in ("asn", "shipment") and key not in self._closed:
+            progress = self._open.pop(("receive" if kind == "asn" else "ship", key), None)
+            if progress is not None:
+                self._closed.add(key)
+                out.append(
+                    self._summary("receive" if kind == "asn" else "ship", progress, at, "withdrawn")
+                )
         if kind == "asn":
             self.asns.pop(key, None)
         elif kind == "shipment":
             self.orders.pop(key, None)
         elif kind == "product":
             self.products.pop(key, None)
+        return out
 
     # -- events --------------------------------------------------------------------------
 
@@ -303,9 +330,11 @@ class DockRules:
 
     def close(self, reference: str, at: dt.datetime, reason: str = "command") -> list[DockDecision]:
         """Close a receipt (ASN id) or shipment (order id); unknown or closed ones give nothing."""
+        if reference in self._closed:
+            return []
         for kind in ("receive", "ship"):
             progress = self._open.pop((kind, reference), None)
-            if progress is None and reference not in self._closed:
+            if progress is None:
                 plan = self.asns.get(reference) if kind == "receive" else self.orders.get(reference)
                 if plan is not None:
                     progress = _Open(reference, plan.door)
@@ -318,7 +347,10 @@ class DockRules:
         """Close receipts and shipments idle for `idle_close`."""
         out: list[DockDecision] = []
         for (kind, reference), progress in list(self._open.items()):
-            if progress.last_activity and now - progress.last_activity >= self.idle_close:
+            if (
+                progress.last_activity is not None
+                and now - progress.last_activity >= self.idle_close
+            ):
                 del self._open[(kind, reference)]
                 self._closed.add(reference)
                 out.append(self._summary(kind, progress, now, "idle"))
@@ -398,7 +430,7 @@ class DockRules:
             direction,
         )
         for r in results:
-            if r.result != ALREADY_RECEIVED and r.item.key:
+            if r.result in _RECORDED and r.item.key:
                 self._seen["receive"].add(r.item.key)
         out: list[DockDecision] = [tx]
         dated = [r for r in results if r.result in (EXPIRED, SHORT_DATED)]
@@ -511,7 +543,7 @@ class DockRules:
             direction,
         )
         for r in results:
-            if r.result != ALREADY_SHIPPED and r.item.key:
+            if r.result in _RECORDED and r.item.key:
                 self._seen["ship"].add(r.item.key)
         out: list[DockDecision] = [tx]
         wrong = [r for r in results if r.result == NOT_ON_ORDER]
@@ -562,8 +594,13 @@ class DockRules:
 
     def _record(self, entry: LedgerEntry) -> None:
         self._seen[entry.kind].add(entry.key)
-        if entry.counted:
-            progress = self._progress(entry.kind, entry.reference, "")
+        if entry.reference in self._closed:
+            return
+        progress = self._progress(entry.kind, entry.reference, "")
+        progress.last_activity = self._resumed_at
+        if entry.result == OVER_RECEIPT and entry.line is not None:
+            progress.over[entry.line] = progress.over.get(entry.line, 0) + 1
+        elif entry.counted:
             if entry.line is not None:
                 progress.done[entry.line] = progress.done.get(entry.line, 0) + 1
             elif entry.kind == "ship" and entry.key.startswith("sscc:"):
@@ -617,18 +654,16 @@ def ledger_entries(tx: DockTransaction) -> list[LedgerEntry]:
     """What the app stores with a transaction, so that a restart knows what was done."""
     if tx.reference is None:
         return []
-    seen_result = ALREADY_RECEIVED if tx.kind == "receive" else ALREADY_SHIPPED
-    counted = {ACCEPTED}
     return [
         LedgerEntry(
             tx.kind,
             r.item.key or f"gtin:{r.item.gtin}:{tx.tx_id}:{i}",
             tx.reference,
             r.line,
-            r.result in counted,
+            r.result,
         )
         for i, r in enumerate(tx.items)
-        if r.result != seen_result
+        if r.result in _RECORDED
     ]
 
 
