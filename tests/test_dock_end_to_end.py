@@ -235,3 +235,33 @@ async def test_the_wrong_pallet_at_a_shipping_door_raises_an_alarm(
     (summary,) = (m.json() for m in collector.on("/shipment"))
     assert_valid("dock-summary", summary)
     assert summary["status"] == "complete"
+
+
+async def test_an_asn_withdrawn_while_the_gateway_is_away_is_gone_when_it_returns(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    import sqlite3
+
+    config = build(site_config(tmp_path, broker_port=mosquitto.port, scanner=None), tmp_path)
+    asn = {
+        "asn_id": "ASN-W",
+        "door": "D03",
+        "lines": [{"line": 1, "gtin": gtin("012345"), "quantity": 1}],
+    }
+
+    def stored() -> list[str]:
+        with sqlite3.connect(tmp_path / "gateway.db") as db:
+            return [row[0] for row in db.execute("SELECT key FROM refdata WHERE kind = 'asn'")]
+
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port) as wms:
+        await wms.publish("wms/DC1/asn/ASN-W", json.dumps(asn), qos=1, retain=True)
+        async with running(config) as gateway:
+            await until_subscribed(gateway)
+            await asyncio.sleep(0.5)
+        assert stored() == ["ASN-W"]
+        # The WMS withdraws the ASN while the gateway is stopped: nothing is retained any more.
+        await wms.publish("wms/DC1/asn/ASN-W", b"", qos=1, retain=True)
+        async with running(config) as gateway:
+            await until_subscribed(gateway)
+            await asyncio.sleep(0.5)
+    assert stored() == []  # the broker kept the deletion for the gateway's session

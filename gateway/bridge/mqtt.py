@@ -40,6 +40,8 @@ PUBACK_TIMEOUT_S = 30.0
 FETCH_BATCH = 500
 # A command is a small JSON object; anything larger is refused unread.
 MAX_COMMAND_BYTES = 4096
+# How long the broker keeps the gateway's session (and what the WMS sent) while it is away.
+SESSION_EXPIRY_S = 7 * 24 * 3600
 # Command answers waiting for the connection.
 RESPONSE_BACKLOG = 100
 # Debug messages waiting for their turn under the rate limit.
@@ -219,18 +221,23 @@ class MqttBridge:
                 keyfile=str(config.tls.key_file) if config.tls.key_file else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
+        # A persistent session: while the gateway is away, the broker keeps what the WMS sends
+        # it (a deleted ASN is an empty retained message, which leaves nothing to redeliver).
+        v5 = config.protocol == "5"
+        session: dict[str, Any] = {"clean_session": False}
+        if v5:
+            connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            connect.SessionExpiryInterval = SESSION_EXPIRY_S
+            session = {"clean_start": False, "properties": connect}
         client = _Client(
             config.host,
             config.port,
             username=config.username,
             password=config.password(),
             identifier=config.client_id or f"gw-{self._topics.site}-{self._topics.gateway}",
-            protocol=(
-                aiomqtt.ProtocolVersion.V5
-                if config.protocol == "5"
-                else aiomqtt.ProtocolVersion.V311
-            ),
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=aiomqtt.Will(self._topics.status, will_payload, qos=1, retain=True),
+            **session,
             keepalive=config.keepalive_s,
             timeout=10,
             max_inflight_messages=config.max_inflight,
