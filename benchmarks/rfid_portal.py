@@ -6,15 +6,22 @@ Prints, in one run:
    day at a door (pallets of 5-40 tags crossing both ways, antenna bleed on 4 antennas, stray
    tags); the passes found are checked against the day's ground truth;
 2. sllurp alone: a bare `LLRPReaderClient` (the gateway's reader config) whose tag-report
-   callback only counts reads, against the LLRP reader simulator running in a child process
-   with a very high read-rate cap and many tags in the field;
+   callback only counts reads (the sum of TagSeenCount), against the LLRP reader simulator in a
+   child process (its own GIL) with a very high read-rate cap and many tags in the field;
 3. the gateway pipeline against a fresh simulator set up the same way: `LlrpReader` -> bounded
    queue -> a consumer that does what the app's rules runner does (drain batches,
    `PortalTracker.on_reads`, `on_tick` every 0.2 s); reads that reached the tracker per second,
    reads dropped, passes produced;
 4. the ratio of 3 to 2 (the issue's target: the gateway keeps at least 90% of sllurp's rate).
 
-Run with `python benchmarks/rfid_portal.py` (about 40 s) or `--quick` (about 15 s).
+Reading the figures: 2 and 3 are only comparable when this process was busy (about 100% of a
+core, printed) in both: less means it waited for the simulator or for a CPU taken by something
+else on the machine. The simulator (pure Python) produces at most about 1.2-1.3 times what sllurp
+decodes on the same machine, so the TCP runs are sized to keep it just ahead of sllurp: about
+900 strong tags in the field. At that overload reads queue up in TCP buffers and reach the portal
+logic late, so the passes of run 3 are not meaningful; run 1 is the correctness check.
+
+Run with `python benchmarks/rfid_portal.py` (about 45 s) or `--quick` (about 20 s).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import multiprocessing.connection
 import os
 import platform
 import random
+import signal
 import socket
 import statistics
 import sys
@@ -108,7 +116,10 @@ def generate_stream(pallets: int, strays: int, seed: int, reads_per_s: float) ->
     radio = PortalRadio(scenario)
     antennas = {*scenario.outside_antennas, *scenario.inside_antennas}
     step = 0.05  # a report every 50 ms, as the simulator sends them
-    end_s = scenario.end_s + 5.0
+    # Stray tags keep being read after the last pallet: long enough for any of them to turn
+    # static (a stray that came back after a quiet spell is not static yet; ending the stream
+    # then would make it leave with the last pallet, as if it had crossed).
+    end_s = scenario.end_s + portal_settings(device(5084)).static_after_s + 5.0
     hexes: dict[bytes, str] = {}
     schedule: list[tuple[tuple[TagRead, ...], float | None]] = []
     next_tick = EPOCH + TICK_S
@@ -124,13 +135,15 @@ def generate_stream(pallets: int, strays: int, seed: int, reads_per_s: float) ->
                 name = hexes[epc] = epc.hex().upper()
             compact.append((name, antenna, rssi, EPOCH + t, 1))
         total += len(compact)
-        for i in range(0, len(compact), BATCH):
-            batch = tuple(compact[i : i + BATCH])
-            tick = None
-            if batch[-1][3] >= next_tick:
-                tick = next_tick
-                next_tick += TICK_S
-            schedule.append((batch, tick))
+        batches = [tuple(compact[i : i + BATCH]) for i in range(0, len(compact), BATCH)] or [()]
+        schedule.extend((batch, None) for batch in batches[:-1])
+        # Time passes with or without reads (quiet spells): a tick when one is due.
+        tick = None
+        while EPOCH + t0 + step >= next_tick:
+            tick = next_tick
+            next_tick += TICK_S
+        if batches[-1] or tick is not None:
+            schedule.append((batches[-1], tick))
     truth = sorted(
         truth_key(c.direction, [e.hex().upper() for e in c.epcs]) for c in scenario.crossings
     )
@@ -290,7 +303,12 @@ class SimulatorProcess:
     def _receive(self, timeout: float) -> Any:
         if not self._conn.poll(timeout):
             raise RuntimeError(f"the simulator did not answer within {timeout:g} s")
-        return self._conn.recv()
+        try:
+            return self._conn.recv()
+        except EOFError:
+            raise RuntimeError(
+                f"the simulator process exited (code {self._process.exitcode})"
+            ) from None
 
     def _stop(self) -> None:
         try:
@@ -509,6 +527,11 @@ def bench_gateway(args: argparse.Namespace) -> PipelineResult:
         f"   passes: {len(result.passes)} produced, {right} exactly right (direction and EPC "
         f"set); {due} pallets had crossed and departed by the end"
     )
+    if statistics.median(ages) > depart:
+        print(
+            "   (reads reach the tracker later than a tag's departure time: every tag seems to "
+            "leave and come back, so passes are not meaningful under this overload)"
+        )
     return result
 
 
@@ -548,6 +571,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seconds = min(args.seconds, 3.0)
         args.pallets = min(args.pallets, 40)
         args.repeat = 1
+    # A last resort against a hang: the children are killed on the way out (finally blocks).
+    budget_s = 120 + 4 * args.seconds * args.rounds
+
+    def overtime(*_: object) -> None:
+        raise TimeoutError(f"the benchmark ran over {budget_s:.0f} s")
+
+    signal.signal(signal.SIGALRM, overtime)
+    signal.alarm(int(budget_s))
     configure_logging("console", "error")
     logging.getLogger("sllurp").setLevel(logging.ERROR)
 
@@ -561,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only == "logic":
         return 0
     print(
-        f"   TCP runs: simulator in a child process, {args.strays} strong stray tags on 4 "
+        f"TCP runs: simulator in a child process, {args.strays} strong stray tags on 4 "
         f"antennas + pallets crossing every 4 s, cap {args.reads_per_s:,.0f} reads/s, a report "
         f"every {args.report_interval * 1000:g} ms; {args.seconds:g} s from STATE_INVENTORYING"
     )

@@ -12,31 +12,15 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.epc import decode_epc, encode_sgtin96, encode_sscc96
+from gateway.epc import encode_sscc96
 from gateway.health import DeviceState
 from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
 from simulators.modbus_coil import ModbusCoilSimulator
+from tests.dock_helpers import CP, cases, gtin, sscc
 from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
 from tests.mqtt_helpers import Collector, Mosquitto
 
 pytestmark = pytest.mark.broker
-CP = "0614141"
-
-
-def cases(item: str, first: int, n: int) -> list[bytes]:
-    return [encode_sgtin96(CP, item, serial) for serial in range(first, first + n)]
-
-
-def gtin(item: str) -> str:
-    value = decode_epc(encode_sgtin96(CP, item, 1)).gtin
-    assert value is not None
-    return value
-
-
-def sscc(epc: bytes) -> str:
-    value = decode_epc(epc).sscc
-    assert value is not None
-    return value
 
 
 def hexes(epcs: list[bytes]) -> set[str]:

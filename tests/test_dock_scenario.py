@@ -16,29 +16,17 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.epc import decode_epc, encode_sgtin96, encode_sscc96
+from gateway.epc import encode_sgtin96, encode_sscc96
 from gateway.epcis import validator as epcis_validator
 from gateway.health import DeviceState
 from simulators.gs1 import gtin_label, sscc_label
 from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
 from simulators.scanner import ScannerSimulator, Type
+from tests.dock_helpers import CP, gtin, sscc
 from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
 from tests.mqtt_helpers import Collector, Mosquitto
 
 pytestmark = pytest.mark.broker
-CP = "0614141"
-
-
-def gtin(item: str) -> str:
-    value = decode_epc(encode_sgtin96(CP, item, 1)).gtin
-    assert value is not None
-    return value
-
-
-def sscc_of(epc: bytes) -> str:
-    value = decode_epc(epc).sscc
-    assert value is not None
-    return value
 
 
 def h(epc: bytes) -> str:
@@ -71,7 +59,7 @@ class Day:
             if n == 7:  # a short pallet: the ASN lists two cases that never come
                 missing = [h(encode_sgtin96(CP, "012345", 90_000 + i)) for i in range(2)]
                 line |= {"epcs": listed + missing, "quantity": len(listed) + 2}
-            lines += [{"line": 2 * n + 1, "sscc": sscc_of(pallet), "quantity": 1}, line]
+            lines += [{"line": 2 * n + 1, "sscc": sscc(pallet), "quantity": 1}, line]
             self.truth[h(pallet)] = "accepted"
             for case in cases:
                 self.truth[h(case)] = "expired" if n == 5 else "accepted"
@@ -84,7 +72,7 @@ class Day:
             "supplier": {"name": "ACME"},
             "lines": lines,
         }
-        self.first_pallet = sscc_of(self.inbound[0].epcs[0])
+        self.first_pallet = sscc(self.inbound[0].epcs[0])
 
         order_pallets = []
         for n in range(10):
@@ -95,7 +83,7 @@ class Day:
                 for epc in (pallet, *cases):
                     self.truth[h(epc)] = "not_on_order"
             else:
-                order_pallets.append(sscc_of(pallet))
+                order_pallets.append(sscc(pallet))
                 for epc in (pallet, *cases):
                     self.truth[h(epc)] = "accepted"
             self.outbound.append(Pallet([pallet, *cases], "outbound", 1.0 + 3.0 * n, 1.5))

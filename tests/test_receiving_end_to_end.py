@@ -14,25 +14,15 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.epc import decode_epc, encode_sgtin96, encode_sscc96
+from gateway.epc import decode_epc, encode_sscc96
 from gateway.epcis import validator as epcis_validator
 from gateway.health import DeviceState
 from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
+from tests.dock_helpers import CP, cases, gtin
 from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
 from tests.mqtt_helpers import Collector, Mosquitto
 
 pytestmark = pytest.mark.broker
-CP = "0614141"
-
-
-def cases(item: str, first: int, n: int) -> list[bytes]:
-    return [encode_sgtin96(CP, item, serial) for serial in range(first, first + n)]
-
-
-def gtin(item: str) -> str:
-    gtin = decode_epc(encode_sgtin96(CP, item, 1)).gtin
-    assert gtin is not None
-    return gtin
 
 
 async def test_receipt_against_an_asn_with_planted_problems(

@@ -284,34 +284,25 @@ class DockRules:
 
     def on_pass(self, portal_pass: PortalPass, door_role: str) -> list[DockDecision]:
         """An inbound pass at a receiving door or an outbound pass at a shipping door."""
-        at = dt.datetime.fromtimestamp(portal_pass.ended_at, dt.UTC)
-        started = dt.datetime.fromtimestamp(portal_pass.started_at, dt.UTC)
-        items = items_of_pass(portal_pass)
         direction = portal_pass.direction.value
-        if door_role == "shipping" or (door_role == "both" and direction == "outbound"):
-            if direction == "inbound":
-                return []  # a pallet brought back in through a shipping door: not a shipment
-            return self._ship(
-                portal_pass.door,
-                items,
-                "portal",
-                portal_pass.reader_id,
-                portal_pass.pass_id,
-                started,
-                at,
-                direction,
-            )
-        if direction == "outbound":
-            return []  # a pallet leaving through a receiving door (an empty, a return)
-        return self._receive(
-            portal_pass.door,
-            items,
+        shipping = door_role == "shipping" or (door_role == "both" and direction == "outbound")
+        if direction != ("outbound" if shipping else "inbound"):
+            # A pallet brought back in through a shipping door, or leaving through a
+            # receiving door (an empty, a return): neither a shipment nor a receipt.
+            return []
+        seen = _Seen(
             "portal",
             portal_pass.reader_id,
             portal_pass.pass_id,
-            started,
-            at,
+            dt.datetime.fromtimestamp(portal_pass.started_at, dt.UTC),
+            dt.datetime.fromtimestamp(portal_pass.ended_at, dt.UTC),
             direction,
+        )
+        items = items_of_pass(portal_pass)
+        return (
+            self._ship(portal_pass.door, items, seen)
+            if shipping
+            else self._receive(portal_pass.door, items, seen)
         )
 
     def on_scan(self, scan: Scan, door: str, role: str) -> list[DockDecision]:
@@ -320,13 +311,10 @@ class DockRules:
         if item is None:
             return []
         evidence = deterministic_id("scan", scan.device_id, scan.raw, scan.at.isoformat())
+        seen = _Seen("scanner", scan.device_id, evidence, scan.at, scan.at, None)
         if role == "shipping":
-            return self._ship(
-                door, [item], "scanner", scan.device_id, evidence, scan.at, scan.at, None
-            )
-        return self._receive(
-            door, [item], "scanner", scan.device_id, evidence, scan.at, scan.at, None
-        )
+            return self._ship(door, [item], seen)
+        return self._receive(door, [item], seen)
 
     def close(self, reference: str, at: dt.datetime, reason: str = "command") -> list[DockDecision]:
         """Close a receipt (ASN id) or shipment (order id); unknown or closed ones give nothing."""
@@ -379,60 +367,24 @@ class DockRules:
         )
         return pool[0] if pool else None
 
-    def _receive(
-        self,
-        door: str,
-        items: list[Item],
-        source: str,
-        device: str,
-        evidence: str,
-        started: dt.datetime,
-        at: dt.datetime,
-        direction: str | None,
-    ) -> list[DockDecision]:
-        asn = self._open_asn(door, at)
+    def _receive(self, door: str, items: list[Item], seen: _Seen) -> list[DockDecision]:
+        asn = self._open_asn(door, seen.at)
         if asn is None:
-            tx = DockTransaction(
+            return self._unplanned(
                 "receive",
                 door,
-                None,
-                tuple(ItemResult(i, UNEXPECTED, None, "no open ASN at this door") for i in items),
-                source,
-                device,
-                evidence,
-                started,
-                at,
-                direction,
+                items,
+                seen,
+                UNEXPECTED,
+                "no open ASN at this door",
+                "unplanned_receipt",
+                f"{len(items)} item(s) received at {door} with no open ASN",
             )
-            return [
-                tx,
-                _alarm(
-                    "unplanned_receipt",
-                    f"{len(items)} item(s) received at {door} with no open ASN",
-                    at,
-                    door,
-                    {"tx_id": tx.tx_id},
-                ),
-            ]
         progress = self._progress("receive", asn.asn_id, door)
-        results = [self._check_receipt(asn, progress, item, at) for item in items]
-        progress.last_activity = at
-        tx = DockTransaction(
-            "receive",
-            door,
-            asn.asn_id,
-            tuple(results),
-            source,
-            device,
-            evidence,
-            started,
-            at,
-            direction,
-        )
-        for r in results:
-            if r.result in _RECORDED and r.item.key:
-                self._seen["receive"].add(r.item.key)
+        results = [self._check_receipt(asn, progress, item, seen.at) for item in items]
+        tx = self._done("receive", door, asn.asn_id, progress, results, seen)
         out: list[DockDecision] = [tx]
+        at = seen.at
         dated = [r for r in results if r.result in (EXPIRED, SHORT_DATED)]
         if dated:
             out.append(
@@ -486,66 +438,27 @@ class DockRules:
         )
         return candidates[0] if candidates else None
 
-    def _ship(
-        self,
-        door: str,
-        items: list[Item],
-        source: str,
-        device: str,
-        evidence: str,
-        started: dt.datetime,
-        at: dt.datetime,
-        direction: str | None,
-    ) -> list[DockDecision]:
+    def _ship(self, door: str, items: list[Item], seen: _Seen) -> list[DockDecision]:
         order = self._open_order(door)
         if order is None:
-            tx = DockTransaction(
+            return self._unplanned(
                 "ship",
                 door,
-                None,
-                tuple(
-                    ItemResult(i, NOT_ON_ORDER, None, "no open ship order at this door")
-                    for i in items
-                ),
-                source,
-                device,
-                evidence,
-                started,
-                at,
-                direction,
+                items,
+                seen,
+                NOT_ON_ORDER,
+                "no open ship order at this door",
+                "wrong_pallet_at_shipping",
+                f"{len(items)} item(s) leaving {door} with no open ship order",
             )
-            return [
-                tx,
-                _alarm(
-                    "wrong_pallet_at_shipping",
-                    f"{len(items)} item(s) leaving {door} with no open ship order",
-                    at,
-                    door,
-                    {"tx_id": tx.tx_id},
-                ),
-            ]
         progress = self._progress("ship", order.order_id, door)
         # Cases ride on their pallet: on a pallet of the order they go, on another they do not.
         pallets = [i.sscc for i in items if i.sscc]
         on_order_pallet = any(p in order.pallets for p in pallets) if pallets else None
         results = [self._check_shipment(order, progress, item, on_order_pallet) for item in items]
-        progress.last_activity = at
-        tx = DockTransaction(
-            "ship",
-            door,
-            order.order_id,
-            tuple(results),
-            source,
-            device,
-            evidence,
-            started,
-            at,
-            direction,
-        )
-        for r in results:
-            if r.result in _RECORDED and r.item.key:
-                self._seen["ship"].add(r.item.key)
+        tx = self._done("ship", door, order.order_id, progress, results, seen)
         out: list[DockDecision] = [tx]
+        at = seen.at
         wrong = [r for r in results if r.result == NOT_ON_ORDER]
         if wrong:
             out.append(
@@ -585,6 +498,39 @@ class DockRules:
         return ItemResult(item, NOT_ON_ORDER, None, "not on the order")
 
     # -- shared ----------------------------------------------------------------------------
+
+    def _unplanned(
+        self,
+        kind: str,
+        door: str,
+        items: list[Item],
+        seen: _Seen,
+        result: str,
+        detail: str,
+        code: str,
+        message: str,
+    ) -> list[DockDecision]:
+        """Nothing planned at the door: every item refused, and an alarm."""
+        tx = _transaction(
+            kind, door, None, [ItemResult(i, result, None, detail) for i in items], seen
+        )
+        return [tx, _alarm(code, message, seen.at, door, {"tx_id": tx.tx_id})]
+
+    def _done(
+        self,
+        kind: str,
+        door: str,
+        reference: str,
+        progress: _Open,
+        results: list[ItemResult],
+        seen: _Seen,
+    ) -> DockTransaction:
+        """The transaction for checked items; what counted is remembered."""
+        progress.last_activity = seen.at
+        for r in results:
+            if r.result in _RECORDED and r.item.key:
+                self._seen[kind].add(r.item.key)
+        return _transaction(kind, door, reference, results, seen)
 
     def _progress(self, kind: str, reference: str, door: str) -> _Open:
         key = (kind, reference)
@@ -648,6 +594,35 @@ class DockRules:
             at,
             reason,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """How the items of a transaction were seen: by which device, as what, when."""
+
+    source: str  # portal or scanner
+    device: str
+    evidence_id: str
+    started: dt.datetime
+    at: dt.datetime
+    direction: str | None
+
+
+def _transaction(
+    kind: str, door: str, reference: str | None, results: list[ItemResult], seen: _Seen
+) -> DockTransaction:
+    return DockTransaction(
+        kind,
+        door,
+        reference,
+        tuple(results),
+        seen.source,
+        seen.device,
+        seen.evidence_id,
+        seen.started,
+        seen.at,
+        seen.direction,
+    )
 
 
 def ledger_entries(tx: DockTransaction) -> list[LedgerEntry]:
