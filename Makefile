@@ -28,6 +28,7 @@ test: check pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/outbox_relay.py
+	$(BIN)/python benchmarks/rfid_portal.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
