@@ -85,19 +85,12 @@ TICK_S = 0.2
 
 def portal_settings(device: LlrpReaderDevice) -> PortalSettings:
     """The portal logic's parameters for one reader's door."""
-    tuning = device.portal
     return PortalSettings(
         door=device.door,
         reader_id=device.id,
         outside=frozenset(device.antennas.outside),
         inside=frozenset(device.antennas.inside),
-        min_reads=tuning.min_reads,
-        window_s=tuning.window_s,
-        depart_after_s=tuning.depart_after_s,
-        join_gap_s=tuning.join_gap_s,
-        static_after_s=tuning.static_after_s,
-        min_separation_s=tuning.min_separation_s,
-        min_peak_rssi=tuning.min_peak_rssi,
+        **device.portal.model_dump(),  # the tuning's fields are the settings' own names
     )
 
 
