@@ -25,6 +25,7 @@ from gateway.config import (
     DeviceConfig,
     GatewayConfig,
     LlrpReaderDevice,
+    SicsScaleDevice,
     SignalLightDevice,
 )
 from gateway.domain import (
@@ -41,6 +42,8 @@ from gateway.drivers.llrp import KIND as READER_KIND
 from gateway.drivers.llrp import LlrpReader
 from gateway.drivers.scanner import KIND as SCANNER_KIND
 from gateway.drivers.scanner import BarcodeScanner
+from gateway.drivers.sics_scale import KIND as SCALE_KIND
+from gateway.drivers.sics_scale import SicsScale
 from gateway.drivers.signal_light import KIND as LIGHT_KIND
 from gateway.drivers.signal_light import SignalLight
 from gateway.epcis import EpcisSettings, object_event
@@ -55,8 +58,10 @@ from gateway.rules.receiving import (
     DockSummary,
     DockTransaction,
     LedgerEntry,
+    WeightCheckSettings,
     ledger_entries,
 )
+from gateway.rules.weighing import Weighing, WeighingSettings, WeightCapture
 from gateway.storage import (
     LedgerRow,
     OutboxMessage,
@@ -179,7 +184,18 @@ class Gateway:
                     for d in config.devices
                     if isinstance(d, LlrpReaderDevice)
                 },
+                scales={
+                    d.id: (d.door, WeightCapture(WeighingSettings(**d.weighing.model_dump())))
+                    for d in config.devices
+                    if isinstance(d, SicsScaleDevice)
+                },
                 dock=DockRules(
+                    weighing=WeightCheckSettings(
+                        window_s=config.rules.dock.weigh_window_s,
+                        pallet_tare_kg=config.rules.dock.pallet_tare_kg,
+                        abs_tolerance_kg=config.rules.dock.weight_abs_tolerance_kg,
+                        rel_tolerance=config.rules.dock.weight_rel_tolerance,
+                    ),
                     idle_close=dt.timedelta(seconds=config.rules.dock.idle_close_s),
                     ledger=[
                         LedgerEntry(r.kind, r.key, r.reference, r.line, r.result)
@@ -260,7 +276,7 @@ class Gateway:
         log.info("gateway stopped", outbox_depth=store.depth)
 
     async def _supervised(self, device: DeviceConfig) -> None:
-        driver: BarcodeScanner | LlrpReader | SignalLight
+        driver: BarcodeScanner | LlrpReader | SignalLight | SicsScale
         if isinstance(device, SignalLightDevice):
             driver = self.lights[device.id]
             health = self.board.devices[device.id]
@@ -275,6 +291,18 @@ class Gateway:
                 emit=self.queue.put,
                 health=health,
                 clock=self.clock,
+            )
+        elif isinstance(device, SicsScaleDevice):
+            health = self.board.add(device.id, SCALE_KIND)
+            driver = SicsScale(
+                device_id=device.id,
+                port=device.transport.port,
+                baudrate=device.transport.baudrate,
+                poll_s=device.poll_s,
+                timeout_s=device.timeout_s,
+                emit=self.queue.put,
+                health=health,
+                clock=lambda: self.clock().timestamp(),
             )
         else:
             health = self.board.add(device.id, READER_KIND)
@@ -358,6 +386,13 @@ class Gateway:
                     continue
                 self.bridge.publish_debug(self.topics.debug_pass(portal_pass.door), payload)
         self.passes_seen += len(passes)
+        for weighing in (d for d in decisions if isinstance(d, Weighing)):
+            log.info(
+                "weighing",
+                scale=weighing.scale_id,
+                kg=round(weighing.kg, 2),
+                method=weighing.method,
+            )
         for decision in decisions:
             # Alarms at a door light its stack light or sound its horn at once, before the disk.
             if isinstance(decision, Notice) and decision.severity is Severity.ERROR:

@@ -240,6 +240,34 @@ class LlrpReaderDevice(_Model):
     backoff: BackoffConfig = BackoffConfig()
 
 
+class WeighingTuning(_Model):
+    """When a load on the scale counts as weighed."""
+
+    min_load_kg: float = Field(default=5.0, gt=0)
+    settle_samples: int = Field(default=5, ge=1)
+    settle_tolerance_kg: float = Field(default=0.5, ge=0)
+    zero_band_kg: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _band_below_load(self) -> WeighingTuning:
+        if self.min_load_kg < self.zero_band_kg:
+            raise ValueError("min_load_kg must not be below zero_band_kg")
+        return self
+
+
+class SicsScaleDevice(_Model):
+    """A scale speaking Mettler Toledo MT-SICS on a serial port, at a door's station."""
+
+    id: Identifier
+    kind: Literal["sics_scale"]
+    transport: SerialTransport
+    door: Identifier  # its weighings go with this door's next receive or ship transaction
+    poll_s: float = Field(default=0.2, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    weighing: WeighingTuning = WeighingTuning()
+    backoff: BackoffConfig = BackoffConfig()
+
+
 class SignalLightDevice(_Model):
     """A stack light or horn on a Modbus TCP coil, switched on by alarms at its doors."""
 
@@ -257,7 +285,8 @@ class SignalLightDevice(_Model):
 
 
 DeviceConfig = Annotated[
-    BarcodeScannerDevice | LlrpReaderDevice | SignalLightDevice, Field(discriminator="kind")
+    BarcodeScannerDevice | LlrpReaderDevice | SignalLightDevice | SicsScaleDevice,
+    Field(discriminator="kind"),
 ]
 
 
@@ -282,6 +311,12 @@ class DockRuleConfig(_Model):
     # An item is never received (or shipped) twice within this many days of its receipt's
     # close; older history is pruned at start so that the ledger stays bounded.
     ledger_retention_days: float = Field(default=90.0, gt=0)
+    # A pallet's weighing is compared with product unit weights x items + this tare, within
+    # the larger of the absolute and the relative tolerance.
+    pallet_tare_kg: float = Field(default=25.0, ge=0)
+    weight_abs_tolerance_kg: float = Field(default=2.0, ge=0)
+    weight_rel_tolerance: float = Field(default=0.02, ge=0, lt=1)
+    weigh_window_s: float = Field(default=120.0, gt=0)
 
 
 class EpcisConfig(_Model):
@@ -404,7 +439,7 @@ def _key(loc: tuple[Any, ...]) -> str:
     return out
 
 
-_DEVICE_KINDS = {"barcode_scanner", "llrp_reader", "signal_light"}
+_DEVICE_KINDS = {"barcode_scanner", "llrp_reader", "signal_light", "sics_scale"}
 
 
 def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:

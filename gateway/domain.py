@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.rules.weighing import WeightSample
+
 # Every tx_id is a UUID v5 in this namespace, over a canonical form of what the transaction
 # records, so that a replay of the same input carries the same id.
 TX_NAMESPACE = uuid.UUID("6f0c1d2e-5a57-4c4e-9d0e-7761726568f1")
@@ -101,7 +103,7 @@ class CommandResponse:
 
 
 ScanEvent = Scan | RejectedScan
-Event = Scan | RejectedScan | TagReadBatch | WmsMessage | CloseCommand
+Event = Scan | RejectedScan | TagReadBatch | WmsMessage | CloseCommand | WeightSample
 
 
 class Severity(enum.StrEnum):

@@ -223,7 +223,17 @@ def dock_payload(tx: DockTransaction, topics: Topics) -> dict[str, Any]:
             }
             for r in tx.items
             if r.result != "accepted"
-        ],
+        ]
+        + _weight_exceptions(tx),
+        "weight": None
+        if tx.weight is None
+        else {
+            "measured_kg": round(tx.weight.measured_kg, 3),
+            "expected_kg": round(tx.weight.expected_kg, 3),
+            "difference_kg": round(tx.weight.difference_kg, 3),
+            "tolerance_kg": round(tx.weight.tolerance_kg, 3),
+            "within": tx.weight.within,
+        },
         "evidence": {
             "source": tx.source,
             "device": tx.device,
@@ -233,6 +243,17 @@ def dock_payload(tx: DockTransaction, topics: Topics) -> dict[str, Any]:
         },
         "occurred_at": iso(tx.occurred_at),
     }
+
+
+def _weight_exceptions(tx: DockTransaction) -> list[dict[str, Any]]:
+    check = tx.weight
+    if check is None or check.within:
+        return []
+    detail = (
+        f"measured {check.measured_kg:.1f} kg, expected {check.expected_kg:.1f}"
+        f" ± {check.tolerance_kg:.1f} kg"
+    )
+    return [{"code": "weight_mismatch", "item": None, "line": None, "detail": detail}]
 
 
 def summary_payload(summary: DockSummary, topics: Topics) -> dict[str, Any]:

@@ -283,3 +283,30 @@ def test_an_asn_withdrawn_mid_receipt_closes_it_with_what_was_done() -> None:
     assert isinstance(summary, DockSummary)
     assert (summary.reason, summary.status, summary.lines[0].done) == ("withdrawn", "short", 1)
     assert rules.delete("asn", "ASN-1", T0) == []
+
+
+def test_a_pallet_much_lighter_than_its_contents_is_flagged() -> None:
+    from gateway.rules.weighing import Weighing
+
+    rules = DockRules()
+    rules.set_product(Product(gtin=GTIN_A, unit_weight_kg=10.0))
+    rules.set_asn(asn(l1=AsnLine(line=1, quantity=10, gtin=GTIN_A)))
+    # 3 cases of 10 kg on a 25 kg pallet: 55 kg expected.
+    rules.on_weighing("D03", Weighing("scale-1", 55.8, T0.timestamp(), 1, "scale_stable"))
+    ok = tx_of(rules.on_pass(passing([a(1), a(2), a(3)], at=10), "receiving"))
+    assert ok.weight is not None
+    assert ok.weight.within
+    assert ok.status == "accepted"
+    rules.on_weighing("D03", Weighing("scale-1", 40.0, T0.timestamp() + 60, 1, "scale_stable"))
+    decisions = rules.on_pass(passing([a(4), a(5), a(6)], at=70), "receiving")
+    light = tx_of(decisions)
+    assert light.weight is not None
+    assert not light.weight.within
+    assert light.status == "accepted_with_exceptions"
+    assert [getattr(d, "code", None) for d in decisions if not isinstance(d, DockTransaction)] == [
+        "weight_mismatch"
+    ]
+    # A weighing is used once, and only when recent.
+    assert tx_of(rules.on_pass(passing([a(7)], at=80), "receiving")).weight is None
+    rules.on_weighing("D03", Weighing("scale-1", 35.0, T0.timestamp(), 1, "scale_stable"))
+    assert tx_of(rules.on_pass(passing([a(8)], at=600), "receiving")).weight is None

@@ -25,6 +25,7 @@ from gateway.refdata import Asn, Deleted, Location, Product, Rejected, ShipOrder
 from gateway.rules.moves import ForkliftMoves
 from gateway.rules.portal import PortalTracker
 from gateway.rules.receiving import DockRules, DockSummary, DockTransaction
+from gateway.rules.weighing import WeightCapture, WeightSample
 
 Decision = MoveTransaction | Notice | PortalPass | DockTransaction | DockSummary | CommandResponse
 
@@ -56,6 +57,7 @@ class RulesEngine:
         site: the site id (reference data topics carry it).
         door_roles: each door's role (receiving, shipping or both).
         dock_stations: scanners at dock doors, by device id.
+        scales: each scale's door and weight capture, by device id.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class RulesEngine:
         site: str = "",
         door_roles: Mapping[str, str] | None = None,
         dock_stations: Mapping[str, DockStation] | None = None,
+        scales: Mapping[str, tuple[str, WeightCapture]] | None = None,
     ) -> None:
         self.moves = moves
         self.portals = dict(portals)
@@ -74,6 +77,7 @@ class RulesEngine:
         self.site = site
         self.door_roles = dict(door_roles or {})
         self.locations: dict[str, Location] = {}
+        self.scales = dict(scales or {})
         self.dock_stations = dict(dock_stations or {})
 
     def on_event(self, event: Event) -> list[Any]:
@@ -85,6 +89,15 @@ class RulesEngine:
             return self._reference(event)
         if isinstance(event, CloseCommand):
             return self._close(event)
+        if isinstance(event, WeightSample):
+            scale = self.scales.get(event.scale_id)
+            if scale is None:
+                return []
+            door, capture = scale
+            weighings = capture.on_sample(event)
+            for weighing in weighings:
+                self.dock.on_weighing(door, weighing)
+            return list(weighings)
         station = self.dock_stations.get(event.device_id)
         if station is not None and isinstance(event, Scan):
             return list(self.dock.on_scan(event, station.door, station.role))

@@ -25,6 +25,7 @@ from gateway.domain import (
 )
 from gateway.epc import decode_epc
 from gateway.refdata import Asn, AsnLine, Product, ShipOrder
+from gateway.rules.weighing import Weighing, WeightCheck, check_weight
 
 # Results of one item.
 ACCEPTED = "accepted"
@@ -76,6 +77,7 @@ class DockTransaction:
     started_at: dt.datetime
     occurred_at: dt.datetime
     direction: str | None = None
+    weight: WeightCheck | None = None  # the pallet's weighing, compared with its contents
 
     @property
     def tx_id(self) -> str:
@@ -94,7 +96,7 @@ class DockTransaction:
         if self.reference is None:
             return "unplanned"
         accepted = sum(1 for r in self.items if r.result == ACCEPTED)
-        if accepted == len(self.items):
+        if accepted == len(self.items) and (self.weight is None or self.weight.within):
             return "accepted"
         return "accepted_with_exceptions" if accepted else "rejected"
 
@@ -231,10 +233,13 @@ class DockRules:
         ledger: Iterable[LedgerEntry] = (),
         closed: Iterable[str] = (),
         resumed_at: dt.datetime | None = None,
+        weighing: WeightCheckSettings | None = None,
     ) -> None:
         self.idle_close = idle_close
         # A receipt under way at a restart counts as active from the restart on.
         self._resumed_at = resumed_at
+        self.weighing = weighing or WeightCheckSettings()
+        self._weighings: dict[str, Weighing] = {}  # door -> the latest weighing not yet used
         self.asns: dict[str, Asn] = {}
         self.orders: dict[str, ShipOrder] = {}
         self.products: dict[str, Product] = {}
@@ -281,6 +286,10 @@ class DockRules:
         return out
 
     # -- events --------------------------------------------------------------------------
+
+    def on_weighing(self, door: str, weighing: Weighing) -> None:
+        """A pallet was weighed at the station of `door`: the door's next transaction takes it."""
+        self._weighings[door] = weighing
 
     def on_pass(self, portal_pass: PortalPass, door_role: str) -> list[DockDecision]:
         """An inbound pass at a receiving door or an outbound pass at a shipping door."""
@@ -383,7 +392,7 @@ class DockRules:
         progress = self._progress("receive", asn.asn_id, door)
         results = [self._check_receipt(asn, progress, item, seen.at) for item in items]
         tx = self._done("receive", door, asn.asn_id, progress, results, seen)
-        out: list[DockDecision] = [tx]
+        out: list[DockDecision] = [tx, *_weight_alarm(tx)]
         at = seen.at
         dated = [r for r in results if r.result in (EXPIRED, SHORT_DATED)]
         if dated:
@@ -457,7 +466,7 @@ class DockRules:
         on_order_pallet = any(p in order.pallets for p in pallets) if pallets else None
         results = [self._check_shipment(order, progress, item, on_order_pallet) for item in items]
         tx = self._done("ship", door, order.order_id, progress, results, seen)
-        out: list[DockDecision] = [tx]
+        out: list[DockDecision] = [tx, *_weight_alarm(tx)]
         at = seen.at
         wrong = [r for r in results if r.result == NOT_ON_ORDER]
         if wrong:
@@ -530,7 +539,29 @@ class DockRules:
         for r in results:
             if r.result in _RECORDED and r.item.key:
                 self._seen[kind].add(r.item.key)
-        return _transaction(kind, door, reference, results, seen)
+        return _transaction(kind, door, reference, results, seen, self._weight(door, results, seen))
+
+    def _weight(self, door: str, results: list[ItemResult], seen: _Seen) -> WeightCheck | None:
+        """The door's recent weighing, compared with what the pallet carries."""
+        weighing = self._weighings.get(door)
+        if weighing is None or abs(seen.at.timestamp() - weighing.at) > self.weighing.window_s:
+            return None
+        del self._weighings[door]
+        counts: dict[str, int] = {}
+        for r in results:
+            if r.item.gtin and r.result != ALREADY_RECEIVED and r.result != ALREADY_SHIPPED:
+                counts[r.item.gtin] = counts.get(r.item.gtin, 0) + 1
+        settings = self.weighing
+        return check_weight(
+            weighing.kg,
+            items=counts,
+            unit_weights_kg={
+                g: getattr(self.products.get(g), "unit_weight_kg", None) for g in counts
+            },
+            tare_kg=settings.pallet_tare_kg,
+            abs_tolerance_kg=settings.abs_tolerance_kg,
+            rel_tolerance=settings.rel_tolerance,
+        )
 
     def _progress(self, kind: str, reference: str, door: str) -> _Open:
         key = (kind, reference)
@@ -609,7 +640,12 @@ class _Seen:
 
 
 def _transaction(
-    kind: str, door: str, reference: str | None, results: list[ItemResult], seen: _Seen
+    kind: str,
+    door: str,
+    reference: str | None,
+    results: list[ItemResult],
+    seen: _Seen,
+    weight: WeightCheck | None = None,
 ) -> DockTransaction:
     return DockTransaction(
         kind,
@@ -622,7 +658,36 @@ def _transaction(
         seen.started,
         seen.at,
         seen.direction,
+        weight,
     )
+
+
+def _weight_alarm(tx: DockTransaction) -> list[Notice]:
+    """A pallet much lighter or heavier than its contents: possibly short, or damaged."""
+    check = tx.weight
+    if check is None or check.within:
+        return []
+    side = "lighter" if check.difference_kg < 0 else "heavier"
+    return [
+        _alarm(
+            "weight_mismatch",
+            f"pallet at {tx.door} weighs {check.measured_kg:.1f} kg, {abs(check.difference_kg):.1f} kg "
+            f"{side} than its contents ({check.expected_kg:.1f} kg): possibly short or damaged",
+            tx.occurred_at,
+            tx.door,
+            {"tx_id": tx.tx_id, "measured_kg": check.measured_kg, "expected_kg": check.expected_kg},
+        )
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class WeightCheckSettings:
+    """How a pallet's weighing is compared with its contents."""
+
+    window_s: float = 120.0  # a weighing this recent belongs to the door's next transaction
+    pallet_tare_kg: float = 25.0
+    abs_tolerance_kg: float = 2.0
+    rel_tolerance: float = 0.02
 
 
 def ledger_entries(tx: DockTransaction) -> list[LedgerEntry]:

@@ -101,14 +101,16 @@ class WeightCapture:
 
     def on_sample(self, sample: WeightSample) -> list[Weighing]:
         """Take one reading; return the weighing it completes, if any."""
-        if not (math.isfinite(sample.at) and math.isfinite(sample.kg)):
+        if not math.isfinite(sample.at) or sample.at < self._last_at:
             return []
-        if sample.at < self._last_at:
-            return []
-        self._last_at = sample.at
         if sample.overload or sample.underload:
+            # Out of range (the weight may be NaN): a settling run is broken.
+            self._last_at = sample.at
             self._window.clear()
             return []
+        if not math.isfinite(sample.kg):
+            return []
+        self._last_at = sample.at
         s = self._settings
         net = sample.kg - self._zero
         if abs(net) < s.zero_band_kg:

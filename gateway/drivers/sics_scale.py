@@ -1,0 +1,198 @@
+"""Serial MT-SICS scale driver (pyserial-asyncio-fast).
+
+Polls the indicator with ``SI`` every `poll_s`, one command outstanding at a time: the next
+poll is sent only after the answer to the last one arrived (or `timeout_s` passed, which is a
+device failure). Answers are decoded by the sans-IO `SicsDecoder` and handed to the rules as
+`WeightSample`s in kilograms.
+
+Replies that are not weights:
+
+- "S +" overload / "S -" underload: a sample with ``overload`` / ``underload`` set,
+  ``kg=math.nan`` (the weight is unknown) and ``stable=False``.
+- "S I" (busy): no sample; counted as ``busy``.
+- ES / ET / EL error replies and garbage lines: counted as ``rejected`` and logged once per
+  kind. An error reply answers the poll; a garbage line does not (the answer may still come).
+- A weight in a unit that is not g, kg, t or lb: counted as ``rejected``, no sample.
+
+When the port cannot be opened, closes, fails, or the scale does not answer within
+`timeout_s`, `run()` raises `DeviceError`; the supervisor reopens it with backoff.
+Overflow policy: `emit` waits when the rules' queue is full, and no poll is sent meanwhile,
+so a slow consumer slows the polling down rather than queueing readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Final
+
+import serial
+import serial_asyncio_fast
+import structlog
+
+from gateway.drivers.sics import (
+    ErrorReply,
+    Garbage,
+    Reply,
+    ScaleStatus,
+    SicsDecoder,
+    WeightReply,
+    ZeroReply,
+    encode,
+)
+from gateway.health import DeviceHealth
+from gateway.rules.weighing import WeightSample
+from gateway.supervisor import DeviceError
+
+__all__ = ["KIND", "SicsScale"]
+
+log = structlog.get_logger("gateway.drivers.sics_scale")
+
+KIND = "sics_scale"
+
+# Kilograms per unit an indicator may report in.
+_KG_PER_UNIT: Final[dict[str, Decimal]] = {
+    "g": Decimal("0.001"),
+    "kg": Decimal(1),
+    "t": Decimal(1000),
+    "lb": Decimal("0.45359237"),
+}
+_READ_SIZE: Final = 4096
+
+
+class SicsScale:
+    """One MT-SICS scale on a serial port. `run()` polls until the port fails or is cancelled.
+
+    Args:
+        device_id: the scale's id; also the `scale_id` of its samples.
+        port: serial device path (or pyserial URL).
+        baudrate: line speed; 8N1 framing.
+        poll_s: time between the starts of two ``SI`` polls.
+        timeout_s: longest wait for an answer before the scale counts as silent.
+        emit: hands a sample to the rules; may wait (backpressure).
+        health: this scale's health record.
+        clock: the time (seconds) stamped on each sample.
+    """
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        port: str,
+        baudrate: int = 9600,
+        poll_s: float = 0.2,
+        timeout_s: float = 1.0,
+        emit: Callable[[WeightSample], Awaitable[None]],
+        health: DeviceHealth,
+        clock: Callable[[], float],
+    ) -> None:
+        if poll_s <= 0 or timeout_s <= 0:
+            raise ValueError(f"poll_s and timeout_s must be positive, got {poll_s}, {timeout_s}")
+        self.device_id = device_id
+        self.port = port
+        self.baudrate = baudrate
+        self.poll_s = poll_s
+        self.timeout_s = timeout_s
+        self._emit = emit
+        self._health = health
+        self._clock = clock
+        # Kinds of bad reply already logged: each is logged once, then only counted.
+        self._logged: set[str] = set()
+
+    async def run(self) -> None:
+        """Open the port and poll the scale until it fails (raises `DeviceError`)."""
+        try:
+            reader, writer = await serial_asyncio_fast.open_serial_connection(
+                url=self.port, baudrate=self.baudrate
+            )
+        except (OSError, serial.SerialException) as err:
+            raise DeviceError(f"cannot open {self.port}: {err}") from err
+        self._health.connected()
+        decoder = SicsDecoder()
+        pending: deque[Reply] = deque()
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                started = loop.time()
+                try:
+                    writer.write(encode("SI"))
+                    await writer.drain()
+                except (OSError, serial.SerialException) as err:
+                    raise DeviceError(f"{self.port} failed: {err}") from err
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        reply = await self._answer(reader, decoder, pending)
+                except TimeoutError:
+                    raise DeviceError(
+                        f"scale silent: no answer to SI within {self.timeout_s} s on {self.port}"
+                    ) from None
+                await self._handle(reply)
+                await asyncio.sleep(max(0.0, self.poll_s - (loop.time() - started)))
+        finally:
+            writer.close()
+
+    async def _answer(
+        self, reader: asyncio.StreamReader, decoder: SicsDecoder, pending: deque[Reply]
+    ) -> WeightReply | ScaleStatus | ErrorReply:
+        """Read until the answer to the outstanding poll arrives."""
+        while True:
+            while pending:
+                reply = pending.popleft()
+                match reply:
+                    case WeightReply() | ScaleStatus() | ErrorReply():
+                        return reply
+                    case Garbage(reason=reason):
+                        self._reject("garbage", reason=reason, raw=reply.raw[:32].hex())
+                    case ZeroReply():
+                        pass  # a late answer to a Z sent by someone else: not ours
+            try:
+                data = await reader.read(_READ_SIZE)
+            except (OSError, serial.SerialException) as err:
+                raise DeviceError(f"{self.port} failed: {err}") from err
+            if not data:
+                raise DeviceError(f"{self.port} closed (scale unplugged?)")
+            self._health.data_received()
+            pending.extend(decoder.feed(data))
+
+    async def _handle(self, reply: WeightReply | ScaleStatus | ErrorReply) -> None:
+        match reply:
+            case WeightReply(stable=stable, value=value, unit=unit):
+                factor = _KG_PER_UNIT.get(unit)
+                if factor is None:
+                    self._reject(f"unit {unit}", reason="unknown weight unit", raw=reply.raw)
+                    return
+                sample = WeightSample(
+                    self.device_id, at=self._clock(), kg=float(value * factor), stable=stable
+                )
+            case ScaleStatus(code="+" | "-" as code):
+                sample = WeightSample(
+                    self.device_id,
+                    at=self._clock(),
+                    kg=math.nan,
+                    stable=False,
+                    overload=code == "+",
+                    underload=code == "-",
+                )
+            case ScaleStatus():
+                self._health.count("busy")  # "S I": no weight this time, ask again next poll
+                return
+            case ErrorReply(code=code):
+                self._reject(code, reason="error reply to SI", raw=reply.raw)
+                return
+        self._health.count("reads")
+        await self._emit(sample)
+
+    def _reject(self, kind: str, *, reason: str, raw: str) -> None:
+        self._health.count("rejected")
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.warning(
+                "scale reply rejected (logged once per kind)",
+                device=self.device_id,
+                kind=kind,
+                reason=reason,
+                raw=raw,
+            )

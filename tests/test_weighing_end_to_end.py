@@ -1,0 +1,100 @@
+"""A scale at a receiving door: each pallet is weighed, and one much lighter than its contents
+is flagged on its receive transaction and as an alarm. Real pty, real LLRP, real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from gateway.epc import encode_sscc96
+from gateway.health import DeviceState
+from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
+from simulators.sics_scale import SicsScaleSimulator
+from tests.dock_helpers import CP, cases, gtin, sscc
+from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
+from tests.mqtt_helpers import Collector, Mosquitto
+
+pytestmark = pytest.mark.broker
+
+
+async def test_weighed_pallets_and_a_short_one(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    p1 = [encode_sscc96(CP, "8000000001"), *cases("012345", 1, 3)]
+    p2 = [encode_sscc96(CP, "8000000002"), *cases("012345", 11, 3)]
+    asn = {
+        "asn_id": "ASN-W1",
+        "door": "D03",
+        "lines": [
+            {"line": 1, "gtin": gtin("012345"), "quantity": 6},
+            {"line": 2, "sscc": sscc(p1[0]), "quantity": 1},
+            {"line": 3, "sscc": sscc(p2[0]), "quantity": 1},
+        ],
+    }
+    product = {"gtin": gtin("012345"), "unit_weight_kg": 10.0}
+    scenario = Scenario(
+        pallets=[Pallet(p1, "inbound", 5.0, 1.5), Pallet(p2, "inbound", 12.0, 1.5)],
+        door="D03",
+        seed=7,
+    )
+    async with (
+        LlrpReaderSimulator(scenario, reads_per_s=2000) as sim,
+        SicsScaleSimulator(tmp_path / "scale") as scale,
+        Collector(mosquitto.port) as collector,
+        aiomqtt.Client("127.0.0.1", mosquitto.port) as wms,
+    ):
+        raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None, reader_port=sim.port)
+        raw["devices"].append(
+            {
+                "id": "scale-d03",
+                "kind": "sics_scale",
+                "transport": {"type": "serial", "port": str(tmp_path / "scale")},
+                "door": "D03",
+                "poll_s": 0.1,
+                "backoff": {"min_s": 0.05, "max_s": 0.3},
+            }
+        )
+        config = build(raw, tmp_path)
+        await wms.publish(
+            f"wms/DC1/product/{product['gtin']}", json.dumps(product), qos=1, retain=True
+        )
+        await wms.publish("wms/DC1/asn/ASN-W1", json.dumps(asn), qos=1, retain=True)
+        async with running(config) as gateway:
+            for device in ("d03-reader", "scale-d03"):
+                await wait_device(gateway, device, DeviceState.CONNECTED)
+            while not sim.started:
+                await asyncio.sleep(0.05)
+
+            async def at(scenario_s: float) -> None:
+                while sim.scenario_time < scenario_s:
+                    await asyncio.sleep(0.05)
+
+            # Each pallet is put on the scale at the door, then driven through the portal.
+            # 3 cases of 10 kg on a 25 kg pallet: 55 kg.
+            await at(1.0)
+            scale.place(55.6, settle_s=0.5)
+            await at(3.0)
+            scale.remove()
+            await at(8.0)
+            scale.place(43.0, settle_s=0.5)  # a case missing, or crushed
+            await at(10.0)
+            scale.remove()
+            await collector.wait_for(lambda c: len(c.on("/tx/receive")) == 2, timeout=30)
+        for topic in ("asn/ASN-W1", f"product/{product['gtin']}"):
+            await wms.publish(f"wms/DC1/{topic}", b"", qos=1, retain=True)
+    first, second = (m.json() for m in collector.on("/tx/receive"))
+    for tx in (first, second):
+        assert_valid("receive", tx)
+    assert first["weight"]["within"] is True
+    assert first["weight"]["expected_kg"] == 55.0
+    assert abs(first["weight"]["measured_kg"] - 55.6) < 0.3
+    assert first["status"] == "accepted", (first["exceptions"], first["weight"])
+    assert second["weight"]["within"] is False
+    assert second["status"] == "accepted_with_exceptions"
+    assert [e["code"] for e in second["exceptions"]] == ["weight_mismatch"]
+    alarms = [m.json() for m in collector.on("/alarm")]
+    assert [a["code"] for a in alarms] == ["weight_mismatch"]
+    for alarm in alarms:
+        assert_valid("event", alarm)
