@@ -86,7 +86,9 @@ class ReaderClock:
         self._window_s = window_s
         self.max_latency_s = max_latency_s
         self._trust_reader = trust_reader
-        self._samples: deque[tuple[float, float]] = deque()  # (arrival, offset), bounded by time
+        # (report number, arrival, offset), offsets increasing; bounded by time and count.
+        self._samples: deque[tuple[int, float, float]] = deque()
+        self._count = 0
 
     def observe(self, arrival: float, reader_time: float) -> float:
         """Update with one report; return the offset to add to reader times.
@@ -96,13 +98,17 @@ class ReaderClock:
         """
         if self._trust_reader:
             return 0.0
+        # A sliding-window minimum: the deque holds offsets in increasing order, so its head
+        # is the minimum, and each report costs O(1) on average (this runs per report).
+        self._count += 1
+        offset = arrival - reader_time
         samples = self._samples
-        samples.append((arrival, arrival - reader_time))
-        while samples and samples[0][0] < arrival - self._window_s:
+        while samples and samples[-1][2] >= offset:
+            samples.pop()
+        samples.append((self._count, arrival, offset))
+        while samples[0][1] < arrival - self._window_s or samples[0][0] <= self._count - 10_000:
             samples.popleft()
-        while len(samples) > 10_000:
-            samples.popleft()
-        return min(offset for _, offset in samples)
+        return samples[0][2]
 
     def place(self, reader_time: float, offset: float, arrival: float) -> float:
         """A read's time on the gateway's clock, within the plausible range."""
