@@ -157,13 +157,12 @@ async def test_malformed_frames_are_survived(kind: str) -> None:
             ),
             what="the stray tag read again",
         )
-        if kind in ("garbage", "bad_length"):
-            # sllurp cannot resynchronise (garbage) or its thread dies (bad length): the
-            # watchdog notices and reconnects.
-            assert sim.stats.connections > connections
-            assert health.counts["restarts"] >= 1
+        if kind in ("garbage", "bad_length", "truncated_parameter"):
+            # The driver frames the reader's messages itself: a frame it cannot read is
+            # counted and skipped (or, failing that, the watchdog reconnects).
+            await until(lambda: health.counts.get("malformed", 0) >= 1, what="malformed count")
         if kind == "unknown_type":
-            # sllurp skips what it cannot decode and carries on: counted, not fatal.
+            # A message of no known type is counted and skipped, on the same connection.
             await until(lambda: health.counts.get("malformed", 0) >= 1, what="malformed count")
             assert sim.stats.connections == connections
 

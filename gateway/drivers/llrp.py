@@ -14,19 +14,20 @@ overload thins the evidence of a pass rather than losing it, and memory stays fl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
-from sllurp.llrp import THREAD_NAME_PREFIX, LLRPReaderClient, LLRPReaderConfig, LLRPReaderState
+from sllurp.llrp import LLRPReaderClient, LLRPReaderConfig, LLRPReaderState
 
 from gateway.config import LlrpReaderDevice
 from gateway.domain import Event, TagReadBatch
+from gateway.drivers.llrp_reports import FastReportClient, RawRead
 from gateway.health import DeviceHealth
 from gateway.supervisor import DeviceError
 
@@ -49,26 +50,6 @@ _TAG_CONTENT = {
     "EnableTagSeenCount": True,
     "EnableAccessSpecID": False,
 }
-
-
-class _DecodeErrors(logging.Filter):
-    """Counts the frames sllurp could not decode, per reader thread (sllurp only logs them)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith("Failed to decode LLRPMessage"):
-            name = record.threadName or ""
-            with self._lock:
-                self.counts[name] = self.counts.get(name, 0) + 1
-        return True
-
-
-_decode_errors = _DecodeErrors()
-logging.getLogger("sllurp.llrp").addFilter(_decode_errors)
 
 
 class ReaderClock:
@@ -120,34 +101,38 @@ class ReaderClock:
 def convert_report(
     tags: Sequence[Mapping[str, Any]], arrival: float, clock: ReaderClock
 ) -> tuple[tuple[str, int, int | None, float, int], ...]:
-    """sllurp's TagReportData dicts to compact reads on the gateway's clock (sllurp's thread)."""
-    reads = []
-    stamps = []
+    """sllurp's TagReportData dicts to compact reads on the gateway's clock."""
+    raw: list[RawRead] = []
     for tag in tags:
         epc = tag.get("EPC")
         if not epc:
             continue
         seen_us = tag.get("LastSeenTimestampUTC") or tag.get("FirstSeenTimestampUTC") or 0
-        if not isinstance(seen_us, int) or not 0 < seen_us < _MAX_US:
-            seen_us = 0
-        else:
-            stamps.append(seen_us)
-        reads.append(
+        raw.append(
             (
                 (epc.decode("ascii") if isinstance(epc, bytes) else str(epc)).upper(),
                 int(tag.get("AntennaID", 0)),
                 tag.get("PeakRSSI"),
-                seen_us,
+                seen_us if isinstance(seen_us, int) else 0,
                 int(tag.get("TagSeenCount", 1)),
             )
         )
-    if not reads:
+    return place_reads(raw, arrival, clock)
+
+
+def place_reads(
+    raw: Sequence[RawRead], arrival: float, clock: ReaderClock
+) -> tuple[tuple[str, int, int | None, float, int], ...]:
+    """Decoded reads (reader µs) to compact reads on the gateway's clock (sllurp's thread)."""
+    if not raw:
         return ()
+    stamps = sorted(us for _, _, _, us, _ in raw if 0 < us < _MAX_US)
     # The report's time is its median stamp: one corrupt timestamp cannot move the offset.
-    offset = clock.observe(arrival, sorted(stamps)[len(stamps) // 2] * 1e-6) if stamps else 0.0
+    offset = clock.observe(arrival, stamps[len(stamps) // 2] * 1e-6) if stamps else 0.0
+    place = clock.place
     return tuple(
-        (epc, antenna, rssi, clock.place(us * 1e-6, offset, arrival) if us else arrival, seen)
-        for epc, antenna, rssi, us, seen in reads
+        (epc, antenna, rssi, place(us * 1e-6, offset, arrival) if 0 < us < _MAX_US else arrival, n)
+        for epc, antenna, rssi, us, n in raw
     )
 
 
@@ -174,6 +159,7 @@ class LlrpReader:
         self._reader_clock = reader_clock or ReaderClock()
         self.last_message = 0.0  # monotonic time of the last report or keepalive
         self._overloaded = False
+        self._malformed_logged = False
 
     def sllurp_config(self) -> LLRPReaderConfig:
         """The ROSpec and reader settings sllurp sends, from the device config."""
@@ -203,18 +189,26 @@ class LlrpReader:
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[str] = loop.create_future()
         inventorying = asyncio.Event()
-        client = LLRPReaderClient(c.transport.host, c.transport.port, self.sllurp_config())
-        thread = f"{c.transport.host}-{c.transport.port}"
         refusals: list[str] = []
+
+        def on_reads(raw: list[RawRead]) -> None:
+            reads = place_reads(raw, time.time(), self._reader_clock)
+            loop.call_soon_threadsafe(self._deliver, reads)
+
+        def on_malformed(reason: str) -> None:
+            loop.call_soon_threadsafe(self._malformed, reason)
+
+        client = FastReportClient(
+            c.transport.host,
+            c.transport.port,
+            self.sllurp_config(),
+            on_reads=on_reads,
+            on_malformed=on_malformed,
+        )
 
         def on_lost(reason: str) -> None:
             if not lost.done():
                 lost.set_result(reason)
-
-        def on_tags(_: Any, tags: Sequence[Mapping[str, Any]]) -> None:
-            arrival = time.time()
-            reads = convert_report(tags, arrival, self._reader_clock)
-            loop.call_soon_threadsafe(self._deliver, reads)
 
         def on_response(_: Any, message: Any) -> None:
             # A refused configuration: sllurp only logs it and drops the connection.
@@ -237,7 +231,6 @@ class LlrpReader:
                     text = text.decode("utf-8", "replace")
                 loop.call_soon_threadsafe(self._reader_error, str(text))
 
-        client.add_tag_report_callback(on_tags)
         client.add_event_callback(on_event)
         client.add_message_callback("KEEPALIVE", on_keepalive)
         for response in (
@@ -253,8 +246,15 @@ class LlrpReader:
         client.add_disconnected_callback(
             lambda *_: loop.call_soon_threadsafe(on_lost, "connection closed by the reader")
         )
+        connecting = asyncio.ensure_future(asyncio.to_thread(client.connect))
         try:
-            await asyncio.to_thread(client.connect)
+            await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            # Stopped while connecting: let the connect finish, then close what it opened.
+            with contextlib.suppress(Exception):
+                await connecting
+            await asyncio.to_thread(_close, client, polite=False)
+            raise
         except OSError as err:
             raise DeviceError(
                 f"cannot connect to {c.transport.host}:{c.transport.port}: {err}"
@@ -263,14 +263,8 @@ class LlrpReader:
             await self._until_inventorying(inventorying, lost, refusals)
             self._health.connected()
             self.last_message = time.monotonic()
-            errors_before = _decode_errors.counts.get(_thread_name(thread), 0)
             while True:
                 done, _ = await asyncio.wait({lost}, timeout=min(1.0, c.keepalive_s))
-                errors = _decode_errors.counts.get(_thread_name(thread), 0)
-                if errors > errors_before:
-                    self._health.count("malformed", errors - errors_before)
-                    log.warning("reader sent frames that could not be decoded", device=c.id)
-                    errors_before = errors
                 if done:
                     raise DeviceError(refusals[-1] if refusals else lost.result())
                 if not client.is_alive():
@@ -302,6 +296,17 @@ class LlrpReader:
                 f"reader did not start inventory within {self.config.connect_timeout_s:g} s"
             )
 
+    def _malformed(self, reason: str) -> None:
+        """A frame from the reader could not be decoded: counted, logged once per connection."""
+        self._health.count("malformed")
+        if not self._malformed_logged:
+            log.warning(
+                "reader sent a frame that could not be decoded",
+                device=self.config.id,
+                reason=reason,
+            )
+            self._malformed_logged = True
+
     def _reader_error(self, text: str) -> None:
         self._health.note_error(f"reader exception: {text}")
         log.warning("reader reports an exception", device=self.config.id, message=text)
@@ -321,10 +326,6 @@ class LlrpReader:
             return
         self._overloaded = False
         self._health.count("reads", sum(r[4] for r in reads))
-
-
-def _thread_name(suffix: str) -> str:
-    return f"{THREAD_NAME_PREFIX}-{suffix}"
 
 
 def _close(client: LLRPReaderClient, *, polite: bool) -> None:
