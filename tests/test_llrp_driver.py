@@ -213,3 +213,19 @@ async def test_unreachable_and_mute_readers() -> None:
     async with supervised(device(port)) as (_, health, task):
         await until(lambda: health.counts["errors"] >= 2, what="refused connections")
         assert "cannot connect" in (health.last_error or "")
+
+
+async def test_stopped_while_connecting_leaves_no_connection_behind() -> None:
+    import threading
+
+    async with LlrpReaderSimulator(STRAYS, reads_per_s=200) as sim:
+        for delay in (0.0, 0.01, 0.05):
+            async with supervised(device(sim.port)) as (_, health, task):
+                await asyncio.sleep(delay)  # cancelled somewhere in the connect and handshake
+            assert task.cancelled() or task.done()
+            await until(lambda: sim.stats.active_connections == 0, what="the connection closed")
+            await until(
+                lambda: not any(t.name.startswith("sllurp-reader") for t in threading.enumerate()),
+                what="sllurp's thread gone",
+            )
+            assert health.state in (DeviceState.STOPPED, DeviceState.STARTING)
