@@ -302,18 +302,24 @@ class ScannerSimulator:
                 self._waiting = None
 
     def _point_link_at(self, device: str) -> None:
-        link = self._link
-        if link.exists() and not link.is_symlink():
-            raise FileExistsError(f"{link} exists and is not a symlink; not replacing it")
-        # Create the new link beside the old one and rename it over: a reader never sees the
-        # path missing or half-made while a scanner is re-plugged.
-        staging = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
-        staging.symlink_to(device)
-        try:
-            os.replace(staging, link)
-        except BaseException:
-            staging.unlink(missing_ok=True)
-            raise
+        point_link_at(self._link, device)
+
+
+def point_link_at(link: Path, device: str) -> None:
+    """Point the symlink `link` at a pty `device`, replacing an older link atomically.
+
+    The new link is made beside the old one and renamed over it: a driver never sees the path
+    missing or half-made while a device is re-plugged. A regular file there is not replaced.
+    """
+    if link.exists() and not link.is_symlink():
+        raise FileExistsError(f"{link} exists and is not a symlink; not replacing it")
+    staging = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
+    staging.symlink_to(device)
+    try:
+        os.replace(staging, link)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
 
 
 def shift_script(

@@ -25,7 +25,6 @@ import contextlib
 import math
 import os
 import random
-import secrets
 import time
 import tty
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from types import TracebackType
 from typing import Final, Self
 
 from gateway.drivers.sics import format_weight
+from simulators.scanner import point_link_at
 
 __all__ = ["SicsScaleSimulator"]
 
@@ -302,13 +302,4 @@ class SicsScaleSimulator:
                 return
 
     def _point_link_at(self, device: str) -> None:
-        link = self._link
-        if link.exists() and not link.is_symlink():
-            raise FileExistsError(f"{link} exists and is not a symlink; not replacing it")
-        staging = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
-        staging.symlink_to(device)
-        try:
-            os.replace(staging, link)
-        except BaseException:
-            staging.unlink(missing_ok=True)
-            raise
+        point_link_at(self._link, device)

@@ -98,28 +98,6 @@ class ReaderClock:
         return min(arrival, max(arrival - self.max_latency_s, reader_time + offset))
 
 
-def convert_report(
-    tags: Sequence[Mapping[str, Any]], arrival: float, clock: ReaderClock
-) -> tuple[tuple[str, int, int | None, float, int], ...]:
-    """sllurp's TagReportData dicts to compact reads on the gateway's clock."""
-    raw: list[RawRead] = []
-    for tag in tags:
-        epc = tag.get("EPC")
-        if not epc:
-            continue
-        seen_us = tag.get("LastSeenTimestampUTC") or tag.get("FirstSeenTimestampUTC") or 0
-        raw.append(
-            (
-                (epc.decode("ascii") if isinstance(epc, bytes) else str(epc)).upper(),
-                int(tag.get("AntennaID", 0)),
-                tag.get("PeakRSSI"),
-                seen_us if isinstance(seen_us, int) else 0,
-                int(tag.get("TagSeenCount", 1)),
-            )
-        )
-    return place_reads(raw, arrival, clock)
-
-
 def place_reads(
     raw: Sequence[RawRead], arrival: float, clock: ReaderClock
 ) -> tuple[tuple[str, int, int | None, float, int], ...]:
