@@ -48,8 +48,12 @@ async def test_alarm_then_backpressure_then_everything_delivered(tmp_path: Path)
                     truth
                 )
                 alarms = [m.json() for m in collector.on("/alarm")]
-                assert [a["code"] for a in alarms] == ["outbox_high"]
-                assert_valid("event", alarms[0])
+                # Raised once per episode: the backlog that drains and refills while the rest of
+                # the shift is played may raise it again, never more often than it refills.
+                assert alarms
+                assert {a["code"] for a in alarms} == {"outbox_high"}
+                for alarm in alarms:
+                    assert_valid("event", alarm)
                 assert alarms[0]["details"]["limit"] == 10
         finally:
             broker.stop()
