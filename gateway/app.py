@@ -19,13 +19,16 @@ from typing import Any
 import structlog
 
 from gateway import __version__
+from gateway.agv_api import task_from_json, task_json
 from gateway.bridge.mqtt import MqttBridge
 from gateway.config import (
     BarcodeScannerDevice,
     DeviceConfig,
     GatewayConfig,
     LlrpReaderDevice,
+    ModbusScaleDevice,
     SicsScaleDevice,
+    SicsTcpTransport,
     SignalLightDevice,
 )
 from gateway.domain import (
@@ -40,6 +43,8 @@ from gateway.domain import (
 from gateway.drivers.barcode import LabelRules
 from gateway.drivers.llrp import KIND as READER_KIND
 from gateway.drivers.llrp import LlrpReader
+from gateway.drivers.modbus_scale import KIND as MODBUS_SCALE_KIND
+from gateway.drivers.modbus_scale import ModbusScale
 from gateway.drivers.scanner import KIND as SCANNER_KIND
 from gateway.drivers.scanner import BarcodeScanner
 from gateway.drivers.sics_scale import KIND as SCALE_KIND
@@ -50,10 +55,12 @@ from gateway.epcis import EpcisSettings, object_event
 from gateway.epcis import document as epcis_document
 from gateway.health import StatusBoard
 from gateway.refdata import to_json
+from gateway.rules.agv import TaskBoard, TaskChanged
 from gateway.rules.engine import DockStation, RefDataChange, RulesEngine
 from gateway.rules.moves import ForkliftMoves, MoveSettings
 from gateway.rules.portal import PortalSettings, PortalTracker
 from gateway.rules.receiving import (
+    ACCEPTED,
     DockRules,
     DockSummary,
     DockTransaction,
@@ -61,6 +68,9 @@ from gateway.rules.receiving import (
     WeightCheckSettings,
     ledger_entries,
 )
+from gateway.rules.stock import StockProjection
+from gateway.rules.tasks import TaskPolicy
+from gateway.rules.vda5050 import RobotObserver
 from gateway.rules.weighing import Weighing, WeighingSettings, WeightCapture
 from gateway.storage import (
     LedgerRow,
@@ -80,6 +90,7 @@ from gateway.wire import (
     notice_message,
     pass_payload,
     summary_payload,
+    task_event_payload,
 )
 
 log = structlog.get_logger("gateway.app")
@@ -164,13 +175,14 @@ class Gateway:
             )
             if pruned:
                 log.info("pruned old receipts and shipments from the ledger", items=pruned)
+            pallets = await store.pallet_locations()
             engine = RulesEngine(
                 ForkliftMoves(
                     MoveSettings(
                         timeout=dt.timedelta(seconds=config.rules.move.timeout_s),
                         repeat_window=dt.timedelta(seconds=config.rules.move.repeat_window_s),
                     ),
-                    pallet_locations=await store.pallet_locations(),
+                    pallet_locations=pallets,
                     stations={
                         d.id: d.location
                         for d in config.devices
@@ -187,7 +199,7 @@ class Gateway:
                 scales={
                     d.id: (d.door, WeightCapture(WeighingSettings(**d.weighing.model_dump())))
                     for d in config.devices
-                    if isinstance(d, SicsScaleDevice)
+                    if isinstance(d, SicsScaleDevice | ModbusScaleDevice)
                 },
                 dock=DockRules(
                     weighing=WeightCheckSettings(
@@ -215,6 +227,7 @@ class Gateway:
                     and d.role in ("receiving", "shipping")
                     and d.location
                 },
+                agv=await self._task_board(store, pallets),
             )
             # What the WMS sent before the restart (the broker's retained copies follow).
             for row in await store.reference_data():
@@ -237,6 +250,12 @@ class Gateway:
                 ),
                 on_refused=self._publish_refused,
                 inbox=self.queue.put,
+                agv=config.agv.enabled,
+                vda5050_interface=(
+                    config.agv.vda5050.interface
+                    if config.agv.enabled and config.agv.vda5050
+                    else None
+                ),
             )
             if config.broker.protocol == "3.1.1":
                 log.warning(
@@ -275,8 +294,28 @@ class Gateway:
             await store.close()
         log.info("gateway stopped", outbox_depth=store.depth)
 
+    async def _task_board(self, store: Store, pallets: dict[str, str]) -> TaskBoard | None:
+        """The AGV task board, with the tasks stored at the last stop (None: AGV tasks off)."""
+        agv = self.config.agv
+        if not agv.enabled:
+            return None
+        pruned = await store.prune_agv_tasks(older_than_s=agv.finished_retention_days * 86400)
+        if pruned:
+            log.info("pruned old finished AGV tasks", tasks=pruned)
+        tasks = [task_from_json(json.loads(body)) for body in await store.agv_tasks()]
+        return TaskBoard(
+            policy=TaskPolicy(
+                lease=dt.timedelta(seconds=agv.lease_s), max_attempts=agv.max_attempts
+            ),
+            layout=agv.layout,
+            stock=StockProjection(pallets),
+            observer=RobotObserver(agv.vda5050.nodes if agv.vda5050 else None),
+            tasks=tasks,
+            velocity_window=dt.timedelta(days=agv.velocity_window_days),
+        )
+
     async def _supervised(self, device: DeviceConfig) -> None:
-        driver: BarcodeScanner | LlrpReader | SignalLight | SicsScale
+        driver: BarcodeScanner | LlrpReader | SignalLight | SicsScale | ModbusScale
         if isinstance(device, SignalLightDevice):
             driver = self.lights[device.id]
             health = self.board.devices[device.id]
@@ -294,12 +333,24 @@ class Gateway:
             )
         elif isinstance(device, SicsScaleDevice):
             health = self.board.add(device.id, SCALE_KIND)
+            transport = device.transport
+            if isinstance(transport, SicsTcpTransport):
+                link: dict[str, Any] = {"host": transport.host, "tcp_port": transport.port}
+            else:
+                link = {"port": transport.port, "baudrate": transport.baudrate}
             driver = SicsScale(
                 device_id=device.id,
-                port=device.transport.port,
-                baudrate=device.transport.baudrate,
+                **link,
                 poll_s=device.poll_s,
                 timeout_s=device.timeout_s,
+                emit=self.queue.put,
+                health=health,
+                clock=lambda: self.clock().timestamp(),
+            )
+        elif isinstance(device, ModbusScaleDevice):
+            health = self.board.add(device.id, MODBUS_SCALE_KIND)
+            driver = ModbusScale(
+                device,
                 emit=self.queue.put,
                 health=health,
                 clock=lambda: self.clock().timestamp(),
@@ -423,6 +474,8 @@ class Gateway:
         closed: list[tuple[str, str]] = []
         refdata: list[RefDataRow] = []
         notices: list[Notice] = []
+        tasks: dict[str, tuple[str, str, str]] = {}
+        responses: list[CommandResponse] = []
         for d in decisions:
             if isinstance(d, MoveTransaction):
                 messages.append(move_message(d, self.topics))
@@ -436,6 +489,13 @@ class Gateway:
                     LedgerRow(e.kind, e.key, e.reference, e.line, e.result, d.tx_id)
                     for e in ledger_entries(d)
                 )
+                if d.kind == "receive" and self.config.agv.enabled:
+                    # The pallet is at the door until it is put away: the stock after a restart.
+                    moves.extend(
+                        PalletMove(r.item.sscc, d.door, d.tx_id)
+                        for r in d.items
+                        if r.item.sscc and r.result == ACCEPTED
+                    )
             elif isinstance(d, DockSummary):
                 messages.append(
                     OutboxMessage(
@@ -448,9 +508,19 @@ class Gateway:
             elif isinstance(d, RefDataChange):
                 body = None if d.item is None else json.dumps(to_json(d.item), sort_keys=True)
                 refdata.append(RefDataRow(d.kind, d.key, body))
+            elif isinstance(d, TaskChanged):
+                shown = task_json(d.task)
+                tasks[d.task.task_id] = (d.task.task_id, d.task.state.value, json.dumps(shown))
+                if d.published:
+                    messages.append(
+                        OutboxMessage(
+                            d.event_id,
+                            self.topics.agv_task,
+                            encode(task_event_payload(d, shown, self.topics)),
+                        )
+                    )
             elif isinstance(d, CommandResponse):
-                if self.bridge is not None:
-                    self.bridge.respond(d.topic, d.correlation, encode(d.payload))
+                responses.append(d)
             elif isinstance(d, Notice):
                 notices.append(d)
         for notice in notices:
@@ -471,9 +541,20 @@ class Gateway:
         alarm = self._outbox_alarm(store, extra=len(messages))
         if alarm is not None and len(messages) < store.room():
             messages.append(notice_message(alarm, self.topics))
-        if not (messages or refdata):
-            return
-        await store.commit(messages, moves, ledger=ledger, closed=closed, refdata=refdata)
+        if messages or refdata or tasks:
+            await store.commit(
+                messages,
+                moves,
+                ledger=ledger,
+                closed=closed,
+                refdata=refdata,
+                tasks=list(tasks.values()),
+            )
+        # Answers only once what they report is committed: a lease the gateway would forget in
+        # a crash is never given out.
+        if self.bridge is not None:
+            for response in responses:
+                self.bridge.respond(response.topic, response.correlation, encode(response.payload))
         for d in decisions:
             if isinstance(d, MoveTransaction | DockTransaction | DockSummary):
                 log.info("transaction committed", tx_id=d.tx_id, kind=type(d).__name__)

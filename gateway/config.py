@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.rules.putaway import SiteLayout
+
 # Identifiers end up in MQTT topics: no wildcards, separators or spaces.
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
@@ -117,10 +119,9 @@ class LabelsConfig(_Model):
         return value
 
 
-class SerialTransport(_Model):
-    """A serial port, by path (prefer the stable /dev/serial/by-id/ names)."""
+class _SerialLine(_Model):
+    """A serial port, by path (prefer the stable /dev/serial/by-id/ names), and its framing."""
 
-    type: Literal["serial"]
     port: str = Field(min_length=1)
     baudrate: int = Field(default=9600, gt=0)
     bytesize: Literal[5, 6, 7, 8] = 8
@@ -133,6 +134,12 @@ class SerialTransport(_Model):
         if value not in (1, 1.5, 2):
             raise ValueError("stop bits must be 1, 1.5 or 2")
         return value
+
+
+class SerialTransport(_SerialLine):
+    """A serial port, by path (prefer the stable /dev/serial/by-id/ names)."""
+
+    type: Literal["serial"]
 
 
 class ScannerFraming(_Model):
@@ -255,15 +262,119 @@ class WeighingTuning(_Model):
         return self
 
 
+class SicsTcpTransport(_Model):
+    """An MT-SICS indicator's TCP server (the same CR LF lines as on its serial port)."""
+
+    type: Literal["tcp"]
+    host: str = Field(min_length=1)
+    # No default: indicators ship with different ports (set in their Ethernet or connections
+    # menu), and a wrong guess would look like a dead scale.
+    port: int = Field(ge=1, le=65535)
+
+
 class SicsScaleDevice(_Model):
-    """A scale speaking Mettler Toledo MT-SICS on a serial port, at a door's station."""
+    """A scale speaking Mettler Toledo MT-SICS on a serial port or over TCP, at a door's station."""
 
     id: Identifier
     kind: Literal["sics_scale"]
-    transport: SerialTransport
+    transport: Annotated[SerialTransport | SicsTcpTransport, Field(discriminator="type")]
     door: Identifier  # its weighings go with this door's next receive or ship transaction
     poll_s: float = Field(default=0.2, gt=0)
     timeout_s: float = Field(default=1.0, gt=0)
+    weighing: WeighingTuning = WeighingTuning()
+    backoff: BackoffConfig = BackoffConfig()
+
+
+class ModbusTcpTransport(_Model):
+    """Modbus TCP: the indicator's (or gateway's) address; port 502 by default."""
+
+    type: Literal["tcp"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+
+
+class ModbusRtuTransport(_SerialLine):
+    """Modbus RTU on a serial line (RS-485 or RS-232): the serial settings of the indicator."""
+
+    type: Literal["rtu"]
+
+
+WordOrder = Literal["big", "little"]
+
+
+class WeightRegister(_Model):
+    """Where the weight is and how it is encoded.
+
+    `word_order` "big" puts the high 16-bit word first (the Modbus norm, "ABCD"); "little" the
+    low word first ("CDAB"). `byte_order` "little" swaps the two bytes inside every register
+    ("BADC" with big word order, "DCBA" with little). The value read is multiplied by `scale`
+    (0.01 for a register holding hundredths) and is in `unit`.
+    """
+
+    table: Literal["holding", "input"] = "holding"
+    address: int = Field(ge=0, le=65535)
+    type: Literal["int16", "uint16", "int32", "uint32", "float32"] = "int32"
+    word_order: WordOrder = "big"
+    byte_order: WordOrder = "big"
+    scale: float = Field(default=1.0, allow_inf_nan=False)
+    unit: Literal["kg", "g", "t", "lb"] = "kg"
+
+    @model_validator(mode="after")
+    def _fits(self) -> WeightRegister:
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        if self.address + (1 if self.type.endswith("16") else 2) > 65536:
+            raise ValueError(f"a {self.type} at {self.address} runs past register 65535")
+        return self
+
+
+class StatusRegister(_Model):
+    """A 16-bit status word and which bit (0 = least significant) means what.
+
+    A bit left out is not reported by this indicator. With neither `stable` nor `motion`, a
+    weighing is taken when readings settle (see `weighing`).
+    """
+
+    table: Literal["holding", "input"] = "holding"
+    address: int = Field(ge=0, le=65535)
+    stable: int | None = Field(default=None, ge=0, le=15)
+    motion: int | None = Field(default=None, ge=0, le=15)
+    overload: int | None = Field(default=None, ge=0, le=15)
+    underload: int | None = Field(default=None, ge=0, le=15)
+    zero: int | None = Field(default=None, ge=0, le=15)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> StatusRegister:
+        bits = [b for b in self.bits().values() if b is not None]
+        if len(bits) != len(set(bits)):
+            raise ValueError(f"two status flags share a bit: {self.bits()}")
+        return self
+
+    def bits(self) -> dict[str, int | None]:
+        """Flag name -> bit, for every flag."""
+        return {
+            "stable": self.stable,
+            "motion": self.motion,
+            "overload": self.overload,
+            "underload": self.underload,
+            "zero": self.zero,
+        }
+
+
+class ModbusScaleDevice(_Model):
+    """A scale indicator read over Modbus TCP or RTU, at a door's station."""
+
+    id: Identifier
+    kind: Literal["modbus_scale"]
+    transport: Annotated[ModbusTcpTransport | ModbusRtuTransport, Field(discriminator="type")]
+    unit_id: int = Field(default=1, ge=0, le=247)
+    door: Identifier  # its weighings go with this door's next receive or ship transaction
+    weight: WeightRegister
+    status: StatusRegister | None = None
+    poll_s: float = Field(default=0.2, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    # Polls in a row without an answer (timeouts) before the connection counts as lost.
+    max_missed: int = Field(default=3, ge=1)
     weighing: WeighingTuning = WeighingTuning()
     backoff: BackoffConfig = BackoffConfig()
 
@@ -285,7 +396,11 @@ class SignalLightDevice(_Model):
 
 
 DeviceConfig = Annotated[
-    BarcodeScannerDevice | LlrpReaderDevice | SignalLightDevice | SicsScaleDevice,
+    BarcodeScannerDevice
+    | LlrpReaderDevice
+    | SignalLightDevice
+    | SicsScaleDevice
+    | ModbusScaleDevice,
     Field(discriminator="kind"),
 ]
 
@@ -340,6 +455,34 @@ class EpcisConfig(_Model):
         return self
 
 
+class Vda5050Config(_Model):
+    """Robots' VDA 5050 state, observed to confirm picks and drops (2.x and 3.x).
+
+    The gateway subscribes to `{interface}/+/+/+/state` and `.../connection`. A robot's
+    `serialNumber` is its robot id in the task API; `nodes` maps node ids to location ids
+    (a node not listed is taken to be the location of the same id).
+    """
+
+    interface: str = Field(default="uagv", min_length=1, pattern=r"^[^/+#]+$")
+    nodes: dict[str, str] = Field(default_factory=dict)
+
+
+class AgvConfig(_Model):
+    """AGV transport tasks: the queue fleet controllers lease from, and putaway from receipts."""
+
+    enabled: bool = False
+    lease_s: float = Field(default=120.0, gt=0, le=86_400)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    # Moves this recent count for the ABC velocity class of a product.
+    velocity_window_days: float = Field(default=30.0, gt=0)
+    # Finished tasks are kept (for late repeats and for the record) this long.
+    finished_retention_days: float = Field(default=30.0, gt=0)
+    # The site plan putaway works from; no layout: no putaway tasks from receipts (tasks from
+    # the WMS still run).
+    layout: SiteLayout | None = None
+    vda5050: Vda5050Config | None = None
+
+
 class RulesConfig(_Model):
     """Parameters of the rules engine."""
 
@@ -359,6 +502,7 @@ class GatewayConfig(_Model):
     rules: RulesConfig = RulesConfig()
     debug: DebugConfig = DebugConfig()
     epcis: EpcisConfig = EpcisConfig()
+    agv: AgvConfig = AgvConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -415,6 +559,15 @@ def _describe(path: Path, error: Any) -> str:
         what = "required key is missing"
     elif error["type"] == "extra_forbidden":
         what = "unknown key (not allowed here; check the spelling)"
+    elif error["type"] in ("union_tag_invalid", "union_tag_not_found") and key.endswith(
+        "transport"
+    ):
+        key += ".type"
+        ctx = error.get("ctx", {})
+        if "tag" in ctx:
+            what = f"unknown transport type {ctx['tag']!r}; expected one of: {ctx['expected_tags']}"
+        else:
+            what = "required key is missing"
     elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         key += ".kind"
         tag = error.get("ctx", {}).get("tag")
@@ -434,12 +587,15 @@ def _key(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         elif i > 0 and isinstance(loc[i - 1], int) and part in _DEVICE_KINDS:
             continue  # the discriminator tag pydantic inserts after a list index
+        elif i > 0 and loc[i - 1] == "transport" and part in _TRANSPORT_TYPES:
+            continue  # the same, after a transport that can be of several types
         else:
             out += f".{part}" if out else str(part)
     return out
 
 
-_DEVICE_KINDS = {"barcode_scanner", "llrp_reader", "signal_light", "sics_scale"}
+_DEVICE_KINDS = {"barcode_scanner", "llrp_reader", "signal_light", "sics_scale", "modbus_scale"}
+_TRANSPORT_TYPES = {"serial", "tcp", "rtu"}
 
 
 def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:

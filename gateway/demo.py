@@ -25,12 +25,13 @@ import typer
 from amqtt.broker import Broker
 
 from gateway.app import Gateway
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import GatewayConfig, ModbusScaleDevice, parse_config
 from gateway.health import DeviceState
 from gateway.wire import Topics
 from simulators.dock_day import Truck, dock_day
 from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
 from simulators.llrp import LlrpReaderSimulator, Scenario
+from simulators.modbus_scale import ModbusScaleSimulator
 from simulators.scanner import Garbage, ScannerSimulator, Step, Type, shift_script
 
 LOCATIONS = [
@@ -46,30 +47,52 @@ async def run_demo(
         workdir = state_dir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         # Two dock doors: trucks unloaded at D03 against ASNs, loaded at D05 against orders.
-        trucks, products = dock_day(40)
+        trucks, products = dock_day(40, pallet_every_s=8.0)
         receiving = Scenario(
             pallets=[p for t in trucks if t.direction == "inbound" for p in t.pallets], door="D03"
         )
         shipping = Scenario(
             pallets=[p for t in trucks if t.direction == "outbound" for p in t.pallets], door="D05"
         )
+        example = demo_config(workdir, host="127.0.0.1", port=1883, protocol="5")
+        scale_config = next(d for d in example.devices if isinstance(d, ModbusScaleDevice))
         async with (
             _broker(broker) as (host, port, protocol),
             LlrpReaderSimulator(receiving, reads_per_s=1500) as d03,
             LlrpReaderSimulator(shipping, reads_per_s=1500) as d05,
+            ModbusScaleSimulator(
+                weight=scale_config.weight, status=scale_config.status, seed=3
+            ) as scale,
         ):
             config = demo_config(
-                workdir, host=host, port=port, protocol=protocol, reader_ports=(d03.port, d05.port)
+                workdir,
+                host=host,
+                port=port,
+                protocol=protocol,
+                reader_ports=(d03.port, d05.port),
+                scale_port=scale.port,
             )
             _banner(config, embedded=broker is None)
-            wms = _wms(config, trucks, products, {"D03": d03, "D05": d05})
-            await _run(config, workdir / "scanner-fl-07", pallets=pallets, pace_s=pace_s, wms=wms)
+            inbound = [t for t in trucks if t.direction == "inbound"]
+            background = [
+                _wms(config, trucks, products, {"D03": d03, "D05": d05}),
+                _scale_station(scale, d03, inbound),
+            ]
+            await _run(
+                config, workdir / "scanner-fl-07", pallets=pallets, pace_s=pace_s, extra=background
+            )
 
 
 def demo_config(
-    workdir: Path, *, host: str, port: int, protocol: str, reader_ports: tuple[int, int]
+    workdir: Path,
+    *,
+    host: str,
+    port: int,
+    protocol: str,
+    reader_ports: tuple[int, int] = (5084, 5085),
+    scale_port: int = 502,
 ) -> GatewayConfig:
-    """The shipped demo configuration, pointed at this run's broker, scanner and folder."""
+    """The shipped demo configuration, pointed at this run's broker, devices and folder."""
     example = resources.files("gateway").joinpath("examples/demo.toml")
     raw: dict[str, Any] = tomllib.loads(example.read_text("utf-8"))
     raw["broker"].update(host=host, port=port, protocol=protocol)
@@ -77,6 +100,7 @@ def demo_config(
     raw["devices"][0]["transport"]["port"] = str(workdir / "scanner-fl-07")
     raw["devices"][1]["transport"]["port"] = reader_ports[0]
     raw["devices"][2]["transport"]["port"] = reader_ports[1]
+    raw["devices"][3]["transport"]["port"] = scale_port
     return parse_config(raw, Path(str(example)))
 
 
@@ -110,7 +134,7 @@ async def _run(
     *,
     pallets: int,
     pace_s: float,
-    wms: Coroutine[Any, Any, None],
+    extra: list[Coroutine[Any, Any, None]],
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -122,11 +146,10 @@ async def _run(
         await asyncio.sleep(0.5)  # let the view subscribe before the first publish
         run = tg.create_task(gateway.run(stop), name="demo.gateway")
         shifts = tg.create_task(_shifts(gateway, scanner, pallets, pace_s), name="demo.shifts")
-        trucks = tg.create_task(wms, name="demo.wms")
+        others = [tg.create_task(c, name="demo.background") for c in extra]
         await run
-        shifts.cancel()
-        trucks.cancel()
-        view.cancel()
+        for task in (shifts, view, *others):
+            task.cancel()
     typer.echo("demo stopped")
 
 
@@ -178,6 +201,32 @@ async def _wms(
                 return
         except aiomqtt.MqttError:
             await asyncio.sleep(0.5)
+
+
+async def _scale_station(
+    scale: ModbusScaleSimulator, reader: LlrpReaderSimulator, trucks: list[Truck]
+) -> None:
+    """Each inbound pallet is put on the scale at the door just before it crosses the portal.
+
+    Planted: on the trucks with no problem or an unexpected case, the last pallet weighs 12 kg
+    less than its cases should (cases crushed or emptied): its receipt carries a weight
+    mismatch and raises an alarm.
+    """
+    visits: list[tuple[float, float]] = []  # (scenario time, kg): kg 0 takes the pallet off
+    for truck in trucks:
+        for n, (pallet, kg) in enumerate(zip(truck.pallets, truck.weights_kg, strict=True)):
+            light = truck.problem in ("none", "unexpected case") and n == len(truck.pallets) - 1
+            visits += [
+                (pallet.start_s - 4.5, kg - (12.0 if light else 0.0)),
+                (pallet.start_s - 1.5, 0.0),
+            ]
+    for at, kg in sorted(visits):
+        while reader.scenario_time < at:  # noqa: ASYNC110 - the scenario clock is polled
+            await asyncio.sleep(0.1)
+        if kg:
+            scale.load.place(kg, settle_s=1.0)
+        else:
+            scale.load.remove(settle_s=0.5)
 
 
 def _protocol(config: GatewayConfig) -> aiomqtt.ProtocolVersion:
@@ -278,6 +327,11 @@ def describe(topic: str, payload: dict[str, Any], topics: Topics) -> str | None:
         detail = ", ".join(
             f"{n} {result.replace('_', ' ')}" for result, n in sorted(counts.items())
         )
+        weight = payload.get("weight")
+        if weight:
+            detail += f"; weighed {weight['measured_kg']:.1f} kg" + (
+                "" if weight["within"] else f", expected {weight['expected_kg']:.1f} kg"
+            )
         return f"{now} {tag} door {payload['door']} {reference}: {detail}"
     if rel in ("receipt", "shipment"):
         tag = typer.style(f" {rel.upper():<7}", fg=typer.colors.BLUE, bold=True)
@@ -320,9 +374,10 @@ def _banner(config: GatewayConfig, *, embedded: bool) -> None:
         + f": site {config.gateway.site}, gateway {config.gateway.id}, {where} at "
         f"{config.broker.host}:{config.broker.port}.\n"
         "A simulated forklift scanner scans pallets and locations; trucks are unloaded "
-        "through the RFID portal of door D03 against their ASNs and loaded through door D05 "
-        "against their ship orders, each with a planted problem (an unexpected case, an "
-        "expired lot, a short pallet, the wrong pallet). Every transaction, alarm, event and "
+        "through the RFID portal of door D03 against their ASNs (each pallet weighed first on "
+        "the door's Modbus scale) and loaded through door D05 against their ship orders, each "
+        "with a planted problem (an unexpected case, an expired lot, a short pallet, a pallet "
+        "too light for its cases, the wrong pallet). Every transaction, alarm, event and "
         "status is shown below as it is published. Ctrl-C stops.\n"
         f"Watch it with any MQTT client: mosquitto_sub -h {config.broker.host} "
         f"-p {config.broker.port} -t 'gw/#' -v\n"

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.rules.vda5050 import RobotConnection, RobotState
 from gateway.rules.weighing import WeightSample
 
 # Every tx_id is a UUID v5 in this namespace, over a canonical form of what the transaction
@@ -102,8 +103,38 @@ class CommandResponse:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class AgvRequest:
+    """A request on `agv/{op}` as received (parsed by the board)."""
+
+    op: str
+    payload: bytes
+    at: dt.datetime
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RobotMessage:
+    """A VDA 5050 state or connection message, parsed by the bridge; `reason` if rejected."""
+
+    topic: str
+    at: dt.datetime
+    message: RobotState | RobotConnection | None = None
+    reason: str | None = None
+
+
 ScanEvent = Scan | RejectedScan
-Event = Scan | RejectedScan | TagReadBatch | WmsMessage | CloseCommand | WeightSample
+Event = (
+    Scan
+    | RejectedScan
+    | TagReadBatch
+    | WmsMessage
+    | CloseCommand
+    | WeightSample
+    | AgvRequest
+    | RobotMessage
+)
 
 
 class Severity(enum.StrEnum):
@@ -148,6 +179,7 @@ class MoveTransaction:
     pallet_scanned_at: dt.datetime
     confirmed_at: dt.datetime
     exceptions: tuple[str, ...] = ()
+    task_id: str | None = None  # the AGV task whose drop this is; None for a forklift move
 
     @property
     def tx_id(self) -> str:

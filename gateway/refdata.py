@@ -12,16 +12,15 @@ JSON back, for storage. Nothing here does I/O.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import biip
-from jsonschema import ValidationError
 
+from gateway.jsondoc import decode_json, describe_error, one_line, show
 from gateway.schemas import validator
 
 KINDS = ("asn", "shipment", "product", "location")
@@ -34,7 +33,6 @@ _KEY_FIELD = {"asn": "asn_id", "shipment": "order_id", "product": "gtin", "locat
 
 # jsonschema's `pattern` uses re.search, where `$` also matches before a final newline.
 _EPC = re.compile(r"[0-9A-F]{24,124}")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,59}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +159,7 @@ def parse_message(topic: str, payload: bytes, site: str) -> RefData | Deleted | 
     if not payload:
         return Deleted(kind, key)
     result = _parse(kind, key, payload)
-    return Rejected(topic, _one_line(result)) if isinstance(result, str) else result
+    return Rejected(topic, one_line(result)) if isinstance(result, str) else result
 
 
 def _parse(kind: str, key: str, payload: bytes) -> RefData | str:
@@ -169,7 +167,7 @@ def _parse(kind: str, key: str, payload: bytes) -> RefData | str:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return f"payload: {len(payload)} bytes, more than the limit of {MAX_PAYLOAD_BYTES}"
     try:
-        doc = _decode(payload)
+        doc = decode_json(payload)
     except UnicodeError as err:
         return f"payload: not UTF-8 ({err})"
     except RecursionError:
@@ -184,7 +182,7 @@ def _parse(kind: str, key: str, payload: bytes) -> RefData | str:
         return reason
     field = _KEY_FIELD[kind]
     if doc[field] != key:
-        return f"{field}: {_show(doc[field])} is not the id in the topic, {_show(key)}"
+        return f"{field}: {show(doc[field])} is not the id in the topic, {show(key)}"
     try:
         return _BUILD[kind](doc)
     except _Invalid as err:
@@ -241,42 +239,6 @@ def to_json(item: RefData) -> dict[str, Any]:
 # --- decoding and the schema step -------------------------------------------------------------
 
 
-def _decode(payload: bytes) -> Any:
-    """JSON from strict UTF-8; no NaN or infinities, no duplicate keys, no lone surrogates."""
-    doc = json.loads(
-        payload.decode("utf-8"),
-        parse_constant=_refuse_constant,
-        parse_float=_finite_float,
-        object_pairs_hook=_unique_keys,
-    )
-    # "\ud800" is valid JSON but no valid text: it would fail later, in SQLite or in a log.
-    try:
-        json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("a string holds a lone surrogate (\\ud800 to \\udfff)") from None
-    return doc
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text[:20]} is out of range")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in doc:
-            raise ValueError(f"duplicate key {_show(key)}")
-        doc[key] = value
-    return doc
-
-
 def _schema_reason(kind: str, doc: Any) -> str | None:
     """Why `doc` fails the schema of `kind`, naming the field; None when it passes.
 
@@ -285,99 +247,7 @@ def _schema_reason(kind: str, doc: Any) -> str | None:
     the one to report (type, then fields, then contents).
     """
     error = next(iter(validator(kind).iter_errors(doc)), None)
-    return None if error is None else _describe(error)
-
-
-def _describe(error: ValidationError) -> str:
-    field = _path(error.absolute_path)
-    keyword = error.validator
-    value: Any = error.validator_value
-    instance: Any = error.instance
-    schema: Any = error.schema  # a dict: every schema here is an object
-    match keyword:
-        case "required":
-            missing = next(name for name in value if name not in instance)
-            return f"{_path([*error.absolute_path, missing])}: required but missing"
-        case "additionalProperties":
-            known = schema.get("properties", {})
-            extra = sorted(name for name in instance if name not in known)
-            return f"{_path([*error.absolute_path, extra[0]])}: unknown field"
-        case "type":
-            return f"{field}: must be {_a(value)}, got {_json_type(instance)}"
-        case "pattern" | "minLength" | "maxLength" | "format" if "title" in schema:
-            return f"{field}: {_show(instance)} is not a valid {schema['title']}"
-        case "minimum":
-            return f"{field}: {_show(instance)} is less than {value}"
-        case "exclusiveMinimum":
-            return f"{field}: {_show(instance)} must be more than {value}"
-        case "maximum":
-            return f"{field}: {_show(instance)} is more than {value}"
-        case "enum":
-            return f"{field}: {_show(instance)} is not one of {', '.join(map(str, value))}"
-        case "minItems":
-            return f"{field}: needs at least {value} item{'s' if value != 1 else ''}"
-        case "maxItems":
-            return f"{field}: more than {value} items"
-        case "uniqueItems":
-            return f"{field}: lists the same value twice"
-        case "minProperties":
-            return f"{field}: needs at least one of {', '.join(schema.get('properties', {}))}"
-        case "oneOf" | "anyOf":
-            names = [name for branch in value for name in branch.get("required", ())]
-            present = [name for name in names if isinstance(instance, dict) and name in instance]
-            if keyword == "anyOf":
-                return f"{field}: needs a non-empty {' or '.join(names)}"
-            if present:
-                return (
-                    f"{field}: has {' and '.join(present)}; give exactly one of {', '.join(names)}"
-                )
-            return f"{field}: needs exactly one of {', '.join(names)}"
-    return f"{field}: {_one_line(error.message)}"
-
-
-def _path(parts: Iterable[str | int]) -> str:
-    """A JSON path the way people write it: `lines[2].quantity`; the whole document is `payload`."""
-    text = ""
-    for part in parts:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif _NAME.fullmatch(part):
-            text += f".{part}" if text else part
-        else:  # an unknown key can be anything: show it quoted, escaped and short
-            text += f"[{_show(part, 40)}]"
-    return text or "payload"
-
-
-def _a(types: str | list[str]) -> str:
-    names = [types] if isinstance(types, str) else types
-    return " or ".join(("an " if n[0] in "aeiou" else "a ") + n for n in names)
-
-
-def _json_type(value: Any) -> str:
-    match value:
-        case None:
-            return "null"
-        case bool():
-            return "a boolean"
-        case int() | float():
-            return "a number"
-        case str():
-            return "a string"
-        case list():
-            return "an array"
-        case _:
-            return "an object"
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """A value as short, one-line JSON, for a reason."""
-    text = json.dumps(value, ensure_ascii=True)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return None if error is None else describe_error(error)
 
 
 # --- building records from documents that passed the schema ------------------------------------
@@ -395,7 +265,7 @@ def _asn(doc: dict[str, Any]) -> Asn:
         for j, given in enumerate(raw.get("epcs", ())):
             epc = given.upper()
             if not _EPC.fullmatch(epc):
-                raise _Invalid(f"{where}.epcs[{j}]: {_show(given)} is not a valid EPC")
+                raise _Invalid(f"{where}.epcs[{j}]: {show(given)} is not a valid EPC")
             _unique(epc_at, epc, f"{where}.epcs[{j}]", "EPC")
             epcs.append(epc)
         quantity = int(raw.get("quantity", len(epcs)))  # the schema lets 2.0 pass as an integer
@@ -554,7 +424,7 @@ def _datetime(where: str, text: str | None) -> dt.datetime | None:
         value = dt.datetime.fromisoformat(text.upper())
         value.astimezone(dt.UTC)  # out of range once converted (year 1 or 9999 near the edge)
     except (ValueError, OverflowError) as err:
-        raise _Invalid(f"{where}: {_show(text)} is not a usable date-time ({err})") from err
+        raise _Invalid(f"{where}: {show(text)} is not a usable date-time ({err})") from err
     return value
 
 

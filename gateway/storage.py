@@ -68,6 +68,14 @@ CREATE TABLE IF NOT EXISTS pallet_location (
     tx_id      TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS agv_task (
+    task_id    TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,              -- queued ... done, failed, cancelled
+    body       TEXT NOT NULL,              -- the task as JSON (gateway.agv_api.task_json)
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS agv_task_finished ON agv_task (updated_at)
+    WHERE state IN ('done', 'failed', 'cancelled');
 """
 
 
@@ -213,11 +221,13 @@ class Store:
         ledger: Sequence[LedgerRow] = (),
         closed: Sequence[tuple[str, str]] = (),
         refdata: Sequence[RefDataRow] = (),
+        tasks: Sequence[tuple[str, str, str]] = (),
     ) -> int:
         """Commit messages with the state they record, in one transaction; returns rows inserted.
 
         `moves`: pallet locations; `ledger`: items received or shipped; `closed`: receipts and
-        shipments closed, as (reference, tx_id); `refdata`: reference data kept or forgotten.
+        shipments closed, as (reference, tx_id); `refdata`: reference data kept or forgotten;
+        `tasks`: AGV tasks as they are now, as (task_id, state, JSON).
 
         Raises `OutboxFull` (and commits nothing) when the messages do not fit.
         """
@@ -249,6 +259,12 @@ class Store:
             await db.executemany(
                 "INSERT OR IGNORE INTO dock_closed (reference, tx_id, closed_at) VALUES (?, ?, ?)",
                 [(reference, tx_id, now) for reference, tx_id in closed],
+            )
+            await db.executemany(
+                "INSERT INTO agv_task (task_id, state, body, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (task_id) DO UPDATE SET state = excluded.state,"
+                " body = excluded.body, updated_at = excluded.updated_at",
+                [(task_id, state, body, now) for task_id, state, body in tasks],
             )
             for row in refdata:
                 if row.body is None:
@@ -364,13 +380,37 @@ class Store:
         rows = await self._fetch("SELECT kind, key, body FROM refdata ORDER BY updated_at")
         return [RefDataRow(str(k), str(key), str(b)) for k, key, b in rows]
 
-    async def _fetch(self, sql: str) -> list[tuple[Any, ...]]:
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         async with self._lock:
             try:
-                async with self._db.execute(sql) as cursor:
+                async with self._db.execute(sql, params) as cursor:
                     return [tuple(r) for r in await cursor.fetchall()]
             except sqlite3.Error as err:
                 raise StorageError(f"cannot read: {err}") from err
+
+    async def agv_tasks(self, *, finished: int = 10_000) -> list[str]:
+        """The stored AGV tasks (JSON): every open one and the last `finished` finished ones."""
+        rows = await self._fetch(
+            "SELECT body FROM agv_task WHERE state NOT IN ('done', 'failed', 'cancelled')"
+            " UNION ALL SELECT body FROM (SELECT body FROM agv_task"
+            " WHERE state IN ('done', 'failed', 'cancelled') ORDER BY updated_at DESC LIMIT ?)",
+            (finished,),
+        )
+        return [str(body) for (body,) in rows]
+
+    async def prune_agv_tasks(self, *, older_than_s: float) -> int:
+        """Forget finished AGV tasks last changed more than `older_than_s` ago."""
+        cutoff = time.time() - older_than_s
+
+        async def body(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "DELETE FROM agv_task WHERE state IN ('done', 'failed', 'cancelled')"
+                " AND updated_at < ?",
+                (cutoff,),
+            )
+            return cursor.rowcount
+
+        return await self._transaction(body, lambda _: None)
 
     async def pallet_locations(self) -> dict[str, str]:
         """Every pallet's last recorded location."""

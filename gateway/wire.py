@@ -9,12 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.domain import MoveTransaction, Notice, PortalPass, Severity
 from gateway.epc import decode_epc
 from gateway.rules.receiving import DockSummary, DockTransaction
 from gateway.storage import OutboxMessage
+
+if TYPE_CHECKING:  # gateway.rules.agv builds on this module
+    from gateway.rules.agv import TaskChanged
 
 WIRE_VERSION = 1
 
@@ -67,6 +70,15 @@ class Topics:
         """Exceptions that need a person."""
         return f"{self.base}/alarm"
 
+    @property
+    def agv_task(self) -> str:
+        """Every change of an AGV task."""
+        return f"{self.base}/agv/task"
+
+    def agv_request(self, op: str) -> str:
+        """Where fleet controllers send `next`, `progress` and `cancel` requests."""
+        return f"{self.base}/agv/{op}"
+
 
 def iso(at: dt.datetime) -> str:
     """RFC 3339 timestamp in UTC with milliseconds."""
@@ -91,6 +103,7 @@ def move_payload(tx: MoveTransaction, topics: Topics) -> dict[str, Any]:
         "from_location": tx.from_location,
         "to_location": tx.to_location,
         "exceptions": list(tx.exceptions),
+        "task_id": tx.task_id,
         "evidence": {
             "device": tx.device_id,
             "pallet_scanned_at": iso(tx.pallet_scanned_at),
@@ -280,4 +293,16 @@ def summary_payload(summary: DockSummary, topics: Topics) -> dict[str, Any]:
             for line in summary.lines
         ],
         "closed_at": iso(summary.closed_at),
+    }
+
+
+def task_event_payload(change: TaskChanged, task: dict[str, Any], topics: Topics) -> dict[str, Any]:
+    """The `agv/task` payload: what happened to a task, and the task as it is now."""
+    return {
+        "version": WIRE_VERSION,
+        "event_id": change.event_id,
+        "site": topics.site,
+        "gateway": topics.gateway,
+        "event": change.event,
+        "task": task,
     }

@@ -29,6 +29,8 @@ class Truck:
     document: dict[str, Any]
     pallets: list[Pallet] = field(default_factory=list)
     problem: str = "none"
+    # What each pallet weighs on the receiving station's scale (gross kg, pallet included).
+    weights_kg: list[float] = field(default_factory=list)
 
     @property
     def end_s(self) -> float:
@@ -48,6 +50,10 @@ def _sscc(epc: bytes) -> str:
     return value
 
 
+# An empty pallet (the gateway's default `rules.dock.pallet_tare_kg`).
+PALLET_TARE_KG = 25.0
+
+
 def dock_day(
     trucks: int,
     *,
@@ -65,14 +71,15 @@ def dock_day(
     today = today or dt.datetime.now(dt.UTC).date()
     cp = company_prefix
     items = ["012345", "023456", "034567"]
+    unit_kg = {item: 2.0 + i for i, item in enumerate(items)}
     products = [
         {
             "gtin": _gtin(cp, item),
             "description": f"Case of product {item}",
             "min_remaining_shelf_life_days": 30,
-            "unit_weight_kg": 2.0 + i,
+            "unit_weight_kg": unit_kg[item],
         }
-        for i, item in enumerate(items)
+        for item in items
     ]
     out: list[Truck] = []
     serial = rng.randrange(10**6)
@@ -117,6 +124,10 @@ def dock_day(
                 elif not wrong:
                     order_pallets.append(_sscc(pallet))
                 truck.pallets.append(Pallet(epcs, direction, t, 1.5))  # type: ignore[arg-type]
+                # An unexpected case weighs what a case of a product it is not listed as does.
+                truck.weights_kg.append(
+                    PALLET_TARE_KG + len(cases) * unit_kg[item] + (len(epcs) - 1 - len(cases)) * 3.0
+                )
                 t += pallet_every_s
             if direction == "inbound":
                 truck.document = {

@@ -1,8 +1,11 @@
-"""A Mettler Toledo MT-SICS scale on a pseudo-terminal, scriptable for tests and the demo.
+"""A Mettler Toledo MT-SICS scale on a pseudo-terminal or over TCP, scriptable for tests.
 
-The gateway opens the slave side of the pty through a stable symlink, as it would open
-``/dev/serial/by-id/usb-...`` for a real indicator. The simulator reads commands line by line
-(CR LF) from the master side and answers as a level 0/1 indicator does:
+`SicsScaleSimulator` is the serial scale: the gateway opens the slave side of a pty through a
+stable symlink, as it would open ``/dev/serial/by-id/usb-...`` for a real indicator.
+`SicsScaleTcpSimulator` is the same indicator on Ethernet: it listens on 127.0.0.1 (port 0
+picks a free port; `port` tells which) and answers each client on its own connection. Both
+are a `SicsIndicator`, which reads commands line by line (CR LF) and answers as a level 0/1
+indicator does:
 
     S     stable weight: answered once the reading is stable, "S I" if it does not settle
           within `stable_timeout_s`
@@ -15,28 +18,30 @@ The gateway opens the slave side of the pty through a stable symlink, as it woul
 Loads are scripted: `place` puts a load on the platform (the reading overshoots and settles
 with noise, "S D" until it is stable), `remove` takes it off, `overload` / `underload` make
 the weight replies "S +" / "S -". Faults: `silence` (commands are read and never answered),
-`garbage` (a line of random bytes), `unplug` (the pty is closed, as when the cable is pulled).
+`garbage` (a line of random bytes, on every link), `unplug` (the pty is closed, as when the
+cable is pulled; over TCP every connection is closed and new ones are refused until `plug`).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
-import math
+import functools
 import os
-import random
-import time
+import socket
 import tty
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, NamedTuple, Self
 
 from gateway.drivers.sics import format_weight
+from simulators.load_cell import LoadCell
 from simulators.scanner import point_link_at
 
-__all__ = ["SicsScaleSimulator"]
+__all__ = ["SicsIndicator", "SicsScaleSimulator", "SicsScaleTcpSimulator"]
 
 # SIR repeats an SI answer this often (a real indicator: every display update).
 _SIR_PERIOD_S: Final = 0.1
@@ -50,7 +55,175 @@ _MAX_PENDING: Final = 16
 _READ_SIZE: Final = 1024
 
 
-class SicsScaleSimulator:
+class _Command(NamedTuple):
+    text: str
+    reply: Callable[[bytes], None]  # writes the answer back on the link the command came from
+
+
+class SicsIndicator(abc.ABC):
+    """The indicator behind the link: load cell, script, faults and MT-SICS answers.
+
+    Subclasses add the link (`plug`, `unplug`, `_broadcast`) and hand each chunk they read to
+    `_receive`. As an async context manager it plugs in and answers commands until exit.
+
+    Args:
+        serial_number: sent in the ``I4`` line after a reset (``@``).
+        stable_timeout_s: how long ``S`` waits for a stable reading before answering "S I".
+        seed: seeds the settling noise and the garbage bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        serial_number: str = "B123456789",
+        stable_timeout_s: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self._serial = serial_number
+        self._stable_timeout_s = stable_timeout_s
+        self.load = LoadCell(seed=seed)
+        self._commands: asyncio.Queue[_Command] = asyncio.Queue(_MAX_PENDING)
+        self._server: asyncio.Task[None] | None = None
+        self._silent = False
+        self.commands_received = 0
+
+    # --- the cable ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def plug(self) -> None:
+        """Connect the scale: the driver can open it from now on. Idempotent."""
+
+    @abc.abstractmethod
+    def unplug(self) -> None:
+        """Disconnect the scale, as when the cable is pulled. Idempotent."""
+
+    @property
+    @abc.abstractmethod
+    def _label(self) -> str:
+        """Names the simulator's task."""
+
+    async def __aenter__(self) -> Self:
+        self.plug()
+        self._server = asyncio.get_running_loop().create_task(
+            self._serve(), name=f"sics-scale-sim[{self._label}]"
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._server
+            self._server = None
+        self.unplug()
+
+    # --- the script --------------------------------------------------------------------------
+
+    def place(self, kg: float, settle_s: float = 1.0) -> None:
+        """Put a load of `kg` (gross) on the platform; the reading settles within `settle_s`."""
+        self.load.place(kg, settle_s)
+
+    def remove(self, settle_s: float = 0.5) -> None:
+        """Take everything off the platform."""
+        self.load.remove(settle_s)
+
+    def overload(self) -> None:
+        """More than the scale's capacity: weight replies become "S +" until the next load."""
+        self.load.overload()
+
+    def underload(self) -> None:
+        """Below the scale's range (platform lifted): weight replies become "S -"."""
+        self.load.underload()
+
+    def silence(self, on: bool) -> None:
+        """While on, commands are read and never answered (a hung indicator)."""
+        self._silent = on
+
+    def garbage(self) -> None:
+        """Send one line of random bytes (noise, a baud-rate mismatch)."""
+        self._broadcast(self.load.noise_bytes() + b"\r\n")
+
+    # --- the indicator -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _broadcast(self, data: bytes) -> None:
+        """Send `data` on every open link."""
+
+    def _receive(self, inbox: bytearray, data: bytes, reply: Callable[[bytes], None]) -> None:
+        """Add `data` read from one link to its `inbox`; queue each complete command line."""
+        inbox.extend(data)
+        while (end := inbox.find(b"\n")) >= 0:
+            line = bytes(inbox[:end]).rstrip(b"\r").strip()
+            del inbox[: end + 1]
+            if not line:
+                continue
+            self.commands_received += 1
+            # On an input overrun the command is lost and the host times out.
+            with contextlib.suppress(asyncio.QueueFull):
+                self._commands.put_nowait(_Command(line.decode("ascii", "replace"), reply))
+        if len(inbox) > _READ_SIZE:
+            inbox.clear()  # no line end in sight: noise, not a command
+
+    def _forget_commands(self) -> None:
+        """Drop the commands not answered yet (the link they came on is gone)."""
+        while not self._commands.empty():
+            self._commands.get_nowait()
+
+    def _weight_line(self) -> bytes:
+        if self.load.limit is not None:
+            return f"S {self.load.limit}\r\n".encode("ascii")
+        now = self.load.clock()
+        net = Decimal(repr(self.load.net(now))).quantize(_RESOLUTION)
+        return format_weight(net, "kg", stable=self.load.stable(now))
+
+    async def _serve(self) -> None:
+        """Answer commands one at a time, in order."""
+        command: _Command | None = None
+        while True:
+            if command is None:
+                command = await self._commands.get()
+            if self._silent:
+                command = None
+                continue
+            command = await self._answer(command)
+
+    async def _answer(self, command: _Command) -> _Command | None:
+        """Answer `command`; return a command that arrived meanwhile and ended it (SIR)."""
+        write = command.reply
+        match command.text:
+            case "SI":
+                write(self._weight_line())
+            case "S":
+                clock = self.load.clock
+                deadline = clock() + self._stable_timeout_s
+                while self.load.limit is None and not self.load.stable(clock()):
+                    if clock() >= deadline:
+                        write(b"S I\r\n")
+                        return None
+                    await asyncio.sleep(_STABLE_POLL_S)
+                write(self._weight_line())
+            case "SIR":
+                while not self._silent:
+                    write(self._weight_line())
+                    try:
+                        return await asyncio.wait_for(self._commands.get(), _SIR_PERIOD_S)
+                    except TimeoutError:
+                        continue
+            case "Z":
+                write(b"Z A\r\n" if self.load.zero() else b"Z I\r\n")
+            case "@":
+                write(f'I4 A "{self._serial}"\r\n'.encode("ascii"))
+            case _:
+                write(b"ES\r\n")
+        return None
+
+
+class SicsScaleSimulator(SicsIndicator):
     """An MT-SICS scale on a pseudo-terminal, reachable at a stable path (a symlink).
 
     Args:
@@ -69,27 +242,13 @@ class SicsScaleSimulator:
         stable_timeout_s: float = 1.0,
         seed: int = 0,
     ) -> None:
+        super().__init__(serial_number=serial_number, stable_timeout_s=stable_timeout_s, seed=seed)
         self._link = Path(link)
-        self._serial = serial_number
-        self._stable_timeout_s = stable_timeout_s
-        self._rng = random.Random(seed)
-        self._clock: Callable[[], float] = time.monotonic
         self._master: int | None = None
         self._slave: int | None = None
         self._device = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox = bytearray()
-        self._commands: asyncio.Queue[str] = asyncio.Queue(_MAX_PENDING)
-        self._server: asyncio.Task[None] | None = None
-        self._silent = False
-        # The load: the reading moves from `_from_kg` to `_to_kg` over `_settle_s` from `_t0`.
-        self._from_kg = 0.0
-        self._to_kg = 0.0
-        self._t0 = -math.inf
-        self._settle_s = 0.0
-        self._zero_kg = 0.0
-        self._limit: str | None = None  # "+" overload, "-" underload, None in range
-        self.commands_received = 0
 
     @property
     def path(self) -> Path:
@@ -101,7 +260,9 @@ class SicsScaleSimulator:
         """The pty slave the symlink points at (``/dev/pts/N``), empty while unplugged."""
         return self._device
 
-    # --- the cable ---------------------------------------------------------------------------
+    @property
+    def _label(self) -> str:
+        return self._link.name
 
     def plug(self) -> None:
         """Create the pty, point the symlink at it and start listening. Idempotent."""
@@ -137,134 +298,10 @@ class SicsScaleSimulator:
         except OSError:
             pass  # already gone, or now someone else's: not ours to remove
         self._device = ""
-        while not self._commands.empty():
-            self._commands.get_nowait()
+        self._forget_commands()
         # Closing the master hangs up the slave for the driver that has it open.
         os.close(master)
         os.close(slave)
-
-    async def __aenter__(self) -> Self:
-        self.plug()
-        self._server = asyncio.get_running_loop().create_task(
-            self._serve(), name=f"sics-scale-sim[{self._link.name}]"
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._server is not None:
-            self._server.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._server
-            self._server = None
-        self.unplug()
-
-    # --- the script --------------------------------------------------------------------------
-
-    def place(self, kg: float, settle_s: float = 1.0) -> None:
-        """Put a load of `kg` (gross) on the platform; the reading settles within `settle_s`."""
-        if settle_s < 0:
-            raise ValueError(f"settle_s must not be negative, got {settle_s}")
-        now = self._clock()
-        self._from_kg = self._gross(now)
-        self._to_kg = kg
-        self._t0 = now
-        self._settle_s = settle_s
-        self._limit = None
-
-    def remove(self, settle_s: float = 0.5) -> None:
-        """Take everything off the platform."""
-        self.place(0.0, settle_s)
-
-    def overload(self) -> None:
-        """More than the scale's capacity: weight replies become "S +" until the next load."""
-        self._limit = "+"
-
-    def underload(self) -> None:
-        """Below the scale's range (platform lifted): weight replies become "S -"."""
-        self._limit = "-"
-
-    def silence(self, on: bool) -> None:
-        """While on, commands are read and never answered (a hung indicator)."""
-        self._silent = on
-
-    def garbage(self) -> None:
-        """Send one line of random bytes (noise, a baud-rate mismatch)."""
-        # Bytes with the high bit set: never a line end, never printable ASCII.
-        noise = bytes(self._rng.randrange(0x80, 0x100) for _ in range(self._rng.randint(3, 12)))
-        self._write(noise + b"\r\n")
-
-    # --- the indicator -----------------------------------------------------------------------
-
-    def _gross(self, now: float) -> float:
-        """The load cell's reading: a damped oscillation around the load, with noise."""
-        elapsed = now - self._t0
-        if elapsed >= self._settle_s:
-            return self._to_kg
-        u = elapsed / self._settle_s
-        delta = self._to_kg - self._from_kg
-        # Starts at the old reading, overshoots by about a fifth of the step near u = 1/3.
-        swing = -delta * math.exp(-5.0 * u) * math.cos(3.0 * math.pi * u)
-        noise = self._rng.gauss(0.0, 0.002 * abs(delta) + 0.02) * (1.0 - u)
-        return self._to_kg + swing + noise
-
-    def _stable(self, now: float) -> bool:
-        return now - self._t0 >= self._settle_s
-
-    def _weight_line(self) -> bytes:
-        if self._limit is not None:
-            return f"S {self._limit}\r\n".encode("ascii")
-        now = self._clock()
-        net = Decimal(repr(self._gross(now) - self._zero_kg)).quantize(_RESOLUTION)
-        return format_weight(net, "kg", stable=self._stable(now))
-
-    async def _serve(self) -> None:
-        """Answer commands one at a time, in order."""
-        command: str | None = None
-        while True:
-            if command is None:
-                command = await self._commands.get()
-            if self._silent:
-                command = None
-                continue
-            command = await self._answer(command)
-
-    async def _answer(self, command: str) -> str | None:
-        """Answer `command`; return a command that arrived meanwhile and ended it (SIR)."""
-        match command:
-            case "SI":
-                self._write(self._weight_line())
-            case "S":
-                deadline = self._clock() + self._stable_timeout_s
-                while self._limit is None and not self._stable(self._clock()):
-                    if self._clock() >= deadline:
-                        self._write(b"S I\r\n")
-                        return None
-                    await asyncio.sleep(_STABLE_POLL_S)
-                self._write(self._weight_line())
-            case "SIR":
-                while not self._silent:
-                    self._write(self._weight_line())
-                    try:
-                        return await asyncio.wait_for(self._commands.get(), _SIR_PERIOD_S)
-                    except TimeoutError:
-                        continue
-            case "Z":
-                now = self._clock()
-                if self._limit is not None or not self._stable(now):
-                    self._write(b"Z I\r\n")
-                else:
-                    self._zero_kg = self._gross(now)
-                    self._write(b"Z A\r\n")
-            case "@":
-                self._write(f'I4 A "{self._serial}"\r\n'.encode("ascii"))
-            case _:
-                self._write(b"ES\r\n")
-        return None
 
     def _on_readable(self) -> None:
         master = self._master
@@ -276,18 +313,10 @@ class SicsScaleSimulator:
             return
         except OSError:
             return  # nobody has the slave open right now: nothing to read
-        self._inbox += data
-        while (end := self._inbox.find(b"\n")) >= 0:
-            line = bytes(self._inbox[:end]).rstrip(b"\r").strip()
-            del self._inbox[: end + 1]
-            if not line:
-                continue
-            self.commands_received += 1
-            # On an input overrun the command is lost and the host times out.
-            with contextlib.suppress(asyncio.QueueFull):
-                self._commands.put_nowait(line.decode("ascii", "replace"))
-        if len(self._inbox) > _READ_SIZE:
-            self._inbox.clear()  # no line end in sight: noise, not a command
+        self._receive(self._inbox, data, self._write)
+
+    def _broadcast(self, data: bytes) -> None:
+        self._write(data)
 
     def _write(self, data: bytes) -> None:
         """Write a line; if the driver stops reading and the line fills up, the rest is lost."""
@@ -303,3 +332,138 @@ class SicsScaleSimulator:
 
     def _point_link_at(self, device: str) -> None:
         point_link_at(self._link, device)
+
+
+class SicsScaleTcpSimulator(SicsIndicator):
+    """An MT-SICS scale with an Ethernet interface: a TCP server, one session per client.
+
+    Each client gets the answers to its own commands; `garbage` goes to every client.
+    `unplug` closes every connection and the listening socket, so that connecting is refused
+    until `plug` listens again on the same port.
+
+    Args:
+        host: the address to listen on.
+        port: the port to listen on; 0 picks a free one (see `port` once plugged in).
+        serial_number: sent in the ``I4`` line after a reset (``@``).
+        stable_timeout_s: how long ``S`` waits for a stable reading before answering "S I".
+        seed: seeds the settling noise and the garbage bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        serial_number: str = "B123456789",
+        stable_timeout_s: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(serial_number=serial_number, stable_timeout_s=stable_timeout_s, seed=seed)
+        self._host = host
+        self._port = port
+        self._listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Each connected client and the part of a command line it has sent so far.
+        self._clients: dict[socket.socket, bytearray] = {}
+
+    @property
+    def host(self) -> str:
+        """The address the scale listens on."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The TCP port (the one picked at the first `plug` if created with port 0)."""
+        return self._port
+
+    @property
+    def connections(self) -> int:
+        """How many clients are connected now."""
+        return len(self._clients)
+
+    @property
+    def _label(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    def plug(self) -> None:
+        """Listen for clients (again on the same port after an `unplug`). Idempotent."""
+        if self._listener is not None:
+            return
+        loop = asyncio.get_running_loop()
+        # Made and bound here, without awaiting, so that plug() is synchronous like the pty's.
+        listener = socket.create_server((self._host, self._port))
+        try:
+            listener.setblocking(False)
+            loop.add_reader(listener.fileno(), self._on_connect)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener, self._loop = listener, loop
+        self._port = listener.getsockname()[1]
+
+    def unplug(self) -> None:
+        """Pull the cable: close every connection and stop listening. Idempotent."""
+        listener, loop = self._listener, self._loop
+        if listener is None or loop is None:
+            return
+        self._listener = None
+        loop.remove_reader(listener.fileno())
+        listener.close()
+        for client in list(self._clients):
+            self._hang_up(client)
+        self._forget_commands()
+
+    def _on_connect(self) -> None:
+        listener, loop = self._listener, self._loop
+        if listener is None or loop is None:
+            return
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # BlockingIOError: nobody else waiting; or the client gave up already
+            client.setblocking(False)
+            # Answers are small and awaited one by one: send each at once.
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._clients[client] = bytearray()
+            loop.add_reader(client.fileno(), self._on_readable, client)
+
+    def _on_readable(self, client: socket.socket) -> None:
+        inbox = self._clients.get(client)
+        if inbox is None:
+            return
+        try:
+            data = client.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # reset by the client
+        if not data:
+            self._hang_up(client)  # the client closed its end
+            return
+        self._receive(inbox, data, functools.partial(self._send, client))
+
+    def _broadcast(self, data: bytes) -> None:
+        for client in list(self._clients):
+            self._send(client, data)
+
+    def _send(self, client: socket.socket, data: bytes) -> None:
+        """Send to one client; if it stops reading and its window fills, the rest is lost."""
+        if client not in self._clients:
+            return  # it hung up after asking
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[client.send(view) :]
+            except BlockingIOError:
+                return
+            except OSError:
+                self._hang_up(client)
+                return
+
+    def _hang_up(self, client: socket.socket) -> None:
+        if self._clients.pop(client, None) is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(client.fileno())
+        client.close()

@@ -171,3 +171,43 @@ def test_duplicate_device_ids_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))
     assert "used twice" in caught.value.errors[0]
+
+
+TCP = '{ type = "tcp", host = "10.20.3.30", port = 4305 }'
+SCALE = f"""
+[[devices]]
+id = "scale-d03"
+kind = "sics_scale"
+door = "D03"
+transport = {TCP}
+"""
+
+
+def test_an_mt_sics_scale_can_be_reached_over_tcp_or_serial(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID + SCALE))
+    transport = config.devices[1].transport
+    assert (transport.type, transport.host, transport.port) == ("tcp", "10.20.3.30", 4305)
+    serial = SCALE.replace(TCP, '{ type = "serial", port = "/dev/ttyUSB1" }')
+    assert load_config(write(tmp_path, VALID + serial)).devices[1].transport.type == "serial"
+
+
+@pytest.mark.parametrize(
+    ("transport", "error"),
+    [
+        # No default port for a scale: indicators differ, a guess would look like a dead scale.
+        ('{ type = "tcp", host = "10.20.3.30" }', "transport.port: required key is missing"),
+        (
+            '{ type = "udp", host = "10.20.3.30", port = 4305 }',
+            "transport.type: unknown transport type 'udp'; expected one of: 'serial', 'tcp'",
+        ),
+        ('{ host = "10.20.3.30", port = 4305 }', "transport.type: required key is missing"),
+        ('{ type = "tcp", host = "10.20.3.30", port = 70000 }', "transport.port: Input should"),
+        ('{ type = "tcp", host = "h", port = 1, baudrate = 9600 }', "transport.baudrate: unknown"),
+    ],
+)
+def test_a_bad_tcp_scale_is_named(tmp_path: Path, transport: str, error: str) -> None:
+    path = write(tmp_path, VALID + SCALE.replace(TCP, transport))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (only,) = caught.value.errors
+    assert only.startswith(f"{path}: devices[1].{error}"), only

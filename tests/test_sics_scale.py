@@ -1,13 +1,18 @@
-"""The MT-SICS scale driver against the pseudo-terminal scale simulator (no mocks)."""
+"""The MT-SICS scale driver against the scale simulator, on a pty and over TCP (no mocks).
+
+The tests that take `sim` run once per link: the serial scale on a pseudo-terminal and the
+Ethernet scale on a TCP port of 127.0.0.1.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import math
+import socket
+import struct
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +22,9 @@ import serial_asyncio_fast
 from gateway.drivers.sics import SicsDecoder, WeightReply, encode
 from gateway.drivers.sics_scale import KIND, SicsScale
 from gateway.health import DeviceHealth, DeviceState, StatusBoard
-from gateway.rules.weighing import WeighingSettings, WeightCapture, WeightSample
 from gateway.supervisor import Backoff, DeviceError, supervise
-from simulators.sics_scale import SicsScaleSimulator
+from simulators.sics_scale import SicsIndicator, SicsScaleSimulator, SicsScaleTcpSimulator
+from tests.scale_helpers import Samples, running, settled_at
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -28,10 +33,31 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[SicsScaleSimulator]:
-    async with SicsScaleSimulator(tmp_path / "scale0", stable_timeout_s=0.5) as scale:
+@pytest.fixture(params=["pty", "tcp"])
+async def sim(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SicsIndicator]:
+    scale: SicsIndicator
+    if request.param == "pty":
+        scale = SicsScaleSimulator(tmp_path / "scale0", stable_timeout_s=0.5)
+    else:
+        scale = SicsScaleTcpSimulator(stable_timeout_s=0.5)
+    async with scale:
         yield scale
+
+
+def link(sim: SicsIndicator) -> dict[str, Any]:
+    """The driver's arguments that say where the scale is."""
+    if isinstance(sim, SicsScaleTcpSimulator):
+        return {"host": sim.host, "tcp_port": sim.port}
+    assert isinstance(sim, SicsScaleSimulator)
+    return {"port": str(sim.path)}
+
+
+async def open_link(sim: SicsIndicator) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to the scale, as a terminal program would open it."""
+    if isinstance(sim, SicsScaleTcpSimulator):
+        return await asyncio.open_connection(sim.host, sim.port)
+    assert isinstance(sim, SicsScaleSimulator)
+    return await serial_asyncio_fast.open_serial_connection(url=str(sim.path))
 
 
 @pytest.fixture
@@ -39,37 +65,12 @@ def health() -> DeviceHealth:
     return StatusBoard(now).add("scale-d01", KIND)
 
 
-class Samples:
-    """What the driver emitted, with a way to wait for the next one that matches."""
-
-    def __init__(self) -> None:
-        self.items: list[WeightSample] = []
-        self._new = asyncio.Event()
-
-    async def emit(self, sample: WeightSample) -> None:
-        self.items.append(sample)
-        self._new.set()
-
-    async def wait_for(
-        self, match: Callable[[WeightSample], bool], timeout: float = 3.0
-    ) -> WeightSample:
-        start = len(self.items)
-        async with asyncio.timeout(timeout):
-            while True:
-                for sample in self.items[start:]:
-                    if match(sample):
-                        return sample
-                start = len(self.items)
-                self._new.clear()
-                await self._new.wait()
-
-
 def make_driver(
-    sim: SicsScaleSimulator, health: DeviceHealth, samples: Samples, **kwargs: float
+    sim: SicsIndicator, health: DeviceHealth, samples: Samples, **kwargs: float
 ) -> SicsScale:
     return SicsScale(
         device_id="scale-d01",
-        port=str(sim.path),
+        **link(sim),
         poll_s=kwargs.get("poll_s", 0.05),
         timeout_s=kwargs.get("timeout_s", 0.5),
         emit=samples.emit,
@@ -78,21 +79,8 @@ def make_driver(
     )
 
 
-@contextlib.asynccontextmanager
-async def running(
-    driver_run: Callable[[], Coroutine[Any, Any, None]],
-) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.ensure_future(driver_run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, DeviceError):
-            await task
-
-
 async def test_a_placed_load_moves_then_settles_and_removal_returns_to_zero(
-    sim: SicsScaleSimulator, health: DeviceHealth
+    sim: SicsIndicator, health: DeviceHealth
 ) -> None:
     samples = Samples()
     async with running(make_driver(sim, health, samples).run):
@@ -113,7 +101,7 @@ async def test_a_placed_load_moves_then_settles_and_removal_returns_to_zero(
 
 
 async def test_overload_gives_a_flagged_sample_without_a_weight(
-    sim: SicsScaleSimulator, health: DeviceHealth
+    sim: SicsIndicator, health: DeviceHealth
 ) -> None:
     samples = Samples()
     async with running(make_driver(sim, health, samples).run):
@@ -129,7 +117,7 @@ async def test_overload_gives_a_flagged_sample_without_a_weight(
 
 
 async def test_garbage_is_counted_as_rejected_and_the_driver_keeps_reading(
-    sim: SicsScaleSimulator, health: DeviceHealth
+    sim: SicsIndicator, health: DeviceHealth
 ) -> None:
     samples = Samples()
     async with running(make_driver(sim, health, samples).run) as task:
@@ -142,7 +130,7 @@ async def test_garbage_is_counted_as_rejected_and_the_driver_keeps_reading(
         assert not task.done()
 
 
-async def test_a_silent_scale_fails_run(sim: SicsScaleSimulator, health: DeviceHealth) -> None:
+async def test_a_silent_scale_fails_run(sim: SicsIndicator, health: DeviceHealth) -> None:
     samples = Samples()
     driver = make_driver(sim, health, samples, timeout_s=0.3)
     sim.silence(True)
@@ -151,9 +139,7 @@ async def test_a_silent_scale_fails_run(sim: SicsScaleSimulator, health: DeviceH
     assert samples.items == []
 
 
-async def test_silence_after_readings_fails_run(
-    sim: SicsScaleSimulator, health: DeviceHealth
-) -> None:
+async def test_silence_after_readings_fails_run(sim: SicsIndicator, health: DeviceHealth) -> None:
     samples = Samples()
     driver = make_driver(sim, health, samples, timeout_s=0.3)
     task = asyncio.ensure_future(driver.run())
@@ -175,17 +161,17 @@ async def test_a_missing_port_cannot_be_opened(tmp_path: Path, health: DeviceHea
         await driver.run()
 
 
-async def test_unplug_fails_run(sim: SicsScaleSimulator, health: DeviceHealth) -> None:
+async def test_unplug_fails_run(sim: SicsIndicator, health: DeviceHealth) -> None:
     samples = Samples()
     task = asyncio.ensure_future(make_driver(sim, health, samples).run())
     await samples.wait_for(lambda s: True)
     sim.unplug()
-    with pytest.raises(DeviceError):
+    with pytest.raises(DeviceError, match=r"closed|failed"):
         await asyncio.wait_for(task, 3.0)
 
 
 async def test_the_supervisor_reconnects_after_replug(
-    sim: SicsScaleSimulator, health: DeviceHealth
+    sim: SicsIndicator, health: DeviceHealth
 ) -> None:
     samples = Samples()
     driver = make_driver(sim, health, samples)
@@ -202,29 +188,11 @@ async def test_the_supervisor_reconnects_after_replug(
         assert health.counts["restarts"] >= 1
 
 
-def settled_at(kg: float) -> Callable[[WeightSample], bool]:
-    return lambda s: s.stable is True and s.kg == pytest.approx(kg)
-
-
 async def test_each_placed_load_gives_exactly_one_weighing(
-    sim: SicsScaleSimulator, health: DeviceHealth
+    sim: SicsIndicator, health: DeviceHealth
 ) -> None:
     samples = Samples()
-    capture = WeightCapture(WeighingSettings())
-    weighings = []
-
-    async def emit(sample: WeightSample) -> None:
-        weighings.extend(capture.on_sample(sample))
-        await samples.emit(sample)
-
-    driver = SicsScale(
-        device_id="scale-d01",
-        port=str(sim.path),
-        poll_s=0.05,
-        emit=emit,
-        health=health,
-        clock=time.monotonic,
-    )
+    driver = make_driver(sim, health, samples)
     async with running(driver.run):
         for load in (412.3, 987.65):
             sim.place(load, settle_s=0.5)
@@ -232,11 +200,11 @@ async def test_each_placed_load_gives_exactly_one_weighing(
             await asyncio.sleep(0.3)  # more stable polls of the same load: no new weighing
             sim.remove(settle_s=0.3)
             await samples.wait_for(lambda s: s.stable is True and abs(s.kg) < 0.01)
-    assert [round(w.kg, 2) for w in weighings] == [412.3, 987.65]
+    assert [round(w.kg, 2) for w in samples.weighings] == [412.3, 987.65]
 
 
-async def test_the_simulator_answers_every_command(sim: SicsScaleSimulator) -> None:
-    reader, writer = await serial_asyncio_fast.open_serial_connection(url=str(sim.path))
+async def test_the_simulator_answers_every_command(sim: SicsIndicator) -> None:
+    reader, writer = await open_link(sim)
     decoder = SicsDecoder()
 
     async def ask(command: bytes, lines: int = 1) -> list[bytes]:
@@ -267,3 +235,101 @@ async def test_the_simulator_answers_every_command(sim: SicsScaleSimulator) -> N
         assert await ask(encode("S")) == [b"S I\r\n"]  # cannot settle within 0.5 s
     finally:
         writer.close()
+
+
+# --- MT-SICS over TCP only ---------------------------------------------------------------------
+
+
+def tcp_driver(port: int, health: DeviceHealth, **kwargs: float) -> SicsScale:
+    return SicsScale(
+        device_id="scale-d01",
+        host="127.0.0.1",
+        tcp_port=port,
+        timeout_s=kwargs.get("timeout_s", 0.5),
+        emit=Samples().emit,
+        health=health,
+        clock=time.monotonic,
+    )
+
+
+async def test_a_refused_connection_fails_run(health: DeviceHealth) -> None:
+    async with SicsScaleTcpSimulator() as sim:
+        sim.unplug()  # nothing listens on its port now
+        with pytest.raises(
+            DeviceError, match=rf"cannot connect to 127.0.0.1:{sim.port}: .*refused"
+        ):
+            await tcp_driver(sim.port, health).run()
+
+
+async def test_a_connection_never_answered_fails_run_after_timeout_s(health: DeviceHealth) -> None:
+    # A listener whose backlog is full drops further connection requests unanswered, as a
+    # switched-off indicator or a pulled cable does.
+    full = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = full.getsockname()[1]
+    _, first = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        with pytest.raises(DeviceError, match=r"cannot connect to .*no answer within 0.3 s"):
+            await asyncio.wait_for(tcp_driver(port, health, timeout_s=0.3).run(), 3.0)
+    finally:
+        first.close()
+        full.close()
+
+
+async def test_a_reset_connection_fails_run(health: DeviceHealth) -> None:
+    async def reset_after_first_command(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n")
+        # Linger 0: closing sends a reset instead of an orderly close.
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        writer.transport.abort()
+
+    server = await asyncio.start_server(reset_after_first_command, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(DeviceError, match=rf"127.0.0.1:{port} failed: .*reset"):
+            await asyncio.wait_for(tcp_driver(port, health).run(), 3.0)
+
+
+async def test_the_tcp_scale_refuses_while_unplugged_and_returns_on_its_port() -> None:
+    async with SicsScaleTcpSimulator() as sim:
+        port = sim.port
+        reader, writer = await asyncio.open_connection(sim.host, port)
+        try:
+            sim.unplug()
+            assert await asyncio.wait_for(reader.read(100), 2.0) == b""  # hung up
+            assert sim.connections == 0
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection(sim.host, port)
+        finally:
+            writer.close()
+        sim.plug()
+        assert sim.port == port
+        reader, writer = await asyncio.open_connection(sim.host, port)
+        try:
+            writer.write(encode("@"))
+            assert (
+                await asyncio.wait_for(reader.readuntil(b"\r\n"), 2.0) == b'I4 A "B123456789"\r\n'
+            )
+        finally:
+            writer.close()
+
+
+async def test_each_tcp_client_gets_the_answers_to_its_own_commands() -> None:
+    async with SicsScaleTcpSimulator() as sim:
+        (r1, w1), (r2, w2) = [await asyncio.open_connection(sim.host, sim.port) for _ in "12"]
+        try:
+            w1.write(b"XYZ\r\n")
+            w2.write(encode("@"))
+            async with asyncio.timeout(2.0):
+                assert await r1.readuntil(b"\r\n") == b"ES\r\n"
+                assert await r2.readuntil(b"\r\n") == b'I4 A "B123456789"\r\n'
+            sim.garbage()  # noise reaches every client
+            async with asyncio.timeout(2.0):
+                first, second = await r1.readuntil(b"\r\n"), await r2.readuntil(b"\r\n")
+            assert first == second and first[0] >= 0x80
+        finally:
+            w1.close()
+            w2.close()

@@ -1,18 +1,23 @@
 """A scale at a receiving door: each pallet is weighed, and one much lighter than its contents
-is flagged on its receive transaction and as an alarm. Real pty, real LLRP, real Mosquitto."""
+is flagged on its receive transaction and as an alarm. Real pty (MT-SICS) or Modbus TCP, real
+LLRP, real Mosquitto."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
+from gateway.config import StatusRegister, WeightRegister
 from gateway.epc import encode_sscc96
 from gateway.health import DeviceState
 from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
+from simulators.modbus_scale import ModbusScaleSimulator
 from simulators.sics_scale import SicsScaleSimulator
 from tests.dock_helpers import CP, cases, gtin, sscc
 from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
@@ -21,7 +26,40 @@ from tests.mqtt_helpers import Collector, Mosquitto
 pytestmark = pytest.mark.broker
 
 
-async def test_weighed_pallets_and_a_short_one(tmp_path: Path, mosquitto: Mosquitto) -> None:
+def scale_device(scale: SicsScaleSimulator | ModbusScaleSimulator) -> dict[str, Any]:
+    """The gateway's configuration for the simulated scale."""
+    common = {"id": "scale-d03", "door": "D03", "poll_s": 0.1}
+    common["backoff"] = {"min_s": 0.05, "max_s": 0.3}
+    if isinstance(scale, SicsScaleSimulator):
+        return common | {
+            "kind": "sics_scale",
+            "transport": {"type": "serial", "port": str(scale.path)},
+        }
+    return common | {
+        "kind": "modbus_scale",
+        "transport": {"type": "tcp", "host": scale.host, "port": scale.port},
+        "weight": scale.weight.model_dump(),
+        "status": None if scale.status is None else scale.status.model_dump(),
+    }
+
+
+@pytest.fixture(params=["sics-serial", "modbus-tcp"])
+async def scale(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SicsScaleSimulator | ModbusScaleSimulator]:
+    if request.param == "sics-serial":
+        async with SicsScaleSimulator(tmp_path / "scale") as sics:
+            yield sics
+        return
+    weight = WeightRegister(address=0, type="int32", word_order="little", scale=0.01)
+    status = StatusRegister(address=2, motion=1, overload=2)
+    async with ModbusScaleSimulator(weight=weight, status=status) as modbus:
+        yield modbus
+
+
+async def test_weighed_pallets_and_a_short_one(
+    tmp_path: Path, mosquitto: Mosquitto, scale: SicsScaleSimulator | ModbusScaleSimulator
+) -> None:
     p1 = [encode_sscc96(CP, "8000000001"), *cases("012345", 1, 3)]
     p2 = [encode_sscc96(CP, "8000000002"), *cases("012345", 11, 3)]
     asn = {
@@ -41,21 +79,11 @@ async def test_weighed_pallets_and_a_short_one(tmp_path: Path, mosquitto: Mosqui
     )
     async with (
         LlrpReaderSimulator(scenario, reads_per_s=2000) as sim,
-        SicsScaleSimulator(tmp_path / "scale") as scale,
         Collector(mosquitto.port) as collector,
         aiomqtt.Client("127.0.0.1", mosquitto.port) as wms,
     ):
         raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None, reader_port=sim.port)
-        raw["devices"].append(
-            {
-                "id": "scale-d03",
-                "kind": "sics_scale",
-                "transport": {"type": "serial", "port": str(tmp_path / "scale")},
-                "door": "D03",
-                "poll_s": 0.1,
-                "backoff": {"min_s": 0.05, "max_s": 0.3},
-            }
-        )
+        raw["devices"].append(scale_device(scale))
         config = build(raw, tmp_path)
         await wms.publish(
             f"wms/DC1/product/{product['gtin']}", json.dumps(product), qos=1, retain=True
@@ -74,13 +102,13 @@ async def test_weighed_pallets_and_a_short_one(tmp_path: Path, mosquitto: Mosqui
             # Each pallet is put on the scale at the door, then driven through the portal.
             # 3 cases of 10 kg on a 25 kg pallet: 55 kg.
             await at(1.0)
-            scale.place(55.6, settle_s=0.5)
+            scale.load.place(55.6, settle_s=0.5)
             await at(3.0)
-            scale.remove()
+            scale.load.remove()
             await at(8.0)
-            scale.place(43.0, settle_s=0.5)  # a case missing, or crushed
+            scale.load.place(43.0, settle_s=0.5)  # a case missing, or crushed
             await at(10.0)
-            scale.remove()
+            scale.load.remove()
             await collector.wait_for(lambda c: len(c.on("/tx/receive")) == 2, timeout=30)
         for topic in ("asn/ASN-W1", f"product/{product['gtin']}"):
             await wms.publish(f"wms/DC1/{topic}", b"", qos=1, retain=True)

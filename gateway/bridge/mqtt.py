@@ -25,8 +25,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.agv_api import OPERATIONS
+from gateway.bridge import vda5050
 from gateway.config import BrokerConfig
-from gateway.domain import CloseCommand, Event, WmsMessage
+from gateway.domain import AgvRequest, CloseCommand, Event, RobotMessage, WmsMessage
 from gateway.health import StatusBoard
 from gateway.storage import PendingMessage, StorageError, Store
 from gateway.supervisor import Backoff
@@ -115,6 +117,9 @@ class MqttBridge:
         outbox_alarm_at: outbox depth at which the gateway status shows the alarm.
         on_refused: called once per topic the broker refuses (topic, reason).
         inbox: where reference data from the WMS and commands go (the rules' queue).
+        agv: subscribe to the AGV task API (`agv/next`, `agv/progress`, `agv/cancel`).
+        vda5050_interface: subscribe to robots' VDA 5050 state and connection under this
+            interface name (None: not at all).
     """
 
     def __init__(
@@ -129,8 +134,12 @@ class MqttBridge:
         outbox_alarm_at: int | None = None,
         on_refused: Callable[[str, str], None] | None = None,
         inbox: Callable[[Event], Awaitable[None]] | None = None,
+        agv: bool = False,
+        vda5050_interface: str | None = None,
     ) -> None:
         self._config = config
+        self._agv = agv
+        self._vda5050_interface = vda5050_interface
         self._topics = topics
         self._store = store
         self._board = board
@@ -300,6 +309,13 @@ class MqttBridge:
             site, base = self._topics.site, self._topics.base
             await client.subscribe(f"wms/{site}/+/+", qos=1)
             await client.subscribe(f"{base}/cmd/+", qos=1)
+            if self._agv:
+                # One by one: `agv/+` would bring back the gateway's own `agv/task` messages.
+                for op in OPERATIONS:
+                    await client.subscribe(self._topics.agv_request(op), qos=1)
+            if self._vda5050_interface is not None:
+                for topic in vda5050.subscriptions(self._vda5050_interface):
+                    await client.subscribe(topic, qos=0)
             self.subscribed = True
         async for message in client.messages:
             if self._inbox is None or not isinstance(message.payload, bytes | bytearray | None):
@@ -311,6 +327,17 @@ class MqttBridge:
             elif topic == f"{self._topics.base}/cmd/close" and not message.retain:
                 # A retained command would be carried out again at every reconnect: ignored.
                 await self._inbox(_close_command(payload, message.properties, self._clock()))
+            elif self._agv and topic.startswith(f"{self._topics.base}/agv/"):
+                if not message.retain:
+                    response, correlation = _reply_to(message.properties)
+                    op = topic.rpartition("/")[2]
+                    await self._inbox(AgvRequest(op, payload, self._clock(), response, correlation))
+            elif self._vda5050_interface is not None and vda5050.parse_topic(topic) is not None:
+                parsed = vda5050.parse(topic, payload)
+                if isinstance(parsed, vda5050.Rejected):
+                    await self._inbox(RobotMessage(topic, self._clock(), reason=parsed.reason))
+                else:
+                    await self._inbox(RobotMessage(topic, self._clock(), message=parsed))
 
     async def _publish_responses(self, client: _Client) -> None:
         while True:
@@ -446,12 +473,18 @@ class MqttBridge:
             await self._store.acknowledge(batch)
 
 
-def _close_command(payload: bytes, properties: Properties | None, at: dt.datetime) -> CloseCommand:
-    """`cmd/close` with {"reference": "<ASN or order id>"}; a bad request gets an error answer."""
+def _reply_to(properties: Properties | None) -> tuple[str | None, bytes | None]:
+    """An MQTT 5 request's response topic and correlation data (None where absent)."""
     response = getattr(properties, "ResponseTopic", None) if properties else None
     if response is not None and ("+" in response or "#" in response):
         response = None  # not a topic anyone can publish to
     correlation = getattr(properties, "CorrelationData", None) if properties else None
+    return response, correlation
+
+
+def _close_command(payload: bytes, properties: Properties | None, at: dt.datetime) -> CloseCommand:
+    """`cmd/close` with {"reference": "<ASN or order id>"}; a bad request gets an error answer."""
+    response, correlation = _reply_to(properties)
     reference = ""
     if len(payload) <= MAX_COMMAND_BYTES:
         try:

@@ -1,4 +1,8 @@
-"""Serial MT-SICS scale driver (pyserial-asyncio-fast).
+"""MT-SICS scale driver, on a serial port (pyserial-asyncio-fast) or over TCP.
+
+Many Mettler Toledo indicators offer both: over Ethernet, MT-SICS is the same CR LF lines
+on a TCP connection to the indicator. Only opening the link differs; the polling below is
+the same for both.
 
 Polls the indicator with ``SI`` every `poll_s`, one command outstanding at a time: the next
 poll is sent only after the answer to the last one arrived (or `timeout_s` passed, which is a
@@ -14,7 +18,8 @@ Replies that are not weights:
   kind. An error reply answers the poll; a garbage line does not (the answer may still come).
 - A weight in a unit that is not g, kg, t or lb: counted as ``rejected``, no sample.
 
-When the port cannot be opened, closes, fails, or the scale does not answer within
+When the port cannot be opened (the connection is refused, or not made within `timeout_s`),
+closes (the indicator hangs up), fails (a reset), or the scale does not answer within
 `timeout_s`, `run()` raises `DeviceError`; the supervisor reopens it with backoff.
 Overflow policy: `emit` waits when the rules' queue is full, and no poll is sent meanwhile,
 so a slow consumer slows the polling down rather than queueing readings.
@@ -64,14 +69,19 @@ _READ_SIZE: Final = 4096
 
 
 class SicsScale:
-    """One MT-SICS scale on a serial port. `run()` polls until the port fails or is cancelled.
+    """One MT-SICS scale, on a serial port or over TCP. `run()` polls until the link fails.
+
+    Give either `port` (serial) or `host` and `tcp_port` (TCP).
 
     Args:
         device_id: the scale's id; also the `scale_id` of its samples.
         port: serial device path (or pyserial URL).
-        baudrate: line speed; 8N1 framing.
+        baudrate: serial line speed; 8N1 framing.
+        host: the indicator's address, for MT-SICS over TCP.
+        tcp_port: the indicator's MT-SICS TCP port.
         poll_s: time between the starts of two ``SI`` polls.
-        timeout_s: longest wait for an answer before the scale counts as silent.
+        timeout_s: longest wait for an answer before the scale counts as silent, and for
+            a TCP connection to be made.
         emit: hands a sample to the rules; may wait (backpressure).
         health: this scale's health record.
         clock: the time (seconds) stamped on each sample.
@@ -81,8 +91,10 @@ class SicsScale:
         self,
         *,
         device_id: str,
-        port: str,
+        port: str | None = None,
         baudrate: int = 9600,
+        host: str | None = None,
+        tcp_port: int | None = None,
         poll_s: float = 0.2,
         timeout_s: float = 1.0,
         emit: Callable[[WeightSample], Awaitable[None]],
@@ -91,9 +103,16 @@ class SicsScale:
     ) -> None:
         if poll_s <= 0 or timeout_s <= 0:
             raise ValueError(f"poll_s and timeout_s must be positive, got {poll_s}, {timeout_s}")
+        if (port is None) == (host is None) or (host is None) != (tcp_port is None):
+            raise ValueError("give a serial `port`, or a TCP `host` and `tcp_port`")
         self.device_id = device_id
         self.port = port
         self.baudrate = baudrate
+        self.host = host
+        self.tcp_port = tcp_port
+        # The link, as the error messages name it (an IPv6 address in brackets).
+        address = f"[{host}]" if host is not None and ":" in host else host
+        self._where = port if port is not None else f"{address}:{tcp_port}"
         self.poll_s = poll_s
         self.timeout_s = timeout_s
         self._emit = emit
@@ -103,13 +122,8 @@ class SicsScale:
         self._logged: set[str] = set()
 
     async def run(self) -> None:
-        """Open the port and poll the scale until it fails (raises `DeviceError`)."""
-        try:
-            reader, writer = await serial_asyncio_fast.open_serial_connection(
-                url=self.port, baudrate=self.baudrate
-            )
-        except (OSError, serial.SerialException) as err:
-            raise DeviceError(f"cannot open {self.port}: {err}") from err
+        """Open the link and poll the scale until it fails (raises `DeviceError`)."""
+        reader, writer = await self._open()
         self._health.connected()
         decoder = SicsDecoder()
         pending: deque[Reply] = deque()
@@ -121,18 +135,43 @@ class SicsScale:
                     writer.write(encode("SI"))
                     await writer.drain()
                 except (OSError, serial.SerialException) as err:
-                    raise DeviceError(f"{self.port} failed: {err}") from err
+                    raise DeviceError(f"{self._where} failed: {err}") from err
                 try:
                     async with asyncio.timeout(self.timeout_s):
                         reply = await self._answer(reader, decoder, pending)
                 except TimeoutError:
                     raise DeviceError(
-                        f"scale silent: no answer to SI within {self.timeout_s} s on {self.port}"
+                        f"scale silent: no answer to SI within {self.timeout_s} s on {self._where}"
                     ) from None
                 await self._handle(reply)
                 await asyncio.sleep(max(0.0, self.poll_s - (loop.time() - started)))
         finally:
             writer.close()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open the serial port, or connect to the indicator's TCP port."""
+        if self.port is not None:
+            try:
+                return await serial_asyncio_fast.open_serial_connection(
+                    url=self.port, baudrate=self.baudrate
+                )
+            except (OSError, serial.SerialException) as err:
+                raise DeviceError(f"cannot open {self.port}: {err}") from err
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await asyncio.open_connection(self.host, self.tcp_port)
+        except TimeoutError:
+            # A pulled cable or a switched-off indicator: the connection is never answered.
+            raise DeviceError(
+                f"cannot connect to {self._where}: no answer within {self.timeout_s:g} s"
+            ) from None
+        except ConnectionRefusedError as err:
+            raise DeviceError(
+                f"cannot connect to {self._where}: connection refused (nothing listens there:"
+                " a wrong port, or the indicator is restarting)"
+            ) from err
+        except OSError as err:  # no route to host, unknown host name
+            raise DeviceError(f"cannot connect to {self._where}: {err}") from err
 
     async def _answer(
         self, reader: asyncio.StreamReader, decoder: SicsDecoder, pending: deque[Reply]
@@ -150,10 +189,10 @@ class SicsScale:
                         pass  # a late answer to a Z sent by someone else: not ours
             try:
                 data = await reader.read(_READ_SIZE)
-            except (OSError, serial.SerialException) as err:
-                raise DeviceError(f"{self.port} failed: {err}") from err
+            except (OSError, serial.SerialException) as err:  # a TCP reset, a serial fault
+                raise DeviceError(f"{self._where} failed: {err}") from err
             if not data:
-                raise DeviceError(f"{self.port} closed (scale unplugged?)")
+                raise DeviceError(f"{self._where} closed (scale unplugged, or it hung up?)")
             self._health.data_received()
             pending.extend(decoder.feed(data))
 

@@ -105,7 +105,7 @@ class SignalLight:
         refresh_at: float | None = None
         try:
             connected = await client.connect()
-            _raise_if_cancelled()
+            raise_if_cancelled()
             if not connected:
                 raise DeviceError(
                     f"cannot connect to Modbus TCP {self._where()} within {self.timeout_s:g} s"
@@ -123,7 +123,7 @@ class SignalLight:
                     await self._write(client, want)
                     written = want
                     maybe_on = want
-                    _raise_if_cancelled()
+                    raise_if_cancelled()
                     if self.refresh_s is not None:
                         refresh_at = time.monotonic() + self.refresh_s
                 wake_at = [t for t in (self._until if want else None, refresh_at) if t is not None]
@@ -173,7 +173,7 @@ class SignalLight:
         return f"{self.host}:{self.port} unit {self.unit}"
 
 
-def _raise_if_cancelled() -> None:
+def raise_if_cancelled() -> None:
     """Deliver a cancellation that Python 3.11's `asyncio.wait_for` swallowed.
 
     pymodbus waits for connects and answers with `asyncio.wait_for`; on 3.11, a task cancelled

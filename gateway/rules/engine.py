@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.agv_api import BadRequest, parse_wms_task
 from gateway.domain import (
+    AgvRequest,
     CloseCommand,
     CommandResponse,
     Direction,
@@ -16,18 +18,28 @@ from gateway.domain import (
     Notice,
     PortalPass,
     RejectedScan,
+    RobotMessage,
     Scan,
     Severity,
     TagReadBatch,
     WmsMessage,
 )
 from gateway.refdata import Asn, Deleted, Location, Product, Rejected, ShipOrder, parse_message
+from gateway.rules.agv import TaskBoard, TaskChanged
 from gateway.rules.moves import ForkliftMoves
 from gateway.rules.portal import PortalTracker
 from gateway.rules.receiving import DockRules, DockSummary, DockTransaction
 from gateway.rules.weighing import WeightCapture, WeightSample
 
-Decision = MoveTransaction | Notice | PortalPass | DockTransaction | DockSummary | CommandResponse
+Decision = (
+    MoveTransaction
+    | Notice
+    | PortalPass
+    | DockTransaction
+    | DockSummary
+    | CommandResponse
+    | TaskChanged
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,7 @@ class RulesEngine:
         door_roles: each door's role (receiving, shipping or both).
         dock_stations: scanners at dock doors, by device id.
         scales: each scale's door and weight capture, by device id.
+        agv: the AGV task board; receipts and moves feed it (None: no AGV tasks).
     """
 
     def __init__(
@@ -70,6 +83,7 @@ class RulesEngine:
         door_roles: Mapping[str, str] | None = None,
         dock_stations: Mapping[str, DockStation] | None = None,
         scales: Mapping[str, tuple[str, WeightCapture]] | None = None,
+        agv: TaskBoard | None = None,
     ) -> None:
         self.moves = moves
         self.portals = dict(portals)
@@ -79,9 +93,42 @@ class RulesEngine:
         self.locations: dict[str, Location] = {}
         self.scales = dict(scales or {})
         self.dock_stations = dict(dock_stations or {})
+        self.agv = agv
 
     def on_event(self, event: Event) -> list[Any]:
         """Decisions caused by one event."""
+        return self._to_agv(self._decide(event))
+
+    def on_tick(self, now: dt.datetime) -> list[Any]:
+        """Decisions that time alone causes: timeouts, tags that departed, idle receipts, leases."""
+        decisions: list[Any] = list(self.moves.on_tick(now))
+        seconds = now.timestamp()
+        for portal in self.portals.values():
+            decisions.extend(self._passes(portal.on_tick(seconds)))
+        decisions.extend(self.dock.on_tick(now))
+        if self.agv is not None:
+            decisions.extend(self.agv.on_tick(now))
+        return self._to_agv(decisions)
+
+    def _to_agv(self, decisions: list[Any]) -> list[Any]:
+        """Receipts and forklift moves also go to the task board (stock, putaway tasks)."""
+        if self.agv is None:
+            return decisions
+        out = list(decisions)
+        for d in decisions:
+            if isinstance(d, DockTransaction):
+                out.extend(self.agv.on_dock(d))
+            elif isinstance(d, MoveTransaction) and d.task_id is None:
+                out.extend(self.agv.on_move(d))
+        return out
+
+    def _decide(self, event: Event) -> list[Any]:
+        if isinstance(event, AgvRequest | RobotMessage):
+            if self.agv is None:
+                return []
+            if isinstance(event, AgvRequest):
+                return self.agv.on_request(event)
+            return self.agv.on_robot(event)
         if isinstance(event, TagReadBatch):
             portal = self.portals.get(event.reader_id)
             return self._passes(portal.on_reads(event.reads)) if portal is not None else []
@@ -105,15 +152,6 @@ class RulesEngine:
             return self.moves.on_event(event)  # a rejected label is reported the same way
         return list(self.moves.on_event(event))
 
-    def on_tick(self, now: dt.datetime) -> list[Any]:
-        """Decisions that time alone causes: timeouts, tags that departed, idle receipts."""
-        decisions: list[Any] = list(self.moves.on_tick(now))
-        seconds = now.timestamp()
-        for portal in self.portals.values():
-            decisions.extend(self._passes(portal.on_tick(seconds)))
-        decisions.extend(self.dock.on_tick(now))
-        return decisions
-
     def _passes(self, passes: list[PortalPass]) -> list[Any]:
         out: list[Any] = []
         for portal_pass in passes:
@@ -124,19 +162,21 @@ class RulesEngine:
         return out
 
     def _reference(self, message: WmsMessage) -> list[Any]:
+        task_prefix = f"wms/{self.site}/task/"
+        if message.topic.startswith(task_prefix) and self.agv is not None:
+            task = parse_wms_task(message.topic.removeprefix(task_prefix), message.payload)
+            if isinstance(task, BadRequest):
+                return [_rejected(message, task.reason)]
+            return self.agv.on_wms_task(task, message.at)
         parsed = parse_message(message.topic, message.payload, self.site)
         if isinstance(parsed, Rejected):
-            return [
-                Notice(
-                    code="reference_data_rejected",
-                    message=f"{parsed.topic}: {parsed.reason}",
-                    at=message.at,
-                    severity=Severity.WARNING,
-                    details={"topic": parsed.topic, "reason": parsed.reason},
-                )
-            ]
+            return [_rejected(message, parsed.reason)]
         if isinstance(parsed, Deleted):
             known = self._known(parsed.kind, parsed.key)
+            if parsed.kind == "location":
+                self.locations.pop(parsed.key, None)
+                if self.agv is not None:
+                    self.agv.set_locations(self.locations.values())
             closing: list[Any] = list(self.dock.delete(parsed.kind, parsed.key, message.at))
             return [*closing, RefDataChange(parsed.kind, parsed.key, None)] if known else closing
         if isinstance(parsed, Asn):
@@ -155,6 +195,8 @@ class RulesEngine:
             same = self.locations.get(parsed.location) == parsed
             self.locations[parsed.location] = parsed
             key = parsed.location
+            if self.agv is not None and not same:
+                self.agv.set_locations(self.locations.values())
         # The broker redelivers retained data at every reconnect: store only what changed.
         kind = {Asn: "asn", ShipOrder: "shipment", Product: "product", Location: "location"}[
             type(parsed)
@@ -190,3 +232,13 @@ class RulesEngine:
             )
             decisions.append(CommandResponse(command.response_topic, command.correlation, payload))
         return decisions
+
+
+def _rejected(message: WmsMessage, reason: str) -> Notice:
+    return Notice(
+        code="reference_data_rejected",
+        message=f"{message.topic}: {reason}",
+        at=message.at,
+        severity=Severity.WARNING,
+        details={"topic": message.topic, "reason": reason},
+    )

@@ -24,6 +24,16 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final
+
+# Kilograms per unit a scale may report in.
+KG_PER_UNIT: Final[Mapping[str, Decimal]] = {
+    "g": Decimal("0.001"),
+    "kg": Decimal(1),
+    "t": Decimal(1000),
+    "lb": Decimal("0.45359237"),
+}
 
 SCALE_STABLE = "scale_stable"
 SETTLED = "settled"

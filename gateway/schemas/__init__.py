@@ -22,6 +22,12 @@ NAMES = (
     "shipment",
     "product",
     "location",
+    "agv-next",
+    "agv-progress",
+    "agv-cancel",
+    "agv-response",
+    "agv-task",
+    "wms-task",
 )
 
 

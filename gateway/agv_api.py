@@ -1,0 +1,223 @@
+"""The AGV task API's messages: requests from fleet controllers and tasks from the WMS, parsed.
+
+Pure (no I/O): payload bytes in, a typed request or a `BadRequest` with a reason out; never
+raises. Every payload is checked against its JSON Schema in `gateway/schemas/` (agv-next,
+agv-progress, agv-cancel, wms-task), after strict JSON decoding (no NaN, no duplicate keys).
+Also builds the JSON of a task for answers and for the `agv/task` topic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Final
+
+import biip
+
+from gateway.jsondoc import decode_json, describe_error, one_line, show
+from gateway.rules.tasks import Task, TaskKind, TaskState
+from gateway.schemas import validator
+from gateway.wire import iso
+
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "BadRequest",
+    "CancelRequest",
+    "NextRequest",
+    "ProgressRequest",
+    "WmsTask",
+    "WmsTaskDeleted",
+    "parse_request",
+    "parse_wms_task",
+    "task_from_json",
+    "task_json",
+]
+
+MAX_REQUEST_BYTES: Final = 64 * 1024
+OPERATIONS: Final = ("next", "progress", "cancel")
+
+
+@dataclass(frozen=True, slots=True)
+class NextRequest:
+    """A fleet controller asks for a task for `robot`."""
+
+    fleet: str
+    robot: str
+    capabilities: tuple[str, ...] | None
+    position: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressRequest:
+    """The robot holding `task_id` reports a step."""
+
+    fleet: str
+    robot: str
+    task_id: str
+    status: str  # accepted, picked, dropped, failed, alive
+    location: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """Cancel `task_id`."""
+
+    task_id: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """A request that cannot be carried out as sent; `reason` names the field."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WmsTask:
+    """A move the WMS asks for (`wms/{site}/task/{task_id}`)."""
+
+    task_id: str
+    sscc: str
+    source: str
+    destination: str
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class WmsTaskDeleted:
+    """The WMS withdrew a task (empty retained payload)."""
+
+    task_id: str
+
+
+Request = NextRequest | ProgressRequest | CancelRequest
+
+
+def parse_request(op: str, payload: bytes) -> Request | BadRequest:
+    """The request of `op` (next, progress or cancel) in `payload`."""
+    if op not in OPERATIONS:
+        return BadRequest(
+            f"topic: unknown operation {show(op)}; expected one of next, progress, cancel"
+        )
+    doc = _document(f"agv-{op}", payload)
+    if isinstance(doc, BadRequest):
+        return doc
+    if op == "next":
+        caps = doc.get("capabilities")
+        return NextRequest(
+            fleet=doc["fleet"],
+            robot=doc["robot"],
+            capabilities=None if caps is None else tuple(caps),
+            position=doc.get("position"),
+        )
+    if op == "progress":
+        if doc["status"] == "dropped" and not doc.get("location"):
+            return BadRequest("location: required when status is dropped")
+        return ProgressRequest(
+            fleet=doc["fleet"],
+            robot=doc["robot"],
+            task_id=doc["task_id"],
+            status=doc["status"],
+            location=doc.get("location"),
+            reason=doc.get("reason"),
+        )
+    return CancelRequest(task_id=doc["task_id"], reason=doc.get("reason"))
+
+
+def parse_wms_task(task_id: str, payload: bytes) -> WmsTask | WmsTaskDeleted | BadRequest:
+    """A task from `wms/{site}/task/{task_id}`; an empty payload withdraws it."""
+    if not payload:
+        return WmsTaskDeleted(task_id)
+    doc = _document("wms-task", payload)
+    if isinstance(doc, BadRequest):
+        return doc
+    if doc["task_id"] != task_id:
+        return BadRequest(
+            f"task_id: {show(doc['task_id'])} is not the id in the topic, {show(task_id)}"
+        )
+    if biip.parse("00" + doc["sscc"]).sscc is None:
+        return BadRequest(f"sscc: {show(doc['sscc'])} has a wrong check digit")
+    return WmsTask(
+        task_id=task_id,
+        sscc=doc["sscc"],
+        source=doc["source"],
+        destination=doc["destination"],
+        priority=int(doc.get("priority", 0)),
+    )
+
+
+def _document(schema: str, payload: bytes) -> dict[str, Any] | BadRequest:
+    if len(payload) > MAX_REQUEST_BYTES:
+        return BadRequest(f"payload: {len(payload)} bytes, more than {MAX_REQUEST_BYTES}")
+    try:
+        doc = decode_json(payload)
+    except UnicodeError as err:
+        return BadRequest(f"payload: not UTF-8 ({err})")
+    except (ValueError, RecursionError) as err:
+        return BadRequest(one_line(f"payload: not valid JSON ({err})"))
+    # Only the first error: jsonschema finds them lazily.
+    error = next(iter(validator(schema).iter_errors(doc)), None)
+    if error is not None:
+        return BadRequest(one_line(describe_error(error)))
+    assert isinstance(doc, dict)  # every schema here requires an object
+    return doc
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """A task as the API and the `agv/task` topic show it."""
+    return {
+        "task_id": task.task_id,
+        "kind": task.kind.value,
+        "sscc": task.sscc,
+        "source": task.source,
+        "destination": task.destination,
+        "priority": task.priority,
+        "state": task.state.value,
+        "robot": task.robot,
+        "fleet": task.fleet,
+        "lease_until": _iso_or_none(task.lease_until),
+        "attempts": task.attempts,
+        "reason": task.reason,
+        "picked_from": task.picked_from,
+        "picked_at": _iso_or_none(task.picked_at),
+        "dropped_at": task.dropped_at,
+        "created_at": iso(task.created_at),
+        "updated_at": iso(task.updated_at),
+    }
+
+
+def task_from_json(doc: dict[str, Any]) -> Task:
+    """The task `task_json` wrote (as stored in SQLite)."""
+
+    def at(key: str) -> dt.datetime | None:
+        value = doc.get(key)
+        return None if value is None else dt.datetime.fromisoformat(value)
+
+    created, updated = at("created_at"), at("updated_at")
+    assert created is not None
+    assert updated is not None
+    return Task(
+        task_id=doc["task_id"],
+        kind=TaskKind(doc["kind"]),
+        sscc=doc["sscc"],
+        source=doc["source"],
+        destination=doc["destination"],
+        priority=int(doc["priority"]),
+        created_at=created,
+        updated_at=updated,
+        state=TaskState(doc["state"]),
+        robot=doc["robot"],
+        fleet=doc["fleet"],
+        lease_until=at("lease_until"),
+        attempts=int(doc["attempts"]),
+        reason=doc["reason"],
+        picked_from=doc["picked_from"],
+        picked_at=at("picked_at"),
+        dropped_at=doc["dropped_at"],
+    )
+
+
+def _iso_or_none(at: dt.datetime | None) -> str | None:
+    return None if at is None else iso(at)

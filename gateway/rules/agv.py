@@ -1,0 +1,545 @@
+"""The AGV task board: putaway tasks from receipts, leases to fleet controllers, drops to moves.
+
+Pure and clock-free, like every rule: requests and robot states come in with their times, and
+decisions come out (`TaskChanged` to store and publish, `MoveTransaction`, `CommandResponse`,
+`Notice`). One board serves every fleet controller; requests are handled one at a time by the
+rules runner, so two controllers can never lease the same task: a task is leased only from
+the queue, and leasing takes it out.
+
+- **Putaway**: a pallet (its SSCC) accepted at a receiving door that is on the site layout gets
+  a putaway task to the location `choose_location` picks: free places counted from the stock
+  projection plus the destinations of open tasks, the product's velocity class (ABC over the
+  moves of the last `velocity_window`), zone rules, nearest to the door. No location: an event.
+- **Locations** come from `[agv.layout]` (with coordinates); the WMS's location master
+  (`wms/{site}/location/{id}`) overrides their zone, kind and capacity (0: blocked).
+- **Tasks from the WMS** (`wms/{site}/task/{id}`): a move task with the WMS's id; the same id
+  again changes nothing; withdrawn, it is cancelled unless its pallet is on a robot.
+- **next**: a robot that holds an open task gets it again (an answer was lost); otherwise the
+  highest-priority, oldest queued task, leased until now + the lease time. Among tasks of the
+  same priority, one whose source is the robot's position goes first.
+- **progress** and **cancel** go through the task state machine (`gateway.rules.tasks`).
+  A drop that finishes a task becomes a move transaction; `check_drop` against the stock adds
+  `wrong_location` / `location_full` / `unknown_pallet` exceptions to it, and an alarm.
+- **VDA 5050**: the robots' own state confirms picks and drops for the fleet controllers that
+  do not report them: the robot id in the API is the robot's `serialNumber`, and a finished
+  pick or drop whose load is the task's SSCC (or, with no load id, of the robot holding a
+  task) is applied as the robot's progress. A robot gone OFFLINE or CONNECTIONBROKEN keeps its
+  lease until it runs out: a robot that comes back in time carries on.
+- **Leases** run out in `on_tick`: before the pick the task goes back to the queue (or fails
+  after `max_attempts`); after the pick it fails `robot_lost_with_load`, with an alarm.
+
+Memory: open tasks (bounded by the pallets on their way), the last `max_finished` finished
+tasks (so late repeats get "already", not "unknown task"), and the pallet -> GTIN and recent
+moves used for velocity classes, each bounded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from gateway.agv_api import (
+    BadRequest,
+    CancelRequest,
+    NextRequest,
+    ProgressRequest,
+    WmsTask,
+    WmsTaskDeleted,
+    parse_request,
+    task_json,
+)
+from gateway.domain import (
+    AgvRequest,
+    CommandResponse,
+    MoveTransaction,
+    Notice,
+    RobotMessage,
+    Severity,
+    deterministic_id,
+)
+from gateway.refdata import Location
+from gateway.rules.putaway import (
+    NoLocation,
+    Occupancy,
+    SiteLayout,
+    choose_location,
+    classify_velocity,
+    velocity_of,
+)
+from gateway.rules.receiving import ACCEPTED, DockTransaction
+from gateway.rules.stock import StockProjection
+from gateway.rules.tasks import (
+    Accept,
+    Cancel,
+    Drop,
+    Fail,
+    Lease,
+    LeaseExpired,
+    Outcome,
+    Pick,
+    Renew,
+    Task,
+    TaskEvent,
+    TaskKind,
+    TaskPolicy,
+    TaskState,
+    apply,
+    create_task,
+    lease_ran_out,
+    move_of,
+    queue_order,
+    reservations,
+)
+from gateway.rules.vda5050 import (
+    ActionFailed,
+    DropConfirmed,
+    PickConfirmed,
+    RobotLost,
+    RobotObserver,
+)
+
+__all__ = ["AgvRequest", "RobotMessage", "TaskBoard", "TaskChanged"]
+
+# A task is offered only to robots that can carry pallets (or that list no capabilities).
+PALLET_CAPABILITY: Final = "pallet"
+_GTINS_KEPT: Final = 100_000
+_MOVES_KEPT: Final = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class TaskChanged:
+    """A task changed: stored, and (unless only its lease was renewed) published on agv/task."""
+
+    task: Task
+    event: str  # created, leased, accepted, picked, done, failed, cancelled, requeued, renewed
+
+    @property
+    def event_id(self) -> str:
+        """Deterministic: the same change always has the same id."""
+        t = self.task
+        return deterministic_id(
+            "agv-task", t.task_id, self.event, t.updated_at.isoformat(), t.attempts
+        )
+
+    @property
+    def published(self) -> bool:
+        """Renewals are stored, not published (one per progress report would be noise)."""
+        return self.event != "renewed"
+
+
+_EVENT_OF: Final = {
+    TaskState.LEASED: "leased",
+    TaskState.ACCEPTED: "accepted",
+    TaskState.PICKED: "picked",
+    TaskState.DONE: "done",
+    TaskState.FAILED: "failed",
+    TaskState.CANCELLED: "cancelled",
+    TaskState.QUEUED: "requeued",
+}
+
+
+class TaskBoard:
+    """Every AGV task of the gateway, and the decisions about them.
+
+    Args:
+        policy: lease time and attempts.
+        layout: the site plan for putaway; None: no putaway tasks from receipts.
+        stock: where pallets are (the gateway's own receipts and moves).
+        observer: the VDA 5050 observer (nodes mapped to locations).
+        tasks: the tasks stored at the last stop (open ones and recent finished ones).
+        velocity_window: how far back moves count for ABC classes.
+        max_finished: finished tasks remembered for late repeats.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: TaskPolicy | None = None,
+        layout: SiteLayout | None = None,
+        stock: StockProjection | None = None,
+        observer: RobotObserver | None = None,
+        tasks: Iterable[Task] = (),
+        velocity_window: dt.timedelta = dt.timedelta(days=30),
+        max_finished: int = 10_000,
+    ) -> None:
+        self.policy = policy or TaskPolicy()
+        self.layout = layout
+        self._configured_layout = layout
+        self.stock = stock or StockProjection()
+        self.observer = observer or RobotObserver()
+        self.velocity_window = velocity_window
+        self._max_finished = max_finished
+        self.open: dict[str, Task] = {}
+        self.finished: OrderedDict[str, Task] = OrderedDict()
+        self._gtin_of: OrderedDict[str, str] = OrderedDict()  # pallet -> its main GTIN
+        self._moves: deque[tuple[str, dt.datetime]] = deque(maxlen=_MOVES_KEPT)
+        for task in sorted(tasks, key=lambda t: t.updated_at):
+            self._keep(task)
+            if not task.state.terminal and task.sscc not in self.stock:
+                self.stock.apply_move(task.sscc, task.source)
+
+    def set_locations(self, records: Iterable[Location]) -> None:
+        """The WMS's location master changed: its zone, kind and capacity override the config's."""
+        if self._configured_layout is not None:
+            self.layout = self._configured_layout.with_reference(records)
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def task(self, task_id: str) -> Task | None:
+        """An open or recently finished task."""
+        return self.open.get(task_id) or self.finished.get(task_id)
+
+    def held_by(self, robot: str) -> Task | None:
+        """The open task a robot holds, if any."""
+        return next((t for t in self.open.values() if t.robot == robot), None)
+
+    # --- what creates tasks and moves pallets ------------------------------------------------
+
+    def on_dock(self, tx: DockTransaction) -> list[Any]:
+        """A receive creates putaway tasks for its pallets; a ship takes pallets off stock."""
+        pallets = [r.item.sscc for r in tx.items if r.item.sscc and r.result == ACCEPTED]
+        if tx.kind == "ship":
+            for sscc in pallets:
+                self.stock.apply_ship(sscc)
+                self._gtin_of.pop(sscc, None)
+            return []
+        gtins = Counter(r.item.gtin for r in tx.items if r.item.gtin)
+        out: list[Any] = []
+        for sscc in pallets:
+            self.stock.apply_receive(sscc, tx.door)
+            if gtins:
+                self._remember_gtin(sscc, gtins.most_common(1)[0][0])
+            if self.layout is None or self.layout.door(tx.door) is None:
+                continue
+            if any(t.sscc == sscc for t in self.open.values()):
+                continue  # already on its way somewhere
+            out.extend(self._putaway(sscc, tx))
+        return out
+
+    def on_move(self, move: MoveTransaction) -> list[Any]:
+        """A forklift or station move: the stock follows; a queued task for the pallet is moot."""
+        self.stock.apply_move(move.sscc, move.to_location)
+        self._record_move(move.sscc, move.confirmed_at)
+        out: list[Any] = []
+        for task in list(self.open.values()):
+            if task.sscc == move.sscc and task.state is TaskState.QUEUED:
+                reason = f"pallet moved to {move.to_location} by {move.device_id}"
+                out.extend(self._apply(task, Cancel(reason), move.confirmed_at))
+        return out
+
+    def on_wms_task(self, message: WmsTask | WmsTaskDeleted, at: dt.datetime) -> list[Any]:
+        """A task from the WMS (created once per id), or its withdrawal."""
+        if isinstance(message, WmsTaskDeleted):
+            task = self.open.get(message.task_id)
+            if task is None:
+                return []
+            return self._apply(task, Cancel("withdrawn by the WMS"), at)
+        if self.task(message.task_id) is not None:
+            return []  # retained redelivery, or a repeat
+        if message.sscc not in self.stock:
+            self.stock.apply_move(message.sscc, message.source)
+        task = create_task(
+            kind=TaskKind.MOVE,
+            sscc=message.sscc,
+            source=message.source,
+            destination=message.destination,
+            now=at,
+            priority=message.priority,
+            task_id=message.task_id,
+        )
+        self._keep(task)
+        return [TaskChanged(task, "created")]
+
+    # --- the API -----------------------------------------------------------------------------
+
+    def on_request(self, request: AgvRequest) -> list[Any]:
+        """Carry out a request; the answer goes to its response topic (if it gave one)."""
+        parsed = parse_request(request.op, request.payload)
+        decisions: list[Any]
+        if isinstance(parsed, BadRequest):
+            decisions = []
+            answer = _answer(False, "refused", "bad_request", parsed.reason, None)
+            decisions.append(
+                Notice(
+                    code="agv_request_rejected",
+                    message=f"agv/{request.op}: {parsed.reason}",
+                    at=request.at,
+                    severity=Severity.WARNING,
+                    details={"operation": request.op, "reason": parsed.reason},
+                )
+            )
+        elif isinstance(parsed, NextRequest):
+            decisions, answer = self._next(parsed, request.at)
+        elif isinstance(parsed, ProgressRequest):
+            decisions, answer = self._progress(parsed, request.at)
+        else:
+            decisions, answer = self._cancel(parsed, request.at)
+        if request.response_topic:
+            decisions.append(CommandResponse(request.response_topic, request.correlation, answer))
+        return decisions
+
+    def _next(self, req: NextRequest, now: dt.datetime) -> tuple[list[Any], dict[str, Any]]:
+        held = self.held_by(req.robot)
+        if held is not None:
+            return [], _answer(True, "already", "", "the robot already holds this task", held)
+        if req.capabilities is not None and PALLET_CAPABILITY not in req.capabilities:
+            return [], _answer(
+                True, "none", "", "no task for a robot that cannot carry pallets", None
+            )
+        queued = [t for t in self.open.values() if t.state is TaskState.QUEUED]
+        if not queued:
+            return [], _answer(True, "none", "", "no task queued", None)
+        top = min(queue_order(t)[0] for t in queued)  # -priority
+        first = [t for t in queued if -t.priority == top]
+        nearby = [t for t in first if req.position is not None and t.source == req.position]
+        task = min(nearby or first, key=queue_order)
+        until = now + self.policy.lease
+        decisions = self._apply(task, Lease(req.robot, req.fleet, until), now)
+        leased = self.open.get(task.task_id, task)
+        return decisions, _answer(True, "changed", "", f"leased until {until.isoformat()}", leased)
+
+    def _progress(self, req: ProgressRequest, now: dt.datetime) -> tuple[list[Any], dict[str, Any]]:
+        task = self.task(req.task_id)
+        if task is None:
+            return [], _answer(False, "refused", "unknown_task", f"no task {req.task_id}", None)
+        event: TaskEvent
+        match req.status:
+            case "accepted":
+                event = Accept(req.robot)
+            case "picked":
+                event = Pick(req.robot, req.location)
+            case "dropped":
+                assert req.location is not None  # checked when parsed
+                event = Drop(req.robot, req.location)
+            case "failed":
+                event = Fail(req.robot, req.reason or "failed (no reason given)")
+            case _:
+                event = Renew(req.robot)
+        return self._answered(task, event, now)
+
+    def _cancel(self, req: CancelRequest, now: dt.datetime) -> tuple[list[Any], dict[str, Any]]:
+        task = self.task(req.task_id)
+        if task is None:
+            return [], _answer(False, "refused", "unknown_task", f"no task {req.task_id}", None)
+        return self._answered(task, Cancel(req.reason or "cancelled"), now)
+
+    def _answered(
+        self, task: Task, event: TaskEvent, now: dt.datetime
+    ) -> tuple[list[Any], dict[str, Any]]:
+        outcome = apply(task, event, now, self.policy)
+        decisions = self._record(task, outcome, now)
+        answer = _answer(
+            not outcome.refused, outcome.result.value, outcome.code, outcome.message, outcome.task
+        )
+        return decisions, answer
+
+    # --- robots' own state (VDA 5050) ----------------------------------------------------------
+
+    def on_robot(self, message: RobotMessage) -> list[Any]:
+        """A robot's state or connection message: finished picks and drops count as progress."""
+        if message.message is None:
+            reason = message.reason or "rejected"
+            return [
+                Notice(
+                    code="vda5050_rejected",
+                    message=f"{message.topic}: {reason}",
+                    at=message.at,
+                    severity=Severity.WARNING,
+                    details={"topic": message.topic, "reason": reason},
+                )
+            ]
+        out: list[Any] = []
+        for event in self.observer.feed(message.message):
+            robot = event.robot.serial
+            match event:
+                case PickConfirmed():
+                    task = self._robot_task(robot, event.load_id)
+                    if task is not None:
+                        out.extend(self._apply(task, Pick(robot, event.location), message.at))
+                case DropConfirmed():
+                    task = self._robot_task(robot, event.load_id)
+                    if task is not None:
+                        out.extend(self._apply(task, Drop(robot, event.location), message.at))
+                case ActionFailed():
+                    task = self._robot_task(robot, event.load_id)
+                    if task is not None:
+                        reason = f"{event.action_type} failed at {event.location}: {event.reason}"
+                        out.extend(self._apply(task, Fail(robot, reason), message.at))
+                case RobotLost():
+                    held = self.held_by(robot)
+                    out.append(
+                        Notice(
+                            code="robot_lost",
+                            message=(
+                                f"robot {event.robot} is {event.state.value.lower()}"
+                                + (f" holding task {held.task_id}" if held else "")
+                            ),
+                            at=message.at,
+                            severity=Severity.WARNING,
+                            details={
+                                "robot": str(event.robot),
+                                "state": event.state.value,
+                                "task_id": held.task_id if held else None,
+                            },
+                        )
+                    )
+        return out
+
+    def _robot_task(self, robot: str, load_id: str | None) -> Task | None:
+        task = self.held_by(robot)
+        if task is None or (load_id is not None and load_id != task.sscc):
+            return None
+        return task
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def on_tick(self, now: dt.datetime) -> list[Any]:
+        """Leases that ran out: back to the queue before the pick, failed after it."""
+        out: list[Any] = []
+        for task in [t for t in self.open.values() if lease_ran_out(t, now)]:
+            out.extend(self._apply(task, LeaseExpired(), now))
+        return out
+
+    # --- inside --------------------------------------------------------------------------------
+
+    def _putaway(self, sscc: str, tx: DockTransaction) -> list[Any]:
+        assert self.layout is not None
+        gtin = self._gtin_of.get(sscc)
+        classes = classify_velocity(list(self._moves), tx.occurred_at, self.velocity_window)
+        velocity = velocity_of(classes, gtin) if gtin else "C"
+        occupancy = Occupancy(
+            stored=self.stock.occupancy(), reserved=reservations(self.open.values())
+        )
+        choice = choose_location(self.layout, occupancy, door=tx.door, velocity=velocity, gtin=gtin)
+        if isinstance(choice, NoLocation):
+            return [
+                Notice(
+                    code="putaway_no_location",
+                    message=f"pallet {sscc} received at {tx.door}: {choice.reason}",
+                    at=tx.occurred_at,
+                    severity=Severity.WARNING,
+                    location=tx.door,
+                    details={"sscc": sscc, "reason": choice.code, "tx_id": tx.tx_id},
+                )
+            ]
+        task = create_task(
+            kind=TaskKind.PUTAWAY,
+            sscc=sscc,
+            source=tx.door,
+            destination=choice.location,
+            now=tx.occurred_at,
+            task_id=deterministic_id("putaway", tx.tx_id, sscc),
+        )
+        self._keep(task)
+        return [TaskChanged(task, "created")]
+
+    def _apply(self, task: Task, event: TaskEvent, now: dt.datetime) -> list[Any]:
+        return self._record(task, apply(task, event, now, self.policy), now)
+
+    def _record(self, before: Task, outcome: Outcome, now: dt.datetime) -> list[Any]:
+        """Keep a changed task; the decisions its change makes."""
+        if not outcome.changed:
+            return []
+        task = outcome.task
+        self._keep(task)
+        event = "renewed" if task.state is before.state else _EVENT_OF[task.state]
+        out: list[Any] = [TaskChanged(task, event)]
+        if task.state is TaskState.DONE:
+            out.extend(self._done(task))
+        elif task.state is TaskState.FAILED:
+            lost_load = before.state is TaskState.PICKED
+            out.append(
+                Notice(
+                    code="agv_task_failed",
+                    message=(
+                        f"task {task.task_id} for pallet {task.sscc} failed: {task.reason}"
+                        + (f"; the pallet is on robot {task.robot}" if lost_load else "")
+                    ),
+                    at=now,
+                    severity=Severity.ERROR if lost_load else Severity.WARNING,
+                    device_id=task.robot,
+                    details={
+                        "task_id": task.task_id,
+                        "sscc": task.sscc,
+                        "robot": task.robot,
+                        "reason": task.reason,
+                        "load_on_robot": lost_load,
+                    },
+                )
+            )
+        return out
+
+    def _done(self, task: Task) -> list[Any]:
+        assert task.dropped_at is not None
+        capacity = None
+        if self.layout is not None:
+            capacity = next(
+                (
+                    loc.capacity_pallets
+                    for loc in self.layout.locations
+                    if loc.location == task.dropped_at
+                ),
+                None,
+            )
+        exceptions = self.stock.check_drop(task.sscc, task.dropped_at, task.destination, capacity)
+        move = move_of(task, exceptions)
+        assert move is not None
+        self.stock.apply_move(task.sscc, task.dropped_at)
+        self._record_move(task.sscc, move.confirmed_at)
+        out: list[Any] = [move]
+        if exceptions:
+            out.append(
+                Notice(
+                    code="agv_drop_exception",
+                    message=(
+                        f"robot {task.robot} dropped pallet {task.sscc} at {task.dropped_at} "
+                        f"(task to {task.destination}): {', '.join(exceptions)}"
+                    ),
+                    at=move.confirmed_at,
+                    severity=Severity.ERROR,
+                    device_id=task.robot,
+                    location=task.dropped_at,
+                    details={
+                        "task_id": task.task_id,
+                        "sscc": task.sscc,
+                        "exceptions": list(exceptions),
+                        "tx_id": move.tx_id,
+                    },
+                )
+            )
+        return out
+
+    def _keep(self, task: Task) -> None:
+        if task.state.terminal:
+            self.open.pop(task.task_id, None)
+            self.finished[task.task_id] = task
+            self.finished.move_to_end(task.task_id)
+            while len(self.finished) > self._max_finished:
+                self.finished.popitem(last=False)
+        else:
+            self.open[task.task_id] = task
+
+    def _remember_gtin(self, sscc: str, gtin: str) -> None:
+        self._gtin_of[sscc] = gtin
+        self._gtin_of.move_to_end(sscc)
+        while len(self._gtin_of) > _GTINS_KEPT:
+            self._gtin_of.popitem(last=False)
+
+    def _record_move(self, sscc: str, at: dt.datetime) -> None:
+        gtin = self._gtin_of.get(sscc)
+        if gtin is not None:
+            self._moves.append((gtin, at))
+
+
+def _answer(ok: bool, result: str, code: str, message: str, task: Task | None) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "ok": ok,
+        "result": result,
+        "code": code,
+        "message": message,
+        "task": None if task is None else task_json(task),
+    }

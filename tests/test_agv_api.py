@@ -1,0 +1,214 @@
+"""The AGV task API end to end: a gateway, a private Mosquitto, MQTT 5 requests and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from simulators.gs1 import sscc
+from tests.agv_helpers import agv_section, requester
+from tests.gateway_helpers import assert_valid, build, running, site_config
+from tests.mqtt_helpers import Collector, Mosquitto
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
+
+P1, P2, P3 = (sscc("0614141", n) for n in (501, 502, 503))
+
+
+def wms_task(task_id: str, pallet: str, source: str, destination: str, priority: int = 0) -> bytes:
+    body = {
+        "task_id": task_id,
+        "sscc": pallet,
+        "source": source,
+        "destination": destination,
+        "priority": priority,
+    }
+    return json.dumps(body).encode()
+
+
+async def publish_tasks(port: int) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, identifier="test-wms") as wms:
+        await wms.publish(
+            "wms/DC1/task/T1", wms_task("T1", P1, "STAGE-1", "A-01"), qos=1, retain=True
+        )
+        await wms.publish(
+            "wms/DC1/task/T2", wms_task("T2", P2, "STAGE-1", "A-02", priority=5), qos=1, retain=True
+        )
+        await wms.publish(
+            "wms/DC1/task/T3", wms_task("T3", P3, "STAGE-2", "A-03"), qos=1, retain=True
+        )
+        await wms.publish(
+            "wms/DC1/task/T9", b'{"task_id": "T9", "sscc": "123"}', qos=1, retain=True
+        )
+
+
+async def clear_tasks(port: int) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, identifier="test-wms") as wms:
+        for task_id in ("T1", "T2", "T3", "T9"):
+            await wms.publish(f"wms/DC1/task/{task_id}", b"", qos=1, retain=True)
+
+
+async def test_fleet_controllers_lease_report_and_finish_tasks(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    raw["agv"] = agv_section()
+    config = build(raw, tmp_path)
+    await publish_tasks(mosquitto.port)
+    try:
+        async with (
+            Collector(mosquitto.port) as collector,
+            running(config),
+            requester(mosquitto.port, "fleet-1") as fleet1,
+            requester(mosquitto.port, "fleet-2") as fleet2,
+        ):
+            await collector.wait_for(lambda c: len(c.on("/agv/task")) >= 3)
+            # The highest priority first; a second controller gets another task.
+            first = await fleet1.ask("next", {"fleet": "fleet-1", "robot": "r1"})
+            second = await fleet2.ask("next", {"fleet": "fleet-2", "robot": "r7"})
+            for answer in (first, second):
+                assert_valid("agv-response", answer)
+            assert first["ok"] and first["task"]["task_id"] == "T2"
+            assert first["task"]["state"] == "leased" and first["task"]["robot"] == "r1"
+            assert second["task"]["task_id"] == "T1"
+            # Asking again (an answer lost) gives the same task, not another one.
+            again = await fleet1.ask("next", {"fleet": "fleet-1", "robot": "r1"})
+            assert (again["result"], again["task"]["task_id"]) == ("already", "T2")
+            # A robot that does not hold the task cannot report on it.
+            wrong = await fleet2.ask(
+                "progress",
+                {"fleet": "fleet-2", "robot": "r7", "task_id": "T2", "status": "picked"},
+            )
+            assert (wrong["ok"], wrong["code"]) == (False, "not_lease_holder")
+            # r1 runs T2; a repeated drop changes nothing and makes no second move.
+            steps = [
+                ("accepted", None),
+                ("picked", "STAGE-1"),
+                ("dropped", "A-02"),
+                ("dropped", "A-02"),
+            ]
+            results = []
+            for status, location in steps:
+                answer = await fleet1.ask(
+                    "progress",
+                    {
+                        "fleet": "fleet-1",
+                        "robot": "r1",
+                        "task_id": "T2",
+                        "status": status,
+                        "location": location,
+                    },
+                )
+                assert_valid("agv-response", answer)
+                results.append((answer["result"], answer["task"]["state"]))
+            assert results == [
+                ("changed", "accepted"),
+                ("changed", "picked"),
+                ("changed", "done"),
+                ("already", "done"),
+            ]
+            # A drop before the pick is refused; r7 drops T1 at the wrong place.
+            early = await fleet2.ask(
+                "progress",
+                {
+                    "fleet": "fleet-2",
+                    "robot": "r7",
+                    "task_id": "T1",
+                    "status": "dropped",
+                    "location": "A-01",
+                },
+            )
+            assert (early["ok"], early["code"]) == (False, "not_picked")
+            for status, location in (("picked", "STAGE-1"), ("dropped", "A-04")):
+                await fleet2.ask(
+                    "progress",
+                    {
+                        "fleet": "fleet-2",
+                        "robot": "r7",
+                        "task_id": "T1",
+                        "status": status,
+                        "location": location,
+                    },
+                )
+            cancelled = await fleet2.ask("cancel", {"task_id": "T3", "reason": "order changed"})
+            assert (cancelled["result"], cancelled["task"]["state"]) == ("changed", "cancelled")
+            nothing = await fleet2.ask("next", {"fleet": "fleet-2", "robot": "r8"})
+            assert (nothing["result"], nothing["task"]) == ("none", None)
+            bad = await fleet2.ask("progress", b'{"robot": "r7"}')
+            assert (bad["ok"], bad["code"]) == (False, "bad_request")
+            assert "required" in bad["message"]
+            await collector.wait_for(lambda c: len(c.on("/tx/move")) >= 2)
+            await asyncio.sleep(0.3)
+    finally:
+        await clear_tasks(mosquitto.port)
+    moves = [m.json() for m in collector.on("/tx/move")]
+    for move in moves:
+        assert_valid("move", move)
+    assert [
+        (m["task_id"], m["sscc"], m["from_location"], m["to_location"], m["exceptions"])
+        for m in moves
+    ] == [
+        ("T2", P2, "STAGE-1", "A-02", []),
+        ("T1", P1, "STAGE-1", "A-04", ["wrong_location"]),
+    ]
+    assert moves[0]["evidence"]["device"] == "r1"
+    events = [m.json() for m in collector.on("/agv/task")]
+    for event in events:
+        assert_valid("agv-task", event)
+    t2 = [e["event"] for e in events if e["task"]["task_id"] == "T2"]
+    assert t2 == ["created", "leased", "accepted", "picked", "done"]
+    alarms = [m.json() for m in collector.on("/alarm")]
+    assert [a["code"] for a in alarms] == ["agv_drop_exception"]
+    rejected = [
+        m.json() for m in collector.on("/event") if m.json()["code"] == "reference_data_rejected"
+    ]
+    assert any("wms/DC1/task/T9" in e["message"] for e in rejected)
+
+
+async def test_leases_survive_a_restart_and_run_out_without_progress(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    raw["agv"] = agv_section(lease_s=1.0)
+    config = build(raw, tmp_path)
+    await publish_tasks(mosquitto.port)
+    try:
+        async with Collector(mosquitto.port) as collector:
+            async with running(config), requester(mosquitto.port) as fleet:
+                await collector.wait_for(lambda c: len(c.on("/agv/task")) >= 3)
+                leased = await fleet.ask("next", {"fleet": "fleet-1", "robot": "r1"})
+                assert leased["task"]["task_id"] == "T2"
+                await fleet.ask(
+                    "progress",
+                    {"fleet": "fleet-1", "robot": "r1", "task_id": "T2", "status": "picked"},
+                )
+            # The gateway restarts: r1 still holds T2, r2 cannot get it.
+            async with running(config), requester(mosquitto.port) as fleet:
+                held = await fleet.ask("next", {"fleet": "fleet-1", "robot": "r1"})
+                assert (held["result"], held["task"]["state"]) == ("already", "picked")
+                other = await fleet.ask("next", {"fleet": "fleet-1", "robot": "r2"})
+                assert other["task"]["task_id"] == "T1"
+                # Nobody reports: T1 (not picked) goes back to the queue, T2 (picked) fails.
+                await collector.wait_for(
+                    lambda c: (
+                        {"requeued", "failed"} <= {m.json()["event"] for m in c.on("/agv/task")}
+                    ),
+                    timeout=10,
+                )
+                retaken = await fleet.ask("next", {"fleet": "fleet-1", "robot": "r3"})
+                assert retaken["task"]["task_id"] == "T1"
+                assert retaken["task"]["attempts"] == 1
+    finally:
+        await clear_tasks(mosquitto.port)
+    failed = [m.json() for m in collector.on("/agv/task") if m.json()["event"] == "failed"]
+    assert [(e["task"]["task_id"], e["task"]["reason"]) for e in failed] == [
+        ("T2", "robot_lost_with_load")
+    ]
+    alarms = [m.json() for m in collector.on("/alarm")]
+    assert [(a["code"], a["details"]["load_on_robot"]) for a in alarms] == [
+        ("agv_task_failed", True)
+    ]

@@ -1,0 +1,245 @@
+"""The AGV task board, pure: putaway from receipts, leasing, VDA 5050 confirmations, leases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.bridge.vda5050 import parse
+from gateway.domain import AgvRequest, CommandResponse, MoveTransaction, Notice, RobotMessage
+from gateway.refdata import Location
+from gateway.rules.agv import TaskBoard, TaskChanged
+from gateway.rules.putaway import SiteLayout
+from gateway.rules.receiving import ACCEPTED, DockTransaction, Item, ItemResult
+from gateway.rules.tasks import TaskPolicy, TaskState
+from gateway.rules.vda5050 import RobotObserver
+from simulators.gs1 import sscc
+from simulators.vda5050_robot import (
+    RobotSnapshot,
+    Transport,
+    state_message,
+    topic,
+    transport_script,
+)
+from tests.agv_helpers import LAYOUT
+from tests.gateway_helpers import assert_valid
+
+T0 = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
+GTIN = "00614141123452"
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def board(**kwargs: Any) -> TaskBoard:
+    kwargs.setdefault("layout", SiteLayout.model_validate(LAYOUT))
+    return TaskBoard(policy=TaskPolicy(lease=dt.timedelta(seconds=60)), **kwargs)
+
+
+def receipt(
+    pallet: str, door: str = "D03", when: float = 0.0, result: str = ACCEPTED
+) -> DockTransaction:
+    items = (
+        ItemResult(Item(key=f"sscc:{pallet}", sscc=pallet), result, line=1),
+        *(
+            ItemResult(Item(key=f"sgtin:{GTIN}.{n}", gtin=GTIN, serial=str(n)), ACCEPTED, line=2)
+            for n in range(3)
+        ),
+    )
+    return DockTransaction(
+        kind="receive",
+        door=door,
+        reference="ASN-1",
+        items=items,
+        source="portal",
+        device="d03-reader",
+        evidence_id=f"pass-{pallet}",
+        started_at=at(when),
+        occurred_at=at(when),
+    )
+
+
+def request(op: str, when: float, **body: Any) -> AgvRequest:
+    return AgvRequest(op, json.dumps(body).encode(), at(when), "fleet/resp", b"c1")
+
+
+def answer(decisions: list[Any]) -> dict[str, Any]:
+    (response,) = [d for d in decisions if isinstance(d, CommandResponse)]
+    assert_valid("agv-response", response.payload)
+    return response.payload
+
+
+def test_a_received_pallet_gets_a_putaway_task_to_the_nearest_free_place() -> None:
+    b = board()
+    first = [d for d in b.on_dock(receipt(sscc("0614141", 1))) if isinstance(d, TaskChanged)]
+    second = [
+        d for d in b.on_dock(receipt(sscc("0614141", 2), when=1)) if isinstance(d, TaskChanged)
+    ]
+    # Nothing has moved yet: every product is class C; C-01 takes 2 pallets (one reserved).
+    assert [(c.task.kind.value, c.task.source, c.task.destination) for c in first] == [
+        ("putaway", "D03", "C-01")
+    ]
+    assert second[0].task.destination == "C-01"
+    third = b.on_dock(receipt(sscc("0614141", 3), when=2))
+    assert [d.task.destination for d in third if isinstance(d, TaskChanged)] == ["C-02"]
+    # The same receipt again (a replay) makes no second task.
+    assert b.on_dock(receipt(sscc("0614141", 1))) == []
+
+
+def test_no_putaway_without_a_layout_an_unknown_door_or_a_free_place() -> None:
+    pallet = sscc("0614141", 9)
+    assert TaskBoard().on_dock(receipt(pallet)) == []
+    assert board().on_dock(receipt(pallet, door="D99")) == []
+    full = SiteLayout.model_validate(
+        {**LAYOUT, "locations": [{**LAYOUT["locations"][0], "capacity_pallets": 0}]}
+    )
+    (notice,) = board(layout=full).on_dock(receipt(pallet))
+    assert isinstance(notice, Notice)
+    assert (notice.code, notice.details["reason"]) == ("putaway_no_location", "all_full")
+
+
+def test_lease_report_and_drop_make_one_move() -> None:
+    b = board()
+    pallet = sscc("0614141", 1)
+    b.on_dock(receipt(pallet))
+    leased = answer(b.on_request(request("next", 1, fleet="f1", robot="r1")))
+    task_id = leased["task"]["task_id"]
+    assert leased["task"]["lease_until"] == "2026-11-25T08:01:01.000Z"
+    decisions = []
+    for n, (status, where) in enumerate(
+        (("accepted", None), ("picked", "D03"), ("dropped", "C-01"))
+    ):
+        decisions = b.on_request(
+            request(
+                "progress",
+                2 + n,
+                fleet="f1",
+                robot="r1",
+                task_id=task_id,
+                status=status,
+                location=where,
+            )
+        )
+    moves = [d for d in decisions if isinstance(d, MoveTransaction)]
+    assert [(m.sscc, m.from_location, m.to_location, m.exceptions, m.task_id) for m in moves] == [
+        (pallet, "D03", "C-01", (), task_id)
+    ]
+    assert b.stock.location_of(pallet) == "C-01"
+    assert b.held_by("r1") is None
+    assert answer(decisions)["task"]["state"] == "done"
+
+
+def test_a_robot_confirms_pick_and_drop_over_vda5050() -> None:
+    b = board(observer=RobotObserver({"N-DOCK-3": "D03"}))
+    pallet = sscc("0614141", 1)
+    b.on_dock(receipt(pallet))
+    leased = answer(b.on_request(request("next", 1, fleet="f1", robot="agv-7")))
+    assert leased["task"]["destination"] == "C-01"
+    start = RobotSnapshot(manufacturer="acme", serial="agv-7", last_node_id="N-PARK")
+    job = Transport("order-1", pallet, "N-DOCK-3", "C-01", "order-1-pick", "order-1-drop")
+    decisions: list[Any] = []
+    for n, (snapshot, _) in enumerate(transport_script(start, job)):
+        message = state_message(snapshot, version="2.1.0", header_id=n, timestamp=at(2 + n))
+        where = topic("uagv", "2.1.0", "acme", "agv-7", "state")
+        parsed = parse(where, json.dumps(message).encode())
+        assert not hasattr(parsed, "reason"), parsed
+        decisions += b.on_robot(RobotMessage(where, at(2 + n), message=parsed))  # type: ignore[arg-type]
+    changes = [d.event for d in decisions if isinstance(d, TaskChanged)]
+    assert changes == ["picked", "done"]
+    (move,) = [d for d in decisions if isinstance(d, MoveTransaction)]
+    assert (move.from_location, move.to_location, move.device_id) == ("D03", "C-01", "agv-7")
+
+
+def test_a_rejected_robot_message_is_an_event() -> None:
+    (notice,) = board().on_robot(
+        RobotMessage("uagv/v2/acme/x/state", T0, reason="headerId: required")
+    )
+    assert isinstance(notice, Notice)
+    assert notice.code == "vda5050_rejected"
+
+
+def test_leases_run_out_before_and_after_the_pick() -> None:
+    b = board()
+    for n in (1, 2):
+        b.on_dock(receipt(sscc("0614141", n), when=n))
+    t1 = answer(b.on_request(request("next", 10, fleet="f1", robot="r1")))["task"]
+    t2 = answer(b.on_request(request("next", 10, fleet="f1", robot="r2")))["task"]
+    b.on_request(
+        request("progress", 20, fleet="f1", robot="r2", task_id=t2["task_id"], status="picked")
+    )
+    assert b.on_tick(at(69)) == []
+    out = b.on_tick(at(71))  # r1's lease (10 + 60) ran out; r2's was renewed at 20
+    assert [(d.task.task_id, d.event) for d in out if isinstance(d, TaskChanged)] == [
+        (t1["task_id"], "requeued")
+    ]
+    out = b.on_tick(at(81))
+    failed = [d for d in out if isinstance(d, TaskChanged)]
+    assert [(d.task.state, d.task.reason) for d in failed] == [
+        (TaskState.FAILED, "robot_lost_with_load")
+    ]
+    (alarm,) = [d for d in out if isinstance(d, Notice)]
+    assert alarm.details["load_on_robot"] is True
+
+
+def test_a_forklift_move_cancels_a_queued_putaway() -> None:
+    b = board()
+    pallet = sscc("0614141", 1)
+    b.on_dock(receipt(pallet))
+    move = MoveTransaction(pallet, "D03", "A-03", "fl-07", at(5), at(6))
+    out = b.on_move(move)
+    assert [(d.event, d.task.reason) for d in out if isinstance(d, TaskChanged)] == [
+        ("cancelled", "pallet moved to A-03 by fl-07")
+    ]
+    assert b.stock.location_of(pallet) == "A-03"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["next", "progress", "cancel", "tick", "receipt"]),
+            st.sampled_from(["r1", "r2", "r3"]),
+            st.sampled_from(["accepted", "picked", "dropped", "failed", "alive"]),
+            st.integers(0, 4),
+            st.sampled_from(["C-01", "C-02", "A-01", "D03"]),
+        ),
+        max_size=60,
+    )
+)
+def test_random_traffic_never_gives_one_task_to_two_robots(ops: list[Any]) -> None:
+    b = board()
+    now = 0.0
+    for op, robot, status, n, where in ops:
+        now += 7
+        if op == "receipt":
+            b.on_dock(receipt(sscc("0614141", n), when=now))
+        elif op == "tick":
+            b.on_tick(at(now))
+        elif op == "next":
+            b.on_request(request("next", now, fleet="f", robot=robot))
+        else:
+            ids = sorted(b.open) or ["none"]
+            task_id = ids[n % len(ids)]
+            body = {
+                "fleet": "f",
+                "robot": robot,
+                "task_id": task_id,
+                "status": status,
+                "location": where,
+            }
+            b.on_request(request(op, now, **(body if op == "progress" else {"task_id": task_id})))
+        holders = [t.robot for t in b.open.values() if t.state is not TaskState.QUEUED]
+        assert len(holders) == len(set(holders)), holders
+        assert all(t.state.terminal for t in b.finished.values())
+
+
+def test_the_wms_location_master_blocks_a_location() -> None:
+    b = board()
+    b.set_locations([Location("C-01", capacity_pallets=0)])
+    out = b.on_dock(receipt(sscc("0614141", 1)))
+    assert [d.task.destination for d in out if isinstance(d, TaskChanged)] == ["C-02"]
