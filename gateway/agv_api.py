@@ -45,6 +45,8 @@ class NextRequest:
     robot: str
     capabilities: tuple[str, ...] | None
     position: str | None
+    reply_to: str | None = None  # MQTT 3.1.1: where to answer
+    correlation: str | None = None  # MQTT 3.1.1: echoed in the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class ProgressRequest:
     status: str  # accepted, picked, dropped, failed, alive
     location: str | None
     reason: str | None
+    reply_to: str | None = None
+    correlation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,8 @@ class CancelRequest:
 
     task_id: str
     reason: str | None
+    reply_to: str | None = None
+    correlation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,8 @@ def parse_request(op: str, payload: bytes) -> Request | BadRequest:
             robot=doc["robot"],
             capabilities=None if caps is None else tuple(caps),
             position=doc.get("position"),
+            reply_to=doc.get("reply_to"),
+            correlation=doc.get("correlation"),
         )
     if op == "progress":
         if doc["status"] == "dropped" and not doc.get("location"):
@@ -122,8 +130,15 @@ def parse_request(op: str, payload: bytes) -> Request | BadRequest:
             status=doc["status"],
             location=doc.get("location"),
             reason=doc.get("reason"),
+            reply_to=doc.get("reply_to"),
+            correlation=doc.get("correlation"),
         )
-    return CancelRequest(task_id=doc["task_id"], reason=doc.get("reason"))
+    return CancelRequest(
+        task_id=doc["task_id"],
+        reason=doc.get("reason"),
+        reply_to=doc.get("reply_to"),
+        correlation=doc.get("correlation"),
+    )
 
 
 def parse_wms_task(task_id: str, payload: bytes) -> WmsTask | WmsTaskDeleted | BadRequest:

@@ -10,7 +10,7 @@ import aiomqtt
 import pytest
 
 from simulators.gs1 import sscc
-from tests.agv_helpers import agv_section, requester
+from tests.agv_helpers import BASE, agv_section, requester
 from tests.gateway_helpers import assert_valid, build, running, site_config
 from tests.mqtt_helpers import Collector, Mosquitto
 
@@ -212,3 +212,44 @@ async def test_leases_survive_a_restart_and_run_out_without_progress(
     assert [(a["code"], a["details"]["load_on_robot"]) for a in alarms] == [
         ("agv_task_failed", True)
     ]
+
+
+async def test_a_mqtt_311_client_names_its_reply_topic_in_the_request(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    raw["agv"] = agv_section()
+    config = build(raw, tmp_path)
+    await publish_tasks(mosquitto.port)
+    try:
+        async with (
+            Collector(mosquitto.port) as collector,
+            running(config),
+            aiomqtt.Client(
+                "127.0.0.1",
+                mosquitto.port,
+                identifier="test-fleet-311",
+                protocol=aiomqtt.ProtocolVersion.V311,
+            ) as client,
+        ):
+            await collector.wait_for(lambda c: len(c.on("/agv/task")) >= 3)
+            await client.subscribe("fleet/old/responses", qos=1)
+            request = {
+                "fleet": "old",
+                "robot": "r9",
+                "reply_to": "fleet/old/responses",
+                "correlation": "req-42",
+            }
+            await client.publish(f"{BASE}/agv/next", json.dumps(request), qos=1)
+            async with asyncio.timeout(10):
+                message = await anext(aiter(client.messages))
+    finally:
+        await clear_tasks(mosquitto.port)
+    assert isinstance(message.payload, bytes)
+    answer = json.loads(message.payload)
+    assert_valid("agv-response", answer)
+    assert (answer["correlation"], answer["task"]["task_id"], answer["task"]["robot"]) == (
+        "req-42",
+        "T2",
+        "r9",
+    )

@@ -14,6 +14,8 @@ the queue, and leasing takes it out.
   (`wms/{site}/location/{id}`) overrides their zone, kind and capacity (0: blocked).
 - **Tasks from the WMS** (`wms/{site}/task/{id}`): a move task with the WMS's id; the same id
   again changes nothing; withdrawn, it is cancelled unless its pallet is on a robot.
+- **Answers** go to the request's MQTT 5 response topic with its correlation data; a client on
+  MQTT 3.1.1 names a `reply_to` topic and a `correlation` string in the request instead.
 - **next**: a robot that holds an open task gets it again (an answer was lost); otherwise the
   highest-priority, oldest queued task, leased until now + the lease time. Among tasks of the
   same priority, one whose source is the robot's position goes first.
@@ -279,6 +281,11 @@ class TaskBoard:
             decisions, answer = self._cancel(parsed, request.at)
         if request.response_topic:
             decisions.append(CommandResponse(request.response_topic, request.correlation, answer))
+        elif not isinstance(parsed, BadRequest) and parsed.reply_to:
+            # MQTT 3.1.1 has no response topic property: the request names one in its payload.
+            if parsed.correlation is not None:
+                answer["correlation"] = parsed.correlation
+            decisions.append(CommandResponse(parsed.reply_to, None, answer))
         return decisions
 
     def _next(self, req: NextRequest, now: dt.datetime) -> tuple[list[Any], dict[str, Any]]:
