@@ -82,13 +82,17 @@ class BadRequest:
 
 @dataclass(frozen=True, slots=True)
 class WmsTask:
-    """A move the WMS asks for (`wms/{site}/task/{task_id}`)."""
+    """A move the WMS asks for (`wms/{site}/task/{task_id}`): a pallet, or one of a product.
+
+    With `gtin` (and no `sscc`), the gateway picks the pallet by FEFO from its stock.
+    """
 
     task_id: str
-    sscc: str
-    source: str
+    sscc: str | None
+    source: str | None
     destination: str
     priority: int
+    gtin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +156,17 @@ def parse_wms_task(task_id: str, payload: bytes) -> WmsTask | WmsTaskDeleted | B
         return BadRequest(
             f"task_id: {show(doc['task_id'])} is not the id in the topic, {show(task_id)}"
         )
-    if biip.parse("00" + doc["sscc"]).sscc is None:
+    if "sscc" in doc and biip.parse("00" + doc["sscc"]).sscc is None:
         return BadRequest(f"sscc: {show(doc['sscc'])} has a wrong check digit")
+    if "gtin" in doc and biip.parse("01" + doc["gtin"]).gtin is None:
+        return BadRequest(f"gtin: {show(doc['gtin'])} has a wrong check digit")
     return WmsTask(
         task_id=task_id,
-        sscc=doc["sscc"],
-        source=doc["source"],
+        sscc=doc.get("sscc"),
+        source=doc.get("source"),
         destination=doc["destination"],
         priority=int(doc.get("priority", 0)),
+        gtin=doc.get("gtin"),
     )
 
 

@@ -29,6 +29,7 @@ from gateway.config import GatewayConfig, ModbusScaleDevice, parse_config
 from gateway.health import DeviceState
 from gateway.wire import Topics
 from simulators.dock_day import Truck, dock_day
+from simulators.fleet import FleetController
 from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
 from simulators.llrp import LlrpReaderSimulator, Scenario
 from simulators.modbus_scale import ModbusScaleSimulator
@@ -77,6 +78,7 @@ async def run_demo(
             background = [
                 _wms(config, trucks, products, {"D03": d03, "D05": d05}),
                 _scale_station(scale, d03, inbound),
+                _fleet(config),
             ]
             await _run(
                 config, workdir / "scanner-fl-07", pallets=pallets, pace_s=pace_s, extra=background
@@ -229,6 +231,23 @@ async def _scale_station(
             scale.load.remove(settle_s=0.5)
 
 
+async def _fleet(config: GatewayConfig) -> None:
+    """A fleet controller with three robots that put away the pallets received at D03."""
+    fleet = FleetController(
+        config.broker.host,
+        config.broker.port,
+        base=Topics(config.gateway.site, config.gateway.id).base,
+        fleet_id="demo-fleet",
+        robots=["agv-1", "agv-2", "agv-3"],
+        capabilities=("pallet",),
+        step_s=3.0,  # each of accepted -> picked -> dropped takes a few seconds
+        poll_s=1.0,
+        protocol="5" if config.broker.protocol == "5" else "3.1.1",
+    )
+    async with fleet:
+        await fleet.run()
+
+
 def _protocol(config: GatewayConfig) -> aiomqtt.ProtocolVersion:
     return (
         aiomqtt.ProtocolVersion.V5
@@ -300,11 +319,31 @@ def describe(topic: str, payload: dict[str, Any], topics: Topics) -> str | None:
     rel = topic.removeprefix(topics.base + "/")
     if rel == "tx/move":
         origin = payload["from_location"] or "(unknown)"
-        tag = typer.style(" MOVE  ", fg=typer.colors.GREEN, bold=True)
+        by = f" by robot {payload['evidence']['device']}" if payload.get("task_id") else ""
+        # origin_unknown is every demo forklift pallet's (they were never received): not shown.
+        flagged = [e for e in payload["exceptions"] if e != "origin_unknown"]
+        colour = typer.colors.YELLOW if flagged else typer.colors.GREEN
+        tag = typer.style(" MOVE  ", fg=colour, bold=True)
+        problems = f"  ({', '.join(flagged)})" if flagged else ""
         return (
-            f"{now} {tag} pallet {payload['sscc']}  {origin} -> {payload['to_location']}"
-            f"   tx {payload['tx_id'][:8]}"
+            f"{now} {tag} pallet {payload['sscc']}  {origin} -> {payload['to_location']}{by}"
+            f"{problems}   tx {payload['tx_id'][:8]}"
         )
+    if rel == "agv/task":
+        task = payload["task"]
+        event = payload["event"]
+        tag = typer.style(" TASK  ", fg=typer.colors.BLUE, bold=True)
+        if event == "created":
+            return (
+                f"{now} {tag} {task['kind']} pallet {task['sscc']}  "
+                f"{task['source']} -> {task['destination']}"
+            )
+        if event == "leased":
+            return f"{now} {tag} {task['sscc']} given to robot {task['robot']} ({task['fleet']})"
+        if event in ("failed", "requeued", "cancelled"):
+            why = f": {task['reason']}" if task["reason"] else ""
+            return f"{now} {tag} {task['sscc']} {event}{why}"
+        return None  # accepted, picked, done: the move line says it
     if rel.startswith("debug/pass/"):
         tag = typer.style(" PASS  ", fg=typer.colors.MAGENTA, bold=True)
         tags = payload["tags"]
@@ -377,7 +416,9 @@ def _banner(config: GatewayConfig, *, embedded: bool) -> None:
         "through the RFID portal of door D03 against their ASNs (each pallet weighed first on "
         "the door's Modbus scale) and loaded through door D05 against their ship orders, each "
         "with a planted problem (an unexpected case, an expired lot, a short pallet, a pallet "
-        "too light for its cases, the wrong pallet). Every transaction, alarm, event and "
+        "too light for its cases, the wrong pallet). Received pallets are put away by three "
+        "simulated AGVs, which lease their tasks from the gateway. Every transaction, alarm, "
+        "event and "
         "status is shown below as it is published. Ctrl-C stops.\n"
         f"Watch it with any MQTT client: mosquitto_sub -h {config.broker.host} "
         f"-p {config.broker.port} -t 'gw/#' -v\n"

@@ -91,6 +91,8 @@ _BACKOFF_MAX_S: Final = 2.0
 _CONNECT_TIMEOUT_S: Final = 10.0
 # After a publish failed on a connection that is going down, before trying again.
 _RETRY_PAUSE_S: Final = 0.05
+# How long `run()` waits for its robots to end before cancelling them again.
+_RECANCEL_S: Final = 0.1
 # How often a VDA 5050 robot's snapshot is looked at to see its pick.
 _WATCH_S: Final = 0.005
 
@@ -483,6 +485,9 @@ class FleetController:
         faults: the injected faults.
         seed: seeds the faults (see `plan_attempt`).
         clock: aware wall-clock time for the records.
+        protocol: "5" (response topic and correlation data as MQTT 5 properties) or "3.1.1"
+            (no properties: `reply_to` and `correlation` go in the request's payload and the
+            answer carries `correlation`).
     """
 
     def __init__(
@@ -502,6 +507,7 @@ class FleetController:
         faults: Faults = Faults(),  # frozen: one shared default is safe
         seed: int = 0,
         clock: Callable[[], dt.datetime] = _utc_now,
+        protocol: Literal["5", "3.1.1"] = "5",
     ) -> None:
         if not robots or len(set(robots)) != len(robots):
             raise ValueError(f"robots must be distinct ids, at least one, got {list(robots)!r}")
@@ -509,6 +515,9 @@ class FleetController:
             raise ValueError("step_s must not be negative; poll_s and request_timeout_s positive")
         if alive_s is not None and alive_s <= 0:
             raise ValueError(f"alive_s must be None or positive, got {alive_s!r}")
+        if protocol == "3.1.1" and vda5050 is not None:
+            raise ValueError("VDA 5050 robots speak MQTT 5: use protocol 5 in VDA 5050 mode")
+        self.protocol = protocol
         if "+" in fleet_id or "#" in fleet_id or "/" in fleet_id:
             raise ValueError(f"fleet_id must be one topic level without wildcards: {fleet_id!r}")
         self.base = base.rstrip("/")
@@ -550,6 +559,7 @@ class FleetController:
         self._out_of_service: set[str] = set()
         self._stopping = asyncio.Event()
         self._logged = asyncio.Event()
+        self._closing = False
 
     @property
     def response_topic(self) -> str:
@@ -603,11 +613,15 @@ class FleetController:
             with contextlib.suppress(aiomqtt.MqttError):
                 await vehicle.__aexit__(None, None, None)
             del self._vehicles[robot]
+        self._closing = True
         task, self._link_task = self._link_task, None
         if task is not None:
-            task.cancel()
+            while not task.done():  # see `run()`: a cancellation can be lost
+                task.cancel()
+                await asyncio.wait([task], timeout=_RECANCEL_S)
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                task.result()
+        self.connected = False
 
     # --- running -----------------------------------------------------------------------------
 
@@ -634,8 +648,12 @@ class FleetController:
                 for r in working
             ]
             await self._stopping.wait()
-            for job in loops:
-                job.cancel()  # a robot in the middle of a task records it as STOPPED
+            # A robot in the middle of a task records it as STOPPED. A cancellation can be lost
+            # in a library's `asyncio.wait_for` (Python 3.11): cancel until they are gone.
+            while pending := [job for job in loops if not job.done()]:
+                for job in pending:
+                    job.cancel()
+                await asyncio.wait(pending, timeout=_RECANCEL_S)
 
     async def run_until(self, target: int | asyncio.Event) -> None:
         """Run until `log` holds `target` outcomes, or until the event `target` is set (or no
@@ -666,7 +684,7 @@ class FleetController:
         )
 
     async def _robot_loop(self, robot: str) -> None:
-        while True:
+        while not self._stopping.is_set():
             asked = await self._request(
                 "next",
                 {
@@ -1005,11 +1023,17 @@ class FleetController:
                 sent_at=self._clock(),
             )
             try:
-                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                properties.ResponseTopic = self.response_topic
-                properties.CorrelationData = key
+                properties: Properties | None = None
+                if self.protocol == "5":
+                    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                    properties.ResponseTopic = self.response_topic
+                    properties.CorrelationData = key
+                    sent_body = body
+                else:
+                    fields = {"reply_to": self.response_topic, "correlation": correlation}
+                    sent_body = json.dumps({**payload, **fields}).encode()
                 async with asyncio.timeout(self._request_timeout_s):
-                    await client.publish(topic, body, qos=1, properties=properties)
+                    await client.publish(topic, sent_body, qos=1, properties=properties)
                     raw, answered_at = await future
             except TimeoutError:
                 error = f"no answer within {self._request_timeout_s} s"
@@ -1022,6 +1046,8 @@ class FleetController:
                 return exchange
             finally:
                 self._pending.pop(key, None)
+                if future.done() and not future.cancelled():
+                    future.exception()  # a lost link's, when publish failed first: seen
             self.exchanges.append(replace(sent, error=error))
             if error.startswith("connection lost"):
                 await asyncio.sleep(_RETRY_PAUSE_S)
@@ -1037,13 +1063,17 @@ class FleetController:
         """Keep the connection up: subscribe to the response topic, then hand answers over."""
         backoff = _BACKOFF_MIN_S
         ever_up = False
-        while True:
+        while not self._closing:
             try:
                 async with aiomqtt.Client(
                     self._host,
                     self._port,
                     identifier=f"fleet-{self.fleet_id}-{uuid.uuid4().hex[:8]}",
-                    protocol=aiomqtt.ProtocolVersion.V5,
+                    protocol=(
+                        aiomqtt.ProtocolVersion.V5
+                        if self.protocol == "5"
+                        else aiomqtt.ProtocolVersion.V311
+                    ),
                     timeout=10,
                 ) as client:
                     await client.subscribe(self.response_topic, qos=1)
@@ -1062,10 +1092,9 @@ class FleetController:
             finally:
                 self._client = None
                 self._up.clear()
-                lost = _LinkLost(self.last_error or "disconnected")
                 for future in self._pending.values():
                     if not future.done():
-                        future.set_exception(lost)
+                        future.set_exception(_LinkLost(self.last_error or "disconnected"))
             if self.connected:
                 self.connected = False
                 _logger.warning("fleet %s: connection to the broker lost", self.fleet_id)
@@ -1077,6 +1106,10 @@ class FleetController:
         payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
         correlation = getattr(message.properties, "CorrelationData", None)
         key = bytes(correlation) if isinstance(correlation, bytes | bytearray) else None
+        if key is None and self.protocol == "3.1.1":
+            body, _ = _decode(payload)
+            text = body.get("correlation") if body is not None else None
+            key = text.encode() if isinstance(text, str) else None
         now = self._clock()
         future = self._pending.get(key) if key is not None else None
         if future is None or future.done():

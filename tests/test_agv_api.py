@@ -253,3 +253,38 @@ async def test_a_mqtt_311_client_names_its_reply_topic_in_the_request(
         "T2",
         "r9",
     )
+
+
+async def test_malformed_robot_states_are_rejected_with_an_event(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    raw["agv"] = agv_section(vda5050={"interface": "uagv"})
+    config = build(raw, tmp_path)
+    bad = {
+        "uagv/v2/acme/r1/state": b"{not json",
+        "uagv/v2/acme/r2/state": json.dumps({"headerId": 1, "version": "2.1.0"}).encode(),
+        "uagv/v9/acme/r3/state": b"{}",
+    }
+    async with (
+        Collector(mosquitto.port) as collector,
+        running(config) as gateway,
+        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-robot") as robot,
+    ):
+        while gateway.bridge is None or not gateway.bridge.subscribed:
+            await asyncio.sleep(0.02)
+        for topic, payload in bad.items():
+            await robot.publish(topic, payload, qos=0)
+
+        def rejected(c: Collector) -> list[dict[str, object]]:
+            return [e for m in c.on("/event") if (e := m.json())["code"] == "vda5050_rejected"]
+
+        await collector.wait_for(lambda c: len(rejected(c)) == len(bad))
+    events = rejected(collector)
+    for event in events:
+        assert_valid("event", event)
+    by_topic = {e["details"]["topic"]: e["details"]["reason"] for e in events}  # type: ignore[index]
+    assert set(by_topic) == set(bad)
+    assert "not valid JSON" in by_topic["uagv/v2/acme/r1/state"]
+    assert "required" in by_topic["uagv/v2/acme/r2/state"]
+    assert "v9" in by_topic["uagv/v9/acme/r3/state"]

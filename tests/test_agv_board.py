@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.agv_api import parse_wms_task
 from gateway.bridge.vda5050 import parse
 from gateway.domain import AgvRequest, CommandResponse, MoveTransaction, Notice, RobotMessage
 from gateway.refdata import Location
@@ -42,12 +43,21 @@ def board(**kwargs: Any) -> TaskBoard:
 
 
 def receipt(
-    pallet: str, door: str = "D03", when: float = 0.0, result: str = ACCEPTED
+    pallet: str,
+    door: str = "D03",
+    when: float = 0.0,
+    result: str = ACCEPTED,
+    lot: str | None = None,
+    expiry: dt.date | None = None,
 ) -> DockTransaction:
     items = (
         ItemResult(Item(key=f"sscc:{pallet}", sscc=pallet), result, line=1),
         *(
-            ItemResult(Item(key=f"sgtin:{GTIN}.{n}", gtin=GTIN, serial=str(n)), ACCEPTED, line=2)
+            ItemResult(
+                Item(key=f"sgtin:{GTIN}.{n}", gtin=GTIN, serial=str(n), lot=lot, expiry=expiry),
+                ACCEPTED,
+                line=2,
+            )
             for n in range(3)
         ),
     )
@@ -243,3 +253,32 @@ def test_the_wms_location_master_blocks_a_location() -> None:
     b.set_locations([Location("C-01", capacity_pallets=0)])
     out = b.on_dock(receipt(sscc("0614141", 1)))
     assert [d.task.destination for d in out if isinstance(d, TaskChanged)] == ["C-02"]
+
+
+def test_a_wms_task_for_a_product_picks_its_pallet_first_expired_first_out() -> None:
+    b = board(layout=None)
+    day = T0.date()
+    lots = {  # pallet serial -> (lot, expiry)
+        1: ("L-LATE", day + dt.timedelta(days=90)),
+        2: ("L-SOON", day + dt.timedelta(days=10)),
+        3: ("L-GONE", day - dt.timedelta(days=1)),
+        4: ("L-NONE", None),
+    }
+    for n, (lot, expiry) in lots.items():
+        b.on_dock(receipt(sscc("0614141", n), when=n, lot=lot, expiry=expiry))
+    picks = []
+    for k in range(4):
+        task_id = f"W{k}"
+        body = {"task_id": task_id, "gtin": GTIN, "destination": "PICK-1"}
+        out = b.on_wms_task(parse_wms_task(task_id, json.dumps(body).encode()), at(10 + k))  # type: ignore[arg-type]
+        picks.append(
+            [d.task.sscc for d in out if isinstance(d, TaskChanged)]
+            or [d.code for d in out if isinstance(d, Notice)]
+        )
+    assert picks == [
+        [sscc("0614141", 2)],  # the earliest expiry that may still be picked
+        [sscc("0614141", 1)],
+        [sscc("0614141", 4)],  # no date: last
+        ["no_pallet_to_pick"],  # only the expired pallet is left: never picked
+    ]
+    assert b.open["W0"].source == "D03"

@@ -1,4 +1,5 @@
-"""`gateway demo` (what `make demo` runs) starts, shows moves and dock transactions, and stops on Ctrl-C."""
+"""`gateway demo` (what `make demo` runs) starts, shows moves, dock transactions, weighings and
+AGV putaways, and stops on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def test_demo_shows_transactions_and_stops_cleanly(tmp_path: Path) -> None:
     try:
         while time.monotonic() < deadline:
             output += process.stdout.read() or b""
-            if b"MOVE" in output and b"RECEIVE" in output and b"SHIP" in output:
+            wanted = (b"MOVE", b"RECEIVE", b"SHIP", b"weighed", b"by robot")
+            if all(w in output for w in wanted):
                 break
             time.sleep(0.2)
         process.send_signal(signal.SIGINT)
@@ -38,6 +40,9 @@ def test_demo_shows_transactions_and_stops_cleanly(tmp_path: Path) -> None:
     assert "MOVE" in text, text[-2000:]
     assert "RECEIVE" in text, text[-2000:]
     assert "SHIP" in text, text[-2000:]
+    assert "weighed" in text, text[-2000:]  # the Modbus scale at D03
+    assert "TASK   putaway" in text, text[-2000:]  # a received pallet's putaway task
+    assert "by robot agv-" in text, text[-2000:]  # ... done by a simulated AGV
     assert "GATEWAY offline (stopped)" in text, text[-2000:]
     assert "Traceback" not in text, text[-4000:]
     assert process.returncode == 0

@@ -13,7 +13,10 @@ the queue, and leasing takes it out.
 - **Locations** come from `[agv.layout]` (with coordinates); the WMS's location master
   (`wms/{site}/location/{id}`) overrides their zone, kind and capacity (0: blocked).
 - **Tasks from the WMS** (`wms/{site}/task/{id}`): a move task with the WMS's id; the same id
-  again changes nothing; withdrawn, it is cancelled unless its pallet is on a robot.
+  again changes nothing; withdrawn, it is cancelled unless its pallet is on a robot. A task for
+  a product (a GTIN, not a pallet) picks the pallet by FEFO among the pallets the gateway
+  received (lot and earliest expiry from the receipt) that are in stock and not on a task:
+  earliest expiry first, undated last, expired never (`no_pallet_to_pick` event otherwise).
 - **Answers** go to the request's MQTT 5 response topic with its correlation data; a client on
   MQTT 3.1.1 names a `reply_to` topic and a `correlation` string in the request instead.
 - **next**: a robot that holds an open task gets it again (an answer was lost); otherwise the
@@ -67,6 +70,7 @@ from gateway.rules.putaway import (
     NoLocation,
     Occupancy,
     SiteLayout,
+    choose_fefo,
     choose_location,
     classify_velocity,
     velocity_of,
@@ -177,6 +181,7 @@ class TaskBoard:
         self.open: dict[str, Task] = {}
         self.finished: OrderedDict[str, Task] = OrderedDict()
         self._gtin_of: OrderedDict[str, str] = OrderedDict()  # pallet -> its main GTIN
+        self._lots: OrderedDict[str, _Lot] = OrderedDict()  # pallet -> what FEFO needs
         self._moves: deque[tuple[str, dt.datetime]] = deque(maxlen=_MOVES_KEPT)
         for task in sorted(tasks, key=lambda t: t.updated_at):
             self._keep(task)
@@ -207,13 +212,16 @@ class TaskBoard:
             for sscc in pallets:
                 self.stock.apply_ship(sscc)
                 self._gtin_of.pop(sscc, None)
+                self._lots.pop(sscc, None)
             return []
         gtins = Counter(r.item.gtin for r in tx.items if r.item.gtin)
         out: list[Any] = []
         for sscc in pallets:
             self.stock.apply_receive(sscc, tx.door)
             if gtins:
-                self._remember_gtin(sscc, gtins.most_common(1)[0][0])
+                gtin = gtins.most_common(1)[0][0]
+                self._remember_gtin(sscc, gtin)
+                self._remember_lot(sscc, _lot_of(gtin, tx))
             if self.layout is None or self.layout.door(tx.door) is None:
                 continue
             if any(t.sscc == sscc for t in self.open.values()):
@@ -241,12 +249,21 @@ class TaskBoard:
             return self._apply(task, Cancel("withdrawn by the WMS"), at)
         if self.task(message.task_id) is not None:
             return []  # retained redelivery, or a repeat
-        if message.sscc not in self.stock:
-            self.stock.apply_move(message.sscc, message.source)
+        if message.sscc is None:
+            assert message.gtin is not None  # the schema asks for one of the two
+            picked = self._fefo(message.gtin, message.task_id, at)
+            if isinstance(picked, Notice):
+                return [picked]
+            sscc, source = picked
+        else:
+            assert message.source is not None  # required with an SSCC
+            sscc, source = message.sscc, message.source
+            if sscc not in self.stock:
+                self.stock.apply_move(sscc, source)
         task = create_task(
             kind=TaskKind.MOVE,
-            sscc=message.sscc,
-            source=message.source,
+            sscc=sscc,
+            source=source,
             destination=message.destination,
             now=at,
             priority=message.priority,
@@ -254,6 +271,29 @@ class TaskBoard:
         )
         self._keep(task)
         return [TaskChanged(task, "created")]
+
+    def _fefo(self, gtin: str, task_id: str, at: dt.datetime) -> tuple[str, str] | Notice:
+        """The pallet of `gtin` to pick by FEFO (SSCC, location), or why there is none."""
+        busy = {t.sscc for t in self.open.values()}
+        candidates = [
+            (sscc, lot.gtin, lot.lot, lot.expiry, where)
+            for sscc, lot in self._lots.items()
+            if sscc not in busy and (where := self.stock.location_of(sscc)) is not None
+        ]
+        pick = choose_fefo(candidates, gtin, at.date())
+        if pick.first is not None:
+            return pick.first.sscc, pick.first.location
+        return Notice(
+            code="no_pallet_to_pick",
+            message=f"task {task_id}: {pick.reason}",
+            at=at,
+            severity=Severity.WARNING,
+            details={
+                "task_id": task_id,
+                "gtin": gtin,
+                "expired": [p.sscc for p in pick.expired],
+            },
+        )
 
     # --- the API -----------------------------------------------------------------------------
 
@@ -535,10 +575,33 @@ class TaskBoard:
         while len(self._gtin_of) > _GTINS_KEPT:
             self._gtin_of.popitem(last=False)
 
+    def _remember_lot(self, sscc: str, lot: _Lot) -> None:
+        self._lots[sscc] = lot
+        self._lots.move_to_end(sscc)
+        while len(self._lots) > _GTINS_KEPT:
+            self._lots.popitem(last=False)
+
     def _record_move(self, sscc: str, at: dt.datetime) -> None:
         gtin = self._gtin_of.get(sscc)
         if gtin is not None:
             self._moves.append((gtin, at))
+
+
+@dataclass(frozen=True, slots=True)
+class _Lot:
+    """A received pallet's product, lot and earliest expiry, for FEFO picking."""
+
+    gtin: str
+    lot: str | None
+    expiry: dt.date | None
+
+
+def _lot_of(gtin: str, tx: DockTransaction) -> _Lot:
+    """The lot and the earliest expiry of the items of `gtin` in a receipt."""
+    items = [r.item for r in tx.items if r.item.gtin == gtin]
+    expiries = [i.expiry for i in items if i.expiry is not None]
+    lots = Counter(i.lot for i in items if i.lot)
+    return _Lot(gtin, lots.most_common(1)[0][0] if lots else None, min(expiries, default=None))
 
 
 def _answer(ok: bool, result: str, code: str, message: str, task: Task | None) -> dict[str, Any]:
