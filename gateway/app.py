@@ -341,6 +341,7 @@ class Gateway:
             driver = SicsScale(
                 device_id=device.id,
                 **link,
+                command=device.command,
                 poll_s=device.poll_s,
                 timeout_s=device.timeout_s,
                 emit=self.queue.put,

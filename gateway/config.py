@@ -279,6 +279,9 @@ class SicsScaleDevice(_Model):
     kind: Literal["sics_scale"]
     transport: Annotated[SerialTransport | SicsTcpTransport, Field(discriminator="type")]
     door: Identifier  # its weighings go with this door's next receive or ship transaction
+    # SI: poll every poll_s (stable or moving weights); S: poll, stable weights only; SIR: the
+    # indicator streams SI answers (no polling; a gap of timeout_s is a failure).
+    command: Literal["SI", "S", "SIR"] = "SI"
     poll_s: float = Field(default=0.2, gt=0)
     timeout_s: float = Field(default=1.0, gt=0)
     weighing: WeighingTuning = WeighingTuning()

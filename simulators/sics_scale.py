@@ -210,8 +210,11 @@ class SicsIndicator(abc.ABC):
             case "SIR":
                 while not self._silent:
                     write(self._weight_line())
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
+                    # that arrives with the next command, and the simulator would never stop.
                     try:
-                        return await asyncio.wait_for(self._commands.get(), _SIR_PERIOD_S)
+                        async with asyncio.timeout(_SIR_PERIOD_S):
+                            return await self._commands.get()
                     except TimeoutError:
                         continue
             case "Z":

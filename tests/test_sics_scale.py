@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import serial_asyncio_fast
@@ -66,11 +66,16 @@ def health() -> DeviceHealth:
 
 
 def make_driver(
-    sim: SicsIndicator, health: DeviceHealth, samples: Samples, **kwargs: float
+    sim: SicsIndicator,
+    health: DeviceHealth,
+    samples: Samples,
+    command: Literal["SI", "S", "SIR"] = "SI",
+    **kwargs: float,
 ) -> SicsScale:
     return SicsScale(
         device_id="scale-d01",
         **link(sim),
+        command=command,
         poll_s=kwargs.get("poll_s", 0.05),
         timeout_s=kwargs.get("timeout_s", 0.5),
         emit=samples.emit,
@@ -333,3 +338,42 @@ async def test_each_tcp_client_gets_the_answers_to_its_own_commands() -> None:
         finally:
             w1.close()
             w2.close()
+
+
+async def test_streamed_sir_answers_give_one_weighing_per_load(
+    sim: SicsIndicator, health: DeviceHealth
+) -> None:
+    samples = Samples()
+    async with running(make_driver(sim, health, samples, command="SIR").run):
+        await samples.wait_for(lambda s: True)
+        asked = sim.commands_received
+        for load in (250.5, 730.0):
+            sim.place(load, settle_s=0.4)
+            await samples.wait_for(settled_at(load))
+            await asyncio.sleep(0.3)
+            sim.remove(settle_s=0.2)
+            await samples.wait_for(lambda s: s.stable is True and abs(s.kg) < 0.01)
+        # One SIR, then only the indicator talks: about ten answers a second.
+        assert sim.commands_received == asked == 1
+    assert [round(w.kg, 2) for w in samples.weighings] == [250.5, 730.0]
+    assert len(samples.items) > 15
+
+
+async def test_a_stream_that_stops_fails_run(sim: SicsIndicator, health: DeviceHealth) -> None:
+    samples = Samples()
+    task = asyncio.ensure_future(make_driver(sim, health, samples, command="SIR").run())
+    await samples.wait_for(lambda s: True)
+    sim.silence(True)
+    with pytest.raises(DeviceError, match="no answer to SIR"):
+        await asyncio.wait_for(task, 3.0)
+
+
+async def test_s_polls_give_only_stable_weights(sim: SicsIndicator, health: DeviceHealth) -> None:
+    samples = Samples()
+    driver = make_driver(sim, health, samples, command="S", timeout_s=1.0)
+    async with running(driver.run):
+        sim.place(480.0, settle_s=0.8)  # longer than the indicator's 0.5 s: "S I" first
+        await samples.wait_for(settled_at(480.0), timeout=5.0)
+    assert samples.items and all(s.stable is True for s in samples.items)
+    assert health.counts["busy"] >= 1
+    assert [round(w.kg, 2) for w in samples.weighings] == [480.0]

@@ -4,10 +4,19 @@ Many Mettler Toledo indicators offer both: over Ethernet, MT-SICS is the same CR
 on a TCP connection to the indicator. Only opening the link differs; the polling below is
 the same for both.
 
-Polls the indicator with ``SI`` every `poll_s`, one command outstanding at a time: the next
-poll is sent only after the answer to the last one arrived (or `timeout_s` passed, which is a
-device failure). Answers are decoded by the sans-IO `SicsDecoder` and handed to the rules as
-`WeightSample`s in kilograms.
+`command` says how weights are asked for:
+
+- ``SI`` (the default): polled every `poll_s`, one command outstanding at a time: the next
+  poll is sent only after the answer to the last one arrived (or `timeout_s` passed, which is
+  a device failure). Every answer is a sample, stable ("S S") or in motion ("S D").
+- ``S``: polled the same way, but the indicator answers only with a stable weight, or "S I"
+  when the weight does not settle within its own timeout (which must be below `timeout_s`).
+- ``SIR``: sent once; the indicator then streams an SI answer at every display update until
+  the next command. A gap of `timeout_s` in the stream is a device failure. When the driver
+  stops it sends ``SI``, best effort, to end the stream.
+
+Answers are decoded by the sans-IO `SicsDecoder` and handed to the rules as `WeightSample`s
+in kilograms.
 
 Replies that are not weights:
 
@@ -28,11 +37,11 @@ so a slow consumer slows the polling down rather than queueing readings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
-from typing import Final
+from typing import Final, Literal
 
 import serial
 import serial_asyncio_fast
@@ -49,7 +58,7 @@ from gateway.drivers.sics import (
     encode,
 )
 from gateway.health import DeviceHealth
-from gateway.rules.weighing import WeightSample
+from gateway.rules.weighing import KG_PER_UNIT, WeightSample
 from gateway.supervisor import DeviceError
 
 __all__ = ["KIND", "SicsScale"]
@@ -58,13 +67,6 @@ log = structlog.get_logger("gateway.drivers.sics_scale")
 
 KIND = "sics_scale"
 
-# Kilograms per unit an indicator may report in.
-_KG_PER_UNIT: Final[dict[str, Decimal]] = {
-    "g": Decimal("0.001"),
-    "kg": Decimal(1),
-    "t": Decimal(1000),
-    "lb": Decimal("0.45359237"),
-}
 _READ_SIZE: Final = 4096
 
 
@@ -79,7 +81,8 @@ class SicsScale:
         baudrate: serial line speed; 8N1 framing.
         host: the indicator's address, for MT-SICS over TCP.
         tcp_port: the indicator's MT-SICS TCP port.
-        poll_s: time between the starts of two ``SI`` polls.
+        command: ``SI`` or ``S`` (polled) or ``SIR`` (streamed); see the module docstring.
+        poll_s: time between the starts of two polls.
         timeout_s: longest wait for an answer before the scale counts as silent, and for
             a TCP connection to be made.
         emit: hands a sample to the rules; may wait (backpressure).
@@ -95,6 +98,7 @@ class SicsScale:
         baudrate: int = 9600,
         host: str | None = None,
         tcp_port: int | None = None,
+        command: Literal["SI", "S", "SIR"] = "SI",
         poll_s: float = 0.2,
         timeout_s: float = 1.0,
         emit: Callable[[WeightSample], Awaitable[None]],
@@ -113,6 +117,7 @@ class SicsScale:
         # The link, as the error messages name it (an IPv6 address in brackets).
         address = f"[{host}]" if host is not None and ":" in host else host
         self._where = port if port is not None else f"{address}:{tcp_port}"
+        self.command = command
         self.poll_s = poll_s
         self.timeout_s = timeout_s
         self._emit = emit
@@ -128,25 +133,37 @@ class SicsScale:
         decoder = SicsDecoder()
         pending: deque[Reply] = deque()
         loop = asyncio.get_running_loop()
+        streaming = self.command == "SIR"
         try:
+            if streaming:
+                await self._send(writer, "SIR")
             while True:
                 started = loop.time()
-                try:
-                    writer.write(encode("SI"))
-                    await writer.drain()
-                except (OSError, serial.SerialException) as err:
-                    raise DeviceError(f"{self._where} failed: {err}") from err
+                if not streaming:
+                    await self._send(writer, self.command)
                 try:
                     async with asyncio.timeout(self.timeout_s):
                         reply = await self._answer(reader, decoder, pending)
                 except TimeoutError:
                     raise DeviceError(
-                        f"scale silent: no answer to SI within {self.timeout_s} s on {self._where}"
+                        f"scale silent: no answer to {self.command} within {self.timeout_s} s "
+                        f"on {self._where}"
                     ) from None
                 await self._handle(reply)
-                await asyncio.sleep(max(0.0, self.poll_s - (loop.time() - started)))
+                if not streaming:
+                    await asyncio.sleep(max(0.0, self.poll_s - (loop.time() - started)))
         finally:
+            if streaming and not writer.is_closing():
+                with contextlib.suppress(OSError, serial.SerialException):
+                    writer.write(encode("SI"))  # any command ends the stream
             writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, command: Literal["SI", "S", "SIR"]) -> None:
+        try:
+            writer.write(encode(command))
+            await writer.drain()
+        except (OSError, serial.SerialException) as err:
+            raise DeviceError(f"{self._where} failed: {err}") from err
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Open the serial port, or connect to the indicator's TCP port."""
@@ -199,7 +216,7 @@ class SicsScale:
     async def _handle(self, reply: WeightReply | ScaleStatus | ErrorReply) -> None:
         match reply:
             case WeightReply(stable=stable, value=value, unit=unit):
-                factor = _KG_PER_UNIT.get(unit)
+                factor = KG_PER_UNIT.get(unit)
                 if factor is None:
                     self._reject(f"unit {unit}", reason="unknown weight unit", raw=reply.raw)
                     return
@@ -219,7 +236,7 @@ class SicsScale:
                 self._health.count("busy")  # "S I": no weight this time, ask again next poll
                 return
             case ErrorReply(code=code):
-                self._reject(code, reason="error reply to SI", raw=reply.raw)
+                self._reject(code, reason=f"error reply to {self.command}", raw=reply.raw)
                 return
         self._health.count("reads")
         await self._emit(sample)
