@@ -156,6 +156,10 @@ def parse_wms_task(task_id: str, payload: bytes) -> WmsTask | WmsTaskDeleted | B
         return BadRequest(
             f"task_id: {show(doc['task_id'])} is not the id in the topic, {show(task_id)}"
         )
+    if ("sscc" in doc) == ("gtin" in doc):
+        return BadRequest("payload: give either sscc (with source) or gtin, not both")
+    if "sscc" in doc and not doc.get("source"):
+        return BadRequest("source: required with sscc")
     if "sscc" in doc and biip.parse("00" + doc["sscc"]).sscc is None:
         return BadRequest(f"sscc: {show(doc['sscc'])} has a wrong check digit")
     if "gtin" in doc and biip.parse("01" + doc["gtin"]).gtin is None:

@@ -158,6 +158,7 @@ class Gateway:
                 for door in device.doors:
                     self.door_lights.setdefault(door, []).append(light)
         self._storage_failing = False
+        self.rules_errors = 0  # events the rules raised on (bugs), skipped
         self._alarm_raised = False
         self._intake_held = False
         self.bridge: MqttBridge | None = None
@@ -312,6 +313,7 @@ class Gateway:
             observer=RobotObserver(agv.vda5050.nodes if agv.vda5050 else None),
             tasks=tasks,
             velocity_window=dt.timedelta(days=agv.velocity_window_days),
+            resumed_at=self.clock(),
         )
 
     async def _supervised(self, device: DeviceConfig) -> None:
@@ -396,7 +398,10 @@ class Gateway:
                 events.append(self.queue.get_nowait())
             decisions: list[Any] = []
             for event in events:
-                decisions.extend(engine.on_event(event))
+                try:
+                    decisions.extend(engine.on_event(event))
+                except Exception as err:  # noqa: BLE001 - a bug must not stop every door
+                    decisions.append(self._rules_failed(event, err))
             # Time moves on even while events pour in: departures and timeouts are due.
             if loop.time() >= next_tick:
                 decisions.extend(engine.on_tick(self.clock()))
@@ -406,6 +411,18 @@ class Gateway:
             await self._decide(decisions, store)
             for _ in events:
                 self.queue.task_done()
+
+    def _rules_failed(self, event: Event, err: Exception) -> Notice:
+        """An event the rules could not handle (a bug): logged with its traceback, an alarm."""
+        self.rules_errors += 1
+        log.exception("rules failed on an event", event_type=type(event).__name__)
+        return Notice(
+            code="rules_error",
+            message=f"the rules could not handle a {type(event).__name__}: {err!r}; it was skipped",
+            at=self.clock(),
+            severity=Severity.ERROR,
+            details={"event": type(event).__name__, "error": repr(err)[:500]},
+        )
 
     def _publish_refused(self, topic: str, reason: str) -> None:
         """The broker refused a topic (an ACL): an alarm, committed with the next decisions."""
@@ -476,6 +493,7 @@ class Gateway:
         refdata: list[RefDataRow] = []
         notices: list[Notice] = []
         tasks: dict[str, tuple[str, str, str]] = {}
+        shipped: list[str] = []
         responses: list[CommandResponse] = []
         for d in decisions:
             if isinstance(d, MoveTransaction):
@@ -490,13 +508,14 @@ class Gateway:
                     LedgerRow(e.kind, e.key, e.reference, e.line, e.result, d.tx_id)
                     for e in ledger_entries(d)
                 )
-                if d.kind == "receive" and self.config.agv.enabled:
-                    # The pallet is at the door until it is put away: the stock after a restart.
-                    moves.extend(
-                        PalletMove(r.item.sscc, d.door, d.tx_id)
-                        for r in d.items
-                        if r.item.sscc and r.result == ACCEPTED
-                    )
+                if self.config.agv.enabled:
+                    # The stock after a restart: a received pallet is at the door until it is
+                    # put away; a shipped one is gone.
+                    pallets = [r.item.sscc for r in d.items if r.item.sscc and r.result == ACCEPTED]
+                    if d.kind == "receive":
+                        moves.extend(PalletMove(sscc, d.door, d.tx_id) for sscc in pallets)
+                    else:
+                        shipped.extend(pallets)
             elif isinstance(d, DockSummary):
                 messages.append(
                     OutboxMessage(
@@ -542,7 +561,7 @@ class Gateway:
         alarm = self._outbox_alarm(store, extra=len(messages))
         if alarm is not None and len(messages) < store.room():
             messages.append(notice_message(alarm, self.topics))
-        if messages or refdata or tasks:
+        if messages or refdata or tasks or shipped:
             await store.commit(
                 messages,
                 moves,
@@ -550,6 +569,7 @@ class Gateway:
                 closed=closed,
                 refdata=refdata,
                 tasks=list(tasks.values()),
+                shipped=shipped,
             )
         # Answers only once what they report is committed: a lease the gateway would forget in
         # a crash is never given out.

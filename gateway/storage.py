@@ -222,12 +222,14 @@ class Store:
         closed: Sequence[tuple[str, str]] = (),
         refdata: Sequence[RefDataRow] = (),
         tasks: Sequence[tuple[str, str, str]] = (),
+        shipped: Sequence[str] = (),
     ) -> int:
         """Commit messages with the state they record, in one transaction; returns rows inserted.
 
         `moves`: pallet locations; `ledger`: items received or shipped; `closed`: receipts and
         shipments closed, as (reference, tx_id); `refdata`: reference data kept or forgotten;
-        `tasks`: AGV tasks as they are now, as (task_id, state, JSON).
+        `tasks`: AGV tasks as they are now, as (task_id, state, JSON); `shipped`: pallets (SSCCs)
+        that left the building, whose recorded location is forgotten.
 
         Raises `OutboxFull` (and commits nothing) when the messages do not fit.
         """
@@ -259,6 +261,9 @@ class Store:
             await db.executemany(
                 "INSERT OR IGNORE INTO dock_closed (reference, tx_id, closed_at) VALUES (?, ?, ?)",
                 [(reference, tx_id, now) for reference, tx_id in closed],
+            )
+            await db.executemany(
+                "DELETE FROM pallet_location WHERE sscc = ?", [(sscc,) for sscc in shipped]
             )
             await db.executemany(
                 "INSERT INTO agv_task (task_id, state, body, updated_at) VALUES (?, ?, ?, ?)"

@@ -647,7 +647,10 @@ class FleetController:
                 tg.create_task(robot_loop(r), name=f"fleet[{self.fleet_id}].robot[{r}]")
                 for r in working
             ]
-            await self._stopping.wait()
+            try:
+                await self._stopping.wait()
+            finally:
+                self._stopping.set()  # also when run() is cancelled: the robot loops end
             # A robot in the middle of a task records it as STOPPED. A cancellation can be lost
             # in a library's `asyncio.wait_for` (Python 3.11): cancel until they are gone.
             while pending := [job for job in loops if not job.done()]:
@@ -791,8 +794,7 @@ class FleetController:
                 draft.relinks += 1
                 vehicle = await self._replace_vehicle(draft.robot)
                 vehicle.duplicate = plan.duplicate
-        if plan.silent == "after_pick":
-            await vehicle.go_silent()
+        if plan.silent == "after_pick":  # `_drive` silenced the robot
             return Did.SILENT_AFTER_PICK, task.source, None
         if plan.fail_drop:
             reason = _drop_failure(task.destination)
@@ -804,8 +806,8 @@ class FleetController:
     async def _drive(
         self, vehicle: SimulatedRobot, draft: _Attempt, order_id: str, to_node: str
     ) -> None:
-        """Run the order on the robot; with a silence after the pick planned, stop it once the
-        pick is published and the robot drives on (so the gateway heard of the pick)."""
+        """Run the order on the robot; with a silence after the pick planned, silence and stop
+        it once the pick is published and the robot drives on (so the gateway heard the pick)."""
         task, plan = draft.task, draft.plan
         pick_id = f"{order_id}-pick"
         try:
@@ -824,6 +826,9 @@ class FleetController:
                     if picked and draft.picked_at is None:
                         draft.picked_at = self._clock()
                     if picked and snapshot.driving and plan.silent == "after_pick":
+                        # Silent first: should the cancellation be lost, the rest of the order
+                        # runs unheard.
+                        await vehicle.go_silent()
                         job.cancel()
                         break
                     await asyncio.sleep(_WATCH_S)

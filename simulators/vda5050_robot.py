@@ -349,6 +349,7 @@ class SimulatedRobot:
         self._lock = asyncio.Lock()
         self._client: aiomqtt.Client | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._beat_stop = asyncio.Event()
 
     @property
     def snapshot(self) -> RobotSnapshot:
@@ -389,6 +390,7 @@ class SimulatedRobot:
             self._client = None
             await client.__aexit__(None, None, None)
             raise
+        self._beat_stop = asyncio.Event()
         self._heartbeat = asyncio.get_running_loop().create_task(
             self._beat(), name=f"vda5050-robot[{self._snapshot.serial}].state"
         )
@@ -467,13 +469,21 @@ class SimulatedRobot:
 
     async def _beat(self) -> None:
         # A lost connection ends the heartbeat quietly; the script's next publish raises.
+        # The loop also watches `_beat_stop`: aiomqtt waits for a publish with
+        # `asyncio.wait_for`, which on Python 3.11 can swallow the cancellation that stops
+        # the heartbeat, and the robot would then never stop publishing.
         with contextlib.suppress(aiomqtt.MqttError):
-            while True:
-                await asyncio.sleep(self._state_interval_s)
+            while not self._beat_stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._state_interval_s):
+                        await self._beat_stop.wait()
+                if self._beat_stop.is_set():
+                    return
                 await self._publish_state()
 
     async def _stop_heartbeat(self) -> None:
         task, self._heartbeat = self._heartbeat, None
+        self._beat_stop.set()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

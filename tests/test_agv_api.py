@@ -9,6 +9,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from gateway.domain import WmsMessage
+from gateway.rules.engine import RulesEngine
 from simulators.gs1 import sscc
 from tests.agv_helpers import BASE, agv_section, requester
 from tests.gateway_helpers import assert_valid, build, running, site_config
@@ -288,3 +290,35 @@ async def test_malformed_robot_states_are_rejected_with_an_event(
     assert "not valid JSON" in by_topic["uagv/v2/acme/r1/state"]
     assert "required" in by_topic["uagv/v2/acme/r2/state"]
     assert "v9" in by_topic["uagv/v9/acme/r3/state"]
+
+
+async def test_an_event_the_rules_fail_on_is_reported_and_the_gateway_goes_on(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stands in for a bug in a rule: the runner must report it and carry on with the next event.
+    original = RulesEngine._reference
+
+    def buggy(self: RulesEngine, message: WmsMessage) -> list[object]:
+        if message.topic.endswith("/BOOM"):
+            raise KeyError("a bug")
+        return original(self, message)
+
+    monkeypatch.setattr(RulesEngine, "_reference", buggy)
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    raw["agv"] = agv_section()
+    config = build(raw, tmp_path)
+    async with (
+        Collector(mosquitto.port) as collector,
+        running(config) as gateway,
+        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms,
+    ):
+        while gateway.bridge is None or not gateway.bridge.subscribed:
+            await asyncio.sleep(0.02)
+        await wms.publish("wms/DC1/task/BOOM", b"{}", qos=1)
+        await wms.publish("wms/DC1/task/T1", wms_task("T1", P1, "STAGE-1", "A-01"), qos=1)
+        await collector.wait_for(lambda c: c.on("/agv/task") and c.on("/alarm"))
+    (alarm,) = [m.json() for m in collector.on("/alarm")]
+    assert_valid("event", alarm)
+    assert (alarm["code"], alarm["details"]["event"]) == ("rules_error", "WmsMessage")
+    assert gateway.rules_errors == 1
+    assert [m.json()["task"]["task_id"] for m in collector.on("/agv/task")] == ["T1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -14,6 +15,8 @@ from gateway.bridge.vda5050 import parse
 from gateway.domain import AgvRequest, CommandResponse, MoveTransaction, Notice, RobotMessage
 from gateway.refdata import Location
 from gateway.rules.agv import TaskBoard, TaskChanged
+from gateway.rules.engine import RulesEngine
+from gateway.rules.moves import ForkliftMoves, MoveSettings
 from gateway.rules.putaway import SiteLayout
 from gateway.rules.receiving import ACCEPTED, DockTransaction, Item, ItemResult
 from gateway.rules.tasks import TaskPolicy, TaskState
@@ -78,6 +81,13 @@ def request(op: str, when: float, **body: Any) -> AgvRequest:
     return AgvRequest(op, json.dumps(body).encode(), at(when), "fleet/resp", b"c1")
 
 
+def progress(task_id: str, when: float, status: str, where: str | None = None) -> AgvRequest:
+    """Robot r1 of fleet f1 reports a step of `task_id`."""
+    return request(
+        "progress", when, fleet="f1", robot="r1", task_id=task_id, status=status, location=where
+    )
+
+
 def answer(decisions: list[Any]) -> dict[str, Any]:
     (response,) = [d for d in decisions if isinstance(d, CommandResponse)]
     assert_valid("agv-response", response.payload)
@@ -124,17 +134,7 @@ def test_lease_report_and_drop_make_one_move() -> None:
     for n, (status, where) in enumerate(
         (("accepted", None), ("picked", "D03"), ("dropped", "C-01"))
     ):
-        decisions = b.on_request(
-            request(
-                "progress",
-                2 + n,
-                fleet="f1",
-                robot="r1",
-                task_id=task_id,
-                status=status,
-                location=where,
-            )
-        )
+        decisions = b.on_request(progress(task_id, 2 + n, status, where))
     moves = [d for d in decisions if isinstance(d, MoveTransaction)]
     assert [(m.sscc, m.from_location, m.to_location, m.exceptions, m.task_id) for m in moves] == [
         (pallet, "D03", "C-01", (), task_id)
@@ -282,3 +282,109 @@ def test_a_wms_task_for_a_product_picks_its_pallet_first_expired_first_out() -> 
         ["no_pallet_to_pick"],  # only the expired pallet is left: never picked
     ]
     assert b.open["W0"].source == "D03"
+
+
+def lease(b: TaskBoard, robot: str, when: float, fleet: str = "f1") -> dict[str, Any]:
+    return answer(b.on_request(request("next", when, fleet=fleet, robot=robot)))
+
+
+def test_robot_ids_are_told_apart_by_fleet() -> None:
+    b = board()
+    b.on_dock(receipt(sscc("0614141", 1)))
+    b.on_dock(receipt(sscc("0614141", 2)))
+    task = lease(b, "1", 1, fleet="fleet-a")["task"]
+    twin = lease(b, "1", 2, fleet="fleet-b")
+    assert (twin["ok"], twin["code"], twin["task"]) == (False, "robot_id_in_use", None)
+    report = answer(
+        b.on_request(
+            request(
+                "progress", 3, fleet="fleet-b", robot="1", task_id=task["task_id"], status="picked"
+            )
+        )
+    )
+    assert (report["ok"], report["code"]) == (False, "not_lease_holder")
+    assert b.open[task["task_id"]].state is TaskState.LEASED
+
+
+def test_a_wms_task_for_a_pallet_on_another_task_is_rejected() -> None:
+    b = board()
+    pallet = sscc("0614141", 1)
+    b.on_dock(receipt(pallet))  # a putaway task is open for it
+    body = {"task_id": "W1", "sscc": pallet, "source": "D03", "destination": "RA-01"}
+    out = b.on_wms_task(parse_wms_task("W1", json.dumps(body).encode()), at(1))  # type: ignore[arg-type]
+    assert [(n.code, n.details["open"]) for n in out if isinstance(n, Notice)] == [
+        ("agv_task_rejected", next(iter(b.open)))
+    ]
+    assert "W1" not in b.open
+
+
+def test_a_wms_task_with_both_a_pallet_and_a_product_is_refused() -> None:
+    both = {"task_id": "W1", "sscc": sscc("0614141", 1), "gtin": GTIN, "destination": "X"}
+    no_source = {"task_id": "W1", "sscc": sscc("0614141", 1), "destination": "X"}
+    for body in (both, no_source):
+        parsed = parse_wms_task("W1", json.dumps(body).encode())
+        assert hasattr(parsed, "reason"), parsed
+
+
+def test_repeated_reports_and_robot_states_keep_the_lease_alive() -> None:
+    b = board()  # lease 60 s
+    b.on_dock(receipt(sscc("0614141", 1)))
+    task_id = lease(b, "r1", 0)["task"]["task_id"]
+    b.on_request(request("progress", 1, fleet="f1", robot="r1", task_id=task_id, status="picked"))
+    for when in (40, 80, 120):  # the same report again, each past half the lease
+        b.on_request(
+            request("progress", when, fleet="f1", robot="r1", task_id=task_id, status="picked")
+        )
+    assert b.on_tick(at(150)) == []
+    assert b.open[task_id].lease_until == at(180)
+
+
+def test_a_finished_action_without_the_tasks_load_confirms_nothing() -> None:
+    b = board(observer=RobotObserver())
+    pallet = sscc("0614141", 1)
+    b.on_dock(receipt(pallet))
+    lease(b, "agv-7", 1)
+    # An earlier order's pick and drop, still FINISHED in the robot's state (after a gateway
+    # restart the observer has not seen them before): no load id names this task's pallet.
+    old = Transport("order-0", "OTHER-PALLET", "N-1", "N-2", "order-0-pick", "order-0-drop")
+    start = RobotSnapshot(manufacturer="acme", serial="agv-7")
+    *_, (last, _) = transport_script(start, old)
+    where = topic("uagv", "2.1.0", "acme", "agv-7", "state")
+    message = state_message(last, version="2.1.0", header_id=1, timestamp=at(2))
+    parsed = parse(where, json.dumps(message).encode())
+    out = b.on_robot(RobotMessage(where, at(2), message=parsed))  # type: ignore[arg-type]
+    assert not [d for d in out if isinstance(d, TaskChanged) and d.event != "renewed"]
+    assert next(iter(b.open.values())).state is TaskState.LEASED
+
+
+def test_leases_run_a_full_lease_after_a_restart() -> None:
+    b = board()
+    b.on_dock(receipt(sscc("0614141", 1)))
+    lease(b, "r1", 0)
+    tasks = list(b.open.values())
+    restarted = board(tasks=tasks, resumed_at=at(500))
+    assert [t.lease_until for t in restarted.open.values()] == [at(560)]
+
+
+def test_a_shipped_pallet_leaves_the_stock_and_its_queued_task() -> None:
+    b = board()
+    pallet = sscc("0614141", 1)
+    b.on_dock(receipt(pallet))
+    shipment = replace(receipt(pallet, when=5), kind="ship")
+    out = b.on_dock(shipment)
+    assert [(d.event, d.task.reason) for d in out if isinstance(d, TaskChanged)] == [
+        ("cancelled", "pallet shipped at D03")
+    ]
+    assert pallet not in b.stock
+
+
+def test_the_forklift_rule_learns_where_robots_and_receipts_put_pallets() -> None:
+    b = board()
+    engine = RulesEngine(ForkliftMoves(MoveSettings()), {}, agv=b)
+    pallet = sscc("0614141", 1)
+    engine._to_agv([receipt(pallet)])
+    assert engine.moves.location_of(pallet) == "D03"
+    task_id = lease(b, "r1", 1)["task"]["task_id"]
+    for n, (status, where) in enumerate((("picked", "D03"), ("dropped", "RC-01"))):
+        engine.on_event(progress(task_id, 2 + n, status, where))
+    assert engine.moves.location_of(pallet) == "RC-01"

@@ -5,7 +5,6 @@ Mosquitto, in plain and VDA 5050 mode."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 from collections import Counter
@@ -95,6 +94,7 @@ class StandIn:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _seen: set[tuple[Any, ...]] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
+    _closing: bool = False
 
     async def __aenter__(self) -> StandIn:
         self._task = asyncio.create_task(self._run())
@@ -103,15 +103,16 @@ class StandIn:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._closing = True
+        while not self._task.done():  # aiomqtt's wait_for can lose a cancellation (3.11)
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=0.1)
 
     def progress(self, task_id: str) -> list[dict[str, Any]]:
         return [b for k, b, _ in self.requests if k == "progress" and b["task_id"] == task_id]
 
     async def _run(self) -> None:
-        while True:  # across broker restarts
+        while not self._closing:  # across broker restarts
             try:
                 async with aiomqtt.Client(
                     "127.0.0.1",

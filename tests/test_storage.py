@@ -133,3 +133,26 @@ async def test_refused_rows_leave_the_stream_until_their_retry_time(tmp_path: Pa
         assert (due.msg_id, due.attempts) == ("id-1", 1)
         await store.acknowledge([due.seq])
         assert (store.depth, store.refused) == (2, 0)
+
+
+async def test_agv_tasks_and_shipped_pallets_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    store = await Store.open(path)
+    pallet, other = "376123450000000016", "376123450000000023"
+    await store.commit(
+        [msg(1)],
+        [PalletMove(pallet, "D03", "rx-1"), PalletMove(other, "D03", "rx-1")],
+        tasks=[("T1", "queued", '{"task_id": "T1"}'), ("T2", "done", '{"task_id": "T2"}')],
+    )
+    await store.commit([msg(2)], tasks=[("T1", "leased", '{"task_id": "T1", "v": 2}')])
+    await store.commit([], shipped=[other])
+    await store.close()
+    store = await Store.open(path)
+    try:
+        assert await store.pallet_locations() == {pallet: "D03"}
+        assert sorted(await store.agv_tasks()) == ['{"task_id": "T1", "v": 2}', '{"task_id": "T2"}']
+        assert await store.agv_tasks(finished=0) == ['{"task_id": "T1", "v": 2}']
+        assert await store.prune_agv_tasks(older_than_s=-60) == 1  # T2 is finished
+        assert await store.agv_tasks() == ['{"task_id": "T1", "v": 2}']
+    finally:
+        await store.close()

@@ -46,6 +46,8 @@ MAX_COMMAND_BYTES = 4096
 SESSION_EXPIRY_S = 7 * 24 * 3600
 # Command answers waiting for the connection.
 RESPONSE_BACKLOG = 100
+# Incoming messages aiomqtt holds while the rules cannot take more.
+MAX_QUEUED_INCOMING = 10_000
 # Debug messages waiting for their turn under the rate limit.
 DEBUG_BACKLOG = 100
 # A session that lasted this long resets the reconnect backoff (a broker that accepts and
@@ -250,6 +252,9 @@ class MqttBridge:
             keepalive=config.keepalive_s,
             timeout=10,
             max_inflight_messages=config.max_inflight,
+            # Incoming messages wait here while the rules' queue is full (a disk fault, an
+            # outbox at its limit): bounded, the newest dropped beyond it (aiomqtt logs it).
+            max_queued_incoming_messages=MAX_QUEUED_INCOMING,
             tls_params=tls_params,
         )
         # aiomqtt warns above this many pending calls; the semaphore is the real cap.

@@ -27,11 +27,18 @@ the queue, and leasing takes it out.
   `wrong_location` / `location_full` / `unknown_pallet` exceptions to it, and an alarm.
 - **VDA 5050**: the robots' own state confirms picks and drops for the fleet controllers that
   do not report them: the robot id in the API is the robot's `serialNumber`, and a finished
-  pick or drop whose load is the task's SSCC (or, with no load id, of the robot holding a
-  task) is applied as the robot's progress. A robot gone OFFLINE or CONNECTIONBROKEN keeps its
-  lease until it runs out: a robot that comes back in time carries on.
+  pick or drop whose load is the task's SSCC, by the robot holding the task, is applied as the
+  robot's progress; an action without a load id is ignored (it may be an earlier order's,
+  still in the state after a restart). A state from the holder renews its lease. A robot gone
+  OFFLINE or CONNECTIONBROKEN keeps its lease until it runs out: a robot that comes back in
+  time carries on.
+- **Robots** are told apart by (fleet, robot id); a robot id another fleet holds a task with
+  is refused (`robot_id_in_use`).
 - **Leases** run out in `on_tick`: before the pick the task goes back to the queue (or fails
-  after `max_attempts`); after the pick it fails `robot_lost_with_load`, with an alarm.
+  after `max_attempts`); after the pick it fails `robot_lost_with_load`, with an alarm. A
+  repeated report renews the lease once half of it has passed; after a restart every open
+  lease runs at least a full lease from `resumed_at`.
+- **Ships** take pallets off the stock and cancel their queued tasks.
 
 Memory: open tasks (bounded by the pallets on their way), the last `max_finished` finished
 tasks (so late repeats get "already", not "unknown task"), and the pallet -> GTIN and recent
@@ -43,7 +50,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from gateway.agv_api import (
@@ -87,6 +94,7 @@ from gateway.rules.tasks import (
     Outcome,
     Pick,
     Renew,
+    Result,
     Task,
     TaskEvent,
     TaskKind,
@@ -105,6 +113,7 @@ from gateway.rules.vda5050 import (
     PickConfirmed,
     RobotLost,
     RobotObserver,
+    RobotState,
 )
 
 __all__ = ["AgvRequest", "RobotMessage", "TaskBoard", "TaskChanged"]
@@ -158,6 +167,8 @@ class TaskBoard:
         tasks: the tasks stored at the last stop (open ones and recent finished ones).
         velocity_window: how far back moves count for ABC classes.
         max_finished: finished tasks remembered for late repeats.
+        resumed_at: when the gateway started again; open leases run at least a full lease
+            from then (the robots could not report while it was down).
     """
 
     def __init__(
@@ -170,6 +181,7 @@ class TaskBoard:
         tasks: Iterable[Task] = (),
         velocity_window: dt.timedelta = dt.timedelta(days=30),
         max_finished: int = 10_000,
+        resumed_at: dt.datetime | None = None,
     ) -> None:
         self.policy = policy or TaskPolicy()
         self.layout = layout
@@ -184,6 +196,10 @@ class TaskBoard:
         self._lots: OrderedDict[str, _Lot] = OrderedDict()  # pallet -> what FEFO needs
         self._moves: deque[tuple[str, dt.datetime]] = deque(maxlen=_MOVES_KEPT)
         for task in sorted(tasks, key=lambda t: t.updated_at):
+            if resumed_at is not None and task.lease_until is not None:
+                # The gateway's downtime is not the robot's fault: a full lease from the restart.
+                renewed = max(task.lease_until, resumed_at + self.policy.lease)
+                task = replace(task, lease_until=renewed)
             self._keep(task)
             if not task.state.terminal and task.sscc not in self.stock:
                 self.stock.apply_move(task.sscc, task.source)
@@ -199,9 +215,18 @@ class TaskBoard:
         """An open or recently finished task."""
         return self.open.get(task_id) or self.finished.get(task_id)
 
-    def held_by(self, robot: str) -> Task | None:
-        """The open task a robot holds, if any."""
-        return next((t for t in self.open.values() if t.robot == robot), None)
+    def held_by(self, robot: str, fleet: str | None = None) -> Task | None:
+        """The open task a robot holds, if any; `fleet` None: a robot of any fleet."""
+        return next(
+            (
+                t
+                for t in self.open.values()
+                if t.robot == robot
+                and t.state is not TaskState.QUEUED
+                and (fleet is None or t.fleet == fleet)
+            ),
+            None,
+        )
 
     # --- what creates tasks and moves pallets ------------------------------------------------
 
@@ -209,11 +234,15 @@ class TaskBoard:
         """A receive creates putaway tasks for its pallets; a ship takes pallets off stock."""
         pallets = [r.item.sscc for r in tx.items if r.item.sscc and r.result == ACCEPTED]
         if tx.kind == "ship":
+            shipped: list[Any] = []
             for sscc in pallets:
                 self.stock.apply_ship(sscc)
                 self._gtin_of.pop(sscc, None)
                 self._lots.pop(sscc, None)
-            return []
+                for task in [t for t in self.open.values() if t.sscc == sscc]:
+                    reason = f"pallet shipped at {tx.door}"
+                    shipped.extend(self._apply(task, Cancel(reason), tx.occurred_at))
+            return shipped
         gtins = Counter(r.item.gtin for r in tx.items if r.item.gtin)
         out: list[Any] = []
         for sscc in pallets:
@@ -250,14 +279,26 @@ class TaskBoard:
         if self.task(message.task_id) is not None:
             return []  # retained redelivery, or a repeat
         if message.sscc is None:
-            assert message.gtin is not None  # the schema asks for one of the two
-            picked = self._fefo(message.gtin, message.task_id, at)
+            picked = self._fefo(message.gtin or "", message.task_id, at)
             if isinstance(picked, Notice):
                 return [picked]
             sscc, source = picked
         else:
-            assert message.source is not None  # required with an SSCC
-            sscc, source = message.sscc, message.source
+            sscc, source = message.sscc, message.source or ""
+            busy = next((t for t in self.open.values() if t.sscc == sscc), None)
+            if busy is not None:
+                return [
+                    Notice(
+                        code="agv_task_rejected",
+                        message=(
+                            f"task {message.task_id}: pallet {sscc} already has open task "
+                            f"{busy.task_id} ({busy.state.value}); cancel that one first"
+                        ),
+                        at=at,
+                        severity=Severity.WARNING,
+                        details={"task_id": message.task_id, "sscc": sscc, "open": busy.task_id},
+                    )
+                ]
             if sscc not in self.stock:
                 self.stock.apply_move(sscc, source)
         task = create_task(
@@ -329,9 +370,19 @@ class TaskBoard:
         return decisions
 
     def _next(self, req: NextRequest, now: dt.datetime) -> tuple[list[Any], dict[str, Any]]:
-        held = self.held_by(req.robot)
+        held = self.held_by(req.robot, req.fleet)
         if held is not None:
             return [], _answer(True, "already", "", "the robot already holds this task", held)
+        other = self.held_by(req.robot)
+        if other is not None:
+            return [], _answer(
+                False,
+                "refused",
+                "robot_id_in_use",
+                f"robot {req.robot} of fleet {other.fleet} holds task {other.task_id}: robot ids "
+                "must be unique across fleets",
+                None,
+            )
         if req.capabilities is not None and PALLET_CAPABILITY not in req.capabilities:
             return [], _answer(
                 True, "none", "", "no task for a robot that cannot carry pallets", None
@@ -352,6 +403,15 @@ class TaskBoard:
         task = self.task(req.task_id)
         if task is None:
             return [], _answer(False, "refused", "unknown_task", f"no task {req.task_id}", None)
+        if task.robot == req.robot and task.fleet is not None and task.fleet != req.fleet:
+            return [], _answer(
+                False,
+                "refused",
+                "not_lease_holder",
+                f"task {task.task_id} is held by robot {task.robot} of fleet {task.fleet}, "
+                f"not of fleet {req.fleet}",
+                task,
+            )
         event: TaskEvent
         match req.status:
             case "accepted":
@@ -381,7 +441,18 @@ class TaskBoard:
         answer = _answer(
             not outcome.refused, outcome.result.value, outcome.code, outcome.message, outcome.task
         )
+        if outcome.result is Result.ALREADY and isinstance(event, Accept | Pick):
+            # A repeated report from the holder still says the robot is alive.
+            decisions.extend(self._renew(outcome.task, event.robot, now))
         return decisions, answer
+
+    def _renew(self, task: Task, robot: str, now: dt.datetime) -> list[Any]:
+        """Extend the holder's lease, once more than half of it has passed (fewer writes)."""
+        if task.state.terminal or task.robot != robot or task.lease_until is None:
+            return []
+        if task.lease_until - now > self.policy.lease / 2:
+            return []
+        return self._apply(task, Renew(robot), now)
 
     # --- robots' own state (VDA 5050) ----------------------------------------------------------
 
@@ -399,6 +470,10 @@ class TaskBoard:
                 )
             ]
         out: list[Any] = []
+        if isinstance(message.message, RobotState):
+            held = self.held_by(message.message.serial)
+            if held is not None:  # a robot that reports its state is alive
+                out.extend(self._renew(held, message.message.serial, message.at))
         for event in self.observer.feed(message.message):
             robot = event.robot.serial
             match event:
@@ -436,8 +511,13 @@ class TaskBoard:
         return out
 
     def _robot_task(self, robot: str, load_id: str | None) -> Task | None:
+        """The task a robot's finished action is about: the one it holds, for that very load.
+
+        An action without a load id says nothing about which task it belonged to (it may be
+        an earlier order's, still in the robot's state after a gateway restart): ignored.
+        """
         task = self.held_by(robot)
-        if task is None or (load_id is not None and load_id != task.sscc):
+        if task is None or load_id is None or load_id != task.sscc:
             return None
         return task
 

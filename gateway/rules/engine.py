@@ -28,7 +28,7 @@ from gateway.refdata import Asn, Deleted, Location, Product, Rejected, ShipOrder
 from gateway.rules.agv import TaskBoard, TaskChanged
 from gateway.rules.moves import ForkliftMoves
 from gateway.rules.portal import PortalTracker
-from gateway.rules.receiving import DockRules, DockSummary, DockTransaction
+from gateway.rules.receiving import ACCEPTED, DockRules, DockSummary, DockTransaction
 from gateway.rules.weighing import WeightCapture, WeightSample
 
 Decision = (
@@ -118,8 +118,17 @@ class RulesEngine:
         for d in decisions:
             if isinstance(d, DockTransaction):
                 out.extend(self.agv.on_dock(d))
-            elif isinstance(d, MoveTransaction) and d.task_id is None:
+            elif isinstance(d, MoveTransaction) and d.task_id is None:  # forklift or station
                 out.extend(self.agv.on_move(d))
+        # Receipts, ships and AGV drops tell the forklift rule where pallets are, so that its
+        # "from" locations agree with the task board's stock.
+        for d in out:
+            if isinstance(d, MoveTransaction) and d.task_id is not None:
+                self.moves.located(d.sscc, d.to_location)
+            elif isinstance(d, DockTransaction):
+                for r in d.items:
+                    if r.item.sscc and r.result == ACCEPTED:
+                        self.moves.located(r.item.sscc, d.door if d.kind == "receive" else None)
         return out
 
     def _decide(self, event: Event) -> list[Any]:

@@ -84,6 +84,13 @@ class ForkliftMoves:
         """The pallet's last known location."""
         return self._locations.get(sscc)
 
+    def located(self, sscc: str, location: str | None) -> None:
+        """Another rule moved the pallet (a receipt, an AGV); None: it left (shipped)."""
+        if location is None:
+            self._locations.pop(sscc, None)
+        else:
+            self._locations[sscc] = location
+
     def on_event(self, event: ScanEvent) -> list[Decision]:
         """Handle one scan (its own timestamp is the clock)."""
         decisions = self.on_tick(event.at)
