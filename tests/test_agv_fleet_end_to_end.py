@@ -183,7 +183,8 @@ async def test_a_hundred_tasks_three_fleets_ten_robots(
     # Failed tasks failed for a reason the ground truth knows.
     failed = {e["task"]["task_id"]: e["task"] for e in events if e["event"] == "failed"}
     for task_id, failed_task in failed.items():
-        last = [o for o in outcomes if o.task_id == task_id][-1]
+        # The robot that had the task last (controllers' logs interleave in time).
+        last = max((o for o in outcomes if o.task_id == task_id), key=lambda o: o.started_at)
         if failed_task["reason"] == "robot_lost_with_load":
             assert last.did is Did.SILENT_AFTER_PICK
         else:
