@@ -55,7 +55,7 @@ from gateway.epcis import EpcisSettings, object_event
 from gateway.epcis import document as epcis_document
 from gateway.health import StatusBoard
 from gateway.refdata import to_json
-from gateway.rules.agv import TaskBoard, TaskChanged
+from gateway.rules.agv import PalletLot, TaskBoard, TaskChanged, received_lots
 from gateway.rules.engine import DockStation, RefDataChange, RulesEngine
 from gateway.rules.moves import ForkliftMoves, MoveSettings
 from gateway.rules.portal import PortalSettings, PortalTracker
@@ -314,6 +314,12 @@ class Gateway:
             tasks=tasks,
             velocity_window=dt.timedelta(days=agv.velocity_window_days),
             resumed_at=self.clock(),
+            lots={
+                sscc: PalletLot(
+                    gtin, lot, None if expiry is None else dt.date.fromisoformat(expiry)
+                )
+                for sscc, gtin, lot, expiry in await store.pallet_lots()
+            },
         )
 
     async def _supervised(self, device: DeviceConfig) -> None:
@@ -494,6 +500,7 @@ class Gateway:
         notices: list[Notice] = []
         tasks: dict[str, tuple[str, str, str]] = {}
         shipped: list[str] = []
+        lots: list[tuple[str, str, str | None, str | None]] = []
         responses: list[CommandResponse] = []
         for d in decisions:
             if isinstance(d, MoveTransaction):
@@ -514,6 +521,15 @@ class Gateway:
                     pallets = [r.item.sscc for r in d.items if r.item.sscc and r.result == ACCEPTED]
                     if d.kind == "receive":
                         moves.extend(PalletMove(sscc, d.door, d.tx_id) for sscc in pallets)
+                        lots.extend(
+                            (
+                                sscc,
+                                lot.gtin,
+                                lot.lot,
+                                lot.expiry.isoformat() if lot.expiry else None,
+                            )
+                            for sscc, lot in received_lots(d)
+                        )
                     else:
                         shipped.extend(pallets)
             elif isinstance(d, DockSummary):
@@ -561,7 +577,7 @@ class Gateway:
         alarm = self._outbox_alarm(store, extra=len(messages))
         if alarm is not None and len(messages) < store.room():
             messages.append(notice_message(alarm, self.topics))
-        if messages or refdata or tasks or shipped:
+        if messages or refdata or tasks or shipped or lots:
             await store.commit(
                 messages,
                 moves,
@@ -570,6 +586,7 @@ class Gateway:
                 refdata=refdata,
                 tasks=list(tasks.values()),
                 shipped=shipped,
+                lots=lots,
             )
         # Answers only once what they report is committed: a lease the gateway would forget in
         # a crash is never given out.

@@ -68,6 +68,13 @@ CREATE TABLE IF NOT EXISTS pallet_location (
     tx_id      TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pallet_lot (
+    sscc       TEXT PRIMARY KEY,           -- a received pallet (AGV tasks on): its product
+    gtin       TEXT NOT NULL,
+    lot        TEXT,
+    expiry     TEXT,                       -- ISO date
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agv_task (
     task_id    TEXT PRIMARY KEY,
     state      TEXT NOT NULL,              -- queued ... done, failed, cancelled
@@ -223,13 +230,15 @@ class Store:
         refdata: Sequence[RefDataRow] = (),
         tasks: Sequence[tuple[str, str, str]] = (),
         shipped: Sequence[str] = (),
+        lots: Sequence[tuple[str, str, str | None, str | None]] = (),
     ) -> int:
         """Commit messages with the state they record, in one transaction; returns rows inserted.
 
         `moves`: pallet locations; `ledger`: items received or shipped; `closed`: receipts and
         shipments closed, as (reference, tx_id); `refdata`: reference data kept or forgotten;
         `tasks`: AGV tasks as they are now, as (task_id, state, JSON); `shipped`: pallets (SSCCs)
-        that left the building, whose recorded location is forgotten.
+        that left the building, whose recorded location and lot are forgotten; `lots`: received
+        pallets' product, lot and expiry, as (sscc, gtin, lot, ISO date).
 
         Raises `OutboxFull` (and commits nothing) when the messages do not fit.
         """
@@ -263,8 +272,14 @@ class Store:
                 [(reference, tx_id, now) for reference, tx_id in closed],
             )
             await db.executemany(
-                "DELETE FROM pallet_location WHERE sscc = ?", [(sscc,) for sscc in shipped]
+                "INSERT INTO pallet_lot (sscc, gtin, lot, expiry, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (sscc) DO UPDATE SET gtin = excluded.gtin, lot = excluded.lot,"
+                " expiry = excluded.expiry, updated_at = excluded.updated_at",
+                [(*row, now) for row in lots],
             )
+            gone = [(sscc,) for sscc in shipped]
+            await db.executemany("DELETE FROM pallet_location WHERE sscc = ?", gone)
+            await db.executemany("DELETE FROM pallet_lot WHERE sscc = ?", gone)
             await db.executemany(
                 "INSERT INTO agv_task (task_id, state, body, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (task_id) DO UPDATE SET state = excluded.state,"
@@ -402,6 +417,13 @@ class Store:
             (finished,),
         )
         return [str(body) for (body,) in rows]
+
+    async def pallet_lots(self) -> list[tuple[str, str, str | None, str | None]]:
+        """Received pallets' (sscc, gtin, lot, ISO expiry), oldest first."""
+        rows = await self._fetch(
+            "SELECT sscc, gtin, lot, expiry FROM pallet_lot ORDER BY updated_at"
+        )
+        return [(str(a), str(b), c, d) for a, b, c, d in rows]
 
     async def prune_agv_tasks(self, *, older_than_s: float) -> int:
         """Forget finished AGV tasks last changed more than `older_than_s` ago."""

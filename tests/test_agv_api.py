@@ -322,3 +322,25 @@ async def test_an_event_the_rules_fail_on_is_reported_and_the_gateway_goes_on(
     assert (alarm["code"], alarm["details"]["event"]) == ("rules_error", "WmsMessage")
     assert gateway.rules_errors == 1
     assert [m.json()["task"]["task_id"] for m in collector.on("/agv/task")] == ["T1"]
+
+
+async def test_no_answer_goes_to_the_gateways_own_topics(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    raw["agv"] = agv_section()
+    config = build(raw, tmp_path)
+    async with (
+        Collector(mosquitto.port) as collector,
+        running(config) as gateway,
+        requester(mosquitto.port) as fleet,
+    ):
+        while gateway.bridge is None or not gateway.bridge.subscribed:
+            await asyncio.sleep(0.02)
+        hostile = {"fleet": "f", "robot": "r1", "reply_to": f"{BASE}/tx/move", "correlation": "x"}
+        await fleet.client.publish(f"{BASE}/agv/next", json.dumps(hostile), qos=1)
+        fine = await fleet.ask("next", {"fleet": "f", "robot": "r2"})
+        assert fine["ok"]
+        await asyncio.sleep(0.3)
+        assert gateway.bridge.responses_refused == 1
+    assert collector.on("/tx/move") == []

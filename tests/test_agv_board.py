@@ -14,11 +14,12 @@ from gateway.agv_api import parse_wms_task
 from gateway.bridge.vda5050 import parse
 from gateway.domain import AgvRequest, CommandResponse, MoveTransaction, Notice, RobotMessage
 from gateway.refdata import Location
-from gateway.rules.agv import TaskBoard, TaskChanged
+from gateway.rules.agv import PalletLot, TaskBoard, TaskChanged
 from gateway.rules.engine import RulesEngine
 from gateway.rules.moves import ForkliftMoves, MoveSettings
 from gateway.rules.putaway import SiteLayout
 from gateway.rules.receiving import ACCEPTED, DockTransaction, Item, ItemResult
+from gateway.rules.stock import StockProjection
 from gateway.rules.tasks import TaskPolicy, TaskState
 from gateway.rules.vda5050 import RobotObserver
 from simulators.gs1 import sscc
@@ -388,3 +389,21 @@ def test_the_forklift_rule_learns_where_robots_and_receipts_put_pallets() -> Non
     for n, (status, where) in enumerate((("picked", "D03"), ("dropped", "RC-01"))):
         engine.on_event(progress(task_id, 2 + n, status, where))
     assert engine.moves.location_of(pallet) == "RC-01"
+
+
+def test_fefo_works_from_lots_stored_before_a_restart() -> None:
+    soon, late = sscc("0614141", 1), sscc("0614141", 2)
+    day = T0.date()
+    b = board(
+        layout=None,
+        stock=StockProjection({soon: "RA-01", late: "RA-02"}),
+        lots={
+            late: PalletLot(GTIN, "L-LATE", day + dt.timedelta(days=60)),
+            soon: PalletLot(GTIN, "L-SOON", day + dt.timedelta(days=5)),
+        },
+    )
+    body = {"task_id": "W1", "gtin": GTIN, "destination": "PICK-1"}
+    out = b.on_wms_task(parse_wms_task("W1", json.dumps(body).encode()), at(1))  # type: ignore[arg-type]
+    assert [(d.task.sscc, d.task.source) for d in out if isinstance(d, TaskChanged)] == [
+        (soon, "RA-01")
+    ]

@@ -156,3 +156,19 @@ async def test_agv_tasks_and_shipped_pallets_survive_reopen(tmp_path: Path) -> N
         assert await store.agv_tasks() == ['{"task_id": "T1", "v": 2}']
     finally:
         await store.close()
+
+
+async def test_received_pallets_lots_survive_reopen_until_shipped(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    pallet, other = "376123450000000016", "376123450000000023"
+    async with await Store.open(path) as store:
+        await store.commit(
+            [],
+            lots=[
+                (pallet, "00614141123452", "L1", "2027-01-31"),
+                (other, "00614141123452", None, None),
+            ],
+        )
+        await store.commit([], shipped=[other])
+    async with await Store.open(path) as again:
+        assert await again.pallet_lots() == [(pallet, "00614141123452", "L1", "2027-01-31")]

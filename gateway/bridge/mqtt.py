@@ -162,6 +162,7 @@ class MqttBridge:
         self.subscribed = False  # to the WMS's reference data and the commands
         self.published = 0
         self.refused = 0
+        self.responses_refused = 0  # answers not sent: on the gateway's or the site's WMS topics
         self.statuses_pending = True
         # Debug output: newest first to go when more comes than the rate allows.
         self._debug: deque[tuple[str, bytes]] = deque(maxlen=DEBUG_BACKLOG)
@@ -177,7 +178,16 @@ class MqttBridge:
         self._debug_ready.set()
 
     def respond(self, topic: str, correlation: bytes | None, payload: bytes) -> None:
-        """Answer a command on its response topic (MQTT 5 request/response)."""
+        """Answer a command on its response topic (MQTT 5 request/response).
+
+        A response topic among the gateway's own topics or the site's WMS data topics
+        (`wms/{site}/...`) is not answered: a request could otherwise make the gateway publish
+        on its transaction or reference data topics, with its own credentials.
+        """
+        if topic.startswith((f"{self._topics.base}/", f"wms/{self._topics.site}/")):
+            self.responses_refused += 1
+            log.warning("not answering on a gateway or WMS topic", topic=topic)
+            return
         self._responses.append((topic, correlation, payload))
         self._responses_ready.set()
 

@@ -41,15 +41,17 @@ the queue, and leasing takes it out.
 - **Ships** take pallets off the stock and cancel their queued tasks.
 
 Memory: open tasks (bounded by the pallets on their way), the last `max_finished` finished
-tasks (so late repeats get "already", not "unknown task"), and the pallet -> GTIN and recent
-moves used for velocity classes, each bounded.
+tasks (so late repeats get "already", not "unknown task"), each received pallet's product, lot
+and expiry (stored with the receipt, so they survive a restart), and the recent moves used for
+velocity classes (memory only: after a restart every product is class C until it moves
+again); each bounded.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -116,11 +118,11 @@ from gateway.rules.vda5050 import (
     RobotState,
 )
 
-__all__ = ["AgvRequest", "RobotMessage", "TaskBoard", "TaskChanged"]
+__all__ = ["PalletLot", "TaskBoard", "TaskChanged", "received_lots"]
 
 # A task is offered only to robots that can carry pallets (or that list no capabilities).
 PALLET_CAPABILITY: Final = "pallet"
-_GTINS_KEPT: Final = 100_000
+_LOTS_KEPT: Final = 100_000
 _MOVES_KEPT: Final = 100_000
 
 
@@ -169,6 +171,7 @@ class TaskBoard:
         max_finished: finished tasks remembered for late repeats.
         resumed_at: when the gateway started again; open leases run at least a full lease
             from then (the robots could not report while it was down).
+        lots: what the pallets received before the restart hold (`received_lots`, stored).
     """
 
     def __init__(
@@ -182,6 +185,7 @@ class TaskBoard:
         velocity_window: dt.timedelta = dt.timedelta(days=30),
         max_finished: int = 10_000,
         resumed_at: dt.datetime | None = None,
+        lots: Mapping[str, PalletLot] | None = None,
     ) -> None:
         self.policy = policy or TaskPolicy()
         self.layout = layout
@@ -192,8 +196,10 @@ class TaskBoard:
         self._max_finished = max_finished
         self.open: dict[str, Task] = {}
         self.finished: OrderedDict[str, Task] = OrderedDict()
-        self._gtin_of: OrderedDict[str, str] = OrderedDict()  # pallet -> its main GTIN
-        self._lots: OrderedDict[str, _Lot] = OrderedDict()  # pallet -> what FEFO needs
+        # Pallet -> its product, lot and expiry (from its receipt): velocity classes and FEFO.
+        self._lots: OrderedDict[str, PalletLot] = OrderedDict()
+        for sscc, lot in (lots or {}).items():
+            self._remember_lot(sscc, lot)
         self._moves: deque[tuple[str, dt.datetime]] = deque(maxlen=_MOVES_KEPT)
         for task in sorted(tasks, key=lambda t: t.updated_at):
             if resumed_at is not None and task.lease_until is not None:
@@ -237,20 +243,17 @@ class TaskBoard:
             shipped: list[Any] = []
             for sscc in pallets:
                 self.stock.apply_ship(sscc)
-                self._gtin_of.pop(sscc, None)
                 self._lots.pop(sscc, None)
                 for task in [t for t in self.open.values() if t.sscc == sscc]:
                     reason = f"pallet shipped at {tx.door}"
                     shipped.extend(self._apply(task, Cancel(reason), tx.occurred_at))
             return shipped
-        gtins = Counter(r.item.gtin for r in tx.items if r.item.gtin)
+        lots = dict(received_lots(tx))
         out: list[Any] = []
         for sscc in pallets:
             self.stock.apply_receive(sscc, tx.door)
-            if gtins:
-                gtin = gtins.most_common(1)[0][0]
-                self._remember_gtin(sscc, gtin)
-                self._remember_lot(sscc, _lot_of(gtin, tx))
+            if sscc in lots:
+                self._remember_lot(sscc, lots[sscc])
             if self.layout is None or self.layout.door(tx.door) is None:
                 continue
             if any(t.sscc == sscc for t in self.open.values()):
@@ -534,7 +537,8 @@ class TaskBoard:
 
     def _putaway(self, sscc: str, tx: DockTransaction) -> list[Any]:
         assert self.layout is not None
-        gtin = self._gtin_of.get(sscc)
+        known = self._lots.get(sscc)
+        gtin = known.gtin if known else None
         classes = classify_velocity(list(self._moves), tx.occurred_at, self.velocity_window)
         velocity = velocity_of(classes, gtin) if gtin else "C"
         occupancy = Occupancy(
@@ -649,39 +653,41 @@ class TaskBoard:
         else:
             self.open[task.task_id] = task
 
-    def _remember_gtin(self, sscc: str, gtin: str) -> None:
-        self._gtin_of[sscc] = gtin
-        self._gtin_of.move_to_end(sscc)
-        while len(self._gtin_of) > _GTINS_KEPT:
-            self._gtin_of.popitem(last=False)
-
-    def _remember_lot(self, sscc: str, lot: _Lot) -> None:
+    def _remember_lot(self, sscc: str, lot: PalletLot) -> None:
         self._lots[sscc] = lot
         self._lots.move_to_end(sscc)
-        while len(self._lots) > _GTINS_KEPT:
+        while len(self._lots) > _LOTS_KEPT:
             self._lots.popitem(last=False)
 
     def _record_move(self, sscc: str, at: dt.datetime) -> None:
-        gtin = self._gtin_of.get(sscc)
-        if gtin is not None:
-            self._moves.append((gtin, at))
+        known = self._lots.get(sscc)
+        if known is not None:
+            self._moves.append((known.gtin, at))
 
 
 @dataclass(frozen=True, slots=True)
-class _Lot:
-    """A received pallet's product, lot and earliest expiry, for FEFO picking."""
+class PalletLot:
+    """A received pallet's main product, its lot and earliest expiry (velocity class, FEFO)."""
 
     gtin: str
     lot: str | None
     expiry: dt.date | None
 
 
-def _lot_of(gtin: str, tx: DockTransaction) -> _Lot:
-    """The lot and the earliest expiry of the items of `gtin` in a receipt."""
+def received_lots(tx: DockTransaction) -> list[tuple[str, PalletLot]]:
+    """The pallets a receipt accepted, each with the product most of its items are, that
+    product's most common lot and its earliest expiry. Pallets with no item: left out."""
+    if tx.kind != "receive":
+        return []
+    gtins = Counter(r.item.gtin for r in tx.items if r.item.gtin)
+    if not gtins:
+        return []
+    gtin = gtins.most_common(1)[0][0]
     items = [r.item for r in tx.items if r.item.gtin == gtin]
     expiries = [i.expiry for i in items if i.expiry is not None]
     lots = Counter(i.lot for i in items if i.lot)
-    return _Lot(gtin, lots.most_common(1)[0][0] if lots else None, min(expiries, default=None))
+    lot = PalletLot(gtin, lots.most_common(1)[0][0] if lots else None, min(expiries, default=None))
+    return [(r.item.sscc, lot) for r in tx.items if r.item.sscc and r.result == ACCEPTED]
 
 
 def _answer(ok: bool, result: str, code: str, message: str, task: Task | None) -> dict[str, Any]:
