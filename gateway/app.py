@@ -163,6 +163,7 @@ class Gateway:
         self._intake_held = False
         self.bridge: MqttBridge | None = None
         self.store: Store | None = None
+        self.task_board: TaskBoard | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order."""
@@ -304,7 +305,10 @@ class Gateway:
         if pruned:
             log.info("pruned old finished AGV tasks", tasks=pruned)
         tasks = [task_from_json(json.loads(body)) for body in await store.agv_tasks()]
-        return TaskBoard(
+        now = self.clock()
+        window = dt.timedelta(days=agv.velocity_window_days)
+        moves = await store.recent_moves(since=(now - window).timestamp())
+        board = TaskBoard(
             policy=TaskPolicy(
                 lease=dt.timedelta(seconds=agv.lease_s), max_attempts=agv.max_attempts
             ),
@@ -312,15 +316,18 @@ class Gateway:
             stock=StockProjection(pallets),
             observer=RobotObserver(agv.vda5050.nodes if agv.vda5050 else None),
             tasks=tasks,
-            velocity_window=dt.timedelta(days=agv.velocity_window_days),
-            resumed_at=self.clock(),
+            velocity_window=window,
+            resumed_at=now,
             lots={
                 sscc: PalletLot(
                     gtin, lot, None if expiry is None else dt.date.fromisoformat(expiry)
                 )
                 for sscc, gtin, lot, expiry in await store.pallet_lots()
             },
+            moves=[(gtin, dt.datetime.fromtimestamp(at, dt.UTC)) for gtin, at in moves],
         )
+        self.task_board = board
+        return board
 
     async def _supervised(self, device: DeviceConfig) -> None:
         driver: BarcodeScanner | LlrpReader | SignalLight | SicsScale | ModbusScale
@@ -501,11 +508,15 @@ class Gateway:
         tasks: dict[str, tuple[str, str, str]] = {}
         shipped: list[str] = []
         lots: list[tuple[str, str, str | None, str | None]] = []
+        moved: list[tuple[str, float]] = []
         responses: list[CommandResponse] = []
         for d in decisions:
             if isinstance(d, MoveTransaction):
                 messages.append(move_message(d, self.topics))
                 moves.append(PalletMove(d.sscc, d.to_location, d.tx_id))
+                lot = self.task_board.lot_of(d.sscc) if self.task_board else None
+                if lot is not None:  # counts for the product's velocity class
+                    moved.append((lot.gtin, d.confirmed_at.timestamp()))
                 messages.extend(self._epcis(move_payload(d, self.topics)))
             elif isinstance(d, DockTransaction):
                 payload = dock_payload(d, self.topics)
@@ -577,7 +588,7 @@ class Gateway:
         alarm = self._outbox_alarm(store, extra=len(messages))
         if alarm is not None and len(messages) < store.room():
             messages.append(notice_message(alarm, self.topics))
-        if messages or refdata or tasks or shipped or lots:
+        if messages or refdata or tasks or shipped or lots or moved:
             await store.commit(
                 messages,
                 moves,
@@ -587,6 +598,7 @@ class Gateway:
                 tasks=list(tasks.values()),
                 shipped=shipped,
                 lots=lots,
+                moved=moved,
             )
         # Answers only once what they report is committed: a lease the gateway would forget in
         # a crash is never given out.

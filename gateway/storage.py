@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS pallet_lot (
     expiry     TEXT,                       -- ISO date
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS move_history (
+    gtin       TEXT NOT NULL,              -- the moved pallet's product (AGV tasks on)
+    at         REAL NOT NULL               -- when (epoch s): ABC velocity classes count these
+);
+CREATE INDEX IF NOT EXISTS move_history_at ON move_history (at);
 CREATE TABLE IF NOT EXISTS agv_task (
     task_id    TEXT PRIMARY KEY,
     state      TEXT NOT NULL,              -- queued ... done, failed, cancelled
@@ -231,6 +236,7 @@ class Store:
         tasks: Sequence[tuple[str, str, str]] = (),
         shipped: Sequence[str] = (),
         lots: Sequence[tuple[str, str, str | None, str | None]] = (),
+        moved: Sequence[tuple[str, float]] = (),
     ) -> int:
         """Commit messages with the state they record, in one transaction; returns rows inserted.
 
@@ -238,7 +244,8 @@ class Store:
         shipments closed, as (reference, tx_id); `refdata`: reference data kept or forgotten;
         `tasks`: AGV tasks as they are now, as (task_id, state, JSON); `shipped`: pallets (SSCCs)
         that left the building, whose recorded location and lot are forgotten; `lots`: received
-        pallets' product, lot and expiry, as (sscc, gtin, lot, ISO date).
+        pallets' product, lot and expiry, as (sscc, gtin, lot, ISO date); `moved`: moves of
+        received pallets, as (gtin, epoch s), for velocity classes.
 
         Raises `OutboxFull` (and commits nothing) when the messages do not fit.
         """
@@ -277,6 +284,7 @@ class Store:
                 " expiry = excluded.expiry, updated_at = excluded.updated_at",
                 [(*row, now) for row in lots],
             )
+            await db.executemany("INSERT INTO move_history (gtin, at) VALUES (?, ?)", moved)
             gone = [(sscc,) for sscc in shipped]
             await db.executemany("DELETE FROM pallet_location WHERE sscc = ?", gone)
             await db.executemany("DELETE FROM pallet_lot WHERE sscc = ?", gone)
@@ -424,6 +432,17 @@ class Store:
             "SELECT sscc, gtin, lot, expiry FROM pallet_lot ORDER BY updated_at"
         )
         return [(str(a), str(b), c, d) for a, b, c, d in rows]
+
+    async def recent_moves(self, *, since: float) -> list[tuple[str, float]]:
+        """Moves (gtin, epoch s) since `since`, oldest first; older ones are deleted."""
+
+        async def prune(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute("DELETE FROM move_history WHERE at < ?", (since,))
+            return cursor.rowcount
+
+        await self._transaction(prune, lambda _: None)
+        rows = await self._fetch("SELECT gtin, at FROM move_history ORDER BY at")
+        return [(str(gtin), float(at)) for gtin, at in rows]
 
     async def prune_agv_tasks(self, *, older_than_s: float) -> int:
         """Forget finished AGV tasks last changed more than `older_than_s` ago."""

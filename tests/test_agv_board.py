@@ -407,3 +407,13 @@ def test_fefo_works_from_lots_stored_before_a_restart() -> None:
     assert [(d.task.sscc, d.task.source) for d in out if isinstance(d, TaskChanged)] == [
         (soon, "RA-01")
     ]
+
+
+def test_velocity_classes_count_the_moves_stored_before_a_restart() -> None:
+    pallet = sscc("0614141", 1)
+    busy = [(GTIN, at(-60 * n)) for n in range(1, 20)]  # the product moved often lately
+    b = board(moves=busy)
+    out = b.on_dock(receipt(pallet))
+    # A fast mover goes to the nearest A location, not to the C rows a new product gets.
+    assert [d.task.destination for d in out if isinstance(d, TaskChanged)] == ["A-01"]
+    assert b.lot_of(pallet) == PalletLot(GTIN, None, None)

@@ -172,3 +172,19 @@ async def test_received_pallets_lots_survive_reopen_until_shipped(tmp_path: Path
         await store.commit([], shipped=[other])
     async with await Store.open(path) as again:
         assert await again.pallet_lots() == [(pallet, "00614141123452", "L1", "2027-01-31")]
+
+
+async def test_recent_moves_survive_reopen_and_old_ones_are_forgotten(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    async with await Store.open(path) as store:
+        await store.commit([], moved=[("00614141123452", 100.0), ("00614141234561", 200.0)])
+        await store.commit([], moved=[("00614141123452", 300.0)])
+    async with await Store.open(path) as again:
+        assert await again.recent_moves(since=150.0) == [
+            ("00614141234561", 200.0),
+            ("00614141123452", 300.0),
+        ]
+        assert await again.recent_moves(since=0.0) == [
+            ("00614141234561", 200.0),
+            ("00614141123452", 300.0),
+        ]  # the move before 150 s was deleted

@@ -42,9 +42,8 @@ the queue, and leasing takes it out.
 
 Memory: open tasks (bounded by the pallets on their way), the last `max_finished` finished
 tasks (so late repeats get "already", not "unknown task"), each received pallet's product, lot
-and expiry (stored with the receipt, so they survive a restart), and the recent moves used for
-velocity classes (memory only: after a restart every product is class C until it moves
-again); each bounded.
+and expiry, and the recent moves used for velocity classes (both stored with the transactions
+that make them, so they survive a restart); each bounded.
 """
 
 from __future__ import annotations
@@ -172,6 +171,7 @@ class TaskBoard:
         resumed_at: when the gateway started again; open leases run at least a full lease
             from then (the robots could not report while it was down).
         lots: what the pallets received before the restart hold (`received_lots`, stored).
+        moves: the recent moves (GTIN, time) the velocity classes count, oldest first.
     """
 
     def __init__(
@@ -186,6 +186,7 @@ class TaskBoard:
         max_finished: int = 10_000,
         resumed_at: dt.datetime | None = None,
         lots: Mapping[str, PalletLot] | None = None,
+        moves: Iterable[tuple[str, dt.datetime]] = (),
     ) -> None:
         self.policy = policy or TaskPolicy()
         self.layout = layout
@@ -200,7 +201,7 @@ class TaskBoard:
         self._lots: OrderedDict[str, PalletLot] = OrderedDict()
         for sscc, lot in (lots or {}).items():
             self._remember_lot(sscc, lot)
-        self._moves: deque[tuple[str, dt.datetime]] = deque(maxlen=_MOVES_KEPT)
+        self._moves: deque[tuple[str, dt.datetime]] = deque(moves, maxlen=_MOVES_KEPT)
         for task in sorted(tasks, key=lambda t: t.updated_at):
             if resumed_at is not None and task.lease_until is not None:
                 # The gateway's downtime is not the robot's fault: a full lease from the restart.
@@ -220,6 +221,10 @@ class TaskBoard:
     def task(self, task_id: str) -> Task | None:
         """An open or recently finished task."""
         return self.open.get(task_id) or self.finished.get(task_id)
+
+    def lot_of(self, sscc: str) -> PalletLot | None:
+        """What a received pallet holds (None: not received here, or forgotten)."""
+        return self._lots.get(sscc)
 
     def held_by(self, robot: str, fleet: str | None = None) -> Task | None:
         """The open task a robot holds, if any; `fleet` None: a robot of any fleet."""
