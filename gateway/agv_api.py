@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import biip
 
-from gateway.jsondoc import decode_json, describe_error, one_line, show
+from gateway.jsondoc import InvalidDocument, load_valid, one_line, show
 from gateway.rules.tasks import Task, TaskKind, TaskState
 from gateway.schemas import validator
 from gateway.wire import iso
@@ -175,18 +175,10 @@ def parse_wms_task(task_id: str, payload: bytes) -> WmsTask | WmsTaskDeleted | B
 
 
 def _document(schema: str, payload: bytes) -> dict[str, Any] | BadRequest:
-    if len(payload) > MAX_REQUEST_BYTES:
-        return BadRequest(f"payload: {len(payload)} bytes, more than {MAX_REQUEST_BYTES}")
     try:
-        doc = decode_json(payload)
-    except UnicodeError as err:
-        return BadRequest(f"payload: not UTF-8 ({err})")
-    except (ValueError, RecursionError) as err:
-        return BadRequest(one_line(f"payload: not valid JSON ({err})"))
-    # Only the first error: jsonschema finds them lazily.
-    error = next(iter(validator(schema).iter_errors(doc)), None)
-    if error is not None:
-        return BadRequest(one_line(describe_error(error)))
+        doc = load_valid(payload, validator(schema), max_bytes=MAX_REQUEST_BYTES)
+    except InvalidDocument as err:
+        return BadRequest(one_line(str(err)))
     assert isinstance(doc, dict)  # every schema here requires an object
     return doc
 

@@ -2,7 +2,8 @@
 
 `decode_json` refuses what `json.loads` lets through and would fail later: NaN and infinities,
 duplicate keys, lone surrogates. `describe_error` turns a jsonschema error into one short
-line naming the field (`lines[2].quantity: ...`).
+line naming the field (`lines[2].quantity: ...`). `load_valid` does both steps, with a size
+limit, for every message the gateway takes from outside (WMS data, AGV requests, VDA 5050).
 """
 
 from __future__ import annotations
@@ -13,10 +14,46 @@ from collections.abc import Iterable
 from typing import Any
 
 from jsonschema import ValidationError
+from jsonschema.protocols import Validator
 
-__all__ = ["decode_json", "describe_error", "json_path", "one_line", "show"]
+__all__ = [
+    "InvalidDocument",
+    "decode_json",
+    "describe_error",
+    "json_path",
+    "load_valid",
+    "one_line",
+    "show",
+]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,59}")
+
+
+class InvalidDocument(ValueError):
+    """A payload too large, not strict JSON, or failing its schema; the text says why."""
+
+
+def load_valid(payload: bytes, validator: Validator, *, max_bytes: int) -> Any:
+    """The JSON document in `payload`, checked against `validator`; raises `InvalidDocument`.
+
+    Only the first schema error is taken: jsonschema finds them lazily, and collecting all of
+    them from a hostile megabyte takes minutes. The schemas are written so that the first
+    error is the one to report (type, then fields, then contents).
+    """
+    if len(payload) > max_bytes:
+        raise InvalidDocument(f"payload: {len(payload)} bytes, more than the limit of {max_bytes}")
+    try:
+        doc = decode_json(payload)
+        error = next(iter(validator.iter_errors(doc)), None)
+    except UnicodeError as err:  # before ValueError, which it is
+        raise InvalidDocument(f"payload: not UTF-8 ({err})") from None
+    except RecursionError:
+        raise InvalidDocument("payload: JSON nested too deeply") from None
+    except ValueError as err:
+        raise InvalidDocument(f"payload: not valid JSON ({err})") from None
+    if error is not None:
+        raise InvalidDocument(describe_error(error))
+    return doc
 
 
 def decode_json(payload: bytes) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 import biip
 
-from gateway.jsondoc import decode_json, describe_error, one_line, show
+from gateway.jsondoc import InvalidDocument, load_valid, one_line, show
 from gateway.schemas import validator
 
 KINDS = ("asn", "shipment", "product", "location")
@@ -164,22 +164,10 @@ def parse_message(topic: str, payload: bytes, site: str) -> RefData | Deleted | 
 
 def _parse(kind: str, key: str, payload: bytes) -> RefData | str:
     """The record in `payload`, or why there is none."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        return f"payload: {len(payload)} bytes, more than the limit of {MAX_PAYLOAD_BYTES}"
     try:
-        doc = decode_json(payload)
-    except UnicodeError as err:
-        return f"payload: not UTF-8 ({err})"
-    except RecursionError:
-        return "payload: JSON nested too deeply"
-    except ValueError as err:
-        return f"payload: not valid JSON ({err})"
-    try:
-        reason = _schema_reason(kind, doc)
-    except RecursionError:
-        return "payload: JSON nested too deeply"
-    if reason is not None:
-        return reason
+        doc = load_valid(payload, validator(kind), max_bytes=MAX_PAYLOAD_BYTES)
+    except InvalidDocument as err:
+        return str(err)
     field = _KEY_FIELD[kind]
     if doc[field] != key:
         return f"{field}: {show(doc[field])} is not the id in the topic, {show(key)}"
@@ -237,17 +225,6 @@ def to_json(item: RefData) -> dict[str, Any]:
 
 
 # --- decoding and the schema step -------------------------------------------------------------
-
-
-def _schema_reason(kind: str, doc: Any) -> str | None:
-    """Why `doc` fails the schema of `kind`, naming the field; None when it passes.
-
-    Only the first error is taken: jsonschema finds them lazily, and collecting all of them
-    from a hostile megabyte takes minutes. The schemas are written so that the first error is
-    the one to report (type, then fields, then contents).
-    """
-    error = next(iter(validator(kind).iter_errors(doc)), None)
-    return None if error is None else describe_error(error)
 
 
 # --- building records from documents that passed the schema ------------------------------------

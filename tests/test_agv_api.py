@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
+from gateway.config import GatewayConfig
 from gateway.domain import WmsMessage
 from gateway.rules.engine import RulesEngine
 from simulators.gs1 import sscc
@@ -19,6 +21,13 @@ from tests.mqtt_helpers import Collector, Mosquitto
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
 P1, P2, P3 = (sscc("0614141", n) for n in (501, 502, 503))
+
+
+def agv_site(tmp_path: Path, port: int, **agv: Any) -> GatewayConfig:
+    """A test site with the AGV task API on (`agv` overrides the `[agv]` table)."""
+    raw = site_config(tmp_path, broker_port=port, scanner=None)
+    raw["agv"] = agv_section(**agv)
+    return build(raw, tmp_path)
 
 
 def wms_task(task_id: str, pallet: str, source: str, destination: str, priority: int = 0) -> bytes:
@@ -57,9 +66,7 @@ async def clear_tasks(port: int) -> None:
 async def test_fleet_controllers_lease_report_and_finish_tasks(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
-    raw["agv"] = agv_section()
-    config = build(raw, tmp_path)
+    config = agv_site(tmp_path, mosquitto.port)
     await publish_tasks(mosquitto.port)
     try:
         async with (
@@ -174,9 +181,7 @@ async def test_fleet_controllers_lease_report_and_finish_tasks(
 async def test_leases_survive_a_restart_and_run_out_without_progress(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
-    raw["agv"] = agv_section(lease_s=1.0)
-    config = build(raw, tmp_path)
+    config = agv_site(tmp_path, mosquitto.port, lease_s=1.0)
     await publish_tasks(mosquitto.port)
     try:
         async with Collector(mosquitto.port) as collector:
@@ -219,9 +224,7 @@ async def test_leases_survive_a_restart_and_run_out_without_progress(
 async def test_a_mqtt_311_client_names_its_reply_topic_in_the_request(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
-    raw["agv"] = agv_section()
-    config = build(raw, tmp_path)
+    config = agv_site(tmp_path, mosquitto.port)
     await publish_tasks(mosquitto.port)
     try:
         async with (
@@ -260,9 +263,7 @@ async def test_a_mqtt_311_client_names_its_reply_topic_in_the_request(
 async def test_malformed_robot_states_are_rejected_with_an_event(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
-    raw["agv"] = agv_section(vda5050={"interface": "uagv"})
-    config = build(raw, tmp_path)
+    config = agv_site(tmp_path, mosquitto.port, vda5050={"interface": "uagv"})
     bad = {
         "uagv/v2/acme/r1/state": b"{not json",
         "uagv/v2/acme/r2/state": json.dumps({"headerId": 1, "version": "2.1.0"}).encode(),
@@ -304,9 +305,7 @@ async def test_an_event_the_rules_fail_on_is_reported_and_the_gateway_goes_on(
         return original(self, message)
 
     monkeypatch.setattr(RulesEngine, "_reference", buggy)
-    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
-    raw["agv"] = agv_section()
-    config = build(raw, tmp_path)
+    config = agv_site(tmp_path, mosquitto.port)
     async with (
         Collector(mosquitto.port) as collector,
         running(config) as gateway,
@@ -327,9 +326,7 @@ async def test_an_event_the_rules_fail_on_is_reported_and_the_gateway_goes_on(
 async def test_no_answer_goes_to_the_gateways_own_topics(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
-    raw["agv"] = agv_section()
-    config = build(raw, tmp_path)
+    config = agv_site(tmp_path, mosquitto.port)
     async with (
         Collector(mosquitto.port) as collector,
         running(config) as gateway,

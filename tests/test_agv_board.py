@@ -7,10 +7,11 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.agv_api import parse_wms_task
+from gateway.agv_api import MAX_REQUEST_BYTES, parse_wms_task
 from gateway.bridge.vda5050 import parse
 from gateway.domain import AgvRequest, CommandResponse, MoveTransaction, Notice, RobotMessage
 from gateway.refdata import Location
@@ -417,3 +418,23 @@ def test_velocity_classes_count_the_moves_stored_before_a_restart() -> None:
     # A fast mover goes to the nearest A location, not to the C rows a new product gets.
     assert [d.task.destination for d in out if isinstance(d, TaskChanged)] == ["A-01"]
     assert b.lot_of(pallet) == PalletLot(GTIN, None, None)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xff\xfe{}", "payload: not UTF-8"),
+        (b'{"fleet": "f", "fleet": "g", "robot": "r"}', 'duplicate key "fleet"'),
+        (b"[" * 5_000 + b"]" * 5_000, "payload: JSON nested too deeply"),
+        (b" " * (MAX_REQUEST_BYTES + 1), "more than the limit of"),
+        (b'{"fleet": "f", "robot": "r", "capabilities": "pallet"}', "capabilities: must be"),
+    ],
+)
+def test_malformed_requests_are_answered_bad_request(payload: bytes, reason: str) -> None:
+    b = board()
+    decisions = b.on_request(AgvRequest("next", payload, T0, "fleet/resp", b"c"))
+    refused = answer(decisions)
+    assert (refused["ok"], refused["code"]) == (False, "bad_request")
+    assert reason in refused["message"]
+    (notice,) = [d for d in decisions if isinstance(d, Notice)]
+    assert notice.code == "agv_request_rejected"

@@ -30,7 +30,7 @@ from typing import Any, Final
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
-from gateway.jsondoc import decode_json, describe_error, one_line, show
+from gateway.jsondoc import InvalidDocument, load_valid, one_line, show
 from gateway.rules.vda5050 import (
     ActionState,
     ActionStatus,
@@ -155,18 +155,10 @@ def parse(topic: str, payload: bytes) -> RobotState | RobotConnection | Rejected
 
 
 def _parse(where: RobotTopic, release: str, payload: bytes) -> RobotState | RobotConnection | str:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        return f"payload: {len(payload)} bytes, more than the limit of {MAX_PAYLOAD_BYTES}"
     try:
-        doc = decode_json(payload)
-    except UnicodeError as err:
-        return f"payload: not UTF-8 ({err})"
-    except ValueError as err:
-        return f"payload: not valid JSON ({err})"
-    # Only the first error: collecting all of them from a hostile megabyte takes minutes.
-    error = next(iter(validator(where.kind, release).iter_errors(doc)), None)
-    if error is not None:
-        return describe_error(error)
+        doc = load_valid(payload, validator(where.kind, release), max_bytes=MAX_PAYLOAD_BYTES)
+    except InvalidDocument as err:
+        return str(err)
     version = _VERSION.fullmatch(doc["version"])
     if version is None:
         return f"version: {show(doc['version'])} is not [major].[minor].[patch]"
