@@ -290,6 +290,23 @@ def lease(b: TaskBoard, robot: str, when: float, fleet: str = "f1") -> dict[str,
     return answer(b.on_request(request("next", when, fleet=fleet, robot=robot)))
 
 
+def test_a_request_that_waited_behind_a_tick_is_handled_at_the_ticks_time() -> None:
+    # r1's lease runs out at 70; the tick at 71 requeues the task. r2's `next` arrived at 69.9
+    # but was handled after that tick: its lease starts at 71, after r1's ended, and the task's
+    # times never go back.
+    b = board()
+    b.on_dock(receipt(sscc("0614141", 1)))
+    first = lease(b, "r1", 10)["task"]
+    requeued = [d for d in b.on_tick(at(71)) if isinstance(d, TaskChanged)]
+    assert [d.event for d in requeued] == ["requeued"]
+    second = lease(b, "r2", 69.9)["task"]
+    assert second["task_id"] == first["task_id"]
+    assert second["robot"] == "r2"
+    assert dt.datetime.fromisoformat(second["updated_at"]) == at(71)
+    assert dt.datetime.fromisoformat(second["lease_until"]) == at(131)
+    assert dt.datetime.fromisoformat(first["lease_until"]) <= at(71)
+
+
 def test_robot_ids_are_told_apart_by_fleet() -> None:
     b = board()
     b.on_dock(receipt(sscc("0614141", 1)))

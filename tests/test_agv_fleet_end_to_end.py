@@ -166,28 +166,9 @@ async def test_a_hundred_tasks_three_fleets_ten_robots(
     # No task is held by two robots at once: by the robots' records, and by the gateway's own
     # events (a task is leased again only after it went back to the queue).
     overlaps = overlapping_leases(outcomes)
-    assert overlaps == [], [
-        [
-            (
-                o.task_id,
-                o.robot,
-                o.did,
-                o.held_from,
-                o.held_until,
-                [
-                    (
-                        x.request.get("status"),
-                        x.result,
-                        x.code,
-                        (x.task.lease_until if x.task else None),
-                    )
-                    for x in o.reports
-                ],
-            )
-            for o in pair
-        ]
-        for pair in overlaps
-    ]
+    assert overlaps == [], "\n".join(
+        history_of(task_id, outcomes, events) for task_id in {a.task_id for a, _ in overlaps}
+    )
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
         by_task[event["task"]["task_id"]].append(event)
@@ -213,7 +194,7 @@ async def test_a_hundred_tasks_three_fleets_ten_robots(
     dropped: dict[str, Outcome] = {}
     for outcome in outcomes:
         if outcome.did is Did.DROPPED:
-            assert outcome.task_id not in dropped, f"{outcome.task_id} dropped twice"
+            assert outcome.task_id not in dropped, history_of(outcome.task_id, outcomes, events)
             dropped[outcome.task_id] = outcome
     assert set(dropped) == set(done)
     for move in moves:
@@ -267,3 +248,25 @@ async def test_a_hundred_tasks_three_fleets_ten_robots(
         doc = json.loads(message.payload)
         errors = list(vda_validator(kind, doc["version"]).iter_errors(doc))
         assert not errors, (message.topic, errors[0].message)
+
+
+def history_of(task_id: str, outcomes: list[Outcome], events: list[dict[str, Any]]) -> str:
+    """What the robots and the gateway say happened to one task (a failure's explanation)."""
+    lines = [f"{task_id}: the robots' attempts"]
+    for o in sorted((o for o in outcomes if o.task_id == task_id), key=lambda o: o.started_at):
+        reports = [(x.request.get("status"), x.result, x.code) for x in o.reports]
+        lines.append(
+            f"  {o.fleet}/{o.robot} #{o.attempt} {o.did} at {o.location}: started "
+            f"{o.started_at:%T.%f} picked {o.picked_at and f'{o.picked_at:%T.%f}'} ended "
+            f"{o.ended_at:%T.%f}, held {o.held_from and f'{o.held_from:%T.%f}'}.."
+            f"{o.held_until and f'{o.held_until:%T.%f}'}, refusal {o.refusal}, reports {reports}"
+        )
+    lines.append("the gateway's events")
+    for e in events:
+        t = e["task"]
+        if t["task_id"] == task_id:
+            lines.append(
+                f"  {e['event']} {t.get('fleet')}/{t.get('robot')} {t['state']} "
+                f"updated {t.get('updated_at')} lease {t.get('lease_until')} {t.get('reason')}"
+            )
+    return "\n".join(lines)

@@ -39,6 +39,9 @@ the queue, and leasing takes it out.
   repeated report renews the lease once half of it has passed; after a restart every open
   lease runs at least a full lease from `resumed_at`.
 - **Ships** take pallets off the stock and cancel their queued tasks.
+- **Time** never goes back on the board: an event stamped before the last change (a request
+  that waited in the queue while a tick ran) is taken as happening at that change, so a task's
+  `updated_at` only grows and a lease never starts before the one it replaces ended.
 
 Memory: open tasks (bounded by the pallets on their way), the last `max_finished` finished
 tasks (so late repeats get "already", not "unknown task"), each received pallet's product, lot
@@ -202,7 +205,9 @@ class TaskBoard:
         for sscc, lot in (lots or {}).items():
             self._remember_lot(sscc, lot)
         self._moves: deque[tuple[str, dt.datetime]] = deque(moves, maxlen=_MOVES_KEPT)
+        self._latest: dt.datetime | None = None  # the board's time: the latest change's
         for task in sorted(tasks, key=lambda t: t.updated_at):
+            self._latest = task.updated_at
             if resumed_at is not None and task.lease_until is not None:
                 # The gateway's downtime is not the robot's fault: a full lease from the restart.
                 renewed = max(task.lease_until, resumed_at + self.policy.lease)
@@ -210,6 +215,12 @@ class TaskBoard:
             self._keep(task)
             if not task.state.terminal and task.sscc not in self.stock:
                 self.stock.apply_move(task.sscc, task.source)
+
+    def _now(self, at: dt.datetime) -> dt.datetime:
+        """`at`, or the board's time if that is later: the board's time never goes back."""
+        if self._latest is None or at > self._latest:
+            self._latest = at
+        return self._latest
 
     def set_locations(self, records: Iterable[Location]) -> None:
         """The WMS's location master changed: its zone, kind and capacity override the config's."""
@@ -251,7 +262,8 @@ class TaskBoard:
                 self._lots.pop(sscc, None)
                 for task in [t for t in self.open.values() if t.sscc == sscc]:
                     reason = f"pallet shipped at {tx.door}"
-                    shipped.extend(self._apply(task, Cancel(reason), tx.occurred_at))
+                    now = self._now(tx.occurred_at)
+                    shipped.extend(self._apply(task, Cancel(reason), now))
             return shipped
         lots = dict(received_lots(tx))
         out: list[Any] = []
@@ -274,11 +286,12 @@ class TaskBoard:
         for task in list(self.open.values()):
             if task.sscc == move.sscc and task.state is TaskState.QUEUED:
                 reason = f"pallet moved to {move.to_location} by {move.device_id}"
-                out.extend(self._apply(task, Cancel(reason), move.confirmed_at))
+                out.extend(self._apply(task, Cancel(reason), self._now(move.confirmed_at)))
         return out
 
     def on_wms_task(self, message: WmsTask | WmsTaskDeleted, at: dt.datetime) -> list[Any]:
         """A task from the WMS (created once per id), or its withdrawal."""
+        at = self._now(at)
         if isinstance(message, WmsTaskDeleted):
             task = self.open.get(message.task_id)
             if task is None:
@@ -349,6 +362,7 @@ class TaskBoard:
     def on_request(self, request: AgvRequest) -> list[Any]:
         """Carry out a request; the answer goes to its response topic (if it gave one)."""
         parsed = parse_request(request.op, request.payload)
+        at = self._now(request.at)
         decisions: list[Any]
         if isinstance(parsed, BadRequest):
             decisions = []
@@ -357,17 +371,17 @@ class TaskBoard:
                 Notice(
                     code="agv_request_rejected",
                     message=f"agv/{request.op}: {parsed.reason}",
-                    at=request.at,
+                    at=at,
                     severity=Severity.WARNING,
                     details={"operation": request.op, "reason": parsed.reason},
                 )
             )
         elif isinstance(parsed, NextRequest):
-            decisions, answer = self._next(parsed, request.at)
+            decisions, answer = self._next(parsed, at)
         elif isinstance(parsed, ProgressRequest):
-            decisions, answer = self._progress(parsed, request.at)
+            decisions, answer = self._progress(parsed, at)
         else:
-            decisions, answer = self._cancel(parsed, request.at)
+            decisions, answer = self._cancel(parsed, at)
         if request.response_topic:
             decisions.append(CommandResponse(request.response_topic, request.correlation, answer))
         elif not isinstance(parsed, BadRequest) and parsed.reply_to:
@@ -466,13 +480,14 @@ class TaskBoard:
 
     def on_robot(self, message: RobotMessage) -> list[Any]:
         """A robot's state or connection message: finished picks and drops count as progress."""
+        at = self._now(message.at)
         if message.message is None:
             reason = message.reason or "rejected"
             return [
                 Notice(
                     code="vda5050_rejected",
                     message=f"{message.topic}: {reason}",
-                    at=message.at,
+                    at=at,
                     severity=Severity.WARNING,
                     details={"topic": message.topic, "reason": reason},
                 )
@@ -481,23 +496,23 @@ class TaskBoard:
         if isinstance(message.message, RobotState):
             held = self.held_by(message.message.serial)
             if held is not None:  # a robot that reports its state is alive
-                out.extend(self._renew(held, message.message.serial, message.at))
+                out.extend(self._renew(held, message.message.serial, at))
         for event in self.observer.feed(message.message):
             robot = event.robot.serial
             match event:
                 case PickConfirmed():
                     task = self._robot_task(robot, event.load_id)
                     if task is not None:
-                        out.extend(self._apply(task, Pick(robot, event.location), message.at))
+                        out.extend(self._apply(task, Pick(robot, event.location), at))
                 case DropConfirmed():
                     task = self._robot_task(robot, event.load_id)
                     if task is not None:
-                        out.extend(self._apply(task, Drop(robot, event.location), message.at))
+                        out.extend(self._apply(task, Drop(robot, event.location), at))
                 case ActionFailed():
                     task = self._robot_task(robot, event.load_id)
                     if task is not None:
                         reason = f"{event.action_type} failed at {event.location}: {event.reason}"
-                        out.extend(self._apply(task, Fail(robot, reason), message.at))
+                        out.extend(self._apply(task, Fail(robot, reason), at))
                 case RobotLost():
                     held = self.held_by(robot)
                     out.append(
@@ -507,7 +522,7 @@ class TaskBoard:
                                 f"robot {event.robot} is {event.state.value.lower()}"
                                 + (f" holding task {held.task_id}" if held else "")
                             ),
-                            at=message.at,
+                            at=at,
                             severity=Severity.WARNING,
                             details={
                                 "robot": str(event.robot),
@@ -533,6 +548,7 @@ class TaskBoard:
 
     def on_tick(self, now: dt.datetime) -> list[Any]:
         """Leases that ran out: back to the queue before the pick, failed after it."""
+        now = self._now(now)
         out: list[Any] = []
         for task in [t for t in self.open.values() if lease_ran_out(t, now)]:
             out.extend(self._apply(task, LeaseExpired(), now))
@@ -566,7 +582,7 @@ class TaskBoard:
             sscc=sscc,
             source=tx.door,
             destination=choice.location,
-            now=tx.occurred_at,
+            now=self._now(tx.occurred_at),
             task_id=deterministic_id("putaway", tx.tx_id, sscc),
         )
         self._keep(task)
