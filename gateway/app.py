@@ -54,6 +54,7 @@ from gateway.drivers.signal_light import SignalLight
 from gateway.epcis import EpcisSettings, object_event
 from gateway.epcis import document as epcis_document
 from gateway.health import StatusBoard
+from gateway.inbox import Inbox
 from gateway.refdata import to_json
 from gateway.rules.agv import PalletLot, TaskBoard, TaskChanged, received_lots
 from gateway.rules.engine import DockStation, RefDataChange, RulesEngine
@@ -134,7 +135,7 @@ class Gateway:
         self.clock = clock
         self.topics = Topics(config.gateway.site, config.gateway.id)
         self.board = StatusBoard(clock)
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=config.rules.queue_size)
+        self.queue = Inbox(maxsize=config.rules.queue_size)
         self.notices_dropped = 0
         self.passes_seen = 0
         self._late_notices: list[Notice] = []
@@ -399,6 +400,7 @@ class Gateway:
         batch_max = max(1, min(self.config.storage.commit_batch, store.max_rows // 8))
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + TICK_S
+        ticked: dt.datetime | None = None
         while True:
             events: list[Event] = []
             with contextlib.suppress(TimeoutError):
@@ -415,9 +417,14 @@ class Gateway:
                     decisions.extend(engine.on_event(event))
                 except Exception as err:  # noqa: BLE001 - a bug must not stop every door
                     decisions.append(self._rules_failed(event, err))
-            # Time moves on even while events pour in: departures and timeouts are due.
+            # Time moves on even while events pour in: departures and timeouts are due. It is
+            # event time: when the rules are behind, what is still queued was received before
+            # the wall clock's now, and a lease or a portal pass must not run out before it is
+            # read. Never backwards.
             if loop.time() >= next_tick:
-                decisions.extend(engine.on_tick(self.clock()))
+                now = self.clock() - dt.timedelta(seconds=self.queue.waited_s())
+                ticked = now if ticked is None or now > ticked else ticked
+                decisions.extend(engine.on_tick(ticked))
                 next_tick = loop.time() + TICK_S
             decisions.extend(self._late_notices)
             self._late_notices.clear()
