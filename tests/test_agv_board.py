@@ -23,6 +23,7 @@ from gateway.rules.receiving import ACCEPTED, DockTransaction, Item, ItemResult
 from gateway.rules.stock import StockProjection
 from gateway.rules.tasks import TaskPolicy, TaskState
 from gateway.rules.vda5050 import RobotObserver
+from gateway.wire import Topics, notice_payload
 from simulators.gs1 import sscc
 from simulators.vda5050_robot import (
     RobotSnapshot,
@@ -165,6 +166,41 @@ def test_a_robot_confirms_pick_and_drop_over_vda5050() -> None:
     assert changes == ["picked", "done"]
     (move,) = [d for d in decisions if isinstance(d, MoveTransaction)]
     assert (move.from_location, move.to_location, move.device_id) == ("D03", "C-01", "agv-7")
+
+
+def test_a_robot_that_picks_a_task_it_lost_raises_an_alarm() -> None:
+    # agv-7's lease ran out before its pick was heard (its fleet controller never learned):
+    # its pick of the pallet is an alarm, and the task stays in the queue for the operator.
+    b = board(observer=RobotObserver({"N-DOCK-3": "D03"}))
+    pallet = sscc("0614141", 1)
+    b.on_dock(receipt(pallet))
+    leased = answer(b.on_request(request("next", 1, fleet="f1", robot="agv-7")))["task"]
+    assert [d.event for d in b.on_tick(at(62)) if isinstance(d, TaskChanged)] == ["requeued"]
+    start = RobotSnapshot(manufacturer="acme", serial="agv-7", last_node_id="N-PARK")
+    job = Transport("order-1", pallet, "N-DOCK-3", "C-01", "order-1-pick", "order-1-drop")
+    decisions: list[Any] = []
+    for n, (snapshot, _) in enumerate(transport_script(start, job)):
+        message = state_message(snapshot, version="2.1.0", header_id=n, timestamp=at(63 + n))
+        where = topic("uagv", "2.1.0", "acme", "agv-7", "state")
+        parsed = parse(where, json.dumps(message).encode())
+        decisions += b.on_robot(RobotMessage(where, at(63 + n), message=parsed))  # type: ignore[arg-type]
+    assert not [d for d in decisions if isinstance(d, TaskChanged | MoveTransaction)]
+    alarms = [d for d in decisions if isinstance(d, Notice)]
+    assert [(a.code, a.details["action"], a.location) for a in alarms] == [
+        ("agv_unexpected_load", "picked", "D03"),
+        ("agv_unexpected_load", "dropped", "C-01"),
+    ]
+    assert alarms[0].details | {"action": None} == {
+        "robot": "agv-7",
+        "action": None,
+        "sscc": pallet,
+        "task_id": leased["task_id"],
+        "state": "queued",
+        "holder": None,
+    }
+    assert b.open[leased["task_id"]].state is TaskState.QUEUED
+    for alarm in alarms:
+        assert_valid("event", notice_payload(alarm, Topics("DC1", "dock-1")))
 
 
 def test_a_rejected_robot_message_is_an_event() -> None:

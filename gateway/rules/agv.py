@@ -31,7 +31,8 @@ the queue, and leasing takes it out.
   robot's progress; an action without a load id is ignored (it may be an earlier order's,
   still in the state after a restart). A state from the holder renews its lease. A robot gone
   OFFLINE or CONNECTIONBROKEN keeps its lease until it runs out: a robot that comes back in
-  time carries on.
+  time carries on. A robot that picks or drops the pallet of an open task it does not hold
+  (its lease ran out unnoticed) raises `agv_unexpected_load` and changes nothing.
 - **Robots** are told apart by (fleet, robot id); a robot id another fleet holds a task with
   is refused (`robot_id_in_use`).
 - **Leases** run out in `on_tick`: before the pick the task goes back to the queue (or fails
@@ -504,10 +505,14 @@ class TaskBoard:
                     task = self._robot_task(robot, event.load_id)
                     if task is not None:
                         out.extend(self._apply(task, Pick(robot, event.location), at))
+                    else:
+                        out.extend(self._unexpected(robot, "picked", event.load_id, event, at))
                 case DropConfirmed():
                     task = self._robot_task(robot, event.load_id)
                     if task is not None:
                         out.extend(self._apply(task, Drop(robot, event.location), at))
+                    else:
+                        out.extend(self._unexpected(robot, "dropped", event.load_id, event, at))
                 case ActionFailed():
                     task = self._robot_task(robot, event.load_id)
                     if task is not None:
@@ -532,6 +537,42 @@ class TaskBoard:
                         )
                     )
         return out
+
+    def _unexpected(
+        self,
+        robot: str,
+        did: str,
+        load_id: str | None,
+        event: PickConfirmed | DropConfirmed,
+        at: dt.datetime,
+    ) -> list[Notice]:
+        """A robot handled the pallet of an open task it does not hold (its lease ran out, or
+        its fleet controller took a task it was not given): an alarm, the task is unchanged."""
+        task = next((t for t in self.open.values() if load_id and t.sscc == load_id), None)
+        if task is None:
+            return []
+        holder = f"held by robot {task.robot} of fleet {task.fleet}" if task.robot else "not held"
+        return [
+            Notice(
+                code="agv_unexpected_load",
+                message=(
+                    f"robot {robot} {did} pallet {task.sscc} at {event.location}, but its "
+                    f"task {task.task_id} is {task.state.value}, {holder}"
+                ),
+                at=at,
+                severity=Severity.ERROR,
+                device_id=robot,
+                location=event.location,
+                details={
+                    "robot": robot,
+                    "action": did,
+                    "sscc": task.sscc,
+                    "task_id": task.task_id,
+                    "state": task.state.value,
+                    "holder": task.robot,
+                },
+            )
+        ]
 
     def _robot_task(self, robot: str, load_id: str | None) -> Task | None:
         """The task a robot's finished action is about: the one it holds, for that very load.
