@@ -147,21 +147,28 @@ def test_lease_report_and_drop_make_one_move() -> None:
     assert answer(decisions)["task"]["state"] == "done"
 
 
+def carry(b: TaskBoard, pallet: str, when: float) -> list[Any]:
+    """Robot agv-7 carries `pallet` from N-DOCK-3 to C-01 from `when`: the board's decisions
+    on its VDA 5050 states, one a second."""
+    start = RobotSnapshot(manufacturer="acme", serial="agv-7", last_node_id="N-PARK")
+    job = Transport("order-1", pallet, "N-DOCK-3", "C-01", "order-1-pick", "order-1-drop")
+    decisions: list[Any] = []
+    for n, (snapshot, _) in enumerate(transport_script(start, job)):
+        message = state_message(snapshot, version="2.1.0", header_id=n, timestamp=at(when + n))
+        where = topic("uagv", "2.1.0", "acme", "agv-7", "state")
+        parsed = parse(where, json.dumps(message).encode())
+        assert not hasattr(parsed, "reason"), parsed
+        decisions += b.on_robot(RobotMessage(where, at(when + n), message=parsed))  # type: ignore[arg-type]
+    return decisions
+
+
 def test_a_robot_confirms_pick_and_drop_over_vda5050() -> None:
     b = board(observer=RobotObserver({"N-DOCK-3": "D03"}))
     pallet = sscc("0614141", 1)
     b.on_dock(receipt(pallet))
     leased = answer(b.on_request(request("next", 1, fleet="f1", robot="agv-7")))
     assert leased["task"]["destination"] == "C-01"
-    start = RobotSnapshot(manufacturer="acme", serial="agv-7", last_node_id="N-PARK")
-    job = Transport("order-1", pallet, "N-DOCK-3", "C-01", "order-1-pick", "order-1-drop")
-    decisions: list[Any] = []
-    for n, (snapshot, _) in enumerate(transport_script(start, job)):
-        message = state_message(snapshot, version="2.1.0", header_id=n, timestamp=at(2 + n))
-        where = topic("uagv", "2.1.0", "acme", "agv-7", "state")
-        parsed = parse(where, json.dumps(message).encode())
-        assert not hasattr(parsed, "reason"), parsed
-        decisions += b.on_robot(RobotMessage(where, at(2 + n), message=parsed))  # type: ignore[arg-type]
+    decisions = carry(b, pallet, when=2)
     changes = [d.event for d in decisions if isinstance(d, TaskChanged)]
     assert changes == ["picked", "done"]
     (move,) = [d for d in decisions if isinstance(d, MoveTransaction)]
@@ -176,14 +183,7 @@ def test_a_robot_that_picks_a_task_it_lost_raises_an_alarm() -> None:
     b.on_dock(receipt(pallet))
     leased = answer(b.on_request(request("next", 1, fleet="f1", robot="agv-7")))["task"]
     assert [d.event for d in b.on_tick(at(62)) if isinstance(d, TaskChanged)] == ["requeued"]
-    start = RobotSnapshot(manufacturer="acme", serial="agv-7", last_node_id="N-PARK")
-    job = Transport("order-1", pallet, "N-DOCK-3", "C-01", "order-1-pick", "order-1-drop")
-    decisions: list[Any] = []
-    for n, (snapshot, _) in enumerate(transport_script(start, job)):
-        message = state_message(snapshot, version="2.1.0", header_id=n, timestamp=at(63 + n))
-        where = topic("uagv", "2.1.0", "acme", "agv-7", "state")
-        parsed = parse(where, json.dumps(message).encode())
-        decisions += b.on_robot(RobotMessage(where, at(63 + n), message=parsed))  # type: ignore[arg-type]
+    decisions = carry(b, pallet, when=63)
     assert not [d for d in decisions if isinstance(d, TaskChanged | MoveTransaction)]
     alarms = [d for d in decisions if isinstance(d, Notice)]
     assert [(a.code, a.details["action"], a.location) for a in alarms] == [
