@@ -484,10 +484,15 @@ class SimulatedRobot:
     async def _stop_heartbeat(self) -> None:
         task, self._heartbeat = self._heartbeat, None
         self._beat_stop.set()
-        if task is not None:
+        if task is None:
+            return
+        # A state being published is finished first (both copies, on a duplicating robot):
+        # the loop then sees the stop. Cancelled only if the publish hangs.
+        done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_TIMEOUT_S)
+        if not done:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _publish_state(self) -> None:
         async with self._lock:
