@@ -400,7 +400,6 @@ class Gateway:
         batch_max = max(1, min(self.config.storage.commit_batch, store.max_rows // 8))
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + TICK_S
-        ticked: dt.datetime | None = None
         while True:
             events: list[Event] = []
             with contextlib.suppress(TimeoutError):
@@ -418,13 +417,13 @@ class Gateway:
                 except Exception as err:  # noqa: BLE001 - a bug must not stop every door
                     decisions.append(self._rules_failed(event, err))
             # Time moves on even while events pour in: departures and timeouts are due. It is
-            # event time: when the rules are behind, what is still queued was received before
-            # the wall clock's now, and a lease or a portal pass must not run out before it is
-            # read. Never backwards.
+            # event time: when the rules are behind, what is still queued (or waiting to be)
+            # was received before the wall clock's now, and a lease or a portal pass must not
+            # run out before it is read. (A clock stepped back is passed on: the portal logic
+            # handles it.)
             if loop.time() >= next_tick:
                 now = self.clock() - dt.timedelta(seconds=self.queue.waited_s())
-                ticked = now if ticked is None or now > ticked else ticked
-                decisions.extend(engine.on_tick(ticked))
+                decisions.extend(engine.on_tick(now))
                 next_tick = loop.time() + TICK_S
             decisions.extend(self._late_notices)
             self._late_notices.clear()

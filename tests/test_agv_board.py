@@ -158,7 +158,7 @@ def carry(b: TaskBoard, pallet: str, when: float) -> list[Any]:
         where = topic("uagv", "2.1.0", "acme", "agv-7", "state")
         parsed = parse(where, json.dumps(message).encode())
         assert not hasattr(parsed, "reason"), parsed
-        decisions += b.on_robot(RobotMessage(where, at(when + n), message=parsed))  # type: ignore[arg-type]
+        decisions += b.on_robot(RobotMessage(where, at(when + n), message=parsed))
     return decisions
 
 
@@ -193,6 +193,7 @@ def test_a_robot_that_picks_a_task_it_lost_raises_an_alarm() -> None:
     assert alarms[0].details | {"action": None} == {
         "robot": "agv-7",
         "action": None,
+        "action_id": "order-1-pick",
         "sscc": pallet,
         "task_id": leased["task_id"],
         "state": "queued",
@@ -201,6 +202,34 @@ def test_a_robot_that_picks_a_task_it_lost_raises_an_alarm() -> None:
     assert b.open[leased["task_id"]].state is TaskState.QUEUED
     for alarm in alarms:
         assert_valid("event", notice_payload(alarm, Topics("DC1", "dock-1")))
+
+
+def test_a_robot_lost_with_its_load_that_drops_it_later_says_where() -> None:
+    b = board(observer=RobotObserver({"N-DOCK-3": "D03"}))
+    pallet = sscc("0614141", 1)
+    b.on_dock(receipt(pallet))
+    task = answer(b.on_request(request("next", 1, fleet="f1", robot="agv-7")))["task"]
+    report = {"fleet": "f1", "robot": "agv-7", "task_id": task["task_id"]}
+    b.on_request(request("progress", 2, **report, status="picked", location="D03"))
+    (failed,) = [d.task for d in b.on_tick(at(63)) if isinstance(d, TaskChanged)]
+    assert (failed.state, failed.reason) == (TaskState.FAILED, "robot_lost_with_load")
+    decisions = carry(b, pallet, when=100)  # the robot comes back and finishes its order
+    alarms = [d for d in decisions if isinstance(d, Notice)]
+    assert [(a.code, a.details["action"], a.location, a.details["state"]) for a in alarms] == [
+        ("agv_unexpected_load", "picked", "D03", "failed"),
+        ("agv_unexpected_load", "dropped", "C-01", "failed"),
+    ]
+    assert "robot_lost_with_load" in alarms[1].message
+    assert not [d for d in decisions if isinstance(d, TaskChanged | MoveTransaction)]
+
+
+def test_a_robots_action_from_before_the_task_is_not_an_alarm() -> None:
+    # The pallet's task was created at 100; a late state with an order finished at 2 is about
+    # an older order.
+    b = board(observer=RobotObserver({"N-DOCK-3": "D03"}))
+    pallet = sscc("0614141", 1)
+    b.on_dock(receipt(pallet, when=100))
+    assert [d for d in carry(b, pallet, when=2) if isinstance(d, Notice)] == []
 
 
 def test_a_rejected_robot_message_is_an_event() -> None:
@@ -341,6 +370,18 @@ def test_a_request_that_waited_behind_a_tick_is_handled_at_the_ticks_time() -> N
     assert dt.datetime.fromisoformat(second["updated_at"]) == at(71)
     assert dt.datetime.fromisoformat(second["lease_until"]) == at(131)
     assert dt.datetime.fromisoformat(first["lease_until"]) <= at(71)
+
+
+def test_a_clock_set_back_does_not_hold_the_leases_still() -> None:
+    # One tick an hour ahead (a clock stepped forward, then back): later times are taken as
+    # they come, and leases run out on time again.
+    b = board()
+    b.on_dock(receipt(sscc("0614141", 1)))
+    lease(b, "r1", 10)
+    assert [d.event for d in b.on_tick(at(3600)) if isinstance(d, TaskChanged)] == ["requeued"]
+    second = lease(b, "r2", 20)["task"]
+    assert dt.datetime.fromisoformat(second["lease_until"]) == at(80)
+    assert [d.event for d in b.on_tick(at(81)) if isinstance(d, TaskChanged)] == ["requeued"]
 
 
 def test_robot_ids_are_told_apart_by_fleet() -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.domain import WmsMessage
+from gateway.domain import Event, WmsMessage
 from gateway.inbox import Inbox
 
 AT = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
@@ -18,6 +18,12 @@ def message(n: int) -> WmsMessage:
     return WmsMessage(f"wms/DC1/asn/{n}", b"{}", AT)
 
 
+async def take(inbox: Inbox) -> str:
+    event: Event = await inbox.get()
+    assert isinstance(event, WmsMessage)
+    return event.topic
+
+
 async def test_the_wait_is_the_oldest_queued_events() -> None:
     inbox = Inbox(maxsize=3)
     assert inbox.waited_s() == 0.0
@@ -25,13 +31,15 @@ async def test_the_wait_is_the_oldest_queued_events() -> None:
     time.sleep(0.05)  # noqa: ASYNC251 - the wait itself is what is measured
     inbox.put_nowait(message(2))
     assert inbox.waited_s() >= 0.05
-    assert (await inbox.get()).topic.endswith("/1")
+    assert await take(inbox) == "wms/DC1/asn/1"
     assert inbox.waited_s() < 0.05  # the second one is the oldest now
-    assert (await inbox.get()).topic.endswith("/2")
+    assert await take(inbox) == "wms/DC1/asn/2"
     assert inbox.waited_s() == 0.0
 
 
-async def test_the_inbox_stays_bounded_and_in_order() -> None:
+async def test_an_event_waiting_for_room_counts_from_when_it_was_offered() -> None:
+    # The inbox is full: the third event waits in `put`. Its wait counts while it is not yet
+    # queued, and still counts once it is (the rules' clock must not jump past it).
     inbox = Inbox(maxsize=2)
     inbox.put_nowait(message(1))
     inbox.put_nowait(message(2))
@@ -40,8 +48,35 @@ async def test_the_inbox_stays_bounded_and_in_order() -> None:
     blocked = asyncio.create_task(inbox.put(message(3)))
     await asyncio.sleep(0)
     assert not blocked.done()
-    got = [(await inbox.get()).topic for _ in range(2)]
+    time.sleep(0.05)  # noqa: ASYNC251 - the wait itself is what is measured
+    await take(inbox)
+    await take(inbox)
+    await blocked  # queued only now, 0.05 s after it was offered
+    assert inbox.qsize() == 1 and inbox.waited_s() >= 0.05
+    assert await take(inbox) == "wms/DC1/asn/3"
+    assert inbox.empty() and inbox.waited_s() == 0.0
+
+
+async def test_a_waiting_producer_counts_before_its_event_is_queued() -> None:
+    inbox = Inbox(maxsize=1)
+    inbox.put_nowait(message(1))
+    blocked = asyncio.create_task(inbox.put(message(2)))
+    await asyncio.sleep(0)
+    await take(inbox)  # room again, but the producer has not run yet
+    time.sleep(0.05)  # noqa: ASYNC251 - the wait itself is what is measured
+    assert inbox.empty() and inbox.waited_s() >= 0.05
     await blocked
-    got.append((await inbox.get()).topic)
-    assert got == [f"wms/DC1/asn/{n}" for n in (1, 2, 3)]
+    assert await take(inbox) == "wms/DC1/asn/2"
+    assert inbox.waited_s() == 0.0
+
+
+async def test_a_cancelled_producer_leaves_no_wait_behind() -> None:
+    inbox = Inbox(maxsize=1)
+    inbox.put_nowait(message(1))
+    blocked = asyncio.create_task(inbox.put(message(2)))
+    await asyncio.sleep(0)
+    blocked.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await blocked
+    await take(inbox)
     assert inbox.empty() and inbox.waited_s() == 0.0

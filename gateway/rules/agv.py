@@ -32,7 +32,8 @@ the queue, and leasing takes it out.
   still in the state after a restart). A state from the holder renews its lease. A robot gone
   OFFLINE or CONNECTIONBROKEN keeps its lease until it runs out: a robot that comes back in
   time carries on. A robot that picks or drops the pallet of an open task it does not hold
-  (its lease ran out unnoticed) raises `agv_unexpected_load` and changes nothing.
+  (its lease ran out unnoticed), or of its own task that failed `robot_lost_with_load`,
+  raises `agv_unexpected_load` and changes nothing.
 - **Robots** are told apart by (fleet, robot id); a robot id another fleet holds a task with
   is refused (`robot_id_in_use`).
 - **Leases** run out in `on_tick`: before the pick the task goes back to the queue (or fails
@@ -40,9 +41,11 @@ the queue, and leasing takes it out.
   repeated report renews the lease once half of it has passed; after a restart every open
   lease runs at least a full lease from `resumed_at`.
 - **Ships** take pallets off the stock and cancel their queued tasks.
-- **Time** never goes back on the board: an event stamped before the last change (a request
-  that waited in the queue while a tick ran) is taken as happening at that change, so a task's
-  `updated_at` only grows and a lease never starts before the one it replaces ended.
+- **Time** does not go back on the board: an event stamped before the board's latest time by
+  less than a lease (one that waited to be queued while later ones were handled) is taken as
+  happening then, so a task's `updated_at` grows and a lease never starts before the one it
+  replaces ended. A bigger step back (the clock was set back) is taken as it comes, so one
+  wrong time cannot hold the leases still for long.
 
 Memory: open tasks (bounded by the pallets on their way), the last `max_finished` finished
 tasks (so late repeats get "already", not "unknown task"), each received pallet's product, lot
@@ -90,6 +93,7 @@ from gateway.rules.putaway import (
 from gateway.rules.receiving import ACCEPTED, DockTransaction
 from gateway.rules.stock import StockProjection
 from gateway.rules.tasks import (
+    ROBOT_LOST_WITH_LOAD,
     Accept,
     Cancel,
     Drop,
@@ -206,9 +210,8 @@ class TaskBoard:
         for sscc, lot in (lots or {}).items():
             self._remember_lot(sscc, lot)
         self._moves: deque[tuple[str, dt.datetime]] = deque(moves, maxlen=_MOVES_KEPT)
-        self._latest: dt.datetime | None = None  # the board's time: the latest change's
+        self._latest: dt.datetime | None = None  # the board's time (see `_now`)
         for task in sorted(tasks, key=lambda t: t.updated_at):
-            self._latest = task.updated_at
             if resumed_at is not None and task.lease_until is not None:
                 # The gateway's downtime is not the robot's fault: a full lease from the restart.
                 renewed = max(task.lease_until, resumed_at + self.policy.lease)
@@ -218,8 +221,8 @@ class TaskBoard:
                 self.stock.apply_move(task.sscc, task.source)
 
     def _now(self, at: dt.datetime) -> dt.datetime:
-        """`at`, or the board's time if that is later: the board's time never goes back."""
-        if self._latest is None or at > self._latest:
+        """`at`, or the board's time if that is later by up to a lease (then `at` is late)."""
+        if self._latest is None or at > self._latest or self._latest - at > self.policy.lease:
             self._latest = at
         return self._latest
 
@@ -546,18 +549,40 @@ class TaskBoard:
         event: PickConfirmed | DropConfirmed,
         at: dt.datetime,
     ) -> list[Notice]:
-        """A robot handled the pallet of an open task it does not hold (its lease ran out, or
-        its fleet controller took a task it was not given): an alarm, the task is unchanged."""
-        task = next((t for t in self.open.values() if load_id and t.sscc == load_id), None)
-        if task is None:
+        """A robot handled a pallet the board has a task for, without holding that task: an
+        alarm, nothing changed.
+
+        The task is an open one (the robot's lease ran out unnoticed, or its fleet controller
+        ran a task it was not given), or the robot's own task that failed while the pallet was
+        on it (`robot_lost_with_load`: now it is known where the pallet went). An action from
+        before the open task was created is an older order's, late: not an alarm.
+        """
+        if load_id is None:
             return []
-        holder = f"held by robot {task.robot} of fleet {task.fleet}" if task.robot else "not held"
+        task = next((t for t in self.open.values() if t.sscc == load_id), None)
+        if task is not None and event.at < task.created_at:
+            return []
+        if task is None:
+            task = next(
+                (
+                    t
+                    for t in reversed(self.finished.values())
+                    if t.sscc == load_id and t.robot == robot and t.reason == ROBOT_LOST_WITH_LOAD
+                ),
+                None,
+            )
+            if task is None:
+                return []
+        if task.robot == robot:
+            holder = f"its own, {task.reason}" if task.state.terminal else "given back"
+        else:
+            holder = f"held by robot {task.robot} of fleet {task.fleet}" if task.robot else "queued"
         return [
             Notice(
                 code="agv_unexpected_load",
                 message=(
                     f"robot {robot} {did} pallet {task.sscc} at {event.location}, but its "
-                    f"task {task.task_id} is {task.state.value}, {holder}"
+                    f"task {task.task_id} is {task.state.value} ({holder})"
                 ),
                 at=at,
                 severity=Severity.ERROR,
@@ -566,6 +591,7 @@ class TaskBoard:
                 details={
                     "robot": robot,
                     "action": did,
+                    "action_id": event.action_id,
                     "sscc": task.sscc,
                     "task_id": task.task_id,
                     "state": task.state.value,
