@@ -183,6 +183,15 @@ async def test_a_hundred_tasks_three_fleets_ten_robots(
             elif event["event"] in {"requeued", *TERMINAL}:
                 holder = None
 
+    # No robot handled a pallet whose task it did not hold (a lease lost while the robot was
+    # alive and working would show here first).
+    unexpected = [
+        m.json()["message"]
+        for m in collector.on("/alarm")
+        if m.json()["code"] == "agv_unexpected_load"
+    ]
+    assert unexpected == []
+
     # Every completed task gives exactly one move, matching what the robot really did.
     moves = [m.json() for m in collector.on("/tx/move")]
     for move in moves:
