@@ -34,6 +34,7 @@ from gateway.refdata import (
     to_json,
 )
 from gateway.schemas import NAMES, schema, validator
+from tests.json_strategies import damage, json_values
 
 SITE = "s1"
 GTIN = "09506000134352"
@@ -560,18 +561,12 @@ FIELD_NAMES = sorted(
     {"asn_id", "order_id", "door", "lines", "line", "epcs", "sscc", "gtin", "quantity", "lot",
      "expiry", "pallets", "appointment", "from", "to", "supplier", "name", "location", "kind"}
 )  # fmt: skip
-JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=30)
-    | st.sampled_from([GTIN, SSCC, EPC, "2024-05-01", "2024-05-01T08:00:00Z", "ASN-1001"]),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=10), children, max_size=5)
-    ),
-    max_leaves=20,
+JSON_VALUES = json_values(
+    [GTIN, SSCC, EPC, "2024-05-01", "2024-05-01T08:00:00Z", "ASN-1001"],
+    FIELD_NAMES,
+    text_size=30,
+    key_size=10,
+    max_fields=5,
 )
 
 
@@ -588,15 +583,8 @@ def damaged(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     """A valid example with one value somewhere in it replaced by arbitrary JSON."""
     kind = draw(st.sampled_from(KINDS))
     doc = copy.deepcopy(EXAMPLES[kind])
-    node: Any = doc
-    while True:
-        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-        key = draw(st.sampled_from(keys))
-        if isinstance(node[key], dict | list) and node[key] and draw(st.booleans()):
-            node = node[key]
-            continue
-        node[key] = draw(JSON_VALUES)
-        return kind, doc
+    damage(draw, doc, JSON_VALUES)
+    return kind, doc
 
 
 @settings(max_examples=200, deadline=None)

@@ -50,6 +50,7 @@ from simulators.vda5050_robot import (
     topic,
     transport_script,
 )
+from tests.json_strategies import damage, json_values
 from tests.mqtt_helpers import Collector, Mosquitto
 
 T0 = dt.datetime(2024, 3, 11, 8, 0, tzinfo=dt.UTC)
@@ -347,18 +348,12 @@ FUZZ_TOPICS = st.sampled_from(
     + ["uagv/v9/Acme/agv-7/state", "uagv/v2/Acme/agv-7", ""]
 ) | st.text(max_size=40)
 FIELD_NAMES = sorted(set(V2) | set(V3) | {"actionId", "actionStatus", "loadId", "connectionState"})
-JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-    | st.sampled_from(["2024-03-11T08:00:00Z", "2.1.0", "3.0.0", MAKER, SERIAL, "FINISHED"]),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=8), children, max_size=6)
-    ),
-    max_leaves=20,
+JSON_VALUES = json_values(
+    ["2024-03-11T08:00:00Z", "2.1.0", "3.0.0", MAKER, SERIAL, "FINISHED"],
+    FIELD_NAMES,
+    text_size=20,
+    key_size=8,
+    max_fields=6,
 )
 
 
@@ -387,15 +382,8 @@ def damaged(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     version = draw(st.sampled_from(VERSIONS))
     snaps = [s for s, _ in transport_script(snapshot(), JOB, fail_drop=draw(st.booleans()))]
     doc = state_message(draw(st.sampled_from(snaps)), version=version, header_id=1, timestamp=T0)
-    node: Any = doc
-    while True:
-        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-        key = draw(st.sampled_from(keys))
-        if isinstance(node[key], dict | list) and node[key] and draw(st.booleans()):
-            node = node[key]
-            continue
-        node[key] = draw(JSON_VALUES)
-        return version, doc
+    damage(draw, doc, JSON_VALUES)
+    return version, doc
 
 
 @settings(max_examples=300, deadline=None)
