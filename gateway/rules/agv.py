@@ -197,8 +197,9 @@ class TaskBoard:
         moves: Iterable[tuple[str, dt.datetime]] = (),
     ) -> None:
         self.policy = policy or TaskPolicy()
-        self.layout = layout
+        self._layout = layout
         self._configured_layout = layout
+        self._reference: Iterable[Location] | None = None  # not merged into the layout yet
         self.stock = stock or StockProjection()
         self.observer = observer or RobotObserver()
         self.velocity_window = velocity_window
@@ -227,9 +228,20 @@ class TaskBoard:
         return self._latest
 
     def set_locations(self, records: Iterable[Location]) -> None:
-        """The WMS's location master changed: its zone, kind and capacity override the config's."""
-        if self._configured_layout is not None:
-            self.layout = self._configured_layout.with_reference(records)
+        """The WMS's location master changed: its zone, kind and capacity override the config's.
+
+        Merged when the layout is next used, so replaying thousands of stored location records
+        at start merges once, not once per record.
+        """
+        self._reference = records
+
+    @property
+    def layout(self) -> SiteLayout | None:
+        """The configured layout, with the WMS location master's zone, kind and capacity."""
+        if self._reference is not None and self._configured_layout is not None:
+            self._layout = self._configured_layout.with_reference(self._reference)
+        self._reference = None
+        return self._layout
 
     # --- lookups ---------------------------------------------------------------------------
 
