@@ -85,6 +85,7 @@ from gateway.rules.putaway import (
     NoLocation,
     Occupancy,
     SiteLayout,
+    VelocityClass,
     choose_fefo,
     choose_location,
     classify_velocity,
@@ -283,6 +284,7 @@ class TaskBoard:
             return shipped
         lots = dict(received_lots(tx))
         out: list[Any] = []
+        classes: dict[str, VelocityClass] | None = None  # the same for the whole receipt
         for sscc in pallets:
             self.stock.apply_receive(sscc, tx.door)
             if sscc in lots:
@@ -291,7 +293,9 @@ class TaskBoard:
                 continue
             if any(t.sscc == sscc for t in self.open.values()):
                 continue  # already on its way somewhere
-            out.extend(self._putaway(sscc, tx))
+            if classes is None:
+                classes = classify_velocity(self._moves, tx.occurred_at, self.velocity_window)
+            out.extend(self._putaway(sscc, tx, classes))
         return out
 
     def on_move(self, move: MoveTransaction) -> list[Any]:
@@ -635,11 +639,12 @@ class TaskBoard:
 
     # --- inside --------------------------------------------------------------------------------
 
-    def _putaway(self, sscc: str, tx: DockTransaction) -> list[Any]:
+    def _putaway(
+        self, sscc: str, tx: DockTransaction, classes: Mapping[str, VelocityClass]
+    ) -> list[Any]:
         assert self.layout is not None
         known = self._lots.get(sscc)
         gtin = known.gtin if known else None
-        classes = classify_velocity(list(self._moves), tx.occurred_at, self.velocity_window)
         velocity = velocity_of(classes, gtin) if gtin else "C"
         occupancy = Occupancy(
             stored=self.stock.occupancy(), reserved=reservations(self.open.values())
