@@ -61,7 +61,6 @@ from gateway.rules.engine import DockStation, RefDataChange, RulesEngine
 from gateway.rules.moves import ForkliftMoves, MoveSettings
 from gateway.rules.portal import PortalSettings, PortalTracker
 from gateway.rules.receiving import (
-    ACCEPTED,
     DockRules,
     DockSummary,
     DockTransaction,
@@ -535,9 +534,10 @@ class Gateway:
                 if self.config.agv.enabled:
                     # The stock after a restart: a received pallet is at the door until it is
                     # put away; a shipped one is gone.
-                    pallets = [r.item.sscc for r in d.items if r.item.sscc and r.result == ACCEPTED]
                     if d.kind == "receive":
-                        moves.extend(PalletMove(sscc, d.door, d.tx_id) for sscc in pallets)
+                        moves.extend(
+                            PalletMove(sscc, d.door, d.tx_id) for sscc in d.accepted_pallets
+                        )
                         lots.extend(
                             (
                                 sscc,
@@ -548,7 +548,7 @@ class Gateway:
                             for sscc, lot in received_lots(d)
                         )
                     else:
-                        shipped.extend(pallets)
+                        shipped.extend(d.accepted_pallets)
             elif isinstance(d, DockSummary):
                 messages.append(
                     OutboxMessage(

@@ -91,7 +91,7 @@ from gateway.rules.putaway import (
     classify_velocity,
     velocity_of,
 )
-from gateway.rules.receiving import ACCEPTED, DockTransaction
+from gateway.rules.receiving import DockTransaction
 from gateway.rules.stock import StockProjection
 from gateway.rules.tasks import (
     ROBOT_LOST_WITH_LOAD,
@@ -271,7 +271,7 @@ class TaskBoard:
 
     def on_dock(self, tx: DockTransaction) -> list[Any]:
         """A receive creates putaway tasks for its pallets; a ship takes pallets off stock."""
-        pallets = [r.item.sscc for r in tx.items if r.item.sscc and r.result == ACCEPTED]
+        pallets = tx.accepted_pallets
         if tx.kind == "ship":
             shipped: list[Any] = []
             for sscc in pallets:
@@ -792,7 +792,7 @@ def received_lots(tx: DockTransaction) -> list[tuple[str, PalletLot]]:
     expiries = [i.expiry for i in items if i.expiry is not None]
     lots = Counter(i.lot for i in items if i.lot)
     lot = PalletLot(gtin, lots.most_common(1)[0][0] if lots else None, min(expiries, default=None))
-    return [(r.item.sscc, lot) for r in tx.items if r.item.sscc and r.result == ACCEPTED]
+    return [(sscc, lot) for sscc in tx.accepted_pallets]
 
 
 def _answer(ok: bool, result: str, code: str, message: str, task: Task | None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from gateway.refdata import Asn, Deleted, Location, Product, Rejected, ShipOrder
 from gateway.rules.agv import TaskBoard, TaskChanged
 from gateway.rules.moves import ForkliftMoves
 from gateway.rules.portal import PortalTracker
-from gateway.rules.receiving import ACCEPTED, DockRules, DockSummary, DockTransaction
+from gateway.rules.receiving import DockRules, DockSummary, DockTransaction
 from gateway.rules.weighing import WeightCapture, WeightSample
 
 Decision = (
@@ -126,9 +126,8 @@ class RulesEngine:
             if isinstance(d, MoveTransaction) and d.task_id is not None:
                 self.moves.located(d.sscc, d.to_location)
             elif isinstance(d, DockTransaction):
-                for r in d.items:
-                    if r.item.sscc and r.result == ACCEPTED:
-                        self.moves.located(r.item.sscc, d.door if d.kind == "receive" else None)
+                for sscc in d.accepted_pallets:
+                    self.moves.located(sscc, d.door if d.kind == "receive" else None)
         return out
 
     def _decide(self, event: Event) -> list[Any]:

@@ -100,6 +100,11 @@ class DockTransaction:
             return "accepted"
         return "accepted_with_exceptions" if accepted else "rejected"
 
+    @property
+    def accepted_pallets(self) -> list[str]:
+        """The SSCCs of the pallets (pallet labels) the transaction accepted, in order."""
+        return [r.item.sscc for r in self.items if r.item.sscc and r.result == ACCEPTED]
+
 
 @dataclass(frozen=True, slots=True)
 class LineSummary:
