@@ -262,7 +262,6 @@ class Renew:
 
 
 TaskEvent = Lease | Accept | Pick | Drop | Fail | Cancel | LeaseExpired | Renew
-RobotEvent = Lease | Accept | Pick | Drop | Fail | Renew
 
 
 # --- the table -----------------------------------------------------------------------------------
