@@ -24,7 +24,7 @@ from gateway.bridge.mqtt import MqttBridge
 from gateway.config import BrokerConfig
 from gateway.health import StatusBoard
 from gateway.storage import OutboxMessage, Store
-from gateway.wire import Topics
+from gateway.wire.topics import Topics
 from tests.mqtt_helpers import Mosquitto
 
 PAYLOAD = b'{"pad":"' + b"x" * 380 + b'"}'

@@ -49,14 +49,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.app import TICK_S, portal_settings
 from gateway.config import LlrpReaderDevice, RulesConfig, StorageConfig
-from gateway.domain import Event, PortalPass, TagReadBatch
+from gateway.domain import Event, PortalPass, TagRead, TagReadBatch
+from gateway.domain.epc import encode_sgtin96, encode_sscc96
 from gateway.drivers.llrp import LlrpReader, ReaderClock
-from gateway.epc import encode_sgtin96, encode_sscc96
 from gateway.health import DeviceState, StatusBoard
+from gateway.inbox import Inbox
 from gateway.logs import configure_logging
-from gateway.rules.portal import PortalTracker, TagRead
+from gateway.rules.portal import PortalTracker
+from gateway.runner import TICK_S
+from gateway.wiring import portal_settings
 from simulators.llrp.scenario import Pallet, PortalRadio, Scenario, StrayTag, day_scenario
 
 # The simulator splits reports at 100 TagReportData, as real readers do: sllurp's batches.
@@ -356,7 +358,7 @@ def bench_sllurp(args: argparse.Namespace, *, discard: bool = False) -> Measured
         config = device(sim.port)
         reader = LlrpReader(
             config,
-            queue=asyncio.Queue(),
+            sink=Inbox(maxsize=1),
             health=StatusBoard(now).add(DEVICE_ID, "llrp_reader"),
             clock=now,
         )
@@ -424,7 +426,7 @@ async def consume(
     ages: list[float],
     stop: asyncio.Event,
 ) -> None:
-    """What `Gateway._run_rules` does with tag reads (no outbox: passes make no transaction).
+    """What `RulesRunner.run` does with tag reads (no outbox: passes make no transaction).
 
     `ages` gets, per round, how old the newest read handed to the tracker was (seconds).
     Ends when `stop` is set: on Python 3.11, `wait_for` can swallow a cancellation that comes
@@ -466,9 +468,9 @@ class PipelineResult:
 
 async def run_pipeline(args: argparse.Namespace, sim: SimulatorProcess) -> PipelineResult:
     config = device(sim.port)
-    queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=RulesConfig().queue_size)
+    queue = Inbox(maxsize=RulesConfig().queue_size)
     health = StatusBoard(now).add(config.id, "llrp_reader")
-    reader = LlrpReader(config, queue=queue, health=health, clock=now, reader_clock=ReaderClock())
+    reader = LlrpReader(config, sink=queue, health=health, clock=now, reader_clock=ReaderClock())
     tracker = PortalTracker(portal_settings(config))
     passes: list[PortalPass] = []
     ages: list[float] = []

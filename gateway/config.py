@@ -16,12 +16,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from gateway.rules.putaway import SiteLayout
+from gateway.domain import SiteLayout
 
 # Identifiers end up in MQTT topics: no wildcards, separators or spaces.
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -447,7 +448,7 @@ class EpcisConfig(_Model):
 
     @model_validator(mode="after")
     def _valid_identifiers(self) -> EpcisConfig:
-        from gateway.epcis import EpcisSettings
+        from gateway.wire.epcis import EpcisSettings
 
         if self.enabled:
             EpcisSettings(
@@ -638,3 +639,11 @@ def _check_environment(config: GatewayConfig, path: Path) -> list[str]:
         if file is not None and not file.is_file():
             problems.append(f"{path}: {key}: file {str(file)!r} does not exist")
     return problems
+
+
+_LAYOUT = TypeAdapter(SiteLayout)
+
+
+def parse_layout(raw: Any) -> SiteLayout:
+    """A site layout from its config table (a dict); raises pydantic's `ValidationError`."""
+    return _LAYOUT.validate_python(raw)

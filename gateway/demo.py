@@ -27,7 +27,7 @@ from amqtt.broker import Broker
 from gateway.app import Gateway
 from gateway.config import GatewayConfig, ModbusScaleDevice, parse_config
 from gateway.health import DeviceState
-from gateway.wire import Topics
+from gateway.wire.topics import Topics
 from simulators.dock_day import Truck, dock_day
 from simulators.fleet import FleetController
 from simulators.gs1 import corrupt_check_digit, sscc, sscc_label

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from gateway.wire import WIRE_VERSION, iso
+from gateway.wire.codec import WIRE_VERSION, iso
 
 log = structlog.get_logger("gateway.health")
 

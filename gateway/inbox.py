@@ -50,6 +50,14 @@ class Inbox(asyncio.Queue[Event]):
         finally:
             self._offered.remove(offered)
 
+    def offer(self, item: Event) -> bool:
+        """Put `item` if there is room now; False (and nothing queued) when the inbox is full."""
+        try:
+            self.put_nowait(item)
+        except asyncio.QueueFull:
+            return False
+        return True
+
     def waited_s(self) -> float:
         """Seconds the oldest event queued or offered has waited; 0 when there is none."""
         # The head's stamp is the oldest queued one (in the rare race where a producer's

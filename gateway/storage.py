@@ -17,7 +17,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -83,7 +83,7 @@ CREATE INDEX IF NOT EXISTS move_history_at ON move_history (at);
 CREATE TABLE IF NOT EXISTS agv_task (
     task_id    TEXT PRIMARY KEY,
     state      TEXT NOT NULL,              -- queued ... done, failed, cancelled
-    body       TEXT NOT NULL,              -- the task as JSON (gateway.agv_api.task_json)
+    body       TEXT NOT NULL,              -- the task as JSON (gateway.wire.agv.task_json)
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS agv_task_finished ON agv_task (updated_at)
@@ -143,6 +143,76 @@ class PalletMove:
     sscc: str
     location: str
     tx_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedRow:
+    """A receipt or shipment closed, by the summary transaction `tx_id`."""
+
+    reference: str
+    tx_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """An AGV task as it is now: its state and its JSON document."""
+
+    task_id: str
+    state: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class LotRow:
+    """A received pallet's main product, lot and earliest expiry (ISO date)."""
+
+    sscc: str
+    gtin: str
+    lot: str | None
+    expiry: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MovedRow:
+    """A move of a received pallet's product, at `at` (epoch s), for velocity classes."""
+
+    gtin: str
+    at: float
+
+
+@dataclass(slots=True)
+class StateChanges:
+    """What one batch of decisions changes besides the outbox, committed with its messages.
+
+    `moves`: pallet locations; `ledger`: items received or shipped; `closed`: receipts and
+    shipments closed; `refdata`: reference data kept or forgotten; `tasks`: AGV tasks as they
+    are now (the last change of a task in the batch wins); `shipped`: pallets (SSCCs) that left
+    the building, whose recorded location and lot are forgotten; `lots`: received pallets'
+    product, lot and expiry; `moved`: moves of received pallets, for velocity classes.
+    """
+
+    moves: list[PalletMove] = field(default_factory=list)
+    ledger: list[LedgerRow] = field(default_factory=list)
+    closed: list[ClosedRow] = field(default_factory=list)
+    refdata: list[RefDataRow] = field(default_factory=list)
+    tasks: dict[str, TaskRow] = field(default_factory=dict)
+    shipped: list[str] = field(default_factory=list)
+    lots: list[LotRow] = field(default_factory=list)
+    moved: list[MovedRow] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any(
+            (
+                self.moves,
+                self.ledger,
+                self.closed,
+                self.refdata,
+                self.tasks,
+                self.shipped,
+                self.lots,
+                self.moved,
+            )
+        )
 
 
 class OutboxFull(Exception):
@@ -226,29 +296,13 @@ class Store:
         return max(0, self.max_rows - self._depth)
 
     async def commit(
-        self,
-        messages: Sequence[OutboxMessage],
-        moves: Sequence[PalletMove] = (),
-        *,
-        ledger: Sequence[LedgerRow] = (),
-        closed: Sequence[tuple[str, str]] = (),
-        refdata: Sequence[RefDataRow] = (),
-        tasks: Sequence[tuple[str, str, str]] = (),
-        shipped: Sequence[str] = (),
-        lots: Sequence[tuple[str, str, str | None, str | None]] = (),
-        moved: Sequence[tuple[str, float]] = (),
+        self, messages: Sequence[OutboxMessage], changes: StateChanges | None = None
     ) -> int:
         """Commit messages with the state they record, in one transaction; returns rows inserted.
 
-        `moves`: pallet locations; `ledger`: items received or shipped; `closed`: receipts and
-        shipments closed, as (reference, tx_id); `refdata`: reference data kept or forgotten;
-        `tasks`: AGV tasks as they are now, as (task_id, state, JSON); `shipped`: pallets (SSCCs)
-        that left the building, whose recorded location and lot are forgotten; `lots`: received
-        pallets' product, lot and expiry, as (sscc, gtin, lot, ISO date); `moved`: moves of
-        received pallets, as (gtin, epoch s), for velocity classes.
-
         Raises `OutboxFull` (and commits nothing) when the messages do not fit.
         """
+        state = changes or StateChanges()
         if len(messages) > self.room():
             raise OutboxFull(f"outbox holds {self._depth} of {self.max_rows} messages")
         now = time.time()
@@ -266,35 +320,41 @@ class Store:
                 " VALUES (?, ?, ?, ?) ON CONFLICT (sscc) DO UPDATE SET"
                 " location = excluded.location, tx_id = excluded.tx_id,"
                 " updated_at = excluded.updated_at",
-                [(m.sscc, m.location, m.tx_id, now) for m in moves],
+                [(m.sscc, m.location, m.tx_id, now) for m in state.moves],
             )
             await db.executemany(
                 "INSERT OR IGNORE INTO dock_ledger"
                 " (kind, key, reference, line, result, tx_id, recorded_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r.kind, r.key, r.reference, r.line, r.result, r.tx_id, now) for r in ledger],
+                [
+                    (r.kind, r.key, r.reference, r.line, r.result, r.tx_id, now)
+                    for r in state.ledger
+                ],
             )
             await db.executemany(
                 "INSERT OR IGNORE INTO dock_closed (reference, tx_id, closed_at) VALUES (?, ?, ?)",
-                [(reference, tx_id, now) for reference, tx_id in closed],
+                [(c.reference, c.tx_id, now) for c in state.closed],
             )
             await db.executemany(
                 "INSERT INTO pallet_lot (sscc, gtin, lot, expiry, updated_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (sscc) DO UPDATE SET gtin = excluded.gtin, lot = excluded.lot,"
                 " expiry = excluded.expiry, updated_at = excluded.updated_at",
-                [(*row, now) for row in lots],
+                [(r.sscc, r.gtin, r.lot, r.expiry, now) for r in state.lots],
             )
-            await db.executemany("INSERT INTO move_history (gtin, at) VALUES (?, ?)", moved)
-            gone = [(sscc,) for sscc in shipped]
+            await db.executemany(
+                "INSERT INTO move_history (gtin, at) VALUES (?, ?)",
+                [(m.gtin, m.at) for m in state.moved],
+            )
+            gone = [(sscc,) for sscc in state.shipped]
             await db.executemany("DELETE FROM pallet_location WHERE sscc = ?", gone)
             await db.executemany("DELETE FROM pallet_lot WHERE sscc = ?", gone)
             await db.executemany(
                 "INSERT INTO agv_task (task_id, state, body, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (task_id) DO UPDATE SET state = excluded.state,"
                 " body = excluded.body, updated_at = excluded.updated_at",
-                [(task_id, state, body, now) for task_id, state, body in tasks],
+                [(t.task_id, t.state, t.body, now) for t in state.tasks.values()],
             )
-            for row in refdata:
+            for row in state.refdata:
                 if row.body is None:
                     await db.execute(
                         "DELETE FROM refdata WHERE kind = ? AND key = ?", (row.kind, row.key)

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.epc import decode_epc, encode_sgtin96, encode_sscc96
+from gateway.domain.epc import decode_epc, encode_sgtin96, encode_sscc96
 from simulators.llrp import Pallet
 
 INBOUND_PROBLEMS = ("unexpected case", "expired lot", "short pallet", "none")

@@ -1143,3 +1143,9 @@ def _sole(group: ExceptionGroup[Exception]) -> Exception:
 def _drop_failure(destination: str) -> str:
     # The same words as the simulated VDA 5050 robot's loadHandlingError.
     return f"drop position at {destination} is occupied"
+
+
+if __name__ == "__main__":
+    from simulators.agv_cli import fleet_main
+
+    raise SystemExit(fleet_main())

@@ -8,18 +8,26 @@ too), and told to answer every request with a Modbus exception response.
 
     async with ModbusCoilSimulator(coils=8) as light:
         ...  # light.port, light.coils, light.history, light.fail_with(ExcCodes.DEVICE_FAILURE)
+
+Run ``python -m simulators.modbus_coil --port 5020`` for a stack light that prints every
+change of its coils (``--help``: the options).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+
+from simulators import cli
+
+__all__ = ["ModbusCoilSimulator", "main"]
 
 _WRITE_COILS = frozenset({5, 15})  # write single coil, write multiple coils
 
@@ -132,3 +140,36 @@ class ModbusCoilSimulator:
                     self._coils[coil] = value
                     self.history.append((now, coil, value))
             self._changed.notify_all()
+
+
+# How often the command line looks for changed coils.
+_WATCH_S = 0.05
+
+
+async def _serve(light: ModbusCoilSimulator) -> None:
+    async with light:
+        cli.say(f"Modbus TCP coils, unit {light.unit}, listening on {light.host}:{light.port}")
+        shown = 0
+        while True:
+            for _, coil, value in light.history[shown:]:
+                cli.say(f"coil {coil} {'on' if value else 'off'}")
+            shown = len(light.history)
+            await asyncio.sleep(_WATCH_S)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: a Modbus TCP device with coils that prints every change, until Ctrl-C."""
+    parser = cli.parser(
+        "simulators.modbus_coil",
+        "A Modbus TCP I/O module with coils (a stack light, a horn): prints every change.",
+    )
+    cli.add_listener(parser, port=5020)
+    parser.add_argument("--unit", type=int, default=1, help="Modbus device id it answers to")
+    parser.add_argument("--coils", type=int, default=16, help="how many coils it has")
+    args = parser.parse_args(argv)
+    light = ModbusCoilSimulator(unit=args.unit, coils=args.coils, host=args.host, port=args.port)
+    return cli.run(_serve(light))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,18 +18,22 @@ Faults: `fail_with(code)` answers every request with that Modbus exception; `sil
 reads requests and never answers; `garbage()` sends random bytes to the gateway; the load cell
 goes out of range with `load.overload()` / `load.underload()`, and a load above `capacity_kg`
 is an overload too.
+
+Run ``python -m simulators.modbus_scale --port 5020 --weight 612.5`` for an indicator with a
+pallet on it; ``--weight-register`` and ``--status-register`` take the register map as the
+site configuration writes it (``--help``: the options).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import contextlib
-import os
 import struct
-import tty
+import tomllib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal, Self, cast
+from typing import Final, Literal, Self, TypeVar, cast
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
@@ -37,11 +41,12 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gateway.config import StatusRegister, WeightRegister
-from gateway.rules.weighing import KG_PER_UNIT
+from gateway.domain import KG_PER_UNIT
+from simulators import cli
 from simulators.load_cell import LoadCell
-from simulators.scanner import point_link_at
+from simulators.serial_cable import SerialCable
 
-__all__ = ["ModbusScaleSimulator", "encode_registers"]
+__all__ = ["ModbusScaleSimulator", "encode_registers", "main"]
 
 _READ_REGISTERS: Final = frozenset({3, 4})
 _STRUCT: Final = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f"}
@@ -51,7 +56,6 @@ _RANGE: Final = {
     "i": (-(2**31), 2**31 - 1),
     "I": (0, 2**32 - 1),
 }
-_READ_SIZE: Final = 4096
 
 
 def encode_registers(value: float, reg: WeightRegister) -> list[int]:
@@ -117,10 +121,9 @@ class ModbusScaleSimulator:
         self._quiet = asyncio.Event()
         self._quiet.set()  # set: answering; clear: silent
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
-        # RTU: (master, slave) of the server's pty and of the gateway's pty.
-        self._server_pty: tuple[int, int] | None = None
-        self._gateway_pty: tuple[int, int] | None = None
-        self._device = ""
+        # RTU: the wire between the server's pty and the gateway's (at `link`).
+        self._server_cable = SerialCable(on_receive=self._from_server)
+        self._gateway_cable = SerialCable(link, on_receive=self._from_gateway)
         lo = min(weight.address, status.address if status else weight.address)
         hi = weight.address + _words(weight)
         if status is not None:
@@ -143,8 +146,8 @@ class ModbusScaleSimulator:
     def garbage(self) -> None:
         """Send a few random bytes to the gateway (noise on the line, a confused device)."""
         noise = self.load.noise_bytes()
-        if self._gateway_pty is not None:
-            _write_all(self._gateway_pty[0], noise)
+        if self._gateway_cable.plugged:
+            self._gateway_cable.write_all(noise)
         elif isinstance(self._server, ModbusTcpServer):
             for connection in list(self._server.active_connections.values()):
                 if connection.transport is not None:
@@ -203,9 +206,14 @@ class ModbusScaleSimulator:
     # --- the cable ---------------------------------------------------------------------------
 
     @property
+    def device(self) -> str:
+        """RTU: the pty slave the symlink `link` points at; empty while unplugged (and on TCP)."""
+        return self._gateway_cable.device
+
+    @property
     def running(self) -> bool:
         """Whether the indicator is reachable."""
-        return self._server is not None and (self.transport == "tcp" or bool(self._gateway_pty))
+        return self._server is not None and (self.transport == "tcp" or self._gateway_cable.plugged)
 
     def _device_model(self) -> SimDevice:
         start, count = self._block
@@ -222,14 +230,19 @@ class ModbusScaleSimulator:
         if self.transport == "tcp":
             await self.plug()
             return
-        master, slave = _open_pty()
-        self._server_pty = (master, slave)
-        server = ModbusSerialServer(
-            self._device_model(), framer=FramerType.RTU, port=os.ttyname(slave), baudrate=9600
-        )
-        await server.serve_forever(background=True)
+        self._server_cable.plug()
+        try:
+            server = ModbusSerialServer(
+                self._device_model(),
+                framer=FramerType.RTU,
+                port=self._server_cable.device,
+                baudrate=9600,
+            )
+            await server.serve_forever(background=True)
+        except BaseException:
+            self._server_cable.unplug()
+            raise
         self._server = server
-        asyncio.get_running_loop().add_reader(master, self._from_server)
         await self.plug()
 
     async def plug(self) -> None:
@@ -243,14 +256,7 @@ class ModbusScaleSimulator:
             self.port = int(listener.sockets[0].getsockname()[1])
             self._server = server
             return
-        if self._gateway_pty is not None:
-            return
-        assert self.link is not None
-        master, slave = _open_pty()
-        self._gateway_pty = (master, slave)
-        self._device = os.ttyname(slave)
-        point_link_at(self.link, self._device)
-        asyncio.get_running_loop().add_reader(master, self._from_gateway)
+        self._gateway_cable.plug()
 
     async def unplug(self) -> None:
         """Pull the cable (TCP: close every connection and the listener). Idempotent."""
@@ -262,17 +268,7 @@ class ModbusScaleSimulator:
                 if listener is not None:
                     await listener.wait_closed()
             return
-        pty, self._gateway_pty = self._gateway_pty, None
-        if pty is None:
-            return
-        asyncio.get_running_loop().remove_reader(pty[0])
-        assert self.link is not None
-        with contextlib.suppress(OSError):
-            if os.readlink(self.link) == self._device:
-                self.link.unlink()
-        self._device = ""
-        os.close(pty[0])  # hangs up the gateway's side
-        os.close(pty[1])
+        self._gateway_cable.unplug()  # hangs up the gateway's side
 
     async def stop(self) -> None:
         """Stop everything."""
@@ -280,11 +276,7 @@ class ModbusScaleSimulator:
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown()  # type: ignore[no-untyped-call]
-        pty, self._server_pty = self._server_pty, None
-        if pty is not None:
-            asyncio.get_running_loop().remove_reader(pty[0])
-            os.close(pty[0])
-            os.close(pty[1])
+        self._server_cable.unplug()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -300,41 +292,98 @@ class ModbusScaleSimulator:
 
     # --- the RTU wire between the two ptys ---------------------------------------------------
 
-    def _from_gateway(self) -> None:
-        data = _read(self._gateway_pty)
-        if data and self._server_pty is not None:
-            _write_all(self._server_pty[0], data)
+    def _from_gateway(self, data: bytes) -> None:
+        self._server_cable.write_all(data)
 
-    def _from_server(self) -> None:
-        data = _read(self._server_pty)
-        if data and self._gateway_pty is not None:
-            _write_all(self._gateway_pty[0], data)
+    def _from_server(self, data: bytes) -> None:
+        self._gateway_cable.write_all(data)
 
 
 def _words(reg: WeightRegister) -> int:
     return 1 if reg.type.endswith("16") else 2
 
 
-def _open_pty() -> tuple[int, int]:
-    master, slave = os.openpty()
-    tty.setraw(slave)  # no echo, no CR/LF translation: Modbus RTU is binary
-    os.set_blocking(master, False)
-    return master, slave
+# The register map of deploy/site.example.toml: a common layout (weight in hundredths of a kg).
+_WEIGHT_MAP: Final = 'address = 0, type = "int32", scale = 0.01, unit = "kg"'
+_STATUS_MAP: Final = "address = 2, stable = 0, motion = 1, overload = 2, underload = 3, zero = 4"
+
+_Map = TypeVar("_Map", WeightRegister, StatusRegister)
 
 
-def _read(pty: tuple[int, int] | None) -> bytes:
-    if pty is None:
-        return b""
-    try:
-        return os.read(pty[0], _READ_SIZE)
-    except OSError:
-        return b""  # nobody has the slave open right now
+def _register_map(model: type[_Map]) -> Callable[[str], _Map]:
+    """An argparse type: an inline TOML table (braces optional) read as `model`."""
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
+    def parse(text: str) -> _Map:
         try:
-            view = view[os.write(fd, view) :]
-        except OSError:
-            return  # the other side is gone or not reading: the rest is lost, as on a wire
+            table = tomllib.loads(f"map = {{ {text.strip().strip('{}')} }}")["map"]
+            return model.model_validate(table)
+        except ValueError as err:  # TOML or pydantic
+            raise argparse.ArgumentTypeError(f"{text!r}: {err}") from err
+
+    return parse
+
+
+def _status_map(text: str) -> StatusRegister | None:
+    """An argparse type: a status word's map, or "none"."""
+    return None if text.strip().lower() == "none" else _register_map(StatusRegister)(text)
+
+
+async def _serve(
+    scale: ModbusScaleSimulator, *, kg: float, every_s: float, settle_s: float
+) -> None:
+    async with scale:
+        where = (
+            f"listening on {scale.host}:{scale.port}"
+            if scale.transport == "tcp"
+            else f"plugged in at {scale.link} -> {scale.device}"
+        )
+        cli.say(f"Modbus {scale.transport.upper()} scale, unit id {scale.unit_id}, {where}")
+        await cli.play_load(scale.load, kg=kg, every_s=every_s, settle_s=settle_s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: an indicator on Modbus RTU (``--link``) or TCP (``--port``), until Ctrl-C."""
+    parser = cli.parser(
+        "simulators.modbus_scale",
+        "A scale indicator answering Modbus RTU on a pseudo-terminal (--link) or Modbus TCP"
+        " (--port), with the register map of the site configuration.",
+    )
+    cli.add_serial_or_tcp(parser)
+    parser.add_argument("--unit-id", type=int, default=1, help="Modbus device id it answers to")
+    parser.add_argument(
+        "--weight-register",
+        type=_register_map(WeightRegister),
+        default=_WEIGHT_MAP,
+        metavar="TOML",
+        help="the weight's register map, as the device's `weight` in the site config",
+    )
+    parser.add_argument(
+        "--status-register",
+        type=_status_map,
+        default=_STATUS_MAP,
+        metavar="TOML",
+        help='the status word, as the device\'s `status` in the site config; "none": no status',
+    )
+    cli.add_load(parser)
+    parser.add_argument(
+        "--capacity-kg", type=cli.positive, default=3000.0, help="heavier is an overload"
+    )
+    cli.add_seed(parser)
+    args = parser.parse_args(argv)
+    serial = cli.serial_or_tcp(parser, args)
+    scale = ModbusScaleSimulator(
+        weight=args.weight_register,
+        status=args.status_register,
+        unit_id=args.unit_id,
+        transport="rtu" if serial else "tcp",
+        host=args.host,
+        port=args.port or 0,
+        link=args.link,
+        capacity_kg=args.capacity_kg,
+        seed=args.seed,
+    )
+    return cli.run(_serve(scale, kg=args.weight, every_s=args.every, settle_s=args.settle_s))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

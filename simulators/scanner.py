@@ -7,27 +7,25 @@ pseudo-terminal at the pace of the configured baud rate; the gateway opens the s
 a symlink, as it would open ``/dev/serial/by-id/usb-...`` for a real scanner. Unplugging closes
 the pty, so a reader sees the same hang-up as when the USB cable is pulled.
 
-Run ``python -m simulators.scanner --link /tmp/scanner0`` to play a forklift shift.
+Run ``python -m simulators.scanner --link /tmp/scanner0`` to play a forklift shift
+(``--help``: the options).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import os
 import random
 import re
-import secrets
 import time
-import tty
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeAlias, assert_never
 
+from simulators import cli
 from simulators.gs1 import sscc, sscc_label
+from simulators.serial_cable import SerialCable
 
 __all__ = [
     "Garbage",
@@ -55,6 +53,8 @@ _AIM = re.compile(r"\][A-Za-z][0-9A-Za-z]")
 _SHIFT_COMPANY_PREFIX = "0614141"
 # How often a driver pulls the trigger on the same pallet again (no beep heard, glare, habit).
 _REPEAT_SCAN_CHANCE = 0.1
+# The suffixes a scanner's setup sheet names (the gateway's configuration uses the same names).
+_SUFFIXES = {"CR": "\r", "LF": "\n", "CRLF": "\r\n", "TAB": "\t", "ETX": "\x03"}
 
 
 class ScannerUnplugged(Exception):
@@ -121,17 +121,11 @@ class ScannerSimulator:
         if baudrate <= 0:
             raise ValueError(f"baudrate must be positive, got {baudrate}")
         self._link = Path(link)
+        self._cable = SerialCable(self._link)
         self._suffix = suffix
         self._prefix = prefix
         self._byte_s = _BITS_PER_BYTE / baudrate
         self._burst = max(1, int(_BURST_S / self._byte_s))
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._device = ""
-        # Bumped on every plug: a send that started before an unplug must not write into the
-        # next pty (or into whatever file reuses the old descriptor number).
-        self._plug_id = 0
-        self._waiting: tuple[asyncio.AbstractEventLoop, int, asyncio.Future[None]] | None = None
         # One label at a time: a scanner never interleaves two bursts.
         self._sending = asyncio.Lock()
         self._stalls = 0
@@ -145,12 +139,12 @@ class ScannerSimulator:
     @property
     def plugged(self) -> bool:
         """Whether the pty exists and the symlink points at it."""
-        return self._master is not None
+        return self._cable.plugged
 
     @property
     def device(self) -> str:
         """The pty slave the symlink points at (``/dev/pts/N``), empty while unplugged."""
-        return self._device
+        return self._cable.device
 
     @property
     def stalls(self) -> int:
@@ -159,21 +153,7 @@ class ScannerSimulator:
 
     def plug(self) -> None:
         """Create the pty and point the symlink at it. Does nothing if already plugged."""
-        if self._master is not None:
-            return
-        master, slave = os.openpty()
-        try:
-            # Raw: no echo back to the master, no CR/LF translation, every byte passes as is.
-            tty.setraw(slave)
-            os.set_blocking(master, False)
-            device = os.ttyname(slave)
-            self._point_link_at(device)
-        except BaseException:
-            os.close(master)
-            os.close(slave)
-            raise
-        self._master, self._slave, self._device = master, slave, device
-        self._plug_id += 1
+        self._cable.plug()
 
     def unplug(self) -> None:
         """Pull the cable: remove the symlink and close the pty. Does nothing if unplugged.
@@ -181,26 +161,7 @@ class ScannerSimulator:
         A reader of the old device gets end of file or an I/O error, and bytes it had not read
         yet are lost; opening the path fails until `plug` is called again.
         """
-        master, slave = self._master, self._slave
-        if master is None or slave is None:
-            return
-        self._master = self._slave = None
-        if self._waiting is not None:
-            # Release a send blocked on a full line before its descriptor number is freed.
-            loop, fd, waiter = self._waiting
-            self._waiting = None
-            loop.remove_writer(fd)
-            if not waiter.done():
-                waiter.set_result(None)
-        try:
-            if os.readlink(self._link) == self._device:
-                self._link.unlink()
-        except OSError:
-            pass  # already gone, or now belongs to someone else: not ours to remove
-        self._device = ""
-        # Closing the master hangs up the slave for everyone who has it open.
-        os.close(master)
-        os.close(slave)
+        self._cable.unplug()
 
     async def __aenter__(self) -> Self:
         self.plug()
@@ -258,7 +219,8 @@ class ScannerSimulator:
 
     async def _send(self, data: bytes) -> None:
         async with self._sending:
-            plug_id = self._plug_id
+            # A send that started before an unplug must not go on into the next pty.
+            plug_id = self._cable.plugs
             self._check_plugged(plug_id, 0, len(data))
             view = memoryview(data)
             # The line is busy until the previous label's last byte is through.
@@ -272,54 +234,20 @@ class ScannerSimulator:
                 if delay >= _MIN_SLEEP_S:
                     await asyncio.sleep(delay)
                 while sent < end:
-                    master = self._check_plugged(plug_id, sent, len(data))
+                    self._check_plugged(plug_id, sent, len(data))
                     try:
-                        sent += os.write(master, view[sent:end])
+                        sent += self._cable.write(view[sent:end])
                     except BlockingIOError:
                         # The slave's input queue is full: the reader is not keeping up. A real
                         # scanner with hardware flow control would hold the line, as this does.
+                        # The kernel marks the master writable again as the reader drains the
+                        # queue (or flushes it when the port is opened).
                         self._stalls += 1
-                        await self._wait_writable(master)
+                        await self._cable.wait_writable()
 
-    def _check_plugged(self, plug_id: int, sent: int, total: int) -> int:
-        if self._master is None or self._plug_id != plug_id:
+    def _check_plugged(self, plug_id: int, sent: int, total: int) -> None:
+        if not self._cable.plugged or self._cable.plugs != plug_id:
             raise ScannerUnplugged(self._link, sent=sent, total=total)
-        return self._master
-
-    async def _wait_writable(self, fd: int) -> None:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        loop.add_writer(fd, _wake, waiter)
-        self._waiting = (loop, fd, waiter)
-        try:
-            # The kernel marks the master writable again as the reader drains the slave's
-            # queue (or flushes it when the port is opened).
-            await waiter
-        finally:
-            # If `unplug` came first it has removed the writer, and `fd` may already be reused.
-            if self._waiting is not None and self._waiting[2] is waiter:
-                loop.remove_writer(fd)
-                self._waiting = None
-
-    def _point_link_at(self, device: str) -> None:
-        point_link_at(self._link, device)
-
-
-def point_link_at(link: Path, device: str) -> None:
-    """Point the symlink `link` at a pty `device`, replacing an older link atomically.
-
-    The new link is made beside the old one and renamed over it: a driver never sees the path
-    missing or half-made while a device is re-plugged. A regular file there is not replaced.
-    """
-    if link.exists() and not link.is_symlink():
-        raise FileExistsError(f"{link} exists and is not a symlink; not replacing it")
-    staging = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
-    staging.symlink_to(device)
-    try:
-        os.replace(staging, link)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
 
 
 def shift_script(
@@ -360,11 +288,6 @@ def shift_script(
     return steps, moves
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 def _check_non_negative(name: str, value: float) -> None:
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
@@ -378,53 +301,52 @@ def _default_locations() -> list[str]:
 
 
 async def _play_shift(
-    link: Path, *, pallets: int, seed: int, baudrate: int, pause_s: tuple[float, float]
+    scanner: ScannerSimulator, *, pallets: int, seed: int, pause_s: tuple[float, float]
 ) -> None:
     steps, moves = shift_script(
         pallets=pallets, locations=_default_locations(), seed=seed, pause_s=pause_s
     )
-    async with ScannerSimulator(link, baudrate=baudrate) as scanner:
-        print(f"scanner plugged in at {scanner.path} -> {scanner.device}", flush=True)
+    async with scanner:
+        cli.say(f"scanner plugged in at {scanner.path} -> {scanner.device}")
         for step in steps:
             await scanner.run([step])
-            print(f"  {step}", flush=True)
-        print(f"shift over: {len(moves)} moves; Ctrl-C to unplug", flush=True)
+            cli.say(f"  {step}")
+        cli.say(f"shift over: {len(moves)} moves; Ctrl-C to unplug")
         for pallet, location in moves:
-            print(f"  expected move {pallet} -> {location}", flush=True)
+            cli.say(f"  expected move {pallet} -> {location}")
         await asyncio.Event().wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: plug a scanner in at ``--link``, play a shift, stay until Ctrl-C."""
-    parser = argparse.ArgumentParser(
-        prog="python -m simulators.scanner",
-        description="A serial barcode scanner on a pseudo-terminal, playing a forklift shift.",
+    parser = cli.parser(
+        "simulators.scanner",
+        "A serial barcode scanner on a pseudo-terminal, playing a forklift shift: a pallet's"
+        " SSCC label (GS1-128), then a location label, for every pallet.",
     )
-    parser.add_argument("--link", type=Path, required=True, help="symlink to create (the port)")
-    parser.add_argument("--pallets", type=int, default=10, help="pallets to move (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shift (default 0)")
-    parser.add_argument("--baudrate", type=int, default=9600, help="line speed (default 9600)")
+    cli.add_link(parser)
+    parser.add_argument("--pallets", type=int, default=10, help="pallets to move")
+    cli.add_seed(parser)
+    parser.add_argument("--baudrate", type=int, default=9600, help="line speed (8N1)")
+    parser.add_argument(
+        "--suffix", default="CR", help="sent after every label: CR, LF, CRLF, TAB, ETX or text"
+    )
+    parser.add_argument("--prefix", default="", help="sent before every label")
     parser.add_argument(
         "--pause-s",
-        type=float,
+        type=cli.non_negative,
         nargs=2,
         default=(1.0, 3.0),
         metavar=("LOW", "HIGH"),
-        help="seconds between scans, drawn from [LOW, HIGH] (default 1 3)",
+        help="seconds between scans, drawn from [LOW, HIGH]",
     )
     args = parser.parse_args(argv)
-    # Ctrl-C cancels the shift; leaving the `async with` unplugs the scanner and removes the link.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            _play_shift(
-                args.link,
-                pallets=args.pallets,
-                seed=args.seed,
-                baudrate=args.baudrate,
-                pause_s=(args.pause_s[0], args.pause_s[1]),
-            )
-        )
-    return 0
+    suffix = _SUFFIXES.get(args.suffix.upper(), args.suffix).encode("latin-1")
+    scanner = ScannerSimulator(
+        args.link, suffix=suffix, prefix=args.prefix.encode("latin-1"), baudrate=args.baudrate
+    )
+    low, high = args.pause_s
+    return cli.run(_play_shift(scanner, pallets=args.pallets, seed=args.seed, pause_s=(low, high)))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ with noise, "S D" until it is stable), `remove` takes it off, `overload` / `unde
 the weight replies "S +" / "S -". Faults: `silence` (commands are read and never answered),
 `garbage` (a line of random bytes, on every link), `unplug` (the pty is closed, as when the
 cable is pulled; over TCP every connection is closed and new ones are refused until `plug`).
+
+Run ``python -m simulators.sics_scale --link /tmp/scale0 --weight 612.5`` for a scale with a
+pallet on it (``--help``: the options).
 """
 
 from __future__ import annotations
@@ -28,27 +31,32 @@ import abc
 import asyncio
 import contextlib
 import functools
-import os
 import socket
-import tty
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Final, NamedTuple, Self
 
+from gateway.domain import KG_PER_UNIT
 from gateway.drivers.sics import format_weight
+from simulators import cli
 from simulators.load_cell import LoadCell
-from simulators.scanner import point_link_at
+from simulators.serial_cable import SerialCable
 
-__all__ = ["SicsIndicator", "SicsScaleSimulator", "SicsScaleTcpSimulator"]
+__all__ = ["SicsIndicator", "SicsScaleSimulator", "SicsScaleTcpSimulator", "main"]
 
 # SIR repeats an SI answer this often (a real indicator: every display update).
 _SIR_PERIOD_S: Final = 0.1
 # How often S looks again whether the reading has settled.
 _STABLE_POLL_S: Final = 0.02
-# Display resolution: the reading is reported in steps of 10 g.
-_RESOLUTION: Final = Decimal("0.01")
+# Display resolution in each unit: about 10 g.
+_RESOLUTION: Final = {
+    "g": Decimal("1E1"),
+    "kg": Decimal("0.01"),
+    "t": Decimal("0.00001"),
+    "lb": Decimal("0.01"),
+}
 # Commands waiting to be answered; a real indicator's input buffer is small too. When it is
 # full, further commands are dropped (the host sees no answer, as with a real overrun).
 _MAX_PENDING: Final = 16
@@ -57,7 +65,7 @@ _READ_SIZE: Final = 1024
 
 class _Command(NamedTuple):
     text: str
-    reply: Callable[[bytes], None]  # writes the answer back on the link the command came from
+    reply: Callable[[bytes], object]  # writes the answer back on the link the command came from
 
 
 class SicsIndicator(abc.ABC):
@@ -65,6 +73,7 @@ class SicsIndicator(abc.ABC):
 
     Subclasses add the link (`plug`, `unplug`, `_broadcast`) and hand each chunk they read to
     `_receive`. As an async context manager it plugs in and answers commands until exit.
+    Weights are sent in `unit`: kg, or g, t or lb.
 
     Args:
         serial_number: sent in the ``I4`` line after a reset (``@``).
@@ -82,6 +91,7 @@ class SicsIndicator(abc.ABC):
         self._serial = serial_number
         self._stable_timeout_s = stable_timeout_s
         self.load = LoadCell(seed=seed)
+        self.unit = "kg"
         self._commands: asyncio.Queue[_Command] = asyncio.Queue(_MAX_PENDING)
         self._server: asyncio.Task[None] | None = None
         self._silent = False
@@ -154,7 +164,7 @@ class SicsIndicator(abc.ABC):
     def _broadcast(self, data: bytes) -> None:
         """Send `data` on every open link."""
 
-    def _receive(self, inbox: bytearray, data: bytes, reply: Callable[[bytes], None]) -> None:
+    def _receive(self, inbox: bytearray, data: bytes, reply: Callable[[bytes], object]) -> None:
         """Add `data` read from one link to its `inbox`; queue each complete command line."""
         inbox.extend(data)
         while (end := inbox.find(b"\n")) >= 0:
@@ -178,8 +188,10 @@ class SicsIndicator(abc.ABC):
         if self.load.limit is not None:
             return f"S {self.load.limit}\r\n".encode("ascii")
         now = self.load.clock()
-        net = Decimal(repr(self.load.net(now))).quantize(_RESOLUTION)
-        return format_weight(net, "kg", stable=self.load.stable(now))
+        net = Decimal(repr(self.load.net(now))) / KG_PER_UNIT[self.unit]
+        return format_weight(
+            net.quantize(_RESOLUTION[self.unit]), self.unit, stable=self.load.stable(now)
+        )
 
     async def _serve(self) -> None:
         """Answer commands one at a time, in order."""
@@ -247,10 +259,7 @@ class SicsScaleSimulator(SicsIndicator):
     ) -> None:
         super().__init__(serial_number=serial_number, stable_timeout_s=stable_timeout_s, seed=seed)
         self._link = Path(link)
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._device = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cable = SerialCable(self._link, on_receive=self._on_receive)
         self._inbox = bytearray()
 
     @property
@@ -261,7 +270,7 @@ class SicsScaleSimulator(SicsIndicator):
     @property
     def device(self) -> str:
         """The pty slave the symlink points at (``/dev/pts/N``), empty while unplugged."""
-        return self._device
+        return self._cable.device
 
     @property
     def _label(self) -> str:
@@ -269,72 +278,22 @@ class SicsScaleSimulator(SicsIndicator):
 
     def plug(self) -> None:
         """Create the pty, point the symlink at it and start listening. Idempotent."""
-        if self._master is not None:
-            return
-        loop = asyncio.get_running_loop()
-        master, slave = os.openpty()
-        try:
-            # Raw: no echo back to the driver, no CR/LF translation.
-            tty.setraw(slave)
-            os.set_blocking(master, False)
-            device = os.ttyname(slave)
-            self._point_link_at(device)
-            loop.add_reader(master, self._on_readable)
-        except BaseException:
-            os.close(master)
-            os.close(slave)
-            raise
-        self._master, self._slave, self._device, self._loop = master, slave, device, loop
-        self._inbox.clear()
+        if not self._cable.plugged:
+            self._inbox.clear()
+            self._cable.plug()
 
     def unplug(self) -> None:
         """Pull the cable: stop listening, remove the symlink, close the pty. Idempotent."""
-        master, slave = self._master, self._slave
-        if master is None or slave is None:
-            return
-        self._master = self._slave = None
-        if self._loop is not None:
-            self._loop.remove_reader(master)
-        try:
-            if os.readlink(self._link) == self._device:
-                self._link.unlink()
-        except OSError:
-            pass  # already gone, or now someone else's: not ours to remove
-        self._device = ""
-        self._forget_commands()
-        # Closing the master hangs up the slave for the driver that has it open.
-        os.close(master)
-        os.close(slave)
+        if self._cable.plugged:
+            self._cable.unplug()
+            self._forget_commands()
 
-    def _on_readable(self) -> None:
-        master = self._master
-        if master is None:
-            return
-        try:
-            data = os.read(master, _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            return  # nobody has the slave open right now: nothing to read
-        self._receive(self._inbox, data, self._write)
+    def _on_receive(self, data: bytes) -> None:
+        self._receive(self._inbox, data, self._cable.write_all)
 
     def _broadcast(self, data: bytes) -> None:
-        self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        """Write a line; if the driver stops reading and the line fills up, the rest is lost."""
-        master = self._master
-        if master is None:
-            return
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(master, view) :]
-            except (BlockingIOError, OSError):
-                return
-
-    def _point_link_at(self, device: str) -> None:
-        point_link_at(self._link, device)
+        # If the driver stops reading and the line fills up, the rest is lost.
+        self._cable.write_all(data)
 
 
 class SicsScaleTcpSimulator(SicsIndicator):
@@ -470,3 +429,42 @@ class SicsScaleTcpSimulator(SicsIndicator):
         if self._loop is not None:
             self._loop.remove_reader(client.fileno())
         client.close()
+
+
+async def _serve(scale: SicsIndicator, *, kg: float, every_s: float, settle_s: float) -> None:
+    async with scale:
+        if isinstance(scale, SicsScaleSimulator):
+            cli.say(f"MT-SICS scale plugged in at {scale.path} -> {scale.device}")
+        elif isinstance(scale, SicsScaleTcpSimulator):
+            cli.say(f"MT-SICS scale listening on {scale.host}:{scale.port}")
+        await cli.play_load(scale.load, kg=kg, every_s=every_s, settle_s=settle_s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: a scale on a pty (``--link``) or on TCP (``--port``), until Ctrl-C."""
+    parser = cli.parser(
+        "simulators.sics_scale",
+        "A Mettler Toledo MT-SICS scale (S, SI, SIR, Z, @) on a pseudo-terminal (--link) or on"
+        " Ethernet (--port).",
+    )
+    cli.add_serial_or_tcp(parser)
+    cli.add_load(parser)
+    parser.add_argument(
+        "--unit", choices=sorted(KG_PER_UNIT), default="kg", help="unit of the weight replies"
+    )
+    parser.add_argument("--serial-number", default="B123456789", help="sent after a reset (@)")
+    cli.add_seed(parser)
+    args = parser.parse_args(argv)
+    scale: SicsIndicator
+    if cli.serial_or_tcp(parser, args):
+        scale = SicsScaleSimulator(args.link, serial_number=args.serial_number, seed=args.seed)
+    else:
+        scale = SicsScaleTcpSimulator(
+            host=args.host, port=args.port, serial_number=args.serial_number, seed=args.seed
+        )
+    scale.unit = args.unit
+    return cli.run(_serve(scale, kg=args.weight, every_s=args.every, settle_s=args.settle_s))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

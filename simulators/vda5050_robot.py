@@ -523,3 +523,9 @@ class SimulatedRobot:
             state=state,
         )
         return json.dumps(message).encode()
+
+
+if __name__ == "__main__":
+    from simulators.agv_cli import robot_main
+
+    raise SystemExit(robot_main())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.epc import decode_epc, encode_sgtin96
+from gateway.domain.epc import decode_epc, encode_sgtin96
 
 CP = "0614141"  # the GS1 company prefix of the tests' tags
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,15 @@ def build(raw: dict[str, Any], tmp_path: Path) -> GatewayConfig:
 
 
 @contextlib.asynccontextmanager
-async def running(config: GatewayConfig) -> AsyncIterator[Gateway]:
-    """Run a gateway until the block ends; then stop it and check it stopped cleanly."""
-    gateway = Gateway(config)
+async def running(
+    config: GatewayConfig, *, clock: Callable[[], dt.datetime] | None = None
+) -> AsyncIterator[Gateway]:
+    """Run a gateway until the block ends; then stop it and check it stopped cleanly.
+
+    `clock`: the gateway's clock (an `AcceleratedClock` plays a scenario faster than real
+    time); the wall clock by default.
+    """
+    gateway = Gateway(config) if clock is None else Gateway(config, clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(gateway.run(stop))
     try:
@@ -91,6 +98,21 @@ async def wait_device(
             return
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{device} never became {state}: {health and health.state}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_reference_data(gateway: Gateway, *wanted: str, timeout: float = 10) -> None:
+    """Wait until the gateway holds the WMS's reference data `wanted` ("asn/ASN-1",
+    "shipment/SO-2", "product/<gtin>"): it has taken them in and stored them."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        held = set()
+        if gateway.store is not None:
+            held = {f"{row.kind}/{row.key}" for row in await gateway.store.reference_data()}
+        if held >= set(wanted):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the gateway never took in {sorted(set(wanted) - held)}")
         await asyncio.sleep(0.02)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.rules.weighing import Weighing, WeighingSettings, WeightCapture, WeightSample
+from gateway.domain import Weighing, WeightSample
+from gateway.rules.weighing import WeighingSettings, WeightCapture
 from gateway.supervisor import DeviceError
 
 

@@ -11,7 +11,8 @@ import aiomqtt
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.domain import WmsMessage
+from gateway.domain import Decision, WmsTask
+from gateway.rules import engine as engine_module
 from gateway.rules.engine import RulesEngine
 from simulators.gs1 import sscc
 from tests.agv_helpers import BASE, agv_section, requester
@@ -297,14 +298,14 @@ async def test_an_event_the_rules_fail_on_is_reported_and_the_gateway_goes_on(
     tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Stands in for a bug in a rule: the runner must report it and carry on with the next event.
-    original = RulesEngine._reference
+    original = engine_module._HANDLERS[WmsTask]
 
-    def buggy(self: RulesEngine, message: WmsMessage) -> list[object]:
-        if message.topic.endswith("/BOOM"):
+    def buggy(self: RulesEngine, message: WmsTask) -> list[Decision]:
+        if message.task_id == "BOOM":
             raise KeyError("a bug")
         return original(self, message)
 
-    monkeypatch.setattr(RulesEngine, "_reference", buggy)
+    monkeypatch.setitem(engine_module._HANDLERS, WmsTask, buggy)
     config = agv_site(tmp_path, mosquitto.port)
     async with (
         Collector(mosquitto.port) as collector,
@@ -313,13 +314,14 @@ async def test_an_event_the_rules_fail_on_is_reported_and_the_gateway_goes_on(
     ):
         while gateway.bridge is None or not gateway.bridge.subscribed:
             await asyncio.sleep(0.02)
-        await wms.publish("wms/DC1/task/BOOM", b"{}", qos=1)
+        await wms.publish("wms/DC1/task/BOOM", wms_task("BOOM", P2, "STAGE-1", "A-01"), qos=1)
         await wms.publish("wms/DC1/task/T1", wms_task("T1", P1, "STAGE-1", "A-01"), qos=1)
         await collector.wait_for(lambda c: c.on("/agv/task") and c.on("/alarm"))
     (alarm,) = [m.json() for m in collector.on("/alarm")]
     assert_valid("event", alarm)
-    assert (alarm["code"], alarm["details"]["event"]) == ("rules_error", "WmsMessage")
-    assert gateway.rules_errors == 1
+    assert (alarm["code"], alarm["details"]["event"]) == ("rules_error", "WmsTask")
+    assert gateway.runner is not None
+    assert gateway.runner.rules_errors == 1
     assert [m.json()["task"]["task_id"] for m in collector.on("/agv/task")] == ["T1"]
 
 

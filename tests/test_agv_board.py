@@ -11,19 +11,36 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.agv_api import MAX_REQUEST_BYTES, parse_wms_task
-from gateway.bridge.vda5050 import parse
-from gateway.domain import AgvRequest, CommandResponse, MoveTransaction, Notice, RobotMessage
-from gateway.refdata import Location
-from gateway.rules.agv import PalletLot, TaskBoard, TaskChanged
+from gateway.config import parse_layout
+from gateway.domain import (
+    DockKind,
+    DockResult,
+    DockTransaction,
+    Event,
+    Item,
+    ItemResult,
+    Location,
+    MoveTransaction,
+    Notice,
+    PalletLot,
+    Rejected,
+    Reply,
+    ReplyHandle,
+    RobotReport,
+    TaskChanged,
+    TaskState,
+)
+from gateway.rules.agv import TaskBoard
 from gateway.rules.engine import RulesEngine
 from gateway.rules.moves import ForkliftMoves, MoveSettings
-from gateway.rules.putaway import SiteLayout
-from gateway.rules.receiving import ACCEPTED, DockTransaction, Item, ItemResult
 from gateway.rules.stock import StockProjection
-from gateway.rules.tasks import TaskPolicy, TaskState
+from gateway.rules.tasks import TaskPolicy
 from gateway.rules.vda5050 import RobotObserver
-from gateway.wire import Topics, notice_payload
+from gateway.wire.agv import MAX_REQUEST_BYTES, answer_payload, parse_wms_task
+from gateway.wire.inbound import InboundRoutes, Received
+from gateway.wire.outbound import notice_payload
+from gateway.wire.topics import Topics
+from gateway.wire.vda5050 import parse
 from simulators.gs1 import sscc
 from simulators.vda5050_robot import (
     RobotSnapshot,
@@ -44,7 +61,7 @@ def at(seconds: float) -> dt.datetime:
 
 
 def board(**kwargs: Any) -> TaskBoard:
-    kwargs.setdefault("layout", SiteLayout.model_validate(LAYOUT))
+    kwargs.setdefault("layout", parse_layout(LAYOUT))
     return TaskBoard(policy=TaskPolicy(lease=dt.timedelta(seconds=60)), **kwargs)
 
 
@@ -52,7 +69,7 @@ def receipt(
     pallet: str,
     door: str = "D03",
     when: float = 0.0,
-    result: str = ACCEPTED,
+    result: str = DockResult.ACCEPTED,
     lot: str | None = None,
     expiry: dt.date | None = None,
 ) -> DockTransaction:
@@ -61,14 +78,14 @@ def receipt(
         *(
             ItemResult(
                 Item(key=f"sgtin:{GTIN}.{n}", gtin=GTIN, serial=str(n), lot=lot, expiry=expiry),
-                ACCEPTED,
+                DockResult.ACCEPTED,
                 line=2,
             )
             for n in range(3)
         ),
     )
     return DockTransaction(
-        kind="receive",
+        kind=DockKind.RECEIVE,
         door=door,
         reference="ASN-1",
         items=items,
@@ -80,11 +97,23 @@ def receipt(
     )
 
 
-def request(op: str, when: float, **body: Any) -> AgvRequest:
-    return AgvRequest(op, json.dumps(body).encode(), at(when), "fleet/resp", b"c1")
+ROUTES = InboundRoutes(Topics("DC1", "gw1"), agv=True, vda5050_interface="uagv")
+REPLY = ReplyHandle("fleet/resp")
 
 
-def progress(task_id: str, when: float, status: str, where: str | None = None) -> AgvRequest:
+def decoded(op: str, payload: bytes, when: float) -> Event:
+    """An AGV request as the bridge hands it to the rules, answered to `REPLY`."""
+    message = Received(f"gw/DC1/gw1/agv/{op}", payload, False, at(when), REPLY)
+    event = ROUTES.decode(message, lambda _topic, _correlation: None)
+    assert event is not None
+    return event
+
+
+def request(op: str, when: float, **body: Any) -> Any:
+    return decoded(op, json.dumps(body).encode(), when)
+
+
+def progress(task_id: str, when: float, status: str, where: str | None = None) -> Any:
     """Robot r1 of fleet f1 reports a step of `task_id`."""
     return request(
         "progress", when, fleet="f1", robot="r1", task_id=task_id, status=status, location=where
@@ -92,9 +121,11 @@ def progress(task_id: str, when: float, status: str, where: str | None = None) -
 
 
 def answer(decisions: list[Any]) -> dict[str, Any]:
-    (response,) = [d for d in decisions if isinstance(d, CommandResponse)]
-    assert_valid("agv-response", response.payload)
-    return response.payload
+    (reply,) = [d for d in decisions if isinstance(d, Reply)]
+    assert reply.to is REPLY
+    payload = answer_payload(reply.answer)
+    assert_valid("agv-response", payload)
+    return payload
 
 
 def test_a_received_pallet_gets_a_putaway_task_to_the_nearest_free_place() -> None:
@@ -118,7 +149,7 @@ def test_no_putaway_without_a_layout_an_unknown_door_or_a_free_place() -> None:
     pallet = sscc("0614141", 9)
     assert TaskBoard().on_dock(receipt(pallet)) == []
     assert board().on_dock(receipt(pallet, door="D99")) == []
-    full = SiteLayout.model_validate(
+    full = parse_layout(
         {**LAYOUT, "locations": [{**LAYOUT["locations"][0], "capacity_pallets": 0}]}
     )
     (notice,) = board(layout=full).on_dock(receipt(pallet))
@@ -158,7 +189,7 @@ def carry(b: TaskBoard, pallet: str, when: float) -> list[Any]:
         where = topic("uagv", "2.1.0", "acme", "agv-7", "state")
         parsed = parse(where, json.dumps(message).encode())
         assert not hasattr(parsed, "reason"), parsed
-        decisions += b.on_robot(RobotMessage(where, at(when + n), message=parsed))
+        decisions += b.on_robot(RobotReport(parsed, at(when + n)))  # type: ignore[arg-type]
     return decisions
 
 
@@ -233,11 +264,14 @@ def test_a_robots_action_from_before_the_task_is_not_an_alarm() -> None:
 
 
 def test_a_rejected_robot_message_is_an_event() -> None:
-    (notice,) = board().on_robot(
-        RobotMessage("uagv/v2/acme/x/state", T0, reason="headerId: required")
-    )
+    message = Received("uagv/v2/acme/x/state", b"{}", False, T0)
+    rejected = ROUTES.decode(message, lambda _topic, _correlation: None)
+    engine = RulesEngine(ForkliftMoves(MoveSettings()), {}, agv=board())
+    assert rejected is not None
+    (notice,) = engine.on_event(rejected)
     assert isinstance(notice, Notice)
     assert notice.code == "vda5050_rejected"
+    assert notice.details["topic"] == "uagv/v2/acme/x/state"
 
 
 def test_leases_run_out_before_and_after_the_pick() -> None:
@@ -309,7 +343,9 @@ def test_random_traffic_never_gives_one_task_to_two_robots(ops: list[Any]) -> No
                 "status": status,
                 "location": where,
             }
-            b.on_request(request(op, now, **(body if op == "progress" else {"task_id": task_id})))
+            sent = request(op, now, **(body if op == "progress" else {"task_id": task_id}))
+            if not isinstance(sent, Rejected):  # a drop without a location is refused unread
+                b.on_request(sent)
         holders = [t.robot for t in b.open.values() if t.state is not TaskState.QUEUED]
         assert len(holders) == len(set(holders)), holders
         assert all(t.state.terminal for t in b.finished.values())
@@ -337,7 +373,7 @@ def test_a_wms_task_for_a_product_picks_its_pallet_first_expired_first_out() -> 
     for k in range(4):
         task_id = f"W{k}"
         body = {"task_id": task_id, "gtin": GTIN, "destination": "PICK-1"}
-        out = b.on_wms_task(parse_wms_task(task_id, json.dumps(body).encode()), at(10 + k))  # type: ignore[arg-type]
+        out = b.on_wms_task(parse_wms_task(task_id, json.dumps(body).encode(), at(10 + k)))  # type: ignore[arg-type]
         picks.append(
             [d.task.sscc for d in out if isinstance(d, TaskChanged)]
             or [d.code for d in out if isinstance(d, Notice)]
@@ -407,7 +443,7 @@ def test_a_wms_task_for_a_pallet_on_another_task_is_rejected() -> None:
     pallet = sscc("0614141", 1)
     b.on_dock(receipt(pallet))  # a putaway task is open for it
     body = {"task_id": "W1", "sscc": pallet, "source": "D03", "destination": "RA-01"}
-    out = b.on_wms_task(parse_wms_task("W1", json.dumps(body).encode()), at(1))  # type: ignore[arg-type]
+    out = b.on_wms_task(parse_wms_task("W1", json.dumps(body).encode(), at(1)))  # type: ignore[arg-type]
     assert [(n.code, n.details["open"]) for n in out if isinstance(n, Notice)] == [
         ("agv_task_rejected", next(iter(b.open)))
     ]
@@ -418,7 +454,7 @@ def test_a_wms_task_with_both_a_pallet_and_a_product_is_refused() -> None:
     both = {"task_id": "W1", "sscc": sscc("0614141", 1), "gtin": GTIN, "destination": "X"}
     no_source = {"task_id": "W1", "sscc": sscc("0614141", 1), "destination": "X"}
     for body in (both, no_source):
-        parsed = parse_wms_task("W1", json.dumps(body).encode())
+        parsed = parse_wms_task("W1", json.dumps(body).encode(), T0)
         assert hasattr(parsed, "reason"), parsed
 
 
@@ -448,7 +484,7 @@ def test_a_finished_action_without_the_tasks_load_confirms_nothing() -> None:
     where = topic("uagv", "2.1.0", "acme", "agv-7", "state")
     message = state_message(last, version="2.1.0", header_id=1, timestamp=at(2))
     parsed = parse(where, json.dumps(message).encode())
-    out = b.on_robot(RobotMessage(where, at(2), message=parsed))  # type: ignore[arg-type]
+    out = b.on_robot(RobotReport(parsed, at(2)))  # type: ignore[arg-type]
     assert not [d for d in out if isinstance(d, TaskChanged) and d.event != "renewed"]
     assert next(iter(b.open.values())).state is TaskState.LEASED
 
@@ -466,7 +502,7 @@ def test_a_shipped_pallet_leaves_the_stock_and_its_queued_task() -> None:
     b = board()
     pallet = sscc("0614141", 1)
     b.on_dock(receipt(pallet))
-    shipment = replace(receipt(pallet, when=5), kind="ship")
+    shipment = replace(receipt(pallet, when=5), kind=DockKind.SHIP)
     out = b.on_dock(shipment)
     assert [(d.event, d.task.reason) for d in out if isinstance(d, TaskChanged)] == [
         ("cancelled", "pallet shipped at D03")
@@ -498,7 +534,7 @@ def test_fefo_works_from_lots_stored_before_a_restart() -> None:
         },
     )
     body = {"task_id": "W1", "gtin": GTIN, "destination": "PICK-1"}
-    out = b.on_wms_task(parse_wms_task("W1", json.dumps(body).encode()), at(1))  # type: ignore[arg-type]
+    out = b.on_wms_task(parse_wms_task("W1", json.dumps(body).encode(), at(1)))  # type: ignore[arg-type]
     assert [(d.task.sscc, d.task.source) for d in out if isinstance(d, TaskChanged)] == [
         (soon, "RA-01")
     ]
@@ -525,8 +561,8 @@ def test_velocity_classes_count_the_moves_stored_before_a_restart() -> None:
     ],
 )
 def test_malformed_requests_are_answered_bad_request(payload: bytes, reason: str) -> None:
-    b = board()
-    decisions = b.on_request(AgvRequest("next", payload, T0, "fleet/resp", b"c"))
+    engine = RulesEngine(ForkliftMoves(MoveSettings()), {}, agv=board())
+    decisions = engine.on_event(decoded("next", payload, 0))
     refused = answer(decisions)
     assert (refused["ok"], refused["code"]) == (False, "bad_request")
     assert reason in refused["message"]

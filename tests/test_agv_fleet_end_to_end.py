@@ -18,7 +18,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.bridge.vda5050 import validator as vda_validator
+from gateway.wire.vda5050 import validator as vda_validator
 from simulators.fleet import Did, Faults, FleetController, Outcome, Vda5050, overlapping_leases
 from simulators.gs1 import sscc
 from tests.agv_helpers import BASE

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.domain import Task, TaskKind, TaskState
 from gateway.rules import tasks
 from gateway.rules.tasks import (
     MAX_ATTEMPTS,
@@ -27,11 +28,8 @@ from gateway.rules.tasks import (
     Pick,
     Renew,
     Result,
-    Task,
     TaskEvent,
-    TaskKind,
     TaskPolicy,
-    TaskState,
     apply,
     create_task,
     lease_ran_out,

@@ -12,15 +12,26 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.epc import encode_sscc96
+from gateway.domain.epc import encode_sscc96
 from gateway.health import DeviceState
 from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
 from simulators.modbus_coil import ModbusCoilSimulator
 from tests.dock_helpers import CP, cases, gtin, sscc
-from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
+from tests.gateway_helpers import (
+    assert_valid,
+    build,
+    running,
+    site_config,
+    wait_device,
+    wait_reference_data,
+)
 from tests.mqtt_helpers import Collector, Mosquitto
+from tests.time_helpers import SPEED, AcceleratedClock
 
 pytestmark = pytest.mark.broker
+
+# Reads per wall-clock second: per scenario second, SPEED times fewer.
+READS_PER_S = 4000
 
 
 def hexes(epcs: list[bytes]) -> set[str]:
@@ -50,32 +61,41 @@ async def test_restart_in_the_middle_of_a_receipt(tmp_path: Path, mosquitto: Mos
         ],
     }
     # Pallet 1 comes in, the gateway restarts, pallet 1 is driven through again by mistake,
-    # then pallet 2 comes in.
-    scenario = Scenario(
-        pallets=[
-            Pallet(p1, "inbound", 1.0, 1.5),
-            Pallet(p1, "inbound", 11.0, 1.5),
-            Pallet(p2, "inbound", 15.0, 1.5),
-        ],
+    # then pallet 2 comes in. Played SPEED times fast; the door's day after the restart is a
+    # second script, whose clock starts when the restarted gateway starts its inventory: so
+    # the restart's own duration (wall time) cannot make the gateway miss a pallet.
+    before = Scenario(
+        pallets=[Pallet(p1, "inbound", 1.0, 1.5)], door="D03", seed=4, time_scale=SPEED
+    )
+    after = Scenario(
+        pallets=[Pallet(p1, "inbound", 1.0, 1.5), Pallet(p2, "inbound", 5.0, 1.5)],
         door="D03",
         seed=4,
+        time_scale=SPEED,
     )
     async with (
-        LlrpReaderSimulator(scenario, reads_per_s=2000) as sim,
         Collector(mosquitto.port) as collector,
         aiomqtt.Client("127.0.0.1", mosquitto.port) as wms,
     ):
-        config = reader_config(tmp_path, mosquitto.port, sim.port)
         await wms.publish("wms/DC1/asn/ASN-R", json.dumps(asn), qos=1, retain=True)
-        async with running(config) as gateway:
-            await wait_device(gateway, "d03-reader", DeviceState.CONNECTED)
-            await collector.wait_for(lambda c: len(c.on("/tx/receive")) == 1, timeout=30)
-        # Restarted: the ASN and the ledger come back from the SQLite file.
-        async with running(config) as gateway:
-            await wait_device(gateway, "d03-reader", DeviceState.CONNECTED)
-            await collector.wait_for(lambda c: len(c.on("/tx/receive")) == 3, timeout=40)
-            await close(wms, "ASN-R")
-            await collector.wait_for(lambda c: len(c.on("/receipt")) == 1)
+        clock = AcceleratedClock(SPEED)
+        async with LlrpReaderSimulator(before, reads_per_s=READS_PER_S, held=True) as sim:
+            config = reader_config(tmp_path, mosquitto.port, sim.port)
+            async with running(config, clock=clock) as gateway:
+                await wait_device(gateway, "d03-reader", DeviceState.CONNECTED)
+                await wait_reference_data(gateway, "asn/ASN-R")
+                sim.release()  # the truck is at the door once its ASN is in
+                await collector.wait_for(lambda c: len(c.on("/tx/receive")) == 1, timeout=30)
+        # Restarted: the ASN and the ledger come back from the SQLite file. The gateway's
+        # clock goes on from where it was (an accelerated clock runs ahead of the wall clock).
+        clock = AcceleratedClock(SPEED, start=clock())
+        async with LlrpReaderSimulator(after, reads_per_s=READS_PER_S) as sim:
+            config = reader_config(tmp_path, mosquitto.port, sim.port)
+            async with running(config, clock=clock) as gateway:
+                await wait_device(gateway, "d03-reader", DeviceState.CONNECTED)
+                await collector.wait_for(lambda c: len(c.on("/tx/receive")) == 3, timeout=40)
+                await close(wms, "ASN-R")
+                await collector.wait_for(lambda c: len(c.on("/receipt")) == 1)
         await wms.publish("wms/DC1/asn/ASN-R", b"", qos=1, retain=True)
     first, again, second = (m.json() for m in collector.on("/tx/receive"))
     for tx in (first, again, second):
@@ -131,14 +151,17 @@ async def test_malformed_wms_messages_are_rejected_and_good_data_stays(
         ],
     }
     bad = malformed_asns(good, 20, seed=1)
-    scenario = Scenario(pallets=[Pallet(p1, "inbound", 6.0, 1.5)], door="D03", seed=5)
+    scenario = Scenario(
+        pallets=[Pallet(p1, "inbound", 1.0, 1.5)], door="D03", seed=5, time_scale=SPEED
+    )
     async with (
-        LlrpReaderSimulator(scenario, reads_per_s=2000) as sim,
+        # The pallet rolls up once the WMS's messages are in (released below).
+        LlrpReaderSimulator(scenario, reads_per_s=READS_PER_S, held=True) as sim,
         Collector(mosquitto.port) as collector,
         aiomqtt.Client("127.0.0.1", mosquitto.port) as wms,
     ):
         config = reader_config(tmp_path, mosquitto.port, sim.port)
-        async with running(config) as gateway:
+        async with running(config, clock=AcceleratedClock(SPEED)) as gateway:
             await wms.publish("wms/DC1/asn/ASN-G", json.dumps(good), qos=1, retain=True)
             await until_subscribed(gateway)
             await wms.publish("wms/DC1/product/" + gtin("012345"), b"{", qos=1)
@@ -153,6 +176,7 @@ async def test_malformed_wms_messages_are_rejected_and_good_data_stays(
                 timeout=20,
             )
             await wait_device(gateway, "d03-reader", DeviceState.CONNECTED)
+            sim.release()
             await collector.wait_for(lambda c: len(c.on("/tx/receive")) == 1, timeout=30)
         await wms.publish("wms/DC1/asn/ASN-G", b"", qos=1, retain=True)
     (receipt,) = (m.json() for m in collector.on("/tx/receive"))
@@ -177,9 +201,11 @@ async def test_the_wrong_pallet_at_a_shipping_door_raises_an_alarm(
         pallets=[Pallet(right, "outbound", 1.0, 1.5), Pallet(wrong, "outbound", 5.0, 1.5)],
         door="D03",
         seed=6,
+        time_scale=SPEED,
     )
     async with (
-        LlrpReaderSimulator(scenario, reads_per_s=2000) as sim,
+        # Loading starts once the order is in (released below).
+        LlrpReaderSimulator(scenario, reads_per_s=READS_PER_S, held=True) as sim,
         ModbusCoilSimulator() as horn,
         Collector(mosquitto.port) as collector,
         aiomqtt.Client("127.0.0.1", mosquitto.port) as wms,
@@ -200,8 +226,10 @@ async def test_the_wrong_pallet_at_a_shipping_door_raises_an_alarm(
         )
         config = build(raw, tmp_path)
         await wms.publish("wms/DC1/shipment/SO-5", json.dumps(order), qos=1, retain=True)
-        async with running(config) as gateway:
+        async with running(config, clock=AcceleratedClock(SPEED)) as gateway:
             await wait_device(gateway, "d03-reader", DeviceState.CONNECTED)
+            await wait_reference_data(gateway, "shipment/SO-5")
+            sim.release()
             await collector.wait_for(lambda c: len(c.on("/tx/ship")) == 2, timeout=30)
             # The wrong pallet sounds the door's horn (a Modbus coil) while the alarm holds.
             await horn.wait_for(3, True, timeout=5.0)
@@ -241,11 +269,14 @@ async def test_an_asn_withdrawn_while_the_gateway_is_away_is_gone_when_it_return
         await wms.publish("wms/DC1/asn/ASN-W", json.dumps(asn), qos=1, retain=True)
         async with running(config) as gateway:
             await until_subscribed(gateway)
-            await asyncio.sleep(0.5)
+            await wait_reference_data(gateway, "asn/ASN-W")
         assert stored() == ["ASN-W"]
         # The WMS withdraws the ASN while the gateway is stopped: nothing is retained any more.
         await wms.publish("wms/DC1/asn/ASN-W", b"", qos=1, retain=True)
         async with running(config) as gateway:
             await until_subscribed(gateway)
-            await asyncio.sleep(0.5)
-    assert stored() == []  # the broker kept the deletion for the gateway's session
+            for _ in range(200):  # the broker kept the deletion for the gateway's session
+                if not stored():
+                    break
+                await asyncio.sleep(0.05)
+    assert stored() == []

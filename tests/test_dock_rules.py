@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 
-from gateway.domain import Direction, PortalPass, Scan, ScanKind, TagEvidence
-from gateway.epc import encode_sgtin96, encode_sscc96
-from gateway.refdata import Asn, AsnLine, Product, ShipLine, ShipOrder
-from gateway.rules.receiving import DockRules, DockSummary, DockTransaction, ledger_entries
+from gateway.domain import (
+    Asn,
+    AsnLine,
+    Direction,
+    DockSummary,
+    DockTransaction,
+    PortalPass,
+    Product,
+    Scan,
+    ScanKind,
+    ShipLine,
+    ShipOrder,
+    TagEvidence,
+)
+from gateway.domain.epc import encode_sgtin96, encode_sscc96
+from gateway.rules.receiving import DockRules, ledger_entries
 
 T0 = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
 CP = "0614141"
@@ -229,7 +241,7 @@ def test_cases_ride_with_their_pallet_at_a_shipping_door() -> None:
 
 
 def decode_sscc(epc_hex: str) -> str:
-    from gateway.epc import decode_epc
+    from gateway.domain.epc import decode_epc
 
     value = decode_epc(epc_hex).sscc
     assert value is not None
@@ -286,7 +298,7 @@ def test_an_asn_withdrawn_mid_receipt_closes_it_with_what_was_done() -> None:
 
 
 def test_a_pallet_much_lighter_than_its_contents_is_flagged() -> None:
-    from gateway.rules.weighing import Weighing
+    from gateway.domain import Weighing
 
     rules = DockRules()
     rules.set_product(Product(gtin=GTIN_A, unit_weight_kg=10.0))

@@ -16,17 +16,28 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.epc import encode_sgtin96, encode_sscc96
-from gateway.epcis import validator as epcis_validator
+from gateway.domain.epc import encode_sgtin96, encode_sscc96
 from gateway.health import DeviceState
+from gateway.wire.epcis import validator as epcis_validator
 from simulators.gs1 import gtin_label, sscc_label
 from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
 from simulators.scanner import ScannerSimulator, Type
 from tests.dock_helpers import CP, gtin, sscc
-from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
+from tests.gateway_helpers import (
+    assert_valid,
+    build,
+    running,
+    site_config,
+    wait_device,
+    wait_reference_data,
+)
 from tests.mqtt_helpers import Collector, Mosquitto
+from tests.time_helpers import SPEED, AcceleratedClock
 
 pytestmark = pytest.mark.broker
+
+# Reads per wall-clock second and reader: per scenario second, SPEED times fewer.
+READS_PER_S = 3000
 
 
 def h(epc: bytes) -> str:
@@ -103,11 +114,13 @@ async def test_a_day_at_two_doors_matches_its_ground_truth(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     day = Day()
-    receiving = Scenario(pallets=day.inbound, door="D03", seed=21)
-    shipping = Scenario(pallets=day.outbound, door="D05", seed=22)
+    # Played SPEED times faster than real time: the readers' clocks and the gateway's.
+    receiving = Scenario(pallets=day.inbound, door="D03", seed=21, time_scale=SPEED)
+    shipping = Scenario(pallets=day.outbound, door="D05", seed=22, time_scale=SPEED)
     async with (
-        LlrpReaderSimulator(receiving, reads_per_s=2000) as d03,
-        LlrpReaderSimulator(shipping, reads_per_s=2000) as d05,
+        # The trucks are at the doors once the WMS's documents are in (released below).
+        LlrpReaderSimulator(receiving, reads_per_s=READS_PER_S, held=True) as d03,
+        LlrpReaderSimulator(shipping, reads_per_s=READS_PER_S, held=True) as d05,
         ScannerSimulator(tmp_path / "clerk") as clerk,
         Collector(mosquitto.port) as collector,
         aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as wms,
@@ -132,9 +145,17 @@ async def test_a_day_at_two_doors_matches_its_ground_truth(
             )
         await wms.publish("wms/DC1/asn/ASN-100", json.dumps(day.asn), qos=1, retain=True)
         await wms.publish("wms/DC1/shipment/SO-200", json.dumps(day.order), qos=1, retain=True)
-        async with running(config) as gateway:
+        async with running(config, clock=AcceleratedClock(SPEED)) as gateway:
             for device in ("rcv-1", "d03-reader", "d05-reader"):
                 await wait_device(gateway, device, DeviceState.CONNECTED)
+            await wait_reference_data(
+                gateway,
+                "asn/ASN-100",
+                "shipment/SO-200",
+                *(f"product/{p['gtin']}" for p in day.products),
+            )
+            d03.release()
+            d05.release()
             await collector.wait_for(
                 lambda c: len(c.on("/tx/receive")) == 12 and len(c.on("/tx/ship")) == 10, timeout=90
             )

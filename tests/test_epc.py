@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.epc import (
+from gateway.domain.epc import (
     Epc,
     decode_epc,
     encode_giai96,

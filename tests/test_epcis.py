@@ -1,15 +1,17 @@
 """EPCIS 2.0 events from gateway transactions, validated against the official GS1 schema.
 
-Expected identifiers are worked out by hand from the EPC Tag Data Standard (TDS) rules, or
-built independently with the EPC codec of `gateway/epc.py`, not with the code under test.
+The events are built from domain transactions (`gateway.domain`). Expected identifiers are
+worked out by hand from the EPC Tag Data Standard (TDS) rules, or built independently with the
+EPC codec of `gateway/domain/epc.py`, not with the code under test.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import datetime as dt
 import hashlib
 import string
+from collections import Counter
 from importlib import resources
 from typing import Any
 
@@ -18,8 +20,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
-from gateway.epc import decode_epc, encode_sgtin96, encode_sscc96
-from gateway.epcis import (
+from gateway.domain import (
+    DockKind,
+    DockResult,
+    DockTransaction,
+    EvidenceSource,
+    Item,
+    ItemResult,
+    MoveTransaction,
+)
+from gateway.domain.epc import decode_epc, encode_sgtin96, encode_sscc96
+from gateway.wire.epcis import (
     EPCIS_CONTEXT,
     EpcisSettings,
     PayloadError,
@@ -39,75 +50,92 @@ SITE = EpcisSettings(
 SITE_GLN = "0614141000012"  # 0614141 + 00001 + check digit 2, worked by hand
 CREATED = "2024-05-01T10:00:05Z"
 
-MOVE: dict[str, Any] = {
-    "version": 1,
-    "type": "move",
-    "tx_id": "6f1c2b8e-3a4d-5e6f-8a7b-9c0d1e2f3a4b",
-    "site": "dc1",
-    "gateway": "gw1",
-    "status": "confirmed",
-    "sscc": "106141412345678908",
-    "from_location": "DOCK-IN",
-    "to_location": "A-01-02",
-    "exceptions": [],
-    "evidence": {
-        "device": "scanner-1",
-        "pallet_scanned_at": "2024-05-01T09:59:58Z",
-        "location_scanned_at": "2024-05-01T09:59:59Z",
-    },
-    "occurred_at": "2024-05-01T10:00:00Z",
+ACCEPTED = DockResult.ACCEPTED
+
+
+def at(hour: int, minute: int, second: int, millisecond: int = 0) -> dt.datetime:
+    """A moment of 2024-05-01, in UTC."""
+    return dt.datetime(2024, 5, 1, hour, minute, second, millisecond * 1000, tzinfo=dt.UTC)
+
+
+MOVE = MoveTransaction(
+    sscc="106141412345678908",
+    from_location="DOCK-IN",
+    to_location="A-01-02",
+    device_id="scanner-1",
+    pallet_scanned_at=at(9, 59, 58),
+    confirmed_at=at(10, 0, 0),
+)
+
+
+def _item(result: DockResult, **fields: Any) -> ItemResult:
+    """An item of a receive or ship transaction, keyed as the receiving rules key it."""
+    sscc, gtin, serial, epc = (fields.get(name) for name in ("sscc", "gtin", "serial", "epc"))
+    if sscc:
+        key = f"sscc:{sscc}"
+    elif gtin and serial:
+        key = f"sgtin:{gtin}.{serial}"
+    elif epc:
+        key = f"epc:{epc}"
+    else:
+        key = ""
+    return ItemResult(Item(key=key, **fields), result)
+
+
+RECEIVE = DockTransaction(
+    kind=DockKind.RECEIVE,
+    door="D03",
+    reference="ASN-4711",
+    items=(
+        _item(ACCEPTED, uri="urn:epc:id:sgtin:0614141.812345.6789", gtin="80614141123458"),
+        _item(ACCEPTED, epc="3034257BF7194E4000001A85"),  # SGTIN-96 of ...812345.6789 too
+        _item(ACCEPTED, sscc="106141412345678908"),
+        _item(ACCEPTED, gtin="80614141123458", lot="L1", expiry=dt.date(2025, 12, 31)),
+        # Four more units of the same lot: an item counts one unit.
+        *(_item(ACCEPTED, gtin="80614141123458", lot="L1") for _ in range(4)),
+        _item(ACCEPTED, gtin="04006381333931"),
+        _item(ACCEPTED, gtin="80614141123458", serial="A/1"),  # a (01)(21) barcode
+        _item(DockResult.UNEXPECTED, uri="urn:epc:id:sgtin:0614141.812345.1"),
+        _item(DockResult.OVER_RECEIPT, uri="urn:epc:id:sgtin:0614141.812345.2"),
+        _item(DockResult.ALREADY_RECEIVED, uri="urn:epc:id:sgtin:0614141.812345.3"),
+        _item(
+            DockResult.EXPIRED,
+            uri="urn:epc:id:sgtin:0614141.812345.4",
+            expiry=dt.date(2020, 1, 1),
+        ),
+        _item(DockResult.SHORT_DATED, uri="urn:epc:id:sgtin:0614141.812345.5"),
+        _item(DockResult.LOT_MISMATCH, uri="urn:epc:id:sgtin:0614141.812345.6", lot="X"),
+        _item(DockResult.UNEXPECTED, epc="E2801160600002054C8D3A11"),  # not a GS1 scheme
+    ),
+    source=EvidenceSource.SCANNER,
+    device="scanner-3",
+    evidence_id="scan-0042",
+    started_at=at(9, 58, 0),
+    occurred_at=at(10, 0, 0, 250),
+)
+
+SHIP = DockTransaction(
+    kind=DockKind.SHIP,
+    door="D07",
+    reference="SO 2024/0042",
+    items=(
+        _item(ACCEPTED, sscc="106141412345678908"),
+        _item(ACCEPTED, uri="urn:epc:id:sgtin:0614141.812345.7"),
+        _item(DockResult.NOT_ON_ORDER, sscc="006141410000000012"),
+        _item(DockResult.ALREADY_SHIPPED, uri="urn:epc:id:sgtin:0614141.812345.8"),
+    ),
+    source=EvidenceSource.SCANNER,
+    device="scanner-7",
+    evidence_id="scan-0043",
+    started_at=at(11, 29, 0),
+    occurred_at=at(11, 30, 0),
+)
+
+SAMPLES: dict[str, MoveTransaction | DockTransaction] = {
+    "move": MOVE,
+    "receive": RECEIVE,
+    "ship": SHIP,
 }
-
-
-def _item(result: str, **fields: Any) -> dict[str, Any]:
-    """An item of a receive or ship payload, shaped as the gateway publishes it."""
-    item: dict[str, Any] = dict.fromkeys(
-        ("epc", "uri", "gtin", "serial", "sscc", "lot", "expiry", "line")
-    )
-    item |= {"key": "", "result": result, "detail": ""}
-    item.update(fields)
-    return item
-
-
-RECEIVE: dict[str, Any] = {
-    "type": "receive",
-    "tx_id": "0d2a4c6e-8f01-5234-9567-89abcdef0123",
-    "door": "D03",
-    "asn_id": "ASN-4711",
-    "items": [
-        _item("accepted", uri="urn:epc:id:sgtin:0614141.812345.6789", gtin="80614141123458"),
-        _item("accepted", epc="3034257BF7194E4000001A85"),  # SGTIN-96 of ...812345.6789 too
-        _item("accepted", sscc="106141412345678908"),
-        _item("accepted", gtin="80614141123458", lot="L1", expiry="2025-12-31"),
-        _item("accepted", gtin="80614141123458", lot="L1", quantity=4),
-        _item("accepted", gtin="04006381333931"),
-        _item("accepted", gtin="80614141123458", serial="A/1"),  # a (01)(21) barcode
-        _item("unexpected", uri="urn:epc:id:sgtin:0614141.812345.1"),
-        _item("over_receipt", uri="urn:epc:id:sgtin:0614141.812345.2"),
-        _item("already_received", uri="urn:epc:id:sgtin:0614141.812345.3"),
-        _item("expired", uri="urn:epc:id:sgtin:0614141.812345.4", expiry="2020-01-01"),
-        _item("short_dated", uri="urn:epc:id:sgtin:0614141.812345.5"),
-        _item("lot_mismatch", uri="urn:epc:id:sgtin:0614141.812345.6", lot="X"),
-        _item("unexpected", epc="E2801160600002054C8D3A11"),  # not a GS1 scheme
-    ],
-    "occurred_at": "2024-05-01T10:00:00.250Z",
-}
-
-SHIP: dict[str, Any] = {
-    "type": "ship",
-    "tx_id": "1e3b5d7f-9012-5345-a678-9abcdef01234",
-    "door": "D07",
-    "order_id": "SO 2024/0042",
-    "items": [
-        _item("accepted", sscc="106141412345678908"),
-        _item("accepted", uri="urn:epc:id:sgtin:0614141.812345.7"),
-        _item("not_on_order", sscc="006141410000000012"),
-        _item("already_shipped", uri="urn:epc:id:sgtin:0614141.812345.8"),
-    ],
-    "occurred_at": "2024-05-01T11:30:00Z",
-}
-
-SAMPLES = {"move": MOVE, "receive": RECEIVE, "ship": SHIP}
 
 
 def assert_valid(instance: dict[str, Any]) -> None:
@@ -202,8 +230,8 @@ def test_move_event() -> None:
     assert object_event(MOVE, SITE) == {
         "@context": EPCIS_CONTEXT,
         "type": "ObjectEvent",
-        "eventID": "urn:uuid:6f1c2b8e-3a4d-5e6f-8a7b-9c0d1e2f3a4b",
-        "eventTime": "2024-05-01T10:00:00Z",
+        "eventID": f"urn:uuid:{MOVE.tx_id}",
+        "eventTime": "2024-05-01T10:00:00.000Z",  # when the location scan confirmed the move
         "eventTimeZoneOffset": "+01:00",
         "epcList": ["urn:epc:id:sscc:0614141.1234567890"],
         "action": "OBSERVE",
@@ -214,14 +242,17 @@ def test_move_event() -> None:
     }
 
 
-def test_move_with_unknown_origin_is_the_same_event() -> None:
-    tx = {**MOVE, "from_location": None, "exceptions": ["origin_unknown"]}
-    assert object_event(tx, SITE) == object_event(MOVE, SITE)
+def test_move_with_unknown_origin_is_the_same_event_but_for_its_id() -> None:
+    tx = dataclasses.replace(MOVE, from_location=None, exceptions=("origin_unknown",))
+    event, sample = object_event(tx, SITE), object_event(MOVE, SITE)
+    assert event.pop("eventID") == f"urn:uuid:{tx.tx_id}"  # another transaction: another id
+    assert sample.pop("eventID") == f"urn:uuid:{MOVE.tx_id}"
+    assert event == sample
 
 
 def test_receive_event() -> None:
     event = object_event(RECEIVE, SITE)
-    assert event["eventID"] == "urn:uuid:0d2a4c6e-8f01-5234-9567-89abcdef0123"
+    assert event["eventID"] == f"urn:uuid:{RECEIVE.tx_id}"
     assert event["eventTime"] == "2024-05-01T10:00:00.250Z"
     assert (event["action"], event["bizStep"], event["disposition"]) == (
         "OBSERVE",
@@ -247,6 +278,8 @@ def test_receive_event() -> None:
 
 def test_ship_event() -> None:
     event = object_event(SHIP, SITE)
+    assert event["eventID"] == f"urn:uuid:{SHIP.tx_id}"
+    assert event["eventTime"] == "2024-05-01T11:30:00.000Z"
     assert (event["action"], event["bizStep"], event["disposition"]) == (
         "OBSERVE",
         "shipping",
@@ -264,33 +297,53 @@ def test_ship_event() -> None:
     ]
 
 
+def test_event_time_is_the_transaction_time_in_utc_with_milliseconds() -> None:
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    # Any offset, and digits below the millisecond: the time in UTC, to the millisecond.
+    move = dataclasses.replace(
+        MOVE, confirmed_at=dt.datetime(2024, 5, 1, 12, 0, 0, 999, tzinfo=plus_two)
+    )
+    assert object_event(move, SITE)["eventTime"] == "2024-05-01T10:00:00.000Z"
+    receive = dataclasses.replace(
+        RECEIVE, occurred_at=dt.datetime(2024, 5, 1, 0, 30, 1, 250999, tzinfo=plus_two)
+    )
+    assert object_event(receive, SITE)["eventTime"] == "2024-04-30T22:30:01.250Z"
+    # A move happens when its location scan confirms it, not when the pallet was scanned.
+    later_scan = dataclasses.replace(MOVE, pallet_scanned_at=at(9, 0, 0))
+    assert object_event(later_scan, SITE)["eventTime"] == "2024-05-01T10:00:00.000Z"
+
+
 @pytest.mark.parametrize(
     ("kind", "result"),
     [
         *(
             ("receive", r)
             for r in (
-                "unexpected",
-                "over_receipt",
-                "already_received",
-                "expired",
-                "short_dated",
-                "lot_mismatch",
+                DockResult.UNEXPECTED,
+                DockResult.OVER_RECEIPT,
+                DockResult.ALREADY_RECEIVED,
+                DockResult.EXPIRED,
+                DockResult.SHORT_DATED,
+                DockResult.LOT_MISMATCH,
             )
         ),
-        ("ship", "not_on_order"),
-        ("ship", "already_shipped"),
+        ("ship", DockResult.NOT_ON_ORDER),
+        ("ship", DockResult.ALREADY_SHIPPED),
     ],
 )
-def test_rejected_items_are_not_in_the_event(kind: str, result: str) -> None:
-    tx = copy.deepcopy(SAMPLES[kind])
-    tx["items"] = [
-        _item("accepted", uri="urn:epc:id:sgtin:0614141.812345.100"),
-        _item(result, uri="urn:epc:id:sgtin:0614141.812345.101"),
-        _item(result, sscc="006141410000000012"),
-        _item(result, gtin="04006381333931"),
-        _item(result),  # a rejected item need not be identified at all
-    ]
+def test_rejected_items_are_not_in_the_event(kind: str, result: DockResult) -> None:
+    sample = SAMPLES[kind]
+    assert isinstance(sample, DockTransaction)
+    tx = dataclasses.replace(
+        sample,
+        items=(
+            _item(ACCEPTED, uri="urn:epc:id:sgtin:0614141.812345.100"),
+            _item(result, uri="urn:epc:id:sgtin:0614141.812345.101"),
+            _item(result, sscc="006141410000000012"),
+            _item(result, gtin="04006381333931"),
+            _item(result),  # a rejected item need not be identified at all
+        ),
+    )
     event = object_event(tx, SITE)
     assert event["epcList"] == ["urn:epc:id:sgtin:0614141.812345.100"]
     assert "quantityList" not in event
@@ -298,26 +351,22 @@ def test_rejected_items_are_not_in_the_event(kind: str, result: str) -> None:
 
 
 def test_nothing_accepted_gives_an_empty_epc_list() -> None:
-    tx = {**RECEIVE, "items": [_item("unexpected", uri="urn:epc:id:sgtin:0614141.812345.1")]}
+    tx = dataclasses.replace(
+        RECEIVE, items=(_item(DockResult.UNEXPECTED, uri="urn:epc:id:sgtin:0614141.812345.1"),)
+    )
     event = object_event(tx, SITE)
     assert event["epcList"] == []
     assert_valid(event)
 
 
-@pytest.mark.parametrize("without", ["null", "missing"])
-def test_receive_without_asn_has_no_biz_transactions(without: str) -> None:
-    tx = dict(RECEIVE)
-    if without == "null":
-        tx["asn_id"] = None
-    else:
-        del tx["asn_id"]
-    event = object_event(tx, SITE)
+def test_receive_without_asn_has_no_biz_transactions() -> None:
+    event = object_event(dataclasses.replace(RECEIVE, reference=None), SITE)
     assert "bizTransactionList" not in event
     assert_valid(event)
 
 
 def test_ship_without_order_has_no_biz_transactions() -> None:
-    event = object_event({**SHIP, "order_id": None}, SITE)
+    event = object_event(dataclasses.replace(SHIP, reference=None), SITE)
     assert "bizTransactionList" not in event
     assert_valid(event)
 
@@ -325,13 +374,13 @@ def test_ship_without_order_has_no_biz_transactions() -> None:
 def test_event_id_is_deterministic_and_derived_from_tx_id() -> None:
     for tx in SAMPLES.values():
         first = object_event(tx, SITE)
-        again = object_event(copy.deepcopy(tx), SITE)
+        again = object_event(dataclasses.replace(tx), SITE)  # the same transaction, made again
         assert first == again
-        assert first["eventID"] == f"urn:uuid:{tx['tx_id']}"
-    other = object_event({**MOVE, "tx_id": "7f1c2b8e-3a4d-5e6f-8a7b-9c0d1e2f3a4b"}, SITE)
-    assert other["eventID"] != object_event(MOVE, SITE)["eventID"]
-    upper = object_event({**MOVE, "tx_id": MOVE["tx_id"].upper()}, SITE)
-    assert upper["eventID"] == object_event(MOVE, SITE)["eventID"]
+        assert first["eventID"] == f"urn:uuid:{tx.tx_id}"
+    other_move = dataclasses.replace(MOVE, to_location="A-01-03")
+    assert object_event(other_move, SITE)["eventID"] != object_event(MOVE, SITE)["eventID"]
+    other_pass = dataclasses.replace(RECEIVE, evidence_id="scan-0044")
+    assert object_event(other_pass, SITE)["eventID"] != object_event(RECEIVE, SITE)["eventID"]
 
 
 # --- identifiers -----------------------------------------------------------------------------
@@ -436,13 +485,13 @@ def test_sgtin_uri(gtin: str, serial: str, length: int, uri: str) -> None:
 
 def test_epc_hex_is_decoded_and_an_unknown_one_falls_back_to_the_sscc() -> None:
     hex_epc = encode_sgtin96("0614141", "812345", 42).hex()
-    tx = {
-        **RECEIVE,
-        "items": [
-            _item("accepted", epc=hex_epc),
-            _item("accepted", epc="E2801160600002054C8D3A11", sscc="006141410000000012"),
-        ],
-    }
+    tx = dataclasses.replace(
+        RECEIVE,
+        items=(
+            _item(ACCEPTED, epc=hex_epc),
+            _item(ACCEPTED, epc="E2801160600002054C8D3A11", sscc="006141410000000012"),
+        ),
+    )
     assert object_event(tx, SITE)["epcList"] == [
         "urn:epc:id:sgtin:0614141.812345.42",
         "urn:epc:id:sscc:0614141.0000000001",
@@ -458,7 +507,7 @@ def test_locations_under_an_http_base() -> None:
         biz_location_base="https://id.example.com/dc1/location/",
         gln="4012345000009",
     )
-    event = object_event({**MOVE, "to_location": "A 01/02"}, site)
+    event = object_event(dataclasses.replace(MOVE, to_location="A 01/02"), site)
     assert event["readPoint"] == {"id": "https://id.example.com/dc1/readpoint/scanner-1"}
     assert event["bizLocation"] == {"id": "https://id.example.com/dc1/location/A%2001%2F02"}
     assert_valid(event)
@@ -477,7 +526,7 @@ def test_locations_under_a_urn_base_ending_in_a_colon() -> None:
 
 
 def test_sgln_extension_is_escaped_as_the_tds_says() -> None:
-    event = object_event({**MOVE, "to_location": "R1/B2&C?"}, SITE)
+    event = object_event(dataclasses.replace(MOVE, to_location="R1/B2&C?"), SITE)
     assert event["bizLocation"] == {"id": "urn:epc:id:sgln:0614141.00001.R1%2FB2%26C%3F"}
     assert_valid(event)
 
@@ -485,7 +534,9 @@ def test_sgln_extension_is_escaped_as_the_tds_says() -> None:
 @pytest.mark.parametrize("location", ["A 01", "Lager-Ü", "L" * 21])
 def test_a_location_that_cannot_be_an_sgln_extension_is_a_payload_error(location: str) -> None:
     with pytest.raises(PayloadError, match="SGLN extension"):
-        object_event({**MOVE, "to_location": location}, SITE)
+        object_event(dataclasses.replace(MOVE, to_location=location), SITE)
+    with pytest.raises(PayloadError, match="SGLN extension"):
+        object_event(dataclasses.replace(RECEIVE, door=location), SITE)
 
 
 def test_the_gln_comes_from_either_sgln_base() -> None:
@@ -498,7 +549,7 @@ def test_the_gln_comes_from_either_sgln_base() -> None:
     assert_valid(event)
 
 
-# --- settings and bad payloads ---------------------------------------------------------------
+# --- settings and bad values -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -530,33 +581,68 @@ def test_bad_settings_are_refused(kwargs: dict[str, Any]) -> None:
         EpcisSettings(**fields)
 
 
+NAIVE = dt.datetime(2024, 5, 1, 10, 0, 0)  # no UTC offset: a local time of no known place
+
+
 @pytest.mark.parametrize(
     ("tx", "field"),
     [
-        ({**MOVE, "type": "count"}, "transaction type"),
-        ({k: v for k, v in MOVE.items() if k != "type"}, "transaction type"),
-        ({**MOVE, "tx_id": "42"}, "tx_id"),
-        ({**MOVE, "tx_id": None}, "tx_id"),
-        ({**MOVE, "occurred_at": "2024-05-01"}, "occurred_at"),
-        ({**MOVE, "occurred_at": "2024-13-01T10:00:00Z"}, "occurred_at"),
-        ({**MOVE, "sscc": "106141412345678909"}, "check digit"),
-        ({**MOVE, "to_location": ""}, "to_location"),
-        ({**MOVE, "evidence": None}, "evidence"),
-        ({**MOVE, "evidence": {}}, "device"),
-        ({**RECEIVE, "door": None}, "door"),
-        ({**RECEIVE, "items": None}, "items"),
-        ({**RECEIVE, "items": ["x"]}, r"items\[0\]"),
-        ({**RECEIVE, "items": [_item("accepted")]}, r"items\[0\] is accepted"),
-        ({**RECEIVE, "items": [_item("accepted", gtin="80614141123458", quantity=0)]}, "quantity"),
-        ({**RECEIVE, "asn_id": ""}, "asn_id"),
-        ({**SHIP, "order_id": 42}, "order_id"),
+        (dataclasses.replace(MOVE, sscc="106141412345678909"), "check digit"),
+        (dataclasses.replace(MOVE, sscc="10614141234567890"), "sscc must be 18 digits"),
+        (dataclasses.replace(MOVE, to_location=""), "to_location"),
+        (dataclasses.replace(MOVE, device_id=""), "device_id"),
+        (dataclasses.replace(MOVE, confirmed_at=NAIVE), "confirmed_at"),
+        (dataclasses.replace(RECEIVE, occurred_at=NAIVE), "occurred_at"),
+        (dataclasses.replace(RECEIVE, door=""), "door"),
+        (dataclasses.replace(RECEIVE, items=(_item(ACCEPTED),)), r"items\[0\] is accepted"),
+        (
+            dataclasses.replace(RECEIVE, items=(_item(ACCEPTED, gtin="80614141123459"),)),
+            "gtin '80614141123459' has a wrong check digit",
+        ),
+        (
+            dataclasses.replace(RECEIVE, items=(_item(ACCEPTED, gtin="123456789"),)),
+            "gtin must have 8, 12, 13 or 14 digits",
+        ),
+        (
+            dataclasses.replace(
+                RECEIVE, items=(_item(ACCEPTED, gtin="80614141123458", lot="LOT 1"),)
+            ),
+            "lot must be",
+        ),
+        (
+            dataclasses.replace(SHIP, items=(_item(ACCEPTED, sscc="106141412345678909"),)),
+            "check digit",
+        ),
+        (dataclasses.replace(RECEIVE, reference=""), "ASN id"),
+        (dataclasses.replace(SHIP, reference=""), "order id"),
     ],
 )
-def test_bad_payloads_raise_a_payload_error_naming_the_field(
-    tx: dict[str, Any], field: str
+def test_bad_values_raise_a_payload_error_naming_the_field(
+    tx: MoveTransaction | DockTransaction, field: str
 ) -> None:
     with pytest.raises(PayloadError, match=field):
         object_event(tx, SITE)
+
+
+def test_a_payload_error_names_the_transaction() -> None:
+    bad = dataclasses.replace(MOVE, to_location="")
+    with pytest.raises(PayloadError, match=f"^move transaction '{bad.tx_id}': to_location"):
+        object_event(bad, SITE)
+    ship = dataclasses.replace(SHIP, door="")
+    with pytest.raises(PayloadError, match=f"^ship transaction '{ship.tx_id}': door"):
+        object_event(ship, SITE)
+
+
+def test_a_tx_id_that_is_not_a_uuid_is_a_payload_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Domain ids are UUIDs; should that ever change, the event must not get a broken eventID.
+    monkeypatch.setattr(MoveTransaction, "tx_id", property(lambda _: "42"))
+    with pytest.raises(PayloadError, match="tx_id must be a UUID"):
+        object_event(MOVE, SITE)
+
+
+def test_something_other_than_a_transaction_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="no EPCIS event for a dict"):
+        object_event({"type": "move"}, SITE)  # type: ignore[arg-type]
 
 
 def test_document_refuses_a_bad_creation_date() -> None:
@@ -564,20 +650,19 @@ def test_document_refuses_a_bad_creation_date() -> None:
         document([], created="yesterday")
 
 
-# --- property: any valid payload gives a schema-valid event ----------------------------------
+# --- property: any valid transaction gives a schema-valid event ------------------------------
 
 CSET82 = string.ascii_letters + string.digits + "!\"%&'()*+,-./:;<=>?_"
-RESULTS = {
-    "receive": [
-        "accepted",
-        "unexpected",
-        "over_receipt",
-        "already_received",
-        "expired",
-        "short_dated",
-        "lot_mismatch",
+REJECTED = {
+    DockKind.RECEIVE: [
+        DockResult.UNEXPECTED,
+        DockResult.OVER_RECEIPT,
+        DockResult.ALREADY_RECEIVED,
+        DockResult.EXPIRED,
+        DockResult.SHORT_DATED,
+        DockResult.LOT_MISMATCH,
     ],
-    "ship": ["accepted", "not_on_order", "already_shipped"],
+    DockKind.SHIP: [DockResult.NOT_ON_ORDER, DockResult.ALREADY_SHIPPED],
 }
 
 
@@ -613,16 +698,16 @@ def check_digit(digits: str) -> str:
 
 
 @st.composite
-def timestamps(draw: st.DrawFn) -> str:
-    moment = draw(st.datetimes(dt.datetime(2000, 1, 1), dt.datetime(2099, 12, 31)))
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}"
-    return text + "Z"
+def moments(draw: st.DrawFn) -> tuple[dt.datetime, str]:
+    """An aware moment at some UTC offset, and its RFC 3339 form in UTC with milliseconds."""
+    utc = draw(st.datetimes(dt.datetime(2000, 1, 1), dt.datetime(2099, 12, 31)))
+    minutes = draw(st.sampled_from([0, 60, -300, 330, 345, -570, 840, -720]))
+    moment = utc.replace(tzinfo=dt.UTC).astimezone(dt.timezone(dt.timedelta(minutes=minutes)))
+    return moment, utc.strftime("%Y-%m-%dT%H:%M:%S") + f".{utc.microsecond // 1000:03d}Z"
 
 
 @st.composite
-def accepted_item(draw: st.DrawFn, length: int) -> tuple[dict[str, Any], str | None, str | None]:
+def accepted_item(draw: st.DrawFn, length: int) -> tuple[ItemResult, str | None, str | None]:
     """An accepted item, the instance URI expected for it, or its class URI (count 1)."""
     prefix = draw(st.text(string.digits, min_size=length, max_size=length))
     rest = draw(st.text(string.digits, min_size=13 - length, max_size=13 - length))
@@ -630,13 +715,14 @@ def accepted_item(draw: st.DrawFn, length: int) -> tuple[dict[str, Any], str | N
     if way in ("uri", "epc"):
         tag = decode_epc(encode_sgtin96(prefix, rest, draw(st.integers(0, 2**38 - 1))))
         assert tag.uri is not None
-        field = {"uri": tag.uri} if way == "uri" else {"epc": tag.hex}
-        return _item("accepted", gtin=tag.gtin, **field), tag.uri, None
+        if way == "uri":
+            return _item(ACCEPTED, uri=tag.uri, gtin=tag.gtin), tag.uri, None
+        return _item(ACCEPTED, epc=tag.hex, gtin=tag.gtin), tag.uri, None
     if way == "sscc":
         serial = draw(st.text(string.digits, min_size=17 - length, max_size=17 - length))
         sscc17 = serial[0] + prefix + serial[1:]
         return (
-            _item("accepted", sscc=sscc17 + check_digit(sscc17)),
+            _item(ACCEPTED, sscc=sscc17 + check_digit(sscc17)),
             f"urn:epc:id:sscc:{prefix}.{serial}",
             None,
         )
@@ -645,76 +731,91 @@ def accepted_item(draw: st.DrawFn, length: int) -> tuple[dict[str, Any], str | N
     if way == "gtin+serial":
         serial = draw(st.text(string.ascii_letters + string.digits, min_size=1, max_size=20))
         return (
-            _item("accepted", gtin=gtin, serial=serial),
+            _item(ACCEPTED, gtin=gtin, serial=serial),
             f"urn:epc:id:sgtin:{prefix}.{rest}.{serial}",
             None,
         )
     if way == "gtin":
-        return _item("accepted", gtin=gtin), None, f"urn:epc:idpat:sgtin:{prefix}.{rest}.*"
+        return _item(ACCEPTED, gtin=gtin), None, f"urn:epc:idpat:sgtin:{prefix}.{rest}.*"
     lot = draw(st.text(string.ascii_uppercase + string.digits, min_size=1, max_size=20))
     return (
-        _item("accepted", gtin=gtin, lot=lot),
+        _item(ACCEPTED, gtin=gtin, lot=lot),
         None,
         f"urn:epc:class:lgtin:{prefix}.{rest}.{lot}",
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """Settings, a transaction, and what its event must say."""
+
+    site: EpcisSettings
+    tx: MoveTransaction | DockTransaction
+    event_time: str
+    epcs: set[str]
+    quantities: Counter[str]  # epcClass -> quantity
+    reference: str | None
+
+
 @st.composite
-def transactions(draw: st.DrawFn) -> tuple[EpcisSettings, dict[str, Any], set[str], set[str]]:
-    """Settings, a payload, and the epcList and quantityList classes expected from it."""
+def transactions(draw: st.DrawFn) -> Case:
     site = draw(site_settings())
-    kind = draw(st.sampled_from(["move", "receive", "ship"]))
-    tx: dict[str, Any] = {
-        "type": kind,
-        "tx_id": str(draw(st.uuids())),
-        "occurred_at": draw(timestamps()),
-    }
+    moment, event_time = draw(moments())
+    kind = draw(st.sampled_from(["move", *DockKind]))
     if kind == "move":
         length = site.company_prefix_length
         prefix = draw(st.text(string.digits, min_size=length, max_size=length))
         serial = draw(st.text(string.digits, min_size=17 - length, max_size=17 - length))
         sscc17 = serial[0] + prefix + serial[1:]  # extension digit, prefix, serial reference
-        tx |= {
-            "sscc": sscc17 + check_digit(sscc17),
-            "from_location": draw(st.none() | location_names(site)),
-            "to_location": draw(location_names(site)),
-            "evidence": {"device": draw(location_names(site))},
-        }
-        return site, tx, {f"urn:epc:id:sscc:{prefix}.{serial}"}, set()
-    items: list[dict[str, Any]] = []
+        move = MoveTransaction(
+            sscc=sscc17 + check_digit(sscc17),
+            from_location=draw(st.none() | location_names(site)),
+            to_location=draw(location_names(site)),
+            device_id=draw(location_names(site)),
+            pallet_scanned_at=moment - dt.timedelta(seconds=draw(st.integers(0, 600))),
+            confirmed_at=moment,
+        )
+        return Case(site, move, event_time, {f"urn:epc:id:sscc:{prefix}.{serial}"}, Counter(), None)
+    dock_kind = DockKind(kind)
+    items: list[ItemResult] = []
     epcs: set[str] = set()
-    classes: set[str] = set()
+    quantities: Counter[str] = Counter()
     for _ in range(draw(st.integers(0, 8))):
         if draw(st.booleans()):
             item, uri, epc_class = draw(accepted_item(site.company_prefix_length))
             epcs |= {uri} if uri else set()
-            classes |= {epc_class} if epc_class else set()
+            quantities.update([epc_class] if epc_class else [])
         else:
-            rejected = draw(st.sampled_from(RESULTS[kind][1:]))
+            rejected = draw(st.sampled_from(REJECTED[dock_kind]))
             item = _item(rejected, uri=draw(st.none() | st.just("urn:epc:id:sgtin:1.2.3")))
         items.append(item)
     reference = draw(st.none() | st.text(min_size=1, max_size=20).filter(str.isprintable))
-    tx |= {
-        "door": draw(location_names(site)),
-        "asn_id" if kind == "receive" else "order_id": reference,
-        "items": items,
-    }
-    return site, tx, epcs, classes
+    dock = DockTransaction(
+        kind=dock_kind,
+        door=draw(location_names(site)),
+        reference=reference,
+        items=tuple(items),
+        source=draw(st.sampled_from(EvidenceSource)),
+        device="device-1",
+        evidence_id=draw(st.text(min_size=1, max_size=12)),
+        started_at=moment,
+        occurred_at=moment,
+    )
+    return Case(site, dock, event_time, epcs, quantities, reference)
 
 
 @settings(max_examples=300, deadline=None)
 @given(case=transactions())
-def test_any_valid_payload_gives_a_schema_valid_event(
-    case: tuple[EpcisSettings, dict[str, Any], set[str], set[str]],
-) -> None:
-    site, tx, epcs, classes = case
-    event = object_event(tx, site)
+def test_any_valid_payload_gives_a_schema_valid_event(case: Case) -> None:
+    event = object_event(case.tx, case.site)
     assert_valid(event)
     assert_valid(document([event, event], created=CREATED))
-    assert event["eventID"] == f"urn:uuid:{tx['tx_id']}"
-    assert event["eventTime"] == tx["occurred_at"]
-    assert set(event["epcList"]) == epcs
-    assert len(event["epcList"]) == len(epcs)
-    assert {q["epcClass"] for q in event.get("quantityList", [])} == classes
-    reference = tx.get("asn_id") or tx.get("order_id")
-    assert ("bizTransactionList" in event) == (reference is not None)
+    assert event["eventID"] == f"urn:uuid:{case.tx.tx_id}"
+    assert event["eventTime"] == case.event_time
+    assert event["eventTimeZoneOffset"] == case.site.timezone_offset
+    assert set(event["epcList"]) == case.epcs
+    assert len(event["epcList"]) == len(case.epcs)
+    quantity_list = event.get("quantityList", [])
+    assert {q["epcClass"]: q["quantity"] for q in quantity_list} == case.quantities
+    assert len(quantity_list) == len(case.quantities)
+    assert ("bizTransactionList" in event) == (case.reference is not None)

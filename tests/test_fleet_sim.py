@@ -16,17 +16,16 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.bridge.vda5050 import Rejected, parse
+from gateway.domain import ConnectionState, RobotId
 from gateway.rules.vda5050 import (
     ActionFailed,
-    ConnectionState,
     DropConfirmed,
     PickConfirmed,
     RobotEvent,
-    RobotId,
     RobotLost,
     RobotObserver,
 )
+from gateway.wire.vda5050 import Rejected, parse
 from simulators.fleet import (
     Did,
     Faults,

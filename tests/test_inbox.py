@@ -8,20 +8,20 @@ import time
 
 import pytest
 
-from gateway.domain import Event, WmsMessage
+from gateway.domain import CloseCommand, Event
 from gateway.inbox import Inbox
 
 AT = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
 
 
-def message(n: int) -> WmsMessage:
-    return WmsMessage(f"wms/DC1/asn/{n}", b"{}", AT)
+def message(n: int) -> CloseCommand:
+    return CloseCommand(str(n), AT)
 
 
 async def take(inbox: Inbox) -> str:
     event: Event = await inbox.get()
-    assert isinstance(event, WmsMessage)
-    return event.topic
+    assert isinstance(event, CloseCommand)
+    return event.reference
 
 
 async def test_the_wait_is_the_oldest_queued_events() -> None:
@@ -31,9 +31,9 @@ async def test_the_wait_is_the_oldest_queued_events() -> None:
     time.sleep(0.05)  # noqa: ASYNC251 - the wait itself is what is measured
     inbox.put_nowait(message(2))
     assert inbox.waited_s() >= 0.05
-    assert await take(inbox) == "wms/DC1/asn/1"
+    assert await take(inbox) == "1"
     assert inbox.waited_s() < 0.05  # the second one is the oldest now
-    assert await take(inbox) == "wms/DC1/asn/2"
+    assert await take(inbox) == "2"
     assert inbox.waited_s() == 0.0
 
 
@@ -53,7 +53,7 @@ async def test_an_event_waiting_for_room_counts_from_when_it_was_offered() -> No
     await take(inbox)
     await blocked  # queued only now, 0.05 s after it was offered
     assert inbox.qsize() == 1 and inbox.waited_s() >= 0.05
-    assert await take(inbox) == "wms/DC1/asn/3"
+    assert await take(inbox) == "3"
     assert inbox.empty() and inbox.waited_s() == 0.0
 
 
@@ -66,7 +66,7 @@ async def test_a_waiting_producer_counts_before_its_event_is_queued() -> None:
     time.sleep(0.05)  # noqa: ASYNC251 - the wait itself is what is measured
     assert inbox.empty() and inbox.waited_s() >= 0.05
     await blocked
-    assert await take(inbox) == "wms/DC1/asn/2"
+    assert await take(inbox) == "2"
     assert inbox.waited_s() == 0.0
 
 

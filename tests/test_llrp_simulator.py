@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from sllurp.llrp import LLRPMessage, LLRPReaderClient, LLRPReaderConfig, LLRPReaderState
 from sllurp.llrp_errors import ReaderConfigurationError
 
-from gateway.epc import decode_epc, encode_sgtin96, encode_sscc96
+from gateway.domain.epc import decode_epc, encode_sgtin96, encode_sscc96
 from simulators.llrp import (
     EmptyReports,
     LlrpReaderSimulator,

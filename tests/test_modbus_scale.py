@@ -13,7 +13,6 @@ import itertools
 import math
 import socket
 import struct
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from pymodbus.constants import ExcCodes
 from pyModbusTCP.server import ModbusServer
 
 from gateway.config import ModbusScaleDevice, StatusRegister, WeightRegister
+from gateway.drivers.base import utc_now
 from gateway.drivers.modbus_scale import (
     KIND,
     ModbusScale,
@@ -86,7 +86,7 @@ def driver_for(
         device(transport_of(sim), **fields),
         emit=samples.emit,
         health=health,
-        clock=time.monotonic,
+        clock=utc_now,
     )
 
 
@@ -322,7 +322,7 @@ async def test_nobody_listening_fails_run(health: DeviceHealth, tmp_path: Path) 
         device({"type": "tcp", "host": "127.0.0.1", "port": port}),
         emit=samples.emit,
         health=health,
-        clock=time.monotonic,
+        clock=utc_now,
     )
     with pytest.raises(DeviceError, match="cannot connect"):
         await tcp.run()
@@ -330,7 +330,7 @@ async def test_nobody_listening_fails_run(health: DeviceHealth, tmp_path: Path) 
         device({"type": "rtu", "port": str(tmp_path / "no-such-port")}),
         emit=samples.emit,
         health=health,
-        clock=time.monotonic,
+        clock=utc_now,
     )
     with pytest.raises(DeviceError, match="cannot connect"):
         await rtu.run()
@@ -431,7 +431,7 @@ async def test_reads_every_type_and_order_from_pymodbustcp(
         ),
         emit=samples.emit,
         health=health,
-        clock=time.monotonic,
+        clock=utc_now,
     )
     async with running(driver.run):
         sample = await samples.wait_for(lambda s: True)

@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain import Direction, PortalPass
-from gateway.rules.portal import PortalSettings, PortalTracker, TagRead
+from gateway.domain import Direction, PortalPass, TagRead
+from gateway.rules.portal import PortalSettings, PortalTracker
 
 DOOR = PortalSettings(
     door="D03", reader_id="r1", outside=frozenset({1, 2}), inside=frozenset({3, 4})

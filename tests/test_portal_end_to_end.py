@@ -6,27 +6,42 @@ from pathlib import Path
 
 import pytest
 
-from gateway.epc import decode_epc
+from gateway.domain.epc import decode_epc
 from gateway.health import DeviceState
 from simulators.llrp import LlrpReaderSimulator, day_scenario
 from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
 from tests.mqtt_helpers import Collector, Mosquitto
+from tests.time_helpers import SPEED, AcceleratedClock
 
 pytestmark = pytest.mark.broker
+
+# Reads per wall-clock second: per scenario second, SPEED times fewer.
+READS_PER_S = 4000
 
 
 async def test_passes_published_on_the_debug_topic_match_the_ground_truth(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    # Real time (the gateway maps the reader's clock onto its own): a short run of pallets.
+    # A short run of pallets, played faster than real time: the reader's clock and the
+    # gateway's run SPEED times fast, and the gateway maps the one onto the other.
     scenario = day_scenario(
-        4, seed=5, door="D03", strays=2, cases=(3, 12), duration_s=1.5, gap_s=(1.6, 2.0)
+        4,
+        seed=5,
+        door="D03",
+        strays=2,
+        cases=(3, 12),
+        duration_s=1.5,
+        gap_s=(1.6, 2.0),
+        time_scale=SPEED,
     )
-    async with LlrpReaderSimulator(scenario, reads_per_s=2000) as sim:
+    async with LlrpReaderSimulator(scenario, reads_per_s=READS_PER_S) as sim:
         raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None, reader_port=sim.port)
         raw["debug"] = {"passes": True, "max_per_s": 50}
         config = build(raw, tmp_path)
-        async with Collector(mosquitto.port) as collector, running(config) as gateway:
+        async with (
+            Collector(mosquitto.port) as collector,
+            running(config, clock=AcceleratedClock(SPEED)) as gateway,
+        ):
             await wait_device(gateway, "d03-reader", DeviceState.CONNECTED)
             await collector.wait_for(
                 lambda c: len(c.on("/debug/pass/D03")) >= len(scenario.pallets), timeout=40

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from typing import Any
@@ -11,19 +12,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.refdata import Location
-from gateway.rules.putaway import (
+from gateway.config import parse_layout
+from gateway.domain import (
     STORAGE_KINDS,
-    VELOCITY_CLASSES,
     DockDoor,
-    NoLocation,
-    Occupancy,
-    Putaway,
+    Location,
     SiteLayout,
-    StockPallet,
     StorageLocation,
     VelocityClass,
     ZoneRule,
+)
+from gateway.rules.putaway import (
+    VELOCITY_CLASSES,
+    NoLocation,
+    Occupancy,
+    Putaway,
+    StockPallet,
     choose_fefo,
     choose_location,
     classify_velocity,
@@ -103,7 +107,7 @@ CONFIG: dict[str, Any] = {
     ],
     "storage_zones": ["ambient"],
 }
-LAYOUT = SiteLayout.model_validate(CONFIG)
+LAYOUT = parse_layout(CONFIG)
 EMPTY = Occupancy()
 
 
@@ -191,13 +195,12 @@ def test_zone_rule_by_category() -> None:
 
 
 def test_the_first_matching_rule_decides() -> None:
-    layout = LAYOUT.model_copy(
-        update={
-            "zone_rules": (
-                ZoneRule(category="frozen", zones=frozenset({"ambient"})),
-                ZoneRule(category="frozen", zones=frozenset({"cold"})),
-            )
-        }
+    layout = dataclasses.replace(
+        LAYOUT,
+        zone_rules=(
+            ZoneRule(category="frozen", zones=frozenset({"ambient"})),
+            ZoneRule(category="frozen", zones=frozenset({"cold"})),
+        ),
     )
     assert layout.allowed_zones(GTIN, "frozen") == {"ambient"}
 
@@ -212,7 +215,7 @@ def test_a_rule_with_both_matchers_needs_both() -> None:
 
 def test_default_zones_are_the_storage_zones() -> None:
     assert LAYOUT.allowed_zones(GTIN, None) == {"ambient"}
-    everything = LAYOUT.model_copy(update={"storage_zones": None, "zone_rules": ()})
+    everything = dataclasses.replace(LAYOUT, storage_zones=None, zone_rules=())
     assert everything.allowed_zones() == {"ambient", "cold"}
 
 
@@ -232,8 +235,8 @@ def test_no_location_for_an_unknown_door() -> None:
 
 
 def test_no_location_in_the_allowed_zones() -> None:
-    layout = LAYOUT.model_copy(
-        update={"zone_rules": (ZoneRule(category="hazmat", zones=frozenset({"cage"})),)}
+    layout = dataclasses.replace(
+        LAYOUT, zone_rules=(ZoneRule(category="hazmat", zones=frozenset({"cage"})),)
     )
     result = choose(layout=layout, category="hazmat")
     assert isinstance(result, NoLocation)
@@ -291,7 +294,7 @@ def test_layout_config_errors_name_the_key(change: Any, message: str) -> None:
     }
     change(config)
     with pytest.raises(ValidationError) as caught:
-        SiteLayout.model_validate(config)
+        parse_layout(config)
     assert message in str(caught.value)
 
 

@@ -14,13 +14,21 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.epc import decode_epc, encode_sscc96
-from gateway.epcis import validator as epcis_validator
+from gateway.domain.epc import decode_epc, encode_sscc96
 from gateway.health import DeviceState
+from gateway.wire.epcis import validator as epcis_validator
 from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
 from tests.dock_helpers import CP, cases, gtin
-from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
+from tests.gateway_helpers import (
+    assert_valid,
+    build,
+    running,
+    site_config,
+    wait_device,
+    wait_reference_data,
+)
 from tests.mqtt_helpers import Collector, Mosquitto
+from tests.time_helpers import SPEED, AcceleratedClock
 
 pytestmark = pytest.mark.broker
 
@@ -58,8 +66,11 @@ async def test_receipt_against_an_asn_with_planted_problems(
         ],
         door="D03",
         seed=3,
+        time_scale=SPEED,
     )
-    async with LlrpReaderSimulator(scenario, reads_per_s=2000) as sim:
+    # Reads per wall-clock second (per scenario second, SPEED times fewer). The truck is at the
+    # door once its ASN is in (released below).
+    async with LlrpReaderSimulator(scenario, reads_per_s=4000, held=True) as sim:
         raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None, reader_port=sim.port)
         raw["epcis"] = {"enabled": True, "read_point_base": "urn:epc:id:sgln:0614141.00001"}
         config = build(raw, tmp_path)
@@ -69,8 +80,10 @@ async def test_receipt_against_an_asn_with_planted_problems(
         ):
             await wms.publish("wms/DC1/asn/ASN-7", json.dumps(asn), qos=1, retain=True)
             await wms.publish("wms/DC1/asn/BAD", b"{not json", qos=1, retain=True)
-            async with running(config) as gateway:
+            async with running(config, clock=AcceleratedClock(SPEED)) as gateway:
                 await wait_device(gateway, "d03-reader", DeviceState.CONNECTED)
+                await wait_reference_data(gateway, "asn/ASN-7")
+                sim.release()
                 await collector.wait_for(lambda c: len(c.on("/tx/receive")) >= 3, timeout=40)
                 # Close the receipt with an MQTT 5 request; the answer comes to our topic.
                 await wms.subscribe("wms/replies/#", qos=1)

@@ -1,7 +1,7 @@
 """Reference data from the WMS: schemas, parsing, rejections with reasons, round trips, fuzz.
 
 Check digits in the generated identifiers are computed here with the GS1 mod-10 rule, written
-independently of biip, which `gateway.refdata` uses.
+independently of biip, which `gateway.wire.refdata` uses.
 """
 
 from __future__ import annotations
@@ -17,23 +17,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.refdata import (
+from gateway.domain import Asn, AsnLine, Location, Product, ShipLine, ShipOrder, key_of
+from gateway.schemas import NAMES, schema, validator
+from gateway.wire.refdata import (
     KINDS,
     MAX_PAYLOAD_BYTES,
-    Asn,
-    AsnLine,
     Deleted,
-    Location,
-    Product,
     Rejected,
-    ShipLine,
-    ShipOrder,
-    key_of,
     parse_message,
     parse_topic,
     to_json,
 )
-from gateway.schemas import NAMES, schema, validator
 from tests.json_strategies import damage, json_values
 
 SITE = "s1"
@@ -521,7 +515,7 @@ def test_schemas_are_shipped_and_document_every_field(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_schema_keywords_are_in_reporting_order(kind: str) -> None:
-    # gateway.refdata reports the first error jsonschema yields, and jsonschema checks keywords
+    # gateway.wire.refdata reports the first error jsonschema yields, and jsonschema checks keywords
     # in the order they are written: the type and fields of a value first, then its contents;
     # uniqueItems after items, so it only compares strings (on a mixed list it goes quadratic).
     def walk(node: Any) -> None:

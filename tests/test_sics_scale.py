@@ -11,7 +11,6 @@ import datetime as dt
 import math
 import socket
 import struct
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from typing import Any, Literal
 import pytest
 import serial_asyncio_fast
 
+from gateway.drivers.base import utc_now
 from gateway.drivers.sics import SicsDecoder, WeightReply, encode
 from gateway.drivers.sics_scale import KIND, SicsScale
 from gateway.health import DeviceHealth, DeviceState, StatusBoard
@@ -80,7 +80,7 @@ def make_driver(
         timeout_s=kwargs.get("timeout_s", 0.5),
         emit=samples.emit,
         health=health,
-        clock=time.monotonic,
+        clock=utc_now,
     )
 
 
@@ -160,7 +160,7 @@ async def test_a_missing_port_cannot_be_opened(tmp_path: Path, health: DeviceHea
         port=str(tmp_path / "nothing"),
         emit=Samples().emit,
         health=health,
-        clock=time.monotonic,
+        clock=utc_now,
     )
     with pytest.raises(DeviceError, match="cannot open"):
         await driver.run()
@@ -253,7 +253,7 @@ def tcp_driver(port: int, health: DeviceHealth, **kwargs: float) -> SicsScale:
         timeout_s=kwargs.get("timeout_s", 0.5),
         emit=Samples().emit,
         health=health,
-        clock=time.monotonic,
+        clock=utc_now,
     )
 
 

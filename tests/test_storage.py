@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from gateway.storage import OutboxFull, OutboxMessage, PalletMove, StorageError, Store
+from gateway.storage import (
+    LotRow,
+    MovedRow,
+    OutboxFull,
+    OutboxMessage,
+    PalletMove,
+    StateChanges,
+    StorageError,
+    Store,
+    TaskRow,
+)
 
 
 def msg(n: int) -> OutboxMessage:
@@ -38,8 +48,12 @@ async def test_same_message_id_is_committed_once(tmp_path: Path) -> None:
 async def test_committed_rows_and_locations_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "gw.db"
     store = await Store.open(path)
-    await store.commit([msg(1)], [PalletMove("376123450000000016", "A-01-01", "id-1")])
-    await store.commit([msg(2)], [PalletMove("376123450000000016", "B-02-02", "id-2")])
+    await store.commit(
+        [msg(1)], StateChanges(moves=[PalletMove("376123450000000016", "A-01-01", "id-1")])
+    )
+    await store.commit(
+        [msg(2)], StateChanges(moves=[PalletMove("376123450000000016", "B-02-02", "id-2")])
+    )
     await store.close()
     async with await Store.open(path) as again:
         assert again.depth == 2
@@ -141,11 +155,18 @@ async def test_agv_tasks_and_shipped_pallets_survive_reopen(tmp_path: Path) -> N
     pallet, other = "376123450000000016", "376123450000000023"
     await store.commit(
         [msg(1)],
-        [PalletMove(pallet, "D03", "rx-1"), PalletMove(other, "D03", "rx-1")],
-        tasks=[("T1", "queued", '{"task_id": "T1"}'), ("T2", "done", '{"task_id": "T2"}')],
+        StateChanges(
+            moves=[PalletMove(pallet, "D03", "rx-1"), PalletMove(other, "D03", "rx-1")],
+            tasks={
+                "T1": TaskRow("T1", "queued", '{"task_id": "T1"}'),
+                "T2": TaskRow("T2", "done", '{"task_id": "T2"}'),
+            },
+        ),
     )
-    await store.commit([msg(2)], tasks=[("T1", "leased", '{"task_id": "T1", "v": 2}')])
-    await store.commit([], shipped=[other])
+    await store.commit(
+        [msg(2)], StateChanges(tasks={"T1": TaskRow("T1", "leased", '{"task_id": "T1", "v": 2}')})
+    )
+    await store.commit([], StateChanges(shipped=[other]))
     await store.close()
     store = await Store.open(path)
     try:
@@ -164,12 +185,14 @@ async def test_received_pallets_lots_survive_reopen_until_shipped(tmp_path: Path
     async with await Store.open(path) as store:
         await store.commit(
             [],
-            lots=[
-                (pallet, "00614141123452", "L1", "2027-01-31"),
-                (other, "00614141123452", None, None),
-            ],
+            StateChanges(
+                lots=[
+                    LotRow(pallet, "00614141123452", "L1", "2027-01-31"),
+                    LotRow(other, "00614141123452", None, None),
+                ]
+            ),
         )
-        await store.commit([], shipped=[other])
+        await store.commit([], StateChanges(shipped=[other]))
     async with await Store.open(path) as again:
         assert await again.pallet_lots() == [(pallet, "00614141123452", "L1", "2027-01-31")]
 
@@ -177,8 +200,13 @@ async def test_received_pallets_lots_survive_reopen_until_shipped(tmp_path: Path
 async def test_recent_moves_survive_reopen_and_old_ones_are_forgotten(tmp_path: Path) -> None:
     path = tmp_path / "gw.db"
     async with await Store.open(path) as store:
-        await store.commit([], moved=[("00614141123452", 100.0), ("00614141234561", 200.0)])
-        await store.commit([], moved=[("00614141123452", 300.0)])
+        await store.commit(
+            [],
+            StateChanges(
+                moved=[MovedRow("00614141123452", 100.0), MovedRow("00614141234561", 200.0)]
+            ),
+        )
+        await store.commit([], StateChanges(moved=[MovedRow("00614141123452", 300.0)]))
     async with await Store.open(path) as again:
         assert await again.recent_moves(since=150.0) == [
             ("00614141234561", 200.0),

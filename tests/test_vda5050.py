@@ -17,27 +17,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from gateway.bridge.vda5050 import (
+from gateway.domain import (
+    ActionStatus,
+    ConnectionState,
+    LoadSource,
+    RobotConnection,
+    RobotId,
+    RobotState,
+)
+from gateway.rules.vda5050 import (
+    ActionFailed,
+    DropConfirmed,
+    PickConfirmed,
+    RobotEvent,
+    RobotLost,
+    RobotObserver,
+)
+from gateway.wire.vda5050 import (
     MAJOR_VERSIONS,
     Rejected,
     parse,
     parse_topic,
     subscriptions,
     validator,
-)
-from gateway.rules.vda5050 import (
-    ActionFailed,
-    ActionStatus,
-    ConnectionState,
-    DropConfirmed,
-    LoadSource,
-    PickConfirmed,
-    RobotConnection,
-    RobotEvent,
-    RobotId,
-    RobotLost,
-    RobotObserver,
-    RobotState,
 )
 from simulators.vda5050_robot import (
     VERSIONS,

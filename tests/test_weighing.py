@@ -9,16 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.rules.weighing import (
-    NEW_LOAD_FACTOR,
-    SCALE_STABLE,
-    SETTLED,
-    Weighing,
-    WeighingSettings,
-    WeightCapture,
-    WeightSample,
-    check_weight,
-)
+from gateway.domain import Weighing, WeighingMethod, WeightSample
+from gateway.rules.weighing import NEW_LOAD_FACTOR, WeighingSettings, WeightCapture, check_weight
 
 SETTINGS = WeighingSettings()
 POLL_S = 0.1
@@ -74,7 +66,7 @@ def test_each_scripted_load_gives_one_weighing(reports_stable: bool) -> None:
         samples += pallet(kg, start=start, rng=rng, reports_stable=reports_stable)
     weighings = run(capture, samples)
     assert [w.kg for w in weighings] == pytest.approx(loads, abs=0.3)
-    method = SCALE_STABLE if reports_stable else SETTLED
+    method = WeighingMethod.SCALE_STABLE if reports_stable else WeighingMethod.SETTLED
     assert {w.method for w in weighings} == {method}
     assert {w.samples for w in weighings} == {1 if reports_stable else SETTINGS.settle_samples}
     assert all(w.scale_id == "s1" for w in weighings)

@@ -14,14 +14,23 @@ import aiomqtt
 import pytest
 
 from gateway.config import StatusRegister, WeightRegister
-from gateway.epc import encode_sscc96
+from gateway.domain.epc import encode_sscc96
 from gateway.health import DeviceState
 from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
 from simulators.modbus_scale import ModbusScaleSimulator
 from simulators.sics_scale import SicsScaleSimulator
 from tests.dock_helpers import CP, cases, gtin, sscc
-from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
+from gateway.app import Gateway
+from tests.gateway_helpers import (
+    assert_valid,
+    build,
+    running,
+    site_config,
+    wait_device,
+    wait_reference_data,
+)
 from tests.mqtt_helpers import Collector, Mosquitto
+from tests.time_helpers import SPEED, AcceleratedClock
 
 pytestmark = pytest.mark.broker
 
@@ -57,6 +66,22 @@ async def scale(
         yield modbus
 
 
+async def weigh(
+    gateway: Gateway, scale: SicsScaleSimulator | ModbusScaleSimulator, kg: float
+) -> None:
+    """Put `kg` on the scale; take it off once the gateway has read it settled often enough
+    for a weighing (whether the scale reports stability or not)."""
+    scale.load.place(kg, settle_s=0.5)
+    health = gateway.board.devices["scale-d03"]
+    async with asyncio.timeout(10):
+        while not scale.load.stable(scale.load.clock()):
+            await asyncio.sleep(0.02)
+        settled = health.counts.get("reads", 0)
+        while health.counts.get("reads", 0) < settled + 6:  # settle_samples (5), and one more
+            await asyncio.sleep(0.02)
+    scale.load.remove()
+
+
 async def test_weighed_pallets_and_a_short_one(
     tmp_path: Path, mosquitto: Mosquitto, scale: SicsScaleSimulator | ModbusScaleSimulator
 ) -> None:
@@ -72,13 +97,18 @@ async def test_weighed_pallets_and_a_short_one(
         ],
     }
     product = {"gtin": gtin("012345"), "unit_weight_kg": 10.0}
+    # The portal plays SPEED times fast; the scale works in real time (it settles, the gateway
+    # polls it), so the second pallet comes well after the first: its weighing fits between.
+    second_at_s = 30.0
     scenario = Scenario(
-        pallets=[Pallet(p1, "inbound", 5.0, 1.5), Pallet(p2, "inbound", 12.0, 1.5)],
+        pallets=[Pallet(p1, "inbound", 1.0, 1.5), Pallet(p2, "inbound", second_at_s, 1.5)],
         door="D03",
         seed=7,
+        time_scale=SPEED,
     )
     async with (
-        LlrpReaderSimulator(scenario, reads_per_s=2000) as sim,
+        # The first pallet rolls up once it is weighed (released below).
+        LlrpReaderSimulator(scenario, reads_per_s=4000, held=True) as sim,
         Collector(mosquitto.port) as collector,
         aiomqtt.Client("127.0.0.1", mosquitto.port) as wms,
     ):
@@ -89,26 +119,17 @@ async def test_weighed_pallets_and_a_short_one(
             f"wms/DC1/product/{product['gtin']}", json.dumps(product), qos=1, retain=True
         )
         await wms.publish("wms/DC1/asn/ASN-W1", json.dumps(asn), qos=1, retain=True)
-        async with running(config) as gateway:
+        async with running(config, clock=AcceleratedClock(SPEED)) as gateway:
             for device in ("d03-reader", "scale-d03"):
                 await wait_device(gateway, device, DeviceState.CONNECTED)
-            while not sim.started:
-                await asyncio.sleep(0.05)
-
-            async def at(scenario_s: float) -> None:
-                while sim.scenario_time < scenario_s:
-                    await asyncio.sleep(0.05)
-
+            await wait_reference_data(gateway, "asn/ASN-W1", f"product/{product['gtin']}")
             # Each pallet is put on the scale at the door, then driven through the portal.
             # 3 cases of 10 kg on a 25 kg pallet: 55 kg.
-            await at(1.0)
-            scale.load.place(55.6, settle_s=0.5)
-            await at(3.0)
-            scale.load.remove()
-            await at(8.0)
-            scale.load.place(43.0, settle_s=0.5)  # a case missing, or crushed
-            await at(10.0)
-            scale.load.remove()
+            await weigh(gateway, scale, 55.6)
+            sim.release()
+            await collector.wait_for(lambda c: len(c.on("/tx/receive")) == 1, timeout=30)
+            await weigh(gateway, scale, 43.0)  # a case missing, or crushed
+            assert sim.scenario_time < second_at_s, "weighed after the pallet left the scale"
             await collector.wait_for(lambda c: len(c.on("/tx/receive")) == 2, timeout=30)
         for topic in ("asn/ASN-W1", f"product/{product['gtin']}"):
             await wms.publish(f"wms/DC1/{topic}", b"", qos=1, retain=True)

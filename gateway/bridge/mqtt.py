@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
@@ -25,14 +25,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.agv_api import OPERATIONS
-from gateway.bridge import vda5050
 from gateway.config import BrokerConfig
-from gateway.domain import AgvRequest, CloseCommand, Event, RobotMessage, WmsMessage
+from gateway.domain import CloseAnswer, Event, ReplyHandle, TaskAnswer
 from gateway.health import StatusBoard
 from gateway.storage import PendingMessage, StorageError, Store
 from gateway.supervisor import Backoff
-from gateway.wire import Topics, encode, gateway_status_payload
+from gateway.wire.agv import answer_payload
+from gateway.wire.codec import encode
+from gateway.wire.inbound import InboundRoutes, Received
+from gateway.wire.outbound import close_answer_payload, gateway_status_payload
+from gateway.wire.topics import Topics
 
 log = structlog.get_logger("gateway.bridge")
 
@@ -40,8 +42,6 @@ log = structlog.get_logger("gateway.bridge")
 PUBACK_TIMEOUT_S = 30.0
 # Rows read from the outbox per query.
 FETCH_BATCH = 500
-# A command is a small JSON object; anything larger is refused unread.
-MAX_COMMAND_BYTES = 4096
 # How long the broker keeps the gateway's session (and what the WMS sent) while it is away.
 SESSION_EXPIRY_S = 7 * 24 * 3600
 # Command answers waiting for the connection.
@@ -106,6 +106,15 @@ class _Client(aiomqtt.Client):
             raise PublishRefused(topic, str(reason))
 
 
+@dataclass(frozen=True, slots=True)
+class _ReplyAddress:
+    """What a `ReplyHandle` holds for the bridge: where an answer goes, and how it is marked."""
+
+    topic: str
+    correlation: bytes | None = None  # MQTT 5 correlation data, sent back as a property
+    echo: str | None = None  # MQTT 3.1.1: the request's `correlation`, echoed in the payload
+
+
 class MqttBridge:
     """Owns the broker connection: statuses, the outbox relay, reconnects.
 
@@ -118,10 +127,8 @@ class MqttBridge:
         clock: wall clock.
         outbox_alarm_at: outbox depth at which the gateway status shows the alarm.
         on_refused: called once per topic the broker refuses (topic, reason).
-        inbox: where reference data from the WMS and commands go (the rules' queue).
-        agv: subscribe to the AGV task API (`agv/next`, `agv/progress`, `agv/cancel`).
-        vda5050_interface: subscribe to robots' VDA 5050 state and connection under this
-            interface name (None: not at all).
+        inbox: where decoded messages go (the rules' queue).
+        routes: the inbound message kinds to subscribe to and decode (None: none).
     """
 
     def __init__(
@@ -136,12 +143,10 @@ class MqttBridge:
         outbox_alarm_at: int | None = None,
         on_refused: Callable[[str, str], None] | None = None,
         inbox: Callable[[Event], Awaitable[None]] | None = None,
-        agv: bool = False,
-        vda5050_interface: str | None = None,
+        routes: InboundRoutes | None = None,
     ) -> None:
         self._config = config
-        self._agv = agv
-        self._vda5050_interface = vda5050_interface
+        self._routes = routes
         self._topics = topics
         self._store = store
         self._board = board
@@ -177,19 +182,38 @@ class MqttBridge:
         self._debug.append((topic, payload))
         self._debug_ready.set()
 
-    def respond(self, topic: str, correlation: bytes | None, payload: bytes) -> None:
-        """Answer a command on its response topic (MQTT 5 request/response).
+    def reply(self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer) -> None:
+        """Send an answer to where its request asked (MQTT 5 request/response, or 3.1.1
+        `reply_to`), rendered here; a handle this bridge did not make is refused."""
+        address = to.address
+        if not isinstance(address, _ReplyAddress):
+            self.responses_refused += 1
+            log.warning("not answering: a reply handle the bridge did not make")
+            return
+        if isinstance(answer, TaskAnswer):
+            payload = answer_payload(answer, address.echo)
+        else:
+            payload = close_answer_payload(answer)
+        self._responses.append((address.topic, address.correlation, encode(payload)))
+        self._responses_ready.set()
 
-        A response topic among the gateway's own topics or the site's WMS data topics
-        (`wms/{site}/...`) is not answered: a request could otherwise make the gateway publish
-        on its transaction or reference data topics, with its own credentials.
+    def _reply_handle(
+        self, topic: str | None, correlation: bytes | None = None, echo: str | None = None
+    ) -> ReplyHandle | None:
+        """A handle for a reply topic a request named, or None where the gateway may not answer.
+
+        A topic with wildcards is no topic anyone can publish to. A topic among the gateway's
+        own or the site's WMS data topics (`wms/{site}/...`) is refused: a request could
+        otherwise make the gateway publish on its transaction or reference data topics, with
+        its own credentials.
         """
-        if topic.startswith((f"{self._topics.base}/", f"wms/{self._topics.site}/")):
+        if not topic or "+" in topic or "#" in topic:
+            return None
+        if topic.startswith((f"{self._topics.base}/", f"{self._topics.wms}/")):
             self.responses_refused += 1
             log.warning("not answering on a gateway or WMS topic", topic=topic)
-            return
-        self._responses.append((topic, correlation, payload))
-        self._responses_ready.set()
+            return None
+        return ReplyHandle(_ReplyAddress(topic, correlation, echo))
 
     def stop(self) -> None:
         """Ask the bridge to publish its offline status and disconnect."""
@@ -319,40 +343,33 @@ class MqttBridge:
         await client.publish_acked(self._topics.status, encode(payload), qos=1, retain=True)
 
     async def _receive(self, client: _Client) -> None:
-        """Reference data from the WMS and commands in; raises MqttError when the link drops."""
-        if self._inbox is not None:
-            site, base = self._topics.site, self._topics.base
-            await client.subscribe(f"wms/{site}/+/+", qos=1)
-            await client.subscribe(f"{base}/cmd/+", qos=1)
-            if self._agv:
-                # One by one: `agv/+` would bring back the gateway's own `agv/task` messages.
-                for op in OPERATIONS:
-                    await client.subscribe(self._topics.agv_request(op), qos=1)
-            if self._vda5050_interface is not None:
-                for topic in vda5050.subscriptions(self._vda5050_interface):
-                    await client.subscribe(topic, qos=0)
+        """Messages in, decoded at the edge; raises MqttError when the link drops."""
+        if self._inbox is not None and self._routes is not None:
+            for topic, qos in self._routes.subscriptions():
+                await client.subscribe(topic, qos=qos)
             self.subscribed = True
         async for message in client.messages:
-            if self._inbox is None or not isinstance(message.payload, bytes | bytearray | None):
+            if (
+                self._inbox is None
+                or self._routes is None
+                or not isinstance(message.payload, bytes | bytearray | None)
+            ):
                 continue
-            topic = str(message.topic)
-            payload = bytes(message.payload or b"")
-            if topic.startswith("wms/"):
-                await self._inbox(WmsMessage(topic, payload, self._clock()))
-            elif topic == f"{self._topics.base}/cmd/close" and not message.retain:
-                # A retained command would be carried out again at every reconnect: ignored.
-                await self._inbox(_close_command(payload, message.properties, self._clock()))
-            elif self._agv and topic.startswith(f"{self._topics.base}/agv/"):
-                if not message.retain:
-                    response, correlation = _reply_to(message.properties)
-                    op = topic.rpartition("/")[2]
-                    await self._inbox(AgvRequest(op, payload, self._clock(), response, correlation))
-            elif self._vda5050_interface is not None and vda5050.parse_topic(topic) is not None:
-                parsed = vda5050.parse(topic, payload)
-                if isinstance(parsed, vda5050.Rejected):
-                    await self._inbox(RobotMessage(topic, self._clock(), reason=parsed.reason))
-                else:
-                    await self._inbox(RobotMessage(topic, self._clock(), message=parsed))
+            response = getattr(message.properties, "ResponseTopic", None)
+            correlation = getattr(message.properties, "CorrelationData", None)
+            received = Received(
+                topic=str(message.topic),
+                payload=bytes(message.payload or b""),
+                retain=message.retain,
+                at=self._clock(),
+                reply=self._reply_handle(response, correlation),
+            )
+            event = self._routes.decode(received, self._echo_handle)
+            if event is not None:
+                await self._inbox(event)
+
+    def _echo_handle(self, topic: str, correlation: str | None) -> ReplyHandle | None:
+        return self._reply_handle(topic, echo=correlation)
 
     async def _publish_responses(self, client: _Client) -> None:
         while True:
@@ -486,29 +503,6 @@ class MqttBridge:
             batch = acked[:]
             del acked[: len(batch)]
             await self._store.acknowledge(batch)
-
-
-def _reply_to(properties: Properties | None) -> tuple[str | None, bytes | None]:
-    """An MQTT 5 request's response topic and correlation data (None where absent)."""
-    response = getattr(properties, "ResponseTopic", None) if properties else None
-    if response is not None and ("+" in response or "#" in response):
-        response = None  # not a topic anyone can publish to
-    correlation = getattr(properties, "CorrelationData", None) if properties else None
-    return response, correlation
-
-
-def _close_command(payload: bytes, properties: Properties | None, at: dt.datetime) -> CloseCommand:
-    """`cmd/close` with {"reference": "<ASN or order id>"}; a bad request gets an error answer."""
-    response, correlation = _reply_to(properties)
-    reference = ""
-    if len(payload) <= MAX_COMMAND_BYTES:
-        try:
-            body = json.loads(payload)
-        except (ValueError, RecursionError):
-            body = None
-        if isinstance(body, dict) and isinstance(body.get("reference"), str):
-            reference = body["reference"]
-    return CloseCommand(reference, at, response, correlation)
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -26,7 +26,8 @@ import structlog
 from sllurp.llrp import LLRPReaderClient, LLRPReaderConfig, LLRPReaderState
 
 from gateway.config import LlrpReaderDevice
-from gateway.domain import Event, TagReadBatch
+from gateway.domain import TagReadBatch
+from gateway.drivers.base import DriverContext, EventSink
 from gateway.drivers.llrp_reports import FastReportClient, RawRead
 from gateway.health import DeviceHealth
 from gateway.supervisor import DeviceError
@@ -125,13 +126,13 @@ class LlrpReader:
         self,
         config: LlrpReaderDevice,
         *,
-        queue: asyncio.Queue[Event],
+        sink: EventSink,
         health: DeviceHealth,
         clock: Callable[[], dt.datetime],
         reader_clock: ReaderClock | None = None,
     ) -> None:
         self.config = config
-        self._queue = queue
+        self._sink = sink
         self._health = health
         self._clock = clock
         self._reader_clock = reader_clock or ReaderClock()
@@ -170,7 +171,10 @@ class LlrpReader:
         refusals: list[str] = []
 
         def on_reads(raw: list[RawRead]) -> None:
-            reads = place_reads(raw, time.time(), self._reader_clock)
+            # Arrival on the gateway's clock (the injected one: a test's accelerated clock
+            # lines up with a reader simulator whose clock runs as fast). The clock is called
+            # on sllurp's thread: it must be thread-safe (a pure function of the time is).
+            reads = place_reads(raw, self._clock().timestamp(), self._reader_clock)
             loop.call_soon_threadsafe(self._deliver, reads)
 
         def on_malformed(reason: str) -> None:
@@ -294,9 +298,9 @@ class LlrpReader:
         self._health.data_received()
         if not reads:
             return
-        try:
-            self._queue.put_nowait(TagReadBatch(self.config.id, self._clock(), reads))
-        except asyncio.QueueFull:
+        if not self._sink.offer(TagReadBatch(self.config.id, self._clock(), reads)):
+            # Overflow policy: a full inbox drops the newest report (counted); the reader
+            # reports the same tags again while they are in the field.
             self._health.count("dropped", len(reads))
             if not self._overloaded:
                 log.warning("rules are behind: dropping tag reports", device=self.config.id)
@@ -315,3 +319,8 @@ def _close(client: LLRPReaderClient, *, polite: bool) -> None:
             log.debug("polite disconnect failed")
     client.hard_disconnect()
     client.join(2.0)
+
+
+def build(device: LlrpReaderDevice, ctx: DriverContext) -> LlrpReader:
+    """The driver of a configured LLRP reader at a dock door."""
+    return LlrpReader(device, sink=ctx.sink, health=ctx.health, clock=ctx.clock)

@@ -48,9 +48,10 @@ from gateway.config import (
     StatusRegister,
     WeightRegister,
 )
+from gateway.domain import KG_PER_UNIT, WeightSample
+from gateway.drivers.base import Clock, DriverContext
 from gateway.drivers.signal_light import raise_if_cancelled
 from gateway.health import DeviceHealth
-from gateway.rules.weighing import KG_PER_UNIT, WeightSample
 from gateway.supervisor import DeviceError
 
 __all__ = ["KIND", "ModbusScale", "ScaleReading", "decode_status", "decode_weight"]
@@ -166,7 +167,7 @@ class ModbusScale:
         *,
         emit: Callable[[WeightSample], Awaitable[None]],
         health: DeviceHealth,
-        clock: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self.device = device
         self._emit = emit
@@ -285,7 +286,7 @@ class ModbusScale:
             return None
         return WeightSample(
             self.device.id,
-            at=self._clock(),
+            at=self._clock().timestamp(),
             kg=kg,
             stable=False if flags.overload or flags.underload else flags.stable,
             overload=flags.overload,
@@ -301,3 +302,8 @@ class ModbusScale:
                 kind=kind,
                 reason=reason,
             )
+
+
+def build(device: ModbusScaleDevice, ctx: DriverContext) -> ModbusScale:
+    """The driver of a configured Modbus scale (TCP or RTU)."""
+    return ModbusScale(device, emit=ctx.sink.put, health=ctx.health, clock=ctx.clock)

@@ -10,6 +10,7 @@ the scanner is held back by the serial line (scanners buffer or beep) rather tha
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Awaitable, Callable, Sequence
 
 import serial
@@ -19,6 +20,7 @@ import structlog
 from gateway.config import BarcodeScannerDevice
 from gateway.domain import Event, RejectedScan
 from gateway.drivers.barcode import BarcodeFramer, Frame, LabelRules, Overrun, decode_label
+from gateway.drivers.base import DriverContext
 from gateway.health import DeviceHealth
 from gateway.supervisor import DeviceError
 
@@ -101,3 +103,13 @@ class BarcodeScanner:
             else:
                 self._health.count("reads")
             await self._emit(event)
+
+
+def build(device: BarcodeScannerDevice, ctx: DriverContext) -> BarcodeScanner:
+    """The driver of a configured serial scanner."""
+    labels = LabelRules(
+        re.compile(ctx.location_pattern), aim_symbology=device.framing.aim_symbology
+    )
+    return BarcodeScanner(
+        device, labels=labels, emit=ctx.sink.put, health=ctx.health, clock=ctx.clock
+    )

@@ -41,12 +41,15 @@ import contextlib
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import serial
 import serial_asyncio_fast
 import structlog
 
+from gateway.config import SicsScaleDevice, SicsTcpTransport
+from gateway.domain import KG_PER_UNIT, WeightSample
+from gateway.drivers.base import Clock, DriverContext
 from gateway.drivers.sics import (
     ErrorReply,
     Garbage,
@@ -58,7 +61,6 @@ from gateway.drivers.sics import (
     encode,
 )
 from gateway.health import DeviceHealth
-from gateway.rules.weighing import KG_PER_UNIT, WeightSample
 from gateway.supervisor import DeviceError
 
 __all__ = ["KIND", "SicsScale"]
@@ -87,7 +89,7 @@ class SicsScale:
             a TCP connection to be made.
         emit: hands a sample to the rules; may wait (backpressure).
         health: this scale's health record.
-        clock: the time (seconds) stamped on each sample.
+        clock: the gateway clock; samples carry its time in seconds.
     """
 
     def __init__(
@@ -103,7 +105,7 @@ class SicsScale:
         timeout_s: float = 1.0,
         emit: Callable[[WeightSample], Awaitable[None]],
         health: DeviceHealth,
-        clock: Callable[[], float],
+        clock: Clock,
     ) -> None:
         if poll_s <= 0 or timeout_s <= 0:
             raise ValueError(f"poll_s and timeout_s must be positive, got {poll_s}, {timeout_s}")
@@ -221,12 +223,15 @@ class SicsScale:
                     self._reject(f"unit {unit}", reason="unknown weight unit", raw=reply.raw)
                     return
                 sample = WeightSample(
-                    self.device_id, at=self._clock(), kg=float(value * factor), stable=stable
+                    self.device_id,
+                    at=self._clock().timestamp(),
+                    kg=float(value * factor),
+                    stable=stable,
                 )
             case ScaleStatus(code="+" | "-" as code):
                 sample = WeightSample(
                     self.device_id,
-                    at=self._clock(),
+                    at=self._clock().timestamp(),
                     kg=math.nan,
                     stable=False,
                     overload=code == "+",
@@ -252,3 +257,22 @@ class SicsScale:
                 reason=reason,
                 raw=raw,
             )
+
+
+def build(device: SicsScaleDevice, ctx: DriverContext) -> SicsScale:
+    """The driver of a configured MT-SICS scale (serial or TCP)."""
+    transport = device.transport
+    if isinstance(transport, SicsTcpTransport):
+        link: dict[str, Any] = {"host": transport.host, "tcp_port": transport.port}
+    else:
+        link = {"port": transport.port, "baudrate": transport.baudrate}
+    return SicsScale(
+        device_id=device.id,
+        **link,
+        command=device.command,
+        poll_s=device.poll_s,
+        timeout_s=device.timeout_s,
+        emit=ctx.sink.put,
+        health=ctx.health,
+        clock=ctx.clock,
+    )

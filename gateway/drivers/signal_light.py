@@ -27,6 +27,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
+from gateway.config import SignalLightDevice
+from gateway.drivers.base import DriverContext
 from gateway.health import DeviceHealth
 from gateway.supervisor import DeviceError
 
@@ -184,3 +186,19 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def build(device: SignalLightDevice, ctx: DriverContext) -> SignalLight:
+    """The driver of a configured stack light or horn; it goes off on alarms at its doors."""
+    light = SignalLight(
+        host=device.host,
+        port=device.port,
+        unit=device.unit,
+        coil=device.coil,
+        hold_s=device.hold_s,
+        timeout_s=device.timeout_s,
+        refresh_s=device.refresh_s,
+        health=ctx.health,
+    )
+    ctx.alarms.register(device.doors, light.alarm)
+    return light

@@ -1,8 +1,7 @@
 """The AGV task board: putaway tasks from receipts, leases to fleet controllers, drops to moves.
 
 Pure and clock-free, like every rule: requests and robot states come in with their times, and
-decisions come out (`TaskChanged` to store and publish, `MoveTransaction`, `CommandResponse`,
-`Notice`). One board serves every fleet controller; requests are handled one at a time by the
+decisions come out (`TaskChanged` to store and publish, `MoveTransaction`, `Reply`, `Notice`). One board serves every fleet controller; requests are handled one at a time by the
 rules runner, so two controllers can never lease the same task: a task is leased only from
 the queue, and leasing takes it out.
 
@@ -17,8 +16,8 @@ the queue, and leasing takes it out.
   a product (a GTIN, not a pallet) picks the pallet by FEFO among the pallets the gateway
   received (lot and earliest expiry from the receipt) that are in stock and not on a task:
   earliest expiry first, undated last, expired never (`no_pallet_to_pick` event otherwise).
-- **Answers** go to the request's MQTT 5 response topic with its correlation data; a client on
-  MQTT 3.1.1 names a `reply_to` topic and a `correlation` string in the request instead.
+- **Answers** (`TaskAnswer`) go back in a `Reply` to the request's opaque reply handle; the
+  bridge knows where that is (an MQTT 5 response topic, or a 3.1.1 `reply_to`).
 - **next**: a robot that holds an open task gets it again (an answer was lost); otherwise the
   highest-priority, oldest queued task, leased until now + the lease time. Among tasks of the
   same priority, one whose source is the robot's position goes first.
@@ -58,40 +57,46 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Final
+from dataclasses import replace
+from typing import Final
 
-from gateway.agv_api import (
-    BadRequest,
+from gateway.domain import (
+    AnswerResult,
     CancelRequest,
+    Decision,
+    DockKind,
+    DockTransaction,
+    Location,
+    MoveTransaction,
     NextRequest,
+    Notice,
+    PalletLot,
     ProgressRequest,
+    ProgressStatus,
+    Reply,
+    RobotReport,
+    RobotState,
+    Severity,
+    SiteLayout,
+    Task,
+    TaskAnswer,
+    TaskChanged,
+    TaskKind,
+    TaskRequest,
+    TaskState,
+    VelocityClass,
     WmsTask,
     WmsTaskDeleted,
-    parse_request,
-    task_json,
-)
-from gateway.domain import (
-    AgvRequest,
-    CommandResponse,
-    MoveTransaction,
-    Notice,
-    RobotMessage,
-    Severity,
     deterministic_id,
 )
-from gateway.refdata import Location
 from gateway.rules.putaway import (
     NoLocation,
     Occupancy,
-    SiteLayout,
-    VelocityClass,
     choose_fefo,
     choose_location,
     classify_velocity,
     velocity_of,
 )
-from gateway.rules.receiving import DockTransaction
 from gateway.rules.stock import StockProjection
 from gateway.rules.tasks import (
     ROBOT_LOST_WITH_LOAD,
@@ -105,11 +110,8 @@ from gateway.rules.tasks import (
     Pick,
     Renew,
     Result,
-    Task,
     TaskEvent,
-    TaskKind,
     TaskPolicy,
-    TaskState,
     apply,
     create_task,
     lease_ran_out,
@@ -123,36 +125,14 @@ from gateway.rules.vda5050 import (
     PickConfirmed,
     RobotLost,
     RobotObserver,
-    RobotState,
 )
 
-__all__ = ["PalletLot", "TaskBoard", "TaskChanged", "received_lots"]
+__all__ = ["TaskBoard", "received_lots"]
 
 # A task is offered only to robots that can carry pallets (or that list no capabilities).
 PALLET_CAPABILITY: Final = "pallet"
 _LOTS_KEPT: Final = 100_000
 _MOVES_KEPT: Final = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class TaskChanged:
-    """A task changed: stored, and (unless only its lease was renewed) published on agv/task."""
-
-    task: Task
-    event: str  # created, leased, accepted, picked, done, failed, cancelled, requeued, renewed
-
-    @property
-    def event_id(self) -> str:
-        """Deterministic: the same change always has the same id."""
-        t = self.task
-        return deterministic_id(
-            "agv-task", t.task_id, self.event, t.updated_at.isoformat(), t.attempts
-        )
-
-    @property
-    def published(self) -> bool:
-        """Renewals are stored, not published (one per progress report would be noise)."""
-        return self.event != "renewed"
 
 
 _EVENT_OF: Final = {
@@ -269,11 +249,11 @@ class TaskBoard:
 
     # --- what creates tasks and moves pallets ------------------------------------------------
 
-    def on_dock(self, tx: DockTransaction) -> list[Any]:
+    def on_dock(self, tx: DockTransaction) -> list[Decision]:
         """A receive creates putaway tasks for its pallets; a ship takes pallets off stock."""
         pallets = tx.accepted_pallets
-        if tx.kind == "ship":
-            shipped: list[Any] = []
+        if tx.kind == DockKind.SHIP:
+            shipped: list[Decision] = []
             for sscc in pallets:
                 self.stock.apply_ship(sscc)
                 self._lots.pop(sscc, None)
@@ -283,7 +263,7 @@ class TaskBoard:
                     shipped.extend(self._apply(task, Cancel(reason), now))
             return shipped
         lots = dict(received_lots(tx))
-        out: list[Any] = []
+        out: list[Decision] = []
         classes: dict[str, VelocityClass] | None = None  # the same for the whole receipt
         for sscc in pallets:
             self.stock.apply_receive(sscc, tx.door)
@@ -298,20 +278,20 @@ class TaskBoard:
             out.extend(self._putaway(sscc, tx, classes))
         return out
 
-    def on_move(self, move: MoveTransaction) -> list[Any]:
+    def on_move(self, move: MoveTransaction) -> list[Decision]:
         """A forklift or station move: the stock follows; a queued task for the pallet is moot."""
         self.stock.apply_move(move.sscc, move.to_location)
         self._record_move(move.sscc, move.confirmed_at)
-        out: list[Any] = []
+        out: list[Decision] = []
         for task in list(self.open.values()):
             if task.sscc == move.sscc and task.state is TaskState.QUEUED:
                 reason = f"pallet moved to {move.to_location} by {move.device_id}"
                 out.extend(self._apply(task, Cancel(reason), self._now(move.confirmed_at)))
         return out
 
-    def on_wms_task(self, message: WmsTask | WmsTaskDeleted, at: dt.datetime) -> list[Any]:
+    def on_wms_task(self, message: WmsTask | WmsTaskDeleted) -> list[Decision]:
         """A task from the WMS (created once per id), or its withdrawal."""
-        at = self._now(at)
+        at = self._now(message.at)
         if isinstance(message, WmsTaskDeleted):
             task = self.open.get(message.task_id)
             if task is None:
@@ -379,47 +359,32 @@ class TaskBoard:
 
     # --- the API -----------------------------------------------------------------------------
 
-    def on_request(self, request: AgvRequest) -> list[Any]:
-        """Carry out a request; the answer goes to its response topic (if it gave one)."""
-        parsed = parse_request(request.op, request.payload)
+    def on_request(self, request: TaskRequest) -> list[Decision]:
+        """Carry out a request; the answer goes back to its reply handle (if it has one)."""
         at = self._now(request.at)
-        decisions: list[Any]
-        if isinstance(parsed, BadRequest):
-            decisions = []
-            answer = _answer(False, "refused", "bad_request", parsed.reason, None)
-            decisions.append(
-                Notice(
-                    code="agv_request_rejected",
-                    message=f"agv/{request.op}: {parsed.reason}",
-                    at=at,
-                    severity=Severity.WARNING,
-                    details={"operation": request.op, "reason": parsed.reason},
-                )
-            )
-        elif isinstance(parsed, NextRequest):
-            decisions, answer = self._next(parsed, at)
-        elif isinstance(parsed, ProgressRequest):
-            decisions, answer = self._progress(parsed, at)
-        else:
-            decisions, answer = self._cancel(parsed, at)
-        if request.response_topic:
-            decisions.append(CommandResponse(request.response_topic, request.correlation, answer))
-        elif not isinstance(parsed, BadRequest) and parsed.reply_to:
-            # MQTT 3.1.1 has no response topic property: the request names one in its payload.
-            if parsed.correlation is not None:
-                answer["correlation"] = parsed.correlation
-            decisions.append(CommandResponse(parsed.reply_to, None, answer))
+        decisions: list[Decision]
+        match request:
+            case NextRequest():
+                decisions, answer = self._next(request, at)
+            case ProgressRequest():
+                decisions, answer = self._progress(request, at)
+            case CancelRequest():
+                decisions, answer = self._cancel(request, at)
+        if request.reply is not None:
+            decisions.append(Reply(request.reply, answer))
         return decisions
 
-    def _next(self, req: NextRequest, now: dt.datetime) -> tuple[list[Any], dict[str, Any]]:
+    def _next(self, req: NextRequest, now: dt.datetime) -> tuple[list[Decision], TaskAnswer]:
         held = self.held_by(req.robot, req.fleet)
         if held is not None:
-            return [], _answer(True, "already", "", "the robot already holds this task", held)
+            return [], _answer(
+                True, AnswerResult.ALREADY, "", "the robot already holds this task", held
+            )
         other = self.held_by(req.robot)
         if other is not None:
             return [], _answer(
                 False,
-                "refused",
+                AnswerResult.REFUSED,
                 "robot_id_in_use",
                 f"robot {req.robot} of fleet {other.fleet} holds task {other.task_id}: robot ids "
                 "must be unique across fleets",
@@ -427,11 +392,11 @@ class TaskBoard:
             )
         if req.capabilities is not None and PALLET_CAPABILITY not in req.capabilities:
             return [], _answer(
-                True, "none", "", "no task for a robot that cannot carry pallets", None
+                True, AnswerResult.NONE, "", "no task for a robot that cannot carry pallets", None
             )
         queued = [t for t in self.open.values() if t.state is TaskState.QUEUED]
         if not queued:
-            return [], _answer(True, "none", "", "no task queued", None)
+            return [], _answer(True, AnswerResult.NONE, "", "no task queued", None)
         top = min(queue_order(t)[0] for t in queued)  # -priority
         first = [t for t in queued if -t.priority == top]
         nearby = [t for t in first if req.position is not None and t.source == req.position]
@@ -439,16 +404,22 @@ class TaskBoard:
         until = now + self.policy.lease
         decisions = self._apply(task, Lease(req.robot, req.fleet, until), now)
         leased = self.open.get(task.task_id, task)
-        return decisions, _answer(True, "changed", "", f"leased until {until.isoformat()}", leased)
+        return decisions, _answer(
+            True, AnswerResult.CHANGED, "", f"leased until {until.isoformat()}", leased
+        )
 
-    def _progress(self, req: ProgressRequest, now: dt.datetime) -> tuple[list[Any], dict[str, Any]]:
+    def _progress(
+        self, req: ProgressRequest, now: dt.datetime
+    ) -> tuple[list[Decision], TaskAnswer]:
         task = self.task(req.task_id)
         if task is None:
-            return [], _answer(False, "refused", "unknown_task", f"no task {req.task_id}", None)
+            return [], _answer(
+                False, AnswerResult.REFUSED, "unknown_task", f"no task {req.task_id}", None
+            )
         if task.robot == req.robot and task.fleet is not None and task.fleet != req.fleet:
             return [], _answer(
                 False,
-                "refused",
+                AnswerResult.REFUSED,
                 "not_lease_holder",
                 f"task {task.task_id} is held by robot {task.robot} of fleet {task.fleet}, "
                 f"not of fleet {req.fleet}",
@@ -456,39 +427,45 @@ class TaskBoard:
             )
         event: TaskEvent
         match req.status:
-            case "accepted":
+            case ProgressStatus.ACCEPTED:
                 event = Accept(req.robot)
-            case "picked":
+            case ProgressStatus.PICKED:
                 event = Pick(req.robot, req.location)
-            case "dropped":
+            case ProgressStatus.DROPPED:
                 assert req.location is not None  # checked when parsed
                 event = Drop(req.robot, req.location)
-            case "failed":
+            case ProgressStatus.FAILED:
                 event = Fail(req.robot, req.reason or "failed (no reason given)")
             case _:
                 event = Renew(req.robot)
         return self._answered(task, event, now)
 
-    def _cancel(self, req: CancelRequest, now: dt.datetime) -> tuple[list[Any], dict[str, Any]]:
+    def _cancel(self, req: CancelRequest, now: dt.datetime) -> tuple[list[Decision], TaskAnswer]:
         task = self.task(req.task_id)
         if task is None:
-            return [], _answer(False, "refused", "unknown_task", f"no task {req.task_id}", None)
+            return [], _answer(
+                False, AnswerResult.REFUSED, "unknown_task", f"no task {req.task_id}", None
+            )
         return self._answered(task, Cancel(req.reason or "cancelled"), now)
 
     def _answered(
         self, task: Task, event: TaskEvent, now: dt.datetime
-    ) -> tuple[list[Any], dict[str, Any]]:
+    ) -> tuple[list[Decision], TaskAnswer]:
         outcome = apply(task, event, now, self.policy)
         decisions = self._record(task, outcome, now)
         answer = _answer(
-            not outcome.refused, outcome.result.value, outcome.code, outcome.message, outcome.task
+            not outcome.refused,
+            AnswerResult(outcome.result.value),
+            outcome.code,
+            outcome.message,
+            outcome.task,
         )
         if outcome.result is Result.ALREADY and isinstance(event, Accept | Pick):
             # A repeated report from the holder still says the robot is alive.
             decisions.extend(self._renew(outcome.task, event.robot, now))
         return decisions, answer
 
-    def _renew(self, task: Task, robot: str, now: dt.datetime) -> list[Any]:
+    def _renew(self, task: Task, robot: str, now: dt.datetime) -> list[Decision]:
         """Extend the holder's lease, once more than half of it has passed (fewer writes)."""
         if task.state.terminal or task.robot != robot or task.lease_until is None:
             return []
@@ -498,21 +475,10 @@ class TaskBoard:
 
     # --- robots' own state (VDA 5050) ----------------------------------------------------------
 
-    def on_robot(self, message: RobotMessage) -> list[Any]:
+    def on_robot(self, message: RobotReport) -> list[Decision]:
         """A robot's state or connection message: finished picks and drops count as progress."""
         at = self._now(message.at)
-        if message.message is None:
-            reason = message.reason or "rejected"
-            return [
-                Notice(
-                    code="vda5050_rejected",
-                    message=f"{message.topic}: {reason}",
-                    at=at,
-                    severity=Severity.WARNING,
-                    details={"topic": message.topic, "reason": reason},
-                )
-            ]
-        out: list[Any] = []
+        out: list[Decision] = []
         if isinstance(message.message, RobotState):
             held = self.held_by(message.message.serial)
             if held is not None:  # a robot that reports its state is alive
@@ -629,10 +595,10 @@ class TaskBoard:
 
     # --- time ----------------------------------------------------------------------------------
 
-    def on_tick(self, now: dt.datetime) -> list[Any]:
+    def on_tick(self, now: dt.datetime) -> list[Decision]:
         """Leases that ran out: back to the queue before the pick, failed after it."""
         now = self._now(now)
-        out: list[Any] = []
+        out: list[Decision] = []
         for task in [t for t in self.open.values() if lease_ran_out(t, now)]:
             out.extend(self._apply(task, LeaseExpired(), now))
         return out
@@ -641,7 +607,7 @@ class TaskBoard:
 
     def _putaway(
         self, sscc: str, tx: DockTransaction, classes: Mapping[str, VelocityClass]
-    ) -> list[Any]:
+    ) -> list[Decision]:
         assert self.layout is not None
         known = self._lots.get(sscc)
         gtin = known.gtin if known else None
@@ -672,17 +638,17 @@ class TaskBoard:
         self._keep(task)
         return [TaskChanged(task, "created")]
 
-    def _apply(self, task: Task, event: TaskEvent, now: dt.datetime) -> list[Any]:
+    def _apply(self, task: Task, event: TaskEvent, now: dt.datetime) -> list[Decision]:
         return self._record(task, apply(task, event, now, self.policy), now)
 
-    def _record(self, before: Task, outcome: Outcome, now: dt.datetime) -> list[Any]:
+    def _record(self, before: Task, outcome: Outcome, now: dt.datetime) -> list[Decision]:
         """Keep a changed task; the decisions its change makes."""
         if not outcome.changed:
             return []
         task = outcome.task
         self._keep(task)
         event = "renewed" if task.state is before.state else _EVENT_OF[task.state]
-        out: list[Any] = [TaskChanged(task, event)]
+        out: list[Decision] = [TaskChanged(task, event)]
         if task.state is TaskState.DONE:
             out.extend(self._done(task))
         elif task.state is TaskState.FAILED:
@@ -708,7 +674,7 @@ class TaskBoard:
             )
         return out
 
-    def _done(self, task: Task) -> list[Any]:
+    def _done(self, task: Task) -> list[Decision]:
         assert task.dropped_at is not None
         capacity = None
         if self.layout is not None:
@@ -725,7 +691,7 @@ class TaskBoard:
         assert move is not None
         self.stock.apply_move(task.sscc, task.dropped_at)
         self._record_move(task.sscc, move.confirmed_at)
-        out: list[Any] = [move]
+        out: list[Decision] = [move]
         if exceptions:
             out.append(
                 Notice(
@@ -770,19 +736,10 @@ class TaskBoard:
             self._moves.append((known.gtin, at))
 
 
-@dataclass(frozen=True, slots=True)
-class PalletLot:
-    """A received pallet's main product, its lot and earliest expiry (velocity class, FEFO)."""
-
-    gtin: str
-    lot: str | None
-    expiry: dt.date | None
-
-
 def received_lots(tx: DockTransaction) -> list[tuple[str, PalletLot]]:
     """The pallets a receipt accepted, each with the product most of its items are, that
     product's most common lot and its earliest expiry. Pallets with no item: left out."""
-    if tx.kind != "receive":
+    if tx.kind != DockKind.RECEIVE:
         return []
     gtins = Counter(r.item.gtin for r in tx.items if r.item.gtin)
     if not gtins:
@@ -795,12 +752,7 @@ def received_lots(tx: DockTransaction) -> list[tuple[str, PalletLot]]:
     return [(sscc, lot) for sscc in tx.accepted_pallets]
 
 
-def _answer(ok: bool, result: str, code: str, message: str, task: Task | None) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "ok": ok,
-        "result": result,
-        "code": code,
-        "message": message,
-        "task": None if task is None else task_json(task),
-    }
+def _answer(
+    ok: bool, result: AnswerResult, code: str, message: str, task: Task | None
+) -> TaskAnswer:
+    return TaskAnswer(ok, result, code, message, task)

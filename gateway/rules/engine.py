@@ -1,45 +1,61 @@
-"""The rules engine: routes each event to the rule that owns it and collects the decisions."""
+"""The rules engine: routes each event to the rule that owns it and collects the decisions.
+
+Every event kind meets its handler in one table (`_HANDLERS`); every handler returns typed
+`Decision` values. Pure: events with their timestamps in, decisions out; `on_tick` advances time.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from gateway.agv_api import BadRequest, parse_wms_task
 from gateway.domain import (
-    AgvRequest,
+    AnswerResult,
+    Asn,
+    CancelRequest,
+    CloseAnswer,
     CloseCommand,
-    CommandResponse,
+    Decision,
     Direction,
+    DockKind,
+    DockSummary,
+    DockTransaction,
+    DoorRole,
     Event,
+    InputKind,
+    Location,
     MoveTransaction,
+    NextRequest,
     Notice,
     PortalPass,
+    Product,
+    ProgressRequest,
+    RefData,
+    RefDataChange,
+    RefDataDeleted,
+    RefDataKind,
+    RefDataUpdate,
+    Rejected,
     RejectedScan,
-    RobotMessage,
+    Reply,
+    RobotReport,
     Scan,
     Severity,
+    ShipOrder,
     TagReadBatch,
-    WmsMessage,
+    TaskAnswer,
+    WeightSample,
+    WmsTask,
+    WmsTaskDeleted,
+    key_of,
 )
-from gateway.refdata import Asn, Deleted, Location, Product, Rejected, ShipOrder, parse_message
-from gateway.rules.agv import TaskBoard, TaskChanged
+from gateway.rules.agv import TaskBoard
 from gateway.rules.moves import ForkliftMoves
 from gateway.rules.portal import PortalTracker
-from gateway.rules.receiving import DockRules, DockSummary, DockTransaction
-from gateway.rules.weighing import WeightCapture, WeightSample
-
-Decision = (
-    MoveTransaction
-    | Notice
-    | PortalPass
-    | DockTransaction
-    | DockSummary
-    | CommandResponse
-    | TaskChanged
-)
+from gateway.rules.receiving import DockRules
+from gateway.rules.weighing import WeightCapture
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +63,17 @@ class DockStation:
     """A scanner at a dock door: what it scans is received or shipped there."""
 
     door: str
-    role: str  # "receiving" or "shipping"
+    role: DoorRole
 
 
-@dataclass(frozen=True, slots=True)
-class RefDataChange:
-    """Reference data accepted (or deleted): the app stores it so that a restart has it."""
-
-    kind: str
-    key: str
-    item: Asn | ShipOrder | Product | Location | None  # None: deleted
+# How a rejected message from outside is reported: the notice code and what its message and
+# details call the subject.
+_REJECTED: Final[Mapping[InputKind, tuple[str, str]]] = {
+    InputKind.REFERENCE_DATA: ("reference_data_rejected", "topic"),
+    InputKind.AGV_REQUEST: ("agv_request_rejected", "operation"),
+    InputKind.ROBOT: ("vda5050_rejected", "topic"),
+    InputKind.COMMAND: ("command_rejected", "topic"),
+}
 
 
 class RulesEngine:
@@ -66,8 +83,7 @@ class RulesEngine:
         moves: the forklift move rule (forklift and station scanners).
         portals: one tracker per RFID reader id.
         dock: receiving and shipping.
-        site: the site id (reference data topics carry it).
-        door_roles: each door's role (receiving, shipping or both).
+        door_roles: each portal door's role (receiving, shipping or both).
         dock_stations: scanners at dock doors, by device id.
         scales: each scale's door and weight capture, by device id.
         agv: the AGV task board; receipts and moves feed it (None: no AGV tasks).
@@ -79,8 +95,7 @@ class RulesEngine:
         portals: Mapping[str, PortalTracker],
         *,
         dock: DockRules | None = None,
-        site: str = "",
-        door_roles: Mapping[str, str] | None = None,
+        door_roles: Mapping[str, DoorRole] | None = None,
         dock_stations: Mapping[str, DockStation] | None = None,
         scales: Mapping[str, tuple[str, WeightCapture]] | None = None,
         agv: TaskBoard | None = None,
@@ -88,20 +103,20 @@ class RulesEngine:
         self.moves = moves
         self.portals = dict(portals)
         self.dock = dock or DockRules()
-        self.site = site
         self.door_roles = dict(door_roles or {})
         self.locations: dict[str, Location] = {}
         self.scales = dict(scales or {})
         self.dock_stations = dict(dock_stations or {})
         self.agv = agv
 
-    def on_event(self, event: Event) -> list[Any]:
+    def on_event(self, event: Event) -> list[Decision]:
         """Decisions caused by one event."""
-        return self._to_agv(self._decide(event))
+        handler = _HANDLERS[type(event)]
+        return self._to_agv(handler(self, event))
 
-    def on_tick(self, now: dt.datetime) -> list[Any]:
+    def on_tick(self, now: dt.datetime) -> list[Decision]:
         """Decisions that time alone causes: timeouts, tags that departed, idle receipts, leases."""
-        decisions: list[Any] = list(self.moves.on_tick(now))
+        decisions: list[Decision] = list(self.moves.on_tick(now))
         seconds = now.timestamp()
         for portal in self.portals.values():
             decisions.extend(self._passes(portal.on_tick(seconds)))
@@ -110,7 +125,7 @@ class RulesEngine:
             decisions.extend(self.agv.on_tick(now))
         return self._to_agv(decisions)
 
-    def _to_agv(self, decisions: list[Any]) -> list[Any]:
+    def _to_agv(self, decisions: list[Decision]) -> list[Decision]:
         """Receipts and forklift moves also go to the task board (stock, putaway tasks)."""
         if self.agv is None:
             return decisions
@@ -127,126 +142,136 @@ class RulesEngine:
                 self.moves.located(d.sscc, d.to_location)
             elif isinstance(d, DockTransaction):
                 for sscc in d.accepted_pallets:
-                    self.moves.located(sscc, d.door if d.kind == "receive" else None)
+                    self.moves.located(sscc, d.door if d.kind == DockKind.RECEIVE else None)
         return out
 
-    def _decide(self, event: Event) -> list[Any]:
-        if isinstance(event, AgvRequest | RobotMessage):
-            if self.agv is None:
-                return []
-            if isinstance(event, AgvRequest):
-                return self.agv.on_request(event)
-            return self.agv.on_robot(event)
-        if isinstance(event, TagReadBatch):
-            portal = self.portals.get(event.reader_id)
-            return self._passes(portal.on_reads(event.reads)) if portal is not None else []
-        if isinstance(event, WmsMessage):
-            return self._reference(event)
-        if isinstance(event, CloseCommand):
-            return self._close(event)
-        if isinstance(event, WeightSample):
-            scale = self.scales.get(event.scale_id)
-            if scale is None:
-                return []
-            door, capture = scale
-            weighings = capture.on_sample(event)
-            for weighing in weighings:
-                self.dock.on_weighing(door, weighing)
-            return list(weighings)
+    # --- one handler per event kind ----------------------------------------------------------
+
+    def _scan(self, event: Scan | RejectedScan) -> list[Decision]:
         station = self.dock_stations.get(event.device_id)
         if station is not None and isinstance(event, Scan):
             return list(self.dock.on_scan(event, station.door, station.role))
-        if station is not None and isinstance(event, RejectedScan):
-            return self.moves.on_event(event)  # a rejected label is reported the same way
-        return list(self.moves.on_event(event))
+        return list(self.moves.on_event(event))  # a rejected label is reported the same way
 
-    def _passes(self, passes: list[PortalPass]) -> list[Any]:
-        out: list[Any] = []
+    def _reads(self, event: TagReadBatch) -> list[Decision]:
+        portal = self.portals.get(event.reader_id)
+        return self._passes(portal.on_reads(event.reads)) if portal is not None else []
+
+    def _sample(self, event: WeightSample) -> list[Decision]:
+        scale = self.scales.get(event.scale_id)
+        if scale is None:
+            return []
+        door, capture = scale
+        weighings = capture.on_sample(event)
+        for weighing in weighings:
+            self.dock.on_weighing(door, weighing)
+        return list(weighings)
+
+    def _request(self, event: NextRequest | ProgressRequest | CancelRequest) -> list[Decision]:
+        return [] if self.agv is None else self.agv.on_request(event)
+
+    def _wms_task(self, event: WmsTask | WmsTaskDeleted) -> list[Decision]:
+        return [] if self.agv is None else self.agv.on_wms_task(event)
+
+    def _robot(self, event: RobotReport) -> list[Decision]:
+        return [] if self.agv is None else self.agv.on_robot(event)
+
+    def _rejected(self, event: Rejected) -> list[Decision]:
+        code, subject = _REJECTED[event.kind]
+        where = f"agv/{event.subject}" if event.kind is InputKind.AGV_REQUEST else event.subject
+        out: list[Decision] = [
+            Notice(
+                code=code,
+                message=f"{where}: {event.reason}",
+                at=event.at,
+                severity=Severity.WARNING,
+                details={subject: event.subject, "reason": event.reason},
+            )
+        ]
+        if event.reply is not None:
+            refused = TaskAnswer(False, AnswerResult.REFUSED, "bad_request", event.reason)
+            out.append(Reply(event.reply, refused))
+        return out
+
+    def _passes(self, passes: list[PortalPass]) -> list[Decision]:
+        out: list[Decision] = []
         for portal_pass in passes:
             out.append(portal_pass)
             role = self.door_roles.get(portal_pass.door)
-            if role is not None and portal_pass.direction is not Direction.UNKNOWN:
+            if role is not None and portal_pass.direction != Direction.UNKNOWN:
                 out.extend(self.dock.on_pass(portal_pass, role))
         return out
 
-    def _reference(self, message: WmsMessage) -> list[Any]:
-        task_prefix = f"wms/{self.site}/task/"
-        if message.topic.startswith(task_prefix) and self.agv is not None:
-            task = parse_wms_task(message.topic.removeprefix(task_prefix), message.payload)
-            if isinstance(task, BadRequest):
-                return [_rejected(message, task.reason)]
-            return self.agv.on_wms_task(task, message.at)
-        parsed = parse_message(message.topic, message.payload, self.site)
-        if isinstance(parsed, Rejected):
-            return [_rejected(message, parsed.reason)]
-        if isinstance(parsed, Deleted):
-            known = self._known(parsed.kind, parsed.key)
-            if parsed.kind == "location":
-                self.locations.pop(parsed.key, None)
-                if self.agv is not None:
-                    self.agv.set_locations(self.locations.values())
-            closing: list[Any] = list(self.dock.delete(parsed.kind, parsed.key, message.at))
-            return [*closing, RefDataChange(parsed.kind, parsed.key, None)] if known else closing
-        if isinstance(parsed, Asn):
-            same = self.dock.asns.get(parsed.asn_id) == parsed
-            self.dock.set_asn(parsed)
-            key = parsed.asn_id
-        elif isinstance(parsed, ShipOrder):
-            same = self.dock.orders.get(parsed.order_id) == parsed
-            self.dock.set_order(parsed)
-            key = parsed.order_id
-        elif isinstance(parsed, Product):
-            same = self.dock.products.get(parsed.gtin) == parsed
-            self.dock.set_product(parsed)
-            key = parsed.gtin
-        else:
-            same = self.locations.get(parsed.location) == parsed
-            self.locations[parsed.location] = parsed
-            key = parsed.location
-            if self.agv is not None and not same:
+    def _deleted(self, event: RefDataDeleted) -> list[Decision]:
+        known = self._known(event.kind, event.key)
+        if event.kind is RefDataKind.LOCATION:
+            self.locations.pop(event.key, None)
+            if self.agv is not None:
                 self.agv.set_locations(self.locations.values())
+        closing: list[Decision] = list(self.dock.delete(event.kind, event.key, event.at))
+        return [*closing, RefDataChange(event.kind, event.key, None)] if known else closing
+
+    def _updated(self, event: RefDataUpdate) -> list[Decision]:
+        item = event.item
+        kind, key = key_of(item)
+        same = self._held(kind, key) == item
+        match item:
+            case Asn():
+                self.dock.set_asn(item)
+            case ShipOrder():
+                self.dock.set_order(item)
+            case Product():
+                self.dock.set_product(item)
+            case Location():
+                self.locations[key] = item
+                if self.agv is not None and not same:
+                    self.agv.set_locations(self.locations.values())
         # The broker redelivers retained data at every reconnect: store only what changed.
-        kind = {Asn: "asn", ShipOrder: "shipment", Product: "product", Location: "location"}[
-            type(parsed)
-        ]
-        return [] if same else [RefDataChange(kind, key, parsed)]
+        return [] if same else [RefDataChange(kind, key, item)]
 
-    def _known(self, kind: str, key: str) -> bool:
-        if kind == "asn":
-            return key in self.dock.asns
-        if kind == "shipment":
-            return key in self.dock.orders
-        if kind == "product":
-            return key in self.dock.products
-        return key in self.locations
+    def _held(self, kind: RefDataKind, key: str) -> RefData | None:
+        match kind:
+            case RefDataKind.ASN:
+                return self.dock.asns.get(key)
+            case RefDataKind.SHIPMENT:
+                return self.dock.orders.get(key)
+            case RefDataKind.PRODUCT:
+                return self.dock.products.get(key)
+            case RefDataKind.LOCATION:
+                return self.locations.get(key)
 
-    def _close(self, command: CloseCommand) -> list[Any]:
-        decisions: list[Any] = list(self.dock.close(command.reference, command.at))
-        if command.response_topic:
+    def _known(self, kind: RefDataKind, key: str) -> bool:
+        return self._held(kind, key) is not None
+
+    def _close(self, command: CloseCommand) -> list[Decision]:
+        decisions: list[Decision] = list(self.dock.close(command.reference, command.at))
+        if command.reply is not None:
             summary = next((d for d in decisions if isinstance(d, DockSummary)), None)
-            payload: dict[str, Any] = (
-                {
-                    "ok": True,
-                    "reference": command.reference,
-                    "status": summary.status,
-                    "tx_id": summary.tx_id,
-                }
+            answer = (
+                CloseAnswer(command.reference, summary.status, summary.tx_id)
                 if summary is not None
-                else {
-                    "ok": False,
-                    "reference": command.reference,
-                    "error": "no open receipt or shipment with this reference",
-                }
+                else CloseAnswer(
+                    command.reference, error="no open receipt or shipment with this reference"
+                )
             )
-            decisions.append(CommandResponse(command.response_topic, command.correlation, payload))
+            decisions.append(Reply(command.reply, answer))
         return decisions
 
 
-def _rejected(message: WmsMessage, reason: str) -> Notice:
-    return Notice(
-        code="reference_data_rejected",
-        message=f"{message.topic}: {reason}",
-        at=message.at,
-        severity=Severity.WARNING,
-        details={"topic": message.topic, "reason": reason},
-    )
+# Every event kind and the engine's handler of it.
+_HANDLERS: Final[Mapping[type[Any], Callable[[RulesEngine, Any], list[Decision]]]] = {
+    Scan: RulesEngine._scan,
+    RejectedScan: RulesEngine._scan,
+    TagReadBatch: RulesEngine._reads,
+    WeightSample: RulesEngine._sample,
+    RefDataUpdate: RulesEngine._updated,
+    RefDataDeleted: RulesEngine._deleted,
+    CloseCommand: RulesEngine._close,
+    NextRequest: RulesEngine._request,
+    ProgressRequest: RulesEngine._request,
+    CancelRequest: RulesEngine._request,
+    WmsTask: RulesEngine._wms_task,
+    WmsTaskDeleted: RulesEngine._wms_task,
+    RobotReport: RulesEngine._robot,
+    Rejected: RulesEngine._rejected,
+}

@@ -25,11 +25,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.domain import Direction, PortalPass, TagEvidence
+from gateway.domain import Direction, PortalPass, TagEvidence, TagRead
 
 # A tag read: (EPC hex, antenna id, peak RSSI in dBm or None, time in seconds, times seen).
-TagRead = tuple[str, int, int | None, float, int]
-
 # Linear power for each whole dBm from -128 to 0: 10 ** (rssi / 10).
 _POWER = [10.0 ** (dbm / 10.0) for dbm in range(-128, 1)]
 _NO_RSSI = 10.0 ** (-9.0)

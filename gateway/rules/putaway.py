@@ -31,139 +31,15 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, NamedTuple
+from typing import NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from gateway.refdata import Location
-
-VelocityClass = Literal["A", "B", "C"]
-VELOCITY_CLASSES: tuple[VelocityClass, ...] = ("A", "B", "C")
-# Location kinds that hold stored pallets; dock doors and staging lanes are never a putaway.
-STORAGE_KINDS = frozenset({"rack", "floor"})
-
-_Name = Annotated[str, Field(min_length=1, max_length=64)]
-_Metres = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DockDoor(_Model):
-    """A dock door and where it is on the site plan, in metres."""
-
-    door: _Name
-    x: _Metres
-    y: _Metres
-
-
-class StorageLocation(_Model):
-    """A location on the site plan: zone, the velocity class it is meant for, capacity, position."""
-
-    location: _Name
-    zone: _Name
-    kind: str = "rack"  # rack, floor, staging or dock_door, as in the WMS's location records
-    velocity: VelocityClass
-    capacity_pallets: int = Field(ge=0)
-    x: _Metres
-    y: _Metres
-
-
-class ZoneRule(_Model):
-    """Products of a category, or whose GTIN starts with a prefix, go only to `zones`.
-
-    With both `category` and `gtin_prefix`, both must match. The prefix is compared with the
-    GTIN written with 14 digits (a GTIN-13 gets a leading 0).
-    """
-
-    zones: frozenset[_Name] = Field(min_length=1)
-    category: _Name | None = None
-    gtin_prefix: Annotated[str, Field(pattern=r"^[0-9]{1,14}$")] | None = None
-
-    @model_validator(mode="after")
-    def _says_what_it_matches(self) -> ZoneRule:
-        if self.category is None and self.gtin_prefix is None:
-            raise ValueError("a zone rule needs a category or a gtin_prefix")
-        return self
-
-    def matches(self, gtin: str | None, category: str | None) -> bool:
-        """The rule applies to a product with this GTIN and category."""
-        if self.category is not None and self.category != category:
-            return False
-        return self.gtin_prefix is None or (
-            gtin is not None and gtin.zfill(14).startswith(self.gtin_prefix)
-        )
-
-
-class SiteLayout(_Model):
-    """The site plan putaway works from; a `[layout]` table of the config file validates into it.
-
-    Args:
-        doors: the dock doors, with coordinates.
-        locations: every location putaway may consider, with coordinates.
-        zone_rules: checked in order; the first that matches a product decides its zones.
-        storage_zones: the zones of a product no rule matches; all zones holding rack or floor
-            locations when not given.
-    """
-
-    doors: tuple[DockDoor, ...] = ()
-    locations: tuple[StorageLocation, ...] = ()
-    zone_rules: tuple[ZoneRule, ...] = ()
-    storage_zones: frozenset[_Name] | None = None
-
-    @model_validator(mode="after")
-    def _unique_ids(self) -> SiteLayout:
-        for name, ids in (
-            ("door", [d.door for d in self.doors]),
-            ("location", [loc.location for loc in self.locations]),
-        ):
-            twice = sorted(k for k, n in Counter(ids).items() if n > 1)
-            if twice:
-                raise ValueError(f"{name} {twice[0]} is listed twice")
-        return self
-
-    def door(self, door: str) -> DockDoor | None:
-        """The door with this id."""
-        return next((d for d in self.doors if d.door == door), None)
-
-    def allowed_zones(self, gtin: str | None = None, category: str | None = None) -> frozenset[str]:
-        """The zones a product may be put away in."""
-        for rule in self.zone_rules:
-            if rule.matches(gtin, category):
-                return rule.zones
-        if self.storage_zones is not None:
-            return self.storage_zones
-        return frozenset(loc.zone for loc in self.locations if loc.kind in STORAGE_KINDS)
-
-    def with_reference(self, records: Iterable[Location]) -> SiteLayout:
-        """The layout with the WMS's word on zone, kind and capacity of the locations it knows.
-
-        Records of locations the layout does not have are left out: without coordinates there
-        is no distance to rank them by.
-        """
-        by_id = {r.location: r for r in records}
-        merged = []
-        for loc in self.locations:
-            ref = by_id.get(loc.location)
-            if ref is None:
-                merged.append(loc)
-                continue
-            merged.append(
-                loc.model_copy(
-                    update={
-                        "zone": ref.zone if ref.zone is not None else loc.zone,
-                        "kind": ref.kind if ref.kind is not None else loc.kind,
-                        "capacity_pallets": (
-                            ref.capacity_pallets
-                            if ref.capacity_pallets is not None
-                            else loc.capacity_pallets
-                        ),
-                    }
-                )
-            )
-        return self.model_copy(update={"locations": tuple(merged)})
-
+from gateway.domain import (
+    STORAGE_KINDS,
+    VELOCITY_CLASSES,
+    SiteLayout,
+    StorageLocation,
+    VelocityClass,
+)
 
 # --- putaway -------------------------------------------------------------------------------------
 

@@ -16,158 +16,38 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.domain import (
+    Asn,
+    AsnLine,
+    ClosingKind,
+    Direction,
+    DockKind,
+    DockResult,
+    DockSummary,
+    DockTransaction,
+    DoorRole,
+    EvidenceSource,
+    Item,
+    ItemResult,
+    LedgerEntry,
+    LineSummary,
     Notice,
     PortalPass,
+    Product,
     Scan,
     ScanKind,
     Severity,
+    ShipOrder,
+    Weighing,
+    WeightCheck,
+    decode_epc,
     deterministic_id,
 )
-from gateway.epc import decode_epc
-from gateway.refdata import Asn, AsnLine, Product, ShipOrder
-from gateway.rules.weighing import Weighing, WeightCheck, check_weight
-
-# Results of one item.
-ACCEPTED = "accepted"
-UNEXPECTED = "unexpected"
-OVER_RECEIPT = "over_receipt"
-ALREADY_RECEIVED = "already_received"
-EXPIRED = "expired"
-SHORT_DATED = "short_dated"
-LOT_MISMATCH = "lot_mismatch"
-NOT_ON_ORDER = "not_on_order"
-ALREADY_SHIPPED = "already_shipped"
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One thing that came through: a tagged case or pallet, or a scanned label."""
-
-    key: str  # identity for the ledger: epc:HEX, sscc:N or sgtin:GTIN.SERIAL; "" if none
-    epc: str | None = None
-    uri: str | None = None
-    gtin: str | None = None
-    serial: str | None = None
-    sscc: str | None = None
-    lot: str | None = None
-    expiry: dt.date | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    """What the rule made of one item."""
-
-    item: Item
-    result: str
-    line: int | None = None
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DockTransaction:
-    """A receive or ship transaction: the items of one pass or scan at a door."""
-
-    kind: str  # "receive" or "ship"
-    door: str
-    reference: str | None  # the ASN or ship order; None when nothing was planned at the door
-    items: tuple[ItemResult, ...]
-    source: str  # "portal" or "scanner"
-    device: str
-    evidence_id: str
-    started_at: dt.datetime
-    occurred_at: dt.datetime
-    direction: str | None = None
-    weight: WeightCheck | None = None  # the pallet's weighing, compared with its contents
-
-    @property
-    def tx_id(self) -> str:
-        """Deterministic: the same pass or scan always gives the same id."""
-        return deterministic_id(
-            self.kind,
-            self.door,
-            self.reference,
-            sorted(r.item.key or r.item.gtin or "" for r in self.items),
-            self.evidence_id,
-        )
-
-    @property
-    def status(self) -> str:
-        """unplanned, accepted, accepted_with_exceptions or rejected."""
-        if self.reference is None:
-            return "unplanned"
-        accepted = sum(1 for r in self.items if r.result == ACCEPTED)
-        if accepted == len(self.items) and (self.weight is None or self.weight.within):
-            return "accepted"
-        return "accepted_with_exceptions" if accepted else "rejected"
-
-    @property
-    def accepted_pallets(self) -> list[str]:
-        """The SSCCs of the pallets (pallet labels) the transaction accepted, in order."""
-        return [r.item.sscc for r in self.items if r.item.sscc and r.result == ACCEPTED]
-
-
-@dataclass(frozen=True, slots=True)
-class LineSummary:
-    """A line of a closed receipt or shipment."""
-
-    line: int
-    what: str  # the EPCs, SSCC or GTIN the line expected
-    expected: int
-    done: int
-    over: int
-
-    @property
-    def short(self) -> int:
-        """Expected and not received (or not shipped)."""
-        return max(0, self.expected - self.done)
-
-
-@dataclass(frozen=True, slots=True)
-class DockSummary:
-    """A receipt or shipment closed: per line what came and what is missing."""
-
-    kind: str  # "receipt" or "shipment"
-    reference: str
-    door: str
-    lines: tuple[LineSummary, ...]
-    closed_at: dt.datetime
-    reason: str  # "command", "idle" or "withdrawn" (the WMS deleted the ASN or order)
-
-    @property
-    def tx_id(self) -> str:
-        """One summary per receipt or shipment."""
-        return deterministic_id(self.kind, "close", self.reference)
-
-    @property
-    def status(self) -> str:
-        """complete, short, over or short_and_over."""
-        short = any(line.short for line in self.lines)
-        over = any(line.over for line in self.lines)
-        if short and over:
-            return "short_and_over"
-        return "short" if short else "over" if over else "complete"
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """An item recorded by a transaction (stored by the app, reloaded at start)."""
-
-    kind: str  # "receive" or "ship"
-    key: str
-    reference: str
-    line: int | None
-    result: str  # accepted or over_receipt: what counted, as it counted
-
-    @property
-    def counted(self) -> bool:
-        """Counted towards its line."""
-        return self.result == ACCEPTED
-
+from gateway.rules.weighing import check_weight
 
 # Results that make an item received (or shipped): a second pass of it is "already ...".
 # Exceptions (unexpected, expired, not on order...) are not recorded: the item may come back
 # once the WMS has put it right, and is then received as it should be.
-_RECORDED = frozenset({ACCEPTED, OVER_RECEIPT})
+_RECORDED = frozenset({DockResult.ACCEPTED, DockResult.OVER_RECEIPT})
 
 DockDecision = DockTransaction | DockSummary | Notice
 
@@ -248,8 +128,8 @@ class DockRules:
         self.asns: dict[str, Asn] = {}
         self.orders: dict[str, ShipOrder] = {}
         self.products: dict[str, Product] = {}
-        self._seen: dict[str, set[str]] = {"receive": set(), "ship": set()}
-        self._open: dict[tuple[str, str], _Open] = {}
+        self._seen: dict[DockKind, set[str]] = {DockKind.RECEIVE: set(), DockKind.SHIP: set()}
+        self._open: dict[tuple[DockKind, str], _Open] = {}
         self._closed = set(closed)
         for entry in ledger:
             self._record(entry)
@@ -276,11 +156,18 @@ class DockRules:
         """
         out: list[DockDecision] = []
         if kind in ("asn", "shipment") and key not in self._closed:
-            progress = self._open.pop(("receive" if kind == "asn" else "ship", key), None)
+            progress = self._open.pop(
+                (DockKind.RECEIVE if kind == "asn" else DockKind.SHIP, key), None
+            )
             if progress is not None:
                 self._closed.add(key)
                 out.append(
-                    self._summary("receive" if kind == "asn" else "ship", progress, at, "withdrawn")
+                    self._summary(
+                        DockKind.RECEIVE if kind == "asn" else DockKind.SHIP,
+                        progress,
+                        at,
+                        "withdrawn",
+                    )
                 )
         if kind == "asn":
             self.asns.pop(key, None)
@@ -296,16 +183,18 @@ class DockRules:
         """A pallet was weighed at the station of `door`: the door's next transaction takes it."""
         self._weighings[door] = weighing
 
-    def on_pass(self, portal_pass: PortalPass, door_role: str) -> list[DockDecision]:
+    def on_pass(self, portal_pass: PortalPass, door_role: DoorRole) -> list[DockDecision]:
         """An inbound pass at a receiving door or an outbound pass at a shipping door."""
-        direction = portal_pass.direction.value
-        shipping = door_role == "shipping" or (door_role == "both" and direction == "outbound")
-        if direction != ("outbound" if shipping else "inbound"):
+        direction = portal_pass.direction
+        shipping = door_role == DoorRole.SHIPPING or (
+            door_role == DoorRole.BOTH and direction == Direction.OUTBOUND
+        )
+        if direction is not (Direction.OUTBOUND if shipping else Direction.INBOUND):
             # A pallet brought back in through a shipping door, or leaving through a
             # receiving door (an empty, a return): neither a shipment nor a receipt.
             return []
         seen = _Seen(
-            "portal",
+            EvidenceSource.PORTAL,
             portal_pass.reader_id,
             portal_pass.pass_id,
             dt.datetime.fromtimestamp(portal_pass.started_at, dt.UTC),
@@ -319,14 +208,14 @@ class DockRules:
             else self._receive(portal_pass.door, items, seen)
         )
 
-    def on_scan(self, scan: Scan, door: str, role: str) -> list[DockDecision]:
+    def on_scan(self, scan: Scan, door: str, role: DoorRole) -> list[DockDecision]:
         """A label scanned at a receiving or shipping station of `door`."""
         item = item_of_scan(scan)
         if item is None:
             return []
         evidence = deterministic_id("scan", scan.device_id, scan.raw, scan.at.isoformat())
-        seen = _Seen("scanner", scan.device_id, evidence, scan.at, scan.at, None)
-        if role == "shipping":
+        seen = _Seen(EvidenceSource.SCANNER, scan.device_id, evidence, scan.at, scan.at, None)
+        if role == DoorRole.SHIPPING:
             return self._ship(door, [item], seen)
         return self._receive(door, [item], seen)
 
@@ -334,10 +223,14 @@ class DockRules:
         """Close a receipt (ASN id) or shipment (order id); unknown or closed ones give nothing."""
         if reference in self._closed:
             return []
-        for kind in ("receive", "ship"):
+        for kind in (DockKind.RECEIVE, DockKind.SHIP):
             progress = self._open.pop((kind, reference), None)
             if progress is None:
-                plan = self.asns.get(reference) if kind == "receive" else self.orders.get(reference)
+                plan = (
+                    self.asns.get(reference)
+                    if kind == DockKind.RECEIVE
+                    else self.orders.get(reference)
+                )
                 if plan is not None:
                     progress = _Open(reference, plan.door)
             if progress is not None:
@@ -377,7 +270,11 @@ class DockRules:
         pool = in_window or candidates
         # A receipt already under way wins; then the earliest appointment.
         pool.sort(
-            key=lambda a: (("receive", a.asn_id) not in self._open, a.window_from or at, a.asn_id)
+            key=lambda a: (
+                (DockKind.RECEIVE, a.asn_id) not in self._open,
+                a.window_from or at,
+                a.asn_id,
+            )
         )
         return pool[0] if pool else None
 
@@ -385,21 +282,21 @@ class DockRules:
         asn = self._open_asn(door, seen.at)
         if asn is None:
             return self._unplanned(
-                "receive",
+                DockKind.RECEIVE,
                 door,
                 items,
                 seen,
-                UNEXPECTED,
+                DockResult.UNEXPECTED,
                 "no open ASN at this door",
                 "unplanned_receipt",
                 f"{len(items)} item(s) received at {door} with no open ASN",
             )
-        progress = self._progress("receive", asn.asn_id, door)
+        progress = self._progress(DockKind.RECEIVE, asn.asn_id, door)
         results = [self._check_receipt(asn, progress, item, seen.at) for item in items]
-        tx = self._done("receive", door, asn.asn_id, progress, results, seen)
+        tx = self._done(DockKind.RECEIVE, door, asn.asn_id, progress, results, seen)
         out: list[DockDecision] = [tx, *_weight_alarm(tx)]
         at = seen.at
-        dated = [r for r in results if r.result in (EXPIRED, SHORT_DATED)]
+        dated = [r for r in results if r.result in (DockResult.EXPIRED, DockResult.SHORT_DATED)]
         if dated:
             out.append(
                 _alarm(
@@ -413,13 +310,15 @@ class DockRules:
         return out
 
     def _check_receipt(self, asn: Asn, progress: _Open, item: Item, at: dt.datetime) -> ItemResult:
-        if item.key and item.key in self._seen["receive"]:
-            return ItemResult(item, ALREADY_RECEIVED, None, "received before")
+        if item.key and item.key in self._seen[DockKind.RECEIVE]:
+            return ItemResult(item, DockResult.ALREADY_RECEIVED, None, "received before")
         line = _line_for(asn, item, progress)
         if line is None:
-            return ItemResult(item, UNEXPECTED, None, "not on the ASN")
+            return ItemResult(item, DockResult.UNEXPECTED, None, "not on the ASN")
         if line.lot and item.lot and item.lot != line.lot:
-            return ItemResult(item, LOT_MISMATCH, line.line, f"lot {item.lot}, ASN says {line.lot}")
+            return ItemResult(
+                item, DockResult.LOT_MISMATCH, line.line, f"lot {item.lot}, ASN says {line.lot}"
+            )
         expiry = item.expiry or line.expiry
         gtin = item.gtin or line.gtin
         if expiry is not None:
@@ -427,28 +326,33 @@ class DockRules:
             days_left = (expiry - at.date()).days
             minimum = product.min_remaining_shelf_life_days if product else 0
             if days_left < 0:
-                return ItemResult(item, EXPIRED, line.line, f"expired on {expiry.isoformat()}")
+                return ItemResult(
+                    item, DockResult.EXPIRED, line.line, f"expired on {expiry.isoformat()}"
+                )
             if days_left < minimum:
                 return ItemResult(
                     item,
-                    SHORT_DATED,
+                    DockResult.SHORT_DATED,
                     line.line,
                     f"{days_left} days left, the product needs {minimum}",
                 )
         if progress.done.get(line.line, 0) >= line.quantity:
             progress.over[line.line] = progress.over.get(line.line, 0) + 1
             return ItemResult(
-                item, OVER_RECEIPT, line.line, f"line {line.line} expects {line.quantity}"
+                item,
+                DockResult.OVER_RECEIPT,
+                line.line,
+                f"line {line.line} expects {line.quantity}",
             )
         progress.done[line.line] = progress.done.get(line.line, 0) + 1
-        return ItemResult(item, ACCEPTED, line.line)
+        return ItemResult(item, DockResult.ACCEPTED, line.line)
 
     # -- shipping --------------------------------------------------------------------------
 
     def _open_order(self, door: str) -> ShipOrder | None:
         candidates = sorted(
             (o for o in self.orders.values() if o.door == door and o.order_id not in self._closed),
-            key=lambda o: (("ship", o.order_id) not in self._open, o.order_id),
+            key=lambda o: ((DockKind.SHIP, o.order_id) not in self._open, o.order_id),
         )
         return candidates[0] if candidates else None
 
@@ -456,24 +360,24 @@ class DockRules:
         order = self._open_order(door)
         if order is None:
             return self._unplanned(
-                "ship",
+                DockKind.SHIP,
                 door,
                 items,
                 seen,
-                NOT_ON_ORDER,
+                DockResult.NOT_ON_ORDER,
                 "no open ship order at this door",
                 "wrong_pallet_at_shipping",
                 f"{len(items)} item(s) leaving {door} with no open ship order",
             )
-        progress = self._progress("ship", order.order_id, door)
+        progress = self._progress(DockKind.SHIP, order.order_id, door)
         # Cases ride on their pallet: on a pallet of the order they go, on another they do not.
         pallets = [i.sscc for i in items if i.sscc]
         on_order_pallet = any(p in order.pallets for p in pallets) if pallets else None
         results = [self._check_shipment(order, progress, item, on_order_pallet) for item in items]
-        tx = self._done("ship", door, order.order_id, progress, results, seen)
+        tx = self._done(DockKind.SHIP, door, order.order_id, progress, results, seen)
         out: list[DockDecision] = [tx, *_weight_alarm(tx)]
         at = seen.at
-        wrong = [r for r in results if r.result == NOT_ON_ORDER]
+        wrong = [r for r in results if r.result == DockResult.NOT_ON_ORDER]
         if wrong:
             out.append(
                 _alarm(
@@ -489,37 +393,41 @@ class DockRules:
     def _check_shipment(
         self, order: ShipOrder, progress: _Open, item: Item, on_order_pallet: bool | None
     ) -> ItemResult:
-        if item.key and item.key in self._seen["ship"]:
-            return ItemResult(item, ALREADY_SHIPPED, None, "shipped before")
+        if item.key and item.key in self._seen[DockKind.SHIP]:
+            return ItemResult(item, DockResult.ALREADY_SHIPPED, None, "shipped before")
         if item.sscc is not None:
             if item.sscc in order.pallets:
                 progress.pallets.add(item.sscc)
-                return ItemResult(item, ACCEPTED, None)
-            return ItemResult(item, NOT_ON_ORDER, None, f"pallet {item.sscc} is not on the order")
+                return ItemResult(item, DockResult.ACCEPTED, None)
+            return ItemResult(
+                item, DockResult.NOT_ON_ORDER, None, f"pallet {item.sscc} is not on the order"
+            )
         for line in order.lines:
             if item.gtin == line.gtin:
                 if progress.done.get(line.line, 0) >= line.quantity:
                     progress.over[line.line] = progress.over.get(line.line, 0) + 1
                     return ItemResult(
-                        item, NOT_ON_ORDER, line.line, f"line {line.line} is complete"
+                        item, DockResult.NOT_ON_ORDER, line.line, f"line {line.line} is complete"
                     )
                 progress.done[line.line] = progress.done.get(line.line, 0) + 1
-                return ItemResult(item, ACCEPTED, line.line)
+                return ItemResult(item, DockResult.ACCEPTED, line.line)
         if on_order_pallet:
-            return ItemResult(item, ACCEPTED, None, "on a pallet of the order")
+            return ItemResult(item, DockResult.ACCEPTED, None, "on a pallet of the order")
         if on_order_pallet is False:
-            return ItemResult(item, NOT_ON_ORDER, None, "on a pallet that is not on the order")
-        return ItemResult(item, NOT_ON_ORDER, None, "not on the order")
+            return ItemResult(
+                item, DockResult.NOT_ON_ORDER, None, "on a pallet that is not on the order"
+            )
+        return ItemResult(item, DockResult.NOT_ON_ORDER, None, "not on the order")
 
     # -- shared ----------------------------------------------------------------------------
 
     def _unplanned(
         self,
-        kind: str,
+        kind: DockKind,
         door: str,
         items: list[Item],
         seen: _Seen,
-        result: str,
+        result: DockResult,
         detail: str,
         code: str,
         message: str,
@@ -532,7 +440,7 @@ class DockRules:
 
     def _done(
         self,
-        kind: str,
+        kind: DockKind,
         door: str,
         reference: str,
         progress: _Open,
@@ -554,7 +462,11 @@ class DockRules:
         del self._weighings[door]
         counts: dict[str, int] = {}
         for r in results:
-            if r.item.gtin and r.result != ALREADY_RECEIVED and r.result != ALREADY_SHIPPED:
+            if (
+                r.item.gtin
+                and r.result != DockResult.ALREADY_RECEIVED
+                and r.result != DockResult.ALREADY_SHIPPED
+            ):
                 counts[r.item.gtin] = counts.get(r.item.gtin, 0) + 1
         settings = self.weighing
         return check_weight(
@@ -568,7 +480,7 @@ class DockRules:
             rel_tolerance=settings.rel_tolerance,
         )
 
-    def _progress(self, kind: str, reference: str, door: str) -> _Open:
+    def _progress(self, kind: DockKind, reference: str, door: str) -> _Open:
         key = (kind, reference)
         if key not in self._open:
             self._open[key] = _Open(reference, door)
@@ -580,18 +492,20 @@ class DockRules:
             return
         progress = self._progress(entry.kind, entry.reference, "")
         progress.last_activity = self._resumed_at
-        if entry.result == OVER_RECEIPT and entry.line is not None:
+        if entry.result == DockResult.OVER_RECEIPT and entry.line is not None:
             progress.over[entry.line] = progress.over.get(entry.line, 0) + 1
         elif entry.counted:
             if entry.line is not None:
                 progress.done[entry.line] = progress.done.get(entry.line, 0) + 1
-            elif entry.kind == "ship" and entry.key.startswith("sscc:"):
+            elif entry.kind == DockKind.SHIP and entry.key.startswith("sscc:"):
                 progress.pallets.add(entry.key.removeprefix("sscc:"))
 
-    def _summary(self, kind: str, progress: _Open, at: dt.datetime, reason: str) -> DockSummary:
+    def _summary(
+        self, kind: DockKind, progress: _Open, at: dt.datetime, reason: str
+    ) -> DockSummary:
         lines: list[LineSummary] = []
         door = progress.door
-        if kind == "receive":
+        if kind == DockKind.RECEIVE:
             asn = self.asns.get(progress.reference)
             door = asn.door if asn else door
             for line in asn.lines if asn else ():
@@ -623,7 +537,7 @@ class DockRules:
                         )
                     )
         return DockSummary(
-            "receipt" if kind == "receive" else "shipment",
+            ClosingKind.RECEIPT if kind == DockKind.RECEIVE else ClosingKind.SHIPMENT,
             progress.reference,
             door,
             tuple(lines),
@@ -636,16 +550,16 @@ class DockRules:
 class _Seen:
     """How the items of a transaction were seen: by which device, as what, when."""
 
-    source: str  # portal or scanner
+    source: EvidenceSource
     device: str
     evidence_id: str
     started: dt.datetime
     at: dt.datetime
-    direction: str | None
+    direction: Direction | None
 
 
 def _transaction(
-    kind: str,
+    kind: DockKind,
     door: str,
     reference: str | None,
     results: list[ItemResult],

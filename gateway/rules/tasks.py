@@ -102,34 +102,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import ClassVar, Final
 
-from gateway.domain import MoveTransaction, deterministic_id
+from gateway.domain import MoveTransaction, Task, TaskKind, TaskState, deterministic_id
 
-
-class TaskKind(enum.StrEnum):
-    """What the task is for."""
-
-    PUTAWAY = "putaway"  # from the dock door where the pallet was received into storage
-    MOVE = "move"  # between two locations (replenishment, consolidation)
-
-
-class TaskState(enum.StrEnum):
-    """Where a task is in its life; done, failed and cancelled are final."""
-
-    QUEUED = "queued"
-    LEASED = "leased"
-    ACCEPTED = "accepted"
-    PICKED = "picked"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        """Nothing changes a task in this state any more."""
-        return self in _TERMINAL
-
-
-_TERMINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
 # States in which a robot holds a lease.
 _LEASED = frozenset({TaskState.LEASED, TaskState.ACCEPTED, TaskState.PICKED})
 
@@ -150,35 +124,6 @@ class EventKind(enum.StrEnum):
 # Reasons a task failed without a robot saying why.
 ROBOT_LOST_WITH_LOAD: Final = "robot_lost_with_load"
 MAX_ATTEMPTS: Final = "max_attempts"
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    """One pallet to move, and how far it got.
-
-    `robot` and `fleet` name the lease holder while the task is leased, accepted or picked;
-    they are kept on a finished task (who did it, who has the pallet) and cleared when the task
-    goes back to the queue. `lease_until` is set only while a lease runs. `reason` says why a
-    task failed or was cancelled.
-    """
-
-    task_id: str
-    kind: TaskKind
-    sscc: str  # the load: the pallet's SSCC
-    source: str  # where the pallet is to be picked (the dock door for a putaway)
-    destination: str
-    priority: int  # higher goes first
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    state: TaskState = TaskState.QUEUED
-    robot: str | None = None
-    fleet: str | None = None
-    lease_until: dt.datetime | None = None
-    attempts: int = 0  # leases that ran out before a pick
-    reason: str | None = None
-    picked_from: str | None = None  # where the robot said it picked, when it said
-    picked_at: dt.datetime | None = None
-    dropped_at: str | None = None  # the location of the drop that finished the task
 
 
 @dataclass(frozen=True, slots=True)

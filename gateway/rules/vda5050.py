@@ -2,7 +2,7 @@
 
 Fleet controllers do not always tell the gateway that a robot picked or dropped a load; the
 robots' own `state` messages do. `RobotObserver` is fed the parsed `state` and `connection`
-messages of every robot (`gateway.bridge.vda5050.parse` makes them) and returns what they
+messages of every robot (`gateway.wire.vda5050.parse` makes them) and returns what they
 confirm: `PickConfirmed`, `DropConfirmed`, `ActionFailed`, `RobotLost`. It is pure: no clock,
 no I/O; every time it reports is the robot's own message timestamp.
 
@@ -43,7 +43,7 @@ A robot whose `connection` turns OFFLINE or CONNECTIONBROKEN (the broker's last 
 `RobotLost`; it may be lost again after it was ONLINE once more.
 
 Memory is bounded: per robot, the finished or failed action ids its last state still reports
-(a state is at most `gateway.bridge.vda5050.MAX_PAYLOAD_BYTES`) and the last `max_done_actions`
+(a state is at most `gateway.wire.vda5050.MAX_PAYLOAD_BYTES`) and the last `max_done_actions`
 others; at most `max_robots` robots (the one heard from least recently is forgotten first) and at most
 `max_expected` registered expectations (the oldest is forgotten first).
 """
@@ -54,130 +54,26 @@ import datetime as dt
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
+
+from gateway.domain import (
+    ActionState,
+    ActionStatus,
+    ConnectionState,
+    LoadSource,
+    RobotConnection,
+    RobotError,
+    RobotId,
+    RobotState,
+)
 
 __all__ = [
     "ActionFailed",
-    "ActionState",
-    "ActionStatus",
-    "ConnectionState",
     "DropConfirmed",
-    "LoadSource",
     "PickConfirmed",
-    "RobotConnection",
-    "RobotError",
     "RobotEvent",
-    "RobotId",
     "RobotLost",
     "RobotObserver",
-    "RobotState",
 ]
-
-
-# --- what robots report (built by gateway.bridge.vda5050.parse) --------------------------------
-
-
-class ActionStatus(StrEnum):
-    """`actionStatus` of VDA 5050 2.1 and 3.0 (RETRIABLE is new in 3.0)."""
-
-    WAITING = "WAITING"
-    INITIALIZING = "INITIALIZING"
-    RUNNING = "RUNNING"
-    PAUSED = "PAUSED"
-    RETRIABLE = "RETRIABLE"
-    FINISHED = "FINISHED"
-    FAILED = "FAILED"
-
-
-class ConnectionState(StrEnum):
-    """`connectionState`; 3.0 spells the broken one CONNECTION_BROKEN and adds HIBERNATING."""
-
-    ONLINE = "ONLINE"
-    OFFLINE = "OFFLINE"
-    CONNECTIONBROKEN = "CONNECTIONBROKEN"
-    HIBERNATING = "HIBERNATING"  # connected, deliberately not sending states
-
-
-class LoadSource(StrEnum):
-    """Where the load id of a confirmation comes from."""
-
-    LOADS = "loads"  # the robot's `loads` changed by exactly that load
-    ORDER = "order"  # registered with `RobotObserver.expect`
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class RobotId:
-    """A robot, as VDA 5050 names it: manufacturer and serial number."""
-
-    manufacturer: str
-    serial: str
-
-    def __str__(self) -> str:
-        return f"{self.manufacturer}/{self.serial}"
-
-
-@dataclass(frozen=True, slots=True)
-class ActionState:
-    """One entry of `actionStates` (or `instantActionStates` in 3.0)."""
-
-    action_id: str
-    action_type: str | None
-    status: ActionStatus
-    result: str | None = None  # 2.1 `resultDescription`, 3.0 `actionResult`
-    description: str | None = None  # 2.1 `actionDescription`, 3.0 `actionDescriptor`
-
-
-@dataclass(frozen=True, slots=True)
-class RobotError:
-    """One entry of `errors`; `references` are (referenceKey, referenceValue) pairs."""
-
-    error_type: str
-    level: str
-    description: str | None = None
-    references: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RobotState:
-    """A robot's `state` message, as far as the gateway uses it.
-
-    `loads` holds the ids of the loads on board; None when the robot does not report loads (it
-    leaves the array out), and loads it carries but has not identified are not listed.
-    """
-
-    manufacturer: str
-    serial: str
-    header_id: int
-    timestamp: dt.datetime  # aware
-    version: str
-    order_id: str
-    last_node_id: str
-    driving: bool
-    operating_mode: str
-    loads: tuple[str, ...] | None
-    action_states: tuple[ActionState, ...] = ()
-    errors: tuple[RobotError, ...] = ()
-
-    @property
-    def robot(self) -> RobotId:
-        return RobotId(self.manufacturer, self.serial)
-
-
-@dataclass(frozen=True, slots=True)
-class RobotConnection:
-    """A robot's `connection` message (retained; the broker publishes it as the last will)."""
-
-    manufacturer: str
-    serial: str
-    header_id: int
-    timestamp: dt.datetime  # aware
-    version: str
-    state: ConnectionState
-
-    @property
-    def robot(self) -> RobotId:
-        return RobotId(self.manufacturer, self.serial)
 
 
 # --- what the observer concludes ---------------------------------------------------------------

@@ -24,46 +24,13 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Final
 
-# Kilograms per unit a scale may report in.
-KG_PER_UNIT: Final[Mapping[str, Decimal]] = {
-    "g": Decimal("0.001"),
-    "kg": Decimal(1),
-    "t": Decimal(1000),
-    "lb": Decimal("0.45359237"),
-}
+from gateway.domain import Weighing, WeighingMethod, WeightCheck, WeightSample
 
-SCALE_STABLE = "scale_stable"
-SETTLED = "settled"
 # Weight of a new empty-platform reading in the zero average (per sample).
 ZERO_TRACKING_RATE = 0.05
 # A stable weight this many settle tolerances away from the last weighing is a new load.
 NEW_LOAD_FACTOR = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class WeightSample:
-    """One reading of a scale; `stable` is None when the scale does not report stability."""
-
-    scale_id: str
-    at: float  # seconds
-    kg: float
-    stable: bool | None = None
-    overload: bool = False
-    underload: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Weighing:
-    """The weight of one load, net of the platform's zero."""
-
-    scale_id: str
-    kg: float
-    at: float  # time of the reading that completed it
-    samples: int  # readings averaged into `kg`: 1 for scale_stable, settle_samples for settled
-    method: str  # SCALE_STABLE or SETTLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +96,7 @@ class WeightCapture:
                 self._zero += ZERO_TRACKING_RATE * net
         if sample.stable is True:
             self._window.clear()
-            return self._weigh(sample, net, 1, SCALE_STABLE)
+            return self._weigh(sample, net, 1, WeighingMethod.SCALE_STABLE)
         if sample.stable is False:
             self._window.clear()
             return []
@@ -140,9 +107,11 @@ class WeightCapture:
         if max(self._window) - low > s.settle_tolerance_kg or low < s.min_load_kg:
             return []
         mean = math.fsum(self._window) / len(self._window)
-        return self._weigh(sample, mean, len(self._window), SETTLED)
+        return self._weigh(sample, mean, len(self._window), WeighingMethod.SETTLED)
 
-    def _weigh(self, sample: WeightSample, kg: float, samples: int, method: str) -> list[Weighing]:
+    def _weigh(
+        self, sample: WeightSample, kg: float, samples: int, method: WeighingMethod
+    ) -> list[Weighing]:
         s = self._settings
         if kg < s.min_load_kg:
             return []
@@ -151,17 +120,6 @@ class WeightCapture:
             return []  # the same load, already weighed
         self._weighed_kg = kg
         return [Weighing(sample.scale_id, kg, sample.at, samples, method)]
-
-
-@dataclass(frozen=True, slots=True)
-class WeightCheck:
-    """A weighing compared with what its contents should weigh."""
-
-    expected_kg: float
-    measured_kg: float
-    difference_kg: float  # measured - expected: negative is lighter (short), positive heavier
-    within: bool
-    tolerance_kg: float
 
 
 def check_weight(

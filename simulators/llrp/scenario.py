@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Literal, NamedTuple
 
-from gateway.epc import encode_grai96, encode_sgtin96, encode_sscc96
+from gateway.domain.epc import encode_grai96, encode_sgtin96, encode_sscc96
 
 __all__ = [
     "Crossing",

@@ -376,9 +376,9 @@ class LlrpReaderSimulator:
     """An LLRP reader at a dock door, on a TCP port of 127.0.0.1, playing `scenario`.
 
     Use as ``async with LlrpReaderSimulator(scenario) as reader:`` and connect a client to
-    ``reader.port``. The scenario's clock starts when a client first starts an inventory and
-    keeps running through disconnects and restarts; reads happen only while a client is
-    connected with an active ROSpec.
+    ``reader.port``. The scenario's clock starts when a client first starts an inventory (or,
+    `held`, at `release()`) and keeps running through disconnects and restarts; reads happen
+    only while a client is connected with an active ROSpec.
 
     Args:
         scenario: what happens at the door; an empty door (no tags) by default.
@@ -391,6 +391,9 @@ class LlrpReaderSimulator:
             set up for another region, say). Also settable between connections.
         accumulate: one TagReportData per (tag, antenna) per report, with TagSeenCount and the
             first/last seen times, as readers do when told to; by default one per read.
+        held: the scenario's clock waits for `release()` (a test that has something to do
+            before the first pallet rolls up, whatever the time that takes); until then a
+            client that inventories hears nothing but keepalives.
     """
 
     def __init__(
@@ -404,6 +407,7 @@ class LlrpReaderSimulator:
         report_interval_s: float = 0.05,
         reject_config: bool = False,
         accumulate: bool = False,
+        held: bool = False,
     ) -> None:
         if reads_per_s <= 0 or report_interval_s <= 0:
             raise ValueError("reads_per_s and report_interval_s must be positive")
@@ -425,6 +429,7 @@ class LlrpReaderSimulator:
         self._msg_ids = itertools.count(1)
         # Monotonic and UTC clocks at scenario time 0: set when the first inventory starts.
         self._origin: tuple[float, int] | None = None
+        self._held = held
 
     async def __aenter__(self) -> Self:
         await self._listen()
@@ -458,6 +463,13 @@ class LlrpReaderSimulator:
     def started(self) -> bool:
         """Whether the scenario's clock is running (a client has started an inventory)."""
         return self._origin is not None
+
+    def release(self) -> None:
+        """Let a `held` scenario's clock start: now if a client is inventorying, else when one
+        starts to."""
+        self._held = False
+        if any(conn.session.inventory is not None for conn in self._connections):
+            self._start_clock()
 
     @property
     def scenario_time(self) -> float:
@@ -556,7 +568,7 @@ class LlrpReaderSimulator:
             task.cancel()
 
     def _start_clock(self) -> None:
-        if self._origin is None:
+        if self._origin is None and not self._held:
             self._origin = (time.monotonic(), _utc_now_us())
 
     def _scenario_at(self, monotonic: float) -> float:

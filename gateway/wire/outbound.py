@@ -1,93 +1,27 @@
-"""The wire contract: MQTT topics and the JSON payloads published on them.
+"""The JSON payloads the gateway publishes, built from domain values.
 
 Each payload has a JSON Schema in `gateway/schemas/` (see `docs/mqtt.md`). Payloads are built
-only here, so the schema, the docs and the code change together.
+only here (AGV task answers in `gateway.wire.agv`, EPCIS in `gateway.wire.epcis`), so the
+schema, the docs and the code change together.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.domain import MoveTransaction, Notice, PortalPass, Severity
-from gateway.epc import decode_epc
-from gateway.rules.receiving import DockSummary, DockTransaction
-from gateway.storage import OutboxMessage
-
-if TYPE_CHECKING:  # gateway.rules.agv builds on this module
-    from gateway.rules.agv import TaskChanged
-
-WIRE_VERSION = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """Topic names for one gateway: `gw/{site}/{gateway}/...`."""
-
-    site: str
-    gateway: str
-
-    @property
-    def base(self) -> str:
-        """The prefix every topic of this gateway starts with."""
-        return f"gw/{self.site}/{self.gateway}"
-
-    @property
-    def status(self) -> str:
-        """Retained online/offline status; also the last will."""
-        return f"{self.base}/status"
-
-    def device_status(self, device_id: str) -> str:
-        """Retained status of one device."""
-        return f"{self.base}/device/{device_id}/status"
-
-    def tx(self, kind: str) -> str:
-        """Transactions of one kind: receive, ship or move."""
-        return f"{self.base}/tx/{kind}"
-
-    def summary(self, kind: str) -> str:
-        """Closed receipts (`receipt`) and shipments (`shipment`)."""
-        return f"{self.base}/{kind}"
-
-    @property
-    def epcis(self) -> str:
-        """GS1 EPCIS 2.0 documents of the same transactions (optional output)."""
-        return f"{self.base}/epcis"
-
-    @property
-    def event(self) -> str:
-        """Notices: rejected scans, timed-out moves and other things worth seeing."""
-        return f"{self.base}/event"
-
-    def debug_pass(self, door: str) -> str:
-        """Portal passes of one door, for commissioning (debug option, rate-limited, QoS 0)."""
-        return f"{self.base}/debug/pass/{door}"
-
-    @property
-    def alarm(self) -> str:
-        """Exceptions that need a person."""
-        return f"{self.base}/alarm"
-
-    @property
-    def agv_task(self) -> str:
-        """Every change of an AGV task."""
-        return f"{self.base}/agv/task"
-
-    def agv_request(self, op: str) -> str:
-        """Where fleet controllers send `next`, `progress` and `cancel` requests."""
-        return f"{self.base}/agv/{op}"
-
-
-def iso(at: dt.datetime) -> str:
-    """RFC 3339 timestamp in UTC with milliseconds."""
-    return at.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def encode(payload: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+from gateway.domain import (
+    CloseAnswer,
+    DockSummary,
+    DockTransaction,
+    MoveTransaction,
+    Notice,
+    PortalPass,
+    TaskChanged,
+    decode_epc,
+)
+from gateway.wire.codec import WIRE_VERSION, iso
+from gateway.wire.topics import Topics
 
 
 def move_payload(tx: MoveTransaction, topics: Topics) -> dict[str, Any]:
@@ -128,17 +62,6 @@ def notice_payload(notice: Notice, topics: Topics) -> dict[str, Any]:
         "details": notice.details,
         "occurred_at": iso(notice.at),
     }
-
-
-def move_message(tx: MoveTransaction, topics: Topics) -> OutboxMessage:
-    """A move, ready for the outbox."""
-    return OutboxMessage(tx.tx_id, topics.tx("move"), encode(move_payload(tx, topics)))
-
-
-def notice_message(notice: Notice, topics: Topics) -> OutboxMessage:
-    """A notice for the outbox: errors go to `alarm`, the rest to `event`."""
-    topic = topics.alarm if notice.severity is Severity.ERROR else topics.event
-    return OutboxMessage(notice.event_id, topic, encode(notice_payload(notice, topics)))
 
 
 def gateway_status_payload(
@@ -306,3 +229,15 @@ def task_event_payload(change: TaskChanged, task: dict[str, Any], topics: Topics
         "event": change.event,
         "task": task,
     }
+
+
+def close_answer_payload(answer: CloseAnswer) -> dict[str, Any]:
+    """The answer to `cmd/close`."""
+    if answer.ok:
+        return {
+            "ok": True,
+            "reference": answer.reference,
+            "status": answer.status,
+            "tx_id": answer.tx_id,
+        }
+    return {"ok": False, "reference": answer.reference, "error": answer.error}

@@ -1,9 +1,11 @@
 """GS1 EPCIS 2.0 events for the gateway's receive, ship and move transactions.
 
-Pure: a transaction payload (the JSON published on `gw/{site}/{gateway}/tx/...`) and the
-site's `EpcisSettings` in, one EPCIS 2.0 `ObjectEvent` (a JSON-LD object) out; no I/O, no
-clock. `document` wraps events in an `EPCISDocument`; `validator` checks either against the
-official GS1 schema shipped in `gateway/schemas/vendor/epcis-2.0/`.
+Pure: a transaction (a `MoveTransaction`, or a receive or ship `DockTransaction`, from
+`gateway.domain`) and the site's `EpcisSettings` in, one EPCIS 2.0 `ObjectEvent` (a JSON-LD
+object) out; no I/O, no clock. The event is built from the transaction itself, not from its
+`tx/...` payload, and says what that payload says. `document` wraps events in an
+`EPCISDocument`; `validator` checks either against the official GS1 schema shipped in
+`gateway/schemas/vendor/epcis-2.0/`.
 
 Choices, all accepted by the official schema and the EPCIS 2.0 JSON-LD context:
 
@@ -11,6 +13,8 @@ Choices, all accepted by the official schema and the EPCIS 2.0 JSON-LD context:
   JSON-LD context maps to the CBV (`"receiving"`, not `https://ref.gs1.org/cbv/BizStep-receiving`).
 - `eventID` is `urn:uuid:<tx_id>`: the transaction id is already deterministic (the same pass
   gives the same id), so a replayed transaction gives the same event id.
+- `eventTime` is when the transaction happened (a move: its location scan confirmed it), in UTC
+  with milliseconds, as the `occurred_at` of the transaction's payload.
 - Business transactions use the CBV form `urn:epcglobal:cbv:bt:<GLN>:<id>` with the site's GLN:
   ASN and order ids are the ones the site's WMS keys them by, so the site is the party that
   assigned them. The id is percent-encoded.
@@ -19,13 +23,15 @@ Choices, all accepted by the official schema and the EPCIS 2.0 JSON-LD context:
   extension (GS1 character set 82, at most 20 characters, escaped as the Tag Data Standard
   says); any other base gets `/` and the percent-encoded name.
 - Items of receive and ship transactions are in the event only when their result is
-  "accepted". Each is identified by, in this order: its EPC URI, its EPC hex decoded, its SSCC,
-  its GTIN and serial (an SGTIN), or, counted in `quantityList` (its `quantity`, else 1), its
-  GTIN as a class: `urn:epc:class:lgtin:CP.IR.LOT` when the lot is known, else
-  `urn:epc:idpat:sgtin:CP.IR.*`.
+  `DockResult.ACCEPTED`. Each is identified by, in this order: its EPC URI, its EPC hex
+  decoded, its SSCC, its GTIN and serial (an SGTIN), or, counted one unit per item in
+  `quantityList`, its GTIN as a class: `urn:epc:class:lgtin:CP.IR.LOT` when the lot is known,
+  else `urn:epc:idpat:sgtin:CP.IR.*`.
 
-A payload that does not fit raises `PayloadError` (a `ValueError`) naming the field and what
-was expected; bad settings raise `ValueError` when `EpcisSettings` is made.
+A transaction with a value EPCIS cannot express (a location name that is no SGLN extension, an
+SSCC or GTIN with a wrong check digit, a time without a UTC offset...) raises `PayloadError` (a
+`ValueError`) naming the field and what was expected; bad settings raise `ValueError` when
+`EpcisSettings` is made.
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import quote
@@ -44,7 +50,15 @@ from urllib.parse import quote
 from biip.checksums import gs1_standard_check_digit
 from jsonschema import Draft7Validator
 
-from gateway.epc import decode_epc
+from gateway.domain import (
+    DockKind,
+    DockResult,
+    DockTransaction,
+    Item,
+    ItemResult,
+    MoveTransaction,
+    decode_epc,
+)
 
 __all__ = [
     "EPCIS_CONTEXT",
@@ -129,30 +143,38 @@ class EpcisSettings:
 
 
 class PayloadError(ValueError):
-    """A transaction payload that cannot be expressed as an EPCIS event; says which field."""
+    """A transaction that cannot be expressed as an EPCIS event; says which field."""
 
 
-def object_event(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
-    """One EPCIS 2.0 `ObjectEvent` for one receive, ship or move transaction payload.
+def object_event(tx: MoveTransaction | DockTransaction, settings: EpcisSettings) -> dict[str, Any]:
+    """One EPCIS 2.0 `ObjectEvent` for one move, receive or ship transaction.
 
     Raises:
-        PayloadError: a field is missing or not what the transaction type needs.
+        PayloadError: a value of the transaction cannot be expressed in EPCIS.
+        TypeError: `tx` is not a move or dock transaction.
     """
-    kind = tx.get("type")
-    build = _BUILDERS.get(kind) if isinstance(kind, str) else None
-    if build is None:
-        raise PayloadError(f"no EPCIS event for transaction type {kind!r} (receive, ship or move)")
+    match tx:
+        case MoveTransaction():
+            kind, at, at_field = "move", tx.confirmed_at, "confirmed_at"
+            body = partial(_move, tx)
+        case DockTransaction():
+            kind, at, at_field = str(tx.kind), tx.occurred_at, "occurred_at"
+            body = partial(_DOCK_BUILDERS[tx.kind], tx)
+        case _:
+            raise TypeError(
+                f"no EPCIS event for a {type(tx).__name__} (a move or dock transaction)"
+            )
     try:
         event: dict[str, Any] = {
             "@context": EPCIS_CONTEXT,
             "type": "ObjectEvent",
-            "eventID": _event_id(tx),
-            "eventTime": _timestamp(tx.get("occurred_at"), "occurred_at"),
+            "eventID": _event_id(tx.tx_id),
+            "eventTime": _event_time(at, at_field),
             "eventTimeZoneOffset": settings.timezone_offset,
         }
-        event.update(build(tx, settings))
+        event.update(body(settings))
     except ValueError as err:
-        raise PayloadError(f"{kind} transaction {tx.get('tx_id')!r}: {err}") from err
+        raise PayloadError(f"{kind} transaction {tx.tx_id!r}: {err}") from err
     return event
 
 
@@ -231,27 +253,25 @@ def _gtin_parts(gtin: str, company_prefix_length: int) -> tuple[str, str]:
 # --- the three transaction types -------------------------------------------------------------
 
 
-def _move(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
+def _move(tx: MoveTransaction, settings: EpcisSettings) -> dict[str, Any]:
     """A pallet put away: observed at its new storage location (where it came from is not an
     EPCIS field of a storing step; the gateway's move transaction keeps it)."""
-    evidence = tx.get("evidence")
-    if not isinstance(evidence, Mapping):
-        raise PayloadError("evidence must be an object naming the device")
-    sscc = _text(tx, "sscc")
+    device = _text(tx.device_id, "device_id")
+    to_location = _text(tx.to_location, "to_location")
     return {
-        "epcList": [sscc_uri(sscc, settings.company_prefix_length)],
+        "epcList": [sscc_uri(tx.sscc, settings.company_prefix_length)],
         "action": "OBSERVE",
         "bizStep": "storing",
         "disposition": "in_progress",
-        "readPoint": {"id": _location_uri(settings.read_point_base, _text(evidence, "device"))},
-        "bizLocation": {"id": _location_uri(settings.biz_location_base, _text(tx, "to_location"))},
+        "readPoint": {"id": _location_uri(settings.read_point_base, device)},
+        "bizLocation": {"id": _location_uri(settings.biz_location_base, to_location)},
     }
 
 
-def _receive(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
+def _receive(tx: DockTransaction, settings: EpcisSettings) -> dict[str, Any]:
     """Goods received at a dock door, against the ASN when there is one."""
-    door = _text(tx, "door")
-    event = _items(tx, settings)
+    door = _text(tx.door, "door")
+    event = _items(tx.items, settings)
     event.update(
         action="OBSERVE",
         bizStep="receiving",
@@ -259,71 +279,78 @@ def _receive(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
         readPoint={"id": _location_uri(settings.read_point_base, door)},
         bizLocation={"id": _location_uri(settings.biz_location_base, door)},
     )
-    _add_biz_transaction(event, tx, settings, key="asn_id", kind="desadv")
+    _add_biz_transaction(event, tx.reference, settings, what="ASN id", kind="desadv")
     return event
 
 
-def _ship(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
+def _ship(tx: DockTransaction, settings: EpcisSettings) -> dict[str, Any]:
     """Goods leaving through a shipping door, against the order when there is one.
 
     No `bizLocation`: the goods are in transit, at no location of the site any more.
     """
-    door = _text(tx, "door")
-    event = _items(tx, settings)
+    door = _text(tx.door, "door")
+    event = _items(tx.items, settings)
     event.update(
         action="OBSERVE",
         bizStep="shipping",
         disposition="in_transit",
         readPoint={"id": _location_uri(settings.read_point_base, door)},
     )
-    _add_biz_transaction(event, tx, settings, key="order_id", kind="po")
+    _add_biz_transaction(event, tx.reference, settings, what="order id", kind="po")
     return event
 
 
-_BUILDERS: Final[dict[str, Callable[[Mapping[str, Any], EpcisSettings], dict[str, Any]]]] = {
-    "move": _move,
-    "receive": _receive,
-    "ship": _ship,
+_DOCK_BUILDERS: Final[
+    dict[DockKind, Callable[[DockTransaction, EpcisSettings], dict[str, Any]]]
+] = {
+    DockKind.RECEIVE: _receive,
+    DockKind.SHIP: _ship,
 }
 
 
 # --- parts of an event -----------------------------------------------------------------------
 
 
-def _event_id(tx: Mapping[str, Any]) -> str:
-    tx_id = tx.get("tx_id")
-    if isinstance(tx_id, str):
-        try:
-            return f"urn:uuid:{uuid.UUID(tx_id)}"
-        except ValueError:
-            pass
-    raise ValueError(f"tx_id must be a UUID string, got {tx_id!r}")
+def _event_id(tx_id: str) -> str:
+    try:
+        return f"urn:uuid:{uuid.UUID(tx_id)}"
+    except ValueError:
+        raise ValueError(f"tx_id must be a UUID, got {tx_id!r}") from None
 
 
-def _items(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
-    """`epcList` (always, maybe empty) and `quantityList` (when not empty) of accepted items."""
-    items = tx.get("items")
-    if not isinstance(items, list):
-        raise PayloadError("items must be a list")
+def _event_time(at: dt.datetime, name: str) -> str:
+    """`at` in UTC with milliseconds, as transaction payloads have it: 2024-05-01T10:00:00.250Z.
+
+    A time without a UTC offset is refused rather than read as the host's local time.
+    """
+    if at.utcoffset() is None:
+        raise ValueError(f"{name} must have a UTC offset, got {at.isoformat()!r}")
+    try:
+        utc = at.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError(f"{name} {at.isoformat()!r} is out of range in UTC") from None
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _items(items: Sequence[ItemResult], settings: EpcisSettings) -> dict[str, Any]:
+    """`epcList` (always, maybe empty) and `quantityList` (when not empty) of accepted items.
+
+    An item identified by its GTIN only is one unit of its class.
+    """
     epcs: dict[str, None] = {}  # a dict keeps the first-seen order and drops repeats
     quantities: dict[str, int] = {}
-    for index, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            raise PayloadError(f"items[{index}] must be an object")
-        if item.get("result") != "accepted":
+    for index, row in enumerate(items):
+        if row.result != DockResult.ACCEPTED:
             continue
+        item = row.item
         uri = _instance_uri(item, settings)
         if uri is not None:
             epcs[uri] = None
             continue
-        gtin = item.get("gtin")
-        if not isinstance(gtin, str) or not gtin:
+        if not item.gtin:
             raise PayloadError(f"items[{index}] is accepted but has no uri, epc, sscc or gtin")
-        lot = item.get("lot")
-        class_uri = gtin_class_uri(
-            gtin, settings.company_prefix_length, lot if isinstance(lot, str) and lot else None
-        )
-        quantities[class_uri] = quantities.get(class_uri, 0) + _quantity(item, index)
+        class_uri = gtin_class_uri(item.gtin, settings.company_prefix_length, item.lot or None)
+        quantities[class_uri] = quantities.get(class_uri, 0) + 1
     event: dict[str, Any] = {"epcList": list(epcs)}
     if quantities:
         event["quantityList"] = [
@@ -333,47 +360,34 @@ def _items(tx: Mapping[str, Any], settings: EpcisSettings) -> dict[str, Any]:
     return event
 
 
-def _instance_uri(item: Mapping[str, Any], settings: EpcisSettings) -> str | None:
+def _instance_uri(item: Item, settings: EpcisSettings) -> str | None:
     """The EPC URI of one item (tag, pallet, serialised label), or None for a GTIN only."""
-    uri = item.get("uri")
-    if isinstance(uri, str) and uri:
-        return uri
-    epc = item.get("epc")
-    if isinstance(epc, str) and epc:
-        decoded = decode_epc(epc).uri
+    if item.uri:
+        return item.uri
+    if item.epc:
+        decoded = decode_epc(item.epc).uri
         if decoded is not None:
             return decoded
-    sscc = item.get("sscc")
-    if isinstance(sscc, str) and sscc:
-        return sscc_uri(sscc, settings.company_prefix_length)
-    gtin, serial = item.get("gtin"), item.get("serial")
-    if isinstance(gtin, str) and gtin and isinstance(serial, str) and serial:
-        return sgtin_uri(gtin, serial, settings.company_prefix_length)
+    if item.sscc:
+        return sscc_uri(item.sscc, settings.company_prefix_length)
+    if item.gtin and item.serial:
+        return sgtin_uri(item.gtin, item.serial, settings.company_prefix_length)
     return None
-
-
-def _quantity(item: Mapping[str, Any], index: int) -> int:
-    """How many units an item row counts: its `quantity`, or 1 (one scanned unit)."""
-    quantity = item.get("quantity", 1)
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
-        raise PayloadError(f"items[{index}].quantity must be a whole number >= 1")
-    return quantity
 
 
 def _add_biz_transaction(
     event: dict[str, Any],
-    tx: Mapping[str, Any],
+    reference: str | None,
     settings: EpcisSettings,
     *,
-    key: str,
+    what: str,
     kind: str,
 ) -> None:
     """Adds `bizTransactionList` when the transaction names its ASN or order."""
-    reference = tx.get(key)
     if reference is None:
         return
-    if not isinstance(reference, str) or not reference:
-        raise PayloadError(f"{key} must be a non-empty string or null, got {reference!r}")
+    if not reference:
+        raise PayloadError(f"reference (the {what}) must be non-empty or None, got {reference!r}")
     gln = settings.gln or _site_gln(settings)
     event["bizTransactionList"] = [
         {"type": kind, "bizTransaction": f"urn:epcglobal:cbv:bt:{gln}:{quote(reference, safe='')}"}
@@ -401,10 +415,9 @@ def _cset82_uri(value: str, what: str) -> str:
 # --- checks ----------------------------------------------------------------------------------
 
 
-def _text(data: Mapping[str, Any], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value:
-        raise PayloadError(f"{key} must be a non-empty string, got {value!r}")
+def _text(value: str, name: str) -> str:
+    if not value:
+        raise PayloadError(f"{name} must be a non-empty string, got {value!r}")
     return value
 
 

@@ -1,6 +1,7 @@
-"""The AGV task API's messages: requests from fleet controllers and tasks from the WMS, parsed.
+"""The AGV task API's messages: requests from fleet controllers and tasks from the WMS, parsed,
+and the answers and task documents rendered.
 
-Pure (no I/O): payload bytes in, a typed request or a `BadRequest` with a reason out; never
+Pure (no I/O): payload bytes in, a domain request or a `BadRequest` with a reason out; never
 raises. Every payload is checked against its JSON Schema in `gateway/schemas/` (agv-next,
 agv-progress, agv-cancel, wms-task), after strict JSON decoding (no NaN, no duplicate keys).
 Also builds the JSON of a task for answers and for the `agv/task` topic.
@@ -10,23 +11,33 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import biip
 
-from gateway.jsondoc import InvalidDocument, load_valid, one_line, show
-from gateway.rules.tasks import Task, TaskKind, TaskState
+from gateway.domain import (
+    CancelRequest,
+    NextRequest,
+    ProgressRequest,
+    ProgressStatus,
+    Task,
+    TaskAnswer,
+    TaskKind,
+    TaskRequest,
+    TaskState,
+    WmsTask,
+    WmsTaskDeleted,
+)
 from gateway.schemas import validator
-from gateway.wire import iso
+from gateway.wire.codec import WIRE_VERSION, iso
+from gateway.wire.jsondoc import InvalidDocument, load_valid, one_line, show
 
 __all__ = [
     "MAX_REQUEST_BYTES",
+    "OPERATIONS",
     "BadRequest",
-    "CancelRequest",
-    "NextRequest",
-    "ProgressRequest",
-    "WmsTask",
-    "WmsTaskDeleted",
+    "ParsedRequest",
+    "answer_payload",
     "parse_request",
     "parse_wms_task",
     "task_from_json",
@@ -38,117 +49,65 @@ OPERATIONS: Final = ("next", "progress", "cancel")
 
 
 @dataclass(frozen=True, slots=True)
-class NextRequest:
-    """A fleet controller asks for a task for `robot`."""
-
-    fleet: str
-    robot: str
-    capabilities: tuple[str, ...] | None
-    position: str | None
-    reply_to: str | None = None  # MQTT 3.1.1: where to answer
-    correlation: str | None = None  # MQTT 3.1.1: echoed in the answer
-
-
-@dataclass(frozen=True, slots=True)
-class ProgressRequest:
-    """The robot holding `task_id` reports a step."""
-
-    fleet: str
-    robot: str
-    task_id: str
-    status: str  # accepted, picked, dropped, failed, alive
-    location: str | None
-    reason: str | None
-    reply_to: str | None = None
-    correlation: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRequest:
-    """Cancel `task_id`."""
-
-    task_id: str
-    reason: str | None
-    reply_to: str | None = None
-    correlation: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class BadRequest:
     """A request that cannot be carried out as sent; `reason` names the field."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class WmsTask:
-    """A move the WMS asks for (`wms/{site}/task/{task_id}`): a pallet, or one of a product.
+class ParsedRequest(NamedTuple):
+    """A request, and the MQTT 3.1.1 reply address its payload names (if any)."""
 
-    With `gtin` (and no `sscc`), the gateway picks the pallet by FEFO from its stock.
-    """
-
-    task_id: str
-    sscc: str | None
-    source: str | None
-    destination: str
-    priority: int
-    gtin: str | None = None
+    request: TaskRequest | BadRequest
+    reply_to: str | None = None  # MQTT 3.1.1 has no response topic: the payload names one
+    correlation: str | None = None  # echoed in the answer
 
 
-@dataclass(frozen=True, slots=True)
-class WmsTaskDeleted:
-    """The WMS withdrew a task (empty retained payload)."""
-
-    task_id: str
-
-
-Request = NextRequest | ProgressRequest | CancelRequest
-
-
-def parse_request(op: str, payload: bytes) -> Request | BadRequest:
-    """The request of `op` (next, progress or cancel) in `payload`."""
+def parse_request(op: str, payload: bytes, at: dt.datetime) -> ParsedRequest:
+    """The request of `op` (next, progress or cancel) in `payload`, received at `at`."""
     if op not in OPERATIONS:
-        return BadRequest(
-            f"topic: unknown operation {show(op)}; expected one of next, progress, cancel"
+        return ParsedRequest(
+            BadRequest(
+                f"topic: unknown operation {show(op)}; expected one of next, progress, cancel"
+            )
         )
     doc = _document(f"agv-{op}", payload)
     if isinstance(doc, BadRequest):
-        return doc
+        return ParsedRequest(doc)
+    request: TaskRequest | BadRequest
     if op == "next":
         caps = doc.get("capabilities")
-        return NextRequest(
+        request = NextRequest(
             fleet=doc["fleet"],
             robot=doc["robot"],
             capabilities=None if caps is None else tuple(caps),
             position=doc.get("position"),
-            reply_to=doc.get("reply_to"),
-            correlation=doc.get("correlation"),
+            at=at,
         )
-    if op == "progress":
+    elif op == "progress":
         if doc["status"] == "dropped" and not doc.get("location"):
-            return BadRequest("location: required when status is dropped")
-        return ProgressRequest(
-            fleet=doc["fleet"],
-            robot=doc["robot"],
-            task_id=doc["task_id"],
-            status=doc["status"],
-            location=doc.get("location"),
-            reason=doc.get("reason"),
-            reply_to=doc.get("reply_to"),
-            correlation=doc.get("correlation"),
-        )
-    return CancelRequest(
-        task_id=doc["task_id"],
-        reason=doc.get("reason"),
-        reply_to=doc.get("reply_to"),
-        correlation=doc.get("correlation"),
-    )
+            request = BadRequest("location: required when status is dropped")
+        else:
+            request = ProgressRequest(
+                fleet=doc["fleet"],
+                robot=doc["robot"],
+                task_id=doc["task_id"],
+                status=ProgressStatus(doc["status"]),
+                location=doc.get("location"),
+                reason=doc.get("reason"),
+                at=at,
+            )
+    else:
+        request = CancelRequest(task_id=doc["task_id"], reason=doc.get("reason"), at=at)
+    return ParsedRequest(request, doc.get("reply_to"), doc.get("correlation"))
 
 
-def parse_wms_task(task_id: str, payload: bytes) -> WmsTask | WmsTaskDeleted | BadRequest:
+def parse_wms_task(
+    task_id: str, payload: bytes, at: dt.datetime
+) -> WmsTask | WmsTaskDeleted | BadRequest:
     """A task from `wms/{site}/task/{task_id}`; an empty payload withdraws it."""
     if not payload:
-        return WmsTaskDeleted(task_id)
+        return WmsTaskDeleted(task_id, at)
     doc = _document("wms-task", payload)
     if isinstance(doc, BadRequest):
         return doc
@@ -170,6 +129,7 @@ def parse_wms_task(task_id: str, payload: bytes) -> WmsTask | WmsTaskDeleted | B
         source=doc.get("source"),
         destination=doc["destination"],
         priority=int(doc.get("priority", 0)),
+        at=at,
         gtin=doc.get("gtin"),
     )
 
@@ -239,3 +199,18 @@ def task_from_json(doc: dict[str, Any]) -> Task:
 
 def _iso_or_none(at: dt.datetime | None) -> str | None:
     return None if at is None else iso(at)
+
+
+def answer_payload(answer: TaskAnswer, correlation: str | None = None) -> dict[str, Any]:
+    """The answer to an AGV request; `correlation` is echoed for an MQTT 3.1.1 client."""
+    payload: dict[str, Any] = {
+        "version": WIRE_VERSION,
+        "ok": answer.ok,
+        "result": answer.result.value,
+        "code": answer.code,
+        "message": answer.message,
+        "task": None if answer.task is None else task_json(answer.task),
+    }
+    if correlation is not None:
+        payload["correlation"] = correlation
+    return payload

@@ -1,11 +1,12 @@
-"""Reference data from the WMS: ASNs, ship orders, products and locations, as frozen values.
+"""Reference data from the WMS (ASNs, ship orders, products, locations): JSON to domain and back.
 
 The WMS publishes each record retained on `wms/{site}/{kind}/{key}`; an empty payload deletes
 it. `parse_message` turns one MQTT message into a record, a deletion or a rejection with a
 one-line reason naming the field; it never raises, so one bad message cannot stop the bridge or
 disturb records held before. Checking goes in two steps: the JSON Schema shipped in
 `gateway/schemas/` (the documented contract), then the rules a schema cannot express (check
-digits through biip, the key in the topic, unique line numbers). `to_json` gives the canonical
+digits through biip, the key in the topic, unique line numbers). `decode` gives what
+the rules take (`RefDataUpdate`, `RefDataDeleted` or `Rejected`); `to_json` gives the canonical
 JSON back, for storage. Nothing here does I/O.
 """
 
@@ -20,10 +21,24 @@ from typing import Any
 
 import biip
 
-from gateway.jsondoc import InvalidDocument, load_valid, one_line, show
+from gateway.domain import (
+    Asn,
+    AsnLine,
+    InputKind,
+    Location,
+    Product,
+    RefData,
+    RefDataDeleted,
+    RefDataKind,
+    RefDataUpdate,
+    ShipLine,
+    ShipOrder,
+)
+from gateway.domain import Rejected as RejectedInput
 from gateway.schemas import validator
+from gateway.wire.jsondoc import InvalidDocument, load_valid, one_line, show
 
-KINDS = ("asn", "shipment", "product", "location")
+KINDS = tuple(kind.value for kind in RefDataKind)
 """The kinds of reference data, as the third level of their topic (and their schema's name)."""
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -33,75 +48,6 @@ _KEY_FIELD = {"asn": "asn_id", "shipment": "order_id", "product": "gtin", "locat
 
 # jsonschema's `pattern` uses re.search, where `$` also matches before a final newline.
 _EPC = re.compile(r"[0-9A-F]{24,124}")
-
-
-@dataclass(frozen=True, slots=True)
-class AsnLine:
-    """One expected item of an ASN: tagged items by EPC, a pallet by SSCC or a GTIN quantity."""
-
-    line: int
-    quantity: int
-    epcs: tuple[str, ...] = ()  # upper-case hex
-    sscc: str | None = None
-    gtin: str | None = None
-    lot: str | None = None
-    expiry: dt.date | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Asn:
-    """An advance shipping notice: what is expected to arrive at a door."""
-
-    asn_id: str
-    door: str
-    lines: tuple[AsnLine, ...]
-    supplier: str | None = None  # the supplier's name
-    window_from: dt.datetime | None = None  # the appointment window, aware datetimes
-    window_to: dt.datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ShipLine:
-    """One line of a ship order: a quantity of a trade item, optionally of one lot."""
-
-    line: int
-    gtin: str
-    quantity: int
-    lot: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ShipOrder:
-    """A ship order: the pallets and items allowed to leave through a door."""
-
-    order_id: str
-    door: str
-    pallets: tuple[str, ...]  # SSCCs
-    lines: tuple[ShipLine, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Product:
-    """What the gateway knows about a trade item for weight and shelf-life checks."""
-
-    gtin: str
-    min_remaining_shelf_life_days: int = 0
-    unit_weight_kg: float | None = None
-    tare_weight_kg: float | None = None
-    description: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    """A place pallets can be: dock door, staging lane, rack slot or floor area."""
-
-    location: str
-    zone: str | None = None
-    kind: str | None = None  # dock_door, staging, rack or floor
-    capacity_pallets: int | None = None
-
-
-RefData = Asn | ShipOrder | Product | Location
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,17 +81,18 @@ def parse_topic(topic: str, site: str) -> tuple[str, str] | None:
     return kind, key
 
 
-def key_of(item: RefData) -> tuple[str, str]:
-    """The (kind, key) a record is published under: its topic is `wms/{site}/{kind}/{key}`."""
-    match item:
-        case Asn():
-            return "asn", item.asn_id
-        case ShipOrder():
-            return "shipment", item.order_id
-        case Product():
-            return "product", item.gtin
-        case Location():
-            return "location", item.location
+def decode(
+    topic: str, payload: bytes, site: str, at: dt.datetime
+) -> RefDataUpdate | RefDataDeleted | RejectedInput:
+    """One reference data message as the rules take it. Never raises."""
+    parsed = parse_message(topic, payload, site)
+    match parsed:
+        case Rejected():
+            return RejectedInput(InputKind.REFERENCE_DATA, topic, parsed.reason, at)
+        case Deleted():
+            return RefDataDeleted(RefDataKind(parsed.kind), parsed.key, at)
+        case _:
+            return RefDataUpdate(parsed, at)
 
 
 def parse_message(topic: str, payload: bytes, site: str) -> RefData | Deleted | Rejected:

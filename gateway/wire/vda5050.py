@@ -30,8 +30,7 @@ from typing import Any, Final
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
-from gateway.jsondoc import InvalidDocument, load_valid, one_line, show
-from gateway.rules.vda5050 import (
+from gateway.domain import (
     ActionState,
     ActionStatus,
     ConnectionState,
@@ -40,6 +39,7 @@ from gateway.rules.vda5050 import (
     RobotId,
     RobotState,
 )
+from gateway.wire.jsondoc import InvalidDocument, load_valid, one_line, show
 
 __all__ = [
     "KINDS",

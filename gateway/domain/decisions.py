@@ -1,0 +1,63 @@
+"""Decisions: what the rules return. The recorder turns one batch of them into one commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.domain.notices import Notice
+from gateway.domain.refdata import RefData, RefDataKind
+from gateway.domain.replies import ReplyHandle
+from gateway.domain.tasks import TaskAnswer, TaskChanged
+from gateway.domain.transactions import (
+    DockSummary,
+    DockTransaction,
+    MoveTransaction,
+    PortalPass,
+    Weighing,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RefDataChange:
+    """Reference data accepted (or deleted): stored, so that a restart has it."""
+
+    kind: RefDataKind
+    key: str
+    item: RefData | None  # None: deleted
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAnswer:
+    """The answer to a close command: the summary's status and id, or why nothing closed."""
+
+    reference: str
+    status: str | None = None  # the summary's status; None when nothing was closed
+    tx_id: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """A receipt or shipment was closed."""
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer for the sender of a request, sent only once the batch is committed."""
+
+    to: ReplyHandle
+    answer: TaskAnswer | CloseAnswer
+
+
+Decision = (
+    MoveTransaction
+    | DockTransaction
+    | DockSummary
+    | Notice
+    | PortalPass
+    | Weighing
+    | TaskChanged
+    | RefDataChange
+    | Reply
+)
+"""Everything a rule may decide."""

@@ -1,0 +1,173 @@
+"""Events: what the drivers and the bridge hand to the rules, already translated.
+
+Drivers turn bytes from devices into scans, tag reads and weight samples; the bridge turns MQTT
+messages into reference data, tasks, requests and robot reports, or into `Rejected` with the
+reason. Every event carries the time it happened (or was received) on the gateway's clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final
+
+from gateway.domain.refdata import RefData, RefDataKind
+from gateway.domain.replies import ReplyHandle
+from gateway.domain.robots import RobotConnection, RobotState
+from gateway.domain.tasks import TaskRequest, WmsTaskMessage
+
+
+class ScanKind(enum.StrEnum):
+    """What a successfully read barcode identifies."""
+
+    PALLET = "pallet"  # an SSCC (AI 00): a logistic unit
+    ITEM = "item"  # a GTIN, with lot, expiry, serial or count when the label carries them
+    LOCATION = "location"  # a location label: the site's own pattern, or a GLN (AI 414)
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """A barcode read and understood by a scanner driver."""
+
+    device_id: str
+    at: dt.datetime
+    raw: str
+    kind: ScanKind
+    symbology: str | None = None
+    sscc: str | None = None
+    gtin: str | None = None
+    lot: str | None = None
+    expiry: dt.date | None = None
+    serial: str | None = None
+    count: int | None = None
+    location: str | None = None
+
+    @property
+    def code(self) -> str:
+        """The identity the scan stands for, used to spot repeated scans."""
+        return self.sscc or self.location or self.gtin or self.raw
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedScan:
+    """A barcode the driver could not accept, with the reason why."""
+
+    device_id: str
+    at: dt.datetime
+    raw: str
+    reason: str
+
+
+TagRead = tuple[str, int, int | None, float, int]
+"""One tag read: (EPC hex, antenna id, peak RSSI dBm or None, gateway time s, times seen)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TagReadBatch:
+    """Tag reads from one RFID reader report, in the portal logic's compact form.
+
+    Each read is (EPC hex, antenna id, peak RSSI dBm or None, time in seconds since the epoch
+    on the gateway's clock, times seen); see `TagRead`.
+    """
+
+    reader_id: str
+    at: dt.datetime
+    reads: tuple[TagRead, ...]
+
+
+KG_PER_UNIT: Final[Mapping[str, Decimal]] = {
+    "g": Decimal("0.001"),
+    "kg": Decimal(1),
+    "t": Decimal(1000),
+    "lb": Decimal("0.45359237"),
+}
+"""Kilograms per unit a scale may report in."""
+
+
+@dataclass(frozen=True, slots=True)
+class WeightSample:
+    """One reading of a scale; `stable` is None when the scale does not report stability."""
+
+    scale_id: str
+    at: float  # seconds
+    kg: float
+    stable: bool | None = None
+    overload: bool = False
+    underload: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RefDataUpdate:
+    """A reference data record from the WMS, checked (it may be the same as the one held)."""
+
+    item: RefData
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RefDataDeleted:
+    """The WMS withdrew the record `key` of this `kind` (an empty retained payload)."""
+
+    kind: RefDataKind
+    key: str
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CloseCommand:
+    """Close a receipt or shipment now; the answer goes to `reply` (if the request gave one)."""
+
+    reference: str
+    at: dt.datetime
+    reply: ReplyHandle | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RobotReport:
+    """A robot's VDA 5050 state or connection message, received at `at`."""
+
+    message: RobotState | RobotConnection
+    at: dt.datetime
+
+
+class InputKind(enum.StrEnum):
+    """Which kind of message from outside was rejected."""
+
+    REFERENCE_DATA = "reference_data"
+    AGV_REQUEST = "agv_request"
+    ROBOT = "vda5050"
+    COMMAND = "command"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message from outside that could not be accepted, with the reason (one line).
+
+    `subject` says what it was: its topic, or the AGV operation. A rejected request keeps its
+    `reply`, so that the sender is told why.
+    """
+
+    kind: InputKind
+    subject: str
+    reason: str
+    at: dt.datetime
+    reply: ReplyHandle | None = None
+
+
+ScanEvent = Scan | RejectedScan
+Event = (
+    Scan
+    | RejectedScan
+    | TagReadBatch
+    | WeightSample
+    | RefDataUpdate
+    | RefDataDeleted
+    | CloseCommand
+    | TaskRequest
+    | WmsTaskMessage
+    | RobotReport
+    | Rejected
+)

@@ -1,0 +1,88 @@
+"""What every driver is to the application: one protocol, one context, one registry entry.
+
+A driver owns its device's transport and turns its bytes into domain events. The application
+builds each configured device's driver through the registry (`gateway.drivers.registry`) with
+the same `DriverContext` (where events go, the device's health record, the clock, the alarm
+outputs) and runs its `run()` under the supervisor, which restarts it with capped, jittered
+backoff when it raises. Adding a device kind is one driver module with a `build` function and
+one line in the registry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.domain import Event
+from gateway.health import DeviceHealth
+
+Clock = Callable[[], dt.datetime]
+"""The gateway's clock, timezone-aware; tests and demos may run it faster than real time."""
+
+
+def utc_now() -> dt.datetime:
+    """The wall clock, timezone-aware."""
+    return dt.datetime.now(dt.UTC)
+
+
+class EventSink(Protocol):
+    """Where a driver hands its events: the rules' bounded inbox."""
+
+    async def put(self, item: Event) -> None:
+        """Hand over an event, waiting for room (backpressure to the device)."""
+
+    def offer(self, item: Event) -> bool:
+        """Hand over an event if there is room now; False (nothing taken) when full."""
+
+
+class Driver(Protocol):
+    """A device driver: `run()` works the device until cancelled, or raises when it fails."""
+
+    async def run(self) -> None:
+        """Connect, read and emit events; raise (a `DeviceError`) when the device is lost."""
+
+
+class AlarmOutputs:
+    """Stack lights and horns by door: output drivers register, the runner raises alarms."""
+
+    def __init__(self) -> None:
+        self._by_door: dict[str, list[Callable[[], None]]] = {}
+
+    def register(self, doors: tuple[str, ...] | list[str], alarm: Callable[[], None]) -> None:
+        """Call `alarm` whenever an alarm is raised at one of `doors`."""
+        for door in doors:
+            self._by_door.setdefault(door, []).append(alarm)
+
+    def raise_at(self, door: str | None) -> None:
+        """An alarm at `door`: every output of that door goes off."""
+        for alarm in self._by_door.get(door or "", ()):
+            alarm()
+
+
+@dataclass(frozen=True, slots=True)
+class DriverContext:
+    """What the application gives every driver it builds.
+
+    Args:
+        sink: where events go (the rules' inbox).
+        health: this device's health record (state, counters, last error).
+        clock: the gateway's clock.
+        alarms: the alarm outputs, for drivers that drive a light or horn.
+        location_pattern: the site's location label pattern (a regular expression).
+    """
+
+    sink: EventSink
+    health: DeviceHealth
+    clock: Clock
+    location_pattern: str
+    alarms: AlarmOutputs = field(default_factory=AlarmOutputs)
+
+
+@dataclass(frozen=True, slots=True)
+class DriverKind:
+    """A device kind: its name on the device status, and how its driver is built."""
+
+    kind: str
+    build: Callable[[Any, DriverContext], Driver]

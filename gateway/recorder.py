@@ -1,0 +1,357 @@
+"""The recorder: one batch of decisions in, one typed commit to SQLite out, then the answers.
+
+What each decision becomes is written once, here: transactions and notices become outbox
+messages (rendered by the wire layer; EPCIS documents built from the transaction itself),
+ledger rows, pallet locations, lots, task rows and reference data rows; all of a batch is
+committed in one SQLite transaction before anything is published. Answers to requests go out
+only after the commit, so a lease the gateway would forget in a crash is never given out.
+
+Overflow policy: when the outbox cannot take a batch's transactions, intake is held (the
+runner waits, the inbox fills, drivers wait or drop as their own policy says) until the broker
+drains it; notices beyond the room left are dropped and counted. A failing disk is retried
+with backoff, intake held meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from gateway.domain import (
+    CloseAnswer,
+    Decision,
+    DockKind,
+    DockSummary,
+    DockTransaction,
+    LedgerEntry,
+    MoveTransaction,
+    Notice,
+    PalletLot,
+    PortalPass,
+    RefDataChange,
+    Reply,
+    ReplyHandle,
+    Severity,
+    TaskAnswer,
+    TaskChanged,
+    Weighing,
+)
+from gateway.drivers.base import AlarmOutputs, Clock
+from gateway.rules.agv import received_lots
+from gateway.rules.receiving import ledger_entries
+from gateway.storage import (
+    ClosedRow,
+    LedgerRow,
+    LotRow,
+    MovedRow,
+    OutboxMessage,
+    PalletMove,
+    RefDataRow,
+    StateChanges,
+    StorageError,
+    Store,
+    TaskRow,
+)
+from gateway.supervisor import Backoff
+from gateway.wire import epcis
+from gateway.wire.agv import task_json
+from gateway.wire.codec import encode, iso
+from gateway.wire.outbound import (
+    dock_payload,
+    move_payload,
+    notice_payload,
+    pass_payload,
+    summary_payload,
+    task_event_payload,
+)
+from gateway.wire.refdata import to_json
+from gateway.wire.topics import Topics
+
+log = structlog.get_logger("gateway.recorder")
+
+
+class Publisher(Protocol):
+    """What the recorder needs of the bridge: answers and debug output."""
+
+    def reply(self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer) -> None:
+        """Send an answer to where its request asked."""
+
+    def publish_debug(self, topic: str, payload: bytes) -> None:
+        """Queue a debug message (QoS 0, rate-limited)."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """One batch of decisions as rows: what `Store.commit` takes, and what follows it."""
+
+    messages: list[OutboxMessage] = field(default_factory=list)
+    changes: StateChanges = field(default_factory=StateChanges)
+    notices: list[Notice] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    committed: list[MoveTransaction | DockTransaction | DockSummary] = field(default_factory=list)
+
+
+class Recorder:
+    """Turns batches of decisions into commits, then sends what may go out only after them.
+
+    Args:
+        topics: this gateway's topic names.
+        store: the SQLite outbox and state.
+        clock: the gateway's clock (for the recorder's own notices).
+        alarms: stack lights and horns by door: an alarm at a door sets them off at once.
+        epcis_settings: EPCIS output (None: off).
+        agv: keep the stock and lots the AGV task board needs after a restart.
+        lot_of: a received pallet's lot (velocity classes count its moves).
+        alarm_ratio: the outbox depth (share of its limit) that raises `outbox_high`.
+        debug_passes: publish every portal pass on the debug topic.
+    """
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        store: Store,
+        clock: Clock,
+        alarms: AlarmOutputs,
+        epcis_settings: epcis.EpcisSettings | None = None,
+        agv: bool = False,
+        lot_of: Callable[[str], PalletLot | None] = lambda _sscc: None,
+        alarm_ratio: float = 0.8,
+        debug_passes: bool = False,
+    ) -> None:
+        self._topics = topics
+        self._store = store
+        self._clock = clock
+        self._alarms = alarms
+        self._epcis = epcis_settings
+        self._agv = agv
+        self._lot_of = lot_of
+        self._alarm_ratio = alarm_ratio
+        self._debug_passes = debug_passes
+        self.publisher: Publisher | None = None
+        self.notices_dropped = 0
+        self.passes_seen = 0
+        self._late: list[Notice] = []  # notices made between batches, committed with the next
+        self._storage_failing = False
+        self._intake_held = False
+        self._alarm_raised = False
+
+    def late_notice(self, notice: Notice) -> None:
+        """A notice from outside a batch (the bridge's refusals): committed with the next one."""
+        self._late.append(notice)
+
+    async def record(self, decisions: Sequence[Decision]) -> None:
+        """Act on one batch: alarms at once, then one commit (retried), then the answers."""
+        self._observe(decisions)
+        batch = self.rows([*decisions, *self._late])
+        self._late.clear()
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                await self._commit(batch)
+            except StorageError as err:
+                # Intake is held (the queue fills, drivers wait) until the disk recovers.
+                if not self._storage_failing:
+                    log.error("cannot commit to the outbox; retrying", error=str(err))  # noqa: TRY400
+                    self._storage_failing = True
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if self._storage_failing:
+                log.info("outbox commits again")
+                self._storage_failing = False
+            break
+        if self.publisher is not None:
+            for reply in batch.replies:
+                self.publisher.reply(reply.to, reply.answer)
+        for tx in batch.committed:
+            log.info("transaction committed", tx_id=tx.tx_id, kind=type(tx).__name__)
+
+    def _observe(self, decisions: Sequence[Decision]) -> None:
+        """What needs no disk: logs, debug output, and alarms lighting their door's lights."""
+        for decision in decisions:
+            match decision:
+                case PortalPass():
+                    self.passes_seen += 1
+                    log.info(
+                        "portal pass",
+                        door=decision.door,
+                        direction=decision.direction.value,
+                        tags=len(decision.tags),
+                        separation_s=decision.separation_s,
+                    )
+                    self._debug(decision)
+                case Weighing():
+                    log.info(
+                        "weighing",
+                        scale=decision.scale_id,
+                        kg=round(decision.kg, 2),
+                        method=decision.method.value,
+                    )
+                case Notice() if decision.severity is Severity.ERROR:
+                    self._alarms.raise_at(decision.location)
+                case _:
+                    pass
+
+    def _debug(self, portal_pass: PortalPass) -> None:
+        if not self._debug_passes or self.publisher is None:
+            return
+        try:
+            payload = encode(pass_payload(portal_pass, self._topics))
+        except (ValueError, OverflowError) as err:  # debug output must never stop the rules
+            log.warning("cannot render a pass for the debug topic", error=str(err))
+            return
+        self.publisher.publish_debug(self._topics.debug_pass(portal_pass.door), payload)
+
+    def rows(self, decisions: Sequence[Decision]) -> Batch:
+        """The rows one batch of decisions makes (no I/O)."""
+        batch = Batch()
+        state = batch.changes
+        topics = self._topics
+        for d in decisions:
+            match d:
+                case MoveTransaction():
+                    payload = move_payload(d, topics)
+                    batch.messages.append(
+                        OutboxMessage(d.tx_id, topics.tx("move"), encode(payload))
+                    )
+                    state.moves.append(PalletMove(d.sscc, d.to_location, d.tx_id))
+                    lot = self._lot_of(d.sscc)
+                    if lot is not None:  # counts for the product's velocity class
+                        state.moved.append(MovedRow(lot.gtin, d.confirmed_at.timestamp()))
+                    batch.messages.extend(self._epcis_of(d, d.confirmed_at))
+                    batch.committed.append(d)
+                case DockTransaction():
+                    self._dock(d, batch)
+                case DockSummary():
+                    payload = summary_payload(d, topics)
+                    batch.messages.append(
+                        OutboxMessage(d.tx_id, topics.summary(d.kind), encode(payload))
+                    )
+                    state.closed.append(ClosedRow(d.reference, d.tx_id))
+                    batch.committed.append(d)
+                case RefDataChange():
+                    body = None if d.item is None else json.dumps(to_json(d.item), sort_keys=True)
+                    state.refdata.append(RefDataRow(d.kind, d.key, body))
+                case TaskChanged():
+                    shown = task_json(d.task)
+                    state.tasks[d.task.task_id] = TaskRow(
+                        d.task.task_id, d.task.state.value, json.dumps(shown)
+                    )
+                    if d.published:
+                        payload = task_event_payload(d, shown, topics)
+                        batch.messages.append(
+                            OutboxMessage(d.event_id, topics.agv_task, encode(payload))
+                        )
+                case Reply():
+                    batch.replies.append(d)
+                case Notice():
+                    batch.notices.append(d)
+                case PortalPass() | Weighing():
+                    pass  # observed, not stored
+        return batch
+
+    def _dock(self, tx: DockTransaction, batch: Batch) -> None:
+        state = batch.changes
+        payload = dock_payload(tx, self._topics)
+        batch.messages.append(OutboxMessage(tx.tx_id, self._topics.tx(tx.kind), encode(payload)))
+        batch.messages.extend(self._epcis_of(tx, tx.occurred_at))
+        state.ledger.extend(_ledger_row(e, tx.tx_id) for e in ledger_entries(tx))
+        batch.committed.append(tx)
+        if not self._agv:
+            return
+        # The stock after a restart: a received pallet is at the door until it is put away; a
+        # shipped one is gone.
+        if tx.kind == DockKind.RECEIVE:
+            state.moves.extend(PalletMove(sscc, tx.door, tx.tx_id) for sscc in tx.accepted_pallets)
+            state.lots.extend(
+                LotRow(sscc, lot.gtin, lot.lot, lot.expiry.isoformat() if lot.expiry else None)
+                for sscc, lot in received_lots(tx)
+            )
+        else:
+            state.shipped.extend(tx.accepted_pallets)
+
+    def _epcis_of(
+        self, tx: MoveTransaction | DockTransaction, at: dt.datetime
+    ) -> list[OutboxMessage]:
+        """The same transaction as a GS1 EPCIS 2.0 document, when the site asked for it.
+
+        A transaction that cannot be expressed in EPCIS (a location name too long for an SGLN
+        extension, a tag that is no GS1 identifier) is still committed; the EPCIS document is
+        left out, with an event saying why."""
+        if self._epcis is None:
+            return []
+        try:
+            event = epcis.object_event(tx, self._epcis)
+        except ValueError as err:
+            self._late.append(
+                Notice(
+                    code="epcis_failed",
+                    message=f"no EPCIS event for transaction {tx.tx_id}: {err}",
+                    at=self._clock(),
+                    details={"tx_id": tx.tx_id, "reason": str(err)},
+                )
+            )
+            return []
+        doc = epcis.document([event], created=iso(at))
+        return [OutboxMessage(f"epcis:{tx.tx_id}", self._topics.epcis, encode(doc))]
+
+    async def _commit(self, batch: Batch) -> None:
+        """Commit a batch; transactions wait for room, notices beyond it are dropped."""
+        store = self._store
+        messages = list(batch.messages)
+        for notice in batch.notices:
+            log.info("notice", code=notice.code, device=notice.device_id, message=notice.message)
+        while len(messages) > store.room():
+            if not self._intake_held:
+                log.error("outbox full: intake held back", depth=store.depth, limit=store.max_rows)
+                self._intake_held = True
+            await store.wait_changed(store.version, timeout=1.0)
+        if self._intake_held:
+            log.info("outbox has room again: intake resumed", depth=store.depth)
+            self._intake_held = False
+        room = store.room() - len(messages)
+        messages.extend(self._notice_message(n) for n in batch.notices[:room])
+        self.notices_dropped += max(0, len(batch.notices) - room)
+        alarm = self._outbox_alarm(extra=len(messages))
+        if alarm is not None and len(messages) < store.room():
+            messages.append(self._notice_message(alarm))
+        if messages or batch.changes:
+            await store.commit(messages, batch.changes)
+
+    def _notice_message(self, notice: Notice) -> OutboxMessage:
+        """A notice for the outbox: errors go to `alarm`, the rest to `event`."""
+        topic = self._topics.alarm if notice.severity is Severity.ERROR else self._topics.event
+        return OutboxMessage(notice.event_id, topic, encode(notice_payload(notice, self._topics)))
+
+    def _outbox_alarm(self, *, extra: int) -> Notice | None:
+        """An alarm the first time the outbox passes its alarm level; re-armed below 90% of it."""
+        store = self._store
+        level = int(store.max_rows * self._alarm_ratio)
+        depth = store.depth + extra
+        if depth < level * 0.9:
+            self._alarm_raised = False
+            return None
+        if depth < level or self._alarm_raised:
+            return None
+        self._alarm_raised = True
+        log.error("outbox nearly full", depth=depth, limit=store.max_rows)
+        return Notice(
+            code="outbox_high",
+            message=(
+                f"outbox holds {depth} of {store.max_rows} messages: the broker is not taking "
+                "them; at the limit new scans are held back"
+            ),
+            at=self._clock(),
+            severity=Severity.ERROR,
+            details={"depth": depth, "limit": store.max_rows},
+        )
+
+
+def _ledger_row(entry: LedgerEntry, tx_id: str) -> LedgerRow:
+    return LedgerRow(entry.kind, entry.key, entry.reference, entry.line, entry.result, tx_id)

@@ -1,0 +1,150 @@
+"""Builds the rules for one site config from what the gateway stored at its last stop.
+
+Each configured device gives the rules their part: a reader its door's portal logic, a scanner
+at a dock door its receiving or shipping station, a scale its weight capture. The receiving
+ledger, closed receipts, pallet locations, lots, AGV tasks and the WMS's reference data come
+back from SQLite, so a restart carries on where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import structlog
+
+from gateway.config import (
+    BarcodeScannerDevice,
+    GatewayConfig,
+    LlrpReaderDevice,
+    ModbusScaleDevice,
+    SicsScaleDevice,
+)
+from gateway.domain import DockKind, DockResult, DoorRole, LedgerEntry, PalletLot
+from gateway.drivers.base import Clock
+from gateway.rules.agv import TaskBoard
+from gateway.rules.engine import DockStation, RulesEngine
+from gateway.rules.moves import ForkliftMoves, MoveSettings
+from gateway.rules.portal import PortalSettings, PortalTracker
+from gateway.rules.receiving import DockRules, WeightCheckSettings
+from gateway.rules.stock import StockProjection
+from gateway.rules.tasks import TaskPolicy
+from gateway.rules.vda5050 import RobotObserver
+from gateway.rules.weighing import WeighingSettings, WeightCapture
+from gateway.storage import Store
+from gateway.wire.agv import task_from_json
+from gateway.wire.epcis import EpcisSettings
+from gateway.wire.refdata import decode as decode_reference
+
+log = structlog.get_logger("gateway.wiring")
+
+
+def portal_settings(device: LlrpReaderDevice) -> PortalSettings:
+    """The portal logic's parameters for one reader's door."""
+    return PortalSettings(
+        door=device.door,
+        reader_id=device.id,
+        outside=frozenset(device.antennas.outside),
+        inside=frozenset(device.antennas.inside),
+        **device.portal.model_dump(),  # the tuning's fields are the settings' own names
+    )
+
+
+def epcis_settings(config: GatewayConfig) -> EpcisSettings | None:
+    """The EPCIS settings, checked; None when EPCIS output is off."""
+    if not config.epcis.enabled:
+        return None
+    return EpcisSettings(
+        read_point_base=config.epcis.read_point_base,
+        biz_location_base=config.epcis.biz_location_base,
+        company_prefix_length=config.epcis.company_prefix_length,
+    )
+
+
+async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> RulesEngine:
+    """The rules engine for `config`, with the state stored at the last stop."""
+    dock_config = config.rules.dock
+    pruned = await store.prune_dock_history(
+        closed_before=clock().timestamp() - dock_config.ledger_retention_days * 86400
+    )
+    if pruned:
+        log.info("pruned old receipts and shipments from the ledger", items=pruned)
+    pallets = await store.pallet_locations()
+    devices = config.devices
+    scanners = [d for d in devices if isinstance(d, BarcodeScannerDevice)]
+    readers = [d for d in devices if isinstance(d, LlrpReaderDevice)]
+    engine = RulesEngine(
+        ForkliftMoves(
+            MoveSettings(
+                timeout=dt.timedelta(seconds=config.rules.move.timeout_s),
+                repeat_window=dt.timedelta(seconds=config.rules.move.repeat_window_s),
+            ),
+            pallet_locations=pallets,
+            stations={d.id: d.location for d in scanners if d.role == "station" and d.location},
+        ),
+        portals={d.id: PortalTracker(portal_settings(d)) for d in readers},
+        scales={
+            d.id: (d.door, WeightCapture(WeighingSettings(**d.weighing.model_dump())))
+            for d in devices
+            if isinstance(d, SicsScaleDevice | ModbusScaleDevice)
+        },
+        dock=DockRules(
+            weighing=WeightCheckSettings(
+                window_s=dock_config.weigh_window_s,
+                pallet_tare_kg=dock_config.pallet_tare_kg,
+                abs_tolerance_kg=dock_config.weight_abs_tolerance_kg,
+                rel_tolerance=dock_config.weight_rel_tolerance,
+            ),
+            idle_close=dt.timedelta(seconds=dock_config.idle_close_s),
+            ledger=[
+                LedgerEntry(DockKind(r.kind), r.key, r.reference, r.line, DockResult(r.result))
+                for r in await store.dock_ledger()
+            ],
+            closed=await store.closed_references(),
+            resumed_at=clock(),
+        ),
+        door_roles={d.door: DoorRole(d.role) for d in readers},
+        dock_stations={
+            d.id: DockStation(d.location, DoorRole(d.role))
+            for d in scanners
+            if d.role in ("receiving", "shipping") and d.location
+        },
+        agv=await _task_board(config, store, pallets, clock),
+    )
+    # What the WMS sent before the restart (the broker's retained copies follow).
+    for row in await store.reference_data():
+        topic = f"wms/{config.gateway.site}/{row.kind}/{row.key}"
+        engine.on_event(
+            decode_reference(topic, (row.body or "").encode(), config.gateway.site, clock())
+        )
+    return engine
+
+
+async def _task_board(
+    config: GatewayConfig, store: Store, pallets: dict[str, str], clock: Clock
+) -> TaskBoard | None:
+    """The AGV task board, with the tasks stored at the last stop (None: AGV tasks off)."""
+    agv = config.agv
+    if not agv.enabled:
+        return None
+    pruned = await store.prune_agv_tasks(older_than_s=agv.finished_retention_days * 86400)
+    if pruned:
+        log.info("pruned old finished AGV tasks", tasks=pruned)
+    tasks = [task_from_json(json.loads(body)) for body in await store.agv_tasks()]
+    now = clock()
+    window = dt.timedelta(days=agv.velocity_window_days)
+    moves = await store.recent_moves(since=(now - window).timestamp())
+    return TaskBoard(
+        policy=TaskPolicy(lease=dt.timedelta(seconds=agv.lease_s), max_attempts=agv.max_attempts),
+        layout=agv.layout,
+        stock=StockProjection(pallets),
+        observer=RobotObserver(agv.vda5050.nodes if agv.vda5050 else None),
+        tasks=tasks,
+        velocity_window=window,
+        resumed_at=now,
+        lots={
+            sscc: PalletLot(gtin, lot, None if expiry is None else dt.date.fromisoformat(expiry))
+            for sscc, gtin, lot, expiry in await store.pallet_lots()
+        },
+        moves=[(gtin, dt.datetime.fromtimestamp(at, dt.UTC)) for gtin, at in moves],
+    )
