@@ -149,8 +149,9 @@ class Recorder:
     async def record(self, decisions: Sequence[Decision]) -> None:
         """Act on one batch: alarms at once, then one commit (retried), then the answers."""
         self._observe(decisions)
-        batch = self.rows([*decisions, *self._late])
-        self._late.clear()
+        # Notices made while rows are built (epcis_failed) go with the next batch.
+        late, self._late = self._late, []
+        batch = self.rows([*decisions, *late])
         backoff = Backoff(0.2, 5.0)
         while True:
             try:

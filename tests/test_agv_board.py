@@ -351,6 +351,18 @@ def test_random_traffic_never_gives_one_task_to_two_robots(ops: list[Any]) -> No
         assert all(t.state.terminal for t in b.finished.values())
 
 
+def test_a_wms_zone_longer_than_the_configs_limit_still_merges() -> None:
+    # The WMS's schema allows zones up to 200 characters; the config's layout only 64. A merge
+    # must take the WMS's word, not fail on every later use of the layout.
+    b = board()
+    zone = "Z" * 200
+    b.set_locations([Location("C-01", zone=zone)])
+    layout = b.layout
+    assert layout is not None
+    assert next(loc.zone for loc in layout.locations if loc.location == "C-01") == zone
+    assert [d for d in b.on_dock(receipt(sscc("0614141", 1))) if isinstance(d, TaskChanged)]
+
+
 def test_the_wms_location_master_blocks_a_location() -> None:
     b = board()
     b.set_locations([Location("C-01", capacity_pallets=0)])
@@ -548,6 +560,23 @@ def test_velocity_classes_count_the_moves_stored_before_a_restart() -> None:
     # A fast mover goes to the nearest A location, not to the C rows a new product gets.
     assert [d.task.destination for d in out if isinstance(d, TaskChanged)] == ["A-01"]
     assert b.lot_of(pallet) == PalletLot(GTIN, None, None)
+
+
+def test_a_bad_request_names_no_reply_topic() -> None:
+    # Only an MQTT 5 response topic gets a bad_request answer; a reply_to in a payload that
+    # failed its checks is not trusted.
+    body = {"fleet": "f", "robot": "r", "task_id": "T1", "status": "dropped", "reply_to": "x/y"}
+    message = Received("gw/DC1/gw1/agv/progress", json.dumps(body).encode(), False, T0)
+    asked: list[str] = []
+
+    def reply_to(topic: str, _correlation: str | None) -> ReplyHandle | None:
+        asked.append(topic)
+        return ReplyHandle(topic)
+
+    rejected = ROUTES.decode(message, reply_to)
+    assert isinstance(rejected, Rejected)
+    assert rejected.reply is None
+    assert asked == []
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from biip.checksums import gs1_standard_check_digit
+
 from gateway.domain.epc import (
     Epc,
+    _check_digit,
     decode_epc,
     encode_giai96,
     encode_grai96,
@@ -84,6 +87,13 @@ def test_partition_tables_add_up() -> None:
                 assert len(str(2**ref_bits - 1)) == ref_digits
             else:
                 assert 2**ref_bits >= 10**ref_digits
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet="0123456789", min_size=1, max_size=17))
+def test_the_domains_check_digit_is_biips(digits: str) -> None:
+    # The domain computes GS1 check digits with the standard library only; biip is the reference.
+    assert _check_digit(digits) == str(gs1_standard_check_digit(digits))
 
 
 def test_check_digit_helper_matches_gs1_examples() -> None:

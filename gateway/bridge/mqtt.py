@@ -168,6 +168,7 @@ class MqttBridge:
         self.published = 0
         self.refused = 0
         self.responses_refused = 0  # answers not sent: on the gateway's or the site's WMS topics
+        self.decode_errors = 0  # messages a decoder raised on (bugs), skipped
         self.statuses_pending = True
         # Debug output: newest first to go when more comes than the rate allows.
         self._debug: deque[tuple[str, bytes]] = deque(maxlen=DEBUG_BACKLOG)
@@ -357,14 +358,23 @@ class MqttBridge:
                 continue
             response = getattr(message.properties, "ResponseTopic", None)
             correlation = getattr(message.properties, "CorrelationData", None)
+            reply = self._reply_handle(response, correlation)
             received = Received(
                 topic=str(message.topic),
                 payload=bytes(message.payload or b""),
                 retain=message.retain,
                 at=self._clock(),
-                reply=self._reply_handle(response, correlation),
+                reply=reply,
             )
-            event = self._routes.decode(received, self._echo_handle)
+            # A request whose MQTT 5 response topic was refused is not answered at all, not
+            # even on a `reply_to` in its payload.
+            refused = response is not None and reply is None
+            try:
+                event = self._routes.decode(received, _no_reply if refused else self._echo_handle)
+            except Exception:  # a decoder bug must not take the gateway off the broker
+                self.decode_errors += 1
+                log.exception("cannot decode a message; skipped", topic=received.topic[:200])
+                continue
             if event is not None:
                 await self._inbox(event)
 
@@ -503,6 +513,10 @@ class MqttBridge:
             batch = acked[:]
             del acked[: len(batch)]
             await self._store.acknowledge(batch)
+
+
+def _no_reply(_topic: str, _correlation: str | None) -> ReplyHandle | None:
+    return None
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:

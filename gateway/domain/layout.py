@@ -68,8 +68,11 @@ class StorageLocation:
     kind: str = "rack"  # rack, floor, staging or dock_door, as in the WMS's location records
 
     def __post_init__(self) -> None:
+        # The zone is not length-checked: the WMS's location master may override it with any
+        # zone its schema allows (up to 200 characters), and a merge must not fail on that.
         _name("location", self.location)
-        _name("zone", self.zone)
+        if not self.zone:
+            raise ValueError("zone must not be empty")
         if self.capacity_pallets < 0:
             raise ValueError(f"capacity_pallets must be 0 or more, got {self.capacity_pallets}")
         _metres("x", self.x)

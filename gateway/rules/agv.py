@@ -202,6 +202,10 @@ class TaskBoard:
             if not task.state.terminal and task.sscc not in self.stock:
                 self.stock.apply_move(task.sscc, task.source)
 
+    def now(self, at: dt.datetime) -> dt.datetime:
+        """The board's time for an event at `at` (see `_now`); moves the board's time on."""
+        return self._now(at)
+
     def _now(self, at: dt.datetime) -> dt.datetime:
         """`at`, or the board's time if that is later by up to a lease (then `at` is late)."""
         if self._latest is None or at > self._latest or self._latest - at > self.policy.lease:

@@ -178,12 +178,15 @@ class RulesEngine:
 
     def _rejected(self, event: Rejected) -> list[Decision]:
         code, subject = _REJECTED[event.kind]
-        where = f"agv/{event.subject}" if event.kind is InputKind.AGV_REQUEST else event.subject
+        where = f"agv/{event.subject}" if event.kind == InputKind.AGV_REQUEST else event.subject
+        at = event.at
+        if self.agv is not None and event.kind in (InputKind.AGV_REQUEST, InputKind.ROBOT):
+            at = self.agv.now(at)  # AGV input runs on the task board's time
         out: list[Decision] = [
             Notice(
                 code=code,
                 message=f"{where}: {event.reason}",
-                at=event.at,
+                at=at,
                 severity=Severity.WARNING,
                 details={subject: event.subject, "reason": event.reason},
             )

@@ -99,6 +99,8 @@ def parse_request(op: str, payload: bytes, at: dt.datetime) -> ParsedRequest:
             )
     else:
         request = CancelRequest(task_id=doc["task_id"], reason=doc.get("reason"), at=at)
+    if isinstance(request, BadRequest):
+        return ParsedRequest(request)  # a bad request is answered only on a response topic
     return ParsedRequest(request, doc.get("reply_to"), doc.get("correlation"))
 
 

@@ -1,0 +1,75 @@
+"""The recorder: one batch of decisions becomes one commit, then the answers go out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from gateway.domain import (
+    AnswerResult,
+    CloseAnswer,
+    MoveTransaction,
+    Reply,
+    ReplyHandle,
+    TaskAnswer,
+)
+from gateway.drivers.base import AlarmOutputs
+from gateway.recorder import Recorder
+from gateway.storage import Store
+from gateway.wire.epcis import EpcisSettings
+from gateway.wire.topics import Topics
+
+T0 = dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC)
+TOPICS = Topics("DC1", "gw1")
+SITE = EpcisSettings(
+    read_point_base="urn:epc:id:sgln:0614141.00001",
+    biz_location_base="urn:epc:id:sgln:0614141.00001",
+)
+
+
+def move(to: str) -> MoveTransaction:
+    return MoveTransaction("306141411234567892", "D03", to, "fl-07", T0, T0)
+
+
+class Answers:
+    """Stands in for the bridge: records what it was asked to send, and the outbox then."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.sent: list[tuple[ReplyHandle, TaskAnswer | CloseAnswer, int]] = []
+
+    def reply(self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer) -> None:
+        self.sent.append((to, answer, self.store.depth))
+
+    def publish_debug(self, topic: str, payload: bytes) -> None:
+        raise AssertionError("no debug output was asked for")
+
+
+async def test_a_transaction_with_no_epcis_event_says_why_in_the_next_commit(
+    tmp_path: Path,
+) -> None:
+    async with await Store.open(tmp_path / "gw.db") as store:
+        recorder = Recorder(
+            topics=TOPICS, store=store, clock=lambda: T0, alarms=AlarmOutputs(), epcis_settings=SITE
+        )
+        # A location name too long for an SGLN extension: the move stands, EPCIS cannot say it.
+        await recorder.record([move("A" * 40)])
+        await recorder.record([])
+        rows = await store.pending()
+    topics = [row.topic for row in rows]
+    assert topics == ["gw/DC1/gw1/tx/move", "gw/DC1/gw1/event"]
+    event = json.loads(rows[1].payload)
+    assert event["code"] == "epcis_failed"
+    assert event["details"]["tx_id"] == move("A" * 40).tx_id
+
+
+async def test_answers_go_out_only_after_their_batch_is_committed(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "gw.db") as store:
+        recorder = Recorder(topics=TOPICS, store=store, clock=lambda: T0, alarms=AlarmOutputs())
+        answers = Answers(store)
+        recorder.publisher = answers
+        handle = ReplyHandle("opaque")
+        answer = TaskAnswer(True, AnswerResult.NONE, "", "no task queued")
+        await recorder.record([move("B-01"), Reply(handle, answer)])
+    assert answers.sent == [(handle, answer, 1)]  # the move was in the outbox already
