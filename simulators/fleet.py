@@ -24,7 +24,10 @@ mode the controller owns a `SimulatedRobot` per robot (serialNumber = robot id, 
 location ids): it reports accepted and then has the robot run the order; the robot's own state
 messages (pick and drop FINISHED, load id = the task's SSCC) tell the gateway about the pick and
 the drop, which the controller never reports. A failed drop is also reported as failed by the
-controller, unless `Vda5050.report_drop_failures` is off.
+controller, unless `Vda5050.report_drop_failures` is off. The robot asks for its next task as
+soon as its order ended; should the gateway answer with the task it has just finished (the
+robot's last state, on the robot's own connection, has not reached the gateway yet), it asks
+again after `poll_s` instead of running the task twice.
 
 Faults are drawn per task attempt, before it starts, by `plan_attempt` from a generator seeded
 with (seed, robot, attempt number): a robot's n-th attempt always does the same thing for a given
@@ -687,6 +690,8 @@ class FleetController:
         )
 
     async def _robot_loop(self, robot: str) -> None:
+        # VDA 5050 mode: the task whose end only the robot's own state told the gateway.
+        ended_unreported: str | None = None
         while not self._stopping.is_set():
             asked = await self._request(
                 "next",
@@ -700,10 +705,26 @@ class FleetController:
                 task_id=None,
             )
             task = asked.task if asked.ok else None
+            if task is not None and task.task_id == ended_unreported and asked.result == "already":
+                # The gateway says the robot still holds the task it has just finished: the
+                # robot's last state (on the robot's own connection) has not reached the
+                # gateway before this request (on the controller's). Not a task to run again:
+                # ask again shortly. (Once the lease ran out and the task was leased anew, the
+                # answer is "changed".)
+                task = None
             if task is None:
                 await asyncio.sleep(self._poll_s)
                 continue
             outcome = await self._attempt(robot, task, asked)
+            ended_unreported = (
+                task.task_id
+                if self.vda5050 is not None
+                and (
+                    outcome.did is Did.DROPPED
+                    or (outcome.did is Did.DROP_FAILED and not self.vda5050.report_drop_failures)
+                )
+                else None
+            )
             if outcome.location is not None:
                 self._positions[robot] = outcome.location
             if outcome.did in (Did.SILENT_BEFORE_PICK, Did.SILENT_AFTER_PICK):

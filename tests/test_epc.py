@@ -10,10 +10,9 @@ import dataclasses
 from collections.abc import Callable
 
 import pytest
+from biip.checksums import gs1_standard_check_digit
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from biip.checksums import gs1_standard_check_digit
 
 from gateway.domain.epc import (
     Epc,

@@ -568,7 +568,12 @@ JSON_VALUES = json_values(
 @given(name=TOPICS, value=JSON_VALUES)
 def test_arbitrary_json_values_are_rejected(name: str, value: Any) -> None:
     result = parse_message(name, json.dumps(value).encode(), SITE)
-    assert isinstance(result, Rejected), result
+    if not isinstance(result, Rejected):
+        # Now and then the values make a valid document (a product needs nothing but its
+        # GTIN, the topic's key: {"gtin": "09506000134352"}): its schema must say so too.
+        kind = name.split("/")[2]
+        assert validator(kind).is_valid(value), (value, result)
+        return
     assert result.reason and "\n" not in result.reason
 
 

@@ -236,11 +236,15 @@ async def test_the_unplug_step_pulls_the_cable_and_plugs_it_back(
 
 
 async def test_unplugging_in_the_middle_of_a_label_stops_it(scanner: ScannerSimulator) -> None:
-    async with open_port(scanner.path):
-        asyncio.get_running_loop().call_later(0.05, scanner.unplug)
+    async with open_port(scanner.path) as (reader, _):
+        typing = asyncio.create_task(scanner.type("X" * 999))  # 1 s on the wire at 9600 baud
+        # Unplugged once the label is on its way (not after a fixed time: on a busy machine the
+        # typing may not have started by then).
+        await asyncio.wait_for(reader.read(1), 5)
+        scanner.unplug()
         with pytest.raises(ScannerUnplugged) as caught:
-            await scanner.type("X" * 199)  # 0.2 s on the wire at 9600 baud
-    assert 0 < caught.value.sent < caught.value.total == 200
+            await typing
+    assert 0 < caught.value.sent < caught.value.total == 1000
 
 
 async def test_unplugging_while_the_line_is_full_releases_the_writer(tmp_path: Path) -> None:
