@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,9 +18,42 @@ from typing import Any
 
 import aiomqtt
 
+# Private: hypothesis seeds the `random` module in its tests; parallel workers must not pick
+# the same ports.
+_ports = random.Random()
+
+
+def _ephemeral_ports() -> range:
+    """The ports the kernel gives client sockets (and `bind` to port 0)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free TCP port on 127.0.0.1, outside the kernel's ephemeral range.
+
+    A test broker's port is often known before the broker listens on it (a gateway started
+    while the broker is down), or is free for a while (a broker killed and started again), and
+    clients keep trying to connect meanwhile. A port of the ephemeral range can then be given
+    to one of those client sockets as its own port: it connects to itself (TCP self-connect)
+    and holds the port, and the broker cannot bind it. A port from the ephemeral range could
+    also go to any other client of a parallel test before the broker binds it. Outside the
+    range neither happens.
+    """
+    ephemeral = _ephemeral_ports()
+    outside = range(10_000, ephemeral.start) if ephemeral.start > 11_000 else range(0)
+    for _ in range(100 if outside else 0):
+        port = _ports.choice(outside)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -39,15 +73,24 @@ class Mosquitto:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.binary = binary
         self.port = port or free_port()
+        # A port picked here may be taken by another process before the broker binds it (a
+        # client's ephemeral port, in a parallel run): then another is picked, at first start.
+        self._may_move = port is None
+        self._extra = extra
         self.dir = workdir / f"mosquitto-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "mosquitto.conf"
+        self.log = self.dir / "mosquitto.log"
+        self._write_config()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self) -> None:
         # Mosquitto drops to the `mosquitto` user when started as root unless told otherwise;
         # staying root keeps pytest's private temp folders usable.
         user = "user root\n" if os.geteuid() == 0 else ""
-        self.config = self.dir / "mosquitto.conf"
         self.config.write_text(
             f"{user}listener {self.port} 127.0.0.1\n"
-            + (extra or "allow_anonymous true\n")
+            + (self._extra or "allow_anonymous true\n")
             + "persistence true\n"
             f"persistence_location {self.dir}/\n"
             "autosave_interval 1\n"
@@ -57,11 +100,24 @@ class Mosquitto:
             "max_inflight_messages 0\n"
             "max_inflight_bytes 0\n"
             "max_queued_bytes 0\n"
-            f"log_dest file {self.dir}/mosquitto.log\n"
+            f"log_dest file {self.log}\n"
         )
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start the broker (again, on the same port) and wait until it listens."""
+        for _ in range(5):
+            if self._start():
+                self._may_move = False  # clients know the port from now on
+                return
+            if not self._may_move:
+                raise RuntimeError(f"mosquitto: port {self.port} is taken by another process")
+            self.port = free_port()
+            self._write_config()
+        raise RuntimeError("mosquitto: no free port found")
+
+    def _start(self) -> bool:
+        """Start; True once it listens, False if its port is taken."""
+        seen = self.log.stat().st_size if self.log.exists() else 0
         self.process = subprocess.Popen(
             [self.binary, "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
@@ -69,15 +125,17 @@ class Mosquitto:
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            # Its own log says when it listens: a connection to the port could reach another
+            # process that holds it.
+            log = self.log.read_bytes()[seen:].decode(errors="replace") if self.log.exists() else ""
             if self.process.poll() is not None:
-                log = (self.dir / "mosquitto.log").read_text(errors="replace")
+                self.process = None
+                if "Address already in use" in log:
+                    return False
                 raise RuntimeError(f"mosquitto exited at start: {log[-2000:]}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return
-            time.sleep(0.05)
+            if " running" in log:
+                return True
+            time.sleep(0.02)
         raise RuntimeError("mosquitto did not start listening")
 
     def reload(self) -> None:

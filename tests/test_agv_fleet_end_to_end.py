@@ -90,6 +90,7 @@ def fleets(port: int) -> list[FleetController]:
     ]
 
 
+@pytest.mark.slow(11)
 async def test_a_hundred_tasks_three_fleets_ten_robots(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:

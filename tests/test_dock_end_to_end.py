@@ -48,6 +48,7 @@ def reader_config(tmp_path: Path, broker: int, reader: int, **extra: Any) -> Any
     return build(raw, tmp_path)
 
 
+@pytest.mark.slow(3)
 async def test_restart_in_the_middle_of_a_receipt(tmp_path: Path, mosquitto: Mosquitto) -> None:
     p1 = [encode_sscc96(CP, "2000000001"), *cases("012345", 100, 5)]
     p2 = [encode_sscc96(CP, "2000000002"), *cases("012345", 200, 4)]

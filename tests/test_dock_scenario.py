@@ -110,6 +110,7 @@ class Day:
         ]
 
 
+@pytest.mark.slow(5)
 async def test_a_day_at_two_doors_matches_its_ground_truth(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:

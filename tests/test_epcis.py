@@ -804,6 +804,7 @@ def transactions(draw: st.DrawFn) -> Case:
     return Case(site, dock, event_time, epcs, quantities, reference)
 
 
+@pytest.mark.slow(3)
 @settings(max_examples=300, deadline=None)
 @given(case=transactions())
 def test_any_valid_payload_gives_a_schema_valid_event(case: Case) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from gateway.rules.portal import PortalTracker
 from gateway.supervisor import Backoff, supervise
 from gateway.wiring import portal_settings
 from simulators.llrp import LlrpReaderSimulator, Scenario, StrayTag, day_scenario
+from tests.time_helpers import SPEED, AcceleratedClock
 
 
 def now() -> dt.datetime:
@@ -43,11 +44,14 @@ def device(port: int, **extra: Any) -> LlrpReaderDevice:
 
 @contextlib.asynccontextmanager
 async def supervised(
-    config: LlrpReaderDevice, *, reader_clock: ReaderClock | None = None
+    config: LlrpReaderDevice,
+    *,
+    reader_clock: ReaderClock | None = None,
+    clock: Callable[[], dt.datetime] = now,
 ) -> AsyncIterator[tuple[asyncio.Queue[Event], DeviceHealth, asyncio.Task[None]]]:
     queue = Inbox(maxsize=10_000)
-    health = StatusBoard(now).add(config.id, "llrp_reader")
-    driver = LlrpReader(config, sink=queue, health=health, clock=now, reader_clock=reader_clock)
+    health = StatusBoard(clock).add(config.id, "llrp_reader")
+    driver = LlrpReader(config, sink=queue, health=health, clock=clock, reader_clock=reader_clock)
     task = asyncio.create_task(supervise(driver.run, health, Backoff(0.05, 0.2)))
     try:
         yield queue, health, task
@@ -80,6 +84,7 @@ STRAYS = Scenario(
 )
 
 
+@pytest.mark.slow(36)
 async def test_a_day_of_fifty_pallets_matches_the_ground_truth_item_by_item() -> None:
     # Ten times faster than real time: fast enough for the suite, slow enough that a busy
     # machine does not squeeze a scenario second into a few milliseconds. The read rate is per
@@ -118,6 +123,34 @@ async def test_a_day_of_fifty_pallets_matches_the_ground_truth_item_by_item() ->
     assert {d for d, _ in truth} == {"inbound", "outbound"}
     got = sorted((p.direction.value, p.epcs) for p in passes)
     assert got == truth  # every pass, its direction and its exact EPC set; no stray makes one
+
+
+@pytest.mark.slow(4)
+async def test_reads_land_on_an_accelerated_gateway_clock_that_runs_as_fast_as_the_readers() -> (
+    None
+):
+    # A reader playing SPEED times fast, and the gateway's clock running as fast (a scenario
+    # test): the reader's clock is mapped onto the gateway's, with arrivals on the gateway's
+    # clock, so each read lands just before its batch arrived, seconds (gateway time) into
+    # the run as at its start. Arrivals on the wall clock would leave the reads further
+    # behind each second, SPEED - 1 seconds per second.
+    clock = AcceleratedClock(SPEED)
+    scenario = Scenario(strays=STRAYS.strays, time_scale=SPEED, seed=1)
+    async with (
+        LlrpReaderSimulator(scenario, reads_per_s=500) as sim,
+        supervised(device(sim.port), clock=clock) as (queue, health, _),
+    ):
+        await until(lambda: health.state is DeviceState.CONNECTED, what="connect")
+        started = clock()
+        await until(lambda: clock() - started > dt.timedelta(seconds=16), what="16 s to pass")
+        drain(queue)
+        await until(lambda: not queue.empty(), what="reads")
+        batches = drain(queue)
+    behind = sorted(b.at.timestamp() - read[3] for b in batches for read in b.reads)
+    assert behind[0] >= 0.0  # a read is never placed after its batch arrived
+    max_latency_s = ReaderClock().max_latency_s
+    assert behind[-1] <= max_latency_s + 1.0
+    assert behind[len(behind) // 2] < 2.0
 
 
 async def test_reader_dropped_and_restarted_twenty_times() -> None:

@@ -439,6 +439,27 @@ async def test_a_scripted_pallet_arrives_whole_with_strays_and_empty_reports() -
         assert reader.utc_us(0.5) <= first_us < last_us <= reader.utc_us(3.5)
 
 
+async def test_a_held_scenario_starts_at_release_and_not_before() -> None:
+    stray = encode_sgtin96(PREFIX, "812345", 3)
+    scenario = Scenario(strays=[StrayTag(stray, (1,), -50.0)], time_scale=4.0)
+    async with LlrpReaderSimulator(scenario, held=True) as reader:
+        async with sllurp_client(reader.port, keepalive_interval=100) as client:
+            assert await client.wait(client.inventorying)
+            while reader.stats.keepalives_sent < 2:  # the session is up, the clock is not
+                await asyncio.sleep(0.02)
+            assert not reader.started and reader.scenario_time == 0.0
+            assert reader.stats.reads_sent == 0 and not client.tags
+            released = time.monotonic()
+            reader.release()
+            assert reader.started
+            while not client.tags:
+                await asyncio.sleep(0.02)
+            # The clock runs from the release, time_scale times fast.
+            assert reader.scenario_time <= (time.monotonic() - released) * 4.0
+        first_us = min(t["FirstSeenTimestampUTC"] for t in client.tags)
+        assert reader.utc_us(0.0) <= first_us
+
+
 async def test_drop_connections_fires_sllurps_disconnect_and_a_new_session_works() -> None:
     scenario = Scenario(strays=[StrayTag(b"\x30" * 12, (1,), -55.0)])
     async with LlrpReaderSimulator(scenario) as reader:

@@ -109,6 +109,7 @@ async def wait_until(predicate: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow(8)
 async def test_sigkill_then_restart_delivers_everything_committed(
     tmp_path: Path, gateway_process: Any
 ) -> None:

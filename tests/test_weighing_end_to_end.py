@@ -13,6 +13,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from gateway.app import Gateway
 from gateway.config import StatusRegister, WeightRegister
 from gateway.domain.epc import encode_sscc96
 from gateway.health import DeviceState
@@ -20,7 +21,6 @@ from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario
 from simulators.modbus_scale import ModbusScaleSimulator
 from simulators.sics_scale import SicsScaleSimulator
 from tests.dock_helpers import CP, cases, gtin, sscc
-from gateway.app import Gateway
 from tests.gateway_helpers import (
     assert_valid,
     build,
@@ -82,6 +82,7 @@ async def weigh(
     scale.load.remove()
 
 
+@pytest.mark.slow(5)
 async def test_weighed_pallets_and_a_short_one(
     tmp_path: Path, mosquitto: Mosquitto, scale: SicsScaleSimulator | ModbusScaleSimulator
 ) -> None:

@@ -661,7 +661,8 @@ class LlrpReaderSimulator:
             if inventory is None or self._origin is None:
                 last, carry = now, 0.0
                 continue
-            start = max(last, now - _MAX_TICK_S)
+            # Nothing is read before scenario time 0 (the clock may start mid-interval).
+            start = max(last, now - _MAX_TICK_S, self._origin[0])
             budget = self._reads_per_s * (now - start) + carry
             max_reads = int(budget)
             carry = budget - max_reads
