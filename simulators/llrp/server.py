@@ -15,19 +15,18 @@ section 18: port 5084 on a real reader, a free port here). What a client such as
 `ReaderSession` is that state machine, sans-IO: every transition is in its handler table.
 `LlrpReaderSimulator` owns the sockets and the timers around it.
 
-Run ``python -m simulators.llrp.server --port 5084 --time-scale 1`` to play a day at a door.
+Run ``python -m simulators.llrp --help`` for the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Final, Literal, NoReturn, Self, TypeAlias
@@ -60,9 +59,9 @@ from simulators.llrp.codec import (
     status_response,
     tlv,
 )
-from simulators.llrp.scenario import Crossing, PortalRadio, Scenario, TagRead, day_scenario
+from simulators.llrp.scenario import Crossing, PortalRadio, Scenario, TagRead
 
-__all__ = ["LlrpReaderSimulator", "MalformedKind", "ReaderSession", "SimulatorStats", "main"]
+__all__ = ["LlrpReaderSimulator", "MalformedKind", "ReaderSession", "SimulatorStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -723,41 +722,3 @@ async def _close_writer(writer: asyncio.StreamWriter) -> None:
 
 def _utc_now_us() -> int:
     return time.time_ns() // 1000
-
-
-async def _play_day(
-    port: int, pallets: int, seed: int, time_scale: float, reads_per_s: float
-) -> None:
-    scenario = day_scenario(pallets, seed=seed, time_scale=time_scale)
-    async with LlrpReaderSimulator(scenario, port=port, reads_per_s=reads_per_s) as reader:
-        logger.warning(
-            "LLRP reader on 127.0.0.1:%d: %d pallets, ends at %.0f s scenario time",
-            reader.port,
-            pallets,
-            scenario.end_s,
-        )
-        await asyncio.Event().wait()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: a reader at a dock door playing a day of pallets, until Ctrl-C."""
-    parser = argparse.ArgumentParser(
-        prog="python -m simulators.llrp.server",
-        description="An LLRP RFID reader at a dock door, playing a day of pallets.",
-    )
-    parser.add_argument("--port", type=int, default=5084, help="TCP port (default 5084)")
-    parser.add_argument("--pallets", type=int, default=50, help="pallets in the day (default 50)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the day (default 0)")
-    parser.add_argument("--time-scale", type=float, default=1.0, help="speed-up (default 1)")
-    parser.add_argument("--reads-per-s", type=float, default=1000.0, help="read rate cap")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            _play_day(args.port, args.pallets, args.seed, args.time_scale, args.reads_per_s)
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
