@@ -69,6 +69,10 @@ class BrokerConfig(_Model):
     password_file: Path | None = None
     tls: TlsConfig | None = None
     max_inflight: int = Field(default=100, ge=1, le=1000)
+    # MQTT 5: the largest packet the gateway accepts (told to the broker in CONNECT), so a
+    # huge message is refused by the broker instead of buffered here. Reference data and robot
+    # states are at most 1 MiB of payload.
+    max_packet_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
 
@@ -636,7 +640,12 @@ def _check_environment(config: GatewayConfig, path: Path) -> list[str]:
             "broker.tls.key_file": broker.tls.key_file,
         }
     for key, file in files.items():
-        if file is not None and not file.is_file():
+        if file is None or file.is_file():
+            continue
+        if key == "broker.password_file":
+            # Not echoed: a password typed here by mistake must not end up in a log.
+            problems.append(f"{path}: {key}: the file does not exist (its name is not shown)")
+        else:
             problems.append(f"{path}: {key}: file {str(file)!r} does not exist")
     return problems
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -246,6 +247,9 @@ class Store:
         """Open (or create) the file, in WAL mode with full fsync on commit."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # A new file is readable by the gateway's user only (SQLite gives its WAL and
+            # shared-memory files the database file's permissions).
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             db = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as err:
             raise StorageError(f"cannot open {path}: {err}") from err

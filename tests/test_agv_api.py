@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.config import GatewayConfig
 from gateway.domain import Decision, WmsTask
@@ -343,3 +346,39 @@ async def test_no_answer_goes_to_the_gateways_own_topics(
         await asyncio.sleep(0.3)
         assert gateway.bridge.responses_refused == 1
     assert collector.on("/tx/move") == []
+
+
+async def test_a_hostile_reply_topic_neither_disconnects_the_gateway_nor_gets_an_answer(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    config = agv_site(tmp_path, mosquitto.port)
+    hostile_topics = ["x\u0001", "wms/DC2/asn/EVIL", f"{BASE} "]  # MQTT 3.1.1 reply_to
+    too_long = "f" * 60_000  # an MQTT 5 response topic
+    async with (
+        running(config) as gateway,
+        requester(mosquitto.port) as fleet,
+        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="spy") as spy,
+    ):
+        await spy.subscribe("#", qos=0)
+        while gateway.bridge is None or not gateway.bridge.subscribed:
+            await asyncio.sleep(0.02)
+        for topic in hostile_topics:
+            body = {"fleet": "f", "robot": "r1", "reply_to": topic, "correlation": "x"}
+            await fleet.client.publish(f"{BASE}/agv/next", json.dumps(body), qos=1)
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.ResponseTopic = too_long
+        body = {"fleet": "f", "robot": "r3"}
+        await fleet.client.publish(
+            f"{BASE}/agv/next", json.dumps(body), qos=1, properties=properties
+        )
+        # The gateway is still connected and still answers a well-formed request.
+        fine = await fleet.ask("next", {"fleet": "f", "robot": "r2"})
+        assert fine["ok"]
+        assert gateway.bridge.connected
+        assert gateway.bridge.responses_refused == len(hostile_topics) + 1
+        seen: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.3):
+                async for message in spy.messages:
+                    seen.append(str(message.topic))
+    assert not [t for t in seen if t in {*hostile_topics, too_long}]

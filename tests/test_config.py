@@ -152,6 +152,15 @@ def test_password_from_file_and_environment(
     assert config.broker.password() == "from-env"
 
 
+def test_a_password_typed_into_password_file_is_not_echoed(tmp_path: Path) -> None:
+    typed = 'host = "h"\npassword_file = "hunter2-Secret"'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, VALID.replace('host = "127.0.0.1"', typed)))
+    text = "\n".join(caught.value.errors)
+    assert "broker.password_file: the file does not exist" in text
+    assert "hunter2" not in text
+
+
 @pytest.mark.parametrize(
     ("change", "key"),
     [

@@ -216,3 +216,11 @@ async def test_recent_moves_survive_reopen_and_old_ones_are_forgotten(tmp_path: 
             ("00614141234561", 200.0),
             ("00614141123452", 300.0),
         ]  # the move before 150 s was deleted
+
+
+async def test_a_new_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    async with await Store.open(path) as store:
+        await store.commit([msg(1)])
+        for name in ("gw.db", "gw.db-wal", "gw.db-shm"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name

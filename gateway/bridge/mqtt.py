@@ -34,7 +34,7 @@ from gateway.wire.agv import answer_payload
 from gateway.wire.codec import encode
 from gateway.wire.inbound import InboundRoutes, Received
 from gateway.wire.outbound import close_answer_payload, gateway_status_payload
-from gateway.wire.topics import Topics
+from gateway.wire.topics import Topics, reply_topic_refusal
 
 log = structlog.get_logger("gateway.bridge")
 
@@ -169,6 +169,7 @@ class MqttBridge:
         self.refused = 0
         self.responses_refused = 0  # answers not sent: on the gateway's or the site's WMS topics
         self.decode_errors = 0  # messages a decoder raised on (bugs), skipped
+        self._refusals_logged: set[str] = set()  # reasons a reply topic was refused, logged once
         self.statuses_pending = True
         # Debug output: newest first to go when more comes than the rate allows.
         self._debug: deque[tuple[str, bytes]] = deque(maxlen=DEBUG_BACKLOG)
@@ -203,16 +204,24 @@ class MqttBridge:
     ) -> ReplyHandle | None:
         """A handle for a reply topic a request named, or None where the gateway may not answer.
 
-        A topic with wildcards is no topic anyone can publish to. A topic among the gateway's
-        own or the site's WMS data topics (`wms/{site}/...`) is refused: a request could
-        otherwise make the gateway publish on its transaction or reference data topics, with
-        its own credentials.
+        Every reply topic passes `reply_topic_refusal` first: a request must not make the
+        gateway publish, with its own credentials, on a transaction, reference data or robot
+        command topic, nor send a packet the broker rejects as malformed (which would cost the
+        connection). A refusal is counted and logged once per reason.
         """
-        if not topic or "+" in topic or "#" in topic:
+        if topic is None:
             return None
-        if topic.startswith((f"{self._topics.base}/", f"{self._topics.wms}/")):
+        reserved = self._routes.reserved_roots if self._routes is not None else frozenset()
+        refusal = reply_topic_refusal(topic, reserved=reserved)
+        if refusal is not None:
             self.responses_refused += 1
-            log.warning("not answering on a gateway or WMS topic", topic=topic)
+            if refusal not in self._refusals_logged:
+                self._refusals_logged.add(refusal)
+                log.warning(
+                    "not answering a request: its reply topic is refused",
+                    reason=refusal,
+                    topic=topic[:80],
+                )
             return None
         return ReplyHandle(_ReplyAddress(topic, correlation, echo))
 
@@ -274,6 +283,8 @@ class MqttBridge:
         if v5:
             connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             connect.SessionExpiryInterval = SESSION_EXPIRY_S
+            # The broker refuses to send anything larger, instead of the gateway buffering it.
+            connect.MaximumPacketSize = config.max_packet_bytes
             session = {"clean_start": False, "properties": connect}
         client = _Client(
             config.host,

@@ -108,6 +108,11 @@ class InboundRoutes:
                 )
             )
         self.routes: tuple[Route, ...] = tuple(routes)
+        # First topic levels no answer may go to besides the gateways' and the WMS's: the
+        # robots' VDA 5050 interface (their order and instantActions topics).
+        self.reserved_roots: frozenset[str] = (
+            frozenset({vda5050_interface.lower()}) if vda5050_interface else frozenset()
+        )
 
     def subscriptions(self) -> list[tuple[str, int]]:
         """Every topic filter to subscribe to, with its QoS."""

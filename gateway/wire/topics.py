@@ -1,8 +1,58 @@
-"""MQTT topic names: the gateway's own tree `gw/{site}/{gateway}/...` and the site's WMS tree."""
+"""MQTT topic names: the gateway's own tree `gw/{site}/{gateway}/...` and the site's WMS tree,
+and the check every reply topic a request names must pass before the gateway publishes there."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+MAX_REPLY_TOPIC_CHARS = 256
+"""A longer reply topic is refused (MQTT allows 65,535 bytes; no deployment needs that)."""
+
+# C0 and C1 control characters and DEL: valid UTF-8, but a broker may drop the client that
+# publishes them (Mosquitto disconnects on U+0000), and no real topic has them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# No answer may go to any gateway's tree (transactions, statuses, commands), nor to the WMS's
+# reference data and tasks of any site (`wms/{site}/{kind}/...`), whatever the case or spacing.
+_GATEWAYS = "gw"
+_WMS = "wms"
+_WMS_DATA = frozenset({"asn", "shipment", "product", "location", "task"})
+
+
+def reply_topic_refusal(topic: str, *, reserved: frozenset[str] = frozenset()) -> str | None:
+    """Why the gateway must not publish an answer on `topic`; None when it may.
+
+    Checked with the MQTT topic rules (non-empty, UTF-8, no wildcards, no U+0000) and stricter
+    ones: no control characters, at most `MAX_REPLY_TOPIC_CHARS`, no white space at either end,
+    nothing under `$`, not in the gateways' tree (`gw/...`), not on the WMS's reference data
+    or tasks of any site (`wms/{site}/{asn|shipment|product|location|task}/...`), and not under
+    any of the `reserved` first levels (the robots' VDA 5050 interface).
+    """
+    if not topic:
+        return "empty"
+    if len(topic) > MAX_REPLY_TOPIC_CHARS:
+        return f"longer than {MAX_REPLY_TOPIC_CHARS} characters"
+    if _CONTROL.search(topic):
+        return "has a control character"
+    try:
+        topic.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    if "+" in topic or "#" in topic:
+        return "has a wildcard"
+    if topic != topic.strip():
+        return "starts or ends with white space"
+    if topic.startswith("$"):
+        return "in the broker's own tree"
+    levels = [level.strip().lower() for level in topic.split("/")]
+    root = levels[0]
+    if root == "":
+        return "starts with /"
+    if root == _GATEWAYS or root in reserved:
+        return f"in the {root}/ tree, where only the gateways and robots' owners publish"
+    if root == _WMS and len(levels) > 2 and levels[2] in _WMS_DATA:
+        return "on the WMS's reference data or tasks"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
