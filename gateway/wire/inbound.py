@@ -11,7 +11,9 @@ MQTT 5 response topic into the `Received.reply` handle, and `ReplyTo` makes one 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -22,6 +24,9 @@ from gateway.wire.topics import Topics
 
 MAX_COMMAND_BYTES = 4096
 """A command is a small JSON object; anything larger is refused unread."""
+
+MAX_REMEMBERED_PAYLOADS = 100_000
+"""WMS topics whose last payload's digest is kept (the least recently changed is forgotten)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,8 @@ class Route:
     matches: Callable[[str], bool]
     decode: Decoder
     subscriptions: tuple[tuple[str, int], ...]  # (topic filter, QoS)
+    # The same payload again on the same topic decodes to the same thing: skipped unread.
+    skip_repeats: bool = False
 
 
 class InboundRoutes:
@@ -64,6 +71,7 @@ class InboundRoutes:
 
     def __init__(self, topics: Topics, *, agv: bool, vda5050_interface: str | None) -> None:
         self._topics = topics
+        self._digests: OrderedDict[str, bytes] = OrderedDict()  # WMS topic -> last payload's
         base, wms = topics.base, topics.wms
         routes: list[Route] = []
         if agv:
@@ -73,6 +81,7 @@ class InboundRoutes:
                     lambda t: t.startswith(f"{wms}/task/"),
                     self._wms_task,
                     (),  # brought by the reference data subscription
+                    skip_repeats=True,
                 )
             )
         routes.append(
@@ -81,6 +90,7 @@ class InboundRoutes:
                 lambda t: t.startswith(f"{wms}/"),
                 self._reference,
                 ((f"{wms}/+/+", 1),),
+                skip_repeats=True,
             )
         )
         routes.append(
@@ -119,11 +129,26 @@ class InboundRoutes:
         return [s for route in self.routes for s in route.subscriptions]
 
     def decode(self, message: Received, reply_to: ReplyTo) -> Event | None:
-        """The domain event of one message; None for a message the gateway does not take."""
+        """The domain event of one message; None for a message the gateway does not take, or
+        for the same WMS payload again on the same topic (the broker redelivers every retained
+        record at each reconnect: recognised by a digest, before any parsing)."""
         for route in self.routes:
             if route.matches(message.topic):
+                if route.skip_repeats and self._repeated(message):
+                    return None
                 return route.decode(message, reply_to)
         return None
+
+    def _repeated(self, message: Received) -> bool:
+        digest = hashlib.blake2b(message.payload, digest_size=16).digest()
+        if self._digests.get(message.topic) == digest:
+            self._digests.move_to_end(message.topic)
+            return True
+        self._digests[message.topic] = digest
+        self._digests.move_to_end(message.topic)
+        if len(self._digests) > MAX_REMEMBERED_PAYLOADS:
+            self._digests.popitem(last=False)
+        return False
 
     def _wms_task(self, message: Received, _reply_to: ReplyTo) -> Event:
         task_id = message.topic.removeprefix(f"{self._topics.wms}/task/")
