@@ -73,7 +73,16 @@ def demo(
     ] = None,
 ) -> None:
     """Run the gateway with a simulated forklift scanner and an embedded broker; Ctrl-C stops."""
-    from gateway.demo import run_demo  # the demo pulls in the embedded broker and simulators
+    try:
+        from gateway.demo import run_demo  # the demo pulls in the embedded broker and simulators
+    except ModuleNotFoundError as err:
+        if err.name is None or not err.name.startswith("amqtt"):
+            raise
+        typer.echo(
+            "the demo needs its embedded broker: pip install 'warehouse-edge-gateway[demo]'",
+            err=True,
+        )
+        raise typer.Exit(2) from None
 
     configure_logging("console", "warning")
     with contextlib.suppress(KeyboardInterrupt):

@@ -50,3 +50,23 @@ def test_demo_shows_transactions_and_stops_cleanly(tmp_path: Path) -> None:
     assert "Traceback" not in text, text[-4000:]
     assert process.returncode == 0
     assert (tmp_path / "gateway.db").exists()
+
+
+def test_without_the_demo_extra_the_demo_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A production install has no embedded broker (amqtt is the `demo` extra).
+    import sys
+
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    for name in [
+        m for m in sys.modules if m == "amqtt" or m.startswith(("amqtt.", "gateway.demo"))
+    ]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "amqtt", None)  # `import amqtt` now fails
+    result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 2
+    assert "pip install 'warehouse-edge-gateway[demo]'" in result.output
