@@ -97,6 +97,7 @@ class Gateway:
                     agv=config.agv.enabled,
                     vda5050_interface=vda.interface if vda else None,
                 ),
+                notices_dropped=lambda: recorder.notices_dropped,
             )
             if config.broker.protocol == "3.1.1":
                 log.warning(

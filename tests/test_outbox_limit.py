@@ -55,5 +55,14 @@ async def test_alarm_then_backpressure_then_everything_delivered(tmp_path: Path)
                 for alarm in alarms:
                     assert_valid("event", alarm)
                 assert alarms[0]["details"]["limit"] == 10
+                # The status shows the backlog and how many events found no room in it.
+                statuses = [m.json() for m in collector.on("/status") if "outbox" in m.json()]
+                assert statuses
+                for status in statuses:
+                    assert_valid("gateway-status", status)
+                assert gateway.recorder is not None
+                dropped = [s["outbox"]["notices_dropped"] for s in statuses]
+                assert dropped == sorted(dropped)  # a count since the start: never goes down
+                assert dropped[-1] <= gateway.recorder.notices_dropped
         finally:
             broker.stop()

@@ -129,6 +129,7 @@ class MqttBridge:
         on_refused: called once per topic the broker refuses (topic, reason).
         inbox: where decoded messages go (the rules' queue).
         routes: the inbound message kinds to subscribe to and decode (None: none).
+        notices_dropped: how many events the full outbox had no room for (shown on the status).
     """
 
     def __init__(
@@ -144,9 +145,11 @@ class MqttBridge:
         on_refused: Callable[[str, str], None] | None = None,
         inbox: Callable[[Event], Awaitable[None]] | None = None,
         routes: InboundRoutes | None = None,
+        notices_dropped: Callable[[], int] = lambda: 0,
     ) -> None:
         self._config = config
         self._routes = routes
+        self._notices_dropped = notices_dropped
         self._topics = topics
         self._store = store
         self._board = board
@@ -341,6 +344,7 @@ class MqttBridge:
             "limit": self._store.max_rows,
             "refused": self._store.refused,
             "alarm": self._outbox_alarm_at is not None and depth >= self._outbox_alarm_at,
+            "notices_dropped": self._notices_dropped(),
         }
 
     async def _publish_status(self, client: _Client, *, online: bool, reason: str) -> None:
