@@ -46,15 +46,14 @@ class Gateway:
         # light missing.
         self.drivers: dict[str, Driver] = {}
         for device in config.devices:
-            kind = DRIVERS[device.kind]
             context = DriverContext(
                 sink=self.queue,
-                health=self.board.add(device.id, kind.kind),
+                health=self.board.add(device.id, device.kind),
                 clock=clock,
                 location_pattern=config.labels.location_pattern,
                 alarms=self.alarms,
             )
-            self.drivers[device.id] = kind.build(device, context)
+            self.drivers[device.id] = DRIVERS[device.kind](device, context)
         self.bridge: MqttBridge | None = None
         self.store: Store | None = None
         self.recorder: Recorder | None = None

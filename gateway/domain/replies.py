@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ReplyHandle:
-    """An opaque reply address; only the edge that made it knows what `address` holds."""
+    """An opaque reply address; only the edge that made it knows what `address` holds.
 
-    address: object = field(repr=False, compare=False)
+    Handles compare by identity: two requests with the same reply topic are two replies."""
+
+    address: object = field(repr=False)

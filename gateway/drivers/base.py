@@ -80,9 +80,5 @@ class DriverContext:
     alarms: AlarmOutputs = field(default_factory=AlarmOutputs)
 
 
-@dataclass(frozen=True, slots=True)
-class DriverKind:
-    """A device kind: its name on the device status, and how its driver is built."""
-
-    kind: str
-    build: Callable[[Any, DriverContext], Driver]
+DriverBuilder = Callable[[Any, DriverContext], Driver]
+"""How the driver of one configured device of a kind is built: `build(device, ctx)`."""

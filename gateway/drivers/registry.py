@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from typing import Final
 
 from gateway.drivers import llrp, modbus_scale, scanner, sics_scale, signal_light
-from gateway.drivers.base import DriverKind
+from gateway.drivers.base import DriverBuilder
 
-DRIVERS: Final[Mapping[str, DriverKind]] = {
-    scanner.KIND: DriverKind(scanner.KIND, scanner.build),
-    llrp.KIND: DriverKind(llrp.KIND, llrp.build),
-    sics_scale.KIND: DriverKind(sics_scale.KIND, sics_scale.build),
-    modbus_scale.KIND: DriverKind(modbus_scale.KIND, modbus_scale.build),
-    signal_light.KIND: DriverKind(signal_light.KIND, signal_light.build),
+# The key is the device's config `kind`, also the kind its status shows.
+DRIVERS: Final[Mapping[str, DriverBuilder]] = {
+    scanner.KIND: scanner.build,
+    llrp.KIND: llrp.build,
+    sics_scale.KIND: sics_scale.build,
+    modbus_scale.KIND: modbus_scale.build,
+    signal_light.KIND: signal_light.build,
 }

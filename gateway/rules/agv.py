@@ -192,7 +192,7 @@ class TaskBoard:
         for sscc, lot in (lots or {}).items():
             self._remember_lot(sscc, lot)
         self._moves: deque[tuple[str, dt.datetime]] = deque(moves, maxlen=_MOVES_KEPT)
-        self._latest: dt.datetime | None = None  # the board's time (see `_now`)
+        self._latest: dt.datetime | None = None  # the board's time (see `now`)
         for task in sorted(tasks, key=lambda t: t.updated_at):
             if resumed_at is not None and task.lease_until is not None:
                 # The gateway's downtime is not the robot's fault: a full lease from the restart.
@@ -203,11 +203,8 @@ class TaskBoard:
                 self.stock.apply_move(task.sscc, task.source)
 
     def now(self, at: dt.datetime) -> dt.datetime:
-        """The board's time for an event at `at` (see `_now`); moves the board's time on."""
-        return self._now(at)
-
-    def _now(self, at: dt.datetime) -> dt.datetime:
-        """`at`, or the board's time if that is later by up to a lease (then `at` is late)."""
+        """`at`, or the board's time if that is later by up to a lease (then `at` is late);
+        moves the board's time on."""
         if self._latest is None or at > self._latest or self._latest - at > self.policy.lease:
             self._latest = at
         return self._latest
@@ -263,7 +260,7 @@ class TaskBoard:
                 self._lots.pop(sscc, None)
                 for task in [t for t in self.open.values() if t.sscc == sscc]:
                     reason = f"pallet shipped at {tx.door}"
-                    now = self._now(tx.occurred_at)
+                    now = self.now(tx.occurred_at)
                     shipped.extend(self._apply(task, Cancel(reason), now))
             return shipped
         lots = dict(received_lots(tx))
@@ -290,12 +287,12 @@ class TaskBoard:
         for task in list(self.open.values()):
             if task.sscc == move.sscc and task.state is TaskState.QUEUED:
                 reason = f"pallet moved to {move.to_location} by {move.device_id}"
-                out.extend(self._apply(task, Cancel(reason), self._now(move.confirmed_at)))
+                out.extend(self._apply(task, Cancel(reason), self.now(move.confirmed_at)))
         return out
 
     def on_wms_task(self, message: WmsTask | WmsTaskDeleted) -> list[Decision]:
         """A task from the WMS (created once per id), or its withdrawal."""
-        at = self._now(message.at)
+        at = self.now(message.at)
         if isinstance(message, WmsTaskDeleted):
             task = self.open.get(message.task_id)
             if task is None:
@@ -365,7 +362,7 @@ class TaskBoard:
 
     def on_request(self, request: TaskRequest) -> list[Decision]:
         """Carry out a request; the answer goes back to its reply handle (if it has one)."""
-        at = self._now(request.at)
+        at = self.now(request.at)
         decisions: list[Decision]
         match request:
             case NextRequest():
@@ -381,12 +378,12 @@ class TaskBoard:
     def _next(self, req: NextRequest, now: dt.datetime) -> tuple[list[Decision], TaskAnswer]:
         held = self.held_by(req.robot, req.fleet)
         if held is not None:
-            return [], _answer(
+            return [], TaskAnswer(
                 True, AnswerResult.ALREADY, "", "the robot already holds this task", held
             )
         other = self.held_by(req.robot)
         if other is not None:
-            return [], _answer(
+            return [], TaskAnswer(
                 False,
                 AnswerResult.REFUSED,
                 "robot_id_in_use",
@@ -395,12 +392,12 @@ class TaskBoard:
                 None,
             )
         if req.capabilities is not None and PALLET_CAPABILITY not in req.capabilities:
-            return [], _answer(
+            return [], TaskAnswer(
                 True, AnswerResult.NONE, "", "no task for a robot that cannot carry pallets", None
             )
         queued = [t for t in self.open.values() if t.state is TaskState.QUEUED]
         if not queued:
-            return [], _answer(True, AnswerResult.NONE, "", "no task queued", None)
+            return [], TaskAnswer(True, AnswerResult.NONE, "", "no task queued", None)
         top = min(queue_order(t)[0] for t in queued)  # -priority
         first = [t for t in queued if -t.priority == top]
         nearby = [t for t in first if req.position is not None and t.source == req.position]
@@ -408,7 +405,7 @@ class TaskBoard:
         until = now + self.policy.lease
         decisions = self._apply(task, Lease(req.robot, req.fleet, until), now)
         leased = self.open.get(task.task_id, task)
-        return decisions, _answer(
+        return decisions, TaskAnswer(
             True, AnswerResult.CHANGED, "", f"leased until {until.isoformat()}", leased
         )
 
@@ -417,11 +414,11 @@ class TaskBoard:
     ) -> tuple[list[Decision], TaskAnswer]:
         task = self.task(req.task_id)
         if task is None:
-            return [], _answer(
+            return [], TaskAnswer(
                 False, AnswerResult.REFUSED, "unknown_task", f"no task {req.task_id}", None
             )
         if task.robot == req.robot and task.fleet is not None and task.fleet != req.fleet:
-            return [], _answer(
+            return [], TaskAnswer(
                 False,
                 AnswerResult.REFUSED,
                 "not_lease_holder",
@@ -447,7 +444,7 @@ class TaskBoard:
     def _cancel(self, req: CancelRequest, now: dt.datetime) -> tuple[list[Decision], TaskAnswer]:
         task = self.task(req.task_id)
         if task is None:
-            return [], _answer(
+            return [], TaskAnswer(
                 False, AnswerResult.REFUSED, "unknown_task", f"no task {req.task_id}", None
             )
         return self._answered(task, Cancel(req.reason or "cancelled"), now)
@@ -457,7 +454,7 @@ class TaskBoard:
     ) -> tuple[list[Decision], TaskAnswer]:
         outcome = apply(task, event, now, self.policy)
         decisions = self._record(task, outcome, now)
-        answer = _answer(
+        answer = TaskAnswer(
             not outcome.refused,
             AnswerResult(outcome.result.value),
             outcome.code,
@@ -481,7 +478,7 @@ class TaskBoard:
 
     def on_robot(self, message: RobotReport) -> list[Decision]:
         """A robot's state or connection message: finished picks and drops count as progress."""
-        at = self._now(message.at)
+        at = self.now(message.at)
         out: list[Decision] = []
         if isinstance(message.message, RobotState):
             held = self.held_by(message.message.serial)
@@ -601,7 +598,7 @@ class TaskBoard:
 
     def on_tick(self, now: dt.datetime) -> list[Decision]:
         """Leases that ran out: back to the queue before the pick, failed after it."""
-        now = self._now(now)
+        now = self.now(now)
         out: list[Decision] = []
         for task in [t for t in self.open.values() if lease_ran_out(t, now)]:
             out.extend(self._apply(task, LeaseExpired(), now))
@@ -636,7 +633,7 @@ class TaskBoard:
             sscc=sscc,
             source=tx.door,
             destination=choice.location,
-            now=self._now(tx.occurred_at),
+            now=self.now(tx.occurred_at),
             task_id=deterministic_id("putaway", tx.tx_id, sscc),
         )
         self._keep(task)
@@ -754,9 +751,3 @@ def received_lots(tx: DockTransaction) -> list[tuple[str, PalletLot]]:
     lots = Counter(i.lot for i in items if i.lot)
     lot = PalletLot(gtin, lots.most_common(1)[0][0] if lots else None, min(expiries, default=None))
     return [(sscc, lot) for sscc in tx.accepted_pallets]
-
-
-def _answer(
-    ok: bool, result: AnswerResult, code: str, message: str, task: Task | None
-) -> TaskAnswer:
-    return TaskAnswer(ok, result, code, message, task)
