@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from gateway.bridge import mqtt
 from gateway.storage import OutboxMessage, Store
-from tests.gateway_helpers import build, running, site_config
+from gateway.wire.inbound import InboundRoutes, Received
+from tests.gateway_helpers import build, running, site_config, wait_reference_data
+from tests.mqtt_helpers import Collector, Mosquitto
 
 # MQTT 5 CONNACK: session present 0, reason "success", no properties.
 CONNACK_V5 = b"\x20\x03\x00\x00\x00"
@@ -137,3 +141,55 @@ async def test_malformed_commands_are_answered_or_ignored_never_fatal(
         "reference": "NOPE",
         "error": "no open receipt or shipment with this reference",
     }
+
+
+PRODUCT = {"gtin": "09506000134352", "unit_weight_kg": 10.0}
+
+
+async def test_a_decoder_that_raises_is_skipped_and_the_gateway_stays_on_the_broker(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stands in for a bug in a decoder: the bridge must log and count it, and go on.
+    original = InboundRoutes.decode
+
+    def buggy(self: InboundRoutes, message: Received, reply_to: Any) -> Any:
+        if message.topic.endswith("/BOOM"):
+            raise KeyError("a bug")
+        return original(self, message, reply_to)
+
+    monkeypatch.setattr(InboundRoutes, "decode", buggy)
+    config = build(site_config(tmp_path, broker_port=mosquitto.port, scanner=None), tmp_path)
+    async with (
+        running(config) as gateway,
+        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms,
+    ):
+        while gateway.bridge is None or not gateway.bridge.subscribed:
+            await asyncio.sleep(0.02)
+        await wms.publish("wms/DC1/asn/BOOM", b"{}", qos=1)
+        await wms.publish(f"wms/DC1/product/{PRODUCT['gtin']}", json.dumps(PRODUCT), qos=1)
+        await wait_reference_data(gateway, f"product/{PRODUCT['gtin']}")
+        assert gateway.bridge.decode_errors == 1
+        assert gateway.bridge.connected
+
+
+async def test_a_message_larger_than_the_gateways_packet_limit_never_reaches_it(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    raw["broker"]["max_packet_bytes"] = 64 * 1024  # told to the broker in CONNECT (MQTT 5)
+    config = build(raw, tmp_path)
+    async with (
+        Collector(mosquitto.port) as collector,
+        running(config) as gateway,
+        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms,
+    ):
+        while gateway.bridge is None or not gateway.bridge.subscribed:
+            await asyncio.sleep(0.02)
+        # Both are junk the gateway would reject with an event, had it received them.
+        await wms.publish("wms/DC1/asn/BIG", b"x" * (100 * 1024), qos=1)
+        await wms.publish("wms/DC1/asn/SMALL", b"x", qos=1)
+        await collector.wait_for(lambda c: c.on("/event"))
+        await asyncio.sleep(0.3)
+        assert gateway.bridge.connected
+    topics = [m.json()["details"]["topic"] for m in collector.on("/event")]
+    assert topics == ["wms/DC1/asn/SMALL"]

@@ -270,3 +270,19 @@ async def test_stopped_while_connecting_leaves_no_connection_behind() -> None:
                 what="sllurp's thread gone",
             )
             assert health.state in (DeviceState.STOPPED, DeviceState.STARTING)
+
+
+async def test_reports_the_full_inbox_cannot_take_are_dropped_and_counted() -> None:
+    # Overflow policy: a full inbox drops the newest report (counted), never blocks sllurp.
+    inbox = Inbox(maxsize=1)
+    health = StatusBoard(now).add("d03-reader", "llrp_reader")
+    reader = LlrpReader(device(1), sink=inbox, health=health, clock=now)
+    reads = (
+        ("3034257BF7194E4000001A85", 1, -50, 1.0, 2),
+        ("3034257BF7194E4000001A86", 2, -60, 1.0, 1),
+    )
+    reader._deliver(reads)
+    reader._deliver(reads)  # the inbox is full now
+    assert inbox.qsize() == 1
+    assert health.counts["reads"] == 3
+    assert health.counts["dropped"] == 2
