@@ -33,6 +33,7 @@ test: check pytest
 bench: $(STAMP)
 	$(BIN)/python benchmarks/outbox_relay.py
 	$(BIN)/python benchmarks/rfid_portal.py
+	$(BIN)/python benchmarks/pallet_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

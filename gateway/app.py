@@ -1,22 +1,32 @@
 """The gateway application: the composition root. One TaskGroup owns every driver, the rules
 runner and the bridge.
 
-Shutdown (`stop` set, by SIGINT/SIGTERM in the CLI): intake stops first (drivers are cancelled),
-the rules finish what is queued, the bridge gets `shutdown_grace_s` to publish what the outbox
-holds, then it publishes the offline status and everything closes. Nothing committed is lost:
-what was not published stays in the outbox for the next start.
+Back-pressure: a full outbox holds the rules, the rules hold the bounded inbox, and a full inbox
+holds intake at the device: the serial scanner stops reading its line (the kernel's tty buffer,
+then the scanner, hold the rest; see `gateway.drivers.scanner`), the LLRP reader's reports are
+dropped and counted. Memory stays bounded.
+
+Shutdown (`stop` set, by SIGINT/SIGTERM in the CLI): intake stops first (drivers are cancelled
+and hand over what they have read, beyond the inbox's bound), the rules finish what is queued
+and the recorder commits it even when the outbox is at its limit (the overshoot is bounded by
+what was in memory and in a serial port's kernel buffer, and logged), the bridge gets
+`shutdown_grace_s` to publish what the outbox holds, then it publishes the offline status and
+everything closes. Nothing read is lost silently: what was read is committed, what was
+committed and not published stays in the outbox for the next start, and what the devices still
+hold is read after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import structlog
 
 from gateway import __version__
 from gateway.bridge.mqtt import MqttBridge
 from gateway.config import GatewayConfig
-from gateway.domain import Notice, Severity
+from gateway.domain import Event, Notice, Severity
 from gateway.drivers.base import AlarmOutputs, Clock, Driver, DriverContext, utc_now
 from gateway.drivers.registry import DRIVERS
 from gateway.health import StatusBoard
@@ -30,6 +40,9 @@ from gateway.wire.topics import Topics
 from gateway.wiring import build_engine, epcis_settings
 
 log = structlog.get_logger("gateway.app")
+
+COMMIT_AT_STOP_S = 10.0
+"""How long a stop waits for the rules to commit what was read (systemd allows 30 s)."""
 
 
 class Gateway:
@@ -79,6 +92,14 @@ class Gateway:
                 debug_passes=config.debug.passes,
             )
             vda = config.agv.vda5050 if config.agv.enabled else None
+            routes = InboundRoutes(
+                self.topics,
+                agv=config.agv.enabled,
+                vda5050_interface=vda.interface if vda else None,
+            )
+            # The broker sends every retained record again: those taken in before are skipped.
+            for kind, key, digest in await store.reference_digests():
+                routes.remember(f"{self.topics.wms}/{kind}/{key}", digest)
             bridge = MqttBridge(
                 config.broker,
                 topics=self.topics,
@@ -90,12 +111,8 @@ class Gateway:
                     config.storage.outbox_max_rows * config.storage.outbox_alarm_ratio
                 ),
                 on_refused=self._publish_refused,
-                inbox=self.queue.put,
-                routes=InboundRoutes(
-                    self.topics,
-                    agv=config.agv.enabled,
-                    vda5050_interface=vda.interface if vda else None,
-                ),
+                inbox=self._from_network,
+                routes=routes,
                 notices_dropped=lambda: recorder.notices_dropped,
             )
             if config.broker.protocol == "3.1.1":
@@ -110,9 +127,19 @@ class Gateway:
             # always ends.
             batch_max = min(config.storage.commit_batch, store.max_rows // 8)
             runner = RulesRunner(
-                engine, self.queue, recorder, clock=self.clock, batch_max=batch_max
+                engine,
+                self.queue,
+                recorder,
+                clock=self.clock,
+                batch_max=batch_max,
+                lookup=store.pallet_location,
             )
             self.bridge, self.recorder, self.runner = bridge, recorder, runner
+            # What start-up made (modules, schemas, the state loaded from SQLite) lives as long
+            # as the process: out of the garbage collector's full passes, which would otherwise
+            # walk it all again and again (stalls of 100-200 ms under a flood of messages).
+            gc.collect()
+            gc.freeze()
             log.info(
                 "gateway starting",
                 site=config.gateway.site,
@@ -129,6 +156,7 @@ class Gateway:
                 ]
                 await stop.wait()
                 log.info("gateway stopping", grace_s=config.gateway.shutdown_grace_s)
+                recorder.stop_holding()  # what was read is committed, room in the outbox or not
                 for task in drivers:
                     task.cancel()
                 await asyncio.wait(drivers) if drivers else None
@@ -143,27 +171,42 @@ class Gateway:
             await store.close()
         log.info("gateway stopped", outbox_depth=store.depth)
 
+    async def _from_network(self, event: Event) -> None:
+        """Events from MQTT fill at most half the inbox: a flood from the network never holds
+        back the devices' scans and reads."""
+        await self.queue.put_leaving(event, self.queue.maxsize // 2)
+
     async def _supervised(self, device_id: str) -> None:
         device = next(d for d in self.config.devices if d.id == device_id)
         backoff = Backoff(device.backoff.min_s, device.backoff.max_s)
         await supervise(self.drivers[device_id].run, self.board.devices[device_id], backoff)
 
     async def _drain(self, store: Store, bridge: MqttBridge) -> None:
-        """Finish queued events, then give the bridge the grace period to empty the outbox."""
+        """Commit queued events, then give the bridge the grace period to empty the outbox."""
         grace = self.config.gateway.shutdown_grace_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         try:
-            await asyncio.wait_for(self.queue.join(), timeout=grace)
+            # Not bounded by the grace period (which may be 0): a failing disk is.
+            await asyncio.wait_for(self.queue.join(), timeout=max(grace, COMMIT_AT_STOP_S))
         except TimeoutError:
-            log.warning("rules did not finish queued events in time", queued=self.queue.qsize())
+            log.error(  # noqa: TRY400 - a timeout, no traceback to show
+                "rules did not commit what was read in time: lost",
+                queued=self.queue.qsize(),
+                unfinished=self.queue.unfinished(),
+            )
         while (store.depth > 0 or bridge.statuses_pending) and bridge.connected:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             await store.wait_changed(store.version, timeout=min(remaining, 0.2))
         if store.depth:
-            log.warning("outbox not empty at stop: kept for the next start", depth=store.depth)
+            log.warning(
+                "outbox not empty at stop: kept for the next start",
+                depth=store.depth,
+                limit=store.max_rows,
+                beyond_limit=self.recorder.beyond_limit if self.recorder else 0,
+            )
 
     def _publish_refused(self, topic: str, reason: str) -> None:
         """The broker refused a topic (an ACL): an alarm, committed with the next decisions."""

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from gateway.domain import SiteLayout
+from gateway.wire.topics import PLACEHOLDERS, reply_topic_refusal
 
 # Identifiers end up in MQTT topics: no wildcards, separators or spaces.
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -56,6 +57,39 @@ class TlsConfig(_Model):
         return self
 
 
+class ReplyTopicsConfig(_Model):
+    """Where answers to requests may go, per requester kind: MQTT topic filters in which
+    `{site}`, `{gateway}` and `{fleet}` (the fleet a request names) are filled in. A request
+    naming any other reply topic is not carried out: it is rejected with an event."""
+
+    fleet: list[str] = Field(default_factory=lambda: ["fleet/{fleet}/#"], max_length=50)
+    wms: list[str] = Field(default_factory=lambda: ["wms/{site}/replies/#"], max_length=50)
+
+    @field_validator("fleet", "wms")
+    @classmethod
+    def _topic_filters(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            filled = pattern
+            for placeholder in PLACEHOLDERS:
+                filled = filled.replace(placeholder, "x")
+            levels = filled.split("/")
+            if (
+                not pattern
+                or "{" in filled
+                or "}" in filled
+                or any("+" in level and level != "+" for level in levels)
+                or any("#" in level and level != "#" for level in levels)
+                or "#" in levels[:-1]
+            ):
+                raise ValueError(
+                    f"{pattern!r} is not an MQTT topic filter (placeholders: "
+                    f"{', '.join(PLACEHOLDERS)})"
+                )
+            if reply_topic_refusal(filled.replace("+", "x").replace("#", "x")) is not None:
+                raise ValueError(f"{pattern!r}: the gateway never answers there")
+        return patterns
+
+
 class BrokerConfig(_Model):
     """The MQTT broker the gateway publishes to."""
 
@@ -73,8 +107,16 @@ class BrokerConfig(_Model):
     # huge message is refused by the broker instead of buffered here. Reference data and robot
     # states are at most 1 MiB of payload.
     max_packet_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    # MQTT 5 Receive Maximum: inbound QoS 1 messages the broker may send before the gateway
+    # acknowledges them (it does once they are handed to the rules).
+    receive_maximum: int = Field(default=64, ge=1, le=65_535)
+    # Messages the broker acknowledged in this many seconds before a connection ends are
+    # published again at the next connection: a broker that crashed loses what it took since
+    # its last save (Mosquitto: `autosave_interval`; keep this above it). 0: never.
+    redeliver_window_s: float = Field(default=60.0, ge=0, le=86_400)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    reply_topics: ReplyTopicsConfig = ReplyTopicsConfig()
 
     @model_validator(mode="after")
     def _one_password_source(self) -> BrokerConfig:
@@ -418,6 +460,10 @@ class MoveRuleConfig(_Model):
 
     timeout_s: float = Field(default=60.0, gt=0)
     repeat_window_s: float = Field(default=2.0, ge=0)
+    # Pallet locations kept in memory (the most recently moved); others are looked up in
+    # SQLite when scanned. About 300 bytes each: 50,000 (15 MB) covers a large building's
+    # pallet positions.
+    cached_pallets: int = Field(default=50_000, ge=1, le=10_000_000)
 
 
 class DebugConfig(_Model):
@@ -485,6 +531,9 @@ class AgvConfig(_Model):
     velocity_window_days: float = Field(default=30.0, gt=0)
     # Finished tasks are kept (for late repeats and for the record) this long.
     finished_retention_days: float = Field(default=30.0, gt=0)
+    # The stock projection's hard cap, above the building's capacity (see gateway.rules.stock):
+    # past it the pallet moved least recently is forgotten. At start the most recent are loaded.
+    stock_max_pallets: int = Field(default=200_000, ge=1, le=10_000_000)
     # The site plan putaway works from; no layout: no putaway tasks from receipts (tasks from
     # the WMS still run).
     layout: SiteLayout | None = None

@@ -7,6 +7,14 @@ reads of a pallet still in the portal) has arrived and is only waiting. So the r
 use the wall clock less `Inbox.waited_s`: the wait of the oldest event queued, or offered to
 a full inbox and not yet taken in (a producer waiting in `put`).
 
+A producer that reads a backlog its device held while the inbox was full (a scanner after a
+hold) declares it with `backlog(since)`: while it reads it, and until the events it put meanwhile
+are taken, the wait counts from `since`, so no timeout comes due on evidence that waited at the
+device.
+
+At a stop, `keep` takes what a driver has already read even beyond the bound: it is committed
+rather than dropped, and what a driver holds in memory is bounded.
+
 The waits are measured on the monotonic clock: a gateway run on an accelerated test clock
 subtracts real seconds from it.
 """
@@ -14,8 +22,10 @@ subtracts real seconds from it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
+from collections.abc import Iterator
 
 from gateway.domain import Event
 
@@ -26,15 +36,33 @@ class Inbox(asyncio.Queue[Event]):
     def _init(self, maxsize: int) -> None:
         super()._init(maxsize)
         self._stamps: deque[float] = deque()  # the queued events', in queue order
+        # The least stamp from each queued event on, increasing: the head is the least of all.
+        self._least: deque[float] = deque()
         self._offered: list[float] = []  # the events waiting in `put` for room
+        self._backlogs: list[float] = []  # since when the backlogs being read waited
+        self._taken = asyncio.Event()  # set whenever an event is taken: room may have come
+        self._beyond_bound = False  # `keep` is queueing
 
     def _put(self, item: Event) -> None:
-        self._stamps.append(time.monotonic())
+        stamp = time.monotonic()
+        if self._backlogs:
+            stamp = min(stamp, *self._backlogs)
+        self._stamps.append(stamp)
+        self._push_least(stamp)
         super()._put(item)
 
     def _get(self) -> Event:
-        self._stamps.popleft()
+        self._taken.set()
+        stamp = self._stamps.popleft()
+        if self._least[0] == stamp:
+            self._least.popleft()
         return super()._get()
+
+    def _push_least(self, stamp: float) -> None:
+        least = self._least
+        while least and least[-1] > stamp:
+            least.pop()
+        least.append(stamp)
 
     async def put(self, item: Event) -> None:
         """Put `item`, waiting for room; its wait counts from now, not from when room came."""
@@ -45,10 +73,48 @@ class Inbox(asyncio.Queue[Event]):
         self._offered.append(offered)
         try:
             await super().put(item)
-            # `put_nowait` has just appended this event's stamp, with nothing run in between.
-            self._stamps[-1] = offered
+            # `put_nowait` has just appended this event's stamp, with nothing run in between:
+            # it is the last of `_stamps`, and of `_least`.
+            if offered < self._stamps[-1]:
+                self._stamps[-1] = offered
+                self._least.pop()
+                self._push_least(offered)
         finally:
             self._offered.remove(offered)
+
+    async def put_leaving(self, item: Event, room: int) -> None:
+        """Put `item` once fewer than `maxsize - room` events are queued: a producer that must
+        not fill the inbox (the network) leaves `room` for the others (the devices)."""
+        while self.maxsize and self.qsize() >= self.maxsize - room:
+            self._taken.clear()
+            await self._taken.wait()
+        await self.put(item)
+
+    def full(self) -> bool:
+        """Whether `put` would wait (never while `keep` queues)."""
+        return not self._beyond_bound and super().full()
+
+    def keep(self, item: Event) -> None:
+        """Queue `item` now, beyond the bound if need be: at a stop, for what was already read."""
+        self._beyond_bound = True
+        try:
+            self.put_nowait(item)
+        finally:
+            self._beyond_bound = False
+
+    @contextlib.contextmanager
+    def backlog(self, since: float) -> Iterator[None]:
+        """A producer reads events that waited at its device since `since` (monotonic): until
+        the block ends, the wait counts from then."""
+        self._backlogs.append(since)
+        try:
+            yield
+        finally:
+            self._backlogs.remove(since)
+
+    def unfinished(self) -> int:
+        """Events taken in and not done yet (`task_done`): queued, or in the rules' batch."""
+        return int(getattr(self, "_unfinished_tasks", self.qsize()))
 
     def offer(self, item: Event) -> bool:
         """Put `item` if there is room now; False (and nothing queued) when the inbox is full."""
@@ -59,11 +125,8 @@ class Inbox(asyncio.Queue[Event]):
         return True
 
     def waited_s(self) -> float:
-        """Seconds the oldest event queued or offered has waited; 0 when there is none."""
-        # The head's stamp is the oldest queued one (in the rare race where a producer's
-        # `put` finds room just before a waiting one's, the two land a moment apart). The
-        # waiting producers are few: one per source.
-        oldest = min(self._offered, default=None)
-        if self._stamps and (oldest is None or self._stamps[0] < oldest):
-            oldest = self._stamps[0]
+        """Seconds the oldest event queued, offered or in a backlog has waited; 0 when none."""
+        # The waiting producers and backlogs are few: one per source.
+        head = (self._least[0],) if self._least else ()
+        oldest = min((*self._offered, *self._backlogs, *head), default=None)
         return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)

@@ -9,7 +9,9 @@ only after the commit, so a lease the gateway would forget in a crash is never g
 Overflow policy: when the outbox cannot take a batch's transactions, intake is held (the
 runner waits, the inbox fills, drivers wait or drop as their own policy says) until the broker
 drains it; notices beyond the room left are dropped and counted. A failing disk is retried
-with backoff, intake held meanwhile.
+with backoff, intake held meanwhile. At a stop (`stop_holding`) nothing waits for room any
+more: what was read is committed beyond the limit (counted in `beyond_limit`), a bounded
+lot (what the gateway had read and not committed), and published after the next start.
 """
 
 from __future__ import annotations
@@ -141,6 +143,12 @@ class Recorder:
         self._storage_failing = False
         self._intake_held = False
         self._alarm_raised = False
+        self._stopping = asyncio.Event()
+        self.beyond_limit = 0  # messages committed beyond the outbox limit at a stop
+
+    def stop_holding(self) -> None:
+        """The gateway stops: commit every batch at once, beyond the outbox limit if need be."""
+        self._stopping.set()
 
     def late_notice(self, notice: Notice) -> None:
         """A notice from outside a batch (the bridge's refusals): committed with the next one."""
@@ -238,7 +246,7 @@ class Recorder:
                     batch.committed.append(d)
                 case RefDataChange():
                     body = None if d.item is None else json.dumps(to_json(d.item), sort_keys=True)
-                    state.refdata.append(RefDataRow(d.kind, d.key, body))
+                    state.refdata.append(RefDataRow(d.kind, d.key, body, d.digest))
                 case TaskChanged():
                     shown = task_json(d.task)
                     state.tasks[d.task.task_id] = TaskRow(
@@ -308,22 +316,40 @@ class Recorder:
         messages = list(batch.messages)
         for notice in batch.notices:
             log.info("notice", code=notice.code, device=notice.device_id, message=notice.message)
-        while len(messages) > store.room():
+        while len(messages) > store.room() and not self._stopping.is_set():
             if not self._intake_held:
                 log.error("outbox full: intake held back", depth=store.depth, limit=store.max_rows)
                 self._intake_held = True
-            await store.wait_changed(store.version, timeout=1.0)
+            await self._room_or_stop()
+        stopping = self._stopping.is_set()
         if self._intake_held:
-            log.info("outbox has room again: intake resumed", depth=store.depth)
+            if stopping:
+                log.warning("stopping: what was read is committed beyond the outbox limit")
+            else:
+                log.info("outbox has room again: intake resumed", depth=store.depth)
             self._intake_held = False
-        room = store.room() - len(messages)
+        # At a stop every notice is kept too: they come from what is in memory, a bounded lot.
+        room = len(batch.notices) if stopping else store.room() - len(messages)
         messages.extend(self._notice_message(n) for n in batch.notices[:room])
         self.notices_dropped += max(0, len(batch.notices) - room)
         alarm = self._outbox_alarm(extra=len(messages))
         if alarm is not None and len(messages) < store.room():
             messages.append(self._notice_message(alarm))
+        beyond = max(0, len(messages) - store.room())
         if messages or batch.changes:
-            await store.commit(messages, batch.changes)
+            await store.commit(messages, batch.changes, over_limit=stopping)
+        self.beyond_limit += beyond
+
+    async def _room_or_stop(self) -> None:
+        """Wait until the outbox changes (the broker took some), the stop, or a second."""
+        store = self._store
+        changed = asyncio.ensure_future(store.wait_changed(store.version, timeout=1.0))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({changed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            stopping.cancel()
 
     def _notice_message(self, notice: Notice) -> OutboxMessage:
         """A notice for the outbox: errors go to `alarm`, the rest to `event`."""

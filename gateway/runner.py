@@ -6,6 +6,12 @@ come due. Ticks run on event time: the wall clock less the wait of the oldest ev
 queued (`Inbox.waited_s`), so a lease or a portal pass does not run out while the evidence
 that prevents it waits in the queue. A rule that raises on an event (a bug) is logged with its
 traceback and reported as a `rules_error` alarm; the event is skipped, the doors go on.
+
+Pallet locations: the rules keep only a bounded cache of them. Before an event that needs a
+pallet the cache lacks (`RulesEngine.pallet_needed`), the runner looks it up in storage and
+hands the answer to the rules (`pallet_found`). The decisions of the batch so far are committed
+first, so that storage already holds every move the rules made, evicted ones included. A failing
+lookup is retried with backoff, intake held meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -21,11 +28,16 @@ from gateway.drivers.base import Clock
 from gateway.inbox import Inbox
 from gateway.recorder import Recorder
 from gateway.rules.engine import RulesEngine
+from gateway.storage import StorageError
+from gateway.supervisor import Backoff
 
 log = structlog.get_logger("gateway.runner")
 
 TICK_S = 0.2
 """How often time alone is given to the rules (timeouts, departures, leases)."""
+
+PalletLookup = Callable[[str], Awaitable[str | None]]
+"""A pallet's (SSCC's) stored location, None when storage has none (`Store.pallet_location`)."""
 
 
 class RulesRunner:
@@ -37,6 +49,7 @@ class RulesRunner:
         recorder: what turns decisions into commits.
         clock: the gateway's clock.
         batch_max: events per batch (one commit each).
+        lookup: a pallet's stored location, for pallets the rules' cache lacks.
         tick_s: time between ticks.
     """
 
@@ -48,6 +61,7 @@ class RulesRunner:
         *,
         clock: Clock,
         batch_max: int,
+        lookup: PalletLookup,
         tick_s: float = TICK_S,
     ) -> None:
         self.engine = engine
@@ -56,7 +70,9 @@ class RulesRunner:
         self._clock = clock
         self._batch_max = max(1, batch_max)
         self._tick_s = tick_s
+        self._lookup = lookup
         self.rules_errors = 0  # events the rules raised on (bugs), skipped
+        self.lookups = 0  # pallets looked up in storage (not in the rules' cache)
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -74,6 +90,7 @@ class RulesRunner:
                 events.append(self.inbox.get_nowait())
             decisions: list[Decision] = []
             for event in events:
+                decisions = await self._prepare(event, decisions)
                 try:
                     decisions.extend(self.engine.on_event(event))
                 except Exception as err:  # noqa: BLE001 - a bug must not stop every door
@@ -88,6 +105,34 @@ class RulesRunner:
             await self.recorder.record(decisions)
             for _ in events:
                 self.inbox.task_done()
+
+    async def _prepare(self, event: Event, decisions: list[Decision]) -> list[Decision]:
+        """Hand the rules a pallet's stored location if `event` needs one their cache lacks,
+        after committing `decisions` (then none are left); returns the decisions to record."""
+        try:
+            sscc = self.engine.pallet_needed(event)
+        except Exception:  # a bug: the event itself is handled (and reported) next
+            log.exception("rules failed to say which pallet an event needs")
+            return decisions
+        if sscc is None:
+            return decisions
+        if decisions:  # storage must hold every move the rules made so far
+            await self.recorder.record(decisions)
+        self.engine.pallet_found(sscc, await self._look_up(sscc))
+        return []
+
+    async def _look_up(self, sscc: str) -> str | None:
+        """The pallet's stored location; a storage failure is retried (intake held)."""
+        self.lookups += 1
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                return await self._lookup(sscc)
+            except StorageError as err:
+                log.warning(
+                    "cannot look up a pallet's location; retrying", sscc=sscc, error=str(err)
+                )
+                await asyncio.sleep(backoff.next_delay())
 
     def _failed(self, event: Event, err: Exception) -> Notice:
         """An event the rules could not handle (a bug): logged with its traceback, an alarm."""

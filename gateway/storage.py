@@ -41,6 +41,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_retry ON outbox (retry_at) WHERE retry_at > 0;
+-- Messages the broker acknowledged, kept for the redelivery window: a broker that crashes
+-- loses what it acknowledged since its last save, so they are published again at the next
+-- connection (`Store.requeue_sent`).
+CREATE TABLE IF NOT EXISTS outbox_sent (
+    seq        INTEGER PRIMARY KEY,
+    msg_id     TEXT NOT NULL,
+    topic      TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    qos        INTEGER NOT NULL,
+    retain     INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    acked_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_sent_acked ON outbox_sent (acked_at);
 CREATE TABLE IF NOT EXISTS dock_ledger (
     kind       TEXT NOT NULL,              -- receive or ship
     key        TEXT NOT NULL,              -- epc:HEX, sscc:N, sgtin:GTIN.SERIAL
@@ -61,6 +75,7 @@ CREATE TABLE IF NOT EXISTS refdata (
     key        TEXT NOT NULL,
     body       TEXT NOT NULL,              -- canonical JSON
     updated_at REAL NOT NULL,
+    digest     BLOB,                       -- of the message it came in (NULL: unknown)
     PRIMARY KEY (kind, key)
 );
 CREATE TABLE IF NOT EXISTS pallet_location (
@@ -69,6 +84,8 @@ CREATE TABLE IF NOT EXISTS pallet_location (
     tx_id      TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+-- Start-up loads the most recently moved pallets only (files of earlier versions get it here).
+CREATE INDEX IF NOT EXISTS pallet_location_updated ON pallet_location (updated_at);
 CREATE TABLE IF NOT EXISTS pallet_lot (
     sscc       TEXT PRIMARY KEY,           -- a received pallet (AGV tasks on): its product
     gtin       TEXT NOT NULL,
@@ -135,6 +152,7 @@ class RefDataRow:
     kind: str
     key: str
     body: str | None
+    digest: bytes | None = None  # of the message it came in (see `RefDataUpdate.digest`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +276,10 @@ class Store:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA busy_timeout=5000")
             await db.executescript(_SCHEMA)
+            async with db.execute("PRAGMA table_info(refdata)") as cursor:
+                columns = {str(row[1]) for row in await cursor.fetchall()}
+            if "digest" not in columns:  # a file of an earlier version
+                await db.execute("ALTER TABLE refdata ADD COLUMN digest BLOB")
             async with db.execute(
                 "SELECT COUNT(*), COUNT(NULLIF(retry_at, 0)) FROM outbox"
             ) as cursor:
@@ -300,14 +322,19 @@ class Store:
         return max(0, self.max_rows - self._depth)
 
     async def commit(
-        self, messages: Sequence[OutboxMessage], changes: StateChanges | None = None
+        self,
+        messages: Sequence[OutboxMessage],
+        changes: StateChanges | None = None,
+        *,
+        over_limit: bool = False,
     ) -> int:
         """Commit messages with the state they record, in one transaction; returns rows inserted.
 
-        Raises `OutboxFull` (and commits nothing) when the messages do not fit.
+        Raises `OutboxFull` (and commits nothing) when the messages do not fit, unless
+        `over_limit` (a stop keeps what was read: `depth` may then exceed `max_rows`).
         """
         state = changes or StateChanges()
-        if len(messages) > self.room():
+        if len(messages) > self.room() and not over_limit:
             raise OutboxFull(f"outbox holds {self._depth} of {self.max_rows} messages")
         now = time.time()
 
@@ -365,10 +392,11 @@ class Store:
                     )
                 else:
                     await db.execute(
-                        "INSERT INTO refdata (kind, key, body, updated_at) VALUES (?, ?, ?, ?)"
+                        "INSERT INTO refdata (kind, key, body, digest, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?)"
                         " ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body,"
-                        " updated_at = excluded.updated_at",
-                        (row.kind, row.key, row.body, now),
+                        " digest = excluded.digest, updated_at = excluded.updated_at",
+                        (row.kind, row.key, row.body, row.digest, now),
                     )
             return inserted
 
@@ -393,10 +421,12 @@ class Store:
             (now, limit),
         )
 
-    async def acknowledge(self, seqs: Sequence[int]) -> None:
-        """Delete messages the broker acknowledged."""
+    async def acknowledge(self, seqs: Sequence[int], *, keep_s: float = 0.0) -> None:
+        """Take messages the broker acknowledged out of the outbox; with `keep_s`, keep them
+        that long among the sent ones (`requeue_sent`), and forget older sent ones."""
         if not seqs:
             return
+        now = time.time()
 
         async def body(db: aiosqlite.Connection) -> tuple[int, int]:
             placeholders = ",".join("?" * len(seqs))
@@ -405,6 +435,15 @@ class Store:
                 list(seqs),
             ) as cursor:
                 row = await cursor.fetchone()
+            if keep_s > 0:
+                await db.execute(
+                    "INSERT OR REPLACE INTO outbox_sent"  # noqa: S608 - placeholders only
+                    " (seq, msg_id, topic, payload, qos, retain, created_at, acked_at)"
+                    " SELECT seq, msg_id, topic, payload, qos, retain, created_at, ? FROM outbox"
+                    f" WHERE seq IN ({placeholders})",
+                    [now, *seqs],
+                )
+            await db.execute("DELETE FROM outbox_sent WHERE acked_at < ?", (now - keep_s,))
             before = db.total_changes
             await db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
             return db.total_changes - before, int(row[0]) if row else 0
@@ -415,6 +454,36 @@ class Store:
             self._refused -= were_refused
 
         await self._transaction(body, done)
+
+    async def requeue_sent(self, *, within_s: float) -> int:
+        """Put the messages the broker acknowledged in the last `within_s` back in the outbox,
+        in their order (a broker that crashed may have lost them); returns how many."""
+        since = time.time() - within_s
+
+        async def body(db: aiosqlite.Connection) -> int:
+            before = db.total_changes
+            await db.execute(
+                "INSERT OR IGNORE INTO outbox (seq, msg_id, topic, payload, qos, retain, created_at)"
+                " SELECT seq, msg_id, topic, payload, qos, retain, created_at FROM outbox_sent"
+                " WHERE acked_at >= ?",
+                (since,),
+            )
+            moved = db.total_changes - before
+            await db.execute("DELETE FROM outbox_sent")
+            return moved
+
+        def done(moved: int) -> None:
+            self._depth += moved
+
+        return await self._transaction(body, done)
+
+    async def forget_sent(self) -> None:
+        """Forget the acknowledged messages kept for redelivery (a clean disconnect)."""
+
+        async def body(db: aiosqlite.Connection) -> None:
+            await db.execute("DELETE FROM outbox_sent")
+
+        await self._transaction(body, lambda _: None)
 
     async def refuse(self, seq: int, *, reason: str, retry_at: float) -> None:
         """Set a refused message aside until `retry_at`; the rest of the stream goes on."""
@@ -467,10 +536,18 @@ class Store:
         """Receipts and shipments already closed."""
         return {str(r[0]) for r in await self._fetch("SELECT reference FROM dock_closed")}
 
+    async def reference_digests(self) -> list[tuple[str, str, bytes]]:
+        """(kind, key, digest) of the reference data kept with the digest of its message."""
+        rows = await self._fetch("SELECT kind, key, digest FROM refdata WHERE digest IS NOT NULL")
+        return [(str(k), str(key), bytes(d)) for k, key, d in rows]
+
     async def reference_data(self) -> list[RefDataRow]:
         """Reference data kept from the WMS."""
-        rows = await self._fetch("SELECT kind, key, body FROM refdata ORDER BY updated_at")
-        return [RefDataRow(str(k), str(key), str(b)) for k, key, b in rows]
+        rows = await self._fetch("SELECT kind, key, body, digest FROM refdata ORDER BY updated_at")
+        return [
+            RefDataRow(str(k), str(key), str(b), None if d is None else bytes(d))
+            for k, key, b, d in rows
+        ]
 
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         async with self._lock:
@@ -522,14 +599,19 @@ class Store:
 
         return await self._transaction(body, lambda _: None)
 
-    async def pallet_locations(self) -> dict[str, str]:
-        """Every pallet's last recorded location."""
-        async with self._lock:
-            try:
-                async with self._db.execute("SELECT sscc, location FROM pallet_location") as cur:
-                    return {str(sscc): str(loc) for sscc, loc in await cur.fetchall()}
-            except sqlite3.Error as err:
-                raise StorageError(f"cannot read pallet locations: {err}") from err
+    async def pallet_locations(self, *, limit: int | None = None) -> dict[str, str]:
+        """Pallets' last recorded locations, oldest move first: the `limit` moved most recently
+        (None: every pallet)."""
+        rows = await self._fetch(
+            "SELECT sscc, location FROM pallet_location ORDER BY updated_at DESC LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+        return {str(sscc): str(loc) for sscc, loc in reversed(rows)}
+
+    async def pallet_location(self, sscc: str) -> str | None:
+        """One pallet's last recorded location (None: none recorded, or shipped)."""
+        rows = await self._fetch("SELECT location FROM pallet_location WHERE sscc = ?", (sscc,))
+        return str(rows[0][0]) if rows else None
 
     @property
     def version(self) -> int:

@@ -4,11 +4,18 @@ Each configured device gives the rules their part: a reader its door's portal lo
 at a dock door its receiving or shipping station, a scale its weight capture. The receiving
 ledger, closed receipts, pallet locations, lots, AGV tasks and the WMS's reference data come
 back from SQLite, so a restart carries on where the last run stopped.
+
+Pallet locations are not loaded whole: the forklift rule starts with the pallets moved most
+recently, `rules.move.cached_pallets` of them (the runner looks up the others when they are
+scanned), and the AGV stock projection with at most `agv.stock_max_pallets`, also the most
+recent. Memory follows the configuration, not the number of pallets the site ever moved.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import itertools
 import json
 
 import structlog
@@ -20,7 +27,7 @@ from gateway.config import (
     ModbusScaleDevice,
     SicsScaleDevice,
 )
-from gateway.domain import DockKind, DockResult, DoorRole, LedgerEntry, PalletLot
+from gateway.domain import DockKind, DockResult, DoorRole, LedgerEntry, PalletLot, RefDataUpdate
 from gateway.drivers.base import Clock
 from gateway.rules.agv import TaskBoard
 from gateway.rules.engine import DockStation, RulesEngine
@@ -34,7 +41,7 @@ from gateway.rules.weighing import WeighingSettings, WeightCapture
 from gateway.storage import Store
 from gateway.wire.agv import task_from_json
 from gateway.wire.epcis import EpcisSettings
-from gateway.wire.refdata import decode as decode_reference
+from gateway.wire.refdata import from_stored
 
 log = structlog.get_logger("gateway.wiring")
 
@@ -69,17 +76,21 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
     )
     if pruned:
         log.info("pruned old receipts and shipments from the ledger", items=pruned)
-    pallets = await store.pallet_locations()
+    move_config = config.rules.move
+    stock_cap = config.agv.stock_max_pallets if config.agv.enabled else 0
+    # One read serves both: the forklift rule's cache and the AGV stock, each the most recent.
+    pallets = await store.pallet_locations(limit=max(move_config.cached_pallets, stock_cap))
     devices = config.devices
     scanners = [d for d in devices if isinstance(d, BarcodeScannerDevice)]
     readers = [d for d in devices if isinstance(d, LlrpReaderDevice)]
     engine = RulesEngine(
         ForkliftMoves(
             MoveSettings(
-                timeout=dt.timedelta(seconds=config.rules.move.timeout_s),
-                repeat_window=dt.timedelta(seconds=config.rules.move.repeat_window_s),
+                timeout=dt.timedelta(seconds=move_config.timeout_s),
+                repeat_window=dt.timedelta(seconds=move_config.repeat_window_s),
+                cached_pallets=move_config.cached_pallets,
             ),
-            pallet_locations=pallets,
+            pallet_locations=_most_recent(pallets, move_config.cached_pallets),
             stations={d.id: d.location for d in scanners if d.role == "station" and d.location},
         ),
         portals={d.id: PortalTracker(portal_settings(d)) for d in readers},
@@ -109,15 +120,29 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
             for d in scanners
             if d.role in ("receiving", "shipping") and d.location
         },
-        agv=await _task_board(config, store, pallets, clock),
+        agv=await _task_board(config, store, _most_recent(pallets, stock_cap), clock),
     )
-    # What the WMS sent before the restart (the broker's retained copies follow).
-    for row in await store.reference_data():
-        topic = f"wms/{config.gateway.site}/{row.kind}/{row.key}"
-        engine.on_event(
-            decode_reference(topic, (row.body or "").encode(), config.gateway.site, clock())
-        )
+    # What the WMS sent before the restart (the broker's retained copies follow, and are
+    # recognised by their digest: `InboundRoutes.remember`).
+    for n, row in enumerate(await store.reference_data()):
+        if n % 500 == 499:
+            await asyncio.sleep(0)  # thousands of records: let the loop breathe
+        try:
+            item = from_stored(row.kind, row.body or "")
+        except ValueError as err:
+            log.error(  # noqa: TRY400 - the reason says it all
+                "stored reference data skipped", kind=row.kind, key=row.key, error=str(err)
+            )
+            continue
+        engine.on_event(RefDataUpdate(item, clock()))
     return engine
+
+
+def _most_recent(pallets: dict[str, str], count: int) -> dict[str, str]:
+    """The last `count` entries of `pallets` (oldest move first), in the same order."""
+    if len(pallets) <= count:
+        return pallets
+    return dict(itertools.islice(pallets.items(), len(pallets) - count, None))
 
 
 async def _task_board(
@@ -137,7 +162,7 @@ async def _task_board(
     return TaskBoard(
         policy=TaskPolicy(lease=dt.timedelta(seconds=agv.lease_s), max_attempts=agv.max_attempts),
         layout=agv.layout,
-        stock=StockProjection(pallets),
+        stock=StockProjection(pallets, max_pallets=agv.stock_max_pallets),
         observer=RobotObserver(agv.vda5050.nodes if agv.vda5050 else None),
         tasks=tasks,
         velocity_window=window,

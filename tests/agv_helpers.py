@@ -51,7 +51,7 @@ class Requester:
 
     def __init__(self, client: aiomqtt.Client, name: str) -> None:
         self.client = client
-        self.response_topic = f"test/{name}/responses"
+        self.response_topic = f"fleet/{name}/responses"
         self._waiting: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
 
     async def ask(self, op: str, payload: dict[str, Any] | bytes, timeout: float = 10) -> Any:

@@ -64,10 +64,25 @@ def mosquitto_binary() -> str | None:
     )
 
 
+def password_file(path: Path, users: dict[str, str]) -> Path:
+    """A Mosquitto password file for `users` (name -> password), hashed by mosquitto_passwd."""
+    path.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
+    subprocess.run(["mosquitto_passwd", "-U", str(path)], check=True)
+    path.chmod(0o600)
+    return path
+
+
 class Mosquitto:
     """A private broker for one test; `kill()` and `start()` again reuse the same port."""
 
-    def __init__(self, workdir: Path, port: int | None = None, *, extra: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        extra: str = "",
+        save_every_change: bool = True,
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
@@ -77,6 +92,13 @@ class Mosquitto:
         # client's ephemeral port, in a parallel run): then another is picked, at first start.
         self._may_move = port is None
         self._extra = extra
+        # Saving after every change loses nothing in a crash, but rewrites the whole database
+        # each time: a flood beside megabytes of retained data needs the shipped 30 s instead.
+        self._autosave = (
+            "autosave_interval 1\nautosave_on_changes true\n"
+            if save_every_change
+            else "autosave_interval 30\nautosave_on_changes false\n"
+        )
         self.dir = workdir / f"mosquitto-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "mosquitto.conf"
@@ -93,10 +115,9 @@ class Mosquitto:
             + (self._extra or "allow_anonymous true\n")
             + "persistence true\n"
             f"persistence_location {self.dir}/\n"
-            "autosave_interval 1\n"
-            "autosave_on_changes true\n"
+            + self._autosave
             # The defaults drop messages in bursts; a test broker must not.
-            "max_queued_messages 0\n"
+            + "max_queued_messages 0\n"
             "max_inflight_messages 0\n"
             "max_inflight_bytes 0\n"
             "max_queued_bytes 0\n"

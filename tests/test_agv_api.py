@@ -147,11 +147,13 @@ async def test_fleet_controllers_lease_report_and_finish_tasks(
                         "location": location,
                     },
                 )
-            cancelled = await fleet2.ask("cancel", {"task_id": "T3", "reason": "order changed"})
+            cancelled = await fleet2.ask(
+                "cancel", {"fleet": "fleet-2", "task_id": "T3", "reason": "order changed"}
+            )
             assert (cancelled["result"], cancelled["task"]["state"]) == ("changed", "cancelled")
             nothing = await fleet2.ask("next", {"fleet": "fleet-2", "robot": "r8"})
             assert (nothing["result"], nothing["task"]) == ("none", None)
-            bad = await fleet2.ask("progress", b'{"robot": "r7"}')
+            bad = await fleet2.ask("progress", b'{"fleet": "fleet-2", "robot": "r7"}')
             assert (bad["ok"], bad["code"]) == (False, "bad_request")
             assert "required" in bad["message"]
             await collector.wait_for(lambda c: len(c.on("/tx/move")) >= 2)
@@ -335,7 +337,7 @@ async def test_no_answer_goes_to_the_gateways_own_topics(
     async with (
         Collector(mosquitto.port) as collector,
         running(config) as gateway,
-        requester(mosquitto.port) as fleet,
+        requester(mosquitto.port, "f") as fleet,
     ):
         while gateway.bridge is None or not gateway.bridge.subscribed:
             await asyncio.sleep(0.02)
@@ -343,42 +345,98 @@ async def test_no_answer_goes_to_the_gateways_own_topics(
         await fleet.client.publish(f"{BASE}/agv/next", json.dumps(hostile), qos=1)
         fine = await fleet.ask("next", {"fleet": "f", "robot": "r2"})
         assert fine["ok"]
-        await asyncio.sleep(0.3)
+        await collector.wait_for(lambda c: c.on("/event"))
         assert gateway.bridge.responses_refused == 1
     assert collector.on("/tx/move") == []
+    (event,) = [m.json() for m in collector.on("/event")]
+    assert_valid("event", event)
+    assert event["code"] == "agv_request_rejected"
+    assert event["details"]["source"] == "agv/next from fleet f"
+    assert "not carried out: reply topic" in event["details"]["reason"]
 
 
-async def test_a_hostile_reply_topic_neither_disconnects_the_gateway_nor_gets_an_answer(
-    tmp_path: Path, mosquitto: Mosquitto
+# Reply addresses an attacker on the site network tried (issue #11): control characters,
+# wildcards, other gateways' and sites' trees, robot command topics, near-misses of the
+# gateway's own tree, other fleets, and oversized topics.
+HOSTILE_REPLY_TOPICS = [
+    "x\u0001",
+    "fleet/f/\u0000",
+    "fleet/f/+",
+    "fleet/#",
+    "wms/DC2/asn/EVIL",
+    "wms/DC1/task/T9",
+    "gw/DC1/dock-south/tx/move",
+    f"{BASE}",
+    f"{BASE} ",
+    f"/{BASE}/x",
+    "uagv/v2/Acme/r1/order",
+    "uagv/v2/Acme/r1/instantActions",
+    "fleet/other/responses",  # another fleet's tree
+    "fleet/f2/responses",  # near-miss of the fleet's own tree
+    "$SYS/x",
+    "f" * 65_535,
+]
+
+
+@pytest.mark.parametrize("mqtt5", [True, False], ids=["response-topic", "reply_to"])
+async def test_hostile_reply_topics_neither_disconnect_the_gateway_nor_get_an_answer(
+    tmp_path: Path, mosquitto: Mosquitto, mqtt5: bool
 ) -> None:
-    config = agv_site(tmp_path, mosquitto.port)
-    hostile_topics = ["x\u0001", "wms/DC2/asn/EVIL", f"{BASE} "]  # MQTT 3.1.1 reply_to
-    too_long = "f" * 60_000  # an MQTT 5 response topic
+    config = agv_site(tmp_path, mosquitto.port, vda5050={"interface": "uagv"})
     async with (
+        Collector(mosquitto.port) as collector,
         running(config) as gateway,
-        requester(mosquitto.port) as fleet,
+        requester(mosquitto.port, "f") as fleet,
         aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="spy") as spy,
     ):
         await spy.subscribe("#", qos=0)
         while gateway.bridge is None or not gateway.bridge.subscribed:
             await asyncio.sleep(0.02)
-        for topic in hostile_topics:
-            body = {"fleet": "f", "robot": "r1", "reply_to": topic, "correlation": "x"}
-            await fleet.client.publish(f"{BASE}/agv/next", json.dumps(body), qos=1)
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.ResponseTopic = too_long
-        body = {"fleet": "f", "robot": "r3"}
-        await fleet.client.publish(
-            f"{BASE}/agv/next", json.dumps(body), qos=1, properties=properties
-        )
-        # The gateway is still connected and still answers a well-formed request.
-        fine = await fleet.ask("next", {"fleet": "f", "robot": "r2"})
+        sent = 0
+        for i, topic in enumerate(HOSTILE_REPLY_TOPICS):
+            body: dict[str, Any] = {"fleet": "f", "robot": f"r{i}"}
+            properties = None
+            if mqtt5:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.ResponseTopic = topic
+                properties.CorrelationData = b"c" * 65_535
+            else:
+                body |= {"reply_to": topic, "correlation": "c" * 200}
+            # The broker drops a client that sends some of these (a wildcard in a response
+            # topic is a protocol error): one attacker connection each.
+            with contextlib.suppress(ValueError, aiomqtt.MqttError):
+                async with aiomqtt.Client(
+                    "127.0.0.1",
+                    mosquitto.port,
+                    identifier=f"attacker-{i}",
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    timeout=1,
+                ) as attacker:
+                    await attacker.publish(
+                        f"{BASE}/agv/next", json.dumps(body), qos=1, properties=properties
+                    )
+                    sent += 1
+        # The gateway is still connected and answers a well-formed request.
+        fine = await fleet.ask("next", {"fleet": "f", "robot": "good"})
         assert fine["ok"]
         assert gateway.bridge.connected
-        assert gateway.bridge.responses_refused == len(hostile_topics) + 1
+        refused = gateway.bridge.responses_refused
+        await collector.wait_for(lambda c: c.on("/event"))
         seen: list[str] = []
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.3):
                 async for message in spy.messages:
                     seen.append(str(message.topic))
-    assert not [t for t in seen if t in {*hostile_topics, too_long}]
+        assert gateway.bridge.connected
+    assert sent >= len(HOSTILE_REPLY_TOPICS) - 4
+    # A reply_to with a wildcard or over 200 characters fails the schema first: rejected as a
+    # bad request, its reply topic never looked at.
+    assert refused >= sent - 3
+    assert not [t for t in seen if t in HOSTILE_REPLY_TOPICS]
+    assert not [t for t in seen if t.startswith(("fleet/other", "uagv/", "wms/", "gw/DC1/dock-s"))]
+    # Each refusal is visible, aggregated: one short event per rule the topics broke.
+    events = [m.json() for m in collector.on("/event")]
+    assert {e["code"] for e in events} == {"agv_request_rejected"}
+    reasons = [e["details"]["reason"] for e in events]
+    assert len(set(reasons)) == len(reasons) < len(HOSTILE_REPLY_TOPICS)
+    assert all(len(json.dumps(e)) < 2_000 for e in events)

@@ -39,7 +39,7 @@ from gateway.rules.vda5050 import RobotObserver
 from gateway.wire.agv import MAX_REQUEST_BYTES, answer_payload, parse_wms_task
 from gateway.wire.inbound import InboundRoutes, Received
 from gateway.wire.outbound import notice_payload
-from gateway.wire.topics import Topics
+from gateway.wire.topics import Requester, Topics
 from gateway.wire.vda5050 import parse
 from simulators.gs1 import sscc
 from simulators.vda5050_robot import (
@@ -103,8 +103,8 @@ REPLY = ReplyHandle("fleet/resp")
 
 def decoded(op: str, payload: bytes, when: float) -> Event:
     """An AGV request as the bridge hands it to the rules, answered to `REPLY`."""
-    message = Received(f"gw/DC1/gw1/agv/{op}", payload, False, at(when), REPLY)
-    event = ROUTES.decode(message, lambda _topic, _correlation: None)
+    message = Received(f"gw/DC1/gw1/agv/{op}", payload, False, at(when), "fleet/resp")
+    event = ROUTES.decode(message, lambda _requester, _topic, _data, _echo: REPLY)
     assert event is not None
     return event
 
@@ -569,7 +569,9 @@ def test_a_bad_request_names_no_reply_topic() -> None:
     message = Received("gw/DC1/gw1/agv/progress", json.dumps(body).encode(), False, T0)
     asked: list[str] = []
 
-    def reply_to(topic: str, _correlation: str | None) -> ReplyHandle | None:
+    def reply_to(
+        _requester: Requester, topic: str, _data: bytes | None, _echo: str | None
+    ) -> ReplyHandle | str:
         asked.append(topic)
         return ReplyHandle(topic)
 

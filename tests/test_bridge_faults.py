@@ -114,15 +114,20 @@ async def test_malformed_commands_are_answered_or_ignored_never_fatal(
         while not (gateway.bridge and gateway.bridge.subscribed):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-        await wms.subscribe("replies/#", qos=1)
+        await wms.subscribe("wms/DC1/replies/#", qos=1)
         cmd = "gw/DC1/dock-1/cmd/close"
-        await wms.publish(cmd, b"[" * 200_000, qos=1, properties=reply_to("replies/a", b"1"))
         await wms.publish(
-            cmd, b'{"reference": null}', qos=1, properties=reply_to("replies/+/x", b"2")
+            cmd, b"[" * 200_000, qos=1, properties=reply_to("wms/DC1/replies/a", b"1")
+        )
+        await wms.publish(
+            cmd, b'{"reference": null}', qos=1, properties=reply_to("wms/DC1/replies/+/x", b"2")
         )
         await wms.publish(cmd, b'{"reference": "X"}', qos=1, retain=True)
         await wms.publish(
-            cmd, json.dumps({"reference": "NOPE"}), qos=1, properties=reply_to("replies/b", b"3")
+            cmd,
+            json.dumps({"reference": "NOPE"}),
+            qos=1,
+            properties=reply_to("wms/DC1/replies/b", b"3"),
         )
         answers: dict[bytes, dict[str, Any]] = {}
         async with asyncio.timeout(10):
@@ -150,14 +155,14 @@ async def test_a_decoder_that_raises_is_skipped_and_the_gateway_stays_on_the_bro
     tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Stands in for a bug in a decoder: the bridge must log and count it, and go on.
-    original = InboundRoutes.decode
+    original = InboundRoutes.route_for
 
-    def buggy(self: InboundRoutes, message: Received, reply_to: Any) -> Any:
+    def buggy(self: InboundRoutes, message: Received) -> Any:
         if message.topic.endswith("/BOOM"):
             raise KeyError("a bug")
-        return original(self, message, reply_to)
+        return original(self, message)
 
-    monkeypatch.setattr(InboundRoutes, "decode", buggy)
+    monkeypatch.setattr(InboundRoutes, "route_for", buggy)
     config = build(site_config(tmp_path, broker_port=mosquitto.port, scanner=None), tmp_path)
     async with (
         running(config) as gateway,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,11 @@ from gateway.health import DeviceState
 from simulators.gs1 import sscc, sscc_label
 from simulators.scanner import ScannerSimulator, Type
 from tests.gateway_helpers import build, running, site_config, wait_device
-from tests.mqtt_helpers import Collector, Mosquitto
+from tests.mqtt_helpers import Collector, Mosquitto, password_file
 
 pytestmark = pytest.mark.broker
 
 PALLET = sscc("0376123", 5)
-
-
-def password_file(path: Path, users: dict[str, str]) -> Path:
-    path.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
-    subprocess.run(["mosquitto_passwd", "-U", str(path)], check=True)
-    path.chmod(0o600)
-    return path
 
 
 async def test_refused_publish_is_kept_retried_and_does_not_hold_up_the_rest(

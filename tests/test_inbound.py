@@ -10,7 +10,7 @@ import pytest
 from gateway.domain import RefDataDeleted, RefDataUpdate, Rejected
 from gateway.wire import inbound
 from gateway.wire.inbound import InboundRoutes, Received
-from gateway.wire.topics import Topics
+from gateway.wire.topics import Requester, Topics
 
 T0 = dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC)
 PRODUCT = {"gtin": "09506000134352", "unit_weight_kg": 10.0}
@@ -20,8 +20,12 @@ def routes() -> InboundRoutes:
     return InboundRoutes(Topics("DC1", "gw1"), agv=True, vda5050_interface=None)
 
 
+def _no_answers(_requester: Requester, _topic: str, _data: bytes | None, _echo: str | None) -> str:
+    return "no answers in these tests"
+
+
 def decode(table: InboundRoutes, topic: str, payload: bytes) -> object:
-    return table.decode(Received(topic, payload, True, T0), lambda _t, _c: None)
+    return table.decode(Received(topic, payload, True, T0), _no_answers)
 
 
 def test_a_retained_record_delivered_again_unchanged_is_not_parsed_again(

@@ -80,3 +80,35 @@ async def test_a_cancelled_producer_leaves_no_wait_behind() -> None:
         await blocked
     await take(inbox)
     assert inbox.empty() and inbox.waited_s() == 0.0
+
+
+async def test_events_put_during_a_backlog_count_from_its_start_until_taken() -> None:
+    # A scanner reads what its device held since `since`: the rules' clock stays there while
+    # it reads, and while what it put meanwhile is still queued, behind a later event.
+    inbox = Inbox(maxsize=4)
+    since = time.monotonic()
+    time.sleep(0.05)  # noqa: ASYNC251 - the wait itself is what is measured
+    inbox.put_nowait(message(1))  # another source, after the hold began
+    with inbox.backlog(since):
+        assert inbox.waited_s() >= 0.05
+        inbox.put_nowait(message(2))
+    assert inbox.waited_s() >= 0.05  # its event still counts from `since`
+    assert await take(inbox) == "1"
+    assert inbox.waited_s() >= 0.05
+    assert await take(inbox) == "2"
+    assert inbox.waited_s() == 0.0
+
+
+async def test_keep_queues_beyond_the_bound_and_put_still_waits() -> None:
+    # At a stop, what a driver has read is kept even when the inbox is full.
+    inbox = Inbox(maxsize=1)
+    inbox.put_nowait(message(1))
+    inbox.keep(message(2))
+    assert inbox.qsize() == 2 and inbox.unfinished() == 2
+    assert not inbox.offer(message(3))
+    blocked = asyncio.create_task(inbox.put(message(3)))
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    assert [await take(inbox), await take(inbox)] == ["1", "2"]
+    await blocked
+    assert await take(inbox) == "3"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -714,3 +714,23 @@ def test_random_scan_sequences_follow_the_transition_table(
     assert split_timeouts(moves.on_tick(end)) == (model.tick(end), [])
     for sscc in SSCCS:
         assert moves.location_of(sscc) == model.where.get(sscc)
+
+
+# --- A scanner held back (a full outbox) ------------------------------------------------------
+
+
+def test_a_pallet_typed_during_a_hold_times_out_from_when_it_was_read() -> None:
+    # Stamped with the hold's start (t 0), read when the hold ended (t 300): its location,
+    # scanned 30 s after it was read, makes one move.
+    moves = rule()
+    moves.on_event(replace(pallet(P1, t(0)), read_at=t(300)))
+    assert moves.on_tick(t(359)) == []
+    move = only_move(moves.on_event(location("A-01-02", t(330))))
+    assert (move.pallet_scanned_at, move.confirmed_at) == (t(0), t(330))
+
+
+def test_a_pallet_typed_during_a_hold_still_times_out() -> None:
+    moves = rule()
+    moves.on_event(replace(pallet(P1, t(0)), read_at=t(300)))
+    notice = only_notice(moves.on_tick(t(360) + TICK), "move_timeout")
+    assert notice.at == t(360)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,59 +16,9 @@ import pytest
 from simulators.scanner import ScannerSimulator, shift_script
 from tests.gateway_helpers import LOCATIONS, assert_valid, site_config
 from tests.mqtt_helpers import Collector, Mosquitto, free_port
+from tests.process_helpers import GatewayProcess, outbox_rows, wait_until, write_toml
 
 pytestmark = pytest.mark.broker
-
-
-def write_toml(path: Path, raw: dict[str, Any]) -> Path:
-    """A minimal TOML writer for the nested test config (tables and inline values)."""
-    lines: list[str] = []
-
-    def value(v: Any) -> str:
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        return json.dumps(v)
-
-    def table(prefix: str, data: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in data.items() if not isinstance(v, dict | list)}
-        if prefix:
-            lines.append(f"[{prefix}]")
-        lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())
-        for k, v in data.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}" if prefix else k, v)
-
-    devices = raw.pop("devices", [])
-    table("", raw)
-    for device in devices:
-        lines.append("[[devices]]")
-        lines.extend(f"{k} = {value(v)}" for k, v in device.items())
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-class GatewayProcess:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("ab"),
-        )
-
-    def signal(self, sig: int) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        return self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 @pytest.fixture
@@ -85,28 +33,6 @@ def gateway_process(tmp_path: Path) -> Iterator[GatewayProcess]:
     yield make  # type: ignore[misc]
     for proc in holder:
         proc.stop()
-
-
-def outbox_rows(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as conn:
-        try:
-            return int(
-                conn.execute("SELECT COUNT(*) FROM outbox WHERE topic LIKE '%/tx/move'").fetchone()[
-                    0
-                ]
-            )
-        except sqlite3.OperationalError:
-            return 0
-
-
-async def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.slow(8)

@@ -86,9 +86,9 @@ async def test_receipt_against_an_asn_with_planted_problems(
                 sim.release()
                 await collector.wait_for(lambda c: len(c.on("/tx/receive")) >= 3, timeout=40)
                 # Close the receipt with an MQTT 5 request; the answer comes to our topic.
-                await wms.subscribe("wms/replies/#", qos=1)
+                await wms.subscribe("wms/DC1/replies/#", qos=1)
                 props = Properties(PacketTypes.PUBLISH)
-                props.ResponseTopic = "wms/replies/close"
+                props.ResponseTopic = "wms/DC1/replies/close"
                 props.CorrelationData = b"req-1"
                 await wms.publish(
                     "gw/DC1/dock-1/cmd/close",
@@ -98,7 +98,7 @@ async def test_receipt_against_an_asn_with_planted_problems(
                 )
                 async with asyncio.timeout(10):
                     async for message in wms.messages:
-                        if str(message.topic) == "wms/replies/close":
+                        if str(message.topic) == "wms/DC1/replies/close":
                             reply = json.loads(message.payload)  # type: ignore[arg-type]
                             assert message.properties.CorrelationData == b"req-1"  # type: ignore[union-attr]
                             break

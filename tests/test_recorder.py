@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from pathlib import Path
@@ -16,7 +17,7 @@ from gateway.domain import (
 )
 from gateway.drivers.base import AlarmOutputs
 from gateway.recorder import Recorder
-from gateway.storage import Store
+from gateway.storage import OutboxMessage, Store
 from gateway.wire.epcis import EpcisSettings
 from gateway.wire.topics import Topics
 
@@ -73,3 +74,17 @@ async def test_answers_go_out_only_after_their_batch_is_committed(tmp_path: Path
         answer = TaskAnswer(True, AnswerResult.NONE, "", "no task queued")
         await recorder.record([move("B-01"), Reply(handle, answer)])
     assert answers.sent == [(handle, answer, 1)]  # the move was in the outbox already
+
+
+async def test_a_stop_commits_a_batch_waiting_for_room_beyond_the_limit(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "gw.db", max_rows=10) as store:
+        recorder = Recorder(topics=TOPICS, store=store, clock=lambda: T0, alarms=AlarmOutputs())
+        await store.commit([OutboxMessage(f"old-{n}", "gw/DC1/gw1/old", b"{}") for n in range(10)])
+        waiting = asyncio.create_task(recorder.record([move("B-01"), move("B-02")]))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # intake held: the outbox is full
+        recorder.stop_holding()
+        await asyncio.wait_for(waiting, 1)
+        assert store.depth == 12 and recorder.beyond_limit == 2
+        rows = await store.pending()
+    assert [json.loads(r.payload)["to_location"] for r in rows[-2:]] == ["B-01", "B-02"]

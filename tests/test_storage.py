@@ -224,3 +224,36 @@ async def test_a_new_database_file_is_readable_by_its_owner_only(tmp_path: Path)
         await store.commit([msg(1)])
         for name in ("gw.db", "gw.db-wal", "gw.db-shm"):
             assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
+async def test_acknowledged_rows_are_kept_for_the_window_and_requeued_in_order(
+    tmp_path: Path,
+) -> None:
+    async with await Store.open(tmp_path / "gw.db") as store:
+        await store.commit([msg(n) for n in range(5)])
+        rows = await store.pending()
+        await store.acknowledge([r.seq for r in rows[:3]], keep_s=60)
+        assert store.depth == 2
+        assert [r.msg_id for r in await store.pending()] == ["id-3", "id-4"]
+    # A crash (the file reopened): what the broker acknowledged comes back, before the rest.
+    async with await Store.open(tmp_path / "gw.db") as store:
+        assert await store.requeue_sent(within_s=60) == 3
+        assert store.depth == 5
+        assert [r.msg_id for r in await store.pending()] == [f"id-{n}" for n in range(5)]
+        assert await store.requeue_sent(within_s=60) == 0  # once
+
+
+async def test_sent_rows_outside_the_window_or_after_a_clean_stop_are_not_requeued(
+    tmp_path: Path,
+) -> None:
+    async with await Store.open(tmp_path / "gw.db") as store:
+        await store.commit([msg(n) for n in range(3)])
+        rows = await store.pending()
+        await store.acknowledge([rows[0].seq], keep_s=60)
+        assert await store.requeue_sent(within_s=0.0) == 0  # acknowledged before the window
+        await store.acknowledge([rows[1].seq], keep_s=60)
+        await store.forget_sent()
+        assert await store.requeue_sent(within_s=60) == 0
+        await store.acknowledge([rows[2].seq])  # no window: gone at once
+        assert await store.requeue_sent(within_s=60) == 0
+        assert store.depth == 0

@@ -4,6 +4,13 @@ Delivery contract: each outbox row is published with QoS 1 and deleted only when
 PUBACK carries a success reason code. In-flight publishes are capped by a semaphore. When the
 connection drops, unacknowledged rows stay in the outbox and are published again, in order,
 after the reconnect: a consumer may see a transaction twice, always with the same id.
+
+Inbound flow control: an inbound QoS 1 message is acknowledged (PUBACK) only once it has been
+decoded and handed to the rules' inbox, and the CONNECT's Receive Maximum caps how many the
+broker sends unacknowledged; so a full inbox slows the broker down instead of a queue here
+discarding what the broker was told had arrived. QoS 0 messages (robot states) beyond a bound
+are dropped and counted. Large payloads are decoded in a worker process, one at a time in
+arrival order, so that the event loop (drivers, rules, publishing) does not stall on them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.bridge.decoding import DecodePool
 from gateway.config import BrokerConfig
 from gateway.domain import CloseAnswer, Event, ReplyHandle, TaskAnswer
 from gateway.health import StatusBoard
@@ -34,7 +42,7 @@ from gateway.wire.agv import answer_payload
 from gateway.wire.codec import encode
 from gateway.wire.inbound import InboundRoutes, Received
 from gateway.wire.outbound import close_answer_payload, gateway_status_payload
-from gateway.wire.topics import Topics, reply_topic_refusal
+from gateway.wire.topics import ReplyPolicy, Requester, RequesterKind, Topics
 
 log = structlog.get_logger("gateway.bridge")
 
@@ -46,8 +54,11 @@ FETCH_BATCH = 500
 SESSION_EXPIRY_S = 7 * 24 * 3600
 # Command answers waiting for the connection.
 RESPONSE_BACKLOG = 100
-# Incoming messages aiomqtt holds while the rules cannot take more.
-MAX_QUEUED_INCOMING = 10_000
+# QoS 0 messages (robot states) waiting to be decoded while the rules cannot take more; the
+# newest beyond it are dropped and counted. QoS 1 ones are bounded by the Receive Maximum.
+MAX_QUEUED_QOS0 = 1_000
+# Payloads at least this large are decoded in a worker process (`gateway.bridge.decoding`).
+DECODE_ELSEWHERE_BYTES = 64 * 1024
 # Debug messages waiting for their turn under the rate limit.
 DEBUG_BACKLOG = 100
 # A session that lasted this long resets the reconnect backoff (a broker that accepts and
@@ -80,6 +91,22 @@ class _Client(aiomqtt.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reasons: dict[int, ReasonCode] = {}
+        # Inbound QoS 1 messages are acknowledged by `ack`, once handed on (module docstring).
+        self._client.manual_ack_set(True)
+        self.qos0_dropped = 0
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        """Queue a message; a QoS 0 one is dropped (and counted) when too many wait. QoS 1
+        ones are never dropped here: the broker sends at most Receive Maximum unacknowledged."""
+        if message.qos == 0 and self._queue.qsize() >= MAX_QUEUED_QOS0:
+            self.qos0_dropped += 1
+            return
+        super()._on_message(client, userdata, message)
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Acknowledge an inbound QoS 1 message (PUBACK)."""
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
 
     def _on_publish(
         self,
@@ -149,6 +176,14 @@ class MqttBridge:
     ) -> None:
         self._config = config
         self._routes = routes
+        self._replies = ReplyPolicy(
+            {
+                RequesterKind.FLEET: config.reply_topics.fleet,
+                RequesterKind.WMS: config.reply_topics.wms,
+            },
+            topics,
+            reserved=routes.reserved_roots if routes is not None else frozenset(),
+        )
         self._notices_dropped = notices_dropped
         self._topics = topics
         self._store = store
@@ -172,6 +207,10 @@ class MqttBridge:
         self.refused = 0
         self.responses_refused = 0  # answers not sent: on the gateway's or the site's WMS topics
         self.decode_errors = 0  # messages a decoder raised on (bugs), skipped
+        self.received = 0  # inbound messages handled (and acknowledged)
+        self.connection_losses = 0  # sessions that ended other than by `stop()`
+        self.qos0_dropped = 0  # inbound QoS 0 messages dropped while too many waited
+        self._decoding = DecodePool()
         self._refusals_logged: set[str] = set()  # reasons a reply topic was refused, logged once
         self.statuses_pending = True
         # Debug output: newest first to go when more comes than the rate allows.
@@ -203,19 +242,16 @@ class MqttBridge:
         self._responses_ready.set()
 
     def _reply_handle(
-        self, topic: str | None, correlation: bytes | None = None, echo: str | None = None
-    ) -> ReplyHandle | None:
-        """A handle for a reply topic a request named, or None where the gateway may not answer.
-
-        Every reply topic passes `reply_topic_refusal` first: a request must not make the
-        gateway publish, with its own credentials, on a transaction, reference data or robot
-        command topic, nor send a packet the broker rejects as malformed (which would cost the
-        connection). A refusal is counted and logged once per reason.
-        """
-        if topic is None:
-            return None
-        reserved = self._routes.reserved_roots if self._routes is not None else frozenset()
-        refusal = reply_topic_refusal(topic, reserved=reserved)
+        self, requester: Requester, topic: str, correlation: bytes | None, echo: str | None
+    ) -> ReplyHandle | str:
+        """A handle for an answer to `requester` on `topic`, or why the gateway must not
+        answer there (`ReplyPolicy`: the MQTT topic rules, never a gateway's, the WMS's
+        reference data or the robots' topics, and only the configured patterns of the
+        requester's kind). A request must not make the gateway publish, with its own
+        credentials, where it has no business, nor send a packet the broker rejects as
+        malformed (which would cost the connection). A refusal is counted and logged once per
+        reason; the rules report it as a rejected request."""
+        refusal = self._replies.refusal(requester, topic)
         if refusal is not None:
             self.responses_refused += 1
             if refusal not in self._refusals_logged:
@@ -223,9 +259,10 @@ class MqttBridge:
                 log.warning(
                     "not answering a request: its reply topic is refused",
                     reason=refusal,
+                    requester=str(requester),
                     topic=topic[:80],
                 )
-            return None
+            return refusal
         return ReplyHandle(_ReplyAddress(topic, correlation, echo))
 
     def stop(self) -> None:
@@ -235,6 +272,12 @@ class MqttBridge:
     async def run(self) -> None:
         """Connect, publish, reconnect on failure; returns after `stop()`."""
         loop = asyncio.get_running_loop()
+        try:
+            await self._reconnecting(loop)
+        finally:
+            self._decoding.close()
+
+    async def _reconnecting(self, loop: asyncio.AbstractEventLoop) -> None:
         while not self._stop.is_set():
             began = loop.time()
             try:
@@ -251,6 +294,7 @@ class MqttBridge:
 
     def _down(self, error: BaseException) -> None:
         if self.connected:
+            self.connection_losses += 1
             log.warning("broker connection lost", error=str(error))
         elif not self._reported_down:
             log.warning("broker not reachable", host=self._config.host, error=str(error))
@@ -288,6 +332,8 @@ class MqttBridge:
             connect.SessionExpiryInterval = SESSION_EXPIRY_S
             # The broker refuses to send anything larger, instead of the gateway buffering it.
             connect.MaximumPacketSize = config.max_packet_bytes
+            # At most this many inbound QoS 1 messages unacknowledged (see the module docstring).
+            connect.ReceiveMaximum = config.receive_maximum
             session = {"clean_start": False, "properties": connect}
         client = _Client(
             config.host,
@@ -301,9 +347,9 @@ class MqttBridge:
             keepalive=config.keepalive_s,
             timeout=10,
             max_inflight_messages=config.max_inflight,
-            # Incoming messages wait here while the rules' queue is full (a disk fault, an
-            # outbox at its limit): bounded, the newest dropped beyond it (aiomqtt logs it).
-            max_queued_incoming_messages=MAX_QUEUED_INCOMING,
+            # Unbounded here: QoS 1 messages are bounded by the Receive Maximum, QoS 0 ones by
+            # `_Client._on_message`.
+            max_queued_incoming_messages=0,
             tls_params=tls_params,
         )
         # aiomqtt warns above this many pending calls; the semaphore is the real cap.
@@ -314,6 +360,7 @@ class MqttBridge:
         client = self._client()
         async with client:
             await self._publish_status(client, online=True, reason="started")
+            await self._requeue_sent()
             if not self.connected:
                 log.info("broker connected", host=self._config.host, port=self._config.port)
             self.connected = True
@@ -322,6 +369,7 @@ class MqttBridge:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self._receive(client), name="bridge.receive"),
+                    tg.create_task(self._subscribe(client), name="bridge.subscribe"),
                     tg.create_task(self._publish_responses(client), name="bridge.responses"),
                     tg.create_task(self._publish_statuses(client), name="bridge.statuses"),
                     tg.create_task(self._relay(client), name="bridge.relay"),
@@ -333,8 +381,26 @@ class MqttBridge:
                 for task in tasks:
                     task.cancel()
             await self._publish_status(client, online=False, reason="stopped")
+            # A clean disconnect: the broker still runs, nothing needs publishing again.
+            await self._store.forget_sent()
             self.connected = False
             log.info("broker disconnected: gateway stopping")
+
+    async def _requeue_sent(self) -> None:
+        """Publish again what the broker acknowledged within the redelivery window before the
+        last connection ended other than cleanly (a lost connection, a crash of the gateway or
+        of the whole PC): if the broker crashed, it lost what it took since its last save.
+        Consumers see the same ids twice at worst."""
+        window = self._config.redeliver_window_s
+        if window <= 0:
+            return
+        requeued = await self._store.requeue_sent(within_s=window)
+        if requeued:
+            log.info(
+                "publishing again what the broker acknowledged just before the connection ended",
+                messages=requeued,
+                window_s=window,
+            )
 
     def outbox_state(self) -> dict[str, Any]:
         """The outbox as the gateway status shows it."""
@@ -359,42 +425,56 @@ class MqttBridge:
         await client.publish_acked(self._topics.status, encode(payload), qos=1, retain=True)
 
     async def _receive(self, client: _Client) -> None:
-        """Messages in, decoded at the edge; raises MqttError when the link drops."""
-        if self._inbox is not None and self._routes is not None:
-            for topic, qos in self._routes.subscriptions():
-                await client.subscribe(topic, qos=qos)
-            self.subscribed = True
+        """Messages in, decoded at the edge, acknowledged once handed on; raises MqttError
+        when the link drops. Messages are taken while the subscriptions are made: a broker
+        may hold a SUBACK until the retained messages it sends first are acknowledged."""
         async for message in client.messages:
             if (
-                self._inbox is None
-                or self._routes is None
-                or not isinstance(message.payload, bytes | bytearray | None)
+                self._inbox is not None
+                and self._routes is not None
+                and isinstance(message.payload, bytes | bytearray | None)
             ):
-                continue
-            response = getattr(message.properties, "ResponseTopic", None)
-            correlation = getattr(message.properties, "CorrelationData", None)
-            reply = self._reply_handle(response, correlation)
-            received = Received(
-                topic=str(message.topic),
-                payload=bytes(message.payload or b""),
-                retain=message.retain,
-                at=self._clock(),
-                reply=reply,
-            )
-            # A request whose MQTT 5 response topic was refused is not answered at all, not
-            # even on a `reply_to` in its payload.
-            refused = response is not None and reply is None
-            try:
-                event = self._routes.decode(received, _no_reply if refused else self._echo_handle)
-            except Exception:  # a decoder bug must not take the gateway off the broker
-                self.decode_errors += 1
-                log.exception("cannot decode a message; skipped", topic=received.topic[:200])
-                continue
-            if event is not None:
-                await self._inbox(event)
+                event = await self._decode(self._routes, message)
+                if event is not None:
+                    await self._inbox(event)
+            client.ack(message)
+            self.received += 1
+            self.qos0_dropped = client.qos0_dropped
+            # A queue of messages would otherwise be decoded without a break: let the rest of
+            # the gateway run between two of them.
+            await asyncio.sleep(0)
 
-    def _echo_handle(self, topic: str, correlation: str | None) -> ReplyHandle | None:
-        return self._reply_handle(topic, echo=correlation)
+    async def _subscribe(self, client: _Client) -> None:
+        """Subscribe to every inbound route, in one SUBSCRIBE."""
+        if self._inbox is None or self._routes is None:
+            return
+        await client.subscribe(list(self._routes.subscriptions()))
+        self.subscribed = True
+
+    async def _decode(self, routes: InboundRoutes, message: aiomqtt.Message) -> Event | None:
+        """The domain event of one message (a large one decoded in the worker process); None
+        when there is none or the decoder failed (a bug: logged and counted)."""
+        correlation = getattr(message.properties, "CorrelationData", None)
+        payload = bytes(message.payload or b"")
+        received = Received(
+            topic=str(message.topic),
+            payload=payload,
+            retain=message.retain,
+            at=self._clock(),
+            response_topic=getattr(message.properties, "ResponseTopic", None),
+            correlation=None if correlation is None else bytes(correlation),
+        )
+        try:
+            route = routes.route_for(received)
+            if route is None:
+                return None
+            if route.pure is not None and len(payload) >= DECODE_ELSEWHERE_BYTES:
+                return await self._decoding.decode(route.pure, received)
+            return route.decode(received, self._reply_handle)
+        except Exception:  # a decoder bug must not take the gateway off the broker
+            self.decode_errors += 1
+            log.exception("cannot decode a message; skipped", topic=received.topic[:200])
+            return None
 
     async def _publish_responses(self, client: _Client) -> None:
         while True:
@@ -480,7 +560,7 @@ class MqttBridge:
         except PublishRefused as err:
             await self._refused(row, err)
             return
-        await self._store.acknowledge([row.seq])
+        await self._store.acknowledge([row.seq], keep_s=self._config.redeliver_window_s)
         self.published += 1
         log.info("refused message accepted on retry", topic=row.topic, attempts=row.attempts)
 
@@ -527,11 +607,7 @@ class MqttBridge:
             ack_ready.clear()
             batch = acked[:]
             del acked[: len(batch)]
-            await self._store.acknowledge(batch)
-
-
-def _no_reply(_topic: str, _correlation: str | None) -> ReplyHandle | None:
-    return None
+            await self._store.acknowledge(batch, keep_s=self._config.redeliver_window_s)
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:

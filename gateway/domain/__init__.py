@@ -58,6 +58,7 @@ from gateway.domain.refdata import (
     RefDataKind,
     ShipLine,
     ShipOrder,
+    Ssccs,
     key_of,
 )
 from gateway.domain.replies import (
@@ -173,6 +174,7 @@ __all__ = [
     "ShipLine",
     "ShipOrder",
     "SiteLayout",
+    "Ssccs",
     "StorageLocation",
     "TagEvidence",
     "TagRead",

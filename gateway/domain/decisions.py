@@ -24,6 +24,7 @@ class RefDataChange:
     kind: RefDataKind
     key: str
     item: RefData | None  # None: deleted
+    digest: bytes | None = None  # of the message it came in (`RefDataUpdate.digest`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,12 @@ class ScanKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Scan:
-    """A barcode read and understood by a scanner driver."""
+    """A barcode read and understood by a scanner driver.
+
+    `at` is when it was scanned, as far as the gateway knows. A label that waited at the device
+    while intake was held is stamped with when the hold began (the earliest it can have been
+    scanned), and `read_at` says when it was read (the latest); None: read at `at`.
+    """
 
     device_id: str
     at: dt.datetime
@@ -44,6 +49,7 @@ class Scan:
     serial: str | None = None
     count: int | None = None
     location: str | None = None
+    read_at: dt.datetime | None = None
 
     @property
     def code(self) -> str:
@@ -101,10 +107,15 @@ class WeightSample:
 
 @dataclass(frozen=True, slots=True)
 class RefDataUpdate:
-    """A reference data record from the WMS, checked (it may be the same as the one held)."""
+    """A reference data record from the WMS, checked (it may be the same as the one held).
+
+    `digest` fingerprints the message it came in (opaque to the rules, stored with the record):
+    after a restart, the broker's retained copy with the same digest is recognised unread.
+    """
 
     item: RefData
     at: dt.datetime
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +158,9 @@ class Rejected:
     """A message from outside that could not be accepted, with the reason (one line).
 
     `subject` says what it was: its topic, or the AGV operation. A rejected request keeps its
-    `reply`, so that the sender is told why.
+    `reply`, so that the sender is told why. `source` says who sent it, as coarsely as the
+    rejections of one sender are counted together (a robot, a WMS topic tree, a fleet); None:
+    the subject.
     """
 
     kind: InputKind
@@ -155,6 +168,7 @@ class Rejected:
     reason: str
     at: dt.datetime
     reply: ReplyHandle | None = None
+    source: str | None = None
 
 
 ScanEvent = Scan | RejectedScan

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 
 class RefDataKind(enum.StrEnum):
@@ -17,6 +21,71 @@ class RefDataKind(enum.StrEnum):
     SHIPMENT = "shipment"
     PRODUCT = "product"
     LOCATION = "location"
+
+
+class Ssccs(Sequence[str]):
+    """SSCCs (18 digits), compact: as 64-bit integers, 16 bytes each instead of some 80 for a
+    tuple of strings, with membership by binary search instead of a scan. A ship order may list
+    100,000 pallets, and the gateway holds every open order. Keeps the order it was given in.
+    """
+
+    __slots__ = ("_order", "_sorted")
+
+    def __init__(self, ssccs: Iterable[str] = ()) -> None:
+        values: list[int] = []
+        for sscc in ssccs:
+            if not _is_sscc(sscc):
+                raise ValueError(f"not an SSCC (18 digits): {sscc[:40]!r}")
+            values.append(int(sscc))
+        self._order = array("Q", values)
+        self._sorted = array("Q", sorted(values))
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Ssccs: ...
+    def __getitem__(self, index: int | slice) -> str | Ssccs:
+        if isinstance(index, slice):
+            return Ssccs(f"{v:018d}" for v in self._order[index])
+        return f"{self._order[index]:018d}"
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"{v:018d}" for v in self._order)
+
+    def __contains__(self, sscc: object) -> bool:
+        if not isinstance(sscc, str) or not _is_sscc(sscc):
+            return False
+        value = int(sscc)
+        at = bisect_left(self._sorted, value)
+        return at < len(self._sorted) and self._sorted[at] == value
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Ssccs):
+            return self._order == other._order
+        if isinstance(other, tuple | list):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._order.tobytes())
+
+    def __repr__(self) -> str:
+        return f"Ssccs({list(self)!r})"
+
+    def __getstate__(self) -> bytes:
+        return self._order.tobytes()
+
+    def __setstate__(self, state: bytes) -> None:
+        self._order = array("Q")
+        self._order.frombytes(state)
+        self._sorted = array("Q", sorted(self._order))
+
+
+def _is_sscc(value: str) -> bool:
+    return len(value) == 18 and value.isascii() and value.isdigit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +129,12 @@ class ShipOrder:
 
     order_id: str
     door: str
-    pallets: tuple[str, ...]  # SSCCs
+    pallets: Sequence[str]  # SSCCs, held as `Ssccs`
     lines: tuple[ShipLine, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pallets, Ssccs):
+            object.__setattr__(self, "pallets", Ssccs(self.pallets))
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,11 @@ class BarcodeFramer:
                 return size
         return 0
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of a label not complete yet (a runaway one being skipped: none)."""
+        return len(self._buffer)
+
     def reset(self) -> None:
         """Forget a partial frame (the port was reopened)."""
         self._buffer.clear()

@@ -10,6 +10,7 @@ one line in the registry.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,13 @@ class EventSink(Protocol):
 
     def offer(self, item: Event) -> bool:
         """Hand over an event if there is room now; False (nothing taken) when full."""
+
+    def keep(self, item: Event) -> None:
+        """Hand over an event at once, beyond the bound: at a stop, for what was already read."""
+
+    def backlog(self, since: float) -> contextlib.AbstractContextManager[None]:
+        """While the block runs, events that waited at the device since `since` (monotonic
+        time) are being read: event time stays there."""
 
 
 class Driver(Protocol):

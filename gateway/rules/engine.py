@@ -28,7 +28,6 @@ from gateway.domain import (
     Location,
     MoveTransaction,
     NextRequest,
-    Notice,
     PortalPass,
     Product,
     ProgressRequest,
@@ -42,7 +41,6 @@ from gateway.domain import (
     Reply,
     RobotReport,
     Scan,
-    Severity,
     ShipOrder,
     TagReadBatch,
     TaskAnswer,
@@ -55,6 +53,7 @@ from gateway.rules.agv import TaskBoard
 from gateway.rules.moves import ForkliftMoves
 from gateway.rules.portal import PortalTracker
 from gateway.rules.receiving import DockRules
+from gateway.rules.rejections import RejectionDigest
 from gateway.rules.weighing import WeightCapture
 
 
@@ -108,11 +107,26 @@ class RulesEngine:
         self.scales = dict(scales or {})
         self.dock_stations = dict(dock_stations or {})
         self.agv = agv
+        self.rejections = RejectionDigest(dict(_REJECTED))
 
     def on_event(self, event: Event) -> list[Decision]:
         """Decisions caused by one event."""
         handler = _HANDLERS[type(event)]
         return self._to_agv(handler(self, event))
+
+    def pallet_needed(self, event: Event) -> str | None:
+        """A pallet (SSCC) whose location `event` needs and the rules do not hold in memory.
+
+        The runner looks it up in storage and hands the answer to `pallet_found` before the
+        event; the rules themselves stay pure.
+        """
+        if isinstance(event, Scan) and event.device_id not in self.dock_stations:
+            return self.moves.needs(event)
+        return None
+
+    def pallet_found(self, sscc: str, location: str | None) -> None:
+        """Storage's location of a pallet `pallet_needed` asked for (None: none recorded)."""
+        self.moves.warm(sscc, location)
 
     def on_tick(self, now: dt.datetime) -> list[Decision]:
         """Decisions that time alone causes: timeouts, tags that departed, idle receipts, leases."""
@@ -121,6 +135,7 @@ class RulesEngine:
         for portal in self.portals.values():
             decisions.extend(self._passes(portal.on_tick(seconds)))
         decisions.extend(self.dock.on_tick(now))
+        decisions.extend(self.rejections.on_tick(now))
         if self.agv is not None:
             decisions.extend(self.agv.on_tick(now))
         return self._to_agv(decisions)
@@ -177,20 +192,13 @@ class RulesEngine:
         return [] if self.agv is None else self.agv.on_robot(event)
 
     def _rejected(self, event: Rejected) -> list[Decision]:
-        code, subject = _REJECTED[event.kind]
-        where = f"agv/{event.subject}" if event.kind == InputKind.AGV_REQUEST else event.subject
         at = event.at
         if self.agv is not None and event.kind in (InputKind.AGV_REQUEST, InputKind.ROBOT):
             at = self.agv.now(at)  # AGV input runs on the task board's time
-        out: list[Decision] = [
-            Notice(
-                code=code,
-                message=f"{where}: {event.reason}",
-                at=at,
-                severity=Severity.WARNING,
-                details={subject: event.subject, "reason": event.reason},
-            )
-        ]
+        out: list[Decision] = []
+        notice = self.rejections.on_rejected(event, at)
+        if notice is not None:
+            out.append(notice)
         if event.reply is not None:
             refused = TaskAnswer(False, AnswerResult.REFUSED, "bad_request", event.reason)
             out.append(Reply(event.reply, refused))
@@ -229,8 +237,11 @@ class RulesEngine:
                 self.locations[key] = item
                 if self.agv is not None and not same:
                     self.agv.set_locations(self.locations.values())
-        # The broker redelivers retained data at every reconnect: store only what changed.
-        return [] if same else [RefDataChange(kind, key, item)]
+        # The broker redelivers retained data at every reconnect: store only what changed, or
+        # the digest of a message not recognised before (so that it is, after a restart).
+        if same and event.digest is None:
+            return []
+        return [RefDataChange(kind, key, item, event.digest)]
 
     def _held(self, kind: RefDataKind, key: str) -> RefData | None:
         match kind:

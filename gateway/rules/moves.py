@@ -17,11 +17,24 @@ and is listed here:
 | any                | rejected scan               | notice `scan_rejected`           | unchanged     |
 
 A scanner with a fixed location (a station) moves a pallet there as soon as its label is read.
+
+Time a scanner was held does not count: a label that waited at the scanner while intake was
+held carries when the hold began (`Scan.at`) and when it was read (`Scan.read_at`). A location
+is compared with its pallet at `at`, and a pallet times out from `read_at`, so a pallet and
+its location scanned within the timeout make one move whether the hold began or ended
+between them.
+
+Memory is bounded by configuration, not by history: the rule keeps the locations of the
+`cached_pallets` pallets moved (or looked up) most recently, least recently used first out.
+Storage holds every pallet's location; a scan whose pallet the cache lacks (`needs`) is looked
+up there by the rules runner before the scan reaches the rule (`warm`), so the origin of a move
+and the `already_at_location` check stay right for a pallet moved long ago.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,10 +52,11 @@ from gateway.domain import (
 
 @dataclass(frozen=True, slots=True)
 class MoveSettings:
-    """How patient the move rule is."""
+    """How patient the move rule is, and how many pallet locations it keeps in memory."""
 
     timeout: dt.timedelta = dt.timedelta(seconds=60)
     repeat_window: dt.timedelta = dt.timedelta(seconds=2)
+    cached_pallets: int = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +64,7 @@ class _Awaiting:
     sscc: str
     since: dt.datetime
     raw: str
+    read_at: dt.datetime  # the timeout counts from here (later than `since` after a hold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +77,9 @@ class ForkliftMoves:
     """Turns pallet and location scans into validated move transactions.
 
     Args:
-        settings: timeout and repeat window.
-        pallet_locations: where each pallet was last moved to, as recorded in storage.
+        settings: timeout, repeat window and cache size.
+        pallet_locations: where pallets were last moved to, as recorded in storage, oldest move
+            first; only the last `settings.cached_pallets` are kept.
         stations: scanners at a fixed location; a pallet scanned there is moved there.
     """
 
@@ -73,23 +89,61 @@ class ForkliftMoves:
         pallet_locations: Mapping[str, str] | None = None,
         stations: Mapping[str, str] | None = None,
     ) -> None:
+        if settings.cached_pallets < 1:
+            raise ValueError(f"cached_pallets must be at least 1, not {settings.cached_pallets}")
         self._settings = settings
-        self._locations: dict[str, str] = dict(pallet_locations or {})
+        # SSCC -> location (None: known to be nowhere), least recently used first.
+        self._locations: OrderedDict[str, str | None] = OrderedDict()
         self._stations = dict(stations or {})
         self._awaiting: dict[str, _Awaiting] = {}
         self._last: dict[str, _LastRead] = {}
         self.repeats_ignored = 0
+        self.evicted = 0  # pallets dropped from the cache (still in storage)
+        for sscc, location in (pallet_locations or {}).items():
+            self._remember(sscc, location)
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._locations)
 
     def location_of(self, sscc: str) -> str | None:
-        """The pallet's last known location."""
+        """The pallet's last known location (None: unknown, or not in the cache)."""
         return self._locations.get(sscc)
+
+    def knows(self, sscc: str) -> bool:
+        """Whether the cache holds the pallet (its location, or that it has none)."""
+        return sscc in self._locations
 
     def located(self, sscc: str, location: str | None) -> None:
         """Another rule moved the pallet (a receipt, an AGV); None: it left (shipped)."""
-        if location is None:
-            self._locations.pop(sscc, None)
-        else:
-            self._locations[sscc] = location
+        self._remember(sscc, location)
+
+    def needs(self, event: ScanEvent) -> str | None:
+        """The pallet (SSCC) whose location `event` needs and the cache lacks, if any.
+
+        A pallet label needs its own pallet (a station moves it at once; a forklift's location
+        scan will); a location label needs the pallet its scanner is waiting with.
+        """
+        if isinstance(event, RejectedScan):
+            return None
+        sscc: str | None = None
+        if event.kind is ScanKind.PALLET:
+            sscc = event.sscc
+        elif event.kind is ScanKind.LOCATION and (waiting := self._awaiting.get(event.device_id)):
+            sscc = waiting.sscc
+        return None if sscc is None or sscc in self._locations else sscc
+
+    def warm(self, sscc: str, location: str | None) -> None:
+        """Storage's answer for a pallet the cache lacked (None: storage has no location)."""
+        if sscc not in self._locations:
+            self._remember(sscc, location)
+
+    def _remember(self, sscc: str, location: str | None) -> None:
+        self._locations[sscc] = location
+        self._locations.move_to_end(sscc)
+        while len(self._locations) > self._settings.cached_pallets:
+            self._locations.popitem(last=False)
+            self.evicted += 1
 
     def on_event(self, event: ScanEvent) -> list[Decision]:
         """Handle one scan (its own timestamp is the clock)."""
@@ -113,7 +167,7 @@ class ForkliftMoves:
         expired = [
             (device, waiting)
             for device, waiting in self._awaiting.items()
-            if now - waiting.since > self._settings.timeout
+            if now - waiting.read_at > self._settings.timeout
         ]
         out: list[Decision] = []
         for device, waiting in expired:
@@ -125,7 +179,7 @@ class ForkliftMoves:
                         f"pallet {waiting.sscc} was scanned but no location followed within "
                         f"{self._settings.timeout.total_seconds():g} s"
                     ),
-                    at=waiting.since + self._settings.timeout,
+                    at=waiting.read_at + self._settings.timeout,
                     device_id=device,
                     details={"sscc": waiting.sscc},
                 )
@@ -174,7 +228,7 @@ class ForkliftMoves:
                     details={"sscc": waiting.sscc, "next_sscc": sscc},
                 )
             )
-        self._awaiting[device] = _Awaiting(sscc, scan.at, scan.raw)
+        self._awaiting[device] = _Awaiting(sscc, scan.at, scan.raw, scan.read_at or scan.at)
         return out
 
     def _on_location(self, scan: Scan, location: str) -> list[Decision]:
@@ -197,6 +251,7 @@ class ForkliftMoves:
     ) -> list[Decision]:
         origin = self._locations.get(sscc)
         if origin == location:
+            self._locations.move_to_end(sscc)  # in the cache: it equals `location`
             return [
                 Notice(
                     code="already_at_location",
@@ -208,7 +263,7 @@ class ForkliftMoves:
                     details={"sscc": sscc},
                 )
             ]
-        self._locations[sscc] = location
+        self._remember(sscc, location)
         return [
             MoveTransaction(
                 sscc=sscc,

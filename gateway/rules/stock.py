@@ -8,7 +8,9 @@ move of a pallet the projection did not know) and leaves on ship, so the size fo
 building's capacity, not the number of transactions. Pallets that leave without a ship
 transaction the gateway sees (scrapped, shipped through another system) would stay: `forget`
 removes one on the WMS's word, and `max_pallets` is a hard cap above the building's capacity;
-past it the pallet moved least recently is forgotten first, and `evicted` counts them.
+past it the pallet moved least recently is forgotten first, and `evicted` counts them. At start
+the app gives it at most `max_pallets` stored locations, the most recently moved
+(`agv.stock_max_pallets`), never the whole table.
 """
 
 from __future__ import annotations

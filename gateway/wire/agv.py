@@ -10,6 +10,7 @@ Also builds the JSON of a task for answers and for the `agv/task` topic.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -61,6 +62,7 @@ class ParsedRequest(NamedTuple):
     request: TaskRequest | BadRequest
     reply_to: str | None = None  # MQTT 3.1.1 has no response topic: the payload names one
     correlation: str | None = None  # echoed in the answer
+    fleet: str | None = None  # the fleet the request names (for where its answer may go)
 
 
 def parse_request(op: str, payload: bytes, at: dt.datetime) -> ParsedRequest:
@@ -73,7 +75,7 @@ def parse_request(op: str, payload: bytes, at: dt.datetime) -> ParsedRequest:
         )
     doc = _document(f"agv-{op}", payload)
     if isinstance(doc, BadRequest):
-        return ParsedRequest(doc)
+        return ParsedRequest(doc, fleet=_fleet_named(payload))
     request: TaskRequest | BadRequest
     if op == "next":
         caps = doc.get("capabilities")
@@ -100,8 +102,9 @@ def parse_request(op: str, payload: bytes, at: dt.datetime) -> ParsedRequest:
     else:
         request = CancelRequest(task_id=doc["task_id"], reason=doc.get("reason"), at=at)
     if isinstance(request, BadRequest):
-        return ParsedRequest(request)  # a bad request is answered only on a response topic
-    return ParsedRequest(request, doc.get("reply_to"), doc.get("correlation"))
+        # A bad request is answered only on a response topic.
+        return ParsedRequest(request, fleet=doc.get("fleet"))
+    return ParsedRequest(request, doc.get("reply_to"), doc.get("correlation"), doc.get("fleet"))
 
 
 def parse_wms_task(
@@ -134,6 +137,18 @@ def parse_wms_task(
         at=at,
         gtin=doc.get("gtin"),
     )
+
+
+def _fleet_named(payload: bytes) -> str | None:
+    """The `fleet` an invalid request names, if it names one: where its error answer may go."""
+    if len(payload) > MAX_REQUEST_BYTES:
+        return None
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    fleet = doc.get("fleet") if isinstance(doc, dict) else None
+    return fleet if isinstance(fleet, str) else None
 
 
 def _document(schema: str, payload: bytes) -> dict[str, Any] | BadRequest:

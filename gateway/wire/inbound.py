@@ -3,9 +3,10 @@
 Every message the bridge receives is decoded here, at the edge, before the rules' inbox: the
 rules never see a topic, a payload or a schema. Each `Route` names the topics it takes, the
 subscriptions that bring them, and the decoder that turns one message into a domain event
-(or a `Rejected` with the reason). A request's reply address stays opaque: the bridge wraps an
-MQTT 5 response topic into the `Received.reply` handle, and `ReplyTo` makes one from a 3.1.1
-`reply_to` named in the payload; the rules pass handles back untouched.
+(or a `Rejected` with the reason). A request's reply address (its MQTT 5 response topic, or
+the 3.1.1 `reply_to` in its payload) becomes an opaque handle through `ReplyTo`, which the
+bridge answers with the handle or the reason the address is refused; a request whose reply
+address is refused is not carried out. The rules pass handles back untouched.
 """
 
 from __future__ import annotations
@@ -16,11 +17,20 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
-from gateway.domain import CloseCommand, Event, InputKind, Rejected, ReplyHandle, RobotReport
+from gateway.domain import (
+    CloseCommand,
+    Event,
+    InputKind,
+    RefDataUpdate,
+    Rejected,
+    ReplyHandle,
+    RobotReport,
+)
 from gateway.wire import agv as agv_wire
 from gateway.wire import refdata, vda5050
-from gateway.wire.topics import Topics
+from gateway.wire.topics import Requester, RequesterKind, Topics
 
 MAX_COMMAND_BYTES = 4096
 """A command is a small JSON object; anything larger is refused unread."""
@@ -37,19 +47,60 @@ class Received:
     payload: bytes
     retain: bool
     at: dt.datetime
-    reply: ReplyHandle | None = None  # the MQTT 5 response topic, wrapped by the bridge
+    response_topic: str | None = None  # MQTT 5 request/response
+    correlation: bytes | None = None
 
 
-ReplyTo = Callable[[str, str | None], ReplyHandle | None]
-"""Makes a handle for a reply topic named in a payload (MQTT 3.1.1), with the correlation
-string to echo; the bridge decides whether it may be used (None: it may not)."""
+ReplyTo = Callable[[Requester, str, bytes | None, str | None], ReplyHandle | str]
+"""Makes a handle for an answer to `requester` on a reply topic, with the MQTT 5 correlation
+data or the MQTT 3.1.1 correlation string to echo; the bridge returns the handle, or the
+reason why the gateway must not answer there."""
+
+
+def reply_handle(
+    message: Received,
+    reply_to: ReplyTo,
+    requester: Requester,
+    named: str | None = None,
+    echo: str | None = None,
+) -> ReplyHandle | str | None:
+    """The reply handle of a request (its MQTT 5 response topic first, else the `named`
+    3.1.1 `reply_to`); a str: why it is refused; None: the request asks for no answer."""
+    if message.response_topic is not None:
+        return reply_to(requester, message.response_topic, message.correlation, None)
+    if named:
+        return reply_to(requester, named, None, echo)
+    return None
+
+
+def _refused_reply(
+    kind: InputKind, subject: str, source: str, message: Received, why: str, named: str | None
+) -> Rejected:
+    """A request not carried out because its answer could not go where it asked; the reason
+    names the rule the topic broke (not the topic: rejections are counted per reason)."""
+    topic = message.response_topic if message.response_topic is not None else named or ""
+    return Rejected(
+        kind,
+        f"{subject}, reply to {topic[:60]!r}",
+        f"not carried out: reply topic refused ({why})",
+        message.at,
+        source=source,
+    )
+
 
 Decoder = Callable[[Received, ReplyTo], Event | None]
+PureDecoder = Callable[[Received], Event | None]
+"""A decoder that needs nothing but the message and picklable arguments bound with
+`functools.partial`: it may run in another process."""
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One kind of inbound message: which topics, how they are subscribed, how decoded."""
+    """One kind of inbound message: which topics, how they are subscribed, how decoded.
+
+    `pure` is set when decoding needs no reply address: the bridge may then run it in a
+    worker process (large reference data, robot states); `decode` runs it in place.
+    """
 
     kind: str
     matches: Callable[[str], bool]
@@ -57,6 +108,21 @@ class Route:
     subscriptions: tuple[tuple[str, int], ...]  # (topic filter, QoS)
     # The same payload again on the same topic decodes to the same thing: skipped unread.
     skip_repeats: bool = False
+    pure: PureDecoder | None = None
+
+
+def _pure_route(
+    kind: str,
+    matches: Callable[[str], bool],
+    pure: PureDecoder,
+    subscriptions: tuple[tuple[str, int], ...],
+    *,
+    skip_repeats: bool = False,
+) -> Route:
+    def decode(message: Received, _reply_to: ReplyTo) -> Event | None:
+        return pure(message)
+
+    return Route(kind, matches, decode, subscriptions, skip_repeats, pure)
 
 
 class InboundRoutes:
@@ -71,25 +137,28 @@ class InboundRoutes:
 
     def __init__(self, topics: Topics, *, agv: bool, vda5050_interface: str | None) -> None:
         self._topics = topics
-        self._digests: OrderedDict[str, bytes] = OrderedDict()  # WMS topic -> last payload's
+        # The digest of a WMS topic -> the digest of its last payload.
+        self._digests: OrderedDict[bytes, bytes] = OrderedDict()
         base, wms = topics.base, topics.wms
         routes: list[Route] = []
         if agv:
             routes.append(
-                Route(
+                _pure_route(
                     "wms_task",
                     lambda t: t.startswith(f"{wms}/task/"),
-                    self._wms_task,
-                    (),  # brought by the reference data subscription
+                    partial(_wms_task, f"{wms}/task/"),
+                    ((f"{wms}/task/+", 1),),
                     skip_repeats=True,
                 )
             )
         routes.append(
-            Route(
+            _pure_route(
                 "reference_data",
                 lambda t: t.startswith(f"{wms}/"),
-                self._reference,
-                ((f"{wms}/+/+", 1),),
+                partial(_reference, topics.site),
+                # Kind by kind, not `wms/{site}/+/+`, which would bring back the answers the
+                # gateway publishes on `wms/{site}/replies/...`.
+                tuple((f"{wms}/{kind}/+", 1) for kind in refdata.KINDS),
                 skip_repeats=True,
             )
         )
@@ -110,7 +179,7 @@ class InboundRoutes:
             )
         if vda5050_interface is not None:
             routes.append(
-                Route(
+                _pure_route(
                     "vda5050",
                     lambda t: vda5050.parse_topic(t) is not None,
                     _robot,
@@ -130,44 +199,79 @@ class InboundRoutes:
 
     def decode(self, message: Received, reply_to: ReplyTo) -> Event | None:
         """The domain event of one message; None for a message the gateway does not take, or
+        for the same WMS payload again on the same topic (see `route_for`)."""
+        route = self.route_for(message)
+        return None if route is None else route.decode(message, reply_to)
+
+    def route_for(self, message: Received) -> Route | None:
+        """The route that decodes `message`; None for a message the gateway does not take, or
         for the same WMS payload again on the same topic (the broker redelivers every retained
         record at each reconnect: recognised by a digest, before any parsing)."""
         for route in self.routes:
             if route.matches(message.topic):
                 if route.skip_repeats and self._repeated(message):
                     return None
-                return route.decode(message, reply_to)
+                return route
         return None
 
+    def remember(self, topic: str, digest: bytes) -> None:
+        """A payload of `topic` already taken in (before a restart): the same again is skipped."""
+        key = hashlib.blake2b(topic.encode(), digest_size=16).digest()
+        self._digests[key] = digest
+        if len(self._digests) > MAX_REMEMBERED_PAYLOADS:
+            self._digests.popitem(last=False)
+
     def _repeated(self, message: Received) -> bool:
-        digest = hashlib.blake2b(message.payload, digest_size=16).digest()
-        if self._digests.get(message.topic) == digest:
-            self._digests.move_to_end(message.topic)
+        # Keyed by a digest of the topic too: a flood of distinct 60 kB topics must not be kept.
+        topic = hashlib.blake2b(message.topic.encode(), digest_size=16).digest()
+        digest = payload_digest(message.payload)
+        if self._digests.get(topic) == digest:
+            self._digests.move_to_end(topic)
             return True
-        self._digests[message.topic] = digest
-        self._digests.move_to_end(message.topic)
+        self._digests[topic] = digest
+        self._digests.move_to_end(topic)
         if len(self._digests) > MAX_REMEMBERED_PAYLOADS:
             self._digests.popitem(last=False)
         return False
 
-    def _wms_task(self, message: Received, _reply_to: ReplyTo) -> Event:
-        task_id = message.topic.removeprefix(f"{self._topics.wms}/task/")
-        task = agv_wire.parse_wms_task(task_id, message.payload, message.at)
-        if isinstance(task, agv_wire.BadRequest):
-            return Rejected(InputKind.REFERENCE_DATA, message.topic, task.reason, message.at)
-        return task
 
-    def _reference(self, message: Received, _reply_to: ReplyTo) -> Event:
-        return refdata.decode(message.topic, message.payload, self._topics.site, message.at)
+def _wms_task(prefix: str, message: Received) -> Event:
+    """A WMS task (`wms/{site}/task/{task_id}`)."""
+    task = agv_wire.parse_wms_task(message.topic.removeprefix(prefix), message.payload, message.at)
+    if isinstance(task, agv_wire.BadRequest):
+        return Rejected(
+            InputKind.REFERENCE_DATA,
+            message.topic,
+            task.reason,
+            message.at,
+            source=_levels(message.topic, 3),
+        )
+    return task
 
 
-def _command(message: Received, _reply_to: ReplyTo) -> Event | None:
+def _reference(site: str, message: Received) -> Event:
+    """Reference data (`wms/{site}/{kind}/{key}`), with the digest of the payload."""
+    event = refdata.decode(message.topic, message.payload, site, message.at)
+    if isinstance(event, RefDataUpdate):
+        return replace(event, digest=payload_digest(message.payload))
+    return event
+
+
+def payload_digest(payload: bytes) -> bytes:
+    """What recognises the same payload again (`RefDataUpdate.digest`)."""
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
+def _command(message: Received, reply_to: ReplyTo) -> Event | None:
     """`cmd/close` with {"reference": "<ASN or order id>"}; a bad request gets an error answer.
 
     A retained command would be carried out again at every reconnect: ignored.
     """
     if message.retain or message.topic.rpartition("/")[2] != "close":
         return None
+    reply = reply_handle(message, reply_to, Requester(RequesterKind.WMS))
+    if isinstance(reply, str):
+        return _refused_reply(InputKind.COMMAND, message.topic, "wms", message, reply, None)
     reference = ""
     if len(message.payload) <= MAX_COMMAND_BYTES:
         try:
@@ -176,7 +280,7 @@ def _command(message: Received, _reply_to: ReplyTo) -> Event | None:
             body = None
         if isinstance(body, dict) and isinstance(body.get("reference"), str):
             reference = body["reference"]
-    return CloseCommand(reference, message.at, message.reply)
+    return CloseCommand(reference, message.at, reply)
 
 
 def _agv_request(message: Received, reply_to: ReplyTo) -> Event | None:
@@ -184,16 +288,37 @@ def _agv_request(message: Received, reply_to: ReplyTo) -> Event | None:
         return None
     op = message.topic.rpartition("/")[2]
     parsed = agv_wire.parse_request(op, message.payload, message.at)
-    reply = message.reply
-    if reply is None and parsed.reply_to:
-        reply = reply_to(parsed.reply_to, parsed.correlation)
+    # `next` and `progress` come from fleet controllers; a `cancel` from one names its fleet.
+    requester = (
+        Requester(RequesterKind.WMS)
+        if op == "cancel" and parsed.fleet is None
+        else Requester(RequesterKind.FLEET, parsed.fleet)
+    )
+    source = f"agv/{op[:20]} from {requester}"[:120]
+    reply = reply_handle(message, reply_to, requester, parsed.reply_to, parsed.correlation)
+    if isinstance(reply, str):
+        return _refused_reply(InputKind.AGV_REQUEST, op, source, message, reply, parsed.reply_to)
     if isinstance(parsed.request, agv_wire.BadRequest):
-        return Rejected(InputKind.AGV_REQUEST, op, parsed.request.reason, message.at, reply)
+        return Rejected(
+            InputKind.AGV_REQUEST, op, parsed.request.reason, message.at, reply, source=source
+        )
     return replace(parsed.request, reply=reply)
 
 
-def _robot(message: Received, _reply_to: ReplyTo) -> Event:
+def _robot(message: Received) -> Event:
+    """A robot's VDA 5050 `state` or `connection`."""
     parsed = vda5050.parse(message.topic, message.payload)
     if isinstance(parsed, vda5050.Rejected):
-        return Rejected(InputKind.ROBOT, message.topic, parsed.reason, message.at)
+        return Rejected(
+            InputKind.ROBOT,
+            message.topic,
+            parsed.reason,
+            message.at,
+            source=_levels(message.topic, 4),
+        )
     return RobotReport(parsed, message.at)
+
+
+def _levels(topic: str, count: int) -> str:
+    """The first `count` levels of a topic, shortened: where a message came from."""
+    return "/".join(topic.split("/", count)[:count])[:120]

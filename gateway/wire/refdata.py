@@ -13,6 +13,7 @@ JSON back, for storage. Nothing here does I/O.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from functools import lru_cache
 from typing import Any
 
 import biip
+from biip.gtin import Gtin
+from biip.sscc import Sscc
 
 from gateway.domain import (
     Asn,
@@ -88,7 +91,8 @@ def decode(
     parsed = parse_message(topic, payload, site)
     match parsed:
         case Rejected():
-            return RejectedInput(InputKind.REFERENCE_DATA, topic, parsed.reason, at)
+            source = "/".join(topic.split("/", 3)[:3])[:120]  # wms/{site}/{kind}
+            return RejectedInput(InputKind.REFERENCE_DATA, topic, parsed.reason, at, source=source)
         case Deleted():
             return RefDataDeleted(RefDataKind(parsed.kind), parsed.key, at)
         case _:
@@ -122,6 +126,15 @@ def _parse(kind: str, key: str, payload: bytes) -> RefData | str:
         return _BUILD[kind](doc)
     except _Invalid as err:
         return str(err)
+
+
+def from_stored(kind: str, body: str) -> RefData:
+    """A record as the gateway stored it (`to_json` of one checked when it came): built without
+    its schema again, which costs more than the rest. Raises ValueError on a damaged row."""
+    try:
+        return _BUILD[kind](json.loads(body))
+    except (KeyError, TypeError, _Invalid) as err:
+        raise ValueError(f"stored {kind} cannot be read: {err!r}") from None
 
 
 def to_json(item: RefData) -> dict[str, Any]:
@@ -297,8 +310,9 @@ def _unique(seen: dict[str, str], value: str, where: str, name: str) -> None:
     seen[value] = where
 
 
-# Check digits through biip: it reports errors in the result's fields instead of raising.
-# Cached, as the same identifiers come again (several lines, every reload after a restart).
+# Check digits through biip: each identifier with its own parser (`Gtin.parse`,
+# `Sscc.parse`: ten times faster than `biip.parse`, which tries every interpretation; a ship
+# order lists up to 100,000 SSCCs). Cached, as the same identifiers come again.
 
 
 def _check_gtin(where: str, gtin: str) -> None:
@@ -321,14 +335,20 @@ def _check_gln(where: str, gln: str) -> None:
 
 @lru_cache(maxsize=4096)
 def _gtin_error(gtin: str) -> str | None:
-    result = biip.parse("01" + gtin)
-    return None if result.gtin is not None else result.gtin_error or f"{gtin} is not a valid GTIN"
+    try:
+        Gtin.parse(gtin)
+    except biip.ParseError as err:
+        return str(err)
+    return None
 
 
 @lru_cache(maxsize=4096)
 def _sscc_error(sscc: str) -> str | None:
-    result = biip.parse("00" + sscc)
-    return None if result.sscc is not None else result.sscc_error or f"{sscc} is not a valid SSCC"
+    try:
+        Sscc.parse(sscc)
+    except biip.ParseError as err:
+        return str(err)
+    return None
 
 
 @lru_cache(maxsize=1024)

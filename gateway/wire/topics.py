@@ -3,8 +3,12 @@ and the check every reply topic a request names must pass before the gateway pub
 
 from __future__ import annotations
 
+import enum
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from paho.mqtt.client import topic_matches_sub
 
 MAX_REPLY_TOPIC_CHARS = 256
 """A longer reply topic is refused (MQTT allows 65,535 bytes; no deployment needs that)."""
@@ -53,6 +57,77 @@ def reply_topic_refusal(topic: str, *, reserved: frozenset[str] = frozenset()) -
     if root == _WMS and len(levels) > 2 and levels[2] in _WMS_DATA:
         return "on the WMS's reference data or tasks"
     return None
+
+
+class RequesterKind(enum.StrEnum):
+    """Who sends a request the gateway answers; each kind has its own allowed reply topics."""
+
+    FLEET = "fleet"  # fleet controllers: agv/next, agv/progress (and agv/cancel naming a fleet)
+    WMS = "wms"  # the WMS: cmd/close, and agv/cancel naming no fleet
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """The sender of a request as far as the request says: its kind and, for a fleet, its id."""
+
+    kind: RequesterKind
+    fleet: str | None = None
+
+    def __str__(self) -> str:
+        return f"fleet {self.fleet}" if self.fleet is not None else str(self.kind)
+
+
+PLACEHOLDERS = ("{site}", "{gateway}", "{fleet}")
+"""What a reply topic pattern may contain besides MQTT topic filter levels."""
+
+# A fleet id put into a pattern must stay one plain level: it must not widen the pattern.
+_PLAIN_LEVEL = re.compile(r"^[^/+#\x00-\x1f\x7f-\x9f]{1,100}$")
+
+
+class ReplyPolicy:
+    """Where the gateway may publish answers: per requester kind, a list of MQTT topic filters
+    with `{site}`, `{gateway}` and `{fleet}` (the fleet the request names) filled in.
+
+    A reply topic must first pass `reply_topic_refusal` (MQTT rules, never a gateway's, the
+    WMS's reference data or the robots' topics), then match one pattern of its requester's
+    kind. A pattern with `{fleet}` never matches a request that names no fleet.
+
+    Args:
+        patterns: requester kind -> topic filters; a kind left out gets no answers.
+        topics: the gateway's names, for `{site}` and `{gateway}`.
+        reserved: first levels no answer may go to besides `gw` (the robots' interface).
+    """
+
+    def __init__(
+        self,
+        patterns: Mapping[RequesterKind, Sequence[str]],
+        topics: Topics,
+        *,
+        reserved: frozenset[str] = frozenset(),
+    ) -> None:
+        self._patterns = {
+            kind: tuple(
+                p.replace("{site}", topics.site).replace("{gateway}", topics.gateway)
+                for p in filters
+            )
+            for kind, filters in patterns.items()
+        }
+        self.reserved = reserved
+
+    def refusal(self, requester: Requester, topic: str) -> str | None:
+        """Why an answer to `requester` must not go to `topic`; None when it may."""
+        why = reply_topic_refusal(topic, reserved=self.reserved)
+        if why is not None:
+            return why
+        fleet = requester.fleet
+        for pattern in self._patterns.get(requester.kind, ()):
+            if "{fleet}" in pattern:
+                if fleet is None or not _PLAIN_LEVEL.match(fleet):
+                    continue
+                pattern = pattern.replace("{fleet}", fleet)
+            if topic_matches_sub(pattern, topic):
+                return None
+        return f"not an allowed reply topic for {requester.kind} requesters"
 
 
 @dataclass(frozen=True, slots=True)

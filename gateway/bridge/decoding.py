@@ -1,0 +1,69 @@
+"""Large inbound payloads are decoded in a worker process, not on the event loop's.
+
+Parsing and checking a 1 MiB ship order (47,000 SSCCs against their schema and check digits)
+takes about a second of pure Python. On the event loop that stalls every driver and the rules;
+on a thread it still holds the interpreter lock, and every other thread (SQLite's, the loop's)
+then waits up to the lock's switch interval each time it wants it back: seconds of latency for
+a forklift's scan. A separate process has its own interpreter. The result comes back as
+pickled domain values (a few milliseconds for the largest).
+
+The worker starts with the first large payload and stays for the next ones (one at a time, in
+arrival order). A worker that dies is replaced; the payload it held is decoded on a thread
+instead, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import structlog
+
+from gateway.domain import Event
+from gateway.wire.inbound import PureDecoder, Received
+
+log = structlog.get_logger("gateway.bridge")
+
+
+def _worker_init() -> None:
+    """The worker leaves Ctrl-C and SIGTERM to the gateway, which shuts it down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class DecodePool:
+    """One worker process that runs pure decoders (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self.decoded = 0  # payloads decoded by the worker
+        self.worker_failures = 0  # workers that died (their payload was decoded on a thread)
+
+    async def decode(self, decoder: PureDecoder, message: Received) -> Event | None:
+        """`decoder(message)` in the worker process; raises what the decoder raises."""
+        loop = asyncio.get_running_loop()
+        if self._pool is None:
+            # spawn: a fork of a process with threads (SQLite's, asyncio's) may deadlock.
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+            )
+        try:
+            event = await loop.run_in_executor(self._pool, decoder, message)
+        except BrokenProcessPool:
+            self.worker_failures += 1
+            log.warning("the decoding worker died; decoding on a thread", topic=message.topic[:80])
+            self.close()
+            return await asyncio.to_thread(decoder, message)
+        self.decoded += 1
+        return event
+
+    def close(self) -> None:
+        """Stop the worker (it finishes nothing: a payload it held is received again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
