@@ -75,7 +75,11 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order."""
         config = self.config
-        store = await Store.open(config.storage.path, max_rows=config.storage.outbox_max_rows)
+        store = await Store.open(
+            config.storage.path,
+            max_rows=config.storage.outbox_max_rows,
+            max_bytes=config.storage.outbox_max_bytes,
+        )
         self.store = store
         try:
             engine = await build_engine(config, store, self.clock)
@@ -107,9 +111,7 @@ class Gateway:
                 board=self.board,
                 version=__version__,
                 clock=self.clock,
-                outbox_alarm_at=int(
-                    config.storage.outbox_max_rows * config.storage.outbox_alarm_ratio
-                ),
+                outbox_alarm_ratio=config.storage.outbox_alarm_ratio,
                 on_refused=self._publish_refused,
                 inbox=self._from_network,
                 routes=routes,

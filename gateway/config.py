@@ -140,6 +140,9 @@ class StorageConfig(_Model):
 
     path: Path
     outbox_max_rows: int = Field(default=100_000, ge=10)
+    # Payload bytes the outbox may hold: rows alone would let large messages (EPCIS documents,
+    # events) fill the disk. 256 MiB is 100,000 transactions with their EPCIS documents.
+    outbox_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     outbox_alarm_ratio: float = Field(default=0.8, gt=0, lt=1)
     commit_batch: int = Field(default=100, ge=1, le=10_000)
 

@@ -87,6 +87,9 @@ class Publisher(Protocol):
     def publish_debug(self, topic: str, payload: bytes) -> None:
         """Queue a debug message (QoS 0, rate-limited)."""
 
+    def publish_urgent(self, topic: str, payload: bytes) -> None:
+        """Publish now, ahead of the outbox's backlog (an alarm about that backlog)."""
+
 
 @dataclass(slots=True)
 class Batch:
@@ -316,9 +319,15 @@ class Recorder:
         messages = list(batch.messages)
         for notice in batch.notices:
             log.info("notice", code=notice.code, device=notice.device_id, message=notice.message)
-        while len(messages) > store.room() and not self._stopping.is_set():
+        while not store.fits(messages) and not self._stopping.is_set():
             if not self._intake_held:
-                log.error("outbox full: intake held back", depth=store.depth, limit=store.max_rows)
+                log.error(
+                    "outbox full: intake held back",
+                    depth=store.depth,
+                    limit=store.max_rows,
+                    bytes=store.size,
+                    bytes_limit=store.max_bytes,
+                )
                 self._intake_held = True
             await self._room_or_stop()
         stopping = self._stopping.is_set()
@@ -329,12 +338,21 @@ class Recorder:
                 log.info("outbox has room again: intake resumed", depth=store.depth)
             self._intake_held = False
         # At a stop every notice is kept too: they come from what is in memory, a bounded lot.
-        room = len(batch.notices) if stopping else store.room() - len(messages)
-        messages.extend(self._notice_message(n) for n in batch.notices[:room])
-        self.notices_dropped += max(0, len(batch.notices) - room)
-        alarm = self._outbox_alarm(extra=len(messages))
-        if alarm is not None and len(messages) < store.room():
-            messages.append(self._notice_message(alarm))
+        for notice in batch.notices:
+            message = self._notice_message(notice)
+            if stopping or store.fits([*messages, message]):
+                messages.append(message)
+            else:
+                self.notices_dropped += 1
+        alarm = self._outbox_alarm(extra=messages)
+        if alarm is not None:
+            # Published at once, beside the backlog it warns about; committed too if it fits
+            # (the same event id: a consumer sees it once or twice).
+            message = self._notice_message(alarm)
+            if self.publisher is not None:
+                self.publisher.publish_urgent(message.topic, message.payload)
+            if store.fits([*messages, message]):
+                messages.append(message)
         beyond = max(0, len(messages) - store.room())
         if messages or batch.changes:
             await store.commit(messages, batch.changes, over_limit=stopping)
@@ -356,27 +374,34 @@ class Recorder:
         topic = self._topics.alarm if notice.severity is Severity.ERROR else self._topics.event
         return OutboxMessage(notice.event_id, topic, encode(notice_payload(notice, self._topics)))
 
-    def _outbox_alarm(self, *, extra: int) -> Notice | None:
-        """An alarm the first time the outbox passes its alarm level; re-armed below 90% of it."""
+    def _outbox_alarm(self, *, extra: Sequence[OutboxMessage]) -> Notice | None:
+        """An alarm the first time the outbox passes its alarm level (rows or bytes); re-armed
+        below 90% of it."""
         store = self._store
-        level = int(store.max_rows * self._alarm_ratio)
-        depth = store.depth + extra
-        if depth < level * 0.9:
+        depth = store.depth + len(extra)
+        size = store.size + sum(len(m.payload) for m in extra)
+        fill = max(depth / store.max_rows, size / store.max_bytes)
+        if fill < self._alarm_ratio * 0.9:
             self._alarm_raised = False
             return None
-        if depth < level or self._alarm_raised:
+        if fill < self._alarm_ratio or self._alarm_raised:
             return None
         self._alarm_raised = True
-        log.error("outbox nearly full", depth=depth, limit=store.max_rows)
+        log.error("outbox nearly full", depth=depth, limit=store.max_rows, bytes=size)
         return Notice(
             code="outbox_high",
             message=(
-                f"outbox holds {depth} of {store.max_rows} messages: the broker is not taking "
-                "them; at the limit new scans are held back"
+                f"outbox holds {depth} of {store.max_rows} messages ({size} of {store.max_bytes}"
+                " bytes): the broker is not taking them; at the limit new scans are held back"
             ),
             at=self._clock(),
             severity=Severity.ERROR,
-            details={"depth": depth, "limit": store.max_rows},
+            details={
+                "depth": depth,
+                "limit": store.max_rows,
+                "bytes": size,
+                "bytes_limit": store.max_bytes,
+            },
         )
 
 

@@ -250,6 +250,8 @@ class Store:
     ) -> None:
         self._db = db
         self.max_rows = max_rows
+        self.max_bytes = 256 * 1024 * 1024  # payload bytes (`open` sets it)
+        self._bytes = 0
         self._depth = depth
         self._refused = refused
         # Resolved and replaced on every change: any number of tasks can wait on it.
@@ -261,7 +263,9 @@ class Store:
         self._running: set[asyncio.Task[Any]] = set()
 
     @classmethod
-    async def open(cls, path: Path, *, max_rows: int = 100_000) -> Self:
+    async def open(
+        cls, path: Path, *, max_rows: int = 100_000, max_bytes: int = 256 * 1024 * 1024
+    ) -> Self:
         """Open (or create) the file, in WAL mode with full fsync on commit."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,14 +285,17 @@ class Store:
             if "digest" not in columns:  # a file of an earlier version
                 await db.execute("ALTER TABLE refdata ADD COLUMN digest BLOB")
             async with db.execute(
-                "SELECT COUNT(*), COUNT(NULLIF(retry_at, 0)) FROM outbox"
+                "SELECT COUNT(*), COUNT(NULLIF(retry_at, 0)), COALESCE(SUM(LENGTH(payload)), 0)"
+                " FROM outbox"
             ) as cursor:
                 row = await cursor.fetchone()
         except sqlite3.Error as err:
             await db.close()
             raise StorageError(f"cannot prepare {path}: {err}") from err
-        depth, refused = (int(row[0]), int(row[1])) if row else (0, 0)
-        return cls(db, max_rows=max_rows, depth=depth, refused=refused)
+        depth, refused, size = (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+        store = cls(db, max_rows=max_rows, depth=depth, refused=refused)
+        store.max_bytes, store._bytes = max_bytes, size
+        return store
 
     async def close(self) -> None:
         """Let running transactions finish, then close the file."""
@@ -317,9 +324,23 @@ class Store:
         """Messages the broker refused, waiting for a retry."""
         return self._refused
 
+    @property
+    def size(self) -> int:
+        """Payload bytes of the messages committed and not yet acknowledged."""
+        return self._bytes
+
     def room(self) -> int:
-        """How many more messages fit before the size limit."""
+        """How many more messages fit before the row limit."""
         return max(0, self.max_rows - self._depth)
+
+    def fits(self, messages: Sequence[OutboxMessage]) -> bool:
+        """Whether `messages` fit under both limits: rows and payload bytes."""
+        size = sum(len(m.payload) for m in messages)
+        return len(messages) <= self.room() and self._bytes + size <= self.max_bytes
+
+    def fill(self) -> float:
+        """How full the outbox is: the larger share of its row and byte limits."""
+        return max(self._depth / self.max_rows, self._bytes / self.max_bytes)
 
     async def commit(
         self,
@@ -330,15 +351,18 @@ class Store:
     ) -> int:
         """Commit messages with the state they record, in one transaction; returns rows inserted.
 
-        Raises `OutboxFull` (and commits nothing) when the messages do not fit, unless
-        `over_limit` (a stop keeps what was read: `depth` may then exceed `max_rows`).
+        Raises `OutboxFull` (and commits nothing) when the messages do not fit (rows or bytes),
+        unless `over_limit` (a stop keeps what was read: the limits may then be exceeded).
         """
         state = changes or StateChanges()
-        if len(messages) > self.room() and not over_limit:
-            raise OutboxFull(f"outbox holds {self._depth} of {self.max_rows} messages")
+        if not over_limit and not self.fits(messages):
+            raise OutboxFull(
+                f"outbox holds {self._depth} of {self.max_rows} messages,"
+                f" {self._bytes} of {self.max_bytes} bytes"
+            )
         now = time.time()
 
-        async def body(db: aiosqlite.Connection) -> int:
+        async def body(db: aiosqlite.Connection) -> tuple[int, int | None]:
             before = db.total_changes
             await db.executemany(
                 "INSERT OR IGNORE INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
@@ -346,6 +370,13 @@ class Store:
                 [(m.msg_id, m.topic, m.payload, m.qos, int(m.retain), now) for m in messages],
             )
             inserted = db.total_changes - before
+            total: int | None = None
+            if inserted != len(messages):  # some were there already (rare): count them all
+                async with db.execute(
+                    "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
+                ) as cursor:
+                    summed = await cursor.fetchone()
+                total = int(summed[0]) if summed else 0
             await db.executemany(
                 "INSERT INTO pallet_location (sscc, location, tx_id, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (sscc) DO UPDATE SET"
@@ -398,12 +429,17 @@ class Store:
                         " digest = excluded.digest, updated_at = excluded.updated_at",
                         (row.kind, row.key, row.body, row.digest, now),
                     )
-            return inserted
+            return inserted, total
 
-        def done(inserted: int) -> None:
+        size = sum(len(m.payload) for m in messages)
+
+        def done(result: tuple[int, int | None]) -> None:
+            inserted, total = result
             self._depth += inserted
+            self._bytes = self._bytes + size if total is None else total
 
-        return await self._transaction(body, done)
+        inserted, _total = await self._transaction(body, done)
+        return inserted
 
     async def pending(self, *, after_seq: int = 0, limit: int = 500) -> list[PendingMessage]:
         """Unacknowledged messages of the normal stream after `after_seq`, oldest first."""
@@ -428,10 +464,11 @@ class Store:
             return
         now = time.time()
 
-        async def body(db: aiosqlite.Connection) -> tuple[int, int]:
+        async def body(db: aiosqlite.Connection) -> tuple[int, int, int]:
             placeholders = ",".join("?" * len(seqs))
             async with db.execute(
-                f"SELECT COUNT(*) FROM outbox WHERE retry_at > 0 AND seq IN ({placeholders})",  # noqa: S608 - placeholders only
+                "SELECT COUNT(NULLIF(retry_at, 0)), COALESCE(SUM(LENGTH(payload)), 0)"  # noqa: S608 - placeholders only
+                f" FROM outbox WHERE seq IN ({placeholders})",
                 list(seqs),
             ) as cursor:
                 row = await cursor.fetchone()
@@ -446,12 +483,14 @@ class Store:
             await db.execute("DELETE FROM outbox_sent WHERE acked_at < ?", (now - keep_s,))
             before = db.total_changes
             await db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-            return db.total_changes - before, int(row[0]) if row else 0
+            refused, size = (int(row[0]), int(row[1])) if row else (0, 0)
+            return db.total_changes - before, refused, size
 
-        def done(result: tuple[int, int]) -> None:
-            deleted, were_refused = result
+        def done(result: tuple[int, int, int]) -> None:
+            deleted, were_refused, size = result
             self._depth -= deleted
             self._refused -= were_refused
+            self._bytes -= size
 
         await self._transaction(body, done)
 
@@ -460,7 +499,7 @@ class Store:
         in their order (a broker that crashed may have lost them); returns how many."""
         since = time.time() - within_s
 
-        async def body(db: aiosqlite.Connection) -> int:
+        async def body(db: aiosqlite.Connection) -> tuple[int, int]:
             before = db.total_changes
             await db.execute(
                 "INSERT OR IGNORE INTO outbox (seq, msg_id, topic, payload, qos, retain, created_at)"
@@ -470,12 +509,17 @@ class Store:
             )
             moved = db.total_changes - before
             await db.execute("DELETE FROM outbox_sent")
-            return moved
+            async with db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox") as cur:
+                row = await cur.fetchone()
+            return moved, int(row[0]) if row else 0
 
-        def done(moved: int) -> None:
+        def done(result: tuple[int, int]) -> None:
+            moved, total = result
             self._depth += moved
+            self._bytes = total
 
-        return await self._transaction(body, done)
+        moved, _total = await self._transaction(body, done)
+        return moved
 
     async def forget_sent(self) -> None:
         """Forget the acknowledged messages kept for redelivery (a clean disconnect)."""

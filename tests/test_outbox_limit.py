@@ -55,6 +55,9 @@ async def test_alarm_then_backpressure_then_everything_delivered(tmp_path: Path)
                 for alarm in alarms:
                     assert_valid("event", alarm)
                 assert alarms[0]["details"]["limit"] == 10
+                # The alarm is published at once, not behind the backlog it warns about.
+                order = [m.topic.rpartition("/")[2] for m in collector.messages]
+                assert order.index("alarm") < order.index("move") + 3
                 # The status shows the backlog and how many events found no room in it.
                 statuses = [m.json() for m in collector.on("/status") if "outbox" in m.json()]
                 assert statuses

@@ -257,3 +257,20 @@ async def test_sent_rows_outside_the_window_or_after_a_clean_stop_are_not_requeu
         await store.acknowledge([rows[2].seq])  # no window: gone at once
         assert await store.requeue_sent(within_s=60) == 0
         assert store.depth == 0
+
+
+async def test_the_outbox_has_a_byte_limit_as_well_as_a_row_limit(tmp_path: Path) -> None:
+    big = [OutboxMessage(f"big-{n}", "gw/x/y/epcis", b"x" * 400) for n in range(3)]
+    async with await Store.open(tmp_path / "gw.db", max_rows=100, max_bytes=1000) as store:
+        await store.commit(big[:2])
+        assert (store.depth, store.size) == (2, 800)
+        assert store.fits([msg(0)])
+        assert not store.fits(big[2:])  # 1,200 bytes: over the byte limit, rows to spare
+        with pytest.raises(OutboxFull):
+            await store.commit(big[2:])
+        assert store.fill() == pytest.approx(0.8)
+        await store.acknowledge([r.seq for r in await store.pending()][:1])
+        assert (store.depth, store.size) == (1, 400)
+        await store.commit(big[2:])
+    async with await Store.open(tmp_path / "gw.db", max_bytes=1000) as store:
+        assert (store.depth, store.size) == (2, 800)  # counted again at start

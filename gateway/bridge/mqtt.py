@@ -42,7 +42,7 @@ from gateway.wire.agv import answer_payload
 from gateway.wire.codec import encode
 from gateway.wire.inbound import InboundRoutes, Received
 from gateway.wire.outbound import close_answer_payload, gateway_status_payload
-from gateway.wire.topics import ReplyPolicy, Requester, RequesterKind, Topics
+from gateway.wire.topics import ReplyPolicy, Requester, RequesterKind, Topics, topic_refusal
 
 log = structlog.get_logger("gateway.bridge")
 
@@ -119,9 +119,21 @@ class _Client(aiomqtt.Client):
         self._reasons[mid] = reason_code
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
-    async def publish_acked(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
-        """Publish and wait for the broker's acknowledgement; raise if it refused."""
-        info = self._client.publish(topic, payload, qos, retain)
+    async def publish_acked(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int,
+        retain: bool,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement; raise if it refused. A topic the
+        broker would take for a malformed packet (and drop the connection) is never sent."""
+        bad = topic_refusal(topic)
+        if bad is not None:
+            raise PublishRefused(topic[:200], f"not a valid topic: {bad}")
+        info = self._client.publish(topic, payload, qos, retain, properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
         if not info.is_published():
@@ -152,7 +164,8 @@ class MqttBridge:
         board: device statuses to publish retained.
         version: software version for the gateway status.
         clock: wall clock.
-        outbox_alarm_at: outbox depth at which the gateway status shows the alarm.
+        outbox_alarm_ratio: outbox fill (rows or bytes, a share of the limit) at which the
+            gateway status shows the alarm.
         on_refused: called once per topic the broker refuses (topic, reason).
         inbox: where decoded messages go (the rules' queue).
         routes: the inbound message kinds to subscribe to and decode (None: none).
@@ -168,7 +181,7 @@ class MqttBridge:
         board: StatusBoard,
         version: str,
         clock: Callable[[], dt.datetime],
-        outbox_alarm_at: int | None = None,
+        outbox_alarm_ratio: float | None = None,
         on_refused: Callable[[str, str], None] | None = None,
         inbox: Callable[[Event], Awaitable[None]] | None = None,
         routes: InboundRoutes | None = None,
@@ -190,7 +203,7 @@ class MqttBridge:
         self._board = board
         self._version = version
         self._started_at = clock()
-        self._outbox_alarm_at = outbox_alarm_at
+        self._outbox_alarm_ratio = outbox_alarm_ratio
         self._on_refused = on_refused
         self._inbox = inbox
         self._clock = clock
@@ -404,12 +417,15 @@ class MqttBridge:
 
     def outbox_state(self) -> dict[str, Any]:
         """The outbox as the gateway status shows it."""
-        depth = self._store.depth
+        store = self._store
         return {
-            "depth": depth,
-            "limit": self._store.max_rows,
-            "refused": self._store.refused,
-            "alarm": self._outbox_alarm_at is not None and depth >= self._outbox_alarm_at,
+            "depth": store.depth,
+            "limit": store.max_rows,
+            "bytes": store.size,
+            "bytes_limit": store.max_bytes,
+            "refused": store.refused,
+            "alarm": self._outbox_alarm_ratio is not None
+            and store.fill() >= self._outbox_alarm_ratio,
             "notices_dropped": self._notices_dropped(),
         }
 
@@ -476,7 +492,14 @@ class MqttBridge:
             log.exception("cannot decode a message; skipped", topic=received.topic[:200])
             return None
 
+    def publish_urgent(self, topic: str, payload: bytes) -> None:
+        """Publish now, ahead of the outbox's backlog (an alarm about that backlog), QoS 1."""
+        self._responses.append((topic, None, payload))
+        self._responses_ready.set()
+
     async def _publish_responses(self, client: _Client) -> None:
+        """Answers and urgent alarms, each acknowledged; one the broker refuses (an ACL) is
+        counted, logged once per topic and reported like any refused publish, not retried."""
         while True:
             await self._responses_ready.wait()
             while self._responses:
@@ -486,9 +509,19 @@ class MqttBridge:
                     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                     properties.CorrelationData = correlation
                 try:
-                    await client.publish(topic, payload, qos=1, properties=properties)
-                except ValueError as err:  # a response topic no client may publish to
-                    log.warning("cannot answer a command", topic=topic, error=str(err))
+                    await client.publish_acked(
+                        topic, payload, qos=1, retain=False, properties=properties
+                    )
+                except PublishRefused as err:
+                    self.refused += 1
+                    self.responses_refused += 1
+                    if err.topic not in self._refused_topics:
+                        self._refused_topics.add(err.topic)
+                        log.error(  # noqa: TRY400 - a refusal, not a bug: no traceback
+                            "broker refused an answer", topic=err.topic, reason=err.reason
+                        )
+                        if self._on_refused is not None:
+                            self._on_refused(err.topic, err.reason)
             self._responses_ready.clear()
 
     async def _publish_statuses(self, client: _Client) -> None:

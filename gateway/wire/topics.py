@@ -23,6 +23,24 @@ _WMS = "wms"
 _WMS_DATA = frozenset({"asn", "shipment", "product", "location", "task"})
 
 
+def topic_refusal(topic: str) -> str | None:
+    """Why no client should publish on `topic` (a broker drops the connection of one that
+    does); None when it may: 1 to 65,535 bytes of UTF-8, no wildcard, no control character."""
+    if not topic:
+        return "empty"
+    if _CONTROL.search(topic):
+        return "has a control character"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    if size > 65_535:
+        return "longer than 65,535 bytes"
+    if "+" in topic or "#" in topic:
+        return "has a wildcard"
+    return None
+
+
 def reply_topic_refusal(topic: str, *, reserved: frozenset[str] = frozenset()) -> str | None:
     """Why the gateway must not publish an answer on `topic`; None when it may.
 
