@@ -57,6 +57,17 @@ RESPONSE_BACKLOG = 100
 # QoS 0 messages (robot states) waiting to be decoded while the rules cannot take more; the
 # newest beyond it are dropped and counted. QoS 1 ones are bounded by the Receive Maximum.
 MAX_QUEUED_QOS0 = 1_000
+# Received and not yet decoded, at most: beyond either bound the socket is not read (TCP holds
+# the broker back) until the queue is down to the resume marks. The Receive Maximum should
+# make this unnecessary, but Mosquitto 2.0.11 sends a whole Receive Maximum more after every
+# PUBACK, so a flood would otherwise queue thousands of messages here.
+PAUSE_READING_AT = 1_000
+PAUSE_READING_AT_BYTES = 32 * 1024 * 1024
+RESUME_READING_AT = 100
+RESUME_READING_AT_BYTES = 8 * 1024 * 1024
+# While reading is paused, one message is read this often anyway: the keepalive must see
+# packets come in (broker.keepalive_s is at least 5 s), or the client takes the link as dead.
+TRICKLE_S = 1.0
 # Payloads at least this large are decoded in a worker process (`gateway.bridge.decoding`).
 DECODE_ELSEWHERE_BYTES = 64 * 1024
 # Debug messages waiting for their turn under the rate limit.
@@ -94,14 +105,77 @@ class _Client(aiomqtt.Client):
         # Inbound QoS 1 messages are acknowledged by `ack`, once handed on (module docstring).
         self._client.manual_ack_set(True)
         self.qos0_dropped = 0
+        self.queued_bytes = 0  # topics and payloads received and not yet taken
+        self.reading_paused = 0  # times the socket was left unread for a while
+        self._reader: tuple[int, Callable[[], None]] | None = None
+        self._paused = False
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        """As aiomqtt 2.5 does (read when the socket is readable), keeping the reader so that
+        reading can pause (`_on_message`) and resume (`taken`)."""
+
+        def read() -> None:
+            try:
+                while True:
+                    client.loop_read()
+                    # loop_read() does not always consume what an SSL socket has decoded.
+                    pending = getattr(client._sock, "pending", None)
+                    if pending is not None and pending() > 0:
+                        continue
+                    break
+            except Exception as exc:  # noqa: BLE001 - a broken connection: disconnect
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        fileno = sock.fileno()
+        self._reader = (fileno, read)
+        self._paused = False
+
+        def start() -> None:
+            self._misc_task = self._loop.create_task(self._misc_loop())
+
+        # Called on the thread that connects: nothing may touch the loop directly.
+        self._loop.call_soon_threadsafe(self._loop.add_reader, fileno, read)
+        self._loop.call_soon_threadsafe(start)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._reader = None  # the file number may be reused by the next socket
+        super()._on_socket_close(client, userdata, sock)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         """Queue a message; a QoS 0 one is dropped (and counted) when too many wait. QoS 1
-        ones are never dropped here: the broker sends at most Receive Maximum unacknowledged."""
+        ones are never dropped: beyond the bounds, the socket is left unread instead."""
         if message.qos == 0 and self._queue.qsize() >= MAX_QUEUED_QOS0:
             self.qos0_dropped += 1
             return
+        self.queued_bytes += len(message.payload) + len(message._topic)
         super()._on_message(client, userdata, message)
+        full = (
+            self._queue.qsize() >= PAUSE_READING_AT or self.queued_bytes >= PAUSE_READING_AT_BYTES
+        )
+        if full and not self._paused and self._reader is not None:
+            self._loop.remove_reader(self._reader[0])
+            self._paused = True
+            self.reading_paused += 1
+            self._loop.call_later(TRICKLE_S, self._trickle, self._reader)
+
+    def _trickle(self, reader: tuple[int, Callable[[], None]]) -> None:
+        """Read on while paused, until the next message (which pauses again while full)."""
+        if self._paused and self._reader is reader:
+            self._loop.add_reader(*reader)
+            self._paused = False
+
+    def taken(self, message: aiomqtt.Message) -> None:
+        """A queued message was taken: read the socket again once the queue has room."""
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        self.queued_bytes -= len(payload) + len(str(message.topic).encode())
+        room = (
+            self._queue.qsize() <= RESUME_READING_AT
+            and self.queued_bytes <= RESUME_READING_AT_BYTES
+        )
+        if room and self._paused and self._reader is not None:
+            self._loop.add_reader(*self._reader)
+            self._paused = False
 
     def ack(self, message: aiomqtt.Message) -> None:
         """Acknowledge an inbound QoS 1 message (PUBACK)."""
@@ -223,6 +297,7 @@ class MqttBridge:
         self.received = 0  # inbound messages handled (and acknowledged)
         self.connection_losses = 0  # sessions that ended other than by `stop()`
         self.qos0_dropped = 0  # inbound QoS 0 messages dropped while too many waited
+        self.reading_paused = 0  # times the socket was left unread while too many waited
         self._decoding = DecodePool()
         self._refusals_logged: set[str] = set()  # reasons a reply topic was refused, logged once
         self.statuses_pending = True
@@ -445,6 +520,7 @@ class MqttBridge:
         when the link drops. Messages are taken while the subscriptions are made: a broker
         may hold a SUBACK until the retained messages it sends first are acknowledged."""
         async for message in client.messages:
+            client.taken(message)
             if (
                 self._inbox is not None
                 and self._routes is not None
@@ -456,6 +532,7 @@ class MqttBridge:
             client.ack(message)
             self.received += 1
             self.qos0_dropped = client.qos0_dropped
+            self.reading_paused = client.reading_paused
             # A queue of messages would otherwise be decoded without a break: let the rest of
             # the gateway run between two of them.
             await asyncio.sleep(0)
