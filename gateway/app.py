@@ -100,6 +100,7 @@ class Gateway:
                 self.topics,
                 agv=config.agv.enabled,
                 vda5050_interface=vda.interface if vda else None,
+                refdata_max_bytes={k: v.max_bytes for k, v in config.refdata.by_kind().items()},
             )
             # The broker sends every retained record again: those taken in before are skipped.
             for kind, key, digest in await store.reference_digests():
@@ -135,6 +136,7 @@ class Gateway:
                 clock=self.clock,
                 batch_max=batch_max,
                 lookup=store.pallet_location,
+                not_taken=routes.forget_reference,  # taken when it comes again, with room
             )
             self.bridge, self.recorder, self.runner = bridge, recorder, runner
             # What start-up made (modules, schemas, the state loaded from SQLite) lives as long

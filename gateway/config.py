@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from gateway.domain import SiteLayout
+from gateway.wire.refdata import MAX_PAYLOAD_BYTES as REFDATA_MAX_PAYLOAD_BYTES
 from gateway.wire.topics import PLACEHOLDERS, reply_topic_refusal
 
 # Identifiers end up in MQTT topics: no wildcards, separators or spaces.
@@ -551,6 +552,79 @@ class RulesConfig(_Model):
     queue_size: int = Field(default=1024, ge=1, le=1_000_000)
 
 
+# Reference data limits per kind: (max_count, max_bytes). `max_count` bounds the records the
+# gateway holds, in memory and in SQLite (every one is loaded at start); `max_bytes` bounds
+# one message's payload, below the hard ceiling of 1 MiB (`wire.refdata.MAX_PAYLOAD_BYTES`).
+# - asn: 20,000 of up to 1 MiB. A busy DC receives a few hundred trucks a day and the WMS
+#   keeps an ASN retained from its announcement to the receipt's close: weeks of receipts.
+#   A truck of 33 pallets with an EPC per case is about 100 kB; 1 MiB is the ceiling.
+# - shipment: 5,000 of up to 1 MiB. Ship orders live for days, not weeks; the largest list
+#   tens of thousands of SSCCs (47,000 fit in 1 MiB).
+# - product: 200,000 of up to 64 KiB. The item master of a large DC is 10,000 to 100,000
+#   SKUs; a product's schema caps every field (under 8 kB even pretty-printed).
+# - location: 100,000 of up to 16 KiB. The pallet places, doors and lanes of a large
+#   building; a location is about 100 bytes.
+# The worst case is count x bytes (ASNs: 20 GB): set `max_bytes` to what the WMS really sends.
+REFDATA_DEFAULTS: dict[str, tuple[int, int]] = {
+    "asn": (20_000, 1024 * 1024),
+    "shipment": (5_000, 1024 * 1024),
+    "product": (200_000, 64 * 1024),
+    "location": (100_000, 16 * 1024),
+}
+
+
+class RefDataLimit(_Model):
+    """How many records of one kind the gateway holds, and how large one message may be.
+
+    A new record beyond `max_count` is not taken (an alarm); a larger payload than
+    `max_bytes` is rejected unread.
+    """
+
+    max_count: int = Field(ge=1, le=10_000_000)
+    max_bytes: int = Field(ge=1024)
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _under_the_ceiling(cls, value: int) -> int:
+        if value > REFDATA_MAX_PAYLOAD_BYTES:
+            raise ValueError(
+                f"{value:,} bytes is above the gateway's hard ceiling of "
+                f"{REFDATA_MAX_PAYLOAD_BYTES:,} bytes per reference data message"
+            )
+        return value
+
+
+def _refdata_default(kind: str) -> RefDataLimit:
+    count, size = REFDATA_DEFAULTS[kind]
+    return RefDataLimit(max_count=count, max_bytes=size)
+
+
+class RefDataConfig(_Model):
+    """Limits of the WMS's reference data, per kind (see `REFDATA_DEFAULTS`); a kind's table
+    may give one of its keys, the other keeps that kind's default."""
+
+    asn: RefDataLimit = _refdata_default("asn")
+    shipment: RefDataLimit = _refdata_default("shipment")
+    product: RefDataLimit = _refdata_default("product")
+    location: RefDataLimit = _refdata_default("location")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_per_kind(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for kind, (count, size) in REFDATA_DEFAULTS.items():
+            given = out.get(kind)
+            if isinstance(given, dict):
+                out[kind] = {"max_count": count, "max_bytes": size, **given}
+        return out
+
+    def by_kind(self) -> dict[str, RefDataLimit]:
+        """Each kind (as in its topic, `wms/{site}/{kind}/...`) and its limits."""
+        return {kind: getattr(self, kind) for kind in REFDATA_DEFAULTS}
+
+
 class GatewayConfig(_Model):
     """The whole site configuration."""
 
@@ -563,6 +637,7 @@ class GatewayConfig(_Model):
     debug: DebugConfig = DebugConfig()
     epcis: EpcisConfig = EpcisConfig()
     agv: AgvConfig = AgvConfig()
+    refdata: RefDataConfig = RefDataConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

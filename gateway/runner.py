@@ -12,6 +12,11 @@ pallet the cache lacks (`RulesEngine.pallet_needed`), the runner looks it up in 
 hands the answer to the rules (`pallet_found`). The decisions of the batch so far are committed
 first, so that storage already holds every move the rules made, evicted ones included. A failing
 lookup is retried with backoff, intake held meanwhile.
+
+Reference data the rules did not take (a new record beyond its kind's count limit) is handed to
+`not_taken`, so that the bridge forgets its payload's digest: the same payload again (the WMS
+publishing it anew, the broker's retained copy at the next connection) is then decoded and
+offered to the rules again, and taken once there is room.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from gateway.domain import Decision, Event, Notice, Severity
+from gateway.domain import Decision, Event, Notice, RefDataUpdate, Severity, key_of
 from gateway.drivers.base import Clock
 from gateway.inbox import Inbox
 from gateway.recorder import Recorder
@@ -51,6 +56,7 @@ class RulesRunner:
         batch_max: events per batch (one commit each).
         lookup: a pallet's stored location, for pallets the rules' cache lacks.
         tick_s: time between ticks.
+        not_taken: told (kind, key) of each reference data record the rules did not take.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class RulesRunner:
         batch_max: int,
         lookup: PalletLookup,
         tick_s: float = TICK_S,
+        not_taken: Callable[[str, str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.inbox = inbox
@@ -71,6 +78,7 @@ class RulesRunner:
         self._batch_max = max(1, batch_max)
         self._tick_s = tick_s
         self._lookup = lookup
+        self._not_taken = not_taken
         self.rules_errors = 0  # events the rules raised on (bugs), skipped
         self.lookups = 0  # pallets looked up in storage (not in the rules' cache)
 
@@ -95,6 +103,10 @@ class RulesRunner:
                     decisions.extend(self.engine.on_event(event))
                 except Exception as err:  # noqa: BLE001 - a bug must not stop every door
                     decisions.append(self._failed(event, err))
+                if isinstance(event, RefDataUpdate) and self._not_taken is not None:
+                    kind, key = key_of(event.item)
+                    if not self.engine.holds(kind, key):
+                        self._not_taken(kind.value, key)
             # Time moves on even while events pour in: departures and timeouts are due. It is
             # event time (see the module docstring); a clock stepped back is passed on, the
             # rules handle it.

@@ -27,7 +27,7 @@ from gateway.config import (
     ModbusScaleDevice,
     SicsScaleDevice,
 )
-from gateway.domain import DockKind, DockResult, DoorRole, LedgerEntry, PalletLot, RefDataUpdate
+from gateway.domain import DockKind, DockResult, DoorRole, LedgerEntry, PalletLot, RefDataKind
 from gateway.drivers.base import Clock
 from gateway.rules.agv import TaskBoard
 from gateway.rules.engine import DockStation, RulesEngine
@@ -121,9 +121,13 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
             if d.role in ("receiving", "shipping") and d.location
         },
         agv=await _task_board(config, store, _most_recent(pallets, stock_cap), clock),
+        refdata_limits={
+            RefDataKind(kind): limit.max_count for kind, limit in config.refdata.by_kind().items()
+        },
     )
     # What the WMS sent before the restart (the broker's retained copies follow, and are
-    # recognised by their digest: `InboundRoutes.remember`).
+    # recognised by their digest: `InboundRoutes.remember`). All of it, also beyond a count
+    # limit lowered since: new records of that kind are refused until the WMS deletes some.
     for n, row in enumerate(await store.reference_data()):
         if n % 500 == 499:
             await asyncio.sleep(0)  # thousands of records: let the loop breathe
@@ -134,7 +138,16 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
                 "stored reference data skipped", kind=row.kind, key=row.key, error=str(err)
             )
             continue
-        engine.on_event(RefDataUpdate(item, clock()))
+        engine.restore(item, clock())
+    for kind, limit in engine.refdata_limits.max_count.items():
+        held = engine.held_count(kind)
+        if held >= limit:
+            log.warning(
+                "reference data at its count limit: new records of this kind are refused",
+                kind=kind.value,
+                held=held,
+                limit=limit,
+            )
     return engine
 
 

@@ -53,6 +53,7 @@ from gateway.rules.agv import TaskBoard
 from gateway.rules.moves import ForkliftMoves
 from gateway.rules.portal import PortalTracker
 from gateway.rules.receiving import DockRules
+from gateway.rules.refdata_limits import RefDataLimits
 from gateway.rules.rejections import RejectionDigest
 from gateway.rules.weighing import WeightCapture
 
@@ -86,6 +87,8 @@ class RulesEngine:
         dock_stations: scanners at dock doors, by device id.
         scales: each scale's door and weight capture, by device id.
         agv: the AGV task board; receipts and moves feed it (None: no AGV tasks).
+        refdata_limits: the most reference data records of each kind held (see
+            `gateway.rules.refdata_limits`); a kind not given has no limit.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class RulesEngine:
         dock_stations: Mapping[str, DockStation] | None = None,
         scales: Mapping[str, tuple[str, WeightCapture]] | None = None,
         agv: TaskBoard | None = None,
+        refdata_limits: Mapping[RefDataKind, int] | None = None,
     ) -> None:
         self.moves = moves
         self.portals = dict(portals)
@@ -108,6 +112,7 @@ class RulesEngine:
         self.dock_stations = dict(dock_stations or {})
         self.agv = agv
         self.rejections = RejectionDigest(dict(_REJECTED))
+        self.refdata_limits = RefDataLimits(refdata_limits)
 
     def on_event(self, event: Event) -> list[Decision]:
         """Decisions caused by one event."""
@@ -127,6 +132,19 @@ class RulesEngine:
     def pallet_found(self, sscc: str, location: str | None) -> None:
         """Storage's location of a pallet `pallet_needed` asked for (None: none recorded)."""
         self.moves.warm(sscc, location)
+
+    def holds(self, kind: RefDataKind, key: str) -> bool:
+        """Whether the rules hold the reference data record `key` of this `kind`."""
+        return key in self._records(kind)
+
+    def held_count(self, kind: RefDataKind) -> int:
+        """How many reference data records of this `kind` the rules hold."""
+        return len(self._records(kind))
+
+    def restore(self, item: RefData, at: dt.datetime) -> None:
+        """A record stored before the restart: held again, whatever the count limits say (a
+        limit lowered below what is stored refuses new records, and keeps these)."""
+        self._take(RefDataUpdate(item, at))
 
     def on_tick(self, now: dt.datetime) -> list[Decision]:
         """Decisions that time alone causes: timeouts, tags that departed, idle receipts, leases."""
@@ -220,9 +238,37 @@ class RulesEngine:
             if self.agv is not None:
                 self.agv.set_locations(self.locations.values())
         closing: list[Decision] = list(self.dock.delete(event.kind, event.key, event.at))
+        self.refdata_limits.counted(event.kind, len(self._records(event.kind)))
         return [*closing, RefDataChange(event.kind, event.key, None)] if known else closing
 
     def _updated(self, event: RefDataUpdate) -> list[Decision]:
+        kind, key = key_of(event.item)
+        records = self._records(kind)
+        if key not in records and not self.refdata_limits.has_room(kind, len(records)):
+            return self._over_limit(kind, key, len(records), event.at)
+        return self._take(event)
+
+    def _over_limit(
+        self, kind: RefDataKind, key: str, held: int, at: dt.datetime
+    ) -> list[Decision]:
+        """A new record refused for want of room: nothing held or stored. The first refusal
+        raises the alarm; every one is counted as a rejection too, so those after the alarm
+        are reported in the rejections' aggregated events."""
+        limit = self.refdata_limits.max_count[kind]
+        rejected = Rejected(
+            InputKind.REFERENCE_DATA,
+            f"{kind}/{key}",
+            f"not taken: the {kind} limit of {limit:,} records is reached",
+            at,
+            source=f"{kind} limit",
+        )
+        notice = self.rejections.on_rejected(rejected, at)
+        alarm = self.refdata_limits.refuse(kind, key, held, at)
+        if alarm is not None:
+            return [alarm]
+        return [] if notice is None else [notice]
+
+    def _take(self, event: RefDataUpdate) -> list[Decision]:
         item = event.item
         kind, key = key_of(item)
         same = self._held(kind, key) == item
@@ -244,15 +290,19 @@ class RulesEngine:
         return [RefDataChange(kind, key, item, event.digest)]
 
     def _held(self, kind: RefDataKind, key: str) -> RefData | None:
+        return self._records(kind).get(key)
+
+    def _records(self, kind: RefDataKind) -> Mapping[str, RefData]:
+        """The records of `kind` the rules hold, by key."""
         match kind:
             case RefDataKind.ASN:
-                return self.dock.asns.get(key)
+                return self.dock.asns
             case RefDataKind.SHIPMENT:
-                return self.dock.orders.get(key)
+                return self.dock.orders
             case RefDataKind.PRODUCT:
-                return self.dock.products.get(key)
+                return self.dock.products
             case RefDataKind.LOCATION:
-                return self.locations.get(key)
+                return self.locations
 
     def _known(self, kind: RefDataKind, key: str) -> bool:
         return self._held(kind, key) is not None

@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -133,9 +133,19 @@ class InboundRoutes:
         agv: take AGV requests (`agv/next`, `agv/progress`, `agv/cancel`) and WMS tasks.
         vda5050_interface: take robots' VDA 5050 `state` and `connection` under this
             interface name (None: not at all).
+        refdata_max_bytes: the largest reference data payload of each kind (`asn`,
+            `shipment`, `product`, `location`); a larger one is rejected unread. A kind not
+            given: `refdata.MAX_PAYLOAD_BYTES`, the ceiling of every kind.
     """
 
-    def __init__(self, topics: Topics, *, agv: bool, vda5050_interface: str | None) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        *,
+        agv: bool,
+        vda5050_interface: str | None,
+        refdata_max_bytes: Mapping[str, int] | None = None,
+    ) -> None:
         self._topics = topics
         # The digest of a WMS topic -> the digest of its last payload.
         self._digests: OrderedDict[bytes, bytes] = OrderedDict()
@@ -155,7 +165,8 @@ class InboundRoutes:
             _pure_route(
                 "reference_data",
                 lambda t: t.startswith(f"{wms}/"),
-                partial(_reference, topics.site),
+                # A plain dict: the decoder is pickled to the worker process.
+                partial(_reference, topics.site, dict(refdata_max_bytes or {})),
                 # Kind by kind, not `wms/{site}/+/+`, which would bring back the answers the
                 # gateway publishes on `wms/{site}/replies/...`.
                 tuple((f"{wms}/{kind}/+", 1) for kind in refdata.KINDS),
@@ -221,6 +232,15 @@ class InboundRoutes:
         if len(self._digests) > MAX_REMEMBERED_PAYLOADS:
             self._digests.popitem(last=False)
 
+    def forget(self, topic: str) -> None:
+        """The payload last seen on `topic` was not taken in (the rules refused it for want of
+        room): the same payload again is decoded again, not skipped."""
+        self._digests.pop(hashlib.blake2b(topic.encode(), digest_size=16).digest(), None)
+
+    def forget_reference(self, kind: str, key: str) -> None:
+        """`forget` the topic of the reference data record `key` of this `kind`."""
+        self.forget(f"{self._topics.wms}/{kind}/{key}")
+
     def _repeated(self, message: Received) -> bool:
         # Keyed by a digest of the topic too: a flood of distinct 60 kB topics must not be kept.
         topic = hashlib.blake2b(message.topic.encode(), digest_size=16).digest()
@@ -249,9 +269,10 @@ def _wms_task(prefix: str, message: Received) -> Event:
     return task
 
 
-def _reference(site: str, message: Received) -> Event:
-    """Reference data (`wms/{site}/{kind}/{key}`), with the digest of the payload."""
-    event = refdata.decode(message.topic, message.payload, site, message.at)
+def _reference(site: str, max_bytes: Mapping[str, int], message: Received) -> Event:
+    """Reference data (`wms/{site}/{kind}/{key}`), with the digest of the payload; a payload
+    over its kind's limit in `max_bytes` is rejected unread."""
+    event = refdata.decode(message.topic, message.payload, site, message.at, max_bytes)
     if isinstance(event, RefDataUpdate):
         return replace(event, digest=payload_digest(message.payload))
     return event

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -45,7 +45,7 @@ KINDS = tuple(kind.value for kind in RefDataKind)
 """The kinds of reference data, as the third level of their topic (and their schema's name)."""
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
-"""A bigger payload is rejected unread."""
+"""A bigger payload is rejected unread: the hard ceiling, whatever a kind's limit says."""
 
 _KEY_FIELD = {"asn": "asn_id", "shipment": "order_id", "product": "gtin", "location": "location"}
 
@@ -85,10 +85,15 @@ def parse_topic(topic: str, site: str) -> tuple[str, str] | None:
 
 
 def decode(
-    topic: str, payload: bytes, site: str, at: dt.datetime
+    topic: str,
+    payload: bytes,
+    site: str,
+    at: dt.datetime,
+    max_bytes: Mapping[str, int] | None = None,
 ) -> RefDataUpdate | RefDataDeleted | RejectedInput:
-    """One reference data message as the rules take it. Never raises."""
-    parsed = parse_message(topic, payload, site)
+    """One reference data message as the rules take it (`max_bytes`: the largest payload of
+    each kind, see `parse_message`). Never raises."""
+    parsed = parse_message(topic, payload, site, max_bytes)
     match parsed:
         case Rejected():
             source = "/".join(topic.split("/", 3)[:3])[:120]  # wms/{site}/{kind}
@@ -99,8 +104,14 @@ def decode(
             return RefDataUpdate(parsed, at)
 
 
-def parse_message(topic: str, payload: bytes, site: str) -> RefData | Deleted | Rejected:
-    """One reference data message as a record, a deletion or a rejection. Never raises."""
+def parse_message(
+    topic: str, payload: bytes, site: str, max_bytes: Mapping[str, int] | None = None
+) -> RefData | Deleted | Rejected:
+    """One reference data message as a record, a deletion or a rejection. Never raises.
+
+    A payload larger than its kind's limit in `max_bytes` (a kind not there: the ceiling,
+    `MAX_PAYLOAD_BYTES`, which also caps every limit) is rejected unread.
+    """
     where = parse_topic(topic, site)
     if where is None:
         return Rejected(
@@ -109,6 +120,11 @@ def parse_message(topic: str, payload: bytes, site: str) -> RefData | Deleted | 
     kind, key = where
     if not payload:
         return Deleted(kind, key)
+    limit = min(MAX_PAYLOAD_BYTES, (max_bytes or {}).get(kind, MAX_PAYLOAD_BYTES))
+    if len(payload) > limit:
+        return Rejected(
+            topic, f"payload: {len(payload):,} bytes, more than the {kind} limit of {limit:,}"
+        )
     result = _parse(kind, key, payload)
     return Rejected(topic, one_line(result)) if isinstance(result, str) else result
 
