@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/outbox_relay.py
 	$(BIN)/python benchmarks/rfid_portal.py
 	$(BIN)/python benchmarks/pallet_memory.py
+	$(BIN)/python benchmarks/hostile_input.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -134,7 +134,9 @@ async def flood_scenario(tmp: Path, junk: int, big: int) -> dict[str, Any]:
             )
             watcher = asyncio.create_task(watch.run())
             events_before = len(collector.on("/event")) + len(collector.on("/alarm"))
-            flooding = flood(broker.port, "--junk", str(junk), "--big", str(big)) if junk else None
+            flooding = (
+                flood(broker.port, "--junk", str(junk), "--big", str(big)) if junk or big else None
+            )
             began = time.perf_counter()
             n = 0
             while True:

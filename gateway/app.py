@@ -101,6 +101,8 @@ class Gateway:
                 agv=config.agv.enabled,
                 vda5050_interface=vda.interface if vda else None,
                 refdata_max_bytes={k: v.max_bytes for k, v in config.refdata.by_kind().items()},
+                # Every record the limits allow, and the WMS's tasks besides.
+                remembered=sum(v.max_count for v in config.refdata.by_kind().values()) + 100_000,
             )
             # The broker sends every retained record again: those taken in before are skipped.
             for kind, key, digest in await store.reference_digests():

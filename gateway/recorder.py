@@ -319,7 +319,8 @@ class Recorder:
         messages = list(batch.messages)
         for notice in batch.notices:
             log.info("notice", code=notice.code, device=notice.device_id, message=notice.message)
-        while not store.fits(messages) and not self._stopping.is_set():
+        # A batch too large for the byte limit on its own is taken by an empty outbox.
+        while not store.fits(messages) and store.depth and not self._stopping.is_set():
             if not self._intake_held:
                 log.error(
                     "outbox full: intake held back",

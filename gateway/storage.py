@@ -480,6 +480,8 @@ class Store:
                     f" WHERE seq IN ({placeholders})",
                     [now, *seqs],
                 )
+            # What a crashed broker may have lost: the last `keep_s` before the last
+            # acknowledgement (so a broker down for long still gets it again).
             await db.execute("DELETE FROM outbox_sent WHERE acked_at < ?", (now - keep_s,))
             before = db.total_changes
             await db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
@@ -495,17 +497,17 @@ class Store:
         await self._transaction(body, done)
 
     async def requeue_sent(self, *, within_s: float) -> int:
-        """Put the messages the broker acknowledged in the last `within_s` back in the outbox,
-        in their order (a broker that crashed may have lost them); returns how many."""
-        since = time.time() - within_s
+        """Put the messages the broker acknowledged within `within_s` before its last
+        acknowledgement back in the outbox, in their order (a broker that crashed may have lost
+        them, however long it then stayed down); returns how many."""
 
         async def body(db: aiosqlite.Connection) -> tuple[int, int]:
             before = db.total_changes
             await db.execute(
                 "INSERT OR IGNORE INTO outbox (seq, msg_id, topic, payload, qos, retain, created_at)"
                 " SELECT seq, msg_id, topic, payload, qos, retain, created_at FROM outbox_sent"
-                " WHERE acked_at >= ?",
-                (since,),
+                " WHERE acked_at >= (SELECT MAX(acked_at) FROM outbox_sent) - ?",
+                (within_s,),
             )
             moved = db.total_changes - before
             await db.execute("DELETE FROM outbox_sent")

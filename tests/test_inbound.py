@@ -54,9 +54,8 @@ def test_a_changed_deleted_or_other_record_is_parsed() -> None:
     assert isinstance(decode(table, other, payload), Rejected)  # gtin is not the topic's
 
 
-def test_the_digests_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inbound, "MAX_REMEMBERED_PAYLOADS", 3)
-    table = routes()
+def test_the_digests_are_bounded() -> None:
+    table = InboundRoutes(Topics("DC1", "gw1"), agv=True, vda5050_interface=None, remembered=3)
     for n in range(5):
         decode(table, f"wms/DC1/location/L{n}", json.dumps({"location": f"L{n}"}).encode())
     payload = json.dumps({"location": "L0"}).encode()

@@ -20,6 +20,9 @@ REFUSED = [
     "x\u0001",  # a control character: Mosquitto would drop the gateway for it
     "fleet/\u0000/r",
     "fleet/\u009f",
+    "fleet/\uffff",  # Unicode non-characters: Mosquitto drops the client for them too
+    "fleet/\ufdd0",
+    "fleet/\U0010fffe",
     "fleet/+/resp",
     "fleet/#",
     "$SYS/broker/x",

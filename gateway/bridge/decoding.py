@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import pickle
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -54,9 +55,15 @@ class DecodePool:
             )
         try:
             event = await loop.run_in_executor(self._pool, decoder, message)
-        except BrokenProcessPool:
+        except (BrokenProcessPool, OSError, RuntimeError, pickle.PicklingError) as err:
+            # The worker died, could not start (no more tasks, no semaphores) or could not
+            # hand its result back: a new one next time; this payload on a thread.
             self.worker_failures += 1
-            log.warning("the decoding worker died; decoding on a thread", topic=message.topic[:80])
+            log.warning(
+                "the decoding worker failed; decoding on a thread",
+                topic=message.topic[:80],
+                error=repr(err)[:200],
+            )
             self.close()
             return await asyncio.to_thread(decoder, message)
         self.decoded += 1

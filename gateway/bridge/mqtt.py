@@ -62,12 +62,12 @@ MAX_QUEUED_QOS0 = 1_000
 # make this unnecessary, but Mosquitto 2.0.11 sends a whole Receive Maximum more after every
 # PUBACK, so a flood would otherwise queue thousands of messages here.
 PAUSE_READING_AT = 1_000
-PAUSE_READING_AT_BYTES = 32 * 1024 * 1024
+PAUSE_READING_AT_BYTES = 8 * 1024 * 1024
 RESUME_READING_AT = 100
-RESUME_READING_AT_BYTES = 8 * 1024 * 1024
+RESUME_READING_AT_BYTES = 2 * 1024 * 1024
 # While reading is paused, one message is read this often anyway: the keepalive must see
 # packets come in (broker.keepalive_s is at least 5 s), or the client takes the link as dead.
-TRICKLE_S = 1.0
+TRICKLE_S = 0.2
 # Payloads at least this large are decoded in a worker process (`gateway.bridge.decoding`).
 DECODE_ELSEWHERE_BYTES = 64 * 1024
 # Debug messages waiting for their turn under the rate limit.
@@ -116,7 +116,7 @@ class _Client(aiomqtt.Client):
 
         def read() -> None:
             try:
-                while True:
+                while not self._paused:
                     client.loop_read()
                     # loop_read() does not always consume what an SSL socket has decoded.
                     pending = getattr(client._sock, "pending", None)
@@ -145,7 +145,9 @@ class _Client(aiomqtt.Client):
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         """Queue a message; a QoS 0 one is dropped (and counted) when too many wait. QoS 1
         ones are never dropped: beyond the bounds, the socket is left unread instead."""
-        if message.qos == 0 and self._queue.qsize() >= MAX_QUEUED_QOS0:
+        if message.qos == 0 and (
+            self._queue.qsize() >= MAX_QUEUED_QOS0 or self.queued_bytes >= PAUSE_READING_AT_BYTES
+        ):
             self.qos0_dropped += 1
             return
         self.queued_bytes += len(message.payload) + len(message._topic)
@@ -446,7 +448,10 @@ class MqttBridge:
 
     async def _session(self) -> None:
         client = self._client()
-        async with client:
+        async with client, asyncio.TaskGroup() as tg:
+            # Messages of the persistent session come at once: taken before anything waits for
+            # a PUBACK, which would otherwise wait behind them.
+            tasks = [tg.create_task(self._receive(client), name="bridge.receive")]
             await self._publish_status(client, online=True, reason="started")
             await self._requeue_sent()
             if not self.connected:
@@ -454,25 +459,23 @@ class MqttBridge:
             self.connected = True
             self._reported_down = False
             self._board.mark_all()
-            async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self._receive(client), name="bridge.receive"),
-                    tg.create_task(self._subscribe(client), name="bridge.subscribe"),
-                    tg.create_task(self._publish_responses(client), name="bridge.responses"),
-                    tg.create_task(self._publish_statuses(client), name="bridge.statuses"),
-                    tg.create_task(self._relay(client), name="bridge.relay"),
-                    tg.create_task(self._retry_refused(client), name="bridge.retries"),
-                    tg.create_task(self._refresh_status(client), name="bridge.status"),
-                    tg.create_task(self._publish_debug(client), name="bridge.debug"),
-                ]
-                await self._stop.wait()
-                for task in tasks:
-                    task.cancel()
+            tasks += [
+                tg.create_task(self._subscribe(client), name="bridge.subscribe"),
+                tg.create_task(self._publish_responses(client), name="bridge.responses"),
+                tg.create_task(self._publish_statuses(client), name="bridge.statuses"),
+                tg.create_task(self._relay(client), name="bridge.relay"),
+                tg.create_task(self._retry_refused(client), name="bridge.retries"),
+                tg.create_task(self._refresh_status(client), name="bridge.status"),
+                tg.create_task(self._publish_debug(client), name="bridge.debug"),
+            ]
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
             await self._publish_status(client, online=False, reason="stopped")
             # A clean disconnect: the broker still runs, nothing needs publishing again.
             await self._store.forget_sent()
-            self.connected = False
-            log.info("broker disconnected: gateway stopping")
+        self.connected = False
+        log.info("broker disconnected: gateway stopping")
 
     async def _requeue_sent(self) -> None:
         """Publish again what the broker acknowledged within the redelivery window before the
@@ -521,14 +524,21 @@ class MqttBridge:
         may hold a SUBACK until the retained messages it sends first are acknowledged."""
         async for message in client.messages:
             client.taken(message)
+            routes = self._routes
             if (
                 self._inbox is not None
-                and self._routes is not None
+                and routes is not None
                 and isinstance(message.payload, bytes | bytearray | None)
             ):
-                event = await self._decode(self._routes, message)
-                if event is not None:
-                    await self._inbox(event)
+                try:
+                    event = await self._decode(routes, message)
+                    if event is not None:
+                        await self._inbox(event)
+                except BaseException:
+                    # Not handed on (the link dropped meanwhile): the broker sends it again,
+                    # and it must not be taken for a repeat then.
+                    routes.forget(str(message.topic))
+                    raise
             client.ack(message)
             self.received += 1
             self.qos0_dropped = client.qos0_dropped
@@ -566,6 +576,7 @@ class MqttBridge:
             return route.decode(received, self._reply_handle)
         except Exception:  # a decoder bug must not take the gateway off the broker
             self.decode_errors += 1
+            routes.forget(received.topic)
             log.exception("cannot decode a message; skipped", topic=received.topic[:200])
             return None
 
@@ -589,6 +600,10 @@ class MqttBridge:
                     await client.publish_acked(
                         topic, payload, qos=1, retain=False, properties=properties
                     )
+                except (aiomqtt.MqttError, asyncio.CancelledError):
+                    # The link dropped (or the session ends): sent again on the next one.
+                    self._responses.appendleft((topic, correlation, payload))
+                    raise
                 except PublishRefused as err:
                     self.refused += 1
                     self.responses_refused += 1

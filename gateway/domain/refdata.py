@@ -65,8 +65,6 @@ class Ssccs(Sequence[str]):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Ssccs):
             return self._order == other._order
-        if isinstance(other, tuple | list):
-            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     def __hash__(self) -> int:

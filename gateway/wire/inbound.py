@@ -36,7 +36,8 @@ MAX_COMMAND_BYTES = 4096
 """A command is a small JSON object; anything larger is refused unread."""
 
 MAX_REMEMBERED_PAYLOADS = 100_000
-"""WMS topics whose last payload's digest is kept (the least recently changed is forgotten)."""
+"""WMS topics whose last payload's digest is kept by default (the least recently changed is
+forgotten); the app sizes it from the reference data limits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +146,10 @@ class InboundRoutes:
         agv: bool,
         vda5050_interface: str | None,
         refdata_max_bytes: Mapping[str, int] | None = None,
+        remembered: int = MAX_REMEMBERED_PAYLOADS,
     ) -> None:
         self._topics = topics
+        self._remembered = remembered
         # The digest of a WMS topic -> the digest of its last payload.
         self._digests: OrderedDict[bytes, bytes] = OrderedDict()
         base, wms = topics.base, topics.wms
@@ -229,7 +232,7 @@ class InboundRoutes:
         """A payload of `topic` already taken in (before a restart): the same again is skipped."""
         key = hashlib.blake2b(topic.encode(), digest_size=16).digest()
         self._digests[key] = digest
-        if len(self._digests) > MAX_REMEMBERED_PAYLOADS:
+        if len(self._digests) > self._remembered:
             self._digests.popitem(last=False)
 
     def forget(self, topic: str) -> None:
@@ -250,7 +253,7 @@ class InboundRoutes:
             return True
         self._digests[topic] = digest
         self._digests.move_to_end(topic)
-        if len(self._digests) > MAX_REMEMBERED_PAYLOADS:
+        if len(self._digests) > self._remembered:
             self._digests.popitem(last=False)
         return False
 

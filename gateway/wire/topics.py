@@ -15,7 +15,13 @@ MAX_REPLY_TOPIC_CHARS = 256
 
 # C0 and C1 control characters and DEL: valid UTF-8, but a broker may drop the client that
 # publishes them (Mosquitto disconnects on U+0000), and no real topic has them.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(f"\\U{plane:04x}fffe\\U{plane:04x}ffff" for plane in range(17))
+    + "]"
+)
+"""Control characters, surrogates and Unicode non-characters (U+FDD0-U+FDEF, U+xFFFE,
+U+xFFFF): Mosquitto takes a topic with one for malformed UTF-8 and drops the client."""
 # No answer may go to any gateway's tree (transactions, statuses, commands), nor to the WMS's
 # reference data and tasks of any site (`wms/{site}/{kind}/...`), whatever the case or spacing.
 _GATEWAYS = "gw"
@@ -29,7 +35,7 @@ def topic_refusal(topic: str) -> str | None:
     if not topic:
         return "empty"
     if _CONTROL.search(topic):
-        return "has a control character"
+        return "has a control character or a Unicode non-character"
     try:
         size = len(topic.encode("utf-8"))
     except UnicodeEncodeError:
@@ -55,7 +61,7 @@ def reply_topic_refusal(topic: str, *, reserved: frozenset[str] = frozenset()) -
     if len(topic) > MAX_REPLY_TOPIC_CHARS:
         return f"longer than {MAX_REPLY_TOPIC_CHARS} characters"
     if _CONTROL.search(topic):
-        return "has a control character"
+        return "has a control character or a Unicode non-character"
     try:
         topic.encode("utf-8")
     except UnicodeEncodeError:
@@ -99,7 +105,7 @@ PLACEHOLDERS = ("{site}", "{gateway}", "{fleet}")
 """What a reply topic pattern may contain besides MQTT topic filter levels."""
 
 # A fleet id put into a pattern must stay one plain level: it must not widen the pattern.
-_PLAIN_LEVEL = re.compile(r"^[^/+#\x00-\x1f\x7f-\x9f]{1,100}$")
+_PLAIN_LEVEL = re.compile(r"^[^/+#]{1,100}$")
 
 
 class ReplyPolicy:
@@ -140,7 +146,7 @@ class ReplyPolicy:
         fleet = requester.fleet
         for pattern in self._patterns.get(requester.kind, ()):
             if "{fleet}" in pattern:
-                if fleet is None or not _PLAIN_LEVEL.match(fleet):
+                if fleet is None or not _PLAIN_LEVEL.match(fleet) or _CONTROL.search(fleet):
                     continue
                 pattern = pattern.replace("{fleet}", fleet)
             if topic_matches_sub(pattern, topic):
