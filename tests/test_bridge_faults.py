@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.bridge import mqtt
 from gateway.storage import OutboxMessage, Store
@@ -148,6 +151,7 @@ async def test_malformed_commands_are_answered_or_ignored_never_fatal(
     }
 
 
+T0 = dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC)
 PRODUCT = {"gtin": "09506000134352", "unit_weight_kg": 10.0}
 
 
@@ -198,3 +202,44 @@ async def test_a_message_larger_than_the_gateways_packet_limit_never_reaches_it(
         assert gateway.bridge.connected
     topics = [m.json()["details"]["topic"] for m in collector.on("/event")]
     assert topics == ["wms/DC1/asn/SMALL"]
+
+
+class _RefusingBroker:
+    """Stands in for a broker that refuses subscriptions by ACL (EMQX, HiveMQ): Mosquitto 2.0
+    grants every subscription and checks the ACL only when it delivers."""
+
+    def __init__(self, refused: set[str]) -> None:
+        self.refused = refused
+
+    async def subscribe(self, topics: list[tuple[str, int]]) -> list[ReasonCode]:
+        return [
+            ReasonCode(
+                PacketTypes.SUBACK, "Not authorized" if t in self.refused else "Granted QoS 1"
+            )
+            for t, _qos in topics
+        ]
+
+
+async def test_a_subscription_the_broker_refuses_is_logged_and_kept_for_the_status(
+    tmp_path: Path,
+) -> None:
+    from gateway.config import BrokerConfig
+    from gateway.health import StatusBoard
+    from gateway.wire.topics import Topics
+
+    topics = Topics("DC1", "dock-1")
+    routes = InboundRoutes(topics, agv=False, vda5050_interface=None)
+    async with await Store.open(tmp_path / "gw.db") as store:
+        bridge = mqtt.MqttBridge(
+            BrokerConfig(host="127.0.0.1"),
+            topics=topics,
+            store=store,
+            board=StatusBoard(lambda: T0),
+            version="test",
+            clock=lambda: T0,
+            inbox=lambda _event: asyncio.sleep(0),
+            routes=routes,
+        )
+        await bridge._subscribe(_RefusingBroker({"wms/DC1/asn/+"}))  # type: ignore[arg-type]
+    assert bridge.subscriptions_refused == {"wms/DC1/asn/+"}
+    assert bridge.subscribed

@@ -300,6 +300,7 @@ class MqttBridge:
         self.connection_losses = 0  # sessions that ended other than by `stop()`
         self.qos0_dropped = 0  # inbound QoS 0 messages dropped while too many waited
         self.reading_paused = 0  # times the socket was left unread while too many waited
+        self.subscriptions_refused: set[str] = set()  # topic filters the broker refused (ACL)
         self._decoding = DecodePool()
         self._refusals_logged: set[str] = set()  # reasons a reply topic was refused, logged once
         self.statuses_pending = True
@@ -551,7 +552,13 @@ class MqttBridge:
         """Subscribe to every inbound route, in one SUBSCRIBE."""
         if self._inbox is None or self._routes is None:
             return
-        await client.subscribe(list(self._routes.subscriptions()))
+        wanted = list(self._routes.subscriptions())
+        granted = await client.subscribe(wanted)
+        for (topic, _qos), code in zip(wanted, granted, strict=False):
+            refused = code.is_failure if isinstance(code, ReasonCode) else int(str(code)) >= 0x80
+            if refused:  # an ACL: what comes on this topic never reaches the gateway
+                self.subscriptions_refused.add(topic)
+                log.error("broker refused a subscription", topic=topic, reason=str(code))
         self.subscribed = True
 
     async def _decode(self, routes: InboundRoutes, message: aiomqtt.Message) -> Event | None:
