@@ -142,3 +142,51 @@ async def test_broker_killed_mid_stream_loses_nothing(tmp_path: Path, mosquitto:
             await collector.wait_for(lambda c: len(moves_of(c)) >= len(truth), timeout=30)
         moves = moves_of(collector)
         assert sorted((m["sscc"], m["to_location"]) for m in moves.values()) == sorted(truth)
+
+
+@pytest.mark.slow(15)
+async def test_a_scanner_unplugged_between_pallet_and_location_never_makes_a_wrong_move(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # Issue #12: a pallet scanned, the cable pulled and plugged back, the next pallet's label
+    # lost while the port reopens, then a location: that location belongs to the lost pallet,
+    # not to the first one. The reopened port ends the first pallet's sequence with an event.
+    cycles = 50
+    config = build(
+        site_config(tmp_path, broker_port=mosquitto.port, scanner=tmp_path / "scan0"), tmp_path
+    )
+    pallets = [sscc("0376123", 800 + n) for n in range(cycles)]
+    async with (
+        Collector(mosquitto.port) as collector,
+        ScannerSimulator(tmp_path / "scan0") as sim,
+        running(config) as gateway,
+    ):
+        health = gateway.board.devices["fl-07"]
+        await wait_device(gateway, "fl-07", DeviceState.CONNECTED)
+        for n, pallet in enumerate(pallets):
+            await sim.run([Type(sscc_label(pallet), aim="]C1")])
+            await asyncio.sleep(0.05)  # the pallet reaches the rules
+            restarts = health.counts["restarts"]
+            sim.unplug()
+            await asyncio.sleep(0.05)
+            sim.plug()
+            async with asyncio.timeout(10):
+                while health.counts["restarts"] == restarts or health.state is not (
+                    DeviceState.CONNECTED
+                ):
+                    await asyncio.sleep(0.01)
+            await sim.run([Type(LOCATIONS[n % len(LOCATIONS)])])
+        await collector.wait_for(
+            lambda c: (
+                len([m for m in c.on("/event") if m.json()["code"] == "move_interrupted"]) >= cycles
+            ),
+            timeout=20,
+        )
+        await asyncio.sleep(0.3)
+    assert moves_of(collector) == {}  # not one pallet paired with the location after the gap
+    interrupted = [
+        m.json() for m in collector.on("/event") if m.json()["code"] == "move_interrupted"
+    ]
+    assert [e["details"]["sscc"] for e in interrupted] == pallets
+    for event in interrupted:
+        assert_valid("event", event)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.domain import (
     Decision,
+    DeviceGap,
     Event,
     MoveTransaction,
     Notice,
@@ -734,3 +735,22 @@ def test_a_pallet_typed_during_a_hold_still_times_out() -> None:
     moves.on_event(replace(pallet(P1, t(0)), read_at=t(300)))
     notice = only_notice(moves.on_tick(t(360) + TICK), "move_timeout")
     assert notice.at == t(360)
+
+
+def test_a_gap_in_the_scanners_stream_ends_its_pallet_sequence() -> None:
+    moves = rule()
+    feed(moves, pallet(P1, t(0)))
+    gap = DeviceGap("fl-1", t(1), "serial port opened")
+    notice = only_notice(moves.on_gap(gap), "move_interrupted")
+    assert (notice.device_id, notice.details["sscc"]) == ("fl-1", P1)
+    # The location after the gap belongs to no pallet; another scanner's pallet is untouched.
+    assert codes(feed(moves, location("A-01-01", t(2)))) == ["location_without_pallet"]
+    assert moves.on_gap(gap) == []  # nothing waits: nothing to say
+
+
+def test_after_a_gap_the_same_pallet_scanned_again_is_a_new_scan_not_a_double_read() -> None:
+    moves = rule()
+    feed(moves, pallet(P1, t(0)))
+    moves.on_gap(DeviceGap("fl-1", t(0.5), "serial port opened"))
+    feed(moves, pallet(P1, t(1)))  # within the repeat window, but after the gap
+    assert only_move(feed(moves, location("A-01-01", t(2)))).sscc == P1

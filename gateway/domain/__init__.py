@@ -17,6 +17,7 @@ from gateway.domain.epc import Epc, decode_epc
 from gateway.domain.events import (
     KG_PER_UNIT,
     CloseCommand,
+    DeviceGap,
     Event,
     InputKind,
     RefDataDeleted,
@@ -128,6 +129,7 @@ __all__ = [
     "ClosingKind",
     "ConnectionState",
     "Decision",
+    "DeviceGap",
     "Direction",
     "DockDoor",
     "DockKind",

@@ -171,10 +171,22 @@ class Rejected:
     source: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceGap:
+    """A device's stream was interrupted and has resumed (its port opened again after a fault,
+    its connection came back): what it said before must not be paired with what it says after.
+    """
+
+    device_id: str
+    at: dt.datetime
+    reason: str
+
+
 ScanEvent = Scan | RejectedScan
 Event = (
     Scan
     | RejectedScan
+    | DeviceGap
     | TagReadBatch
     | WeightSample
     | RefDataUpdate

@@ -43,7 +43,7 @@ import serial_asyncio_fast
 import structlog
 
 from gateway.config import BarcodeScannerDevice
-from gateway.domain import Event, RejectedScan, Scan
+from gateway.domain import DeviceGap, Event, RejectedScan, Scan
 from gateway.drivers.barcode import BarcodeFramer, Frame, LabelRules, Overrun, decode_label
 from gateway.drivers.base import DriverContext, EventSink
 from gateway.health import DeviceHealth
@@ -195,6 +195,8 @@ class BarcodeScanner:
         except (OSError, serial.SerialException) as err:
             raise DeviceError(f"cannot open {transport.port}: {err}") from err
         self._health.connected()
+        # What was scanned before the port (re)opened must not be paired with what follows.
+        await self._sink.put(DeviceGap(self.config.id, self._clock(), "serial port opened"))
         framing = self.config.framing
         framer = BarcodeFramer(
             suffix=framing.suffix_bytes,

@@ -18,6 +18,7 @@ from gateway.domain import (
     CloseAnswer,
     CloseCommand,
     Decision,
+    DeviceGap,
     Direction,
     DockKind,
     DockSummary,
@@ -209,6 +210,9 @@ class RulesEngine:
     def _robot(self, event: RobotReport) -> list[Decision]:
         return [] if self.agv is None else self.agv.on_robot(event)
 
+    def _gap(self, event: DeviceGap) -> list[Decision]:
+        return list(self.moves.on_gap(event))
+
     def _rejected(self, event: Rejected) -> list[Decision]:
         at = event.at
         if self.agv is not None and event.kind in (InputKind.AGV_REQUEST, InputKind.ROBOT):
@@ -326,6 +330,7 @@ class RulesEngine:
 _HANDLERS: Final[Mapping[type[Any], Callable[[RulesEngine, Any], list[Decision]]]] = {
     Scan: RulesEngine._scan,
     RejectedScan: RulesEngine._scan,
+    DeviceGap: RulesEngine._gap,
     TagReadBatch: RulesEngine._reads,
     WeightSample: RulesEngine._sample,
     RefDataUpdate: RulesEngine._updated,

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from gateway.domain import (
     Decision,
+    DeviceGap,
     MoveTransaction,
     Notice,
     RejectedScan,
@@ -144,6 +145,27 @@ class ForkliftMoves:
         while len(self._locations) > self._settings.cached_pallets:
             self._locations.popitem(last=False)
             self.evicted += 1
+
+    def on_gap(self, gap: DeviceGap) -> list[Decision]:
+        """The scanner's stream was interrupted: a pallet it was waiting with is not paired with
+        a location read after the gap (it may be another pallet's, scanned while the port was
+        reopening); the forklift driver is told to scan the pallet again."""
+        self._last.pop(gap.device_id, None)  # the same label again is a new scan, not a double
+        waiting = self._awaiting.pop(gap.device_id, None)
+        if waiting is None:
+            return []
+        return [
+            Notice(
+                code="move_interrupted",
+                message=(
+                    f"pallet {waiting.sscc} was scanned before the scanner's connection was "
+                    f"interrupted ({gap.reason}): no move; scan the pallet again"
+                ),
+                at=gap.at,
+                device_id=gap.device_id,
+                details={"sscc": waiting.sscc, "raw": waiting.raw, "reason": gap.reason},
+            )
+        ]
 
     def on_event(self, event: ScanEvent) -> list[Decision]:
         """Handle one scan (its own timestamp is the clock)."""
