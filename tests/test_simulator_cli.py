@@ -25,7 +25,7 @@ from simulators.llrp.codec import Frame, MessageType, decode_frame
 from simulators.serial_cable import SerialCable
 
 PROJECT = Path(__file__).resolve().parent.parent
-TIMEOUT_S = 5.0
+TIMEOUT_S = 30.0  # a fresh clone compiles every module on first import, under a loaded CI
 
 HELP = [
     ("simulators.scanner", ["--link", "--pallets", "--suffix", "--prefix", "--baudrate"]),
