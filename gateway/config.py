@@ -499,6 +499,8 @@ class EpcisConfig(_Model):
     read_point_base: str = "urn:epc:id:sgln:0000000.00000"
     biz_location_base: str = "urn:epc:id:sgln:0000000.00000"
     company_prefix_length: int = Field(default=7, ge=6, le=12)
+    # The site's IANA time zone: each event's eventTimeZoneOffset (times stay in UTC).
+    time_zone: str = "UTC"
 
     @model_validator(mode="after")
     def _valid_identifiers(self) -> EpcisConfig:
@@ -509,6 +511,7 @@ class EpcisConfig(_Model):
                 read_point_base=self.read_point_base,
                 biz_location_base=self.biz_location_base,
                 company_prefix_length=self.company_prefix_length,
+                time_zone=self.time_zone,
             )
         return self
 

@@ -65,6 +65,7 @@ def epcis_settings(config: GatewayConfig) -> EpcisSettings | None:
         read_point_base=config.epcis.read_point_base,
         biz_location_base=config.epcis.biz_location_base,
         company_prefix_length=config.epcis.company_prefix_length,
+        time_zone=config.epcis.time_zone,
     )
 
 

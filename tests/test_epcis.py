@@ -39,13 +39,14 @@ from gateway.wire.epcis import (
     object_event,
     sgtin_uri,
     sscc_uri,
+    timezone_offset,
     validator,
 )
 
 SITE = EpcisSettings(
     read_point_base="urn:epc:id:sgln:0614141.00001",
     biz_location_base="urn:epc:id:sgln:0614141.00001",
-    timezone_offset="+01:00",
+    time_zone="Europe/Berlin",
 )
 SITE_GLN = "0614141000012"  # 0614141 + 00001 + check digit 2, worked by hand
 CREATED = "2024-05-01T10:00:05Z"
@@ -232,12 +233,12 @@ def test_move_event() -> None:
         "type": "ObjectEvent",
         "eventID": f"urn:uuid:{MOVE.tx_id}",
         "eventTime": "2024-05-01T10:00:00.000Z",  # when the location scan confirmed the move
-        "eventTimeZoneOffset": "+01:00",
+        "eventTimeZoneOffset": "+02:00",  # Europe/Berlin in May: summer time
         "epcList": ["urn:epc:id:sscc:0614141.1234567890"],
         "action": "OBSERVE",
         "bizStep": "storing",
         "disposition": "in_progress",
-        "readPoint": {"id": "urn:epc:id:sgln:0614141.00001.scanner-1"},
+        "readPoint": {"id": "urn:epc:id:sgln:0614141.00001.A-01-02"},  # a place, not the device
         "bizLocation": {"id": "urn:epc:id:sgln:0614141.00001.A-01-02"},
     }
 
@@ -508,7 +509,7 @@ def test_locations_under_an_http_base() -> None:
         gln="4012345000009",
     )
     event = object_event(dataclasses.replace(MOVE, to_location="A 01/02"), site)
-    assert event["readPoint"] == {"id": "https://id.example.com/dc1/readpoint/scanner-1"}
+    assert event["readPoint"] == {"id": "https://id.example.com/dc1/readpoint/A%2001%2F02"}
     assert event["bizLocation"] == {"id": "https://id.example.com/dc1/location/A%2001%2F02"}
     assert_valid(event)
     receive = object_event(RECEIVE, site)
@@ -520,7 +521,7 @@ def test_locations_under_an_http_base() -> None:
 def test_locations_under_a_urn_base_ending_in_a_colon() -> None:
     site = EpcisSettings("urn:example:dc1:rp:", "urn:example:dc1:loc", gln="4012345000009")
     event = object_event(MOVE, site)
-    assert event["readPoint"] == {"id": "urn:example:dc1:rp:scanner-1"}
+    assert event["readPoint"] == {"id": "urn:example:dc1:rp:A-01-02"}
     assert event["bizLocation"] == {"id": "urn:example:dc1:loc/A-01-02"}
     assert_valid(event)
 
@@ -555,9 +556,9 @@ def test_the_gln_comes_from_either_sgln_base() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"timezone_offset": "+1:00"},
-        {"timezone_offset": "+14:30"},
-        {"timezone_offset": "Z"},
+        {"time_zone": "+01:00"},
+        {"time_zone": "Europe/Nowhere"},
+        {"time_zone": "../etc/passwd"},
         {"company_prefix_length": 5},
         {"company_prefix_length": 13},
         {"read_point_base": "urn:epc:id:sgln:0614141.00001.0"},  # a full SGLN, not a base
@@ -590,7 +591,6 @@ NAIVE = dt.datetime(2024, 5, 1, 10, 0, 0)  # no UTC offset: a local time of no k
         (dataclasses.replace(MOVE, sscc="106141412345678909"), "check digit"),
         (dataclasses.replace(MOVE, sscc="10614141234567890"), "sscc must be 18 digits"),
         (dataclasses.replace(MOVE, to_location=""), "to_location"),
-        (dataclasses.replace(MOVE, device_id=""), "device_id"),
         (dataclasses.replace(MOVE, confirmed_at=NAIVE), "confirmed_at"),
         (dataclasses.replace(RECEIVE, occurred_at=NAIVE), "occurred_at"),
         (dataclasses.replace(RECEIVE, door=""), "door"),
@@ -668,8 +668,20 @@ REJECTED = {
 
 @st.composite
 def site_settings(draw: st.DrawFn) -> EpcisSettings:
-    hours = draw(st.integers(0, 13))
-    offset = f"{draw(st.sampled_from('+-'))}{hours:02d}:{draw(st.sampled_from([0, 30, 45])):02d}"
+    # Zones with half and three-quarter hours, both signs, summer time and none.
+    offset = draw(
+        st.sampled_from(
+            [
+                "UTC",
+                "Europe/Berlin",
+                "America/St_Johns",
+                "Asia/Kathmandu",
+                "Australia/Lord_Howe",
+                "Pacific/Kiritimati",
+                "Pacific/Pago_Pago",
+            ]
+        )
+    )
     length = draw(st.integers(6, 12))
     if draw(st.booleans()):
         prefix_length = draw(st.integers(6, 12))
@@ -813,10 +825,28 @@ def test_any_valid_payload_gives_a_schema_valid_event(case: Case) -> None:
     assert_valid(document([event, event], created=CREATED))
     assert event["eventID"] == f"urn:uuid:{case.tx.tx_id}"
     assert event["eventTime"] == case.event_time
-    assert event["eventTimeZoneOffset"] == case.site.timezone_offset
+    assert event["eventTimeZoneOffset"] == timezone_offset(
+        dt.datetime.fromisoformat(case.event_time), case.site.time_zone
+    )
     assert set(event["epcList"]) == case.epcs
     assert len(event["epcList"]) == len(case.epcs)
     quantity_list = event.get("quantityList", [])
     assert {q["epcClass"]: q["quantity"] for q in quantity_list} == case.quantities
     assert len(quantity_list) == len(case.quantities)
     assert ("bizTransactionList" in event) == (case.reference is not None)
+
+
+@pytest.mark.parametrize(
+    ("time_zone", "at", "offset"),
+    [
+        ("Europe/Berlin", dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC), "+01:00"),
+        ("Europe/Berlin", dt.datetime(2026, 7, 7, 8, 0, tzinfo=dt.UTC), "+02:00"),  # summer
+        ("America/New_York", dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC), "-05:00"),
+        ("Asia/Kolkata", dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC), "+05:30"),
+        ("UTC", dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC), "+00:00"),
+    ],
+)
+def test_the_offset_is_the_site_time_zones_at_the_events_time(
+    time_zone: str, at: dt.datetime, offset: str
+) -> None:
+    assert timezone_offset(at, time_zone) == offset

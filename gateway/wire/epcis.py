@@ -46,6 +46,7 @@ from functools import cache, partial
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from biip.checksums import gs1_standard_check_digit
 from jsonschema import Draft7Validator
@@ -79,7 +80,6 @@ _SCHEMA_PATH: Final = ("vendor", "epcis-2.0", "EPCIS-JSON-Schema.json")
 _SGLN_PREFIX: Final = "urn:epc:id:sgln:"
 _SGLN_BASE = re.compile(r"urn:epc:id:sgln:(\d{6,12})\.(\d{0,6})")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
-_OFFSET = re.compile(r"[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00)")  # as the EPCIS schema has it
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
 
 # GS1 "character set 82" (serial numbers, lots, GLN extensions) and the characters the Tag Data
@@ -109,7 +109,9 @@ class EpcisSettings:
             "urn:epc:id:sgln:0614141.00001" door D03 gives "urn:epc:id:sgln:0614141.00001.D03";
             for any other URI it gives "<base>/D03" (no "/" added after a "/" or ":").
         biz_location_base: the same for business locations (storage locations, doors).
-        timezone_offset: the site's offset from UTC, as in "+01:00"; times stay in UTC.
+        time_zone: the site's IANA time zone ("Europe/Berlin"); each event's
+            `eventTimeZoneOffset` is its offset at the event's time (summer time included).
+            Times stay in UTC.
         company_prefix_length: digits of the GS1 Company Prefix in the SSCCs and GTINs the
             site handles (6 to 12). An SSCC or GTIN alone does not say where the prefix ends,
             and the EPC URI needs it. Items read from RFID tags carry it in their EPC.
@@ -119,7 +121,7 @@ class EpcisSettings:
 
     read_point_base: str
     biz_location_base: str
-    timezone_offset: str = "+00:00"
+    time_zone: str = "UTC"
     company_prefix_length: int = 7
     gln: str | None = None
 
@@ -127,11 +129,12 @@ class EpcisSettings:
         """Check every field, so a bad configuration fails at start, not at the first event."""
         for name in ("read_point_base", "biz_location_base"):
             _check_base(name, getattr(self, name))
-        if not _OFFSET.fullmatch(self.timezone_offset):
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(
-                f"timezone_offset must be +hh:mm or -hh:mm from -14:00 to +14:00, "
-                f"got {self.timezone_offset!r}"
-            )
+                f"time_zone must be an IANA time zone such as Europe/Berlin, got {self.time_zone!r}"
+            ) from None
         _check_prefix_length(self.company_prefix_length)
         if self.gln is not None:
             _check_digits(self.gln, _GLN_DIGITS + 1, "gln", check_digit=True)
@@ -140,6 +143,14 @@ class EpcisSettings:
                 "gln is needed for business transaction URIs when neither read_point_base "
                 f"nor biz_location_base is an SGLN ({_SGLN_PREFIX}<company prefix>.<location>)"
             )
+
+
+def timezone_offset(at: dt.datetime, time_zone: str) -> str:
+    """The offset of `time_zone` from UTC at `at`, as EPCIS writes it ("+01:00", "-05:00")."""
+    offset = at.astimezone(ZoneInfo(time_zone)).utcoffset() or dt.timedelta(0)
+    minutes = round(offset.total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 class PayloadError(ValueError):
@@ -170,7 +181,7 @@ def object_event(tx: MoveTransaction | DockTransaction, settings: EpcisSettings)
             "type": "ObjectEvent",
             "eventID": _event_id(tx.tx_id),
             "eventTime": _event_time(at, at_field),
-            "eventTimeZoneOffset": settings.timezone_offset,
+            "eventTimeZoneOffset": timezone_offset(at, settings.time_zone),
         }
         event.update(body(settings))
     except ValueError as err:
@@ -254,16 +265,17 @@ def _gtin_parts(gtin: str, company_prefix_length: int) -> tuple[str, str]:
 
 
 def _move(tx: MoveTransaction, settings: EpcisSettings) -> dict[str, Any]:
-    """A pallet put away: observed at its new storage location (where it came from is not an
-    EPCIS field of a storing step; the gateway's move transaction keeps it)."""
-    device = _text(tx.device_id, "device_id")
+    """A pallet put away: observed at its new storage location, which is also where the event
+    was captured (the readPoint is a place, per CBV: the forklift's scanner or the robot that
+    confirmed it is not one; the gateway's move transaction names it). Where the pallet came
+    from is not an EPCIS field of a storing step; the move transaction keeps it."""
     to_location = _text(tx.to_location, "to_location")
     return {
         "epcList": [sscc_uri(tx.sscc, settings.company_prefix_length)],
         "action": "OBSERVE",
         "bizStep": "storing",
         "disposition": "in_progress",
-        "readPoint": {"id": _location_uri(settings.read_point_base, device)},
+        "readPoint": {"id": _location_uri(settings.read_point_base, to_location)},
         "bizLocation": {"id": _location_uri(settings.biz_location_base, to_location)},
     }
 
