@@ -26,6 +26,12 @@ def _add_vda5050(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interface", default="uagv", help="first level of the robots' topics")
     parser.add_argument("--manufacturer", default="SimBots", help="the robots' manufacturer")
     parser.add_argument("--step-s", type=cli.non_negative, default=2.0, help="seconds a step takes")
+    parser.add_argument(
+        "--no-load-ids",
+        dest="load_ids",
+        action="store_false",
+        help="list the loads on board without their loadId (the gateway uses the robot's task)",
+    )
 
 
 async def _robot(robot: SimulatedRobot, transports: Sequence[Sequence[str]]) -> None:
@@ -74,6 +80,7 @@ def robot_main(argv: Sequence[str] | None = None) -> int:
         start_node=args.start_node,
         state_interval_s=args.state_interval_s,
         step_s=args.step_s,
+        report_load_ids=args.load_ids,
     )
     return cli.run(_robot(robot, args.transport))
 
@@ -133,7 +140,12 @@ def fleet_main(argv: Sequence[str] | None = None) -> int:
     vda5050 = (
         None
         if args.vda5050 is None
-        else Vda5050(version=args.vda5050, interface=args.interface, manufacturer=args.manufacturer)
+        else Vda5050(
+            version=args.vda5050,
+            interface=args.interface,
+            manufacturer=args.manufacturer,
+            report_load_ids=args.load_ids,
+        )
     )
     fleet = FleetController(
         args.host,

@@ -392,6 +392,8 @@ class Vda5050:
         state_interval_s: a robot publishes its state at least this often.
         start_node: where the robots stand at start.
         report_drop_failures: the controller also reports a failed drop as failed.
+        report_load_ids: False: the robots list their loads without `loadId`, so the gateway
+            takes the load of a pick or drop from the task the robot holds.
     """
 
     version: str = "2.1.0"
@@ -400,6 +402,7 @@ class Vda5050:
     state_interval_s: float = 1.0
     start_node: str = "home"
     report_drop_failures: bool = True
+    report_load_ids: bool = True
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:
@@ -998,6 +1001,7 @@ class FleetController:
                 start_node=start_node,
                 state_interval_s=self.vda5050.state_interval_s,
                 step_s=self._step_s,
+                report_load_ids=self.vda5050.report_load_ids,
                 clock=self._clock,
             )
             try:

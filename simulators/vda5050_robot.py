@@ -13,7 +13,9 @@ The robot speaks VDA 5050 2.1.0 or 3.0.0 over MQTT 5 with aiomqtt, as a vehicle 
 action (the load leaves `loads`). Each step takes `step_s`. Faults: `fail_drop=True` (the drop
 ends FAILED with an error naming the action, the load stays on board), `duplicate=True` (every
 state is sent twice) and `go_silent()` (publishing stops and the network connection is cut
-without an MQTT DISCONNECT, so the broker publishes the last will).
+without an MQTT DISCONNECT, so the broker publishes the last will). With `report_load_ids=False`
+the robot lists its loads without `loadId` (optional in both versions), as robots that cannot
+identify what they carry do.
 
 The message builders (`state_message`, `connection_message`, `topic`) and the states of a
 transport (`transport_script`) are pure functions, for tests that need valid messages without a
@@ -139,9 +141,15 @@ def connection_message(
 
 
 def state_message(
-    snapshot: RobotSnapshot, *, version: str, header_id: int, timestamp: dt.datetime
+    snapshot: RobotSnapshot,
+    *,
+    version: str,
+    header_id: int,
+    timestamp: dt.datetime,
+    load_ids: bool = True,
 ) -> dict[str, Any]:
-    """A `state` message of `version` with every field its schema requires."""
+    """A `state` message of `version` with every field its schema requires; `load_ids` False:
+    the loads on board are listed without their `loadId`."""
     v3 = _major(version) >= 3
     message: dict[str, Any] = {
         **_header(version, snapshot.manufacturer, snapshot.serial, header_id, timestamp),
@@ -160,7 +168,10 @@ def state_message(
         "driving": snapshot.driving,
         "paused": False,
         "operatingMode": snapshot.operating_mode,
-        "loads": [{"loadId": load, "loadType": _LOAD_TYPE} for load in snapshot.loads],
+        "loads": [
+            {"loadId": load, "loadType": _LOAD_TYPE} if load_ids else {"loadType": _LOAD_TYPE}
+            for load in snapshot.loads
+        ],
         "actionStates": [_action(action, v3=v3) for action in snapshot.actions],
         "errors": [_error(error) for error in snapshot.errors],
         "information": [],
@@ -311,6 +322,7 @@ class SimulatedRobot:
         state_interval_s: a state is published at least this often.
         step_s: how long each step of a transport takes (driving, lifting, setting down).
         duplicate: send every state message twice (a duplicating network or bridge).
+        report_load_ids: False: the loads on board are listed without `loadId`.
         clock: aware wall-clock time for the timestamps.
     """
 
@@ -327,6 +339,7 @@ class SimulatedRobot:
         state_interval_s: float = 1.0,
         step_s: float = 0.5,
         duplicate: bool = False,
+        report_load_ids: bool = True,
         clock: Callable[[], dt.datetime] = _utc_now,
     ) -> None:
         if version not in VERSIONS:
@@ -336,6 +349,7 @@ class SimulatedRobot:
         self.version = version
         self.interface = interface
         self.duplicate = duplicate
+        self.report_load_ids = report_load_ids
         self._host = host
         self._port = port
         self._state_interval_s = state_interval_s
@@ -504,6 +518,7 @@ class SimulatedRobot:
                 version=self.version,
                 header_id=self._state_header,
                 timestamp=self._clock(),
+                load_ids=self.report_load_ids,
             )
             self._state_header += 1
             payload = json.dumps(message).encode()

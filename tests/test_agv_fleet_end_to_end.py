@@ -4,7 +4,9 @@ The gateway runs with the task API and the VDA 5050 observer; the WMS publishes 
 (and withdraws a few); three simulated fleet controllers lease and run them: two report every
 step themselves, one lets its robots' VDA 5050 state (2.1 and 3.0) confirm picks and drops.
 Robots go silent (before or after the pick), drops fail, robots drop at the wrong place, and
-messages are duplicated. The ground truth is what the simulators did.
+messages are duplicated. The ground truth is what the simulators did. The run is done twice: with
+VDA 5050 robots that report their loads' ids, and with robots that do not (`loadId` is optional):
+the gateway then takes the load of a pick or drop from the task the robot holds.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def task(n: int) -> dict[str, Any]:
     }
 
 
-def fleets(port: int) -> list[FleetController]:
+def fleets(port: int, *, load_ids: bool = True) -> list[FleetController]:
     faults = Faults(
         silent=0.06,
         silent_pause_s=5.0,  # a silent robot comes back later (after its lease), without its task
@@ -84,15 +86,16 @@ def fleets(port: int) -> list[FleetController]:
             robots=["c1", "c2", "c3"],
             step_s=0.15,
             seed=3,
-            vda5050=Vda5050(version="2.1.0", state_interval_s=0.5),
+            vda5050=Vda5050(version="2.1.0", state_interval_s=0.5, report_load_ids=load_ids),
             **common,
         ),
     ]
 
 
 @pytest.mark.slow(11)
+@pytest.mark.parametrize("load_ids", [True, False], ids=["load-ids", "no-load-ids"])
 async def test_a_hundred_tasks_three_fleets_ten_robots(
-    tmp_path: Path, mosquitto: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto, load_ids: bool
 ) -> None:
     raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
     raw["agv"] = {
@@ -102,7 +105,7 @@ async def test_a_hundred_tasks_three_fleets_ten_robots(
         "vda5050": {"interface": "uagv"},
     }
     config = build(raw, tmp_path)
-    controllers = fleets(mosquitto.port)
+    controllers = fleets(mosquitto.port, load_ids=load_ids)
     async with (
         Collector(mosquitto.port) as collector,
         Collector(mosquitto.port, topic="uagv/#", client_id="test-vda") as robots_seen,
@@ -249,8 +252,10 @@ async def test_a_hundred_tasks_three_fleets_ten_robots(
     assert any(e["event"] == "requeued" for e in events)
     assert any(o.vda5050 and o.did is Did.DROPPED for o in outcomes)
 
-    # Every VDA 5050 message the robots published validates against its version's schema.
+    # Every VDA 5050 message the robots published validates against its version's schema, and
+    # names the loads on board by id, or (robots without load ids) never does.
     assert robots_seen.messages
+    loads: list[dict[str, Any]] = []
     for message in robots_seen.messages:
         if not message.payload:
             continue
@@ -258,6 +263,9 @@ async def test_a_hundred_tasks_three_fleets_ten_robots(
         doc = json.loads(message.payload)
         errors = list(vda_validator(kind, doc["version"]).iter_errors(doc))
         assert not errors, (message.topic, errors[0].message)
+        loads.extend(doc.get("loads", []))
+    assert loads
+    assert {"loadId" in load for load in loads} == {load_ids}
 
 
 def history_of(task_id: str, outcomes: list[Outcome], events: list[dict[str, Any]]) -> str:

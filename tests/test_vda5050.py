@@ -21,10 +21,18 @@ from gateway.domain import (
     ActionStatus,
     ConnectionState,
     LoadSource,
+    MoveTransaction,
+    Notice,
     RobotConnection,
     RobotId,
+    RobotReport,
     RobotState,
+    Task,
+    TaskChanged,
+    TaskKind,
+    TaskState,
 )
+from gateway.rules.agv import TaskBoard
 from gateway.rules.vda5050 import (
     ActionFailed,
     DropConfirmed,
@@ -425,6 +433,7 @@ def test_a_transport_confirms_one_pick_and_one_drop(version: str) -> None:
             location_known=True,
             at=picked.timestamp,
             load_source=LoadSource.LOADS,
+            seen_before_end=True,
         ),
         DropConfirmed(
             robot=ROBOT,
@@ -435,6 +444,7 @@ def test_a_transport_confirms_one_pick_and_one_drop(version: str) -> None:
             location_known=True,
             at=dropped.timestamp,
             load_source=LoadSource.LOADS,
+            seen_before_end=True,
         ),
     ]
 
@@ -623,6 +633,142 @@ def test_memory_is_bounded() -> None:
     assert len(observer.feed(finished("x", 5))) == 3
     with pytest.raises(ValueError, match="max_robots"):
         RobotObserver(max_robots=0)
+
+
+# --- robots that report no load ids: the task board takes the load from the robot's task ------
+
+PALLET = "PAL-1"
+
+
+def held_task(
+    robot: str = SERIAL, state: TaskState = TaskState.LEASED, source: str = "DOCK-01"
+) -> Task:
+    """A task for PALLET from `source` to A-01-01 (rack-a), leased to `robot`."""
+    return Task(
+        task_id="T1",
+        kind=TaskKind.MOVE,
+        sscc=PALLET,
+        source=source,
+        destination="A-01-01",
+        priority=0,
+        created_at=T0 - dt.timedelta(minutes=1),
+        updated_at=T0 - dt.timedelta(minutes=1),
+        state=state,
+        robot=robot,
+        fleet="f1",
+        lease_until=T0 + dt.timedelta(minutes=1),
+    )
+
+
+def anonymous_states(
+    version: str, job: Transport = JOB, *, how: str = "no-loadId", fail_drop: bool = False
+) -> list[RobotState]:
+    """A transport's states, parsed, of a robot that lists its loads without `loadId` or leaves
+    `loads` out."""
+    snaps = [s for s, _ in transport_script(snapshot(), job, fail_drop=fail_drop)]
+    states = []
+    for n, snap in enumerate(snaps):
+        message = state_message(
+            snap,
+            version=version,
+            header_id=n,
+            timestamp=T0 + dt.timedelta(seconds=n),
+            load_ids=False,
+        )
+        if how == "omitted":
+            del message["loads"]
+        else:
+            assert all("loadId" not in load for load in message["loads"])
+            assert_valid("state", version, message)
+        state = parse(state_topic(version), encode(message))
+        assert isinstance(state, RobotState), state
+        states.append(state)
+    return states
+
+
+def run_board(board: TaskBoard, states: list[RobotState]) -> list[object]:
+    decisions: list[object] = []
+    for state in states:
+        decisions += board.on_robot(RobotReport(state, state.timestamp))
+    return decisions
+
+
+def task_events(decisions: list[object]) -> list[str]:
+    return [d.event for d in decisions if isinstance(d, TaskChanged) and d.event != "renewed"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("how", ["no-loadId", "omitted"])
+def test_without_load_ids_the_held_task_s_pick_and_drop_are_confirmed(
+    version: str, how: str
+) -> None:
+    states = anonymous_states(version, how=how)
+    assert {s.loads for s in states} == ({()} if how == "no-loadId" else {None})
+    board = TaskBoard(observer=RobotObserver(LOCATIONS), tasks=[held_task()])
+    decisions = run_board(board, states)
+    assert task_events(decisions) == ["picked", "done"]
+    [move] = [d for d in decisions if isinstance(d, MoveTransaction)]
+    assert (move.sscc, move.from_location, move.to_location, move.exceptions) == (
+        PALLET,
+        "DOCK-01",
+        "A-01-01",
+        (),
+    )
+    assert move.device_id == SERIAL and move.task_id == "T1"
+    done = board.task("T1")
+    assert done is not None and done.state is TaskState.DONE
+
+
+def test_without_load_ids_a_robot_holding_no_task_confirms_nothing() -> None:
+    for tasks in ([], [held_task(robot="agv-other")]):
+        board = TaskBoard(observer=RobotObserver(LOCATIONS), tasks=tasks)
+        decisions = run_board(board, anonymous_states("2.1.0"))
+        assert decisions == []  # no task change, no move, no alarm
+        assert [t.state for t in board.open.values()] == [t.state for t in tasks]
+
+
+def test_without_load_ids_a_drop_elsewhere_is_confirmed_with_wrong_location() -> None:
+    job = Transport("order-1", PALLET, "dock-1", "rack-b", "order-1-pick", "order-1-drop")
+    board = TaskBoard(observer=RobotObserver(LOCATIONS), tasks=[held_task()])
+    decisions = run_board(board, anonymous_states("3.0.0", job))
+    assert task_events(decisions) == ["picked", "done"]
+    [move] = [d for d in decisions if isinstance(d, MoveTransaction)]
+    assert (move.to_location, move.exceptions) == ("B-02-03", ("wrong_location",))
+    [alarm] = [d for d in decisions if isinstance(d, Notice)]
+    assert alarm.code == "agv_drop_exception" and alarm.location == "B-02-03"
+
+
+def test_without_load_ids_a_pick_elsewhere_than_the_source_is_not_the_task_s() -> None:
+    # The robot picks at dock-2, the task's pallet waits at dock-1: whatever it took, it is not
+    # known to be this pallet; its drop then does not finish the task either.
+    job = Transport("order-1", PALLET, "dock-2", "rack-a", "order-1-pick", "order-1-drop")
+    board = TaskBoard(observer=RobotObserver(LOCATIONS), tasks=[held_task()])
+    decisions = run_board(board, anonymous_states("2.1.0", job))
+    assert task_events(decisions) == []
+    assert board.open["T1"].state is TaskState.LEASED
+
+
+def test_without_load_ids_actions_not_seen_before_their_end_confirm_nothing() -> None:
+    # After a gateway restart the robot's state still lists an earlier order's pick and drop,
+    # FINISHED: the observer never saw them run, so they are not taken as the held task's.
+    *_, last = anonymous_states("2.1.0")
+    events = confirmed(list(RobotObserver(LOCATIONS).feed(last)))
+    assert [(type(e), e.load_id, e.seen_before_end) for e in events] == [
+        (PickConfirmed, None, False),
+        (DropConfirmed, None, False),
+    ]
+    board = TaskBoard(observer=RobotObserver(LOCATIONS), tasks=[held_task()])
+    assert task_events(run_board(board, [last])) == []
+    assert board.open["T1"].state is TaskState.LEASED
+
+
+def test_without_load_ids_a_failed_drop_fails_the_held_task() -> None:
+    board = TaskBoard(observer=RobotObserver(LOCATIONS), tasks=[held_task()])
+    decisions = run_board(board, anonymous_states("2.1.0", fail_drop=True))
+    assert task_events(decisions) == ["picked", "failed"]
+    failed = board.task("T1")
+    assert failed is not None and failed.reason is not None
+    assert failed.reason.startswith("drop failed at A-01-01")
 
 
 def test_action_statuses_cover_both_versions() -> None:

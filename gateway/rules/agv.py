@@ -27,10 +27,14 @@ the queue, and leasing takes it out.
 - **VDA 5050**: the robots' own state confirms picks and drops for the fleet controllers that
   do not report them: the robot id in the API is the robot's `serialNumber`, and a finished
   pick or drop whose load is the task's SSCC, by the robot holding the task, is applied as the
-  robot's progress; an action without a load id is ignored (it may be an earlier order's,
-  still in the state after a restart). A state from the holder renews its lease. A robot gone
-  OFFLINE or CONNECTIONBROKEN keeps its lease until it runs out: a robot that comes back in
-  time carries on. A robot that picks or drops the pallet of an open task it does not hold
+  robot's progress. A robot that reports no load ids (`loads` left out, or without `loadId`)
+  has its pick confirmed from the task it holds when the pick was at the task's source, its
+  drop when the task is picked (at another place than the destination: `wrong_location`), and
+  a failed pick or drop likewise; only actions the observer saw before they ended (not an
+  earlier order's, still FINISHED in the state after a gateway restart). Such an action by a
+  robot holding no task, or that does not fit its task, is ignored (no load to name). A state
+  from the holder renews its lease. A robot gone OFFLINE or CONNECTIONBROKEN keeps its lease
+  until it runs out: a robot that comes back in time carries on. A robot that picks or drops the pallet of an open task it does not hold
   (its lease ran out unnoticed), or of its own task that failed `robot_lost_with_load`,
   raises `agv_unexpected_load` and changes nothing.
 - **Robots** are told apart by (fleet, robot id); a robot id another fleet holds a task with
@@ -486,6 +490,9 @@ class TaskBoard:
                 out.extend(self._renew(held, message.message.serial, at))
         for event in self.observer.feed(message.message):
             robot = event.robot.serial
+            if not isinstance(event, RobotLost) and event.load_id is None:
+                out.extend(self._without_load_id(robot, event, at))
+                continue
             match event:
                 case PickConfirmed():
                     task = self._robot_task(robot, event.load_id)
@@ -523,6 +530,36 @@ class TaskBoard:
                         )
                     )
         return out
+
+    def _without_load_id(
+        self, robot: str, event: PickConfirmed | DropConfirmed | ActionFailed, at: dt.datetime
+    ) -> list[Decision]:
+        """A finished or failed pick or drop that names no load (the robot does not report load
+        ids): it is about the task the robot holds, if it fits that task.
+
+        A pick fits the held task at the task's source; a drop fits it once it is picked,
+        wherever it happened (elsewhere than the destination the move gets `wrong_location`, as
+        for a drop with a load id). Nothing else is known about the load, so nothing else is
+        applied: a pick elsewhere, a drop before the pick, an action the observer did not see
+        before its end (it may be an earlier order's, still FINISHED in the robot's state after
+        a gateway restart), and any action of a robot holding no task.
+        """
+        task = self.held_by(robot)
+        if task is None or not event.seen_before_end:
+            return []
+        match event:
+            case PickConfirmed() if event.location == task.source:
+                return self._apply(task, Pick(robot, event.location), at)
+            case DropConfirmed() if task.state is TaskState.PICKED:
+                return self._apply(task, Drop(robot, event.location), at)
+            case ActionFailed() if (
+                task.state is TaskState.PICKED
+                if event.action_type == "drop"
+                else task.state is not TaskState.PICKED and event.location == task.source
+            ):
+                reason = f"{event.action_type} failed at {event.location}: {event.reason}"
+                return self._apply(task, Fail(robot, reason), at)
+        return []
 
     def _unexpected(
         self,
@@ -586,8 +623,7 @@ class TaskBoard:
     def _robot_task(self, robot: str, load_id: str | None) -> Task | None:
         """The task a robot's finished action is about: the one it holds, for that very load.
 
-        An action without a load id says nothing about which task it belonged to (it may be
-        an earlier order's, still in the robot's state after a gateway restart): ignored.
+        (An action without a load id goes to `_without_load_id`.)
         """
         task = self.held_by(robot)
         if task is None or load_id is None or load_id != task.sscc:

@@ -33,6 +33,12 @@ Which load. A VDA 5050 state carries no action parameters, so the load is found 
 `load_source` says which rule gave the id, and `expected_load_id` keeps what the order said, so
 a consumer sees a robot that picked a different pallet than it was told to. A failed action
 names the order's load, else (a failed drop) the only load still on board, else none.
+Robots that leave `loads` out, or list loads without `loadId` (both optional), give no load id
+unless `expect` was told one; the task board then takes the load from the task the robot holds
+(`gateway.rules.agv`), but only for an action with `seen_before_end`: the observer saw it
+WAITING or running before it ended, so it is not a leftover of an order that ended before the
+observer started (after a gateway restart, a robot's state still lists its previous order's
+FINISHED actions).
 
 Which node and location. The node the order attached the action to (`expect(..., node_id=)`)
 when known, else the node the robot stood on while the action ran, else its `lastNodeId` when
@@ -92,6 +98,7 @@ class PickConfirmed:
     at: dt.datetime  # the timestamp of the state that reported it
     load_source: LoadSource
     expected_load_id: str | None = None  # what the order said, if registered
+    seen_before_end: bool = False  # seen WAITING or running first (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +114,7 @@ class DropConfirmed:
     at: dt.datetime
     load_source: LoadSource
     expected_load_id: str | None = None
+    seen_before_end: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,7 @@ class ActionFailed:
     location_known: bool
     at: dt.datetime
     reason: str
+    seen_before_end: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +354,7 @@ class RobotObserver:
                 location_known=location is not None,
                 at=state.timestamp,
                 reason=_failure_reason(action, state.errors),
+                seen_before_end=tracked is not None,
             )
         before = tracked.before if tracked is not None else previous_loads
         load_id, source = _load_of(kind, before, state.loads, expected)
@@ -359,6 +369,7 @@ class RobotObserver:
             at=state.timestamp,
             load_source=source,
             expected_load_id=expected.load_id if expected is not None else None,
+            seen_before_end=tracked is not None,
         )
 
 
