@@ -291,7 +291,9 @@ class Recorder:
     def _epcis_of(
         self, tx: MoveTransaction | DockTransaction, at: dt.datetime
     ) -> list[OutboxMessage]:
-        """The same transaction as a GS1 EPCIS 2.0 document, when the site asked for it.
+        """The same transaction as a GS1 EPCIS 2.0 document, when the site asked for it: its
+        accepted items and the items a door did not accept, each in the event of its
+        disposition (`epcis.object_events`); none when nothing moved (only repeats).
 
         A transaction that cannot be expressed in EPCIS (a location name too long for an SGLN
         extension, a tag that is no GS1 identifier) is still committed; the EPCIS document is
@@ -299,7 +301,7 @@ class Recorder:
         if self._epcis is None:
             return []
         try:
-            event = epcis.object_event(tx, self._epcis)
+            events = epcis.object_events(tx, self._epcis)
         except ValueError as err:
             self._late.append(
                 Notice(
@@ -310,7 +312,9 @@ class Recorder:
                 )
             )
             return []
-        doc = epcis.document([event], created=iso(at))
+        if not events:
+            return []
+        doc = epcis.document(events, created=iso(at))
         return [OutboxMessage(f"epcis:{tx.tx_id}", self._topics.epcis, encode(doc))]
 
     async def _commit(self, batch: Batch) -> None:

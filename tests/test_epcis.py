@@ -37,6 +37,7 @@ from gateway.wire.epcis import (
     document,
     gtin_class_uri,
     object_event,
+    object_events,
     sgtin_uri,
     sscc_uri,
     timezone_offset,
@@ -850,3 +851,48 @@ def test_the_offset_is_the_site_time_zones_at_the_events_time(
     time_zone: str, at: dt.datetime, offset: str
 ) -> None:
     assert timezone_offset(at, time_zone) == offset
+
+
+# --- every item that crossed a door is traced (issue #12) --------------------------------------
+
+
+def test_the_items_a_door_did_not_accept_are_traced_each_under_its_disposition() -> None:
+    events = object_events(RECEIVE, SITE)
+    for event in events:
+        assert_valid(event)
+    assert_valid(document(events, created=CREATED))
+    by_disposition = {e["disposition"]: e for e in events}
+    assert set(by_disposition) == {
+        "in_progress",  # the accepted items, as before
+        "mismatch_instance",
+        "mismatch_quantity",
+        "expired",
+        "non_conformant",
+        "mismatch_class",
+    }
+    assert by_disposition["in_progress"] == object_event(RECEIVE, SITE)
+    assert by_disposition["mismatch_instance"]["epcList"] == ["urn:epc:id:sgtin:0614141.812345.1"]
+    assert by_disposition["expired"]["epcList"] == ["urn:epc:id:sgtin:0614141.812345.4"]
+    assert all(e["bizStep"] == "receiving" for e in events)
+    # Once each: the repeat (already_received) is in the earlier receipt's event.
+    traced = [uri for e in events for uri in e["epcList"]]
+    assert "urn:epc:id:sgtin:0614141.812345.3" not in traced
+    assert len(traced) == len(set(traced))
+    ids = [e["eventID"] for e in events]
+    assert len(set(ids)) == len(ids)
+    assert ids == [e["eventID"] for e in object_events(RECEIVE, SITE)]  # deterministic
+
+
+def test_a_stopped_wrong_pallet_is_traced_at_the_door_and_no_empty_shipping_event_is_made() -> None:
+    stopped = dataclasses.replace(SHIP, items=(SHIP.items[2],))  # only the pallet not on order
+    (event,) = object_events(stopped, SITE)
+    assert_valid(event)
+    assert event["epcList"] == ["urn:epc:id:sscc:0614141.0000000001"]
+    assert (event["bizStep"], event["disposition"]) == ("shipping", "mismatch_instance")
+    assert event["bizLocation"] == {"id": "urn:epc:id:sgln:0614141.00001.D07"}  # still here
+
+
+def test_a_pass_of_repeats_only_makes_no_event_and_a_move_makes_one() -> None:
+    repeats = dataclasses.replace(SHIP, items=(SHIP.items[3],))  # already shipped
+    assert object_events(repeats, SITE) == []
+    assert object_events(MOVE, SITE) == [object_event(MOVE, SITE)]

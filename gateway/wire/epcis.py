@@ -36,6 +36,7 @@ SSCC or GTIN with a wrong check digit, a time without a UTC offset...) raises `P
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -63,11 +64,13 @@ from gateway.domain import (
 
 __all__ = [
     "EPCIS_CONTEXT",
+    "EXCEPTION_DISPOSITIONS",
     "EpcisSettings",
     "PayloadError",
     "document",
     "gtin_class_uri",
     "object_event",
+    "object_events",
     "sgtin_uri",
     "sscc_uri",
     "validator",
@@ -151,6 +154,58 @@ def timezone_offset(at: dt.datetime, time_zone: str) -> str:
     minutes = round(offset.total_seconds() / 60)
     sign = "-" if minutes < 0 else "+"
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+# Items a dock door did not accept, by result: the CBV 2.0 disposition of the event that
+# traces them (docs/epcis.md has the whole table). Items received or shipped before
+# (already_received, already_shipped) are in that earlier event: a second pass is no new
+# movement of the goods.
+EXCEPTION_DISPOSITIONS: Final[dict[DockResult, str]] = {
+    DockResult.UNEXPECTED: "mismatch_instance",  # not on the ASN
+    DockResult.NOT_ON_ORDER: "mismatch_instance",  # not on the ship order: stopped at the door
+    DockResult.OVER_RECEIPT: "mismatch_quantity",  # more than the ASN line's quantity
+    DockResult.LOT_MISMATCH: "mismatch_class",  # another lot than the ASN line's
+    DockResult.EXPIRED: "expired",
+    DockResult.SHORT_DATED: "non_conformant",  # less shelf life left than the product needs
+}
+
+
+def object_events(
+    tx: MoveTransaction | DockTransaction, settings: EpcisSettings
+) -> list[dict[str, Any]]:
+    """Every EPCIS 2.0 `ObjectEvent` of one transaction: its accepted items (`object_event`,
+    left out when a dock transaction accepted none) and, for each exception disposition, the
+    items a dock door did not accept, at that door (see `EXCEPTION_DISPOSITIONS`).
+
+    Raises:
+        PayloadError: a value of the transaction cannot be expressed in EPCIS.
+    """
+    if isinstance(tx, MoveTransaction):
+        return [object_event(tx, settings)]
+    events: list[dict[str, Any]] = []
+    if any(row.result == DockResult.ACCEPTED for row in tx.items):
+        events.append(object_event(tx, settings))
+    by_disposition: dict[str, list[ItemResult]] = {}
+    for row in tx.items:
+        disposition = EXCEPTION_DISPOSITIONS.get(row.result)
+        # A tag that is no GS1 identifier has no EPC URI: it cannot be in an event.
+        expressible = row.item.gtin or _instance_uri(row.item, settings) is not None
+        if disposition is not None and expressible:
+            by_disposition.setdefault(disposition, []).append(row)
+    for disposition, rows in by_disposition.items():
+        event = object_event(
+            dataclasses.replace(
+                tx, items=tuple(dataclasses.replace(r, result=DockResult.ACCEPTED) for r in rows)
+            ),
+            settings,
+        )
+        event["eventID"] = f"urn:uuid:{uuid.uuid5(uuid.UUID(tx.tx_id), disposition)}"
+        event["disposition"] = disposition
+        if tx.kind == DockKind.SHIP:
+            # Stopped at the door: still on the site, not in transit.
+            event["bizLocation"] = {"id": _location_uri(settings.biz_location_base, tx.door)}
+        events.append(event)
+    return events
 
 
 class PayloadError(ValueError):
