@@ -501,6 +501,11 @@ class EpcisConfig(_Model):
     company_prefix_length: int = Field(default=7, ge=6, le=12)
     # The site's IANA time zone: each event's eventTimeZoneOffset (times stay in UTC).
     time_zone: str = "UTC"
+    # Company prefix lengths by leading digits, as a last resort: an SSCC or GTIN read from a
+    # tag takes the tag's, then GS1's table decides, then these, then company_prefix_length.
+    prefix_lengths: dict[Annotated[str, Field(pattern=r"^\d{1,12}$")], int] = Field(
+        default_factory=dict
+    )
 
     @model_validator(mode="after")
     def _valid_identifiers(self) -> EpcisConfig:
@@ -512,6 +517,7 @@ class EpcisConfig(_Model):
                 biz_location_base=self.biz_location_base,
                 company_prefix_length=self.company_prefix_length,
                 time_zone=self.time_zone,
+                prefix_lengths=tuple(self.prefix_lengths.items()),
             )
         return self
 

@@ -66,6 +66,7 @@ def epcis_settings(config: GatewayConfig) -> EpcisSettings | None:
         biz_location_base=config.epcis.biz_location_base,
         company_prefix_length=config.epcis.company_prefix_length,
         time_zone=config.epcis.time_zone,
+        prefix_lengths=tuple(config.epcis.prefix_lengths.items()),
     )
 
 

@@ -30,6 +30,7 @@ from gateway.domain import (
     MoveTransaction,
 )
 from gateway.domain.epc import decode_epc, encode_sgtin96, encode_sscc96
+from gateway.wire import epcis as epcis_module
 from gateway.wire.epcis import (
     EPCIS_CONTEXT,
     EpcisSettings,
@@ -719,6 +720,14 @@ def moments(draw: st.DrawFn) -> tuple[dt.datetime, str]:
     return moment, utc.strftime("%Y-%m-%dT%H:%M:%S") + f".{utc.microsecond // 1000:03d}Z"
 
 
+def table_split(key: str, length: int) -> tuple[str, str]:
+    """An SSCC-18 or GTIN-14 as an EPC URI's company prefix and the rest: with the length GS1's
+    table gives it where the table has one (tested on its own below), else `length`."""
+    size = epcis_module._table_prefix_length(key) or length
+    end = 17 if len(key) == 18 else 13
+    return key[1 : 1 + size], key[0] + key[1 + size : end]
+
+
 @st.composite
 def accepted_item(draw: st.DrawFn, length: int) -> tuple[ItemResult, str | None, str | None]:
     """An accepted item, the instance URI expected for it, or its class URI (count 1)."""
@@ -734,13 +743,12 @@ def accepted_item(draw: st.DrawFn, length: int) -> tuple[ItemResult, str | None,
     if way == "sscc":
         serial = draw(st.text(string.digits, min_size=17 - length, max_size=17 - length))
         sscc17 = serial[0] + prefix + serial[1:]
-        return (
-            _item(ACCEPTED, sscc=sscc17 + check_digit(sscc17)),
-            f"urn:epc:id:sscc:{prefix}.{serial}",
-            None,
-        )
+        sscc = sscc17 + check_digit(sscc17)
+        prefix, serial = table_split(sscc, length)
+        return (_item(ACCEPTED, sscc=sscc), f"urn:epc:id:sscc:{prefix}.{serial}", None)
     gtin13 = rest[0] + prefix + rest[1:]
     gtin = gtin13 + check_digit(gtin13)
+    prefix, rest = table_split(gtin, length)
     if way == "gtin+serial":
         serial = draw(st.text(string.ascii_letters + string.digits, min_size=1, max_size=20))
         return (
@@ -780,6 +788,7 @@ def transactions(draw: st.DrawFn) -> Case:
         prefix = draw(st.text(string.digits, min_size=length, max_size=length))
         serial = draw(st.text(string.digits, min_size=17 - length, max_size=17 - length))
         sscc17 = serial[0] + prefix + serial[1:]  # extension digit, prefix, serial reference
+        prefix, serial = table_split(sscc17 + check_digit(sscc17), length)
         move = MoveTransaction(
             sscc=sscc17 + check_digit(sscc17),
             from_location=draw(st.none() | location_names(site)),
@@ -896,3 +905,33 @@ def test_a_pass_of_repeats_only_makes_no_event_and_a_move_makes_one() -> None:
     repeats = dataclasses.replace(SHIP, items=(SHIP.items[3],))  # already shipped
     assert object_events(repeats, SITE) == []
     assert object_events(MOVE, SITE) == [object_event(MOVE, SITE)]
+
+
+# --- one EPC URI per object (issue #12) ----------------------------------------------------------
+
+
+def test_the_company_prefix_comes_from_the_tag_then_gs1s_table_then_the_site() -> None:
+    # The issue's pallet: its tag's partition says a 9-digit prefix (061414123).
+    tag = encode_sscc96("061414123", "34567890").hex().upper()
+    sscc = decode_epc(tag).sscc
+    assert sscc is not None
+    received = dataclasses.replace(RECEIVE, items=(_item(ACCEPTED, epc=tag),))
+    known = epcis_module.learned_prefixes(received)
+    assert known == {sscc: 9}
+    (receipt,) = object_events(received, SITE, known)
+    moved = dataclasses.replace(MOVE, sscc=sscc)
+    (putaway,) = object_events(moved, SITE, known)
+    assert receipt["epcList"] == putaway["epcList"] == ["urn:epc:id:sscc:061414123.34567890"]
+    # Without the tag's word, GS1's table (0614141: 7 digits), whatever the site says.
+    site9 = dataclasses.replace(SITE, company_prefix_length=9)
+    assert object_event(moved, site9)["epcList"] == ["urn:epc:id:sscc:0614141.3234567890"]
+
+
+def test_a_site_override_applies_where_gs1s_table_has_no_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(epcis_module, "_table_prefix_length", lambda _key: None)
+    site = dataclasses.replace(SITE, prefix_lengths=(("06", 6), ("0614141", 7)))
+    assert object_event(MOVE, site)["epcList"][0].startswith("urn:epc:id:sscc:0614141.")
+    other = dataclasses.replace(MOVE, sscc="306123400000000018")
+    assert object_event(other, site)["epcList"][0].startswith("urn:epc:id:sscc:061234.")

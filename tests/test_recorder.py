@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -10,14 +11,21 @@ from pathlib import Path
 from gateway.domain import (
     AnswerResult,
     CloseAnswer,
+    DockKind,
+    DockResult,
+    DockTransaction,
+    EvidenceSource,
+    Item,
+    ItemResult,
     MoveTransaction,
     Reply,
     ReplyHandle,
     TaskAnswer,
 )
+from gateway.domain.epc import decode_epc, encode_sscc96
 from gateway.drivers.base import AlarmOutputs
 from gateway.recorder import Recorder
-from gateway.storage import OutboxMessage, Store
+from gateway.storage import OutboxMessage, PendingMessage, Store
 from gateway.wire.epcis import EpcisSettings
 from gateway.wire.topics import Topics
 
@@ -88,3 +96,45 @@ async def test_a_stop_commits_a_batch_waiting_for_room_beyond_the_limit(tmp_path
         assert store.depth == 12 and recorder.beyond_limit == 2
         rows = await store.pending()
     assert [json.loads(r.payload)["to_location"] for r in rows[-2:]] == ["B-01", "B-02"]
+
+
+async def test_a_pallet_has_its_tags_epc_uri_in_every_event_also_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    # The tag's partition says a 9-digit company prefix; GS1's table says 7 for 0614141...
+    tag = encode_sscc96("061414123", "34567890").hex().upper()
+    sscc = decode_epc(tag).sscc
+    assert sscc is not None
+    receipt = DockTransaction(
+        kind=DockKind.RECEIVE,
+        door="D03",
+        reference=None,
+        items=(ItemResult(Item(key=f"epc:{tag}", epc=tag), DockResult.ACCEPTED),),
+        source=EvidenceSource.PORTAL,
+        device="d03-reader",
+        evidence_id="pass-1",
+        started_at=T0,
+        occurred_at=T0,
+    )
+    putaway = MoveTransaction(sscc, "D03", "A-01-01", "agv-1", T0, T0)
+
+    def epc_lists(rows: list[PendingMessage]) -> list[list[str]]:
+        docs = [json.loads(r.payload) for r in rows if r.topic.endswith("/epcis")]
+        return [e["epcList"] for d in docs for e in d["epcisBody"]["eventList"]]
+
+    async with await Store.open(tmp_path / "gw.db") as store:
+        recorder = Recorder(
+            topics=TOPICS, store=store, clock=lambda: T0, alarms=AlarmOutputs(), epcis_settings=SITE
+        )
+        await recorder.record([receipt])
+        await recorder.record([putaway])
+        first = epc_lists(await store.pending())
+    async with await Store.open(tmp_path / "gw.db") as store:  # a restart: memory is gone
+        recorder = Recorder(
+            topics=TOPICS, store=store, clock=lambda: T0, alarms=AlarmOutputs(), epcis_settings=SITE
+        )
+        await recorder.record([dataclasses.replace(putaway, to_location="B-02-02")])
+        after = epc_lists(await store.pending())
+    uri = "urn:epc:id:sscc:061414123.34567890"
+    assert first == [[uri], [uri]]
+    assert after[-1] == [uri]

@@ -41,15 +41,19 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
 from importlib import resources
+from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from biip import ParseError
 from biip.checksums import gs1_standard_check_digit
+from biip.gtin import Gtin
+from biip.sscc import Sscc
 from jsonschema import Draft7Validator
 
 from gateway.domain import (
@@ -118,6 +122,9 @@ class EpcisSettings:
         company_prefix_length: digits of the GS1 Company Prefix in the SSCCs and GTINs the
             site handles (6 to 12). An SSCC or GTIN alone does not say where the prefix ends,
             and the EPC URI needs it. Items read from RFID tags carry it in their EPC.
+        prefix_lengths: (digits, length) pairs: a company prefix length for SSCCs and GTINs
+            whose digits after the extension or indicator digit start so, where GS1's table
+            has none (the longest match first); see `prefix_lengths()`.
         gln: the site's GLN-13, for business transaction URIs. May be left out when either
             base is an SGLN, whose company prefix and location reference give the GLN.
     """
@@ -127,6 +134,7 @@ class EpcisSettings:
     time_zone: str = "UTC"
     company_prefix_length: int = 7
     gln: str | None = None
+    prefix_lengths: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         """Check every field, so a bad configuration fails at start, not at the first event."""
@@ -139,6 +147,10 @@ class EpcisSettings:
                 f"time_zone must be an IANA time zone such as Europe/Berlin, got {self.time_zone!r}"
             ) from None
         _check_prefix_length(self.company_prefix_length)
+        for digits, length in self.prefix_lengths:
+            _check_prefix_length(length)
+            if not digits.isdigit():
+                raise ValueError(f"prefix_lengths: {digits!r} is not digits")
         if self.gln is not None:
             _check_digits(self.gln, _GLN_DIGITS + 1, "gln", check_digit=True)
         elif _site_gln(self) is None:
@@ -170,8 +182,68 @@ EXCEPTION_DISPOSITIONS: Final[dict[DockResult, str]] = {
 }
 
 
+LengthOf = Callable[[str], int]
+"""The GS1 Company Prefix length of an SSCC-18 or GTIN-14."""
+
+
+def prefix_lengths(settings: EpcisSettings, known: Mapping[str, int]) -> LengthOf:
+    """Where the company prefix of an SSCC or GTIN ends, so that one object has one EPC URI
+    in every event: what its RFID tag said (`known`, learned from the tag's partition), else
+    GS1's table of prefix lengths (through biip), else the site's `prefix_lengths` overrides
+    (longest match), else its `company_prefix_length`."""
+
+    def length_of(key: str) -> int:
+        learned = known.get(key)
+        if learned is not None:
+            return learned
+        table = _table_prefix_length(key)
+        if table is not None:
+            return table
+        digits = key[1:]
+        for prefix, length in sorted(settings.prefix_lengths, key=lambda p: -len(p[0])):
+            if digits.startswith(prefix):
+                return length
+        return settings.company_prefix_length
+
+    return length_of
+
+
+@cache
+def _table_prefix_length(key: str) -> int | None:
+    """The company prefix length GS1's published table gives an SSCC-18 or GTIN-14."""
+    try:
+        parsed = Sscc.parse(key) if len(key) == 18 else Gtin.parse(key.zfill(14))
+    except ParseError:
+        return None
+    prefix = parsed.company_prefix
+    if prefix is None or not 6 <= len(prefix.value) <= 12:
+        return None
+    return len(prefix.value)
+
+
+def learned_prefixes(tx: DockTransaction) -> dict[str, int]:
+    """The company prefix lengths a dock transaction's RFID tags say (SSCC or GTIN -> length):
+    kept, so that the same pallet scanned from a label later gets the tag's EPC URI."""
+    learned: dict[str, int] = {}
+    for row in tx.items:
+        if not row.item.epc:
+            continue
+        epc = decode_epc(row.item.epc)
+        if epc.company_prefix is None:
+            continue
+        for key in (epc.sscc, epc.gtin):
+            if key:
+                learned[key] = len(epc.company_prefix)
+    return learned
+
+
+_NOTHING_KNOWN: Final[Mapping[str, int]] = MappingProxyType({})
+
+
 def object_events(
-    tx: MoveTransaction | DockTransaction, settings: EpcisSettings
+    tx: MoveTransaction | DockTransaction,
+    settings: EpcisSettings,
+    known: Mapping[str, int] = _NOTHING_KNOWN,
 ) -> list[dict[str, Any]]:
     """Every EPCIS 2.0 `ObjectEvent` of one transaction: its accepted items (`object_event`,
     left out when a dock transaction accepted none) and, for each exception disposition, the
@@ -181,15 +253,16 @@ def object_events(
         PayloadError: a value of the transaction cannot be expressed in EPCIS.
     """
     if isinstance(tx, MoveTransaction):
-        return [object_event(tx, settings)]
+        return [object_event(tx, settings, known)]
+    length_of = prefix_lengths(settings, known)
     events: list[dict[str, Any]] = []
     if any(row.result == DockResult.ACCEPTED for row in tx.items):
-        events.append(object_event(tx, settings))
+        events.append(object_event(tx, settings, known))
     by_disposition: dict[str, list[ItemResult]] = {}
     for row in tx.items:
         disposition = EXCEPTION_DISPOSITIONS.get(row.result)
         # A tag that is no GS1 identifier has no EPC URI: it cannot be in an event.
-        expressible = row.item.gtin or _instance_uri(row.item, settings) is not None
+        expressible = row.item.gtin or _instance_uri(row.item, settings, length_of) is not None
         if disposition is not None and expressible:
             by_disposition.setdefault(disposition, []).append(row)
     for disposition, rows in by_disposition.items():
@@ -198,6 +271,7 @@ def object_events(
                 tx, items=tuple(dataclasses.replace(r, result=DockResult.ACCEPTED) for r in rows)
             ),
             settings,
+            known,
         )
         event["eventID"] = f"urn:uuid:{uuid.uuid5(uuid.UUID(tx.tx_id), disposition)}"
         event["disposition"] = disposition
@@ -212,7 +286,11 @@ class PayloadError(ValueError):
     """A transaction that cannot be expressed as an EPCIS event; says which field."""
 
 
-def object_event(tx: MoveTransaction | DockTransaction, settings: EpcisSettings) -> dict[str, Any]:
+def object_event(
+    tx: MoveTransaction | DockTransaction,
+    settings: EpcisSettings,
+    known: Mapping[str, int] = _NOTHING_KNOWN,
+) -> dict[str, Any]:
     """One EPCIS 2.0 `ObjectEvent` for one move, receive or ship transaction.
 
     Raises:
@@ -238,7 +316,7 @@ def object_event(tx: MoveTransaction | DockTransaction, settings: EpcisSettings)
             "eventTime": _event_time(at, at_field),
             "eventTimeZoneOffset": timezone_offset(at, settings.time_zone),
         }
-        event.update(body(settings))
+        event.update(body(settings, prefix_lengths(settings, known)))
     except ValueError as err:
         raise PayloadError(f"{kind} transaction {tx.tx_id!r}: {err}") from err
     return event
@@ -319,14 +397,14 @@ def _gtin_parts(gtin: str, company_prefix_length: int) -> tuple[str, str]:
 # --- the three transaction types -------------------------------------------------------------
 
 
-def _move(tx: MoveTransaction, settings: EpcisSettings) -> dict[str, Any]:
+def _move(tx: MoveTransaction, settings: EpcisSettings, length_of: LengthOf) -> dict[str, Any]:
     """A pallet put away: observed at its new storage location, which is also where the event
     was captured (the readPoint is a place, per CBV: the forklift's scanner or the robot that
     confirmed it is not one; the gateway's move transaction names it). Where the pallet came
     from is not an EPCIS field of a storing step; the move transaction keeps it."""
     to_location = _text(tx.to_location, "to_location")
     return {
-        "epcList": [sscc_uri(tx.sscc, settings.company_prefix_length)],
+        "epcList": [sscc_uri(tx.sscc, length_of(tx.sscc))],
         "action": "OBSERVE",
         "bizStep": "storing",
         "disposition": "in_progress",
@@ -335,10 +413,10 @@ def _move(tx: MoveTransaction, settings: EpcisSettings) -> dict[str, Any]:
     }
 
 
-def _receive(tx: DockTransaction, settings: EpcisSettings) -> dict[str, Any]:
+def _receive(tx: DockTransaction, settings: EpcisSettings, length_of: LengthOf) -> dict[str, Any]:
     """Goods received at a dock door, against the ASN when there is one."""
     door = _text(tx.door, "door")
-    event = _items(tx.items, settings)
+    event = _items(tx.items, settings, length_of)
     event.update(
         action="OBSERVE",
         bizStep="receiving",
@@ -350,13 +428,13 @@ def _receive(tx: DockTransaction, settings: EpcisSettings) -> dict[str, Any]:
     return event
 
 
-def _ship(tx: DockTransaction, settings: EpcisSettings) -> dict[str, Any]:
+def _ship(tx: DockTransaction, settings: EpcisSettings, length_of: LengthOf) -> dict[str, Any]:
     """Goods leaving through a shipping door, against the order when there is one.
 
     No `bizLocation`: the goods are in transit, at no location of the site any more.
     """
     door = _text(tx.door, "door")
-    event = _items(tx.items, settings)
+    event = _items(tx.items, settings, length_of)
     event.update(
         action="OBSERVE",
         bizStep="shipping",
@@ -368,7 +446,7 @@ def _ship(tx: DockTransaction, settings: EpcisSettings) -> dict[str, Any]:
 
 
 _DOCK_BUILDERS: Final[
-    dict[DockKind, Callable[[DockTransaction, EpcisSettings], dict[str, Any]]]
+    dict[DockKind, Callable[[DockTransaction, EpcisSettings, LengthOf], dict[str, Any]]]
 ] = {
     DockKind.RECEIVE: _receive,
     DockKind.SHIP: _ship,
@@ -399,7 +477,9 @@ def _event_time(at: dt.datetime, name: str) -> str:
     return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _items(items: Sequence[ItemResult], settings: EpcisSettings) -> dict[str, Any]:
+def _items(
+    items: Sequence[ItemResult], settings: EpcisSettings, length_of: LengthOf
+) -> dict[str, Any]:
     """`epcList` (always, maybe empty) and `quantityList` (when not empty) of accepted items.
 
     An item identified by its GTIN only is one unit of its class.
@@ -410,13 +490,14 @@ def _items(items: Sequence[ItemResult], settings: EpcisSettings) -> dict[str, An
         if row.result != DockResult.ACCEPTED:
             continue
         item = row.item
-        uri = _instance_uri(item, settings)
+        uri = _instance_uri(item, settings, length_of)
         if uri is not None:
             epcs[uri] = None
             continue
         if not item.gtin:
             raise PayloadError(f"items[{index}] is accepted but has no uri, epc, sscc or gtin")
-        class_uri = gtin_class_uri(item.gtin, settings.company_prefix_length, item.lot or None)
+        gtin14 = item.gtin.zfill(14)
+        class_uri = gtin_class_uri(item.gtin, length_of(gtin14), item.lot or None)
         quantities[class_uri] = quantities.get(class_uri, 0) + 1
     event: dict[str, Any] = {"epcList": list(epcs)}
     if quantities:
@@ -427,7 +508,7 @@ def _items(items: Sequence[ItemResult], settings: EpcisSettings) -> dict[str, An
     return event
 
 
-def _instance_uri(item: Item, settings: EpcisSettings) -> str | None:
+def _instance_uri(item: Item, settings: EpcisSettings, length_of: LengthOf) -> str | None:
     """The EPC URI of one item (tag, pallet, serialised label), or None for a GTIN only."""
     if item.uri:
         return item.uri
@@ -436,9 +517,9 @@ def _instance_uri(item: Item, settings: EpcisSettings) -> str | None:
         if decoded is not None:
             return decoded
     if item.sscc:
-        return sscc_uri(item.sscc, settings.company_prefix_length)
+        return sscc_uri(item.sscc, length_of(item.sscc))
     if item.gtin and item.serial:
-        return sgtin_uri(item.gtin, item.serial, settings.company_prefix_length)
+        return sgtin_uri(item.gtin, item.serial, length_of(item.gtin.zfill(14)))
     return None
 
 
