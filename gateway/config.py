@@ -432,6 +432,16 @@ class ModbusScaleDevice(_Model):
     weighing: WeighingTuning = WeighingTuning()
     backoff: BackoffConfig = BackoffConfig()
 
+    @model_validator(mode="after")
+    def _answerable_unit(self) -> ModbusScaleDevice:
+        # Unit 0 is the RTU broadcast address: every indicator on the line obeys, none answers.
+        if self.unit_id == 0 and isinstance(self.transport, ModbusRtuTransport):
+            raise ValueError(
+                "unit_id 0 is the Modbus RTU broadcast address, which no device answers:"
+                " give the indicator's own address (1 to 247)"
+            )
+        return self
+
 
 class SignalLightDevice(_Model):
     """A stack light or horn on a Modbus TCP coil, switched on by alarms at its doors."""

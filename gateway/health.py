@@ -2,6 +2,11 @@
 
 A device going down is logged once, and coming back once; repeated failures while it stays
 down only update the counts.
+
+`last_error` is the device's current problem, with `last_error_at`, when it was last seen.
+Once the device answers again (it becomes connected, or a driver clears a problem the device
+had while connected), the error is no longer current: it moves to `previous_error` and
+`previous_error_at`, kept as history until the next error replaces it.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ class DeviceHealth:
         self.kind = kind
         self.state = DeviceState.STARTING
         self.last_error: str | None = None
+        self.last_error_at: dt.datetime | None = None
+        self.previous_error: str | None = None
+        self.previous_error_at: dt.datetime | None = None
         self.since = clock()
         self.counts: dict[str, int] = {"reads": 0, "rejected": 0, "errors": 0, "restarts": 0}
         # (monotonic time, reads) per batch, for the reads/s figure; bounded.
@@ -55,9 +63,10 @@ class DeviceHealth:
         self._clock = clock
 
     def connected(self) -> None:
-        """The device is open and talking."""
+        """The device answered: it is open and talking. Its last error becomes history."""
         if self.state is not DeviceState.CONNECTED:
             log.info("device connected", device=self.device_id, kind=self.kind)
+            self._archive_error()
             self._transition(DeviceState.CONNECTED)
 
     def failed(self, error: str) -> None:
@@ -66,14 +75,29 @@ class DeviceHealth:
         if self.state is not DeviceState.DISCONNECTED or error != self.last_error:
             if self.state is not DeviceState.DISCONNECTED:
                 log.warning("device down", device=self.device_id, kind=self.kind, error=error)
-            self.last_error = error
+            self._set_error(error)
             self._transition(DeviceState.DISCONNECTED)
+        else:
+            self.last_error_at = self._clock()  # the same failure again: seen again now
 
     def note_error(self, error: str) -> None:
-        """The device reports a problem but keeps working: shown as `last_error`, counted."""
+        """The device reports a problem but keeps working: shown as `last_error`, counted.
+
+        A new error is published at once; the same one again (a scale refusing every poll)
+        only moves `last_error_at` on, published with the counts at the next refresh.
+        """
         self.counts["device_errors"] = self.counts.get("device_errors", 0) + 1
-        self.last_error = error
-        self._on_change()
+        changed = error != self.last_error
+        self._set_error(error)
+        if changed:
+            self._on_change()
+
+    def clear_error(self) -> None:
+        """The device answered properly again while connected: its last error (noted with
+        `note_error`) is no longer current and becomes history. No-op without one."""
+        if self.last_error is not None:
+            self._archive_error()
+            self._on_change()
 
     def stopped(self) -> None:
         """The gateway stopped the device on purpose."""
@@ -109,6 +133,9 @@ class DeviceHealth:
             "connected": self.state is DeviceState.CONNECTED,
             "since": iso(self.since),
             "last_error": self.last_error,
+            "last_error_at": _iso_or_none(self.last_error_at),
+            "previous_error": self.previous_error,
+            "previous_error_at": _iso_or_none(self.previous_error_at),
             "counts": dict(self.counts),
             "reads_per_s": self.reads_per_s(),
             "last_data_age_s": (
@@ -117,10 +144,23 @@ class DeviceHealth:
             "at": iso(self._clock()),
         }
 
+    def _set_error(self, error: str) -> None:
+        self.last_error = error
+        self.last_error_at = self._clock()
+
+    def _archive_error(self) -> None:
+        if self.last_error is not None:
+            self.previous_error, self.previous_error_at = self.last_error, self.last_error_at
+            self.last_error = self.last_error_at = None
+
     def _transition(self, state: DeviceState) -> None:
         self.state = state
         self.since = self._clock()
         self._on_change()
+
+
+def _iso_or_none(at: dt.datetime | None) -> str | None:
+    return None if at is None else iso(at)
 
 
 class StatusBoard:

@@ -118,6 +118,7 @@ class ModbusScaleSimulator:
         self.load = LoadCell(seed=seed)
         self.polls = 0  # read requests answered with registers
         self._fail: ExcCodes | None = None
+        self._stuck: float | None = None  # a raw weight register value, whatever the load
         self._quiet = asyncio.Event()
         self._quiet.set()  # set: answering; clear: silent
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
@@ -135,6 +136,11 @@ class ModbusScaleSimulator:
     def fail_with(self, code: ExcCodes | None) -> None:
         """Answer every request with this Modbus exception (None: answer normally again)."""
         self._fail = code
+
+    def stick_weight(self, raw: float | None) -> None:
+        """Hold `raw` (in the register's own units) in the weight register, whatever the load:
+        NaN or infinity in a float32 is a broken indicator. None: read the load again."""
+        self._stuck = raw
 
     def silence(self, on: bool) -> None:
         """While on, requests are read and not answered (a hung indicator)."""
@@ -165,6 +171,8 @@ class ModbusScaleSimulator:
         raw = kg / float(KG_PER_UNIT[self.weight.unit]) / self.weight.scale
         if over:
             raw = float(self.capacity_kg) / float(KG_PER_UNIT[self.weight.unit]) / self.weight.scale
+        if self._stuck is not None:
+            raw, over = self._stuck, False
         words = encode_registers(raw, self.weight)
         out = {self.weight.address + i: w for i, w in enumerate(words)}
         if self.status is not None:

@@ -170,7 +170,8 @@ async def test_reader_dropped_and_restarted_twenty_times() -> None:
             assert not task.done()  # no exception escaped the supervisor
         await until(lambda: health.state is DeviceState.CONNECTED, what="last connect")
         assert health.counts["restarts"] >= 20
-        assert health.last_error
+        assert health.last_error is None  # connected: the drop is history
+        assert health.previous_error
         assert sim.stats.connections >= 21
 
 
@@ -220,6 +221,93 @@ async def test_refused_configuration_is_a_clear_status_and_recovers() -> None:
         sim.reject_config = False  # the integrator fixes the reader
         await until(lambda: health.state is DeviceState.CONNECTED, what="connect")
         await until(lambda: not queue.empty(), what="reads")
+
+
+async def test_a_refused_request_shows_the_readers_own_status_not_a_closed_connection() -> None:
+    # An older reader that does not know ENABLE_EVENTS_AND_REPORTS answers ERROR_MESSAGE.
+    async with (
+        LlrpReaderSimulator(STRAYS, unsupported={"ENABLE_EVENTS_AND_REPORTS"}) as sim,
+        supervised(device(sim.port)) as (queue, health, task),
+    ):
+        await until(lambda: health.counts["errors"] >= 2, what="refusals")
+        assert health.state is DeviceState.DISCONNECTED
+        error = health.last_error or ""
+        assert error.startswith("reader refused the configuration: ERROR_MESSAGE: ")
+        assert "UnsupportedMessage" in error
+        assert "message type 64 not supported" in error  # the reader's own description
+        assert "connection closed" not in error
+        assert health.last_error_at is not None
+        assert not task.done()
+        sim.unsupported = frozenset()  # a firmware update
+        await until(lambda: health.state is DeviceState.CONNECTED, what="connect")
+        assert health.last_error is None
+        assert (health.previous_error or "").startswith("reader refused the configuration")
+        await until(lambda: not queue.empty(), what="reads")
+
+
+async def test_a_refused_configuration_shows_the_status_code_and_description() -> None:
+    async with (
+        LlrpReaderSimulator(STRAYS, reject_config=True) as sim,
+        supervised(device(sim.port)) as (_, health, __),
+    ):
+        await until(lambda: health.counts["errors"] >= 1, what="a refusal")
+        error = health.last_error or ""
+        assert error.startswith("reader refused the configuration: SET_READER_CONFIG_RESPONSE: ")
+        assert "ParameterError" in error
+        assert "this reader rejects every configuration" in error
+
+
+async def test_a_request_refused_while_inventorying_is_shown_as_the_current_error() -> None:
+    # This reader answers every KEEPALIVE_ACK with an ERROR_MESSAGE, and goes on reading.
+    async with (
+        LlrpReaderSimulator(STRAYS, reads_per_s=200, unsupported={"KEEPALIVE_ACK"}) as sim,
+        supervised(device(sim.port)) as (queue, health, _),
+    ):
+        await until(lambda: health.state is DeviceState.CONNECTED, what="connect")
+        await until(lambda: health.last_error is not None, what="the refusal")
+        error = health.last_error or ""
+        assert error.startswith("reader refused a request: ERROR_MESSAGE: UnsupportedMessage")
+        assert health.state is DeviceState.CONNECTED
+        drain(queue)
+        await until(lambda: not queue.empty(), what="reads go on")
+        assert sim.stats.connections == 1
+
+
+async def test_an_undecodable_frame_during_the_setup_fails_it_at_once() -> None:
+    async with (
+        LlrpReaderSimulator(STRAYS, malformed_in_setup="bad_length") as sim,
+        supervised(device(sim.port, connect_timeout_s=30)) as (queue, health, task),
+    ):
+        began = time.monotonic()
+        await until(lambda: health.counts["errors"] >= 2, timeout=10, what="failed setups")
+        assert time.monotonic() - began < 10  # not after connect_timeout_s (30 s) each
+        error = health.last_error or ""
+        assert error.startswith("reader sent a frame that could not be decoded while being set up")
+        assert "impossible message length 4" in error
+        assert health.counts["malformed"] >= 2
+        assert not task.done()
+        sim.malformed_in_setup = None
+        await until(lambda: health.state is DeviceState.CONNECTED, what="connect")
+        await until(lambda: not queue.empty(), what="reads")
+
+
+async def test_a_malformed_frame_while_inventorying_shows_once_per_connection() -> None:
+    async with (
+        LlrpReaderSimulator(STRAYS, reads_per_s=500) as sim,
+        supervised(device(sim.port)) as (queue, health, _),
+    ):
+        await until(lambda: health.state is DeviceState.CONNECTED, what="connect")
+        await until(lambda: not queue.empty(), what="reads")
+        sim.send_malformed("unknown_type")
+        await until(lambda: health.counts.get("malformed", 0) >= 1, what="malformed count")
+        error = health.last_error or ""
+        assert error.startswith("reader sent a frame that could not be decoded: ")
+        assert health.state is DeviceState.CONNECTED
+        shown = health.counts.get("device_errors", 0)
+        sim.send_malformed("unknown_type")
+        await until(lambda: health.counts.get("malformed", 0) >= 2, what="second malformed")
+        assert health.counts.get("device_errors", 0) == shown  # counted, not shown again
+        assert sim.stats.connections == 1
 
 
 async def test_reader_exception_event_shows_on_the_status_without_a_reconnect() -> None:

@@ -188,6 +188,14 @@ def test_the_register_map_is_validated() -> None:
         device({"type": "tcp", "host": "x"}, unit_id=300)
 
 
+def test_unit_id_0_is_refused_on_rtu_where_it_is_the_broadcast_address() -> None:
+    with pytest.raises(ValidationError, match="broadcast address"):
+        device({"type": "rtu", "port": "/dev/ttyUSB0"}, unit_id=0)
+    assert device({"type": "rtu", "port": "/dev/ttyUSB0"}, unit_id=247).unit_id == 247
+    # Over TCP, unit 0 is an ordinary address (many indicators answer to any unit id).
+    assert device({"type": "tcp", "host": "x"}, unit_id=0).unit_id == 0
+
+
 # --- against the pymodbus simulator, over TCP and RTU ----------------------------------------
 
 
@@ -247,11 +255,16 @@ async def test_exception_responses_are_counted_and_polling_goes_on(
         await asyncio.sleep(0.4)
         assert health.counts["exception_responses"] >= 3
         assert health.last_error is not None and "DEVICE_BUSY" in health.last_error
+        assert health.last_error_at is not None
+        assert health.state is DeviceState.CONNECTED  # it answers, with a refusal
         sim.fail_with(None)
         sim.load.place(250.0, settle_s=0.0)
         await samples.wait_for(settled_at(250.0))
         assert not task.done()
         assert health.state is DeviceState.CONNECTED
+        # A valid reading again: the refusal is history, no longer the current error.
+        assert health.last_error is None
+        assert health.previous_error is not None and "DEVICE_BUSY" in health.previous_error
 
 
 async def test_a_register_map_pointing_nowhere_gets_illegal_address(
@@ -336,9 +349,41 @@ async def test_nobody_listening_fails_run(health: DeviceHealth, tmp_path: Path) 
         await rtu.run()
 
 
-async def test_a_float_register_holding_nan_is_rejected(
-    tmp_path: Path, health: DeviceHealth
+@pytest.mark.parametrize("transport", ["tcp", "rtu"])
+@pytest.mark.parametrize(("value", "shown"), [(math.nan, "NaN"), (math.inf, "infinite")])
+async def test_a_float_register_holding_nan_is_rejected_and_shown(
+    tmp_path: Path,
+    health: DeviceHealth,
+    transport: Literal["tcp", "rtu"],
+    value: float,
+    shown: str,
 ) -> None:
+    weight = WeightRegister(address=0, type="float32")
+    async with ModbusScaleSimulator(
+        weight=weight, status=None, transport=transport, link=tmp_path / "scale0"
+    ) as sim:
+        samples = Samples()
+        sim.stick_weight(value)  # a broken float register
+        async with running(driver_for(sim, health, samples).run):
+            async with asyncio.timeout(3):
+                while health.counts["rejected"] < 2:
+                    await asyncio.sleep(0.02)
+            # The indicator answers: connected, with the bad reading as its current error.
+            assert health.state is DeviceState.CONNECTED
+            assert health.last_error is not None
+            assert health.last_error.startswith(f"reading is {shown}: the float32")
+            assert health.last_error_at is not None
+            sim.stick_weight(None)
+            sim.load.place(75.5, settle_s=0.0)
+            await samples.wait_for(lambda s: s.kg == pytest.approx(75.5))
+            assert health.last_error is None
+            assert health.previous_error is not None
+            assert health.previous_error.startswith(f"reading is {shown}")
+    assert all(math.isfinite(s.kg) for s in samples.items)
+    assert health.counts["device_errors"] >= 2
+
+
+async def test_a_nan_load_is_rejected(tmp_path: Path, health: DeviceHealth) -> None:
     weight = WeightRegister(address=0, type="float32")
     async with ModbusScaleSimulator(weight=weight, status=None) as sim:
         samples = Samples()
@@ -347,9 +392,45 @@ async def test_a_float_register_holding_nan_is_rejected(
             async with asyncio.timeout(3):
                 while health.counts["rejected"] < 2:
                     await asyncio.sleep(0.02)
+            assert (health.last_error or "").startswith("reading is NaN")
             sim.load.place(75.5, settle_s=0.0)
             await samples.wait_for(lambda s: s.kg == pytest.approx(75.5))
     assert all(math.isfinite(s.kg) for s in samples.items)
+
+
+async def test_an_indicator_that_does_not_answer_is_not_connected(
+    sim: ModbusScaleSimulator, health: DeviceHealth
+) -> None:
+    # The TCP connection is accepted, the serial port opens: nothing has answered yet.
+    sim.silence(True)
+    samples = Samples()
+    async with running(driver_for(sim, health, samples, max_missed=100).run) as task:
+        async with asyncio.timeout(5):
+            while health.counts.get("no_answer", 0) < 2:
+                await asyncio.sleep(0.02)
+        assert health.state is DeviceState.STARTING
+        sim.silence(False)
+        await samples.wait_for(lambda s: True, timeout=5.0)
+        assert health.state is DeviceState.CONNECTED
+        assert not task.done()
+
+
+async def test_a_dead_indicator_under_the_supervisor_is_never_connected(
+    sim: ModbusScaleSimulator, health: DeviceHealth
+) -> None:
+    sim.silence(True)
+    samples = Samples()
+    driver = driver_for(sim, health, samples, max_missed=2)
+    states: set[DeviceState] = set()
+    async with running(lambda: supervise(driver.run, health, Backoff(0.02, 0.05))):
+        async with asyncio.timeout(10):
+            while health.counts["errors"] < 3:
+                states.add(health.state)
+                await asyncio.sleep(0.005)
+    assert DeviceState.CONNECTED not in states
+    assert health.state is DeviceState.STOPPED
+    assert health.last_error is not None and "scale silent" in health.last_error
+    assert samples.items == []
 
 
 # --- against a Modbus server that is not pymodbus ---------------------------------------------

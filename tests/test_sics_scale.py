@@ -144,6 +144,43 @@ async def test_a_silent_scale_fails_run(sim: SicsIndicator, health: DeviceHealth
     assert samples.items == []
 
 
+async def test_a_scale_is_connected_only_once_it_answered(
+    sim: SicsIndicator, health: DeviceHealth
+) -> None:
+    # The port opens (or the connection is accepted) whether or not the indicator answers.
+    samples = Samples()
+    sim.silence(True)
+    silent = make_driver(sim, health, samples, timeout_s=0.3)
+    with pytest.raises(DeviceError, match="scale silent"):
+        await asyncio.wait_for(silent.run(), 3.0)
+    assert health.state is DeviceState.STARTING
+    sim.silence(False)
+    async with running(make_driver(sim, health, samples).run):
+        await samples.wait_for(lambda s: True)
+        assert health.state is DeviceState.CONNECTED
+
+
+async def test_a_silent_scale_under_the_supervisor_is_never_connected(
+    sim: SicsIndicator, health: DeviceHealth
+) -> None:
+    samples = Samples()
+    sim.silence(True)
+    driver = make_driver(sim, health, samples, timeout_s=0.2)
+    states: set[DeviceState] = set()
+    async with running(lambda: supervise(driver.run, health, Backoff(0.02, 0.05))):
+        async with asyncio.timeout(10):
+            while health.counts["errors"] < 3:
+                states.add(health.state)
+                await asyncio.sleep(0.005)
+        assert DeviceState.CONNECTED not in states
+        assert health.last_error is not None and "scale silent" in health.last_error
+        sim.silence(False)
+        await samples.wait_for(lambda s: True, timeout=5.0)
+        assert health.state is DeviceState.CONNECTED
+        assert health.last_error is None
+        assert health.previous_error is not None and "scale silent" in health.previous_error
+
+
 async def test_silence_after_readings_fails_run(sim: SicsIndicator, health: DeviceHealth) -> None:
     samples = Samples()
     driver = make_driver(sim, health, samples, timeout_s=0.3)

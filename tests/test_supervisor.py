@@ -49,7 +49,10 @@ async def test_failing_driver_is_restarted_and_logged_once_per_transition() -> N
         assert health.state is DeviceState.CONNECTED
         assert health.counts["restarts"] == 4
         assert health.counts["errors"] == 4
-        assert health.last_error == "cannot open /dev/ttyUSB0: No such file or directory"
+        # Connected again: the error is history, no longer current.
+        assert health.last_error is None
+        assert health.previous_error == "cannot open /dev/ttyUSB0: No such file or directory"
+        assert health.previous_error_at == now()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

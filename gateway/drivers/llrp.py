@@ -6,6 +6,14 @@ turned into compact reads on that thread and handed to the event loop with
 drops, the reader stops answering keepalives, or it refuses the configuration, `run()` raises
 `DeviceError` and the gateway's supervisor reconnects with its own backoff.
 
+What the device status shows: a request the reader refuses (an ERROR_MESSAGE, or a response
+whose LLRPStatus is not Success) is named with the reader's own status code and description,
+as the `DeviceError` when it ends the setup (sllurp then drops the connection) or, while
+inventorying, as `last_error` (the reason too when the connection closes right after). A
+frame that cannot be decoded is counted as `malformed` and shown as `last_error` once per
+connection; during the setup it ends the attempt at once (sllurp's setup would otherwise wait
+for an answer that went with the frame), instead of after `connect_timeout_s`.
+
 Overflow policy: the rules' queue is bounded; when it is full, a report is dropped and counted
 (`dropped` in the device status). A tag in the field is read many times a second, so a short
 overload thins the evidence of a pass rather than losing it, and memory stays flat.
@@ -139,6 +147,8 @@ class LlrpReader:
         self.last_message = 0.0  # monotonic time of the last report or keepalive
         self._overloaded = False
         self._malformed_logged = False
+        # While inventorying: (monotonic time, what) of the last request the reader refused.
+        self._last_refusal: tuple[float, str] | None = None
 
     def sllurp_config(self) -> LLRPReaderConfig:
         """The ROSpec and reader settings sllurp sends, from the device config."""
@@ -168,7 +178,10 @@ class LlrpReader:
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[str] = loop.create_future()
         inventorying = asyncio.Event()
-        refusals: list[str] = []
+        refusals: list[str] = []  # requests refused during the setup
+        setup_broken: asyncio.Future[str] = loop.create_future()
+        self._malformed_logged = False  # once per connection
+        self._last_refusal = None
 
         def on_reads(raw: list[RawRead]) -> None:
             # Arrival on the gateway's clock (the injected one: a test's accelerated clock
@@ -178,7 +191,7 @@ class LlrpReader:
             loop.call_soon_threadsafe(self._deliver, reads)
 
         def on_malformed(reason: str) -> None:
-            loop.call_soon_threadsafe(self._malformed, reason)
+            loop.call_soon_threadsafe(self._malformed, reason, inventorying, setup_broken)
 
         client = FastReportClient(
             c.transport.host,
@@ -193,13 +206,12 @@ class LlrpReader:
                 lost.set_result(reason)
 
         def on_response(_: Any, message: Any) -> None:
-            # A refused configuration: sllurp only logs it and drops the connection.
-            name = message.getName()
-            if not message.isSuccess():
-                status = message.msgdict.get(name, {}).get("LLRPStatus", {})
-                refusals.append(
-                    f"{name}: {status.get('StatusCode')} {status.get('ErrorDescription', '')}".strip()
-                )
+            # A refused request: sllurp only logs it and, during the setup, drops the
+            # connection. Runs on sllurp's thread before sllurp handles the message, so the
+            # refusal is on the loop before the disconnection it causes.
+            if message.getName() == "ERROR_MESSAGE" or not message.isSuccess():
+                text = llrp_status(message.getName(), message.msgdict)
+                loop.call_soon_threadsafe(self._refused, text, inventorying, refusals)
 
         def on_keepalive(_: Any, __: Any) -> None:
             self.last_message = time.monotonic()
@@ -216,9 +228,15 @@ class LlrpReader:
         client.add_event_callback(on_event)
         client.add_message_callback("KEEPALIVE", on_keepalive)
         for response in (
+            "ERROR_MESSAGE",  # a request the reader cannot handle at all
+            "GET_READER_CAPABILITIES_RESPONSE",
+            "GET_READER_CONFIG_RESPONSE",
             "SET_READER_CONFIG_RESPONSE",
+            "DELETE_ACCESSSPEC_RESPONSE",
+            "DELETE_ROSPEC_RESPONSE",
             "ADD_ROSPEC_RESPONSE",
             "ENABLE_ROSPEC_RESPONSE",
+            "START_ROSPEC_RESPONSE",
         ):
             client.add_message_callback(response, on_response)
         client.add_state_callback(
@@ -242,13 +260,16 @@ class LlrpReader:
                 f"cannot connect to {c.transport.host}:{c.transport.port}: {err}"
             ) from err
         try:
-            await self._until_inventorying(inventorying, lost, refusals)
+            await self._until_inventorying(inventorying, lost, refusals, setup_broken)
             self._health.connected()
             self.last_message = time.monotonic()
             while True:
                 done, _ = await asyncio.wait({lost}, timeout=min(1.0, c.keepalive_s))
                 if done:
-                    raise DeviceError(refusals[-1] if refusals else lost.result())
+                    refusal = self._recent_refusal()
+                    if refusal is not None:
+                        raise DeviceError(f"{lost.result()} after refusing a request: {refusal}")
+                    raise DeviceError(lost.result())
                 if not client.is_alive():
                     # sllurp's thread can die on a frame it cannot parse, without telling.
                     raise DeviceError("the LLRP client stopped (a frame it could not parse?)")
@@ -259,27 +280,58 @@ class LlrpReader:
             await asyncio.to_thread(_close, client, polite=inventorying.is_set())
 
     async def _until_inventorying(
-        self, inventorying: asyncio.Event, lost: asyncio.Future[str], refusals: list[str]
+        self,
+        inventorying: asyncio.Event,
+        lost: asyncio.Future[str],
+        refusals: list[str],
+        setup_broken: asyncio.Future[str],
     ) -> None:
         waiter: asyncio.Future[Any] = asyncio.ensure_future(inventorying.wait())
         try:
             done, _ = await asyncio.wait(
-                {waiter, lost},
+                {waiter, lost, setup_broken},
                 timeout=self.config.connect_timeout_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             waiter.cancel()
+        if waiter in done:
+            return
+        if refusals and (lost in done or setup_broken in done):
+            raise DeviceError(f"reader refused the configuration: {refusals[-1]}")
         if lost in done:
-            reason = refusals[-1] if refusals else lost.result()
-            raise DeviceError(f"reader refused the configuration: {reason}" if refusals else reason)
-        if waiter not in done:
+            raise DeviceError(lost.result())
+        if setup_broken in done:
             raise DeviceError(
-                f"reader did not start inventory within {self.config.connect_timeout_s:g} s"
+                "reader sent a frame that could not be decoded while being set up: "
+                f"{setup_broken.result()}"
             )
+        after = f" (it refused {refusals[-1]})" if refusals else ""
+        raise DeviceError(
+            f"reader did not start inventory within {self.config.connect_timeout_s:g} s{after}"
+        )
 
-    def _malformed(self, reason: str) -> None:
-        """A frame from the reader could not be decoded: counted, logged once per connection."""
+    def _refused(self, text: str, inventorying: asyncio.Event, refusals: list[str]) -> None:
+        """The reader refused a request: the reason of a failed setup, or a current error."""
+        if not inventorying.is_set():
+            refusals.append(text)
+            return
+        self._last_refusal = (time.monotonic(), text)
+        self._health.note_error(f"reader refused a request: {text}")
+        log.warning("reader refused a request", device=self.config.id, status=text)
+
+    def _recent_refusal(self) -> str | None:
+        """The request the reader refused just now, which may be why it closed the connection."""
+        if self._last_refusal is None:
+            return None
+        at, text = self._last_refusal
+        return text if time.monotonic() - at < _REFUSAL_CAUSE_S else None
+
+    def _malformed(
+        self, reason: str, inventorying: asyncio.Event, setup_broken: asyncio.Future[str]
+    ) -> None:
+        """A frame from the reader could not be decoded: counted, shown and logged once per
+        connection; during the setup, the setup has failed."""
         self._health.count("malformed")
         if not self._malformed_logged:
             log.warning(
@@ -287,7 +339,10 @@ class LlrpReader:
                 device=self.config.id,
                 reason=reason,
             )
+            self._health.note_error(f"reader sent a frame that could not be decoded: {reason}")
             self._malformed_logged = True
+        if not inventorying.is_set() and not setup_broken.done():
+            setup_broken.set_result(reason)
 
     def _reader_error(self, text: str) -> None:
         self._health.note_error(f"reader exception: {text}")
@@ -308,6 +363,20 @@ class LlrpReader:
             return
         self._overloaded = False
         self._health.count("reads", sum(r[4] for r in reads))
+
+
+# A refusal this recent explains a connection that closes (sllurp drops it after some).
+_REFUSAL_CAUSE_S = 5.0
+
+
+def llrp_status(name: str, msgdict: Mapping[str, Any]) -> str:
+    """What a refusal says: the message, the reader's status code and its description."""
+    body = msgdict.get(name, {})
+    status = body.get("LLRPStatus", {}) if isinstance(body, Mapping) else {}
+    description = status.get("ErrorDescription", "")
+    if isinstance(description, bytes):
+        description = description.decode("utf-8", "replace")
+    return f"{name}: {status.get('StatusCode', 'unknown status')} {description}".strip()
 
 
 def _close(client: LLRPReaderClient, *, polite: bool) -> None:

@@ -11,14 +11,22 @@ device status; weighing tracks zero itself.
 
 What goes wrong, and what happens:
 
+The device is `connected` once it answered: its first reply (registers, or an exception
+response, which shows the device is there), not when the socket or serial port opens. A serial
+port opens whether or not an indicator is on the line. A valid reading after a problem moves
+the problem from the status's `last_error` to its `previous_error`.
+
+What goes wrong, and what happens:
+
 - A Modbus exception response (illegal address, device busy, ...): counted as
-  `exception_responses`, shown as the device's `last_error`, logged once per code; no
-  sample; the next poll goes out as usual (the device is there, its map may be wrong).
+  `exception_responses`, shown as the device's `last_error` (the exception's code and name,
+  and the registers), logged once per code; no sample; the next poll goes out as usual (the
+  device is there, its map may be wrong).
 - No answer within `timeout_s` (or an answer that does not fit the request): counted as
   `no_answer`. `max_missed` in a row, or the connection closing, fails `run()` with
   `DeviceError`; the supervisor reconnects with backoff.
-- A value that is not a weight (a float32 NaN or infinity): counted as `rejected`, logged
-  once; no sample.
+- A value that is not a weight (a float32 NaN or infinity): counted as `rejected`, shown as
+  `last_error` ("reading is NaN ..."), logged once; no sample.
 - The connection cannot be opened within `timeout_s`: `DeviceError`.
 
 Overflow policy: `emit` waits when the rules' queue is full and no poll is sent meanwhile, so a
@@ -212,7 +220,6 @@ class ModbusScale:
                     f"cannot connect to Modbus {self._where()} within {self.device.timeout_s:g} s"
                 )
             raise_if_cancelled()
-            self._health.connected()
             missed = 0
             while True:
                 started = loop.time()
@@ -240,6 +247,7 @@ class ModbusScale:
                     raise DeviceError(f"Modbus {self._where()} failed: {err}") from err
                 raise_if_cancelled()
                 if sample is not None:
+                    self._health.clear_error()  # a valid reading: a past problem is history
                     self._health.count("reads")
                     await self._emit(sample)
                 await asyncio.sleep(max(0.0, self.device.poll_s - (loop.time() - started)))
@@ -261,9 +269,11 @@ class ModbusScale:
                         read.address, count=read.count, device_id=self.device.unit_id
                     )
             if response.isError():
+                self._health.connected()  # it answered, with a refusal: it is there
                 raise _Refused(int(getattr(response, "exception_code", 0)), what)
             if len(response.registers) < read.count:
                 raise ModbusIOException(f"short answer: {len(response.registers)} of {what}")
+            self._health.connected()  # it answered (a no-op after the first answer)
             self._health.data_received()
             for i, value in enumerate(response.registers[: read.count]):
                 words[(read.table, read.address + i)] = value
@@ -281,8 +291,14 @@ class ModbusScale:
         if flags.overload or flags.underload:
             kg = math.nan  # out of range: the number in the register means nothing
         elif not math.isfinite(kg):
+            what = "NaN" if math.isnan(kg) else "infinite"
+            reason = (
+                f"reading is {what}: the {reg.type} at {reg.table} register {reg.address}"
+                f" from {self._where()} holds {kg}"
+            )
             self._health.count("rejected")
-            self._log_once("not a number", reason=f"the weight register holds {kg}")
+            self._health.note_error(reason)
+            self._log_once("not a number", reason=reason)
             return None
         return WeightSample(
             self.device.id,

@@ -27,6 +27,9 @@ Replies that are not weights:
   kind. An error reply answers the poll; a garbage line does not (the answer may still come).
 - A weight in a unit that is not g, kg, t or lb: counted as ``rejected``, no sample.
 
+The scale's status is `connected` from its first answer (garbage is no answer), not from
+when the port or the connection opens.
+
 When the port cannot be opened (the connection is refused, or not made within `timeout_s`),
 closes (the indicator hangs up), fails (a reset), or the scale does not answer within
 `timeout_s`, `run()` raises `DeviceError`; the supervisor reopens it with backoff.
@@ -131,7 +134,6 @@ class SicsScale:
     async def run(self) -> None:
         """Open the link and poll the scale until it fails (raises `DeviceError`)."""
         reader, writer = await self._open()
-        self._health.connected()
         decoder = SicsDecoder()
         pending: deque[Reply] = deque()
         loop = asyncio.get_running_loop()
@@ -151,6 +153,9 @@ class SicsScale:
                         f"scale silent: no answer to {self.command} within {self.timeout_s} s "
                         f"on {self._where}"
                     ) from None
+                # Connected once the scale answered (a weight, a status or an error reply),
+                # not when the port opened: a serial port opens with nothing on the line.
+                self._health.connected()
                 await self._handle(reply)
                 if not streaming:
                     await asyncio.sleep(max(0.0, self.poll_s - (loop.time() - started)))

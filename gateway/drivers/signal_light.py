@@ -112,8 +112,6 @@ class SignalLight:
                 raise DeviceError(
                     f"cannot connect to Modbus TCP {self._where()} within {self.timeout_s:g} s"
                 )
-            if self._health is not None:
-                self._health.connected()
             while True:
                 self._wake.clear()
                 if not client.connected:
@@ -124,6 +122,8 @@ class SignalLight:
                     maybe_on = maybe_on or want
                     await self._write(client, want)
                     written = want
+                    if self._health is not None:
+                        self._health.connected()  # the device answered (a no-op after the first)
                     maybe_on = want
                     raise_if_cancelled()
                     if self.refresh_s is not None:

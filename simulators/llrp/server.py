@@ -26,7 +26,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Final, Literal, NoReturn, Self, TypeAlias
@@ -116,12 +116,19 @@ class ReaderSession:
     - AccessSpec operations: accepted; the simulator runs no access operations.
     - KEEPALIVE_ACK, ENABLE_EVENTS_AND_REPORTS: no answer.
     - CLOSE_CONNECTION: answered, then the session is over.
-    - anything else: ERROR_MESSAGE UnsupportedMessage.
+    - anything else, and the message types in `unsupported`: ERROR_MESSAGE UnsupportedMessage.
     """
 
-    def __init__(self, caps: ReaderCapabilities, *, reject_config: bool) -> None:
+    def __init__(
+        self,
+        caps: ReaderCapabilities,
+        *,
+        reject_config: bool,
+        unsupported: Collection[int] = frozenset(),
+    ) -> None:
         self._caps = caps
         self._reject_config = reject_config
+        self._unsupported = frozenset(unsupported)
         self.rospecs: dict[int, _Rospec] = {}
         self.keepalive_ms = 0
         self.default_report = ReportSpec()
@@ -168,7 +175,7 @@ class ReaderSession:
         if frame.version not in (1, 2):
             return self._error(frame, StatusCode.UNSUPPORTED_VERSION, f"version {frame.version}")
         handler = self._handlers.get(frame.type)
-        if handler is None:
+        if handler is None or frame.type in self._unsupported:
             return self._error(
                 frame, StatusCode.UNSUPPORTED_MESSAGE, f"message type {frame.type} not supported"
             )
@@ -388,6 +395,12 @@ class LlrpReaderSimulator:
         report_interval_s: how often an RO_ACCESS_REPORT carries the reads made meanwhile.
         reject_config: refuse SET_READER_CONFIG and ADD_ROSPEC with an error status (a reader
             set up for another region, say). Also settable between connections.
+        unsupported: request names ("ENABLE_EVENTS_AND_REPORTS") the reader answers with an
+            ERROR_MESSAGE UnsupportedMessage, as an older or stripped-down reader does. Also
+            settable between connections.
+        malformed_in_setup: send a malformed frame of this kind just before the answer to
+            SET_READER_CONFIG (in the same write), as a reader with a broken keepalive does
+            while the client sets it up. Also settable between connections.
         accumulate: one TagReportData per (tag, antenna) per report, with TagSeenCount and the
             first/last seen times, as readers do when told to; by default one per read.
         held: the scenario's clock waits for `release()` (a test that has something to do
@@ -405,6 +418,8 @@ class LlrpReaderSimulator:
         reads_per_s: float = 1000.0,
         report_interval_s: float = 0.05,
         reject_config: bool = False,
+        unsupported: Collection[str] = (),
+        malformed_in_setup: MalformedKind | None = None,
         accumulate: bool = False,
         held: bool = False,
     ) -> None:
@@ -414,6 +429,11 @@ class LlrpReaderSimulator:
             raise ValueError(f"antennas must be 1..64, got {antennas}")
         self._scenario = scenario if scenario is not None else Scenario()
         self.reject_config = reject_config
+        unknown = sorted(n for n in unsupported if n not in MessageType.__members__)
+        if unknown:
+            raise ValueError(f"unsupported: no such LLRP messages {unknown}")
+        self.unsupported = frozenset(unsupported)
+        self.malformed_in_setup = malformed_in_setup
         self._host = host
         self._port = port
         self._caps = ReaderCapabilities(antennas=antennas)
@@ -575,7 +595,11 @@ class LlrpReaderSimulator:
         return (monotonic - self._origin[0]) * self.scenario.time_scale
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = ReaderSession(self._caps, reject_config=self.reject_config)
+        session = ReaderSession(
+            self._caps,
+            reject_config=self.reject_config,
+            unsupported={MessageType[name] for name in self.unsupported},
+        )
         conn = _Connection(writer, session)
         if self._connections:
             # LLRP allows one client at a time: say why, then hang up.
@@ -618,6 +642,9 @@ class LlrpReaderSimulator:
                     await conn.writer.drain()
                     raise _ConnectionOver
                 keepalive_before = conn.session.keepalive_ms
+                if event.type == MessageType.SET_READER_CONFIG and self.malformed_in_setup:
+                    conn.send(_malformed(self.malformed_in_setup, self._rng, next(self._msg_ids)))
+                    self._counters.malformed_sent += 1
                 for frame in conn.session.handle(event):
                     conn.send(frame)
                 # The session counts what it answered; move the counts into the totals.
