@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from gateway.domain import (
@@ -82,6 +83,19 @@ def test_pass_received_against_the_asn_by_gtin_quantity() -> None:
     assert tx.status == "accepted"
     assert set(results(tx).values()) == {"accepted"}
     assert all(r.line == 1 for r in tx.items)
+
+
+def test_a_receipt_names_the_asns_supplier_and_the_same_pass_id_as_without() -> None:
+    rules = DockRules()
+    rules.set_asn(
+        dataclasses.replace(
+            asn(l1=AsnLine(line=1, quantity=3, gtin=GTIN_A)), supplier_gln="5901234123457"
+        )
+    )
+    tx = tx_of(rules.on_pass(passing([a(1), a(2)]), "receiving"))
+    assert tx.party_gln == "5901234123457"
+    # The party is no part of what identifies the transaction.
+    assert tx.tx_id == dataclasses.replace(tx, party_gln=None).tx_id
 
 
 def test_unexpected_and_over_receipt_are_flagged_at_once() -> None:

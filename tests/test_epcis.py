@@ -296,7 +296,7 @@ def test_ship_event() -> None:
     ]
     assert "quantityList" not in event
     assert event["bizTransactionList"] == [
-        {"type": "po", "bizTransaction": f"urn:epcglobal:cbv:bt:{SITE_GLN}:SO%202024%2F0042"}
+        {"bizTransaction": f"urn:epcglobal:cbv:bt:{SITE_GLN}:SO%202024%2F0042"}
     ]
 
 
@@ -935,3 +935,25 @@ def test_a_site_override_applies_where_gs1s_table_has_no_length(
     assert object_event(MOVE, site)["epcList"][0].startswith("urn:epc:id:sscc:0614141.")
     other = dataclasses.replace(MOVE, sscc="306123400000000018")
     assert object_event(other, site)["epcList"][0].startswith("urn:epc:id:sscc:061234.")
+
+
+def test_parties_go_in_source_and_destination_lists_and_the_asn_is_the_suppliers() -> None:
+    supplier, customer = "5901234123457", "4012345000009"
+    receipt = dataclasses.replace(RECEIVE, party_gln=supplier)
+    event = object_event(receipt, SITE)
+    assert_valid(event)
+    assert event["bizTransactionList"] == [
+        {"type": "desadv", "bizTransaction": f"urn:epcglobal:cbv:bt:{supplier}:ASN-4711"}
+    ]
+    assert event["sourceList"] == [
+        {"type": "owning_party", "source": "urn:epc:id:pgln:5901234.12345"}
+    ]
+    assert event["destinationList"] == [
+        {"type": "owning_party", "destination": "urn:epc:id:pgln:0614141.00001"}
+    ]
+    shipment = object_event(dataclasses.replace(SHIP, party_gln=customer), SITE)
+    assert_valid(shipment)
+    assert shipment["sourceList"][0]["source"] == "urn:epc:id:pgln:0614141.00001"
+    assert shipment["destinationList"][0]["destination"].startswith("urn:epc:id:pgln:")
+    # No party known: no lists (a receipt without its supplier's GLN).
+    assert "sourceList" not in object_event(RECEIVE, SITE)

@@ -116,6 +116,7 @@ def test_asn_example_parses_to_the_expected_record() -> None:
         supplier="Acme Foods",
         window_from=dt.datetime(2024, 5, 1, 8, tzinfo=plus_two),
         window_to=dt.datetime(2024, 5, 1, 10, 30, tzinfo=dt.UTC),
+        supplier_gln=GLN,
     )
 
 
@@ -125,6 +126,8 @@ def test_other_examples_parse_to_the_expected_records() -> None:
         door="D07",
         pallets=(SSCC, SSCC_2),
         lines=(ShipLine(line=1, gtin=GTIN, quantity=5, lot="L2405"),),
+        customer="Corner Shop",
+        customer_gln=GLN,
     )
     assert parse("product", EXAMPLES["product"]) == Product(
         gtin=GTIN,

@@ -109,6 +109,7 @@ class Asn:
     supplier: str | None = None  # the supplier's name
     window_from: dt.datetime | None = None  # the appointment window, aware datetimes
     window_to: dt.datetime | None = None
+    supplier_gln: str | None = None  # the supplier's GLN-13, when the WMS gives it
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,8 @@ class ShipOrder:
     door: str
     pallets: Sequence[str]  # SSCCs, held as `Ssccs`
     lines: tuple[ShipLine, ...]
+    customer: str | None = None  # the customer's name
+    customer_gln: str | None = None  # and GLN-13, when the WMS gives them
 
     def __post_init__(self) -> None:
         if not isinstance(self.pallets, Ssccs):

@@ -197,6 +197,7 @@ class DockTransaction:
     occurred_at: dt.datetime
     direction: Direction | None = None  # of the pass; None for a scan
     weight: WeightCheck | None = None  # the pallet's weighing, compared with its contents
+    party_gln: str | None = None  # the other party's GLN: the ASN's supplier, the order's customer
 
     @property
     def tx_id(self) -> str:

@@ -11,6 +11,7 @@ that door while the ASN is open, and closes by command or after `idle_close` wit
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -452,7 +453,17 @@ class DockRules:
         for r in results:
             if r.result in _RECORDED and r.item.key:
                 self._seen[kind].add(r.item.key)
-        return _transaction(kind, door, reference, results, seen, self._weight(door, results, seen))
+        tx = _transaction(kind, door, reference, results, seen, self._weight(door, results, seen))
+        return dataclasses.replace(tx, party_gln=self._party_gln(kind, reference))
+
+    def _party_gln(self, kind: DockKind, reference: str) -> str | None:
+        """The other party's GLN: the ASN's supplier on a receipt, the order's customer on a
+        shipment (None when the WMS did not give it)."""
+        if kind == DockKind.RECEIVE:
+            asn = self.asns.get(reference)
+            return None if asn is None else asn.supplier_gln
+        order = self.orders.get(reference)
+        return None if order is None else order.customer_gln
 
     def _weight(self, door: str, results: list[ItemResult], seen: _Seen) -> WeightCheck | None:
         """The door's recent weighing, compared with what the pallet carries."""

@@ -52,6 +52,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from biip import ParseError
 from biip.checksums import gs1_standard_check_digit
+from biip.gln import Gln
 from biip.gtin import Gtin
 from biip.sscc import Sscc
 from jsonschema import Draft7Validator
@@ -424,7 +425,11 @@ def _receive(tx: DockTransaction, settings: EpcisSettings, length_of: LengthOf) 
         readPoint={"id": _location_uri(settings.read_point_base, door)},
         bizLocation={"id": _location_uri(settings.biz_location_base, door)},
     )
-    _add_biz_transaction(event, tx.reference, settings, what="ASN id", kind="desadv")
+    # The ASN is the supplier's despatch advice: numbered under the supplier's GLN when known.
+    _add_biz_transaction(
+        event, tx.reference, settings, what="ASN id", kind="desadv", issuer=tx.party_gln
+    )
+    _add_parties(event, settings, source=tx.party_gln, destination=_site_gln_of(settings))
     return event
 
 
@@ -441,7 +446,9 @@ def _ship(tx: DockTransaction, settings: EpcisSettings, length_of: LengthOf) -> 
         disposition="in_transit",
         readPoint={"id": _location_uri(settings.read_point_base, door)},
     )
-    _add_biz_transaction(event, tx.reference, settings, what="order id", kind="po")
+    # The ship order is the site's own document, of no CBV type (it is not the customer's PO).
+    _add_biz_transaction(event, tx.reference, settings, what="order id", kind=None)
+    _add_parties(event, settings, source=_site_gln_of(settings), destination=tx.party_gln)
     return event
 
 
@@ -529,17 +536,49 @@ def _add_biz_transaction(
     settings: EpcisSettings,
     *,
     what: str,
-    kind: str,
+    kind: str | None,
+    issuer: str | None = None,
 ) -> None:
-    """Adds `bizTransactionList` when the transaction names its ASN or order."""
+    """Adds `bizTransactionList` when the transaction names its ASN or order, numbered under
+    its issuer's GLN (the site's when not given)."""
     if reference is None:
         return
     if not reference:
         raise PayloadError(f"reference (the {what}) must be non-empty or None, got {reference!r}")
+    gln = issuer or _site_gln_of(settings)
+    transaction = {"bizTransaction": f"urn:epcglobal:cbv:bt:{gln}:{quote(reference, safe='')}"}
+    event["bizTransactionList"] = [transaction if kind is None else {"type": kind, **transaction}]
+
+
+def _site_gln_of(settings: EpcisSettings) -> str:
     gln = settings.gln or _site_gln(settings)
-    event["bizTransactionList"] = [
-        {"type": kind, "bizTransaction": f"urn:epcglobal:cbv:bt:{gln}:{quote(reference, safe='')}"}
+    assert gln is not None  # EpcisSettings refuses settings that give none
+    return gln
+
+
+def _add_parties(
+    event: dict[str, Any], settings: EpcisSettings, *, source: str | None, destination: str | None
+) -> None:
+    """`sourceList` and `destinationList` of owning parties (PGLN URIs), when both are known:
+    the supplier and the site on a receipt, the site and the customer on a shipment."""
+    if source is None or destination is None:
+        return
+    event["sourceList"] = [{"type": "owning_party", "source": pgln_uri(source, settings)}]
+    event["destinationList"] = [
+        {"type": "owning_party", "destination": pgln_uri(destination, settings)}
     ]
+
+
+def pgln_uri(gln: str, settings: EpcisSettings) -> str:
+    """A party's GLN-13 as a PGLN EPC URI; the company prefix from GS1's table, else the
+    site's `company_prefix_length`."""
+    _check_digits(gln, _GLN_DIGITS + 1, "gln", check_digit=True)
+    try:
+        prefix = Gln.parse(gln).company_prefix
+    except ParseError:
+        prefix = None
+    length = len(prefix.value) if prefix is not None else settings.company_prefix_length
+    return f"urn:epc:id:pgln:{gln[:length]}.{gln[length:12]}"
 
 
 def _location_uri(base: str, name: str) -> str:

@@ -164,11 +164,11 @@ def to_json(item: RefData) -> dict[str, Any]:
             if window:
                 asn["appointment"] = window
             if item.supplier is not None:
-                asn["supplier"] = {"name": item.supplier}
+                asn["supplier"] = _omit_none({"name": item.supplier, "gln": item.supplier_gln})
             asn["lines"] = [_asn_line_json(line) for line in item.lines]
             return asn
         case ShipOrder():
-            return {
+            order: dict[str, Any] = {
                 "order_id": item.order_id,
                 "door": item.door,
                 "pallets": list(item.pallets),
@@ -179,6 +179,9 @@ def to_json(item: RefData) -> dict[str, Any]:
                     for x in item.lines
                 ],
             }
+            if item.customer is not None:
+                order["customer"] = _omit_none({"name": item.customer, "gln": item.customer_gln})
+            return order
         case Product():
             return _omit_none(
                 {
@@ -260,6 +263,7 @@ def _asn(doc: dict[str, Any]) -> Asn:
         supplier=None if supplier is None else supplier["name"],
         window_from=window_from,
         window_to=window_to,
+        supplier_gln=None if supplier is None else supplier.get("gln"),
     )
 
 
@@ -276,7 +280,14 @@ def _ship_order(doc: dict[str, Any]) -> ShipOrder:
     if customer is not None and "gln" in customer:
         _check_gln("customer.gln", customer["gln"])
     _datetime("ship_by", doc.get("ship_by"))
-    return ShipOrder(doc["order_id"], doc["door"], tuple(doc.get("pallets", ())), tuple(lines))
+    return ShipOrder(
+        doc["order_id"],
+        doc["door"],
+        tuple(doc.get("pallets", ())),
+        tuple(lines),
+        customer=None if customer is None else customer["name"],
+        customer_gln=None if customer is None else customer.get("gln"),
+    )
 
 
 def _product(doc: dict[str, Any]) -> Product:
