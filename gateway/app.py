@@ -92,6 +92,7 @@ class Gateway:
                 epcis_settings=epcis_settings(config),
                 agv=config.agv.enabled,
                 lot_of=board.lot_of if board is not None else lambda _sscc: None,
+                place_gln=lambda name: getattr(engine.locations.get(name), "gln", None),
                 alarm_ratio=config.storage.outbox_alarm_ratio,
                 debug_passes=config.debug.passes,
             )

@@ -117,6 +117,8 @@ class Recorder:
         epcis_settings: EPCIS output (None: off).
         agv: keep the stock and lots the AGV task board needs after a restart.
         lot_of: a received pallet's lot (velocity classes count its moves).
+        place_gln: a door's or location's own GLN from the location master (EPCIS, for names
+            that are no SGLN extension).
         alarm_ratio: the outbox depth (share of its limit) that raises `outbox_high`.
         debug_passes: publish every portal pass on the debug topic.
     """
@@ -131,6 +133,7 @@ class Recorder:
         epcis_settings: epcis.EpcisSettings | None = None,
         agv: bool = False,
         lot_of: Callable[[str], PalletLot | None] = lambda _sscc: None,
+        place_gln: Callable[[str], str | None] = lambda _name: None,
         alarm_ratio: float = 0.8,
         debug_passes: bool = False,
     ) -> None:
@@ -141,6 +144,7 @@ class Recorder:
         self._epcis = epcis_settings
         self._agv = agv
         self._lot_of = lot_of
+        self._place_gln = place_gln
         self._alarm_ratio = alarm_ratio
         self._debug_passes = debug_passes
         self.publisher: Publisher | None = None
@@ -341,7 +345,7 @@ class Recorder:
         if self._epcis is None:
             return []
         try:
-            events = epcis.object_events(tx, self._epcis, self._prefixes)
+            events = epcis.object_events(tx, self._epcis, self._prefixes, self._place_gln)
         except ValueError as err:
             self._late.append(
                 Notice(

@@ -535,11 +535,28 @@ def test_sgln_extension_is_escaped_as_the_tds_says() -> None:
 
 
 @pytest.mark.parametrize("location", ["A 01", "Lager-Ü", "L" * 21])
-def test_a_location_that_cannot_be_an_sgln_extension_is_a_payload_error(location: str) -> None:
-    with pytest.raises(PayloadError, match="SGLN extension"):
-        object_event(dataclasses.replace(MOVE, to_location=location), SITE)
-    with pytest.raises(PayloadError, match="SGLN extension"):
-        object_event(dataclasses.replace(RECEIVE, door=location), SITE)
+def test_a_location_that_cannot_be_an_sgln_extension_is_never_dropped(location: str) -> None:
+    # Its own GLN from the location master, when it has one: an SGLN with extension 0.
+    def master(name: str) -> str | None:
+        return "5901234123457" if name == location else None
+
+    moved = dataclasses.replace(MOVE, to_location=location)
+    event = object_event(moved, SITE, place_gln=master)
+    assert_valid(event)
+    # 590: GS1's table gives no length there, so the site's 7 digits.
+    assert event["bizLocation"] == {"id": "urn:epc:id:sgln:5901234.12345.0"}
+    assert event["readPoint"] == event["bizLocation"]
+    # Else a readable extension with a digest of the name: valid, the same every time, and
+    # different for another name.
+    plain = object_event(moved, SITE)
+    assert_valid(plain)
+    extension = plain["bizLocation"]["id"].removeprefix("urn:epc:id:sgln:0614141.00001.")
+    assert len(extension) <= 20
+    assert plain == object_event(moved, SITE)
+    other = object_event(dataclasses.replace(MOVE, to_location=location + "x"), SITE)
+    assert other["bizLocation"] != plain["bizLocation"]
+    receipt = object_event(dataclasses.replace(RECEIVE, door=location), SITE)
+    assert_valid(receipt)
 
 
 def test_the_gln_comes_from_either_sgln_base() -> None:

@@ -41,6 +41,24 @@ def move(to: str) -> MoveTransaction:
     return MoveTransaction("306141411234567892", "D03", to, "fl-07", T0, T0)
 
 
+RAW_TAG_RECEIPT = DockTransaction(
+    kind=DockKind.RECEIVE,
+    door="D03",
+    reference=None,
+    items=(
+        ItemResult(
+            Item(key="epc:E2801160600002054C8D3A11", epc="E2801160600002054C8D3A11"),
+            DockResult.ACCEPTED,
+        ),
+    ),
+    source=EvidenceSource.PORTAL,
+    device="d03-reader",
+    evidence_id="pass-9",
+    started_at=T0,
+    occurred_at=T0,
+)
+
+
 class Answers:
     """Stands in for the bridge: records what it was asked to send, and the outbox then."""
 
@@ -62,15 +80,16 @@ async def test_a_transaction_with_no_epcis_event_says_why_in_the_next_commit(
         recorder = Recorder(
             topics=TOPICS, store=store, clock=lambda: T0, alarms=AlarmOutputs(), epcis_settings=SITE
         )
-        # A location name too long for an SGLN extension: the move stands, EPCIS cannot say it.
-        await recorder.record([move("A" * 40)])
+        # A tag that is no GS1 identifier accepted at a door: the receipt stands, EPCIS cannot
+        # say what it was.
+        await recorder.record([RAW_TAG_RECEIPT])
         await recorder.record([])
         rows = await store.pending()
     topics = [row.topic for row in rows]
-    assert topics == ["gw/DC1/gw1/tx/move", "gw/DC1/gw1/event"]
+    assert topics == ["gw/DC1/gw1/tx/receive", "gw/DC1/gw1/event"]
     event = json.loads(rows[1].payload)
     assert event["code"] == "epcis_failed"
-    assert event["details"]["tx_id"] == move("A" * 40).tx_id
+    assert event["details"]["tx_id"] == RAW_TAG_RECEIPT.tx_id
 
 
 async def test_answers_go_out_only_after_their_batch_is_committed(tmp_path: Path) -> None:

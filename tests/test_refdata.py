@@ -137,7 +137,7 @@ def test_other_examples_parse_to_the_expected_records() -> None:
         description="Tomato soup, 12 x 400 g",
     )
     assert parse("location", EXAMPLES["location"]) == Location(
-        location="A-01-02", zone="ambient", kind="rack", capacity_pallets=2
+        location="A-01-02", zone="ambient", kind="rack", capacity_pallets=2, gln=GLN
     )
 
 

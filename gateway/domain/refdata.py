@@ -157,6 +157,7 @@ class Location:
     zone: str | None = None
     kind: str | None = None  # dock_door, staging, rack or floor
     capacity_pallets: int | None = None
+    gln: str | None = None  # its own GLN-13, when it has one
 
 
 RefData = Asn | ShipOrder | Product | Location

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import re
 import uuid
@@ -186,6 +187,21 @@ EXCEPTION_DISPOSITIONS: Final[dict[DockResult, str]] = {
 LengthOf = Callable[[str], int]
 """The GS1 Company Prefix length of an SSCC-18 or GTIN-14."""
 
+PlaceGln = Callable[[str], str | None]
+"""The GLN-13 the location master gives a door or location name (None: none)."""
+
+
+def _no_gln(_name: str) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What an event is built with besides the site's settings."""
+
+    length_of: LengthOf
+    place_gln: PlaceGln
+
 
 def prefix_lengths(settings: EpcisSettings, known: Mapping[str, int]) -> LengthOf:
     """Where the company prefix of an SSCC or GTIN ends, so that one object has one EPC URI
@@ -245,6 +261,7 @@ def object_events(
     tx: MoveTransaction | DockTransaction,
     settings: EpcisSettings,
     known: Mapping[str, int] = _NOTHING_KNOWN,
+    place_gln: PlaceGln = _no_gln,
 ) -> list[dict[str, Any]]:
     """Every EPCIS 2.0 `ObjectEvent` of one transaction: its accepted items (`object_event`,
     left out when a dock transaction accepted none) and, for each exception disposition, the
@@ -254,11 +271,11 @@ def object_events(
         PayloadError: a value of the transaction cannot be expressed in EPCIS.
     """
     if isinstance(tx, MoveTransaction):
-        return [object_event(tx, settings, known)]
+        return [object_event(tx, settings, known, place_gln)]
     length_of = prefix_lengths(settings, known)
     events: list[dict[str, Any]] = []
     if any(row.result == DockResult.ACCEPTED for row in tx.items):
-        events.append(object_event(tx, settings, known))
+        events.append(object_event(tx, settings, known, place_gln))
     by_disposition: dict[str, list[ItemResult]] = {}
     for row in tx.items:
         disposition = EXCEPTION_DISPOSITIONS.get(row.result)
@@ -273,12 +290,14 @@ def object_events(
             ),
             settings,
             known,
+            place_gln,
         )
         event["eventID"] = f"urn:uuid:{uuid.uuid5(uuid.UUID(tx.tx_id), disposition)}"
         event["disposition"] = disposition
         if tx.kind == DockKind.SHIP:
             # Stopped at the door: still on the site, not in transit.
-            event["bizLocation"] = {"id": _location_uri(settings.biz_location_base, tx.door)}
+            door = _location_uri(settings.biz_location_base, tx.door, place_gln, settings)
+            event["bizLocation"] = {"id": door}
         events.append(event)
     return events
 
@@ -291,6 +310,7 @@ def object_event(
     tx: MoveTransaction | DockTransaction,
     settings: EpcisSettings,
     known: Mapping[str, int] = _NOTHING_KNOWN,
+    place_gln: PlaceGln = _no_gln,
 ) -> dict[str, Any]:
     """One EPCIS 2.0 `ObjectEvent` for one move, receive or ship transaction.
 
@@ -317,7 +337,7 @@ def object_event(
             "eventTime": _event_time(at, at_field),
             "eventTimeZoneOffset": timezone_offset(at, settings.time_zone),
         }
-        event.update(body(settings, prefix_lengths(settings, known)))
+        event.update(body(settings, _Context(prefix_lengths(settings, known), place_gln)))
     except ValueError as err:
         raise PayloadError(f"{kind} transaction {tx.tx_id!r}: {err}") from err
     return event
@@ -398,32 +418,38 @@ def _gtin_parts(gtin: str, company_prefix_length: int) -> tuple[str, str]:
 # --- the three transaction types -------------------------------------------------------------
 
 
-def _move(tx: MoveTransaction, settings: EpcisSettings, length_of: LengthOf) -> dict[str, Any]:
+def _move(tx: MoveTransaction, settings: EpcisSettings, ctx: _Context) -> dict[str, Any]:
     """A pallet put away: observed at its new storage location, which is also where the event
     was captured (the readPoint is a place, per CBV: the forklift's scanner or the robot that
     confirmed it is not one; the gateway's move transaction names it). Where the pallet came
     from is not an EPCIS field of a storing step; the move transaction keeps it."""
     to_location = _text(tx.to_location, "to_location")
     return {
-        "epcList": [sscc_uri(tx.sscc, length_of(tx.sscc))],
+        "epcList": [sscc_uri(tx.sscc, ctx.length_of(tx.sscc))],
         "action": "OBSERVE",
         "bizStep": "storing",
         "disposition": "in_progress",
-        "readPoint": {"id": _location_uri(settings.read_point_base, to_location)},
-        "bizLocation": {"id": _location_uri(settings.biz_location_base, to_location)},
+        "readPoint": {
+            "id": _location_uri(settings.read_point_base, to_location, ctx.place_gln, settings)
+        },
+        "bizLocation": {
+            "id": _location_uri(settings.biz_location_base, to_location, ctx.place_gln, settings)
+        },
     }
 
 
-def _receive(tx: DockTransaction, settings: EpcisSettings, length_of: LengthOf) -> dict[str, Any]:
+def _receive(tx: DockTransaction, settings: EpcisSettings, ctx: _Context) -> dict[str, Any]:
     """Goods received at a dock door, against the ASN when there is one."""
     door = _text(tx.door, "door")
-    event = _items(tx.items, settings, length_of)
+    event = _items(tx.items, settings, ctx.length_of)
     event.update(
         action="OBSERVE",
         bizStep="receiving",
         disposition="in_progress",
-        readPoint={"id": _location_uri(settings.read_point_base, door)},
-        bizLocation={"id": _location_uri(settings.biz_location_base, door)},
+        readPoint={"id": _location_uri(settings.read_point_base, door, ctx.place_gln, settings)},
+        bizLocation={
+            "id": _location_uri(settings.biz_location_base, door, ctx.place_gln, settings)
+        },
     )
     # The ASN is the supplier's despatch advice: numbered under the supplier's GLN when known.
     _add_biz_transaction(
@@ -433,18 +459,18 @@ def _receive(tx: DockTransaction, settings: EpcisSettings, length_of: LengthOf) 
     return event
 
 
-def _ship(tx: DockTransaction, settings: EpcisSettings, length_of: LengthOf) -> dict[str, Any]:
+def _ship(tx: DockTransaction, settings: EpcisSettings, ctx: _Context) -> dict[str, Any]:
     """Goods leaving through a shipping door, against the order when there is one.
 
     No `bizLocation`: the goods are in transit, at no location of the site any more.
     """
     door = _text(tx.door, "door")
-    event = _items(tx.items, settings, length_of)
+    event = _items(tx.items, settings, ctx.length_of)
     event.update(
         action="OBSERVE",
         bizStep="shipping",
         disposition="in_transit",
-        readPoint={"id": _location_uri(settings.read_point_base, door)},
+        readPoint={"id": _location_uri(settings.read_point_base, door, ctx.place_gln, settings)},
     )
     # The ship order is the site's own document, of no CBV type (it is not the customer's PO).
     _add_biz_transaction(event, tx.reference, settings, what="order id", kind=None)
@@ -453,7 +479,7 @@ def _ship(tx: DockTransaction, settings: EpcisSettings, length_of: LengthOf) -> 
 
 
 _DOCK_BUILDERS: Final[
-    dict[DockKind, Callable[[DockTransaction, EpcisSettings, LengthOf], dict[str, Any]]]
+    dict[DockKind, Callable[[DockTransaction, EpcisSettings, _Context], dict[str, Any]]]
 ] = {
     DockKind.RECEIVE: _receive,
     DockKind.SHIP: _ship,
@@ -581,12 +607,37 @@ def pgln_uri(gln: str, settings: EpcisSettings) -> str:
     return f"urn:epc:id:pgln:{gln[:length]}.{gln[length:12]}"
 
 
-def _location_uri(base: str, name: str) -> str:
-    """A door, device or storage location under a base URI (see `EpcisSettings`)."""
+def _location_uri(
+    base: str, name: str, place_gln: PlaceGln = _no_gln, settings: EpcisSettings | None = None
+) -> str:
+    """A door or storage location under a base URI (see `EpcisSettings`).
+
+    Under an SGLN base, a name that is no SGLN extension (over 20 characters, a space) is never
+    dropped: it is the location's own GLN when the location master gives one (an SGLN with
+    extension 0), else a readable extension made from the name and a digest of it.
+    """
     if base.startswith(_SGLN_PREFIX):
-        return f"{base}.{_cset82_uri(name, 'SGLN extension')}"
+        try:
+            return f"{base}.{_cset82_uri(name, 'SGLN extension')}"
+        except ValueError:
+            gln = place_gln(name)
+            if gln is not None and settings is not None:
+                return _sgln_uri(gln, settings)
+            return f"{base}.{_cset82_uri(_extension_of(name), 'SGLN extension')}"
     separator = "" if base.endswith(("/", ":")) else "/"
     return f"{base}{separator}{quote(name, safe='')}"
+
+
+def _extension_of(name: str) -> str:
+    """A valid SGLN extension for any name, the same every time: its GS1 character-set-82
+    characters (others as "-") cut to 12, then "-" and 7 hex digits of a digest of the name."""
+    readable = "".join(char if char in _CSET82 else "-" for char in name)[:12] or "x"
+    return f"{readable}-{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()[:7]}"
+
+
+def _sgln_uri(gln: str, settings: EpcisSettings) -> str:
+    """A place's own GLN-13 as an SGLN with extension 0."""
+    return pgln_uri(gln, settings).replace("urn:epc:id:pgln:", _SGLN_PREFIX) + ".0"
 
 
 def _cset82_uri(value: str, what: str) -> str:

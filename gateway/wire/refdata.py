@@ -199,6 +199,7 @@ def to_json(item: RefData) -> dict[str, Any]:
                     "zone": item.zone,
                     "kind": item.kind,
                     "capacity_pallets": item.capacity_pallets,
+                    "gln": item.gln,
                 }
             )
 
@@ -311,6 +312,7 @@ def _location(doc: dict[str, Any]) -> Location:
         doc.get("zone"),
         doc.get("kind"),
         None if capacity is None else int(capacity),
+        doc.get("gln"),
     )
 
 
