@@ -3,14 +3,44 @@ AGV putaways, and stops on Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.gateway_helpers import assert_valid
+
+
+class DeviceStatuses:
+    """Collects the demo's retained device statuses from its embedded broker (paho's thread)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self._client: mqtt.Client | None = None
+
+    def start_once(self, output: bytes) -> None:
+        found = re.search(rb"broker at 127\.0\.0\.1:(\d+)", output)
+        if self._client is not None or found is None:
+            return
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-demo-statuses")
+        client.on_connect = lambda c, *_: c.subscribe("gw/+/+/device/+/status", qos=1)
+        client.on_message = lambda _c, _u, m: self.received.append(json.loads(m.payload))
+        client.connect("127.0.0.1", int(found.group(1)))
+        client.loop_start()
+        self._client = client
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.loop_stop()
 
 
 @pytest.mark.slow(16)
@@ -26,9 +56,11 @@ def test_demo_shows_transactions_and_stops_cleanly(tmp_path: Path) -> None:
     os.set_blocking(process.stdout.fileno(), False)
     output = b""
     deadline = time.monotonic() + 60
+    statuses = DeviceStatuses()
     try:
         while time.monotonic() < deadline:
             output += process.stdout.read() or b""
+            statuses.start_once(output)
             wanted = (b"MOVE", b"RECEIVE", b"SHIP", b"weighed", b"by robot")
             if all(w in output for w in wanted):
                 break
@@ -49,6 +81,12 @@ def test_demo_shows_transactions_and_stops_cleanly(tmp_path: Path) -> None:
     assert "GATEWAY offline (stopped)" in text, text[-2000:]
     assert "Traceback" not in text, text[-4000:]
     assert process.returncode == 0
+    # Every device status the demo published is valid against the published schema.
+    statuses.stop()
+    kinds = {s["kind"] for s in statuses.received}
+    assert {"barcode_scanner", "llrp_reader", "modbus_scale"} <= kinds, kinds
+    for status in statuses.received:
+        assert_valid("device-status", status)
     assert (tmp_path / "gateway.db").exists()
 
 
