@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -77,9 +76,6 @@ from gateway.wire.refdata import to_json
 from gateway.wire.topics import Topics
 
 log = structlog.get_logger("gateway.recorder")
-
-MAX_REMEMBERED_PREFIXES = 50_000
-"""Prefix lengths learned from tags kept in memory (the rest come back from SQLite)."""
 
 
 class Publisher(Protocol):
@@ -151,9 +147,10 @@ class Recorder:
         self.notices_dropped = 0
         self.passes_seen = 0
         self._late: list[Notice] = []  # notices made between batches, committed with the next
-        # Company prefix lengths RFID tags said (SSCC or GTIN -> length), for one EPC URI per
-        # object: the most recently used in memory, all of them in SQLite (`_recall_prefixes`).
-        self._prefixes: OrderedDict[str, int] = OrderedDict()
+        # GS1 company prefixes RFID tags showed (for numbers GS1's table has no length for):
+        # one per supplier, kept in SQLite too.
+        self._prefixes: set[str] = set()
+        self._prefixes_loaded = False
         self._storage_failing = False
         self._intake_held = False
         self._alarm_raised = False
@@ -173,8 +170,8 @@ class Recorder:
         self._observe(decisions)
         # Notices made while rows are built (epcis_failed) go with the next batch.
         late, self._late = self._late, []
-        if self._epcis is not None:
-            await self._recall_prefixes(decisions)
+        if self._epcis is not None and not self._prefixes_loaded:
+            await self._load_prefixes()
         batch = self.rows([*decisions, *late])
         backoff = Backoff(0.2, 5.0)
         while True:
@@ -281,39 +278,23 @@ class Recorder:
                     pass  # observed, not stored
         return batch
 
-    async def _recall_prefixes(self, decisions: Sequence[Decision]) -> None:
-        """Bring back from SQLite what tags said of the pallets and items of this batch that are
-        identified by label only, so that their EPC URIs are their tags' (a failing read only
-        loses that: GS1's table and the site's settings still give a URI)."""
-        keys: set[str] = set()
-        for d in decisions:
-            if isinstance(d, MoveTransaction):
-                keys.add(d.sscc)
-            elif isinstance(d, DockTransaction):
-                keys.update(r.item.sscc for r in d.items if r.item.sscc and not r.item.epc)
-        missing = [k for k in keys if k not in self._prefixes]
-        if not missing:
-            return
+    async def _load_prefixes(self) -> None:
+        """The company prefixes RFID tags showed before the restart (one per supplier), once;
+        a failing read is tried again with the next batch (GS1's table and the site's
+        settings give URIs meanwhile)."""
         try:
-            found = await self._store.epc_prefixes(missing)
+            self._prefixes |= await self._store.learned_prefixes()
         except StorageError as err:
-            log.warning("cannot read the EPC prefixes learned from tags", error=str(err))
+            log.warning("cannot read the company prefixes learned from tags", error=str(err))
             return
-        self._remember_prefixes(found)
-
-    def _remember_prefixes(self, learned: dict[str, int]) -> None:
-        for key, length in learned.items():
-            self._prefixes[key] = length
-            self._prefixes.move_to_end(key)
-        while len(self._prefixes) > MAX_REMEMBERED_PREFIXES:
-            self._prefixes.popitem(last=False)
+        self._prefixes_loaded = True
 
     def _dock(self, tx: DockTransaction, batch: Batch) -> None:
         state = batch.changes
         if self._epcis is not None:
-            learned = epcis.learned_prefixes(tx)
-            state.prefixes.update(learned)
-            self._remember_prefixes(learned)
+            learned = epcis.learned_prefixes(tx) - self._prefixes
+            state.prefixes |= learned
+            self._prefixes |= learned
         payload = dock_payload(tx, self._topics)
         batch.messages.append(OutboxMessage(tx.tx_id, self._topics.tx(tx.kind), encode(payload)))
         batch.messages.extend(self._epcis_of(tx, tx.occurred_at))

@@ -86,9 +86,8 @@ CREATE TABLE IF NOT EXISTS pallet_location (
 );
 -- Start-up loads the most recently moved pallets only (files of earlier versions get it here).
 CREATE INDEX IF NOT EXISTS pallet_location_updated ON pallet_location (updated_at);
-CREATE TABLE IF NOT EXISTS epc_prefix (
-    gs1_key    TEXT PRIMARY KEY,           -- an SSCC-18 or GTIN-14 read from an RFID tag
-    length     INTEGER NOT NULL            -- its company prefix length, from the tag's partition
+CREATE TABLE IF NOT EXISTS company_prefix (
+    prefix     TEXT PRIMARY KEY            -- a GS1 company prefix an RFID tag's partition showed
 );
 CREATE TABLE IF NOT EXISTS pallet_lot (
     sscc       TEXT PRIMARY KEY,           -- a received pallet (AGV tasks on): its product
@@ -212,7 +211,7 @@ class StateChanges:
     are now (the last change of a task in the batch wins); `shipped`: pallets (SSCCs) that left
     the building, whose recorded location and lot are forgotten; `lots`: received pallets'
     product, lot and expiry; `moved`: moves of received pallets, for velocity classes;
-    `prefixes`: company prefix lengths learned from RFID tags (EPC identities).
+    `prefixes`: GS1 company prefixes RFID tags showed (for EPC URIs).
     """
 
     moves: list[PalletMove] = field(default_factory=list)
@@ -223,7 +222,7 @@ class StateChanges:
     shipped: list[str] = field(default_factory=list)
     lots: list[LotRow] = field(default_factory=list)
     moved: list[MovedRow] = field(default_factory=list)
-    prefixes: dict[str, int] = field(default_factory=dict)
+    prefixes: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return any(
@@ -415,8 +414,8 @@ class Store:
                 [(m.gtin, m.at) for m in state.moved],
             )
             await db.executemany(
-                "INSERT OR REPLACE INTO epc_prefix (gs1_key, length) VALUES (?, ?)",
-                list(state.prefixes.items()),
+                "INSERT OR IGNORE INTO company_prefix (prefix) VALUES (?)",
+                [(prefix,) for prefix in sorted(state.prefixes)],
             )
             gone = [(sscc,) for sscc in state.shipped]
             await db.executemany("DELETE FROM pallet_location WHERE sscc = ?", gone)
@@ -593,18 +592,10 @@ class Store:
         """Receipts and shipments already closed."""
         return {str(r[0]) for r in await self._fetch("SELECT reference FROM dock_closed")}
 
-    async def epc_prefixes(self, keys: Sequence[str]) -> dict[str, int]:
-        """The company prefix lengths learned from RFID tags for these SSCCs or GTINs."""
-        found: dict[str, int] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = await self._fetch(
-                f"SELECT gs1_key, length FROM epc_prefix WHERE gs1_key IN ({marks})",  # noqa: S608 - placeholders only
-                tuple(chunk),
-            )
-            found.update((str(key), int(length)) for key, length in rows)
-        return found
+    async def learned_prefixes(self) -> set[str]:
+        """The GS1 company prefixes RFID tags showed (one per supplier)."""
+        rows = await self._fetch("SELECT prefix FROM company_prefix")
+        return {str(prefix) for (prefix,) in rows}
 
     async def reference_digests(self) -> list[tuple[str, str, bytes]]:
         """(kind, key, digest) of the reference data kept with the digest of its message."""

@@ -756,7 +756,11 @@ def accepted_item(draw: st.DrawFn, length: int) -> tuple[ItemResult, str | None,
         assert tag.uri is not None
         if way == "uri":
             return _item(ACCEPTED, uri=tag.uri, gtin=tag.gtin), tag.uri, None
-        return _item(ACCEPTED, epc=tag.hex, gtin=tag.gtin), tag.uri, None
+        # A tag's SGTIN is written from its number, as a label's would be.
+        assert tag.gtin is not None and tag.serial is not None
+        table_prefix, table_rest = table_split(tag.gtin, length)
+        uri = f"urn:epc:id:sgtin:{table_prefix}.{table_rest}.{tag.serial}"
+        return _item(ACCEPTED, epc=tag.hex, gtin=tag.gtin), uri, None
     if way == "sscc":
         serial = draw(st.text(string.digits, min_size=17 - length, max_size=17 - length))
         sscc17 = serial[0] + prefix + serial[1:]
@@ -914,7 +918,8 @@ def test_a_stopped_wrong_pallet_is_traced_at_the_door_and_no_empty_shipping_even
     (event,) = object_events(stopped, SITE)
     assert_valid(event)
     assert event["epcList"] == ["urn:epc:id:sscc:0614141.0000000001"]
-    assert (event["bizStep"], event["disposition"]) == ("shipping", "mismatch_instance")
+    assert (event["bizStep"], event["disposition"]) == ("holding", "mismatch_instance")
+    assert "bizTransactionList" not in event  # it did not ship on the order
     assert event["bizLocation"] == {"id": "urn:epc:id:sgln:0614141.00001.D07"}  # still here
 
 
@@ -927,21 +932,27 @@ def test_a_pass_of_repeats_only_makes_no_event_and_a_move_makes_one() -> None:
 # --- one EPC URI per object (issue #12) ----------------------------------------------------------
 
 
-def test_the_company_prefix_comes_from_the_tag_then_gs1s_table_then_the_site() -> None:
+def test_a_pallet_has_one_uri_whether_its_tag_or_its_label_was_read_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # The issue's pallet: its tag's partition says a 9-digit prefix (061414123).
     tag = encode_sscc96("061414123", "34567890").hex().upper()
     sscc = decode_epc(tag).sscc
     assert sscc is not None
     received = dataclasses.replace(RECEIVE, items=(_item(ACCEPTED, epc=tag),))
-    known = epcis_module.learned_prefixes(received)
-    assert known == {sscc: 9}
-    (receipt,) = object_events(received, SITE, known)
     moved = dataclasses.replace(MOVE, sscc=sscc)
+    known = epcis_module.learned_prefixes(received)
+    assert known == {"061414123"}
+    # GS1's table knows 0614141 (7 digits): it decides, for the tag and the label alike, so
+    # the order in which they are seen does not matter.
+    (receipt,) = object_events(received, SITE, known)
+    assert receipt["epcList"] == object_event(moved, SITE)["epcList"]
+    assert receipt["epcList"] == ["urn:epc:id:sscc:0614141.3234567890"]
+    # Where the table has no length, a prefix a tag showed decides, also for labels.
+    monkeypatch.setattr(epcis_module, "_table_prefix_length", lambda _key: None)
+    (receipt,) = object_events(received, SITE, known)
     (putaway,) = object_events(moved, SITE, known)
     assert receipt["epcList"] == putaway["epcList"] == ["urn:epc:id:sscc:061414123.34567890"]
-    # Without the tag's word, GS1's table (0614141: 7 digits), whatever the site says.
-    site9 = dataclasses.replace(SITE, company_prefix_length=9)
-    assert object_event(moved, site9)["epcList"] == ["urn:epc:id:sscc:0614141.3234567890"]
 
 
 def test_a_site_override_applies_where_gs1s_table_has_no_length(
@@ -963,10 +974,10 @@ def test_parties_go_in_source_and_destination_lists_and_the_asn_is_the_suppliers
         {"type": "desadv", "bizTransaction": f"urn:epcglobal:cbv:bt:{supplier}:ASN-4711"}
     ]
     assert event["sourceList"] == [
-        {"type": "owning_party", "source": "urn:epc:id:pgln:5901234.12345"}
+        {"type": "possessing_party", "source": "urn:epc:id:pgln:5901234.12345"}
     ]
     assert event["destinationList"] == [
-        {"type": "owning_party", "destination": "urn:epc:id:pgln:0614141.00001"}
+        {"type": "possessing_party", "destination": "urn:epc:id:pgln:0614141.00001"}
     ]
     shipment = object_event(dataclasses.replace(SHIP, party_gln=customer), SITE)
     assert_valid(shipment)

@@ -518,3 +518,20 @@ async def test_reads_every_type_and_order_from_pymodbustcp(
         sample = await samples.wait_for(lambda s: True)
     assert sample.kg == pytest.approx(VALUES[kind] * 0.1)
     assert sample.stable is True
+
+
+@pytest.mark.parametrize(
+    "code", [ExcCodes.GATEWAY_PATH_UNAVIABLE, ExcCodes.GATEWAY_NO_RESPONSE], ids=["path", "none"]
+)
+async def test_a_modbus_gateway_answering_for_a_dead_indicator_is_no_answer(
+    sim: ModbusScaleSimulator, health: DeviceHealth, code: ExcCodes
+) -> None:
+    # A TCP-to-RTU gateway says the indicator behind it did not respond: the scale is silent,
+    # not "connected and refusing".
+    samples = Samples()
+    task = asyncio.ensure_future(driver_for(sim, health, samples, max_missed=2).run())
+    sim.fail_with(code)
+    with pytest.raises(DeviceError, match="2 polls without an answer"):
+        await asyncio.wait_for(task, 5)
+    assert health.counts.get("exception_responses", 0) == 0
+    assert health.state is not DeviceState.CONNECTED

@@ -154,6 +154,10 @@ def plan_reads(weight: WeightRegister, status: StatusRegister | None) -> list[_R
     return [_Read(weight.table, weight.address, n), _Read(status.table, status.address, 1)]
 
 
+# Exception responses a Modbus gateway sends for the device behind it: it did not answer.
+_GATEWAY_NO_ANSWER: frozenset[int] = frozenset({0x0A, 0x0B})  # path unavailable, no response
+
+
 class _Refused(Exception):
     """The device answered with a Modbus exception response."""
 
@@ -269,8 +273,12 @@ class ModbusScale:
                         read.address, count=read.count, device_id=self.device.unit_id
                     )
             if response.isError():
+                code = int(getattr(response, "exception_code", 0))
+                if code in _GATEWAY_NO_ANSWER:
+                    # A TCP-to-RTU gateway answered for an indicator that did not: no answer.
+                    raise ModbusIOException(f"{_Refused(code, what)!s}: the indicator is silent")
                 self._health.connected()  # it answered, with a refusal: it is there
-                raise _Refused(int(getattr(response, "exception_code", 0)), what)
+                raise _Refused(code, what)
             if len(response.registers) < read.count:
                 raise ModbusIOException(f"short answer: {len(response.registers)} of {what}")
             self._health.connected()  # it answered (a no-op after the first answer)

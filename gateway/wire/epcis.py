@@ -42,11 +42,11 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import cache, lru_cache, partial
 from importlib import resources
-from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -203,20 +203,21 @@ class _Context:
     place_gln: PlaceGln
 
 
-def prefix_lengths(settings: EpcisSettings, known: Mapping[str, int]) -> LengthOf:
-    """Where the company prefix of an SSCC or GTIN ends, so that one object has one EPC URI
-    in every event: what its RFID tag said (`known`, learned from the tag's partition), else
-    GS1's table of prefix lengths (through biip), else the site's `prefix_lengths` overrides
-    (longest match), else its `company_prefix_length`."""
+def prefix_lengths(settings: EpcisSettings, known: AbstractSet[str]) -> LengthOf:
+    """Where the company prefix of an SSCC or GTIN ends: a function of the number alone, so
+    that one object has one EPC URI in every event, whether a tag or a label was read first:
+    GS1's table of prefix lengths (through biip); else a company prefix seen on an RFID tag
+    (`known`, from tags' partitions; the longest that matches); else the site's
+    `prefix_lengths` overrides (the longest match); else its `company_prefix_length`."""
 
     def length_of(key: str) -> int:
-        learned = known.get(key)
-        if learned is not None:
-            return learned
         table = _table_prefix_length(key)
         if table is not None:
             return table
         digits = key[1:]
+        for length in range(12, 5, -1):
+            if digits[:length] in known:
+                return length
         for prefix, length in sorted(settings.prefix_lengths, key=lambda p: -len(p[0])):
             if digits.startswith(prefix):
                 return length
@@ -225,7 +226,7 @@ def prefix_lengths(settings: EpcisSettings, known: Mapping[str, int]) -> LengthO
     return length_of
 
 
-@cache
+@lru_cache(maxsize=65_536)
 def _table_prefix_length(key: str) -> int | None:
     """The company prefix length GS1's published table gives an SSCC-18 or GTIN-14."""
     try:
@@ -238,29 +239,26 @@ def _table_prefix_length(key: str) -> int | None:
     return len(prefix.value)
 
 
-def learned_prefixes(tx: DockTransaction) -> dict[str, int]:
-    """The company prefix lengths a dock transaction's RFID tags say (SSCC or GTIN -> length):
-    kept, so that the same pallet scanned from a label later gets the tag's EPC URI."""
-    learned: dict[str, int] = {}
+def learned_prefixes(tx: DockTransaction) -> set[str]:
+    """The GS1 company prefixes a dock transaction's RFID tags carry (their partitions say
+    where they end): kept, for numbers GS1's table has no length for. One per supplier, not
+    per pallet."""
+    learned: set[str] = set()
     for row in tx.items:
-        if not row.item.epc:
-            continue
-        epc = decode_epc(row.item.epc)
-        if epc.company_prefix is None:
-            continue
-        for key in (epc.sscc, epc.gtin):
-            if key:
-                learned[key] = len(epc.company_prefix)
+        if row.item.epc:
+            prefix = decode_epc(row.item.epc).company_prefix
+            if prefix is not None:
+                learned.add(prefix)
     return learned
 
 
-_NOTHING_KNOWN: Final[Mapping[str, int]] = MappingProxyType({})
+_NOTHING_KNOWN: Final[AbstractSet[str]] = frozenset()
 
 
 def object_events(
     tx: MoveTransaction | DockTransaction,
     settings: EpcisSettings,
-    known: Mapping[str, int] = _NOTHING_KNOWN,
+    known: AbstractSet[str] = _NOTHING_KNOWN,
     place_gln: PlaceGln = _no_gln,
 ) -> list[dict[str, Any]]:
     """Every EPCIS 2.0 `ObjectEvent` of one transaction: its accepted items (`object_event`,
@@ -295,9 +293,13 @@ def object_events(
         event["eventID"] = f"urn:uuid:{uuid.uuid5(uuid.UUID(tx.tx_id), disposition)}"
         event["disposition"] = disposition
         if tx.kind == DockKind.SHIP:
-            # Stopped at the door: still on the site, not in transit.
+            # Stopped at the door: held on the site, neither shipped on the order nor handed
+            # to the customer.
             door = _location_uri(settings.biz_location_base, tx.door, place_gln, settings)
+            event["bizStep"] = "holding"
             event["bizLocation"] = {"id": door}
+            for field in ("bizTransactionList", "sourceList", "destinationList"):
+                event.pop(field, None)
         events.append(event)
     return events
 
@@ -309,7 +311,7 @@ class PayloadError(ValueError):
 def object_event(
     tx: MoveTransaction | DockTransaction,
     settings: EpcisSettings,
-    known: Mapping[str, int] = _NOTHING_KNOWN,
+    known: AbstractSet[str] = _NOTHING_KNOWN,
     place_gln: PlaceGln = _no_gln,
 ) -> dict[str, Any]:
     """One EPCIS 2.0 `ObjectEvent` for one move, receive or ship transaction.
@@ -528,6 +530,8 @@ def _items(
             epcs[uri] = None
             continue
         if not item.gtin:
+            if item.epc:  # a tag that is no GS1 identifier: no EPC URI; the transaction names it
+                continue
             raise PayloadError(f"items[{index}] is accepted but has no uri, epc, sscc or gtin")
         gtin14 = item.gtin.zfill(14)
         class_uri = gtin_class_uri(item.gtin, length_of(gtin14), item.lot or None)
@@ -542,17 +546,23 @@ def _items(
 
 
 def _instance_uri(item: Item, settings: EpcisSettings, length_of: LengthOf) -> str | None:
-    """The EPC URI of one item (tag, pallet, serialised label), or None for a GTIN only."""
-    if item.uri:
-        return item.uri
-    if item.epc:
-        decoded = decode_epc(item.epc).uri
-        if decoded is not None:
-            return decoded
+    """The EPC URI of one item (tag, pallet, serialised label), or None for a GTIN only.
+
+    An SSCC or a serialised GTIN is written from its number, whether a tag or a label gave it,
+    so that both give the same URI (`prefix_lengths`); other tags keep their own EPC URI."""
     if item.sscc:
         return sscc_uri(item.sscc, length_of(item.sscc))
     if item.gtin and item.serial:
         return sgtin_uri(item.gtin, item.serial, length_of(item.gtin.zfill(14)))
+    if item.uri:
+        return item.uri
+    if item.epc:
+        decoded = decode_epc(item.epc)
+        if decoded.sscc:
+            return sscc_uri(decoded.sscc, length_of(decoded.sscc))
+        if decoded.gtin and decoded.serial:
+            return sgtin_uri(decoded.gtin, decoded.serial, length_of(decoded.gtin))
+        return decoded.uri
     return None
 
 
@@ -585,25 +595,38 @@ def _site_gln_of(settings: EpcisSettings) -> str:
 def _add_parties(
     event: dict[str, Any], settings: EpcisSettings, *, source: str | None, destination: str | None
 ) -> None:
-    """`sourceList` and `destinationList` of owning parties (PGLN URIs), when both are known:
-    the supplier and the site on a receipt, the site and the customer on a shipment."""
+    """`sourceList` and `destinationList` of possessing parties (PGLN URIs; a dock door sees
+    custody change hands, not ownership), when both are known: the supplier and the site on a
+    receipt, the site and the customer on a shipment."""
     if source is None or destination is None:
         return
-    event["sourceList"] = [{"type": "owning_party", "source": pgln_uri(source, settings)}]
+    event["sourceList"] = [{"type": "possessing_party", "source": pgln_uri(source, settings)}]
     event["destinationList"] = [
-        {"type": "owning_party", "destination": pgln_uri(destination, settings)}
+        {"type": "possessing_party", "destination": pgln_uri(destination, settings)}
     ]
 
 
 def pgln_uri(gln: str, settings: EpcisSettings) -> str:
-    """A party's GLN-13 as a PGLN EPC URI; the company prefix from GS1's table, else the
-    site's `company_prefix_length`."""
+    """A party's GLN-13 as a PGLN EPC URI. Its company prefix: the site's own (from an SGLN
+    base) when the GLN starts with it, so the site is split as its SGLNs are; else GS1's
+    table; else the longest `prefix_lengths` override; else `company_prefix_length`."""
     _check_digits(gln, _GLN_DIGITS + 1, "gln", check_digit=True)
-    try:
-        prefix = Gln.parse(gln).company_prefix
-    except ParseError:
-        prefix = None
-    length = len(prefix.value) if prefix is not None else settings.company_prefix_length
+    length: int | None = None
+    for base in (settings.read_point_base, settings.biz_location_base):
+        if base.startswith(_SGLN_PREFIX):
+            own = base.removeprefix(_SGLN_PREFIX).split(".")[0]
+            if own.isdigit() and gln.startswith(own):
+                length = len(own)
+    if length is None:
+        try:
+            prefix = Gln.parse(gln).company_prefix
+        except ParseError:
+            prefix = None
+        if prefix is not None and 6 <= len(prefix.value) <= 12:
+            length = len(prefix.value)
+    if length is None:
+        matches = [n for digits, n in settings.prefix_lengths if gln.startswith(digits)]
+        length = matches[0] if matches else settings.company_prefix_length
     return f"urn:epc:id:pgln:{gln[:length]}.{gln[length:12]}"
 
 
