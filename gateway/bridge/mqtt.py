@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import socket
 import ssl
 import time
 from collections import deque
@@ -127,6 +128,9 @@ class _Client(aiomqtt.Client):
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
 
+        # Answers are small packets: sent at once, not held back for Nagle's algorithm.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         fileno = sock.fileno()
         self._reader = (fileno, read)
         self._paused = False
