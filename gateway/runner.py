@@ -39,7 +39,14 @@ from gateway.supervisor import Backoff
 log = structlog.get_logger("gateway.runner")
 
 TICK_S = 0.2
-"""How often time alone is given to the rules (timeouts, departures, leases)."""
+"""How often time alone is given to the rules (timeouts, departures, leases); a portal pass
+that is due sooner gets its own tick (`RulesEngine.next_due`)."""
+
+DUE_MARGIN_S = 0.002
+"""A due tick comes this long after the due time (departure is strictly after the window)."""
+
+MIN_TICK_GAP_S = 0.02
+"""Due ticks come at most this often (a busy door's departures are coalesced)."""
 
 PalletLookup = Callable[[str], Awaitable[str | None]]
 """A pallet's (SSCC's) stored location, None when storage has none (`Store.pallet_location`)."""
@@ -117,6 +124,17 @@ class RulesRunner:
             await self.recorder.record(decisions)
             for _ in events:
                 self.inbox.task_done()
+            next_tick = min(next_tick, max(self._due_tick(loop), loop.time() + MIN_TICK_GAP_S))
+
+    def _due_tick(self, loop: asyncio.AbstractEventLoop) -> float:
+        """The loop time of the next portal departure: a pass is decided when it is due, not
+        on the next regular tick (up to `tick_s` later)."""
+        due = self.engine.next_due()
+        if due is None:
+            return float("inf")
+        now = self._clock().timestamp() - self.inbox.waited_s()
+        # Just after: a tag departs once more than `depart_after_s` passed since its last read.
+        return loop.time() + max(0.0, due - now) + DUE_MARGIN_S
 
     async def _prepare(self, event: Event, decisions: list[Decision]) -> list[Decision]:
         """Hand the rules a pallet's stored location if `event` needs one their cache lacks,

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import random
+import time
+from collections.abc import Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain import Direction, PortalPass, TagRead
+from gateway.domain import Decision, Direction, PortalPass, TagRead, TagReadBatch
+from gateway.drivers.base import utc_now
+from gateway.inbox import Inbox
+from gateway.rules.engine import RulesEngine
+from gateway.rules.moves import ForkliftMoves, MoveSettings
 from gateway.rules.portal import PortalSettings, PortalTracker
+from gateway.runner import RulesRunner
 
 DOOR = PortalSettings(
     door="D03", reader_id="r1", outside=frozenset({1, 2}), inside=frozenset({3, 4})
@@ -224,3 +234,46 @@ def test_portal_never_raises_and_each_pass_is_well_formed(
         assert len(set(p.epcs)) == len(p.epcs)
         assert p.started_at <= p.ended_at
         assert p.direction in Direction
+
+
+async def test_a_pass_is_decided_when_its_tags_depart_not_on_the_next_regular_tick() -> None:
+    # The regular tick is every 5 s here; a pass is due `depart_after_s` (0.3 s) after its
+    # last read, and the runner ticks then (issue #13: passes no longer wait for the grid).
+    settings = dataclasses.replace(DOOR, depart_after_s=0.3)
+    engine = RulesEngine(ForkliftMoves(MoveSettings()), portals={"r1": PortalTracker(settings)})
+    inbox = Inbox(maxsize=1000)
+    decided: list[float] = []
+
+    class Recorder:
+        async def record(self, decisions: Sequence[Decision]) -> None:
+            decided.extend(time.time() for d in decisions if isinstance(d, PortalPass))
+
+    async def no_lookup(_sscc: str) -> str | None:
+        return None
+
+    runner = RulesRunner(
+        engine,
+        inbox,
+        Recorder(),  # type: ignore[arg-type]
+        clock=utc_now,
+        batch_max=100,
+        lookup=no_lookup,
+        tick_s=5.0,
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        now = time.time()
+        reads = crossing(
+            pallet(10, 7), inbound=True, start=now - 1.0, rng=random.Random(3), duration=1.0
+        )
+        last = max(r[3] for r in reads)
+        for i in range(0, len(reads), 20):
+            inbox.put_nowait(TagReadBatch("r1", utc_now(), tuple(reads[i : i + 20])))
+        async with asyncio.timeout(4):
+            while not decided:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert decided[0] - last < 0.3 + 1.0  # long before the regular tick, 5 s away

@@ -363,7 +363,6 @@ class LlrpReader:
             return
         self._overloaded = False
         self._health.count("reads", sum(r[4] for r in reads))
-        self._health.clear_error()  # reports flow: a problem noted while inventorying is history
 
 
 # A refusal this recent explains a connection that closes (sllurp drops it after some).

@@ -147,6 +147,12 @@ class RulesEngine:
         limit lowered below what is stored refuses new records, and keeps these)."""
         self._take(RefDataUpdate(item, at))
 
+    def next_due(self) -> float | None:
+        """When (epoch s, event time) a tick is next due for a portal pass to complete (a tag
+        departing); None when none is pending. Other timers run on the regular tick."""
+        dues = [due for p in self.portals.values() if (due := p.next_due()) is not None]
+        return min(dues, default=None)
+
     def on_tick(self, now: dt.datetime) -> list[Decision]:
         """Decisions that time alone causes: timeouts, tags that departed, idle receipts, leases."""
         decisions: list[Decision] = list(self.moves.on_tick(now))

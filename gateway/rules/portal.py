@@ -172,6 +172,19 @@ class PortalTracker:
         self.reads += n
         return passes
 
+    def next_due(self) -> float | None:
+        """When (gateway time, s) the next pass can complete if its tags are not read again:
+        the last departure among the tags of a group still being read, the earliest such
+        group first; None when no group is. Tags in no group (strays) need no such tick."""
+        last_of: dict[int, float] = {}
+        for tag in self._tags.values():
+            if tag.group is not None:
+                key = id(tag.group)
+                last_of[key] = max(last_of.get(key, tag.last), tag.last)
+        if not last_of:
+            return None
+        return min(last_of.values()) + self.settings.depart_after_s
+
     def on_tick(self, now: float) -> list[PortalPass]:
         """Advance time: departures, static tags, and the passes they complete."""
         s = self.settings
