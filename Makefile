@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/rfid_portal.py
 	$(BIN)/python benchmarks/pallet_memory.py
 	$(BIN)/python benchmarks/hostile_input.py
+	$(BIN)/python benchmarks/pass_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
