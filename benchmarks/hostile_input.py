@@ -28,22 +28,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.health import DeviceState
 from simulators.gs1 import sscc, sscc_label
 from simulators.scanner import ScannerSimulator, Type
-from tests.gateway_helpers import LOCATIONS, site_config
+from tests.gateway_helpers import LOCATIONS, ask_to_close, site_config
 from tests.mqtt_helpers import Collector, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,24 +181,7 @@ def _orders_taken(gateway: Gateway, big: int) -> bool:
 async def first_answer(port: int, gateway: Gateway, began: float) -> float:
     """Seconds from `began` to the answer of a close command sent once the gateway is up."""
     await wait_until(lambda: gateway.bridge is not None and gateway.bridge.subscribed, 60)
-    async with aiomqtt.Client(
-        "127.0.0.1",
-        port,
-        identifier=f"wms-{uuid.uuid4().hex[:6]}",
-        protocol=aiomqtt.ProtocolVersion.V5,
-    ) as wms:
-        await wms.subscribe("wms/DC1/replies/#", qos=1)
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.ResponseTopic = "wms/DC1/replies/bench"
-        properties.CorrelationData = b"1"
-        await wms.publish(
-            "gw/DC1/dock-1/cmd/close",
-            json.dumps({"reference": "NOPE"}),
-            qos=1,
-            properties=properties,
-        )
-        async with asyncio.timeout(120):
-            await anext(aiter(wms.messages))
+    await ask_to_close(port, "NOPE", timeout=120)
     return time.perf_counter() - began
 
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig, parse_config
@@ -119,3 +125,29 @@ async def wait_reference_data(gateway: Gateway, *wanted: str, timeout: float = 1
 def assert_valid(schema: str, payload: Any) -> None:
     errors = sorted(validator(schema).iter_errors(payload), key=str)
     assert not errors, [e.message for e in errors]
+
+
+async def ask_to_close(port: int, reference: str, *, timeout: float = 60) -> dict[str, Any]:
+    """Ask gateway dock-1 of site DC1 to close `reference`, as the WMS does (MQTT 5
+    request/response, answered under `wms/DC1/replies/`); its answer."""
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=f"test-wms-{uuid.uuid4().hex[:6]}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as wms:
+        await wms.subscribe("wms/DC1/replies/#", qos=1)
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.ResponseTopic = "wms/DC1/replies/test"
+        properties.CorrelationData = b"1"
+        await wms.publish(
+            "gw/DC1/dock-1/cmd/close",
+            json.dumps({"reference": reference}),
+            qos=1,
+            properties=properties,
+        )
+        async with asyncio.timeout(timeout):
+            message = await anext(aiter(wms.messages))
+    assert isinstance(message.payload, bytes)
+    answer: dict[str, Any] = json.loads(message.payload)
+    return answer

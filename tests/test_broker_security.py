@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiomqtt
 import pytest
 import trustme
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.bridge import mqtt
 from gateway.health import DeviceState
@@ -128,5 +131,59 @@ async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
             await wait_device(gateway, "fl-07", DeviceState.CONNECTED)
             await sim.run([Type(sscc_label(PALLET), aim="]C1"), Type("A-01-01")])
             await collector.wait_for(lambda c: len(c.on("/tx/move")) == 1)
+    finally:
+        broker.stop()
+
+
+async def test_an_answer_the_broker_refuses_is_counted_and_raises_an_alarm(tmp_path: Path) -> None:
+    # The gateway may write its own tree but not the WMS's reply topics: its answer to a close
+    # command is refused (PUBACK 135). Counted, logged and raised like any refused publish.
+    passwd = password_file(tmp_path / "passwd", {"gw": "gw-secret", "wms": "wms-secret"})
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "user gw\ntopic readwrite gw/DC1/dock-1/#\n"
+        "user wms\ntopic read gw/#\ntopic write gw/DC1/dock-1/cmd/#\ntopic read wms/DC1/replies/#\n"
+    )
+    broker = Mosquitto(
+        tmp_path, extra=f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
+    )
+    broker.start()
+    try:
+        secret = tmp_path / "gw-password"
+        secret.write_text("gw-secret")
+        raw = site_config(tmp_path, broker_port=broker.port, scanner=None)
+        raw["broker"] |= {"username": "gw", "password_file": str(secret)}
+        config = build(raw, tmp_path)
+        async with (
+            Collector(broker.port, username="wms", password="wms-secret") as wms,
+            running(config) as gateway,
+        ):
+            while gateway.bridge is None or not gateway.bridge.subscribed:
+                await asyncio.sleep(0.02)
+            async with aiomqtt.Client(
+                "127.0.0.1",
+                broker.port,
+                username="wms",
+                password="wms-secret",
+                identifier="test-wms-asks",
+                protocol=aiomqtt.ProtocolVersion.V5,
+            ) as asker:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.ResponseTopic = "wms/DC1/replies/test"
+                properties.CorrelationData = b"1"
+                await asker.publish(
+                    "gw/DC1/dock-1/cmd/close",
+                    b'{"reference": "NOPE"}',
+                    qos=1,
+                    properties=properties,
+                )
+            await wms.wait_for(lambda c: c.on("/alarm"))
+            assert gateway.bridge.responses_refused == 1
+            assert gateway.bridge.refused >= 1
+        (alarm,) = [m.json() for m in wms.on("/alarm")]
+        assert (alarm["code"], alarm["details"]["topic"]) == (
+            "publish_refused",
+            "wms/DC1/replies/test",
+        )
     finally:
         broker.stop()

@@ -15,10 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from gateway.app import Gateway
 from gateway.bridge import mqtt
@@ -26,7 +23,14 @@ from gateway.config import GatewayConfig
 from gateway.health import DeviceState
 from simulators.gs1 import sscc, sscc_label
 from simulators.scanner import ScannerSimulator, Type
-from tests.gateway_helpers import LOCATIONS, build, running, site_config, wait_device
+from tests.gateway_helpers import (
+    LOCATIONS,
+    ask_to_close,
+    build,
+    running,
+    site_config,
+    wait_device,
+)
 from tests.mqtt_helpers import Collector, Mosquitto
 
 pytestmark = pytest.mark.broker
@@ -80,24 +84,7 @@ async def close_answer(gateway: Gateway, port: int) -> dict[str, object]:
     async with asyncio.timeout(20):
         while gateway.bridge is None or not gateway.bridge.subscribed:
             await asyncio.sleep(0.01)
-    async with aiomqtt.Client(
-        "127.0.0.1", port, identifier="test-wms", protocol=aiomqtt.ProtocolVersion.V5
-    ) as wms:
-        await wms.subscribe("wms/DC1/replies/#", qos=1)
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.ResponseTopic = "wms/DC1/replies/test"
-        properties.CorrelationData = b"1"
-        await wms.publish(
-            "gw/DC1/dock-1/cmd/close",
-            json.dumps({"reference": "NOPE"}),
-            qos=1,
-            properties=properties,
-        )
-        async with asyncio.timeout(60):
-            message = await anext(aiter(wms.messages))
-    assert isinstance(message.payload, bytes)
-    answer: dict[str, object] = json.loads(message.payload)
-    return answer
+    return await ask_to_close(port, "NOPE")
 
 
 @pytest.mark.slow(15)

@@ -230,32 +230,35 @@ class InboundRoutes:
 
     def remember(self, topic: str, digest: bytes) -> None:
         """A payload of `topic` already taken in (before a restart): the same again is skipped."""
-        key = hashlib.blake2b(topic.encode(), digest_size=16).digest()
+        key = _topic_key(topic)
         self._digests[key] = digest
+        self._digests.move_to_end(key)
         if len(self._digests) > self._remembered:
             self._digests.popitem(last=False)
 
     def forget(self, topic: str) -> None:
         """The payload last seen on `topic` was not taken in (the rules refused it for want of
         room): the same payload again is decoded again, not skipped."""
-        self._digests.pop(hashlib.blake2b(topic.encode(), digest_size=16).digest(), None)
+        self._digests.pop(_topic_key(topic), None)
 
     def forget_reference(self, kind: str, key: str) -> None:
         """`forget` the topic of the reference data record `key` of this `kind`."""
         self.forget(f"{self._topics.wms}/{kind}/{key}")
 
     def _repeated(self, message: Received) -> bool:
-        # Keyed by a digest of the topic too: a flood of distinct 60 kB topics must not be kept.
-        topic = hashlib.blake2b(message.topic.encode(), digest_size=16).digest()
         digest = payload_digest(message.payload)
-        if self._digests.get(topic) == digest:
-            self._digests.move_to_end(topic)
+        key = _topic_key(message.topic)
+        if self._digests.get(key) == digest:
+            self._digests.move_to_end(key)
             return True
-        self._digests[topic] = digest
-        self._digests.move_to_end(topic)
-        if len(self._digests) > self._remembered:
-            self._digests.popitem(last=False)
+        self.remember(message.topic, digest)
         return False
+
+
+def _topic_key(topic: str) -> bytes:
+    """What a topic is remembered by: its digest (a flood of distinct 60 kB topics must not be
+    kept)."""
+    return hashlib.blake2b(topic.encode(), digest_size=16).digest()
 
 
 def _wms_task(prefix: str, message: Received) -> Event:
