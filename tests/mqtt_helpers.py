@@ -122,6 +122,8 @@ class Mosquitto:
             "max_inflight_bytes 0\n"
             "max_queued_bytes 0\n"
             f"log_dest file {self.log}\n"
+            # As the shipped config: small packets (PUBACKs, answers) go out at once.
+            "set_tcp_nodelay true\n"
         )
 
     def start(self) -> None:

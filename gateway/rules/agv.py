@@ -93,6 +93,7 @@ from gateway.domain import (
     WmsTaskDeleted,
     deterministic_id,
 )
+from gateway.rules.open_tasks import OpenTasks
 from gateway.rules.putaway import (
     NoLocation,
     Occupancy,
@@ -118,10 +119,7 @@ from gateway.rules.tasks import (
     TaskPolicy,
     apply,
     create_task,
-    lease_ran_out,
     move_of,
-    queue_order,
-    reservations,
 )
 from gateway.rules.vda5050 import (
     ActionFailed,
@@ -189,7 +187,7 @@ class TaskBoard:
         self.observer = observer or RobotObserver()
         self.velocity_window = velocity_window
         self._max_finished = max_finished
-        self.open: dict[str, Task] = {}
+        self.open = OpenTasks()
         self.finished: OrderedDict[str, Task] = OrderedDict()
         # Pallet -> its product, lot and expiry (from its receipt): velocity classes and FEFO.
         self._lots: OrderedDict[str, PalletLot] = OrderedDict()
@@ -241,16 +239,7 @@ class TaskBoard:
 
     def held_by(self, robot: str, fleet: str | None = None) -> Task | None:
         """The open task a robot holds, if any; `fleet` None: a robot of any fleet."""
-        return next(
-            (
-                t
-                for t in self.open.values()
-                if t.robot == robot
-                and t.state is not TaskState.QUEUED
-                and (fleet is None or t.fleet == fleet)
-            ),
-            None,
-        )
+        return self.open.held_by(robot, fleet)
 
     # --- what creates tasks and moves pallets ------------------------------------------------
 
@@ -262,7 +251,7 @@ class TaskBoard:
             for sscc in pallets:
                 self.stock.apply_ship(sscc)
                 self._lots.pop(sscc, None)
-                for task in [t for t in self.open.values() if t.sscc == sscc]:
+                for task in self.open.for_pallet(sscc):
                     reason = f"pallet shipped at {tx.door}"
                     now = self.now(tx.occurred_at)
                     shipped.extend(self._apply(task, Cancel(reason), now))
@@ -276,7 +265,7 @@ class TaskBoard:
                 self._remember_lot(sscc, lots[sscc])
             if self.layout is None or self.layout.door(tx.door) is None:
                 continue
-            if any(t.sscc == sscc for t in self.open.values()):
+            if sscc in self.open.pallets():
                 continue  # already on its way somewhere
             if classes is None:
                 classes = classify_velocity(self._moves, tx.occurred_at, self.velocity_window)
@@ -288,8 +277,8 @@ class TaskBoard:
         self.stock.apply_move(move.sscc, move.to_location)
         self._record_move(move.sscc, move.confirmed_at)
         out: list[Decision] = []
-        for task in list(self.open.values()):
-            if task.sscc == move.sscc and task.state is TaskState.QUEUED:
+        for task in self.open.for_pallet(move.sscc):
+            if task.state is TaskState.QUEUED:
                 reason = f"pallet moved to {move.to_location} by {move.device_id}"
                 out.extend(self._apply(task, Cancel(reason), self.now(move.confirmed_at)))
         return out
@@ -311,7 +300,7 @@ class TaskBoard:
             sscc, source = picked
         else:
             sscc, source = message.sscc, message.source or ""
-            busy = next((t for t in self.open.values() if t.sscc == sscc), None)
+            busy = next(iter(self.open.for_pallet(sscc)), None)
             if busy is not None:
                 return [
                     Notice(
@@ -341,7 +330,7 @@ class TaskBoard:
 
     def _fefo(self, gtin: str, task_id: str, at: dt.datetime) -> tuple[str, str] | Notice:
         """The pallet of `gtin` to pick by FEFO (SSCC, location), or why there is none."""
-        busy = {t.sscc for t in self.open.values()}
+        busy = self.open.pallets()
         candidates = [
             (sscc, lot.gtin, lot.lot, lot.expiry, where)
             for sscc, lot in self._lots.items()
@@ -399,13 +388,9 @@ class TaskBoard:
             return [], TaskAnswer(
                 True, AnswerResult.NONE, "", "no task for a robot that cannot carry pallets", None
             )
-        queued = [t for t in self.open.values() if t.state is TaskState.QUEUED]
-        if not queued:
+        task = self.open.next_queued(req.position)
+        if task is None:
             return [], TaskAnswer(True, AnswerResult.NONE, "", "no task queued", None)
-        top = min(queue_order(t)[0] for t in queued)  # -priority
-        first = [t for t in queued if -t.priority == top]
-        nearby = [t for t in first if req.position is not None and t.source == req.position]
-        task = min(nearby or first, key=queue_order)
         until = now + self.policy.lease
         decisions = self._apply(task, Lease(req.robot, req.fleet, until), now)
         leased = self.open.get(task.task_id, task)
@@ -579,7 +564,7 @@ class TaskBoard:
         """
         if load_id is None:
             return []
-        task = next((t for t in self.open.values() if t.sscc == load_id), None)
+        task = next(iter(self.open.for_pallet(load_id)), None)
         if task is not None and event.at < task.created_at:
             return []
         if task is None:
@@ -636,7 +621,7 @@ class TaskBoard:
         """Leases that ran out: back to the queue before the pick, failed after it."""
         now = self.now(now)
         out: list[Decision] = []
-        for task in [t for t in self.open.values() if lease_ran_out(t, now)]:
+        for task in self.open.expired(now):
             out.extend(self._apply(task, LeaseExpired(), now))
         return out
 
@@ -649,9 +634,7 @@ class TaskBoard:
         known = self._lots.get(sscc)
         gtin = known.gtin if known else None
         velocity = velocity_of(classes, gtin) if gtin else "C"
-        occupancy = Occupancy(
-            stored=self.stock.occupancy(), reserved=reservations(self.open.values())
-        )
+        occupancy = Occupancy(stored=self.stock.occupancy(), reserved=self.open.reserved())
         choice = choose_location(self.layout, occupancy, door=tx.door, velocity=velocity, gtin=gtin)
         if isinstance(choice, NoLocation):
             return [
@@ -753,13 +736,13 @@ class TaskBoard:
 
     def _keep(self, task: Task) -> None:
         if task.state.terminal:
-            self.open.pop(task.task_id, None)
+            self.open.pop(task.task_id)
             self.finished[task.task_id] = task
             self.finished.move_to_end(task.task_id)
             while len(self.finished) > self._max_finished:
                 self.finished.popitem(last=False)
         else:
-            self.open[task.task_id] = task
+            self.open.put(task)
 
     def _remember_lot(self, sscc: str, lot: PalletLot) -> None:
         self._lots[sscc] = lot
