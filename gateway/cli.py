@@ -1,19 +1,28 @@
-"""The `gateway` command: run, check-config and demo."""
+"""The `gateway` command: run, check-config and demo.
+
+Each command imports what it needs when it runs (`gateway version` loads no gateway module),
+and `main` keeps the garbage collector off while they are imported: the modules and the
+configuration make almost no garbage, and the collector's passes over them took about a fifth
+of the import time. `run` turns it on again before the gateway starts, which collects once and
+freezes what start-up made (`gateway.app`). `run` also gives large blocks back to the system
+when they are freed (`_large_blocks_back_to_the_system`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gateway import __version__
-from gateway.app import Gateway
-from gateway.config import ConfigError, load_config
-from gateway.logs import configure_logging
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
 app = typer.Typer(
     help="Warehouse edge gateway: scanners, RFID portals and scales in; "
@@ -34,18 +43,27 @@ def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="The site configuration (TOML).")],
 ) -> None:
     """Run the gateway against real devices and a real broker until SIGINT or SIGTERM."""
+    from gateway.app import Gateway
+    from gateway.config import ConfigError, load_config
+    from gateway.logs import configure_logging
+
     try:
         site = load_config(config)
     except ConfigError as err:
         _print_errors(err.errors)
         raise typer.Exit(2) from None
     configure_logging(site.logging.format, site.logging.level)
-    asyncio.run(_run_until_signalled(Gateway(site)))
+    gateway = Gateway(site)  # imports the drivers of the configured device kinds
+    _large_blocks_back_to_the_system()
+    gc.enable()
+    asyncio.run(_run_until_signalled(gateway))
 
 
 @app.command("check-config")
 def check_config(path: ConfigPath) -> None:
     """Validate a site configuration and explain every error (exit 0 when it is valid)."""
+    from gateway.config import ConfigError, load_config
+
     try:
         site = load_config(path)
     except ConfigError as err:
@@ -83,7 +101,9 @@ def demo(
             err=True,
         )
         raise typer.Exit(2) from None
+    from gateway.logs import configure_logging
 
+    gc.enable()
     configure_logging("console", "warning")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_demo(broker=broker, pallets=pallets, pace_s=pace, state_dir=state_dir))
@@ -103,6 +123,24 @@ async def _run_until_signalled(gateway: Gateway) -> None:
     await gateway.run(stop)
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def _large_blocks_back_to_the_system() -> None:
+    """Blocks of 128 KiB and more get their own mapping, returned to the system when freed.
+
+    glibc raises its mmap threshold each time such a block is freed (up to 32 MiB), so the
+    next large blocks come from the heap, and what is freed there stays in the process's RSS.
+    The GS1 tables biip loads with the first label or EPCIS event are decompressed from 5 MB of
+    JSON text: that kept 9-10 MiB resident for the life of the process. A fixed threshold (the
+    default, 128 KiB) keeps it at what the tables themselves take. Not glibc: nothing to do.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+
+
 def _print_errors(errors: list[str]) -> None:
     for line in errors:
         typer.echo(f"error: {line}", err=True)
@@ -111,7 +149,11 @@ def _print_errors(errors: list[str]) -> None:
 
 def main() -> None:
     """Entry point of the `gateway` console script."""
-    app()
+    gc.disable()  # while the command imports what it needs (see the module docstring)
+    try:
+        app()
+    finally:
+        gc.enable()
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 
 from gateway.domain.epc import (
     Epc,
-    _check_digit,
     decode_epc,
     encode_giai96,
     encode_grai96,
     encode_sgln96,
     encode_sgtin96,
     encode_sscc96,
+    gs1_check_digit,
 )
 
 HEADERS = {"sgtin-96": 0x30, "sscc-96": 0x31, "sgln-96": 0x32, "grai-96": 0x33, "giai-96": 0x34}
@@ -92,7 +92,7 @@ def test_partition_tables_add_up() -> None:
 @given(st.text(alphabet="0123456789", min_size=1, max_size=17))
 def test_the_domains_check_digit_is_biips(digits: str) -> None:
     # The domain computes GS1 check digits with the standard library only; biip is the reference.
-    assert _check_digit(digits) == str(gs1_standard_check_digit(digits))
+    assert gs1_check_digit(digits) == str(gs1_standard_check_digit(digits))
 
 
 def test_check_digit_helper_matches_gs1_examples() -> None:

@@ -9,22 +9,23 @@ pickled domain values (a few milliseconds for the largest).
 
 The worker starts with the first large payload and stays for the next ones (one at a time, in
 arrival order). A worker that dies is replaced; the payload it held is decoded on a thread
-instead, so nothing is lost.
+instead, so nothing is lost. multiprocessing is imported then too, not at start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import pickle
 import signal
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING
 
 import structlog
 
 from gateway.domain import Event
 from gateway.wire.inbound import PureDecoder, Received
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 log = structlog.get_logger("gateway.bridge")
 
@@ -45,6 +46,10 @@ class DecodePool:
 
     async def decode(self, decoder: PureDecoder, message: Received) -> Event | None:
         """`decoder(message)` in the worker process; raises what the decoder raises."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
         loop = asyncio.get_running_loop()
         if self._pool is None:
             # spawn: a fork of a process with threads (SQLite's, asyncio's) may deadlock.

@@ -13,7 +13,7 @@ from gateway.domain.decisions import (
     RefDataChange,
     Reply,
 )
-from gateway.domain.epc import Epc, decode_epc
+from gateway.domain.epc import Epc, decode_epc, gs1_check_digit
 from gateway.domain.events import (
     KG_PER_UNIT,
     CloseCommand,
@@ -198,6 +198,7 @@ __all__ = [
     "ZoneRule",
     "decode_epc",
     "deterministic_id",
+    "gs1_check_digit",
     "key_of",
     "utc_iso",
 ]

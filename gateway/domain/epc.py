@@ -27,6 +27,7 @@ __all__ = [
     "encode_sgln96",
     "encode_sgtin96",
     "encode_sscc96",
+    "gs1_check_digit",
 ]
 
 
@@ -222,11 +223,12 @@ def _too_long(prefix: int, ref: int, row: _Partition, ref_name: str) -> str | No
     return None
 
 
-def _check_digit(digits: str) -> str:
+def gs1_check_digit(digits: str) -> str:
     """The GS1 mod-10 check digit of `digits` (weights 3, 1, 3... from the right).
 
     Written here, not taken from biip, so that the domain imports nothing but the standard
-    library; tests/test_epc.py checks it against biip's for every length.
+    library (and EPCIS settings are checked without loading biip's tables); tests/test_epc.py
+    checks it against biip's for every length.
     """
     total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(digits)))
     return str(-total % 10)
@@ -248,7 +250,7 @@ def _sgtin(hex_: str, filter_: int, row: _Partition, body: int) -> Epc:
         uri=f"urn:epc:id:sgtin:{cp}.{ir}.{serial}",
         filter=filter_,
         company_prefix=cp,
-        gtin=gtin13 + _check_digit(gtin13),
+        gtin=gtin13 + gs1_check_digit(gtin13),
         serial=str(serial),
     )
 
@@ -270,7 +272,7 @@ def _sscc(hex_: str, filter_: int, row: _Partition, body: int) -> Epc:
         uri=f"urn:epc:id:sscc:{cp}.{sr}",
         filter=filter_,
         company_prefix=cp,
-        sscc=sscc17 + _check_digit(sscc17),
+        sscc=sscc17 + gs1_check_digit(sscc17),
     )
 
 
@@ -289,7 +291,7 @@ def _sgln(hex_: str, filter_: int, row: _Partition, body: int) -> Epc:
         uri=f"urn:epc:id:sgln:{cp}.{lr}.{extension}",
         filter=filter_,
         company_prefix=cp,
-        gln=gln12 + _check_digit(gln12),
+        gln=gln12 + gs1_check_digit(gln12),
         extension=str(extension),
     )
 
@@ -310,7 +312,7 @@ def _grai(hex_: str, filter_: int, row: _Partition, body: int) -> Epc:
         filter=filter_,
         company_prefix=cp,
         serial=str(serial),
-        grai=grai13 + _check_digit(grai13) + str(serial),
+        grai=grai13 + gs1_check_digit(grai13) + str(serial),
     )
 
 

@@ -14,8 +14,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
-import biip
-
 from gateway.domain import (
     CancelRequest,
     NextRequest,
@@ -124,6 +122,8 @@ def parse_wms_task(
         return BadRequest("payload: give either sscc (with source) or gtin, not both")
     if "sscc" in doc and not doc.get("source"):
         return BadRequest("source: required with sscc")
+    import biip  # with the first WMS task (GS1 prefix tables: 10-16 MiB)
+
     if "sscc" in doc and biip.parse("00" + doc["sscc"]).sscc is None:
         return BadRequest(f"sscc: {show(doc['sscc'])} has a wrong check digit")
     if "gtin" in doc and biip.parse("01" + doc["gtin"]).gtin is None:

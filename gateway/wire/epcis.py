@@ -47,16 +47,9 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import cache, lru_cache, partial
 from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from biip import ParseError
-from biip.checksums import gs1_standard_check_digit
-from biip.gln import Gln
-from biip.gtin import Gtin
-from biip.sscc import Sscc
-from jsonschema import Draft7Validator
 
 from gateway.domain import (
     DockKind,
@@ -66,7 +59,11 @@ from gateway.domain import (
     ItemResult,
     MoveTransaction,
     decode_epc,
+    gs1_check_digit,
 )
+
+if TYPE_CHECKING:  # jsonschema is imported by `validator` (the tests'), biip by its first use
+    from jsonschema import Draft7Validator
 
 __all__ = [
     "EPCIS_CONTEXT",
@@ -229,6 +226,11 @@ def prefix_lengths(settings: EpcisSettings, known: AbstractSet[str]) -> LengthOf
 @lru_cache(maxsize=65_536)
 def _table_prefix_length(key: str) -> int | None:
     """The company prefix length GS1's published table gives an SSCC-18 or GTIN-14."""
+    # biip's tables (10-16 MiB) load with the first event that needs them, not at start.
+    from biip import ParseError
+    from biip.gtin import Gtin
+    from biip.sscc import Sscc
+
     try:
         parsed = Sscc.parse(key) if len(key) == 18 else Gtin.parse(key.zfill(14))
     except ParseError:
@@ -368,6 +370,8 @@ def document(events: Sequence[dict[str, Any]], *, created: str) -> dict[str, Any
 @cache
 def validator() -> Draft7Validator:
     """A validator of the official EPCIS 2.0 JSON Schema (draft-07), checking formats too."""
+    from jsonschema import Draft7Validator
+
     path = resources.files("gateway.schemas").joinpath(*_SCHEMA_PATH)
     schema: dict[str, Any] = json.loads(path.read_text("utf-8"))
     return Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER)
@@ -618,6 +622,9 @@ def pgln_uri(gln: str, settings: EpcisSettings) -> str:
             if own.isdigit() and gln.startswith(own):
                 length = len(own)
     if length is None:
+        from biip import ParseError
+        from biip.gln import Gln
+
         try:
             prefix = Gln.parse(gln).company_prefix
         except ParseError:
@@ -697,7 +704,7 @@ def _timestamp(value: object, name: str) -> str:
 def _check_digits(value: str, length: int, name: str, *, check_digit: bool = False) -> None:
     if len(value) != length or not (value.isascii() and value.isdigit()):
         raise ValueError(f"{name} must be {length} digits, got {value!r}")
-    if check_digit and str(gs1_standard_check_digit(value[:-1])) != value[-1]:
+    if check_digit and gs1_check_digit(value[:-1]) != value[-1]:
         raise ValueError(f"{name} {value!r} has a wrong check digit")
 
 
@@ -725,5 +732,5 @@ def _site_gln(settings: EpcisSettings) -> str | None:
         match = _SGLN_BASE.fullmatch(base)
         if match is not None:
             gln12 = match[1] + match[2]
-            return gln12 + str(gs1_standard_check_digit(gln12))
+            return gln12 + gs1_check_digit(gln12)
     return None

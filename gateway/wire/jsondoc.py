@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import ValidationError
-from jsonschema.protocols import Validator
+if TYPE_CHECKING:  # types only: jsonschema comes with the first validator (gateway.schemas)
+    from jsonschema import ValidationError
+    from jsonschema.protocols import Validator
 
 __all__ = [
     "InvalidDocument",

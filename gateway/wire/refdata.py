@@ -20,10 +20,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import biip
-from biip.gtin import Gtin
-from biip.sscc import Sscc
-
 from gateway.domain import (
     Asn,
     AsnLine,
@@ -341,7 +337,8 @@ def _unique(seen: dict[str, str], value: str, where: str, name: str) -> None:
 
 # Check digits through biip: each identifier with its own parser (`Gtin.parse`,
 # `Sscc.parse`: ten times faster than `biip.parse`, which tries every interpretation; a ship
-# order lists up to 100,000 SSCCs). Cached, as the same identifiers come again.
+# order lists up to 100,000 SSCCs). Cached, as the same identifiers come again. biip is
+# imported with the first record (its GS1 prefix tables take 10-16 MiB and 60 ms to load).
 
 
 def _check_gtin(where: str, gtin: str) -> None:
@@ -364,24 +361,32 @@ def _check_gln(where: str, gln: str) -> None:
 
 @lru_cache(maxsize=4096)
 def _gtin_error(gtin: str) -> str | None:
+    from biip import ParseError
+    from biip.gtin import Gtin
+
     try:
         Gtin.parse(gtin)
-    except biip.ParseError as err:
+    except ParseError as err:
         return str(err)
     return None
 
 
 @lru_cache(maxsize=4096)
 def _sscc_error(sscc: str) -> str | None:
+    from biip import ParseError
+    from biip.sscc import Sscc
+
     try:
         Sscc.parse(sscc)
-    except biip.ParseError as err:
+    except ParseError as err:
         return str(err)
     return None
 
 
 @lru_cache(maxsize=1024)
 def _gln_error(gln: str) -> str | None:
+    import biip
+
     message = biip.parse("414" + gln).gs1_message
     element = message.element_strings[0] if message and message.element_strings else None
     if element is not None and element.gln is not None:

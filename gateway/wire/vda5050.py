@@ -25,10 +25,10 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from jsonschema.protocols import Validator
-from jsonschema.validators import validator_for
+if TYPE_CHECKING:  # jsonschema comes with the first validator (see `validator`)
+    from jsonschema.protocols import Validator
 
 from gateway.domain import (
     ActionState,
@@ -128,6 +128,8 @@ def schema(kind: str, release: str) -> dict[str, Any]:
 @cache
 def validator(kind: str, release: str) -> Validator:
     """A validator of the official schema, of the draft its `$schema` names, checking formats."""
+    from jsonschema.validators import validator_for  # with the first robot message
+
     document = schema(kind, release)
     cls = validator_for(document)
     cls.check_schema(document)
