@@ -8,24 +8,31 @@ rows behind it. The rules engine never touches this module; the app commits what
 Every transaction runs to its end even when the task that asked for it is cancelled (it runs
 in a shielded task), so a cancelled commit or acknowledgement never leaves a transaction open
 or the depth count wrong. SQLite failures (disk full, I/O error, locked) raise `StorageError`.
+
+The connection lives on a thread of its own (`_Sqlite`), and each transaction or read runs
+there as one function: one hand-over between the event loop and that thread per transaction,
+not one per statement (the relay acknowledges and reads the outbox hundreds of times a second).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import aiosqlite
-
 T = TypeVar("T")
+
+# Seqs per `IN (...)` list: SQLite bounds the variables of one statement (999 before 3.32).
+_MAX_IN = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -248,12 +255,46 @@ class StorageError(Exception):
     """The SQLite file failed (disk full, I/O error, locked); the operation did not happen."""
 
 
+class _Sqlite:
+    """One sqlite3 connection, used on its own thread only: `call(fn)` runs `fn(connection)`
+    there, so a whole transaction costs one hand-over between the event loop and the thread.
+    Calls run one at a time, in the order they were made."""
+
+    def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+        self._connection = connection
+        self._thread = thread
+
+    @classmethod
+    async def connect(cls, path: Path) -> _Sqlite:
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
+        try:
+            connection = await asyncio.get_running_loop().run_in_executor(
+                thread, functools.partial(sqlite3.connect, path, isolation_level=None)
+            )
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        return cls(connection, thread)
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(connection)` on the connection's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, self._connection)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One statement, its rows (if any) discarded (PRAGMAs, maintenance, tests)."""
+        await self.call(lambda db: db.execute(sql, params).close())
+
+    async def close(self) -> None:
+        try:
+            await self.call(lambda db: db.close())
+        finally:
+            self._thread.shutdown(wait=False)
+
+
 class Store:
     """The SQLite file behind the gateway. Open it with `await Store.open(path)`."""
 
-    def __init__(
-        self, db: aiosqlite.Connection, *, max_rows: int, depth: int, refused: int
-    ) -> None:
+    def __init__(self, db: _Sqlite, *, max_rows: int, depth: int, refused: int) -> None:
         self._db = db
         self.max_rows = max_rows
         self.max_bytes = 256 * 1024 * 1024  # payload bytes (`open` sets it)
@@ -263,9 +304,9 @@ class Store:
         # Resolved and replaced on every change: any number of tasks can wait on it.
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._version = 0
-        # One connection, several tasks (rules runner, relay): one transaction at a time,
-        # and no read in the middle of another task's transaction.
-        self._lock = asyncio.Lock()
+        # One connection, several tasks (rules runner, relay): a transaction is one call on
+        # the connection's thread, so transactions run one at a time, in order, and no read
+        # comes in the middle of one.
         self._running: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -278,27 +319,29 @@ class Store:
             # A new file is readable by the gateway's user only (SQLite gives its WAL and
             # shared-memory files the database file's permissions).
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-            db = await aiosqlite.connect(path, isolation_level=None)
+            db = await _Sqlite.connect(path)
         except (OSError, sqlite3.Error) as err:
             raise StorageError(f"cannot open {path}: {err}") from err
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await db.executescript(_SCHEMA)
-            async with db.execute("PRAGMA table_info(refdata)") as cursor:
-                columns = {str(row[1]) for row in await cursor.fetchall()}
+
+        def prepare(db: sqlite3.Connection) -> tuple[int, int, int]:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+            columns = {str(row[1]) for row in db.execute("PRAGMA table_info(refdata)")}
             if "digest" not in columns:  # a file of an earlier version
-                await db.execute("ALTER TABLE refdata ADD COLUMN digest BLOB")
-            async with db.execute(
+                db.execute("ALTER TABLE refdata ADD COLUMN digest BLOB")
+            row = db.execute(
                 "SELECT COUNT(*), COUNT(NULLIF(retry_at, 0)), COALESCE(SUM(LENGTH(payload)), 0)"
                 " FROM outbox"
-            ) as cursor:
-                row = await cursor.fetchone()
+            ).fetchone()
+            return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+        try:
+            depth, refused, size = await db.call(prepare)
         except sqlite3.Error as err:
             await db.close()
             raise StorageError(f"cannot prepare {path}: {err}") from err
-        depth, refused, size = (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
         store = cls(db, max_rows=max_rows, depth=depth, refused=refused)
         store.max_bytes, store._bytes = max_bytes, size
         return store
@@ -368,9 +411,9 @@ class Store:
             )
         now = time.time()
 
-        async def body(db: aiosqlite.Connection) -> tuple[int, int | None]:
+        def body(db: sqlite3.Connection) -> tuple[int, int | None]:
             before = db.total_changes
-            await db.executemany(
+            db.executemany(
                 "INSERT OR IGNORE INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [(m.msg_id, m.topic, m.payload, m.qos, int(m.retain), now) for m in messages],
@@ -378,19 +421,16 @@ class Store:
             inserted = db.total_changes - before
             total: int | None = None
             if inserted != len(messages):  # some were there already (rare): count them all
-                async with db.execute(
-                    "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
-                ) as cursor:
-                    summed = await cursor.fetchone()
-                total = int(summed[0]) if summed else 0
-            await db.executemany(
+                summed = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox")
+                total = int(summed.fetchone()[0])
+            db.executemany(
                 "INSERT INTO pallet_location (sscc, location, tx_id, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (sscc) DO UPDATE SET"
                 " location = excluded.location, tx_id = excluded.tx_id,"
                 " updated_at = excluded.updated_at",
                 [(m.sscc, m.location, m.tx_id, now) for m in state.moves],
             )
-            await db.executemany(
+            db.executemany(
                 "INSERT OR IGNORE INTO dock_ledger"
                 " (kind, key, reference, line, result, tx_id, recorded_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -399,28 +439,28 @@ class Store:
                     for r in state.ledger
                 ],
             )
-            await db.executemany(
+            db.executemany(
                 "INSERT OR IGNORE INTO dock_closed (reference, tx_id, closed_at) VALUES (?, ?, ?)",
                 [(c.reference, c.tx_id, now) for c in state.closed],
             )
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO pallet_lot (sscc, gtin, lot, expiry, updated_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (sscc) DO UPDATE SET gtin = excluded.gtin, lot = excluded.lot,"
                 " expiry = excluded.expiry, updated_at = excluded.updated_at",
                 [(r.sscc, r.gtin, r.lot, r.expiry, now) for r in state.lots],
             )
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO move_history (gtin, at) VALUES (?, ?)",
                 [(m.gtin, m.at) for m in state.moved],
             )
-            await db.executemany(
+            db.executemany(
                 "INSERT OR IGNORE INTO company_prefix (prefix) VALUES (?)",
                 [(prefix,) for prefix in sorted(state.prefixes)],
             )
             gone = [(sscc,) for sscc in state.shipped]
-            await db.executemany("DELETE FROM pallet_location WHERE sscc = ?", gone)
-            await db.executemany("DELETE FROM pallet_lot WHERE sscc = ?", gone)
-            await db.executemany(
+            db.executemany("DELETE FROM pallet_location WHERE sscc = ?", gone)
+            db.executemany("DELETE FROM pallet_lot WHERE sscc = ?", gone)
+            db.executemany(
                 "INSERT INTO agv_task (task_id, state, body, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (task_id) DO UPDATE SET state = excluded.state,"
                 " body = excluded.body, updated_at = excluded.updated_at",
@@ -428,11 +468,11 @@ class Store:
             )
             for row in state.refdata:
                 if row.body is None:
-                    await db.execute(
+                    db.execute(
                         "DELETE FROM refdata WHERE kind = ? AND key = ?", (row.kind, row.key)
                     )
                 else:
-                    await db.execute(
+                    db.execute(
                         "INSERT INTO refdata (kind, key, body, digest, updated_at)"
                         " VALUES (?, ?, ?, ?, ?)"
                         " ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body,"
@@ -474,29 +514,32 @@ class Store:
             return
         now = time.time()
 
-        async def body(db: aiosqlite.Connection) -> tuple[int, int, int]:
-            placeholders = ",".join("?" * len(seqs))
-            async with db.execute(
-                "SELECT COUNT(NULLIF(retry_at, 0)), COALESCE(SUM(LENGTH(payload)), 0)"  # noqa: S608 - placeholders only
-                f" FROM outbox WHERE seq IN ({placeholders})",
-                list(seqs),
-            ) as cursor:
-                row = await cursor.fetchone()
-            if keep_s > 0:
-                await db.execute(
-                    "INSERT OR REPLACE INTO outbox_sent"  # noqa: S608 - placeholders only
-                    " (seq, msg_id, topic, payload, qos, retain, created_at, acked_at)"
-                    " SELECT seq, msg_id, topic, payload, qos, retain, created_at, ? FROM outbox"
-                    f" WHERE seq IN ({placeholders})",
-                    [now, *seqs],
-                )
+        def body(db: sqlite3.Connection) -> tuple[int, int, int]:
             # What a crashed broker may have lost: the last `keep_s` before the last
             # acknowledgement (so a broker down for long still gets it again).
-            await db.execute("DELETE FROM outbox_sent WHERE acked_at < ?", (now - keep_s,))
-            before = db.total_changes
-            await db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-            refused, size = (int(row[0]), int(row[1])) if row else (0, 0)
-            return db.total_changes - before, refused, size
+            db.execute("DELETE FROM outbox_sent WHERE acked_at < ?", (now - keep_s,))
+            deleted = refused = size = 0
+            for first in range(0, len(seqs), _MAX_IN):  # SQLite bounds a statement's variables
+                chunk = list(seqs[first : first + _MAX_IN])
+                placeholders = ",".join("?" * len(chunk))
+                row = db.execute(
+                    "SELECT COUNT(NULLIF(retry_at, 0)), COALESCE(SUM(LENGTH(payload)), 0)"  # noqa: S608 - placeholders only
+                    f" FROM outbox WHERE seq IN ({placeholders})",
+                    chunk,
+                ).fetchone()
+                refused, size = refused + int(row[0]), size + int(row[1])
+                if keep_s > 0:
+                    db.execute(
+                        "INSERT OR REPLACE INTO outbox_sent"  # noqa: S608 - placeholders only
+                        " (seq, msg_id, topic, payload, qos, retain, created_at, acked_at)"
+                        " SELECT seq, msg_id, topic, payload, qos, retain, created_at, ? FROM outbox"
+                        f" WHERE seq IN ({placeholders})",
+                        [now, *chunk],
+                    )
+                before = db.total_changes
+                db.execute(f"DELETE FROM outbox WHERE seq IN ({placeholders})", chunk)  # noqa: S608 - placeholders only
+                deleted += db.total_changes - before
+            return deleted, refused, size
 
         def done(result: tuple[int, int, int]) -> None:
             deleted, were_refused, size = result
@@ -511,19 +554,18 @@ class Store:
         acknowledgement back in the outbox, in their order (a broker that crashed may have lost
         them, however long it then stayed down); returns how many."""
 
-        async def body(db: aiosqlite.Connection) -> tuple[int, int]:
+        def body(db: sqlite3.Connection) -> tuple[int, int]:
             before = db.total_changes
-            await db.execute(
+            db.execute(
                 "INSERT OR IGNORE INTO outbox (seq, msg_id, topic, payload, qos, retain, created_at)"
                 " SELECT seq, msg_id, topic, payload, qos, retain, created_at FROM outbox_sent"
                 " WHERE acked_at >= (SELECT MAX(acked_at) FROM outbox_sent) - ?",
                 (within_s,),
             )
             moved = db.total_changes - before
-            await db.execute("DELETE FROM outbox_sent")
-            async with db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox") as cur:
-                row = await cur.fetchone()
-            return moved, int(row[0]) if row else 0
+            db.execute("DELETE FROM outbox_sent")
+            row = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+            return moved, int(row[0])
 
         def done(result: tuple[int, int]) -> None:
             moved, total = result
@@ -536,18 +578,17 @@ class Store:
     async def forget_sent(self) -> None:
         """Forget the acknowledged messages kept for redelivery (a clean disconnect)."""
 
-        async def body(db: aiosqlite.Connection) -> None:
-            await db.execute("DELETE FROM outbox_sent")
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM outbox_sent")
 
         await self._transaction(body, lambda _: None)
 
     async def refuse(self, seq: int, *, reason: str, retry_at: float) -> None:
         """Set a refused message aside until `retry_at`; the rest of the stream goes on."""
 
-        async def body(db: aiosqlite.Connection) -> int:
-            async with db.execute("SELECT retry_at FROM outbox WHERE seq = ?", (seq,)) as cursor:
-                row = await cursor.fetchone()
-            await db.execute(
+        def body(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT retry_at FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, retry_at = ?, last_error = ?"
                 " WHERE seq = ?",
                 (retry_at, reason, seq),
@@ -575,15 +616,15 @@ class Store:
         """Forget receipts and shipments closed before `closed_before` (epoch s), and their
         items; returns the items forgotten. Bounds the ledger of a gateway that runs for years."""
 
-        async def body(db: aiosqlite.Connection) -> int:
+        def body(db: sqlite3.Connection) -> int:
             before = db.total_changes
-            await db.execute(
+            db.execute(
                 "DELETE FROM dock_ledger WHERE reference IN"
                 " (SELECT reference FROM dock_closed WHERE closed_at < ?)",
                 (closed_before,),
             )
             items = db.total_changes - before
-            await db.execute("DELETE FROM dock_closed WHERE closed_at < ?", (closed_before,))
+            db.execute("DELETE FROM dock_closed WHERE closed_at < ?", (closed_before,))
             return items
 
         return await self._transaction(body, lambda _: None)
@@ -611,12 +652,13 @@ class Store:
         ]
 
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        async with self._lock:
-            try:
-                async with self._db.execute(sql, params) as cursor:
-                    return [tuple(r) for r in await cursor.fetchall()]
-            except sqlite3.Error as err:
-                raise StorageError(f"cannot read: {err}") from err
+        def read(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return db.execute(sql, params).fetchall()
+
+        try:
+            return await self._db.call(read)
+        except sqlite3.Error as err:
+            raise StorageError(f"cannot read: {err}") from err
 
     async def agv_tasks(self, *, finished: int = 10_000) -> list[str]:
         """The stored AGV tasks (JSON): every open one and the last `finished` finished ones."""
@@ -638,9 +680,8 @@ class Store:
     async def recent_moves(self, *, since: float) -> list[tuple[str, float]]:
         """Moves (gtin, epoch s) since `since`, oldest first; older ones are deleted."""
 
-        async def prune(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute("DELETE FROM move_history WHERE at < ?", (since,))
-            return cursor.rowcount
+        def prune(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM move_history WHERE at < ?", (since,)).rowcount
 
         await self._transaction(prune, lambda _: None)
         rows = await self._fetch("SELECT gtin, at FROM move_history ORDER BY at")
@@ -650,8 +691,8 @@ class Store:
         """Forget finished AGV tasks last changed more than `older_than_s` ago."""
         cutoff = time.time() - older_than_s
 
-        async def body(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(
+        def body(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
                 "DELETE FROM agv_task WHERE state IN ('done', 'failed', 'cancelled')"
                 " AND updated_at < ?",
                 (cutoff,),
@@ -689,39 +730,42 @@ class Store:
                 await asyncio.shield(self._changed)
 
     async def _select(self, sql: str, args: tuple[object, ...]) -> list[PendingMessage]:
-        async with self._lock:
-            try:
-                async with self._db.execute(sql, args) as cursor:
-                    rows = await cursor.fetchall()
-            except sqlite3.Error as err:
-                raise StorageError(f"cannot read the outbox: {err}") from err
-        return [
-            PendingMessage(
-                int(r[0]), str(r[1]), str(r[2]), bytes(r[3]), int(r[4]), bool(r[5]), int(r[6])
-            )
-            for r in rows
-        ]
+        def read(db: sqlite3.Connection) -> list[PendingMessage]:
+            return [
+                PendingMessage(
+                    int(r[0]), str(r[1]), str(r[2]), bytes(r[3]), int(r[4]), bool(r[5]), int(r[6])
+                )
+                for r in db.execute(sql, args)
+            ]
+
+        try:
+            return await self._db.call(read)
+        except sqlite3.Error as err:
+            raise StorageError(f"cannot read the outbox: {err}") from err
 
     async def _transaction(
-        self,
-        body: Callable[[aiosqlite.Connection], Awaitable[T]],
-        done: Callable[[T], None],
+        self, body: Callable[[sqlite3.Connection], T], done: Callable[[T], None]
     ) -> T:
-        """Run `body` in BEGIN IMMEDIATE ... COMMIT to its end, even if the caller is cancelled."""
+        """Run `body` in BEGIN IMMEDIATE ... COMMIT on the connection's thread, to its end even
+        if the caller is cancelled; `done(result)` then updates the counts (in commit order)."""
+
+        def whole(db: sqlite3.Connection) -> T:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                result = body(db)
+                db.execute("COMMIT")
+            except BaseException as err:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                if isinstance(err, sqlite3.Error):
+                    raise StorageError(str(err)) from err
+                raise
+            return result
 
         async def run() -> T:
-            async with self._lock:
-                db = self._db
-                try:
-                    await db.execute("BEGIN IMMEDIATE")
-                    result = await body(db)
-                    await db.execute("COMMIT")
-                except sqlite3.Error as err:
-                    if db.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            await db.execute("ROLLBACK")
-                    raise StorageError(str(err)) from err
-                done(result)
+            result = await self._db.call(whole)
+            done(result)
             self._bump()
             return result
 

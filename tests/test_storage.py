@@ -281,3 +281,39 @@ async def test_the_outbox_has_a_byte_limit_as_well_as_a_row_limit(tmp_path: Path
         await store.commit(big[2:])
     async with await Store.open(tmp_path / "gw.db", max_bytes=1000) as store:
         assert (store.depth, store.size) == (2, 800)  # counted again at start
+
+
+async def test_thousands_acknowledged_at_once_are_counted_kept_and_requeued_in_order(
+    tmp_path: Path,
+) -> None:
+    # More seqs than one statement may bind (SQLite bounds its variables): taken in chunks,
+    # all in the one transaction.
+    async with await Store.open(tmp_path / "gw.db") as store:
+        await store.commit([msg(n) for n in range(1_500)])
+        size = store.size
+        rows = await store.pending(limit=2_000)
+        await store.refuse(rows[7].seq, reason="not authorized", retry_at=1.0)
+        assert store.refused == 1
+        await store.acknowledge([r.seq for r in rows[:1_400]], keep_s=60)
+        assert store.depth == 100
+        assert store.refused == 0
+        assert store.size == size - sum(len(r.payload) for r in rows[:1_400])
+        assert await store.requeue_sent(within_s=60) == 1_400
+        assert [r.msg_id for r in await store.pending(limit=2_000)] == [
+            f"id-{n}" for n in range(1_500)
+        ]
+        assert (store.depth, store.size) == (1_500, size)
+
+
+async def test_a_transaction_that_fails_outside_sqlite_is_rolled_back(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "gw.db") as store:
+
+        def broken(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM outbox")
+            raise ValueError("a bug in the middle of a transaction")
+
+        await store.commit([msg(1)])
+        with pytest.raises(ValueError, match="a bug"):
+            await store._transaction(broken, lambda _: None)
+        await store.commit([msg(2)])  # no transaction was left open
+        assert [r.msg_id for r in await store.pending()] == ["id-1", "id-2"]
