@@ -31,11 +31,14 @@ pytest: $(STAMP)
 test: check pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/outbox_relay.py
+	$(BIN)/python benchmarks/durable_publish.py
 	$(BIN)/python benchmarks/rfid_portal.py
-	$(BIN)/python benchmarks/pallet_memory.py
-	$(BIN)/python benchmarks/hostile_input.py
 	$(BIN)/python benchmarks/pass_latency.py
+	$(BIN)/python benchmarks/agv_requests.py
+	$(BIN)/python benchmarks/footprint.py
+	$(BIN)/python benchmarks/hostile_input.py
+	$(BIN)/python benchmarks/pallet_memory.py
+	$(BIN)/python benchmarks/guard.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
