@@ -263,6 +263,7 @@ class _Sqlite:
     def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
         self._connection = connection
         self._thread = thread
+        self._closed = False
 
     @classmethod
     async def connect(cls, path: Path) -> _Sqlite:
@@ -277,7 +278,9 @@ class _Sqlite:
         return cls(connection, thread)
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """`fn(connection)` on the connection's thread."""
+        """`fn(connection)` on the connection's thread; StorageError after `close`."""
+        if self._closed:
+            raise StorageError("the database is closed")
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, self._connection)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -285,9 +288,13 @@ class _Sqlite:
         await self.call(lambda db: db.execute(sql, params).close())
 
     async def close(self) -> None:
+        """Close the connection and end its thread; again: nothing."""
+        if self._closed:
+            return
         try:
             await self.call(lambda db: db.close())
         finally:
+            self._closed = True
             self._thread.shutdown(wait=False)
 
 

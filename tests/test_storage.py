@@ -317,3 +317,11 @@ async def test_a_transaction_that_fails_outside_sqlite_is_rolled_back(tmp_path: 
             await store._transaction(broken, lambda _: None)
         await store.commit([msg(2)])  # no transaction was left open
         assert [r.msg_id for r in await store.pending()] == ["id-1", "id-2"]
+
+
+async def test_a_closed_store_says_so_and_closes_once(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    await store.close()
+    await store.close()  # again: nothing
+    with pytest.raises(StorageError):
+        await store.commit([OutboxMessage("m1", "gw/S/g/tx/move", b"{}")])

@@ -588,7 +588,8 @@ class MqttBridge:
             max_queued_incoming_messages=0,
             tls_params=tls_params,
         )
-        # aiomqtt warns above this many pending calls; the semaphore is the real cap.
+        # aiomqtt warns above this many pending calls; the relay's window (`max_inflight`,
+        # also paho's cap) is the real one.
         client.pending_calls_threshold = config.max_inflight + 50
         return client
 

@@ -265,7 +265,7 @@ class TaskBoard:
                 self._remember_lot(sscc, lots[sscc])
             if self.layout is None or self.layout.door(tx.door) is None:
                 continue
-            if sscc in self.open.pallets():
+            if self.open.has_pallet(sscc):
                 continue  # already on its way somewhere
             if classes is None:
                 classes = classify_velocity(self._moves, tx.occurred_at, self.velocity_window)

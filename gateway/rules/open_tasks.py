@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, KeysView, Mapping
 from typing import Final
 
 from gateway.domain import Task, TaskState
@@ -43,6 +43,7 @@ class OpenTasks(Mapping[str, Task]):
         self._queue_at: dict[str, list[_QueueEntry]] = {}  # source -> its queued tasks
         self._leases: list[_LeaseEntry] = []
         self._queued = 0
+        self._queue_entries = 0  # in `_queue` (and, split by source, in `_queue_at`), stale too
 
     # --- Mapping ------------------------------------------------------------------------------
 
@@ -78,6 +79,7 @@ class OpenTasks(Mapping[str, Task]):
             entry = (queue_order(task), serial)
             heapq.heappush(self._queue, entry)
             heapq.heappush(self._queue_at.setdefault(task.source, []), entry)
+            self._queue_entries += 1
         elif task.robot is not None:
             self._by_robot.setdefault(task.robot, {})[task_id] = None
         if task.state in _HOLDING and task.lease_until is not None:
@@ -99,9 +101,13 @@ class OpenTasks(Mapping[str, Task]):
         ids = self._by_pallet.get(sscc, {})
         return sorted((self._tasks[i] for i in ids), key=lambda t: self._order[t.task_id])
 
-    def pallets(self) -> set[str]:
-        """Every pallet an open task is about."""
-        return set(self._by_pallet)
+    def has_pallet(self, sscc: str) -> bool:
+        """An open task is about this pallet."""
+        return sscc in self._by_pallet
+
+    def pallets(self) -> KeysView[str]:
+        """Every pallet an open task is about (a live view)."""
+        return self._by_pallet.keys()
 
     def held_by(self, robot: str, fleet: str | None = None) -> Task | None:
         """The open task a robot holds (the first stored, if ever more than one)."""
@@ -130,11 +136,18 @@ class OpenTasks(Mapping[str, Task]):
     def expired(self, now: dt.datetime) -> list[Task]:
         """Tasks whose lease ran out by `now`, in the order they were first stored."""
         out: dict[str, Task] = {}
+        found: list[_LeaseEntry] = []
         while self._leases and self._leases[0][0] <= now:
-            _, serial, task_id = heapq.heappop(self._leases)
+            entry = heapq.heappop(self._leases)
+            _, serial, task_id = entry
             task = self._tasks.get(task_id)
             if task is not None and self._serial[task_id] == serial and lease_ran_out(task, now):
                 out[task_id] = task
+                found.append(entry)
+        for entry in found:
+            # Kept until the task changes (the caller's `put` makes the entry stale): a task
+            # the caller could not change is found again by the next sweep, as a scan would.
+            heapq.heappush(self._leases, entry)
         return sorted(out.values(), key=lambda t: self._order[t.task_id])
 
     # --- upkeep -------------------------------------------------------------------------------
@@ -165,8 +178,11 @@ class OpenTasks(Mapping[str, Task]):
         return None
 
     def _compact(self) -> None:
-        """Rebuild the heaps once stale entries outnumber live ones (bounded memory)."""
-        if len(self._queue) > 2 * self._queued + 64:
+        """Rebuild the heaps once stale entries outnumber live ones (bounded memory).
+
+        Entries popped from `_queue` are not subtracted: `_queue_at` keeps its copies until a
+        robot asks at that place, so the count is of entries pushed since the last rebuild."""
+        if self._queue_entries > 2 * self._queued + 64:
             self._queue = [e for e in self._queue if self._current(e) is not None]
             heapq.heapify(self._queue)
             at: dict[str, list[_QueueEntry]] = {}
@@ -175,6 +191,7 @@ class OpenTasks(Mapping[str, Task]):
             for heap in at.values():
                 heapq.heapify(heap)
             self._queue_at = at
+            self._queue_entries = len(self._queue)
         if len(self._leases) > 2 * len(self._tasks) + 64:
             self._leases = [e for e in self._leases if self._serial.get(e[2]) == e[1]]
             heapq.heapify(self._leases)
