@@ -31,6 +31,7 @@ from gateway.drivers.base import AlarmOutputs, Clock, Driver, DriverContext, utc
 from gateway.drivers.registry import DRIVERS
 from gateway.health import StatusBoard
 from gateway.inbox import Inbox
+from gateway.ops import Operations
 from gateway.recorder import Recorder
 from gateway.runner import RulesRunner
 from gateway.storage import Store
@@ -71,6 +72,7 @@ class Gateway:
         self.store: Store | None = None
         self.recorder: Recorder | None = None
         self.runner: RulesRunner | None = None
+        self.ops: Operations | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order."""
@@ -142,6 +144,17 @@ class Gateway:
                 not_taken=routes.forget_reference,  # taken when it comes again, with room
             )
             self.bridge, self.recorder, self.runner = bridge, recorder, runner
+            ops = Operations(
+                config,
+                store=store,
+                bridge=bridge,
+                board=self.board,
+                inbox=self.queue,
+                runner=runner,
+                recorder=recorder,
+                tasks=board,
+            )
+            self.ops = ops
             # What start-up made (modules, schemas, the state loaded from SQLite) lives as long
             # as the process: out of the garbage collector's full passes, which would otherwise
             # walk it all again and again (stalls of 100-200 ms under a flood of messages).
@@ -157,12 +170,14 @@ class Gateway:
             async with asyncio.TaskGroup() as tg:
                 bridge_task = tg.create_task(bridge.run(), name="bridge")
                 rules_task = tg.create_task(runner.run(), name="rules")
+                ops_task = tg.create_task(ops.run(), name="ops")
                 drivers = [
                     tg.create_task(self._supervised(device_id), name=f"device.{device_id}")
                     for device_id in self.drivers
                 ]
                 await stop.wait()
                 log.info("gateway stopping", grace_s=config.gateway.shutdown_grace_s)
+                ops.stopping()
                 recorder.stop_holding()  # what was read is committed, room in the outbox or not
                 for task in drivers:
                     task.cancel()
@@ -174,6 +189,7 @@ class Gateway:
                 except TimeoutError:
                     bridge_task.cancel()
                 rules_task.cancel()
+                ops_task.cancel()
         finally:
             await store.close()
         log.info("gateway stopped", outbox_depth=store.depth)

@@ -6,6 +6,7 @@ the key and what was expected, one line each.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -644,6 +645,35 @@ class RefDataConfig(_Model):
         return {kind: getattr(self, kind) for kind in REFDATA_DEFAULTS}
 
 
+class HttpConfig(_Model):
+    """The HTTP endpoint: /metrics (Prometheus), /healthz and /readyz (gateway.ops.http)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)  # 0: any free port
+    # HTTP basic auth (user `gateway`): required to listen on anything but localhost.
+    password: str | None = Field(default=None, min_length=12)
+    alive_s: float = Field(default=30.0, gt=0, le=3600)  # rules loop silent longer: not alive
+
+    @model_validator(mode="after")
+    def _password_off_localhost(self) -> HttpConfig:
+        if self.enabled and not _loopback(self.host) and self.password is None:
+            raise ValueError(
+                f"listening on {self.host!r} (not localhost) needs a password (http.password, "
+                "at least 12 characters): the status it serves is the site's"
+            )
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class GatewayConfig(_Model):
     """The whole site configuration."""
 
@@ -657,6 +687,7 @@ class GatewayConfig(_Model):
     epcis: EpcisConfig = EpcisConfig()
     agv: AgvConfig = AgvConfig()
     refdata: RefDataConfig = RefDataConfig()
+    http: HttpConfig = HttpConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -144,6 +144,13 @@ class Recorder:
         self._alarm_ratio = alarm_ratio
         self._debug_passes = debug_passes
         self.publisher: Publisher | None = None
+        # After each commit: its transactions and the notices it publishes (the metrics).
+        self.on_committed: (
+            Callable[
+                [Sequence[MoveTransaction | DockTransaction | DockSummary], Sequence[Notice]], None
+            ]
+            | None
+        ) = None
         self.notices_dropped = 0
         self.passes_seen = 0
         self._late: list[Notice] = []  # notices made between batches, committed with the next
@@ -156,6 +163,16 @@ class Recorder:
         self._alarm_raised = False
         self._stopping = asyncio.Event()
         self.beyond_limit = 0  # messages committed beyond the outbox limit at a stop
+
+    @property
+    def holding(self) -> bool:
+        """Intake is held: the outbox is full (waiting for the broker) or the disk fails."""
+        return self._intake_held or self._storage_failing
+
+    @property
+    def storage_failing(self) -> bool:
+        """The last commit failed (it is being retried)."""
+        return self._storage_failing
 
     def stop_holding(self) -> None:
         """The gateway stops: commit every batch at once, beyond the outbox limit if need be."""
@@ -176,7 +193,7 @@ class Recorder:
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
-                await self._commit(batch)
+                notices = await self._commit(batch)
             except StorageError as err:
                 # Intake is held (the queue fills, drivers wait) until the disk recovers.
                 if not self._storage_failing:
@@ -188,6 +205,8 @@ class Recorder:
                 log.info("outbox commits again")
                 self._storage_failing = False
             break
+        if self.on_committed is not None:
+            self.on_committed(batch.committed, notices)
         if self.publisher is not None:
             for reply in batch.replies:
                 self.publisher.reply(reply.to, reply.answer)
@@ -342,8 +361,9 @@ class Recorder:
         doc = epcis.document(events, created=iso(at))
         return [OutboxMessage(f"epcis:{tx.tx_id}", self._topics.epcis, encode(doc))]
 
-    async def _commit(self, batch: Batch) -> None:
-        """Commit a batch; transactions wait for room, notices beyond it are dropped."""
+    async def _commit(self, batch: Batch) -> list[Notice]:
+        """Commit a batch; transactions wait for room, notices beyond it are dropped. Returns
+        the notices committed (to be published)."""
         store = self._store
         messages = list(batch.messages)
         for notice in batch.notices:
@@ -368,10 +388,12 @@ class Recorder:
                 log.info("outbox has room again: intake resumed", depth=store.depth)
             self._intake_held = False
         # At a stop every notice is kept too: they come from what is in memory, a bounded lot.
+        notices: list[Notice] = []
         for notice in batch.notices:
             message = self._notice_message(notice)
             if stopping or store.fits([*messages, message]):
                 messages.append(message)
+                notices.append(notice)
             else:
                 self.notices_dropped += 1
         alarm = self._outbox_alarm(extra=messages)
@@ -383,10 +405,12 @@ class Recorder:
                 self.publisher.publish_urgent(message.topic, message.payload)
             if store.fits([*messages, message]):
                 messages.append(message)
+                notices.append(alarm)
         beyond = max(0, len(messages) - store.room())
         if messages or batch.changes:
             await store.commit(messages, batch.changes, over_limit=stopping)
         self.beyond_limit += beyond
+        return notices
 
     async def _room_or_stop(self) -> None:
         """Wait until the outbox changes (the broker took some), the stop, or a second."""

@@ -88,11 +88,13 @@ class RulesRunner:
         self._not_taken = not_taken
         self.rules_errors = 0  # events the rules raised on (bugs), skipped
         self.lookups = 0  # pallets looked up in storage (not in the rules' cache)
+        self.went_round: float | None = None  # the event loop's time the loop last went round
 
     async def run(self) -> None:
         """Run until cancelled."""
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + self._tick_s
+        self.went_round = loop.time()
         while True:
             events: list[Event] = []
             with contextlib.suppress(TimeoutError):
@@ -122,6 +124,7 @@ class RulesRunner:
                 decisions.extend(self.engine.on_tick(now))
                 next_tick = loop.time() + self._tick_s
             await self.recorder.record(decisions)
+            self.went_round = loop.time()
             for _ in events:
                 self.inbox.task_done()
             next_tick = min(next_tick, max(self._due_tick(loop), loop.time() + MIN_TICK_GAP_S))

@@ -380,6 +380,16 @@ class Store:
         """Messages the broker refused, waiting for a retry."""
         return self._refused
 
+    async def oldest_age_s(self) -> float | None:
+        """How long the oldest message in the outbox has waited (None: the outbox is empty)."""
+
+        def oldest(db: sqlite3.Connection) -> float | None:
+            row = db.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        created = await self._db.call(oldest)
+        return None if created is None else max(0.0, time.time() - created)
+
     @property
     def size(self) -> int:
         """Payload bytes of the messages committed and not yet acknowledged."""

@@ -36,6 +36,9 @@ LAZY = (
     "sllurp",
     "serial",
     "serial_asyncio_fast",
+    # The HTTP endpoint ([http] enabled): aiohttp and prometheus-client.
+    "aiohttp",
+    "prometheus_client",
 )
 
 

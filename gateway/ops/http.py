@@ -1,0 +1,114 @@
+"""The gateway's HTTP endpoint (aiohttp's web server): metrics and health probes.
+
+- `GET /metrics`: Prometheus text format (`gateway.ops.metrics`).
+- `GET /healthz`: 200 while the process and its rules loop are alive (the loop went round
+  within `alive_s`, or it is waiting for room in the outbox, which is the broker's problem, not
+  a hang); 503 otherwise. For a container runtime's liveness probe.
+- `GET /readyz`: 200 when the broker is connected, the outbox is below its alarm level and the
+  storage takes commits; 503 with the reasons otherwise. For a load balancer or a monitor.
+
+Read-only. Bound to localhost by default; any other address needs `[http] password` (HTTP
+basic auth, user `gateway`), which the config checks. It runs in the gateway's TaskGroup and
+stops with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import encode_basic_auth, web
+
+from gateway.config import HttpConfig
+from gateway.ops.metrics import CONTENT_TYPE, GatewayMetrics
+
+__all__ = ["Probes", "serve"]
+
+log = structlog.get_logger("gateway.ops")
+USER = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """What the health endpoints ask."""
+
+    alive: Callable[[], str | None]  # None: alive; else why not
+    not_ready: Callable[[], list[str]]  # why the gateway is not ready (empty: ready)
+    before_scrape: Callable[[], Awaitable[None]]  # refresh what needs the database
+
+
+def application(config: HttpConfig, metrics: GatewayMetrics, probes: Probes) -> web.Application:
+    """The aiohttp application (also used by tests without a socket)."""
+    middlewares = [] if config.password is None else [_basic_auth(config.password)]
+    app = web.Application(middlewares=middlewares)
+
+    async def get_metrics(_: web.Request) -> web.Response:
+        await probes.before_scrape()
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def healthz(_: web.Request) -> web.Response:
+        why = probes.alive()
+        return _status(why is None, [] if why is None else [why])
+
+    async def readyz(_: web.Request) -> web.Response:
+        reasons = probes.not_ready()
+        return _status(not reasons, reasons)
+
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def serve(
+    config: HttpConfig,
+    metrics: GatewayMetrics,
+    probes: Probes,
+    *,
+    started: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until cancelled; `started(port)` once listening (port 0 in the config: any)."""
+    runner = web.AppRunner(
+        application(config, metrics, probes), access_log=None, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        port = runner.addresses[0][1]
+        log.info("http endpoint listening", host=config.host, port=port)
+        if started is not None:
+            started(port)
+        await asyncio.Event().wait()  # until cancelled
+    finally:
+        await runner.cleanup()
+
+
+def _status(ok: bool, reasons: list[str]) -> web.Response:
+    body = json.dumps({"ok": ok, "reasons": reasons}) + "\n"
+    return web.Response(
+        status=200 if ok else 503, text=body, content_type="application/json", charset="utf-8"
+    )
+
+
+def _basic_auth(password: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = encode_basic_auth(USER, password).encode()
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return web.Response(
+                status=401,
+                text="authentication required\n",
+                headers={"WWW-Authenticate": 'Basic realm="gateway", charset="UTF-8"'},
+            )
+        return await handler(request)
+
+    return check

@@ -1,0 +1,230 @@
+"""The operations surface: /metrics, /healthz, /readyz over real HTTP, and sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+from asyncio.subprocess import PIPE, STDOUT
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import Gateway
+from gateway.config import ConfigError
+from gateway.health import DeviceState
+from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
+from simulators.scanner import Garbage, ScannerSimulator, Type, shift_script
+from tests.gateway_helpers import LOCATIONS, build, running, site_config, wait_device
+from tests.mqtt_helpers import Collector, Mosquitto
+
+pytestmark = pytest.mark.broker
+PASSWORD = "a long enough secret"
+
+
+def ops_site(tmp_path: Path, port: int, **http: Any) -> dict[str, Any]:
+    raw = site_config(tmp_path, broker_port=port, scanner=tmp_path / "scan0")
+    raw["http"] = {"enabled": True, "port": 0, **http}
+    return raw
+
+
+async def listening(gateway: Gateway) -> str:
+    """The base URL of a running gateway's HTTP endpoint."""
+    async with asyncio.timeout(10):
+        while gateway.ops is None or gateway.ops.port is None:
+            await asyncio.sleep(0.02)
+    return f"http://127.0.0.1:{gateway.ops.port}"
+
+
+async def get(url: str, **kwargs: Any) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url, **kwargs) as response:
+        return response.status, await response.text()
+
+
+def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+
+
+def total(
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        v
+        for (n, ls), v in values.items()
+        if n == name and all((k, labels[k]) in ls for k in labels)
+    )
+
+
+async def test_after_a_shift_every_counter_equals_what_a_subscriber_received(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    steps, truth = shift_script(pallets=6, locations=LOCATIONS, seed=3, pause_s=(0.0, 0.02))
+    bad = [
+        Garbage(b"\x00\xffjunk\r"),
+        Type(corrupt_check_digit(sscc_label(sscc("0376123", 9))), aim="]C1"),
+    ]
+    config = build(ops_site(tmp_path, mosquitto.port), tmp_path)
+    async with (
+        Collector(mosquitto.port) as collector,
+        ScannerSimulator(tmp_path / "scan0") as sim,
+        running(config) as gateway,
+    ):
+        base = await listening(gateway)
+        await wait_device(gateway, "fl-07", DeviceState.CONNECTED)
+        await sim.run([*bad, *steps])
+        await collector.wait_for(lambda c: len(c.on("/tx/move")) >= len(truth))
+        async with asyncio.timeout(10):  # everything published
+            while gateway.store is None or gateway.store.depth:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # and received
+        status, text = await get(f"{base}/metrics")
+        assert status == 200
+        values = samples(text)
+        health = await get(f"{base}/healthz")
+        ready = await get(f"{base}/readyz")
+    assert health[0] == 200
+    assert ready[0] == 200, ready[1]
+    moves = {m.json()["tx_id"] for m in collector.on("/tx/move")}
+    assert total(values, "gateway_transactions_total", type="move") == len(moves) == len(truth)
+    events = [m.json() for m in collector.on("dock-1/event")]
+    alarms = [m.json() for m in collector.on("dock-1/alarm")]
+    assert total(values, "gateway_events_total") == len(events) + len(alarms) >= 2
+    for code in {e["code"] for e in events}:
+        assert total(values, "gateway_events_total", code=code) == sum(
+            1 for e in events if e["code"] == code
+        )
+    origin = sum(1 for m in collector.on("/tx/move") if "origin_unknown" in m.json()["exceptions"])
+    assert total(values, "gateway_transaction_exceptions_total", code="origin_unknown") == origin
+    assert total(values, "gateway_device_events_total", device="fl-07", event="rejected") == 2
+    assert total(values, "gateway_device_up", device="fl-07") == 1
+    assert total(values, "gateway_broker_connected") == 1
+    assert total(values, "gateway_outbox_messages") == 0
+    assert total(values, "gateway_broker_published_total") >= len(truth)
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # Debian's prometheus package (.ci/run installs it)
+        check = await asyncio.create_subprocess_exec(
+            promtool, "check", "metrics", stdin=PIPE, stdout=PIPE, stderr=STDOUT
+        )
+        said, _ = await check.communicate(text.encode())
+        assert check.returncode == 0, said.decode()
+
+
+async def test_readyz_says_why_while_the_broker_is_down_and_healthz_stays_up(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    config = build(ops_site(tmp_path, mosquitto.port), tmp_path)
+    async with running(config) as gateway:
+        base = await listening(gateway)
+        async with asyncio.timeout(10):
+            while (await get(f"{base}/readyz"))[0] != 200:
+                await asyncio.sleep(0.05)
+        mosquitto.stop()
+        async with asyncio.timeout(10):
+            while (ready := await get(f"{base}/readyz"))[0] != 503:
+                await asyncio.sleep(0.05)
+        assert "not connected to the broker" in ready[1]
+        assert (await get(f"{base}/healthz"))[0] == 200
+        _, text = await get(f"{base}/metrics")
+        assert total(samples(text), "gateway_broker_connected") == 0
+        mosquitto.start()
+        async with asyncio.timeout(15):
+            while (await get(f"{base}/readyz"))[0] != 200:
+                await asyncio.sleep(0.1)
+
+
+async def test_healthz_fails_when_the_rules_loop_stops_going_round(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = build(ops_site(tmp_path, mosquitto.port, alive_s=0.5), tmp_path)
+    async with running(config) as gateway:
+        base = await listening(gateway)
+        assert (await get(f"{base}/healthz"))[0] == 200
+        assert gateway.runner is not None
+        hung = asyncio.Event()
+
+        async def stuck(_decisions: object) -> None:
+            hung.set()
+            await asyncio.Event().wait()  # a commit that never returns
+
+        monkeypatch.setattr(gateway.runner.recorder, "record", stuck)
+        await hung.wait()
+        async with asyncio.timeout(5):
+            while (health := await get(f"{base}/healthz"))[0] != 503:
+                await asyncio.sleep(0.1)
+        assert "rules loop has not gone round" in health[1]
+
+
+def test_listening_beyond_localhost_needs_a_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a password"):
+        build(ops_site(tmp_path, 1883, host="0.0.0.0"), tmp_path)
+    build(ops_site(tmp_path, 1883, host="0.0.0.0", password=PASSWORD), tmp_path)
+    build(ops_site(tmp_path, 1883, host="::1"), tmp_path)
+
+
+async def test_a_password_is_asked_for_and_checked(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    config = build(ops_site(tmp_path, mosquitto.port, password=PASSWORD), tmp_path)
+    async with running(config) as gateway:
+        base = await listening(gateway)
+        status, _ = await get(f"{base}/metrics")
+        assert status == 401
+        wrong = {"Authorization": aiohttp.encode_basic_auth("gateway", "not the secret")}
+        assert (await get(f"{base}/metrics", headers=wrong))[0] == 401
+        right = {"Authorization": aiohttp.encode_basic_auth("gateway", PASSWORD)}
+        status, text = await get(f"{base}/metrics", headers=right)
+        assert status == 200
+        assert "gateway_outbox_messages" in text
+
+
+@contextlib.contextmanager
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+async def datagrams(sock: socket.socket) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    while True:
+        yield (await loop.sock_recv(sock, 4096)).decode()
+
+
+async def test_systemd_hears_ready_watchdog_status_and_stopping(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with notify_socket(tmp_path) as sock:
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        monkeypatch.setenv("WATCHDOG_USEC", "200000")
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+        raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+        heard: list[str] = []
+
+        async def listen() -> None:
+            async for message in datagrams(sock):
+                heard.append(message)
+
+        listener = asyncio.create_task(listen())
+        async with running(build(raw, tmp_path)):
+            async with asyncio.timeout(5):
+                while sum("WATCHDOG=1" in m for m in heard) < 3:
+                    await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        listener.cancel()
+    assert heard[0].startswith("READY=1\nSTATUS=")
+    assert "STOPPING=1" in heard[-1]
+    assert any("broker connected" in m for m in heard)
