@@ -8,8 +8,10 @@ shipping door.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from tests.gateway_helpers import (
     wait_reference_data,
 )
 from tests.mqtt_helpers import Collector, Mosquitto
+from tests.ops_helpers import get, listening, samples, total
 from tests.time_helpers import SPEED, AcceleratedClock
 
 pytestmark = pytest.mark.broker
@@ -139,6 +142,7 @@ async def test_a_day_at_two_doors_matches_its_ground_truth(
         }
         raw["devices"].append(shipping_reader)
         raw["epcis"] = {"enabled": True, "read_point_base": "urn:epc:id:sgln:0614141.00001"}
+        raw["http"] = {"enabled": True, "port": 0}
         config = build(raw, tmp_path)
         for product in day.products:
             await wms.publish(
@@ -174,6 +178,11 @@ async def test_a_day_at_two_doors_matches_its_ground_truth(
                     "gw/DC1/dock-1/cmd/close", json.dumps({"reference": reference}), qos=1
                 )
             await collector.wait_for(lambda c: c.on("/receipt") and c.on("/shipment"))
+            async with asyncio.timeout(10):  # everything published, and received
+                while gateway.store is None or gateway.store.depth:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            _, exposition = await get(f"{await listening(gateway)}/metrics")
         for topic in (
             "asn/ASN-100",
             "shipment/SO-200",
@@ -199,6 +208,19 @@ async def test_a_day_at_two_doors_matches_its_ground_truth(
     ]
     alarms = sorted(m.json()["code"] for m in collector.on("/alarm"))
     assert alarms == ["expired_lot", "wrong_pallet_at_shipping"]
+    # The metrics say what the subscriber received (#14).
+    counted = samples(exposition)
+    for kind, txs in (("receive", receives), ("ship", ships)):
+        assert total(counted, "gateway_transactions_total", type=kind) == len(txs)
+        codes = Counter(e["code"] for tx in txs for e in tx["exceptions"])
+        for code, n in codes.items():
+            assert total(counted, "gateway_transaction_exceptions_total", type=kind, code=code) == n
+        assert total(counted, "gateway_transaction_exceptions_total", type=kind) == codes.total()
+    for kind in ("receipt", "shipment"):
+        assert total(counted, "gateway_transactions_total", type=kind) == 1
+    assert total(counted, "gateway_events_total", severity="error") == len(alarms)
+    events = [m.json()["code"] for m in collector.on("dock-1/event")]
+    assert total(counted, "gateway_events_total") == len(alarms) + len(events)
     (receipt,) = (m.json() for m in collector.on("/receipt"))
     (shipment,) = (m.json() for m in collector.on("/shipment"))
     for summary in (receipt, shipment):

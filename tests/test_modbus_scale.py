@@ -226,8 +226,12 @@ async def test_without_status_bits_a_load_is_weighed_when_readings_settle(
         await samples.wait_for(lambda s: s.kg == pytest.approx(640.0))
         await asyncio.sleep(0.5)
     assert all(s.stable is None for s in samples.items)
-    assert [round(w.kg, 2) for w in samples.weighings] == [640.0]
-    assert samples.weighings[0].method == "settled"
+    # One weighing: the mean of the settled readings, each within the settle tolerance (0.5 kg
+    # by default) of the others; on a busy machine the last readings of the ramp can be among
+    # them (639.9 was seen).
+    (weighing,) = samples.weighings
+    assert weighing.kg == pytest.approx(640.0, abs=0.5)
+    assert weighing.method == "settled"
 
 
 async def test_overload_and_underload_give_flagged_samples_without_a_weight(

@@ -14,15 +14,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import Gateway
 from gateway.config import ConfigError
 from gateway.health import DeviceState
 from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
 from simulators.scanner import Garbage, ScannerSimulator, Type, shift_script
 from tests.gateway_helpers import LOCATIONS, build, running, site_config, wait_device
 from tests.mqtt_helpers import Collector, Mosquitto
+from tests.ops_helpers import get, listening, samples, total
 
 pytestmark = pytest.mark.broker
 PASSWORD = "a long enough secret"
@@ -32,38 +31,6 @@ def ops_site(tmp_path: Path, port: int, **http: Any) -> dict[str, Any]:
     raw = site_config(tmp_path, broker_port=port, scanner=tmp_path / "scan0")
     raw["http"] = {"enabled": True, "port": 0, **http}
     return raw
-
-
-async def listening(gateway: Gateway) -> str:
-    """The base URL of a running gateway's HTTP endpoint."""
-    async with asyncio.timeout(10):
-        while gateway.ops is None or gateway.ops.port is None:
-            await asyncio.sleep(0.02)
-    return f"http://127.0.0.1:{gateway.ops.port}"
-
-
-async def get(url: str, **kwargs: Any) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.get(url, **kwargs) as response:
-        return response.status, await response.text()
-
-
-def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """(sample name, sorted labels) -> value."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(exposition)
-        for s in family.samples
-    }
-
-
-def total(
-    values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
-    return sum(
-        v
-        for (n, ls), v in values.items()
-        if n == name and all((k, labels[k]) in ls for k in labels)
-    )
 
 
 async def test_after_a_shift_every_counter_equals_what_a_subscriber_received(
