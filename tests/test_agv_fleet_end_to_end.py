@@ -234,8 +234,11 @@ async def test_a_hundred_tasks_three_fleets_ten_robots(
         else:
             # The drop failed. A VDA 5050 robot's own state may tell the gateway first: the
             # controller's report is then refused and it writes the attempt down as abandoned.
+            # Or the run was stopped while the robot failed its drop: the report reached the
+            # gateway, its answer did not come back before the stop (seen once in CI).
             last = attempts[-1]
-            assert last.did is Did.DROP_FAILED or (last.vda5050 and last.plan.fail_drop), (
+            told_first = last.vda5050 or last.did is Did.STOPPED
+            assert last.did is Did.DROP_FAILED or (told_first and last.plan.fail_drop), (
                 task_id,
                 failed_task["reason"],
                 did,
