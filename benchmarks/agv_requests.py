@@ -47,6 +47,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from benchmarks.guard import Figure, keep
+from benchmarks.measure import cpu_seconds
 from simulators.gs1 import sscc
 from tests.agv_helpers import BASE, agv_section
 from tests.gateway_helpers import build, running, site_config
@@ -90,12 +91,6 @@ def client_for(port: int, name: str) -> aiomqtt.Client:
         protocol=aiomqtt.ProtocolVersion.V5,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the processes under test ---------------------------------------------------------------

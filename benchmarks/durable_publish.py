@@ -51,13 +51,13 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.guard import Figure, keep
+from benchmarks.measure import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC = "gw/BENCH/gw1/tx/move"
 PAYLOAD_BYTES = 400
 TARGET = 0.90
 LIMIT_SHARE = 0.90  # a process this busy (share of one core) over a phase was the limit
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PHASES = (("together", "commit and relay together"), ("alone", "relay alone"))
 
 
@@ -72,15 +72,6 @@ def msg_id(n: int) -> str:
 
 
 # --- CPU accounting -------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 @dataclass

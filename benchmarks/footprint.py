@@ -43,6 +43,7 @@ import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from benchmarks.guard import Figure, keep
+from benchmarks.measure import cpu_seconds, rss_mib
 from simulators.gs1 import sscc, sscc_label
 from simulators.llrp import LlrpReaderSimulator
 from simulators.modbus_scale import ModbusScaleSimulator
@@ -54,7 +55,6 @@ DEMO = ROOT / "gateway" / "examples" / "demo.toml"
 BASE = "gw/DEMO/dock-1"
 TARGET_RSS_MIB = 56.0
 TARGET_START_S = 1.0
-TICKS = os.sysconf("SC_CLK_TCK")
 
 # The floor: what any MQTT + SQLite bridge on asyncio loads and does before it is online.
 FLOOR = """
@@ -99,38 +99,6 @@ def site_toml(workdir: Path, *, broker: int, readers: tuple[int, int], scale: in
     path = workdir / "site.toml"
     path.write_text(text, "utf-8")
     return path
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants (a worker the process started is its memory too)."""
-    found = [pid]
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                for child in (task / "children").read_text().split():
-                    found += tree(int(child))
-    return found
-
-
-def rss_mib(pid: int) -> float:
-    """VmRSS of `pid` and its descendants, MiB."""
-    total_kib = 0
-    for p in tree(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kib += int(line.split()[1])
-    return total_kib / 1024
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of `pid` and its descendants so far."""
-    ticks = 0
-    for p in tree(pid):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / TICKS
 
 
 @dataclass
@@ -224,9 +192,9 @@ async def one_round(
                 await watch.online.wait()
             await asyncio.sleep(args.idle_s)
             rss = rss_mib(process.pid)
-            before = cpu_s(process.pid)
+            before = cpu_seconds(process.pid, children=True)
             await asyncio.sleep(args.cpu_s)
-            idle_cpu = 100 * (cpu_s(process.pid) - before) / args.cpu_s
+            idle_cpu = 100 * (cpu_seconds(process.pid, children=True) - before) / args.cpu_s
             rss = max(rss, rss_mib(process.pid))
             result = {"online_s": watch.online_at, "rss_mib": rss, "idle_cpu_pct": idle_cpu}
             if kind == "gateway":
