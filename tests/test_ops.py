@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import shutil
 import socket
@@ -16,7 +17,19 @@ import aiohttp
 import pytest
 
 from gateway.config import ConfigError
+from gateway.domain import (
+    DockKind,
+    DockResult,
+    DockTransaction,
+    EvidenceSource,
+    Item,
+    ItemResult,
+    WeightCheck,
+)
 from gateway.health import DeviceState
+from gateway.ops.metrics import GatewayMetrics
+from gateway.wire.outbound import dock_payload
+from gateway.wire.topics import Topics
 from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
 from simulators.scanner import Garbage, ScannerSimulator, Type, shift_script
 from tests.gateway_helpers import LOCATIONS, build, running, site_config, wait_device
@@ -27,8 +40,8 @@ pytestmark = pytest.mark.broker
 PASSWORD = "a long enough secret"
 
 
-def ops_site(tmp_path: Path, port: int, **http: Any) -> dict[str, Any]:
-    raw = site_config(tmp_path, broker_port=port, scanner=tmp_path / "scan0")
+def ops_site(tmp_path: Path, broker_port: int, **http: Any) -> dict[str, Any]:
+    raw = site_config(tmp_path, broker_port=broker_port, scanner=tmp_path / "scan0")
     raw["http"] = {"enabled": True, "port": 0, **http}
     return raw
 
@@ -195,3 +208,69 @@ async def test_systemd_hears_ready_watchdog_status_and_stopping(
     assert heard[0].startswith("READY=1\nSTATUS=")
     assert "STOPPING=1" in heard[-1]
     assert any("broker connected" in m for m in heard)
+
+
+def test_the_exception_codes_counted_are_the_ones_published() -> None:
+    """The metrics count `DockTransaction.exception_codes`; the payload shows the same codes."""
+    at = dt.datetime(2026, 12, 7, 8, tzinfo=dt.UTC)
+    items = tuple(
+        ItemResult(Item(key=f"sscc:{sscc('0614141', n)}", sscc=sscc("0614141", n)), result)
+        for n, result in enumerate(
+            (DockResult.ACCEPTED, DockResult.UNEXPECTED, DockResult.EXPIRED, DockResult.UNEXPECTED)
+        )
+    )
+    tx = DockTransaction(
+        kind=DockKind.RECEIVE,
+        door="D03",
+        reference="ASN-1",
+        items=items,
+        source=EvidenceSource.PORTAL,
+        device="d03-reader",
+        evidence_id="pass-1",
+        started_at=at,
+        occurred_at=at,
+        weight=WeightCheck(
+            expected_kg=500, measured_kg=430, difference_kg=-70, within=False, tolerance_kg=10
+        ),
+    )
+    published = [e["code"] for e in dock_payload(tx, Topics("DC1", "dock-1"))["exceptions"]]
+    assert (
+        tx.exception_codes
+        == published
+        == [
+            "unexpected",
+            "expired",
+            "unexpected",
+            "weight_mismatch",
+        ]
+    )
+    metrics = GatewayMetrics()
+    metrics.committed([tx], [])
+    values = samples(metrics.exposition().decode())
+    assert total(values, "gateway_transaction_exceptions_total", code="unexpected") == 2
+    assert total(values, "gateway_transaction_exceptions_total", code="weight_mismatch") == 1
+    assert total(values, "gateway_transactions_total", type="receive") == 1
+
+
+async def test_a_taken_port_leaves_the_gateway_working_until_it_is_free(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    pallet = sscc("0376123", 5)
+    config = build(ops_site(tmp_path, mosquitto.port, port=port), tmp_path)
+    async with (
+        Collector(mosquitto.port) as collector,
+        ScannerSimulator(tmp_path / "scan0") as sim,
+        running(config) as gateway,
+    ):
+        await wait_device(gateway, "fl-07", DeviceState.CONNECTED)
+        await sim.run([Type(sscc_label(pallet), aim="]C1"), Type("A-01-01")])
+        await collector.wait_for(lambda c: len(c.on("/tx/move")) == 1)
+        assert gateway.ops is not None
+        assert gateway.ops.port is None  # not listening, and still at work
+        squatter.close()
+        assert await listening(gateway) == f"http://127.0.0.1:{port}"
+        assert (await get(f"http://127.0.0.1:{port}/healthz"))[0] == 200

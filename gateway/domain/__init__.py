@@ -93,6 +93,7 @@ from gateway.domain.tasks import (
     WmsTaskMessage,
 )
 from gateway.domain.transactions import (
+    WEIGHT_MISMATCH,
     ClosingKind,
     Direction,
     DockKind,
@@ -118,6 +119,7 @@ __all__ = [
     "STORAGE_KINDS",
     "TX_NAMESPACE",
     "VELOCITY_CLASSES",
+    "WEIGHT_MISMATCH",
     "ActionState",
     "ActionStatus",
     "AnswerResult",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from gateway.domain.ids import deterministic_id, utc_iso
 
@@ -40,6 +41,9 @@ class EvidenceSource(enum.StrEnum):
 
     PORTAL = "portal"
     SCANNER = "scanner"
+
+
+WEIGHT_MISMATCH: Final = "weight_mismatch"  # the exception code of a weight out of tolerance
 
 
 class DockResult(enum.StrEnum):
@@ -219,6 +223,15 @@ class DockTransaction:
         if accepted == len(self.items) and (self.weight is None or self.weight.within):
             return "accepted"
         return "accepted_with_exceptions" if accepted else "rejected"
+
+    @property
+    def exception_codes(self) -> list[str]:
+        """The code of each exception the transaction carries: an item's result other than
+        accepted, and `weight_mismatch` when the pallet's weight is off (as published)."""
+        codes = [r.result.value for r in self.items if r.result is not DockResult.ACCEPTED]
+        if self.weight is not None and not self.weight.within:
+            codes.append(WEIGHT_MISMATCH)
+        return codes
 
     @property
     def accepted_pallets(self) -> list[str]:

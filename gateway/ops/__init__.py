@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from gateway.bridge.mqtt import MqttBridge
 from gateway.config import GatewayConfig
-from gateway.domain import TaskState
 from gateway.health import StatusBoard
 from gateway.inbox import Inbox
 from gateway.ops.systemd import Notifier
@@ -65,9 +63,6 @@ class Operations:
 
         metrics = GatewayMetrics()
 
-        def task_states() -> Iterable[TaskState]:
-            return [] if tasks is None else [t.state for t in tasks.open.values()]
-
         metrics.watch(
             Readings(
                 outbox_depth=lambda: store.depth,
@@ -82,7 +77,7 @@ class Operations:
                 inbox_events=inbox.qsize,
                 inbox_capacity=inbox.maxsize,
                 rules_lag_s=self.rules_lag_s,
-                tasks=task_states if tasks is not None else None,
+                tasks=None if tasks is None else lambda: [t.state for t in tasks.open.values()],
             )
         )
         return metrics

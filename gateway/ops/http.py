@@ -25,6 +25,7 @@ from aiohttp import encode_basic_auth, web
 
 from gateway.config import HttpConfig
 from gateway.ops.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.supervisor import Backoff
 
 __all__ = ["Probes", "serve"]
 
@@ -71,14 +72,32 @@ async def serve(
     *,
     started: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve until cancelled; `started(port)` once listening (port 0 in the config: any)."""
+    """Serve until cancelled; `started(port)` once listening (port 0 in the config: any).
+
+    An address that cannot be bound (the port is taken, the address is not this host's) is
+    logged once and tried again with backoff: the gateway goes on with its work meanwhile,
+    without its endpoint (and /healthz fails for a probe that expects it)."""
+    backoff = Backoff(1.0, 30.0)
+    failing = False
     runner = web.AppRunner(
         application(config, metrics, probes), access_log=None, shutdown_timeout=1.0
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        while True:
+            try:
+                await web.TCPSite(runner, config.host, config.port).start()
+                break
+            except OSError as err:
+                if not failing:
+                    log.error(  # noqa: TRY400 - the reason is the whole story
+                        "http endpoint cannot listen; retrying",
+                        host=config.host,
+                        port=config.port,
+                        error=str(err),
+                    )
+                    failing = True
+                await asyncio.sleep(backoff.next_delay())
         port = runner.addresses[0][1]
         log.info("http endpoint listening", host=config.host, port=port)
         if started is not None:

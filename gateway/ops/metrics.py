@@ -13,7 +13,6 @@ device ids and kinds (from the config), task states. Never an EPC, an SSCC or a 
 
 from __future__ import annotations
 
-import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.domain import (
-    DockResult,
     DockSummary,
     DockTransaction,
     MoveTransaction,
@@ -79,28 +77,25 @@ class GatewayMetrics:
             ["code", "severity"],
             registry=self.registry,
         )
-        self._now: _Now | None = None
 
     def watch(self, readings: Readings) -> None:
         """Read these figures at every scrape (the gateway's parts, once they exist)."""
-        self._now = _Now(readings)
-        self.registry.register(self._now)
+        self.registry.register(_Now(readings))
 
-    def committed(self, decisions: Sequence[object], notices: Sequence[Notice]) -> None:
+    def committed(
+        self,
+        decisions: Sequence[MoveTransaction | DockTransaction | DockSummary],
+        notices: Sequence[Notice],
+    ) -> None:
         """Count what one commit holds: its transactions and the notices it publishes."""
         for d in decisions:
             match d:
                 case DockTransaction():
-                    codes = [r.result.value for r in d.items if r.result is not DockResult.ACCEPTED]
-                    if d.weight is not None and not d.weight.within:
-                        codes.append("weight_mismatch")
-                    self._transaction(d.kind.value, codes)
+                    self._transaction(d.kind.value, d.exception_codes)
                 case MoveTransaction():
                     self._transaction("move", d.exceptions)
                 case DockSummary():  # a closed receipt or shipment (topic receipt, shipment)
                     self.transactions.labels(d.kind.value).inc()
-                case _:
-                    pass
         for notice in notices:
             self.events.labels(notice.code, notice.severity.value).inc()
 
@@ -195,8 +190,3 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, documentation, value=float(value))
-
-
-def monotonic() -> float:
-    """The clock the rules-loop lag is measured on."""
-    return time.monotonic()

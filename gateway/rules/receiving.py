@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.domain import (
+    WEIGHT_MISMATCH,
     Asn,
     AsnLine,
     ClosingKind,
@@ -600,7 +601,7 @@ def _weight_alarm(tx: DockTransaction) -> list[Notice]:
     side = "lighter" if check.difference_kg < 0 else "heavier"
     return [
         _alarm(
-            "weight_mismatch",
+            WEIGHT_MISMATCH,
             f"pallet at {tx.door} weighs {check.measured_kg:.1f} kg, {abs(check.difference_kg):.1f} kg "
             f"{side} than its contents ({check.expected_kg:.1f} kg): possibly short or damaged",
             tx.occurred_at,

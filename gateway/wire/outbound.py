@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 from gateway.domain import (
+    WEIGHT_MISMATCH,
     CloseAnswer,
     DockSummary,
     DockTransaction,
@@ -189,7 +190,7 @@ def _weight_exceptions(tx: DockTransaction) -> list[dict[str, Any]]:
         f"measured {check.measured_kg:.1f} kg, expected {check.expected_kg:.1f}"
         f" ± {check.tolerance_kg:.1f} kg"
     )
-    return [{"code": "weight_mismatch", "item": None, "line": None, "detail": detail}]
+    return [{"code": WEIGHT_MISMATCH, "item": None, "line": None, "detail": detail}]
 
 
 def summary_payload(summary: DockSummary, topics: Topics) -> dict[str, Any]:
