@@ -39,7 +39,7 @@ task back when the lease runs out. With `silent_pause_s` set it comes back after
 
 Ground truth: `FleetController.log` holds an `Outcome` per task attempt; `exchanges` every
 request and its answer (or why there was none); `stray` the answers that matched no waiting
-request. `overlapping_leases(log)` lists attempts that held one task at the same time.
+request (an answer to a request the run stopped waiting for, at its end, is `late`, not stray). `overlapping_leases(log)` lists attempts that held one task at the same time.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ import json
 import logging
 import random
 import uuid
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType, TracebackType
@@ -544,6 +545,8 @@ class FleetController:
         """Every request sent, with its answer or why there was none, in the order they ended."""
         self.stray: list[StrayResponse] = []
         """Answers that matched no waiting request."""
+        self.late: list[StrayResponse] = []
+        """Answers to requests the run was stopped while waiting for."""
         self.connected = False
         self.reconnects = 0
         self.last_error: str | None = None
@@ -558,6 +561,8 @@ class FleetController:
         self._client: aiomqtt.Client | None = None
         self._up = asyncio.Event()
         self._pending: dict[bytes, asyncio.Future[tuple[bytes, dt.datetime]]] = {}
+        # Requests given up when the run stopped (bounded): their answers may still come.
+        self._abandoned: deque[bytes] = deque(maxlen=1024)
         self._link_task: asyncio.Task[None] | None = None
         self._vehicles: dict[str, SimulatedRobot] = {}
         self._attempts = dict.fromkeys(self.robots, 0)
@@ -1069,6 +1074,9 @@ class FleetController:
                 error = f"no answer within {self._request_timeout_s} s"
             except (aiomqtt.MqttError, _LinkLost) as err:
                 error = f"connection lost: {err}"
+            except asyncio.CancelledError:
+                self._abandoned.append(key)  # the run stops: its answer is late, not stray
+                raise
             else:
                 response, problem = _decode(raw)
                 exchange = replace(sent, response=response, answered_at=answered_at, error=problem)
@@ -1144,7 +1152,8 @@ class FleetController:
         future = self._pending.get(key) if key is not None else None
         if future is None or future.done():
             text = key.decode(errors="replace") if key is not None else None
-            self.stray.append(StrayResponse(text, payload, now))
+            late = key is not None and key in self._abandoned
+            (self.late if late else self.stray).append(StrayResponse(text, payload, now))
             return
         future.set_result((payload, now))
 

@@ -89,6 +89,7 @@ class StandIn:
     queue: list[dict[str, Any]]
     refuse: set[str] = field(default_factory=set)
     unanswered: int = 0
+    answer_after_s: float = 0.0  # how long each answer takes
     reoffer: int = 0
     lease_s: float = 60.0
     requests: list[tuple[str, dict[str, Any], bytes]] = field(default_factory=list)
@@ -139,6 +140,7 @@ class StandIn:
         if self.unanswered > 0:
             self.unanswered -= 1
             return
+        await asyncio.sleep(self.answer_after_s)
         now = dt.datetime.now(dt.UTC)
         lease = {"lease_until": iso(now + dt.timedelta(seconds=self.lease_s))}
         if kind == "next":
@@ -609,3 +611,25 @@ async def test_vda5050_faults(mosquitto: Mosquitto) -> None:
     assert by_robot["agv-d"] == [PickConfirmed, ActionFailed, RobotLost]
     [will] = [e for e in events if isinstance(e, RobotLost) and e.robot.serial == "agv-s"]
     assert will.state is ConnectionState.CONNECTIONBROKEN
+
+
+@pytest.mark.broker
+async def test_an_answer_after_the_run_stopped_waiting_is_late_not_stray(
+    mosquitto: Mosquitto,
+) -> None:
+    stopped = asyncio.Event()
+    async with (
+        StandIn(mosquitto.port, [], answer_after_s=0.5) as gateway,
+        FleetController(port=mosquitto.port, fleet_id="fleet-a", robots=["r1"], **FAST) as fleet,
+    ):  # fmt: skip
+        run = asyncio.create_task(fleet.run_until(stopped))
+        async with asyncio.timeout(5):
+            while not gateway.requests:
+                await asyncio.sleep(0.01)
+        stopped.set()  # the robot is waiting for its answer
+        await run
+        async with asyncio.timeout(5):
+            while not fleet.late:
+                await asyncio.sleep(0.02)
+    assert fleet.stray == []
+    assert [r.correlation for r in fleet.late] == [gateway.requests[0][2].decode()]
