@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import signal
 from pathlib import Path
@@ -107,6 +108,55 @@ def demo(
     configure_logging("console", "warning")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_demo(broker=broker, pallets=pallets, pace_s=pace, state_dir=state_dir))
+
+
+@app.command()
+def report(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The site configuration (TOML).")],
+    since: Annotated[
+        dt.datetime,
+        typer.Option(help="First UTC day (or time) to count.", formats=["%Y-%m-%d"]),
+    ],
+    until: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            help="Count up to this UTC day (excluded); default: now.", formats=["%Y-%m-%d"]
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or table.")] = "csv",
+) -> None:
+    """Print what the gateway published per day: transactions, exceptions, events, alarms."""
+    from gateway.config import ConfigError, load_config
+    from gateway.ops.report import per_day, render
+    from gateway.storage import StorageError, Store
+
+    if fmt not in ("csv", "table"):
+        typer.echo(f"error: --format is csv or table, not {fmt!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        site = load_config(config)
+    except ConfigError as err:
+        _print_errors(err.errors)
+        raise typer.Exit(2) from None
+    if not site.storage.path.exists():
+        typer.echo(f"error: no database at {site.storage.path} (storage.path)", err=True)
+        raise typer.Exit(1)
+    start = since.replace(tzinfo=dt.UTC).timestamp()
+    end = (until.replace(tzinfo=dt.UTC) if until else dt.datetime.now(dt.UTC)).timestamp()
+
+    async def read() -> list[tuple[int, str, str, int]]:
+        store = await Store.open(site.storage.path)
+        try:
+            return await store.trends(since=start, until=end)
+        finally:
+            await store.close()
+
+    try:
+        hours = asyncio.run(read())
+    except StorageError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(render(per_day(hours), fmt), nl=False)
 
 
 @app.command()

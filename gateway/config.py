@@ -147,6 +147,9 @@ class StorageConfig(_Model):
     outbox_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     outbox_alarm_ratio: float = Field(default=0.8, gt=0, lt=1)
     commit_batch: int = Field(default=100, ge=1, le=10_000)
+    # Hourly counts of what was published (transactions, exceptions, events) for trends and
+    # `gateway report`: kept this many days, older hours pruned at start.
+    trend_days: int = Field(default=90, ge=1, le=3660)
 
 
 class LoggingConfig(_Model):

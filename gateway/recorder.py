@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -406,6 +407,7 @@ class Recorder:
             if store.fits([*messages, message]):
                 messages.append(message)
                 notices.append(alarm)
+        batch.changes.trends = trend_counts(batch.committed, notices)
         beyond = max(0, len(messages) - store.room())
         if messages or batch.changes:
             await store.commit(messages, batch.changes, over_limit=stopping)
@@ -457,6 +459,34 @@ class Recorder:
                 "bytes_limit": store.max_bytes,
             },
         )
+
+
+def trend_counts(
+    committed: Sequence[MoveTransaction | DockTransaction | DockSummary],
+    notices: Sequence[Notice],
+) -> dict[tuple[int, str, str], int]:
+    """What a commit publishes, per (UTC hour it happened, kind, code): each transaction under
+    code '' and each of its exceptions under its code; each notice under `event` or `alarm`
+    (its topic), with code '' and its own code. Kept in SQLite (`trend_hour`) for the trends."""
+    counts: Counter[tuple[int, str, str]] = Counter()
+
+    def add(at: dt.datetime, kind: str, codes: Sequence[str]) -> None:
+        hour = int(at.timestamp() // 3600)
+        counts[hour, kind, ""] += 1
+        for code in codes:
+            counts[hour, kind, code] += 1
+
+    for d in committed:
+        match d:
+            case DockTransaction():
+                add(d.occurred_at, d.kind.value, d.exception_codes)
+            case MoveTransaction():
+                add(d.confirmed_at, "move", d.exceptions)
+            case DockSummary():
+                add(d.closed_at, d.kind.value, ())
+    for notice in notices:
+        add(notice.at, "alarm" if notice.severity is Severity.ERROR else "event", (notice.code,))
+    return dict(counts)
 
 
 def _ledger_row(entry: LedgerEntry, tx_id: str) -> LedgerRow:

@@ -93,6 +93,14 @@ CREATE TABLE IF NOT EXISTS pallet_location (
 );
 -- Start-up loads the most recently moved pallets only (files of earlier versions get it here).
 CREATE INDEX IF NOT EXISTS pallet_location_updated ON pallet_location (updated_at);
+CREATE TABLE IF NOT EXISTS trend_hour (
+    hour       INTEGER NOT NULL,           -- UTC hour of what happened: epoch s // 3600
+    kind       TEXT NOT NULL,              -- receive, ship, move, receipt, shipment, event, alarm
+    code       TEXT NOT NULL,              -- '': the transactions (or notices) themselves;
+                                           -- else an exception or notice code
+    count      INTEGER NOT NULL,
+    PRIMARY KEY (hour, kind, code)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS company_prefix (
     prefix     TEXT PRIMARY KEY            -- a GS1 company prefix an RFID tag's partition showed
 );
@@ -218,7 +226,8 @@ class StateChanges:
     are now (the last change of a task in the batch wins); `shipped`: pallets (SSCCs) that left
     the building, whose recorded location and lot are forgotten; `lots`: received pallets'
     product, lot and expiry; `moved`: moves of received pallets, for velocity classes;
-    `prefixes`: GS1 company prefixes RFID tags showed (for EPC URIs).
+    `prefixes`: GS1 company prefixes RFID tags showed (for EPC URIs); `trends`: what the batch
+    publishes, counted per (UTC hour, kind, code) (`gateway.recorder.trend_counts`).
     """
 
     moves: list[PalletMove] = field(default_factory=list)
@@ -230,6 +239,7 @@ class StateChanges:
     lots: list[LotRow] = field(default_factory=list)
     moved: list[MovedRow] = field(default_factory=list)
     prefixes: set[str] = field(default_factory=set)
+    trends: dict[tuple[int, str, str], int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return any(
@@ -243,6 +253,7 @@ class StateChanges:
                 self.lots,
                 self.moved,
                 self.prefixes,
+                self.trends,
             )
         )
 
@@ -474,6 +485,11 @@ class Store:
                 "INSERT OR IGNORE INTO company_prefix (prefix) VALUES (?)",
                 [(prefix,) for prefix in sorted(state.prefixes)],
             )
+            db.executemany(
+                "INSERT INTO trend_hour (hour, kind, code, count) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (hour, kind, code) DO UPDATE SET count = count + excluded.count",
+                [(*key, n) for key, n in state.trends.items()],
+            )
             gone = [(sscc,) for sscc in state.shipped]
             db.executemany("DELETE FROM pallet_location WHERE sscc = ?", gone)
             db.executemany("DELETE FROM pallet_lot WHERE sscc = ?", gone)
@@ -703,6 +719,24 @@ class Store:
         await self._transaction(prune, lambda _: None)
         rows = await self._fetch("SELECT gtin, at FROM move_history ORDER BY at")
         return [(str(gtin), float(at)) for gtin, at in rows]
+
+    async def trends(self, *, since: float, until: float) -> list[tuple[int, str, str, int]]:
+        """The hourly counts from `since` to before `until` (epoch s): (hour, kind, code, n)."""
+        rows = await self._fetch(
+            "SELECT hour, kind, code, count FROM trend_hour WHERE hour >= ? AND hour < ?"
+            " ORDER BY hour, kind, code",
+            (int(since // 3600), int(-(-until // 3600))),
+        )
+        return [(int(h), str(k), str(c), int(n)) for h, k, c, n in rows]
+
+    async def prune_trends(self, *, before: float) -> int:
+        """Forget the hourly counts of hours that ended before `before` (epoch s)."""
+
+        def body(db: sqlite3.Connection) -> int:
+            cursor = db.execute("DELETE FROM trend_hour WHERE hour < ?", (int(before // 3600),))
+            return cursor.rowcount
+
+        return await self._transaction(body, lambda _: None)
 
     async def prune_agv_tasks(self, *, older_than_s: float) -> int:
         """Forget finished AGV tasks last changed more than `older_than_s` ago."""

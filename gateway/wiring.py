@@ -78,6 +78,9 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
     )
     if pruned:
         log.info("pruned old receipts and shipments from the ledger", items=pruned)
+    hours = await store.prune_trends(before=clock().timestamp() - config.storage.trend_days * 86400)
+    if hours:
+        log.info("pruned old hourly counts", rows=hours)
     move_config = config.rules.move
     stock_cap = config.agv.stock_max_pallets if config.agv.enabled else 0
     # One read serves both: the forklift rule's cache and the AGV stock, each the most recent.
