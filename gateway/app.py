@@ -32,6 +32,7 @@ from gateway.drivers.registry import DRIVERS
 from gateway.health import StatusBoard
 from gateway.inbox import Inbox
 from gateway.ops import Operations
+from gateway.ops.state import LiveState
 from gateway.recorder import Recorder
 from gateway.runner import RulesRunner
 from gateway.storage import Store
@@ -73,6 +74,7 @@ class Gateway:
         self.recorder: Recorder | None = None
         self.runner: RulesRunner | None = None
         self.ops: Operations | None = None
+        self.live: LiveState | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order."""
@@ -144,6 +146,19 @@ class Gateway:
                 not_taken=routes.forget_reference,  # taken when it comes again, with room
             )
             self.bridge, self.recorder, self.runner = bridge, recorder, runner
+            live: LiveState | None = None
+            if config.state.enabled:
+                live = LiveState(
+                    self.topics,
+                    engine,
+                    self.board,
+                    self.clock,
+                    max_pallets=config.state.max_pallets,
+                )
+                await live.load(store)
+                recorder.on_state = live.committed
+                bridge.state = live
+            self.live = live
             ops = Operations(
                 config,
                 store=store,
@@ -171,6 +186,7 @@ class Gateway:
                 bridge_task = tg.create_task(bridge.run(), name="bridge")
                 rules_task = tg.create_task(runner.run(), name="rules")
                 ops_task = tg.create_task(ops.run(), name="ops")
+                live_task = tg.create_task(live.run(), name="state") if live else None
                 drivers = [
                     tg.create_task(self._supervised(device_id), name=f"device.{device_id}")
                     for device_id in self.drivers
@@ -190,6 +206,8 @@ class Gateway:
                     bridge_task.cancel()
                 rules_task.cancel()
                 ops_task.cancel()
+                if live_task is not None:
+                    live_task.cancel()
         finally:
             await store.close()
         log.info("gateway stopped", outbox_depth=store.depth)

@@ -648,6 +648,14 @@ class RefDataConfig(_Model):
         return {kind: getattr(self, kind) for kind in REFDATA_DEFAULTS}
 
 
+class StateConfig(_Model):
+    """The live state on retained topics `gw/{site}/{gateway}/state/...` (gateway.ops.state)."""
+
+    enabled: bool = True
+    # The most pallets whose location is loaded at start (the most recently moved).
+    max_pallets: int = Field(default=200_000, ge=1)
+
+
 class HttpConfig(_Model):
     """The HTTP endpoint: /metrics (Prometheus), /healthz and /readyz (gateway.ops.http)."""
 
@@ -691,6 +699,7 @@ class GatewayConfig(_Model):
     agv: AgvConfig = AgvConfig()
     refdata: RefDataConfig = RefDataConfig()
     http: HttpConfig = HttpConfig()
+    state: StateConfig = StateConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

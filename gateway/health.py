@@ -177,6 +177,7 @@ class StatusBoard:
         self._dirty: set[str] = set()
         self._changed = asyncio.Event()
         self._published_counts: dict[str, dict[str, int]] = {}
+        self.on_change: Callable[[], None] | None = None  # a transition or a new last error
 
     def add(self, device_id: str, kind: str) -> DeviceHealth:
         """Register a device and return its health record."""
@@ -208,3 +209,5 @@ class StatusBoard:
     def _mark(self, device_id: str) -> None:
         self._dirty.add(device_id)
         self._changed.set()
+        if self.on_change is not None:
+            self.on_change()

@@ -74,6 +74,7 @@ from gateway.wire.outbound import (
     task_event_payload,
 )
 from gateway.wire.refdata import to_json
+from gateway.wire.state import recent_entry
 from gateway.wire.topics import Topics
 
 log = structlog.get_logger("gateway.recorder")
@@ -152,6 +153,13 @@ class Recorder:
             ]
             | None
         ) = None
+        # After each commit: what it changed (the live state).
+        self.on_state: (
+            Callable[
+                [StateChanges, Sequence[MoveTransaction | DockTransaction | DockSummary]], None
+            ]
+            | None
+        ) = None
         self.notices_dropped = 0
         self.passes_seen = 0
         self._late: list[Notice] = []  # notices made between batches, committed with the next
@@ -208,6 +216,8 @@ class Recorder:
             break
         if self.on_committed is not None:
             self.on_committed(batch.committed, notices)
+        if self.on_state is not None:
+            self.on_state(batch.changes, batch.committed)
         if self.publisher is not None:
             for reply in batch.replies:
                 self.publisher.reply(reply.to, reply.answer)
@@ -319,17 +329,17 @@ class Recorder:
         batch.messages.append(OutboxMessage(tx.tx_id, self._topics.tx(tx.kind), encode(payload)))
         batch.messages.extend(self._epcis_of(tx, tx.occurred_at))
         state.ledger.extend(_ledger_row(e, tx.tx_id) for e in ledger_entries(tx))
+        state.recent.append((tx.door, json.dumps(recent_entry(tx))))
         batch.committed.append(tx)
-        if not self._agv:
-            return
-        # The stock after a restart: a received pallet is at the door until it is put away; a
-        # shipped one is gone.
+        # Where pallets are (the live state, forklift moves, the AGV stock after a restart): a
+        # received pallet is at the door until it is moved; a shipped one is gone.
         if tx.kind == DockKind.RECEIVE:
             state.moves.extend(PalletMove(sscc, tx.door, tx.tx_id) for sscc in tx.accepted_pallets)
-            state.lots.extend(
-                LotRow(sscc, lot.gtin, lot.lot, lot.expiry.isoformat() if lot.expiry else None)
-                for sscc, lot in received_lots(tx)
-            )
+            if self._agv:
+                state.lots.extend(
+                    LotRow(sscc, lot.gtin, lot.lot, lot.expiry.isoformat() if lot.expiry else None)
+                    for sscc, lot in received_lots(tx)
+                )
         else:
             state.shipped.extend(tx.accepted_pallets)
 

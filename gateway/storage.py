@@ -22,7 +22,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +124,22 @@ CREATE TABLE IF NOT EXISTS agv_task (
 );
 CREATE INDEX IF NOT EXISTS agv_task_finished ON agv_task (updated_at)
     WHERE state IN ('done', 'failed', 'cancelled');
+-- The last transactions at each door, for its live state (`gateway.ops.state`).
+CREATE TABLE IF NOT EXISTS door_recent (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    door       TEXT NOT NULL,
+    body       TEXT NOT NULL               -- JSON (gateway.wire.state.recent_entry)
+);
+CREATE INDEX IF NOT EXISTS door_recent_door ON door_recent (door, seq);
+-- Retained state topics the gateway may have published (written before it publishes one,
+-- deleted once the broker acknowledged its clearing): what to clear after a restart.
+CREATE TABLE IF NOT EXISTS state_topic (
+    topic      TEXT PRIMARY KEY
+) WITHOUT ROWID;
 """
+
+RECENT_PER_DOOR = 10
+"""Transactions kept per door in `door_recent`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +242,8 @@ class StateChanges:
     the building, whose recorded location and lot are forgotten; `lots`: received pallets'
     product, lot and expiry; `moved`: moves of received pallets, for velocity classes;
     `prefixes`: GS1 company prefixes RFID tags showed (for EPC URIs); `trends`: what the batch
-    publishes, counted per (UTC hour, kind, code) (`gateway.recorder.trend_counts`).
+    publishes, counted per (UTC hour, kind, code) (`gateway.recorder.trend_counts`); `recent`:
+    (door, JSON) of each dock transaction, the last `RECENT_PER_DOOR` of a door kept.
     """
 
     moves: list[PalletMove] = field(default_factory=list)
@@ -240,6 +256,7 @@ class StateChanges:
     moved: list[MovedRow] = field(default_factory=list)
     prefixes: set[str] = field(default_factory=set)
     trends: dict[tuple[int, str, str], int] = field(default_factory=dict)
+    recent: list[tuple[str, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any(
@@ -254,6 +271,7 @@ class StateChanges:
                 self.moved,
                 self.prefixes,
                 self.trends,
+                self.recent,
             )
         )
 
@@ -490,6 +508,13 @@ class Store:
                 " ON CONFLICT (hour, kind, code) DO UPDATE SET count = count + excluded.count",
                 [(*key, n) for key, n in state.trends.items()],
             )
+            db.executemany("INSERT INTO door_recent (door, body) VALUES (?, ?)", state.recent)
+            for door in {door for door, _ in state.recent}:
+                db.execute(
+                    "DELETE FROM door_recent WHERE door = ? AND seq NOT IN"
+                    " (SELECT seq FROM door_recent WHERE door = ? ORDER BY seq DESC LIMIT ?)",
+                    (door, door, RECENT_PER_DOOR),
+                )
             gone = [(sscc,) for sscc in state.shipped]
             db.executemany("DELETE FROM pallet_location WHERE sscc = ?", gone)
             db.executemany("DELETE FROM pallet_lot WHERE sscc = ?", gone)
@@ -728,6 +753,36 @@ class Store:
             (int(since // 3600), int(-(-until // 3600))),
         )
         return [(int(h), str(k), str(c), int(n)) for h, k, c, n in rows]
+
+    async def door_recent(self) -> dict[str, list[str]]:
+        """The last transactions kept per door (JSON), oldest first."""
+        rows = await self._fetch("SELECT door, body FROM door_recent ORDER BY seq")
+        out: dict[str, list[str]] = {}
+        for door, body in rows:
+            out.setdefault(str(door), []).append(str(body))
+        return out
+
+    async def state_topics(self) -> set[str]:
+        """The retained state topics the gateway may have published and not cleared."""
+        return {str(topic) for (topic,) in await self._fetch("SELECT topic FROM state_topic")}
+
+    async def add_state_topics(self, topics: Iterable[str]) -> None:
+        """Note topics about to be published retained (before publishing them)."""
+        rows = [(t,) for t in topics]
+
+        def body(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR IGNORE INTO state_topic (topic) VALUES (?)", rows)
+
+        await self._transaction(body, lambda _: None)
+
+    async def forget_state_topics(self, topics: Iterable[str]) -> None:
+        """Forget topics whose clearing (an empty retained message) the broker acknowledged."""
+        rows = [(t,) for t in topics]
+
+        def body(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM state_topic WHERE topic = ?", rows)
+
+        await self._transaction(body, lambda _: None)
 
     async def prune_trends(self, *, before: float) -> int:
         """Forget the hourly counts of hours that ended before `before` (epoch s)."""

@@ -33,6 +33,7 @@ async def test_refused_publish_is_kept_retried_and_does_not_hold_up_the_rest(
     acl.write_text(
         "user gw\ntopic write gw/DC1/dock-1/status\ntopic write gw/DC1/dock-1/device/#\n"
         "topic write gw/DC1/dock-1/event\ntopic write gw/DC1/dock-1/alarm\n"
+        "topic write gw/DC1/dock-1/state/#\n"
         "user wms\ntopic read gw/#\n"
     )
     broker = Mosquitto(

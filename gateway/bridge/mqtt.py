@@ -24,9 +24,9 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -85,6 +85,21 @@ REFUSED_RETRY_MAX_S = 300.0
 RETRY_SWEEP_S = 1.0
 # While the outbox's figures change, the gateway status is republished at most this often.
 STATUS_REFRESH_S = 10.0
+
+
+# Retained state topics published at once (each waits for its PUBACK; all of a window together).
+STATE_WINDOW = 100
+
+
+class StateFeed(Protocol):
+    """The live state's retained topics (`gateway.ops.state.LiveState`)."""
+
+    known: set[str]
+    refused: int
+
+    def resend_all(self) -> None: ...
+    async def take(self, most: int) -> list[tuple[str, bytes]]: ...
+    def put_back(self, items: Sequence[tuple[str, bytes]]) -> None: ...
 
 
 class PublishRefused(Exception):
@@ -449,6 +464,7 @@ class MqttBridge:
         self._decoding = DecodePool()
         self._refusals_logged: set[str] = set()  # reasons a reply topic was refused, logged once
         self.statuses_pending = True
+        self.state: StateFeed | None = None  # the live state topics (None: not published)
         # Debug output: newest first to go when more comes than the rate allows.
         self._debug: deque[tuple[str, bytes]] = deque(maxlen=DEBUG_BACKLOG)
         self._debug_ready = asyncio.Event()
@@ -610,6 +626,7 @@ class MqttBridge:
                 tg.create_task(self._subscribe(client), name="bridge.subscribe"),
                 tg.create_task(self._publish_responses(client), name="bridge.responses"),
                 tg.create_task(self._publish_statuses(client), name="bridge.statuses"),
+                tg.create_task(self._publish_state(client), name="bridge.state"),
                 tg.create_task(self._relay(client), name="bridge.relay"),
                 tg.create_task(self._retry_refused(client), name="bridge.retries"),
                 tg.create_task(self._refresh_status(client), name="bridge.status"),
@@ -780,6 +797,64 @@ class MqttBridge:
                     qos=1,
                     retain=True,
                 )
+
+    async def _publish_state(self, client: _Client) -> None:
+        """The live state's retained topics: all of them at each connection, then each change.
+        A topic is noted in SQLite before its first publish (so that it is cleared once its
+        thing is gone, also after a restart) and forgotten once its clearing is acknowledged."""
+        state = self.state
+        if state is None:
+            return
+        state.resend_all()
+        while True:
+            window = await state.take(STATE_WINDOW)
+            new = [topic for topic, payload in window if payload and topic not in state.known]
+            try:
+                if new:
+                    await self._store.add_state_topics(new)
+                    state.known.update(new)
+            except StorageError as err:  # not published unnoted: tried again in a second
+                state.put_back(window)
+                log.error("cannot note state topics; retrying", error=str(err))  # noqa: TRY400
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                results = await asyncio.gather(
+                    *(
+                        client.publish_acked(topic, payload, qos=1, retain=True)
+                        for topic, payload in window
+                    ),
+                    return_exceptions=True,
+                )
+            except BaseException:
+                state.put_back(window)
+                raise
+            lost = [
+                item
+                for item, result in zip(window, results, strict=True)
+                if isinstance(result, BaseException) and not isinstance(result, PublishRefused)
+            ]
+            if lost:  # the link dropped: the rest go at the next connection
+                state.put_back(lost)
+                raise next(r for r in results if isinstance(r, BaseException))
+            for result in results:
+                if isinstance(result, PublishRefused):
+                    state.refused += 1
+                    self._log_refused_once(result)
+            cleared = [topic for topic, payload in window if not payload]
+            if cleared:
+                with contextlib.suppress(StorageError):  # cleared again after a restart
+                    await self._store.forget_state_topics(cleared)
+                    state.known.difference_update(cleared)
+
+    def _log_refused_once(self, err: PublishRefused) -> None:
+        """One alarm for the whole state tree (an ACL that predates it refuses every topic)."""
+        tree = self._topics.state("#", "").removesuffix("/")
+        if tree not in self._refused_topics:
+            self._refused_topics.add(tree)
+            log.error("broker refused a state topic", topic=err.topic, reason=err.reason)
+            if self._on_refused is not None:
+                self._on_refused(tree, err.reason)
 
     async def _refresh_status(self, client: _Client) -> None:
         """Republish the online status when the outbox's alarm state flips, or every refresh

@@ -73,6 +73,7 @@ from gateway.domain.robots import (
     RobotConnection,
     RobotError,
     RobotId,
+    RobotPosition,
     RobotState,
 )
 from gateway.domain.tasks import (
@@ -97,6 +98,7 @@ from gateway.domain.transactions import (
     ClosingKind,
     Direction,
     DockKind,
+    DockProgress,
     DockResult,
     DockSummary,
     DockTransaction,
@@ -135,6 +137,7 @@ __all__ = [
     "Direction",
     "DockDoor",
     "DockKind",
+    "DockProgress",
     "DockResult",
     "DockSummary",
     "DockTransaction",
@@ -169,6 +172,7 @@ __all__ = [
     "RobotConnection",
     "RobotError",
     "RobotId",
+    "RobotPosition",
     "RobotReport",
     "RobotState",
     "Scan",

@@ -112,3 +112,14 @@ class RobotConnection:
     @property
     def robot(self) -> RobotId:
         return RobotId(self.manufacturer, self.serial)
+
+
+@dataclass(frozen=True, slots=True)
+class RobotPosition:
+    """Where a robot last reported itself: its last node, that node's location (None: not
+    mapped), and the state message that first put it there."""
+
+    node_id: str
+    location: str | None
+    since: dt.datetime
+    lost: bool = False

@@ -282,6 +282,25 @@ class DockSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class DockProgress:
+    """A receipt or shipment open at a door, as far as it got (the live state of the door).
+
+    `under_way`: something was received or loaded already; otherwise it is the one the door's
+    next pass would open. Ship orders list their pallets as a count (`pallets_expected`,
+    `pallets_done`), not one line each.
+    """
+
+    kind: DockKind
+    reference: str
+    door: str
+    lines: tuple[LineSummary, ...]
+    under_way: bool
+    last_activity: dt.datetime | None = None
+    pallets_expected: int = 0
+    pallets_done: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """An item recorded by a transaction (stored by the app, reloaded at start)."""
 

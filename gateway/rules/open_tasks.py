@@ -118,6 +118,15 @@ class OpenTasks(Mapping[str, Task]):
         ]
         return min(held, key=lambda t: self._order[t.task_id], default=None)
 
+    def holders(self) -> dict[str, Task]:
+        """The task each robot holds (the first stored, if ever more than one), by robot."""
+        out: dict[str, Task] = {}
+        for robot, held in self._by_robot.items():
+            tasks = [self._tasks[i] for i in held]
+            if tasks:
+                out[robot] = min(tasks, key=lambda t: self._order[t.task_id])
+        return out
+
     def reserved(self) -> dict[str, int]:
         """Pallets on their way to each destination: one per open task."""
         return dict(self._reserved)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from gateway.domain import (
@@ -23,6 +23,7 @@ from gateway.domain import (
     ClosingKind,
     Direction,
     DockKind,
+    DockProgress,
     DockResult,
     DockSummary,
     DockTransaction,
@@ -252,6 +253,41 @@ class DockRules:
                 self._closed.add(reference)
                 out.append(self._summary(kind, progress, now, "idle"))
         return out
+
+    def at_door(self, door: str, at: dt.datetime) -> list[DockProgress]:
+        """What is open at `door` at `at`: the receipt and the shipment its next pass or scan
+        would count against (one under way first), with their progress. No change is made."""
+        out: list[DockProgress] = []
+        asn = self._open_asn(door, at)
+        if asn is not None:
+            progress = self._open.get((DockKind.RECEIVE, asn.asn_id))
+            out.append(self._progress_of(DockKind.RECEIVE, asn.asn_id, door, progress))
+        order = self._open_order(door)
+        if order is not None:
+            progress = self._open.get((DockKind.SHIP, order.order_id))
+            out.append(self._progress_of(DockKind.SHIP, order.order_id, door, progress))
+        return out
+
+    def _progress_of(
+        self, kind: DockKind, reference: str, door: str, progress: _Open | None
+    ) -> DockProgress:
+        current = progress or _Open(reference, door)
+        pallets_expected = pallets_done = 0
+        if kind == DockKind.SHIP:
+            order = self.orders[reference]
+            pallets_expected = len(order.pallets)
+            pallets_done = len(current.pallets)
+        return DockProgress(
+            kind,
+            reference,
+            door,
+            tuple(self._lines(kind, current, pallets=False)),
+            under_way=progress is not None
+            and bool(progress.done or progress.over or progress.pallets),
+            last_activity=current.last_activity,
+            pallets_expected=pallets_expected,
+            pallets_done=pallets_done,
+        )
 
     def is_closed(self, reference: str) -> bool:
         """Whether a receipt or shipment was closed."""
@@ -515,47 +551,44 @@ class DockRules:
     def _summary(
         self, kind: DockKind, progress: _Open, at: dt.datetime, reason: str
     ) -> DockSummary:
-        lines: list[LineSummary] = []
-        door = progress.door
-        if kind == DockKind.RECEIVE:
-            asn = self.asns.get(progress.reference)
-            door = asn.door if asn else door
-            for line in asn.lines if asn else ():
-                lines.append(
-                    LineSummary(
-                        line.line,
-                        _what(line),
-                        line.quantity,
-                        progress.done.get(line.line, 0),
-                        progress.over.get(line.line, 0),
-                    )
-                )
-        else:
-            order = self.orders.get(progress.reference)
-            door = order.door if order else door
-            if order:
-                for n, sscc in enumerate(order.pallets, start=1):
-                    lines.append(
-                        LineSummary(-n, f"sscc:{sscc}", 1, int(sscc in progress.pallets), 0)
-                    )
-                for ship_line in order.lines:
-                    lines.append(
-                        LineSummary(
-                            ship_line.line,
-                            f"gtin:{ship_line.gtin}",
-                            ship_line.quantity,
-                            progress.done.get(ship_line.line, 0),
-                            progress.over.get(ship_line.line, 0),
-                        )
-                    )
+        plan = (self.asns if kind == DockKind.RECEIVE else self.orders).get(progress.reference)
         return DockSummary(
             ClosingKind.RECEIPT if kind == DockKind.RECEIVE else ClosingKind.SHIPMENT,
             progress.reference,
-            door,
-            tuple(lines),
+            plan.door if plan else progress.door,
+            tuple(self._lines(kind, progress, pallets=True)),
             at,
             reason,
         )
+
+    def _lines(self, kind: DockKind, progress: _Open, *, pallets: bool) -> Iterator[LineSummary]:
+        """Per line of the plan: expected, done, over (a ship order's pallets first, as lines
+        numbered -1, -2, ... when `pallets`)."""
+        if kind == DockKind.RECEIVE:
+            asn = self.asns.get(progress.reference)
+            for line in asn.lines if asn else ():
+                yield LineSummary(
+                    line.line,
+                    _what(line),
+                    line.quantity,
+                    progress.done.get(line.line, 0),
+                    progress.over.get(line.line, 0),
+                )
+            return
+        order = self.orders.get(progress.reference)
+        if order is None:
+            return
+        if pallets:
+            for n, sscc in enumerate(order.pallets, start=1):
+                yield LineSummary(-n, f"sscc:{sscc}", 1, int(sscc in progress.pallets), 0)
+        for ship_line in order.lines:
+            yield LineSummary(
+                ship_line.line,
+                f"gtin:{ship_line.gtin}",
+                ship_line.quantity,
+                progress.done.get(ship_line.line, 0),
+                progress.over.get(ship_line.line, 0),
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ others; at most `max_robots` robots (the one heard from least recently is forgot
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -69,6 +70,7 @@ from gateway.domain import (
     RobotConnection,
     RobotError,
     RobotId,
+    RobotPosition,
     RobotState,
 )
 
@@ -193,6 +195,7 @@ class _Robot:
     lost: bool = False
     tracked: dict[str, _Tracked] = field(default_factory=dict)
     done: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    position: RobotPosition | None = None  # the last node the robot reported, since when
 
 
 class RobotObserver:
@@ -255,6 +258,15 @@ class RobotObserver:
         known = self._robots.get(robot)
         return known is not None and known.lost
 
+    def positions(self) -> dict[str, RobotPosition]:
+        """Each robot's last reported node, by serial number (robots not reporting a node are
+        left out); `lost` from its last connection message."""
+        return {
+            robot_id.serial: dataclasses.replace(robot.position, lost=robot.lost)
+            for robot_id, robot in self._robots.items()
+            if robot.position is not None
+        }
+
     @property
     def robots(self) -> tuple[RobotId, ...]:
         """The robots remembered, least recently heard from first."""
@@ -288,6 +300,12 @@ class RobotObserver:
             return ()
         robot.state_mark = _Mark(state.header_id, state.timestamp)
         previous_loads, robot.loads = robot.loads, state.loads
+        if state.last_node_id and (
+            robot.position is None or robot.position.node_id != state.last_node_id
+        ):
+            robot.position = RobotPosition(
+                state.last_node_id, self._locations.get(state.last_node_id), state.timestamp
+            )
         events: list[RobotEvent] = []
         present: set[str] = set()
         for action in state.action_states:

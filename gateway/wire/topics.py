@@ -175,6 +175,10 @@ class Topics:
         """Retained status of one device."""
         return f"{self.base}/device/{device_id}/status"
 
+    def state(self, kind: str, key: str) -> str:
+        """Retained live state of one door, location, robot or device."""
+        return f"{self.base}/state/{kind}/{key}"
+
     def tx(self, kind: str) -> str:
         """Transactions of one kind: receive, ship or move."""
         return f"{self.base}/tx/{kind}"
