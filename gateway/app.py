@@ -75,6 +75,7 @@ class Gateway:
         self.runner: RulesRunner | None = None
         self.ops: Operations | None = None
         self.live: LiveState | None = None
+        self.http_listening = asyncio.Event()  # the HTTP endpoint listens (on `ops.port`)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order."""
@@ -168,6 +169,10 @@ class Gateway:
                 runner=runner,
                 recorder=recorder,
                 tasks=board,
+                live=live,
+                clock=self.clock,
+                version=__version__,
+                listening=self.http_listening,
             )
             self.ops = ops
             # What start-up made (modules, schemas, the state loaded from SQLite) lives as long

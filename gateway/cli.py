@@ -90,6 +90,17 @@ def demo(
         Path | None,
         typer.Option(help="Where the demo keeps its SQLite file (a temporary folder by default)."),
     ] = None,
+    pallet_every: Annotated[
+        float,
+        typer.Option(help="Seconds between pallets through the RFID doors.", min=1.0),
+    ] = 8.0,
+    http_port: Annotated[
+        int,
+        typer.Option(help="The status page's port on localhost (taken: any free one).", max=65535),
+    ] = 9108,
+    browser: Annotated[
+        bool, typer.Option(help="Open the status page in a web browser, when there is a screen.")
+    ] = True,
 ) -> None:
     """Run the gateway with a simulated forklift scanner and an embedded broker; Ctrl-C stops."""
     try:
@@ -107,7 +118,17 @@ def demo(
     gc.enable()
     configure_logging("console", "warning")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_demo(broker=broker, pallets=pallets, pace_s=pace, state_dir=state_dir))
+        asyncio.run(
+            run_demo(
+                broker=broker,
+                pallets=pallets,
+                pace_s=pace,
+                state_dir=state_dir,
+                http_port=http_port,
+                browser=browser,
+                pallet_every_s=pallet_every,
+            )
+        )
 
 
 @app.command()

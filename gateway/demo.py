@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import signal
 import socket
+import sys
 import tempfile
 import tomllib
+import webbrowser
 from collections.abc import AsyncIterator, Coroutine
 from importlib import resources
 from pathlib import Path
@@ -41,14 +44,21 @@ LOCATIONS = [
 
 
 async def run_demo(
-    *, broker: str | None, pallets: int, pace_s: float, state_dir: Path | None
+    *,
+    broker: str | None,
+    pallets: int,
+    pace_s: float,
+    state_dir: Path | None,
+    http_port: int = 9108,
+    browser: bool = False,
+    pallet_every_s: float = 8.0,
 ) -> None:
-    """Run the demo until Ctrl-C."""
+    """Run the demo until Ctrl-C; the status page on `http_port` (taken: any free port)."""
     with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
         workdir = state_dir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         # Two dock doors: trucks unloaded at D03 against ASNs, loaded at D05 against orders.
-        trucks, products = dock_day(40, pallet_every_s=8.0)
+        trucks, products = dock_day(40, pallet_every_s=pallet_every_s)
         receiving = Scenario(
             pallets=[p for t in trucks if t.direction == "inbound" for p in t.pallets], door="D03"
         )
@@ -72,6 +82,7 @@ async def run_demo(
                 protocol=protocol,
                 reader_ports=(d03.port, d05.port),
                 scale_port=scale.port,
+                http_port=http_port if _free(http_port) else 0,
             )
             _banner(config, embedded=broker is None)
             inbound = [t for t in trucks if t.direction == "inbound"]
@@ -81,7 +92,12 @@ async def run_demo(
                 _fleet(config),
             ]
             await _run(
-                config, workdir / "scanner-fl-07", pallets=pallets, pace_s=pace_s, extra=background
+                config,
+                workdir / "scanner-fl-07",
+                pallets=pallets,
+                pace_s=pace_s,
+                extra=background,
+                browser=browser,
             )
 
 
@@ -93,8 +109,10 @@ def demo_config(
     protocol: str,
     reader_ports: tuple[int, int] = (5084, 5085),
     scale_port: int = 502,
+    http_port: int | None = None,
 ) -> GatewayConfig:
-    """The shipped demo configuration, pointed at this run's broker, devices and folder."""
+    """The shipped demo configuration, pointed at this run's broker, devices and folder; with
+    `http_port`, the status page and metrics on localhost (0: any free port)."""
     example = resources.files("gateway").joinpath("examples/demo.toml")
     raw: dict[str, Any] = tomllib.loads(example.read_text("utf-8"))
     raw["broker"].update(host=host, port=port, protocol=protocol)
@@ -103,7 +121,19 @@ def demo_config(
     raw["devices"][1]["transport"]["port"] = reader_ports[0]
     raw["devices"][2]["transport"]["port"] = reader_ports[1]
     raw["devices"][3]["transport"]["port"] = scale_port
+    if http_port is not None:
+        raw["http"] = {"enabled": True, "host": "127.0.0.1", "port": http_port}
     return parse_config(raw, Path(str(example)))
+
+
+def _free(port: int) -> bool:
+    """Whether `port` can be listened on at localhost now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @contextlib.asynccontextmanager
@@ -137,6 +167,7 @@ async def _run(
     pallets: int,
     pace_s: float,
     extra: list[Coroutine[Any, Any, None]],
+    browser: bool = False,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -149,10 +180,24 @@ async def _run(
         run = tg.create_task(gateway.run(stop), name="demo.gateway")
         shifts = tg.create_task(_shifts(gateway, scanner, pallets, pace_s), name="demo.shifts")
         others = [tg.create_task(c, name="demo.background") for c in extra]
+        others.append(tg.create_task(_status_page(gateway, browser), name="demo.page"))
         await run
         for task in (shifts, view, *others):
             task.cancel()
     typer.echo("demo stopped")
+
+
+async def _status_page(gateway: Gateway, browser: bool) -> None:
+    """Print the status page's address once it listens; open it where there is a screen."""
+    await gateway.http_listening.wait()
+    assert gateway.ops is not None
+    url = f"http://127.0.0.1:{gateway.ops.port}/"
+    typer.echo(typer.style(f"Status page: {url}", bold=True) + " (doors, devices, alarms, charts)")
+    screen = sys.platform in ("darwin", "win32") or any(
+        os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY")
+    )
+    if browser and screen:
+        await asyncio.to_thread(webbrowser.open, url)
 
 
 async def _wms(

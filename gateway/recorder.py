@@ -476,7 +476,8 @@ def trend_counts(
     notices: Sequence[Notice],
 ) -> dict[tuple[int, str, str], int]:
     """What a commit publishes, per (UTC hour it happened, kind, code): each transaction under
-    code '' and each of its exceptions under its code; each notice under `event` or `alarm`
+    code '' and each of its exceptions under its code (a closed receipt or shipment: each line
+    short under `short`, each line over under `over`); each notice under `event` or `alarm`
     (its topic), with code '' and its own code. Kept in SQLite (`trend_hour`) for the trends."""
     counts: Counter[tuple[int, str, str]] = Counter()
 
@@ -492,8 +493,17 @@ def trend_counts(
                 add(d.occurred_at, d.kind.value, d.exception_codes)
             case MoveTransaction():
                 add(d.confirmed_at, "move", d.exceptions)
-            case DockSummary():
-                add(d.closed_at, d.kind.value, ())
+            case DockSummary():  # lines short or over at the close
+                add(
+                    d.closed_at,
+                    d.kind.value,
+                    [
+                        c
+                        for line in d.lines
+                        for c, n in (("short", line.short), ("over", line.over))
+                        if n
+                    ],
+                )
     for notice in notices:
         add(notice.at, "alarm" if notice.severity is Severity.ERROR else "event", (notice.code,))
     return dict(counts)

@@ -6,6 +6,9 @@
   a hang); 503 otherwise. For a container runtime's liveness probe.
 - `GET /readyz`: 200 when the broker is connected, the outbox is below its alarm level and the
   storage takes commits; 503 with the reasons otherwise. For a load balancer or a monitor.
+- `GET /`: the status page (`static/index.html`, charts by the vendored uPlot); it reads
+  `GET /api/status` once and then follows `GET /events` (server-sent events: the same
+  document whenever it changed, at most every `PUSH_MIN_S`).
 
 Read-only. Bound to localhost by default; any other address needs `[http] password` (HTTP
 basic auth, user `gateway`), which the config checks. It runs in the gateway's TaskGroup and
@@ -15,10 +18,13 @@ stops with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import encode_basic_auth, web
@@ -31,6 +37,11 @@ __all__ = ["Probes", "serve"]
 
 log = structlog.get_logger("gateway.ops")
 USER = "gateway"
+STATIC = Path(__file__).parent / "static"
+PUSH_MIN_S = 0.25
+"""The status page is sent a new document at most this often."""
+PUSH_CHECK_S = 1.0
+"""...and checked for one this often when the live state did not change (read rates, outbox)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +51,8 @@ class Probes:
     alive: Callable[[], str | None]  # None: alive; else why not
     not_ready: Callable[[], list[str]]  # why the gateway is not ready (empty: ready)
     before_scrape: Callable[[], Awaitable[None]]  # refresh what needs the database
+    document: Callable[[], Awaitable[dict[str, Any]]]  # what the status page shows
+    wait_changed: Callable[[int, float], Awaitable[int]]  # (seen version, timeout) -> version
 
 
 def application(config: HttpConfig, metrics: GatewayMetrics, probes: Probes) -> web.Application:
@@ -59,9 +72,35 @@ def application(config: HttpConfig, metrics: GatewayMetrics, probes: Probes) -> 
         reasons = probes.not_ready()
         return _status(not reasons, reasons)
 
+    async def index(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html", headers=NO_CACHE)
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(await probes.document(), headers=NO_CACHE)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", **NO_CACHE, "X-Accel-Buffering": "no"}
+        )
+        await response.prepare(request)
+        sent, seen = "", -1
+        with contextlib.suppress(ConnectionResetError):
+            while True:
+                body = json.dumps(await probes.document(), separators=(",", ":"))
+                if body != sent:
+                    await response.write(f"data: {body}\n\n".encode())
+                    sent = body
+                seen = await probes.wait_changed(seen, PUSH_CHECK_S)
+                await asyncio.sleep(PUSH_MIN_S)
+        return response
+
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", index)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/events", events)
+    app.router.add_static("/static/", STATIC)
     return app
 
 
@@ -105,6 +144,9 @@ async def serve(
         await asyncio.Event().wait()  # until cancelled
     finally:
         await runner.cleanup()
+
+
+NO_CACHE = {"Cache-Control": "no-store"}
 
 
 def _status(ok: bool, reasons: list[str]) -> web.Response:
