@@ -146,9 +146,11 @@ def report(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or table.")] = "csv",
 ) -> None:
-    """Print what the gateway published per day: transactions, exceptions, events, alarms."""
+    """Print per day what the gateway published (transactions, exceptions, events, alarms),
+    scans per device, and the day's KPIs (receipts, lines short and over, dock-to-stock time,
+    rejection rate per device)."""
     from gateway.config import ConfigError, load_config
-    from gateway.ops.report import per_day, render
+    from gateway.ops.report import kpis, per_day, render
     from gateway.storage import StorageError, Store
 
     if fmt not in ("csv", "table"):
@@ -177,7 +179,8 @@ def report(
     except StorageError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(render(per_day(hours), fmt), nl=False)
+    counts = per_day(hours)
+    typer.echo(render([*counts, *kpis(counts)], fmt), nl=False)
 
 
 @app.command()

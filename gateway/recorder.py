@@ -20,7 +20,7 @@ import asyncio
 import datetime as dt
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -102,6 +102,7 @@ class Batch:
     notices: list[Notice] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
     committed: list[MoveTransaction | DockTransaction | DockSummary] = field(default_factory=list)
+    counts: dict[tuple[int, str, str], int] = field(default_factory=dict)  # more hourly counts
 
 
 class Recorder:
@@ -191,14 +192,20 @@ class Recorder:
         """A notice from outside a batch (the bridge's refusals): committed with the next one."""
         self._late.append(notice)
 
-    async def record(self, decisions: Sequence[Decision]) -> None:
-        """Act on one batch: alarms at once, then one commit (retried), then the answers."""
+    async def record(
+        self,
+        decisions: Sequence[Decision],
+        counts: Mapping[tuple[int, str, str], int] | None = None,
+    ) -> None:
+        """Act on one batch: alarms at once, then one commit (retried), then the answers.
+        `counts`: more hourly counts for `trend_hour` (the batch's scans per device)."""
         self._observe(decisions)
         # Notices made while rows are built (epcis_failed) go with the next batch.
         late, self._late = self._late, []
         if self._epcis is not None and not self._prefixes_loaded:
             await self._load_prefixes()
         batch = self.rows([*decisions, *late])
+        batch.counts = dict(counts or {})
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
@@ -272,7 +279,9 @@ class Recorder:
                     batch.messages.append(
                         OutboxMessage(d.tx_id, topics.tx("move"), encode(payload))
                     )
-                    state.moves.append(PalletMove(d.sscc, d.to_location, d.tx_id))
+                    state.moves.append(
+                        PalletMove(d.sscc, d.to_location, d.tx_id, d.confirmed_at.timestamp())
+                    )
                     lot = self._lot_of(d.sscc)
                     if lot is not None:  # counts for the product's velocity class
                         state.moved.append(MovedRow(lot.gtin, d.confirmed_at.timestamp()))
@@ -334,7 +343,11 @@ class Recorder:
         # Where pallets are (the live state, forklift moves, the AGV stock after a restart): a
         # received pallet is at the door until it is moved; a shipped one is gone.
         if tx.kind == DockKind.RECEIVE:
-            state.moves.extend(PalletMove(sscc, tx.door, tx.tx_id) for sscc in tx.accepted_pallets)
+            at = tx.occurred_at.timestamp()
+            state.moves.extend(
+                PalletMove(sscc, tx.door, tx.tx_id, at, received=True)
+                for sscc in tx.accepted_pallets
+            )
             if self._agv:
                 state.lots.extend(
                     LotRow(sscc, lot.gtin, lot.lot, lot.expiry.isoformat() if lot.expiry else None)
@@ -417,7 +430,10 @@ class Recorder:
             if store.fits([*messages, message]):
                 messages.append(message)
                 notices.append(alarm)
-        batch.changes.trends = trend_counts(batch.committed, notices)
+        trends = trend_counts(batch.committed, notices)
+        for key, n in batch.counts.items():
+            trends[key] = trends.get(key, 0) + n
+        batch.changes.trends = trends
         beyond = max(0, len(messages) - store.room())
         if messages or batch.changes:
             await store.commit(messages, batch.changes, over_limit=stopping)

@@ -24,11 +24,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from gateway.domain import Decision, Event, Notice, RefDataUpdate, Severity, key_of
+from gateway.domain import (
+    Decision,
+    Event,
+    Notice,
+    RefDataUpdate,
+    RejectedScan,
+    Scan,
+    Severity,
+    key_of,
+)
 from gateway.drivers.base import Clock
 from gateway.inbox import Inbox
 from gateway.recorder import Recorder
@@ -106,6 +115,7 @@ class RulesRunner:
             while events and len(events) < self._batch_max and not self.inbox.empty():
                 events.append(self.inbox.get_nowait())
             decisions: list[Decision] = []
+            scans = scan_counts(events)
             for event in events:
                 decisions = await self._prepare(event, decisions)
                 try:
@@ -123,7 +133,7 @@ class RulesRunner:
                 now = self._clock() - dt.timedelta(seconds=self.inbox.waited_s())
                 decisions.extend(self.engine.on_tick(now))
                 next_tick = loop.time() + self._tick_s
-            await self.recorder.record(decisions)
+            await self.recorder.record(decisions, scans)
             self.went_round = loop.time()
             for _ in events:
                 self.inbox.task_done()
@@ -178,3 +188,15 @@ class RulesRunner:
             severity=Severity.ERROR,
             details={"event": type(event).__name__, "error": repr(err)[:500]},
         )
+
+
+def scan_counts(events: Sequence[Event]) -> dict[tuple[int, str, str], int]:
+    """Scans per (UTC hour, `scan` or `scan_rejected`, device) among `events`: kept in
+    `trend_hour` with the batch, for `gateway report`'s rejection rate per device."""
+    counts: dict[tuple[int, str, str], int] = {}
+    for event in events:
+        if isinstance(event, Scan | RejectedScan):
+            kind = "scan" if isinstance(event, Scan) else "scan_rejected"
+            key = (int(event.at.timestamp() // 3600), kind, event.device_id)
+            counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -124,6 +124,13 @@ CREATE TABLE IF NOT EXISTS agv_task (
 );
 CREATE INDEX IF NOT EXISTS agv_task_finished ON agv_task (updated_at)
     WHERE state IN ('done', 'failed', 'cancelled');
+-- Pallets received at a dock door and not moved away yet: dock-to-stock time (`trend_hour`
+-- kind `dock_to_stock`: code '' the pallets put away, code `seconds` their time summed).
+CREATE TABLE IF NOT EXISTS pallet_received (
+    sscc       TEXT PRIMARY KEY,
+    door       TEXT NOT NULL,
+    at         REAL NOT NULL               -- epoch s of the receive transaction
+);
 -- The last transactions at each door, for its live state (`gateway.ops.state`).
 CREATE TABLE IF NOT EXISTS door_recent (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -137,6 +144,27 @@ CREATE TABLE IF NOT EXISTS state_topic (
     topic      TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 """
+
+
+def _dock_to_stock(
+    db: sqlite3.Connection, move: PalletMove, at: float, trends: dict[tuple[int, str, str], int]
+) -> None:
+    """Note a received pallet; count the first move of one away from its door."""
+    if move.received:
+        db.execute(
+            "INSERT INTO pallet_received (sscc, door, at) VALUES (?, ?, ?) ON CONFLICT (sscc)"
+            " DO UPDATE SET door = excluded.door, at = excluded.at",
+            (move.sscc, move.location, at),
+        )
+        return
+    row = db.execute("SELECT door, at FROM pallet_received WHERE sscc = ?", (move.sscc,)).fetchone()
+    if row is None or row[0] == move.location:
+        return
+    db.execute("DELETE FROM pallet_received WHERE sscc = ?", (move.sscc,))
+    hour = int(at // 3600)
+    for code, n in (("", 1), ("seconds", round(max(0.0, at - float(row[1]))))):
+        trends[hour, "dock_to_stock", code] = trends.get((hour, "dock_to_stock", code), 0) + n
+
 
 RECENT_PER_DOOR = 10
 """Transactions kept per door in `door_recent`."""
@@ -190,11 +218,15 @@ class RefDataRow:
 
 @dataclass(frozen=True, slots=True)
 class PalletMove:
-    """A pallet's new location, recorded with the transaction that moved it."""
+    """A pallet's new location, recorded with the transaction that moved it, at `at` (epoch s;
+    0: when committed). `received`: the pallet was received at `location`, a dock door; its
+    first move away from the door counts for the dock-to-stock time."""
 
     sscc: str
     location: str
     tx_id: str
+    at: float = 0.0
+    received: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,10 +535,13 @@ class Store:
                 "INSERT OR IGNORE INTO company_prefix (prefix) VALUES (?)",
                 [(prefix,) for prefix in sorted(state.prefixes)],
             )
+            trends = dict(state.trends)
+            for m in state.moves:
+                _dock_to_stock(db, m, m.at or now, trends)
             db.executemany(
                 "INSERT INTO trend_hour (hour, kind, code, count) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (hour, kind, code) DO UPDATE SET count = count + excluded.count",
-                [(*key, n) for key, n in state.trends.items()],
+                [(*key, n) for key, n in trends.items()],
             )
             db.executemany("INSERT INTO door_recent (door, body) VALUES (?, ?)", state.recent)
             for door in {door for door, _ in state.recent}:
@@ -517,6 +552,7 @@ class Store:
                 )
             gone = [(sscc,) for sscc in state.shipped]
             db.executemany("DELETE FROM pallet_location WHERE sscc = ?", gone)
+            db.executemany("DELETE FROM pallet_received WHERE sscc = ?", gone)
             db.executemany("DELETE FROM pallet_lot WHERE sscc = ?", gone)
             db.executemany(
                 "INSERT INTO agv_task (task_id, state, body, updated_at) VALUES (?, ?, ?, ?)"

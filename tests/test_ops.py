@@ -133,7 +133,7 @@ async def test_healthz_fails_when_the_rules_loop_stops_going_round(
         assert gateway.runner is not None
         hung = asyncio.Event()
 
-        async def stuck(_decisions: object) -> None:
+        async def stuck(*_: object) -> None:
             hung.set()
             await asyncio.Event().wait()  # a commit that never returns
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from gateway.cli import app
 from gateway.health import DeviceState
-from gateway.ops.report import per_day, render
-from gateway.storage import StateChanges, Store
+from gateway.ops.report import kpis, per_day, render
+from gateway.storage import PalletMove, StateChanges, Store
 from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
 from simulators.scanner import Garbage, ScannerSimulator, Type, shift_script
 from tests.gateway_helpers import LOCATIONS, build, running, site_config, wait_device
@@ -75,6 +75,31 @@ async def test_counts_add_up_across_commits_and_old_hours_are_pruned(tmp_path: P
     await store.close()
 
 
+async def test_dock_to_stock_runs_from_the_receipt_to_the_first_move_off_the_door(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    t0 = dt.datetime(2026, 12, 7, 10, 5, tzinfo=dt.UTC).timestamp()
+    hour = int(t0 // HOUR)
+
+    def moves(*rows: PalletMove) -> StateChanges:
+        return StateChanges(moves=list(rows))
+
+    await store.commit([], moves(PalletMove("P1", "D03", "t1", t0, received=True)))
+    await store.commit([], moves(PalletMove("P2", "D03", "t2", t0 + 60, received=True)))
+    await store.commit([], moves(PalletMove("P3", "D03", "t3", t0, received=True)))
+    await store.commit([], moves(PalletMove("P1", "D03", "t4", t0 + 30)))  # still at the door
+    await store.commit([], moves(PalletMove("P1", "A-01", "t5", t0 + 600)))  # 10 minutes
+    await store.commit([], moves(PalletMove("P1", "A-02", "t6", t0 + 900)))  # not again
+    await store.commit([], moves(PalletMove("P2", "A-03", "t7", t0 + 60 + 1200)))  # 20 minutes
+    await store.commit([], StateChanges(shipped=["P3"]))  # shipped from the door: not stocked
+    await store.commit([], moves(PalletMove("P3", "A-04", "t8", t0 + 3000)))
+    hours = await store.trends(since=t0 - HOUR, until=t0 + 2 * HOUR)
+    assert hours == [(hour, "dock_to_stock", "", 2), (hour, "dock_to_stock", "seconds", 1800)]
+    assert ("2026-12-07", "kpi", "dock_to_stock_mean_min", 15.0) in kpis(per_day(hours))
+    await store.close()
+
+
 @pytest.mark.broker
 async def test_the_report_counts_two_shifts_across_a_restart(
     tmp_path: Path, mosquitto: Mosquitto
@@ -86,12 +111,13 @@ async def test_the_report_counts_two_shifts_across_a_restart(
     ancient = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp()) // HOUR
     await store.commit([], StateChanges(trends={(ancient, "move", ""): 7}))
     await store.close()
-    moves = 0
+    moves = labels = 0
     async with Collector(mosquitto.port) as collector, ScannerSimulator(tmp_path / "scan0") as sim:
         for seed in (1, 2):  # two runs of the gateway: the counts survive the restart
             steps, truth = shift_script(pallets=3, locations=LOCATIONS, seed=seed, pause_s=(0, 0))
             bad = Type(corrupt_check_digit(sscc_label(sscc("0376123", seed))), aim="]C1")
             moves += len(truth)
+            labels += sum(isinstance(step, Type) for step in steps) + 2  # and the two bad ones
             async with running(config) as gateway:
                 await wait_device(gateway, "fl-07", DeviceState.CONNECTED)
                 await sim.run([Garbage(b"\x00junk\r"), bad, *steps])
@@ -105,7 +131,7 @@ async def test_the_report_counts_two_shifts_across_a_restart(
         CliRunner().invoke, app, ["report", "--config", site, "--since", since]
     )
     assert result.exit_code == 0, result.output
-    counted = {(r["kind"], r["code"]): int(r["count"]) for r in rows(result.output)}
+    counted = {(r["kind"], r["code"]): float(r["count"]) for r in rows(result.output)}
     assert {r["day"] for r in rows(result.output)} == {today.isoformat()}
     published = [m.json() for m in collector.on("/tx/move")]
     assert counted["move", ""] == len({m["tx_id"] for m in published}) == moves
@@ -114,6 +140,10 @@ async def test_the_report_counts_two_shifts_across_a_restart(
     events = [m.json()["code"] for m in collector.on("dock-1/event")]
     assert counted["event", ""] == len(events)
     assert counted["event", "scan_rejected"] == events.count("scan_rejected") == 4
+    # The KPIs: every label the scanner sent, and the share of them rejected.
+    assert counted["kpi", "scans:fl-07"] == labels
+    assert counted["kpi", "rejection_rate:fl-07"] == round(4 / labels, 4)
+    assert counted["kpi", "receipts"] == 0
     everything = await asyncio.to_thread(
         CliRunner().invoke, app, ["report", "--config", site, "--since", "2019-12-31"]
     )

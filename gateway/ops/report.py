@@ -2,7 +2,11 @@
 
 One row per (UTC day, kind, code): kind is receive, ship, move, receipt, shipment, event or
 alarm; code '' counts the transactions (or notices) themselves, any other code the exceptions
-(or notices) of that code. Read while the gateway runs (SQLite's WAL lets a reader in).
+(or notices) of that code (a receipt's or shipment's: its lines `short` and `over`). Kind
+`scan` and `scan_rejected` count scans per device (the code); `dock_to_stock` counts pallets
+put away after their receipt (code '') and their time at the door summed (code `seconds`).
+Then the day's KPIs, kind `kpi` (`kpis`). Read while the gateway runs (SQLite's WAL lets a
+reader in).
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ import csv
 import datetime as dt
 import io
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-__all__ = ["per_day", "render"]
+__all__ = ["kpis", "per_day", "render"]
+
+Row = tuple[str, str, str, int | float]
 
 HEADER = ("day", "kind", "code", "count")
 
@@ -27,7 +33,39 @@ def per_day(hours: Iterable[tuple[int, str, str, int]]) -> list[tuple[str, str, 
     return [(*key, n) for key, n in sorted(days.items())]
 
 
-def render(rows: list[tuple[str, str, str, int]], fmt: str) -> str:
+def kpis(rows: Iterable[tuple[str, str, str, int]]) -> list[Row]:
+    """Each day's KPIs from its counts: receipts and shipments with their lines short and
+    over, pallets put away and their mean dock-to-stock time (minutes, from the receive
+    transaction to the first move away from the door), and per device its scans and the
+    share of them rejected. (Per operator once scans name one.)"""
+    days: dict[str, Counter[tuple[str, str]]] = {}
+    for day, kind, code, n in rows:
+        days.setdefault(day, Counter())[kind, code] += n
+    out: list[Row] = []
+    for day, c in sorted(days.items()):
+        figures: list[tuple[str, int | float]] = [
+            ("receipts", c["receipt", ""]),
+            ("receipt_lines_short", c["receipt", "short"]),
+            ("receipt_lines_over", c["receipt", "over"]),
+            ("shipments", c["shipment", ""]),
+            ("shipment_lines_short", c["shipment", "short"]),
+            ("putaways", c["dock_to_stock", ""]),
+        ]
+        if c["dock_to_stock", ""]:
+            mean = c["dock_to_stock", "seconds"] / c["dock_to_stock", ""] / 60
+            figures.append(("dock_to_stock_mean_min", round(mean, 1)))
+        devices = sorted({code for kind, code in c if kind in ("scan", "scan_rejected")})
+        for device in devices:
+            scans = c["scan", device] + c["scan_rejected", device]
+            figures.append((f"scans:{device}", scans))
+            figures.append(
+                (f"rejection_rate:{device}", round(c["scan_rejected", device] / scans, 4))
+            )
+        out.extend((day, "kpi", name, value) for name, value in figures)
+    return out
+
+
+def render(rows: Sequence[Row], fmt: str) -> str:
     """`csv` (with a header line) or an aligned `table`."""
     if fmt == "csv":
         out = io.StringIO()
