@@ -656,22 +656,36 @@ class StateConfig(_Model):
     max_pallets: int = Field(default=200_000, ge=1)
 
 
+class HttpTlsConfig(_Model):
+    """HTTPS for the HTTP endpoint. Paths are relative to the config file."""
+
+    cert_file: Path  # the server's certificate chain (PEM)
+    key_file: Path  # its private key (PEM)
+    # Clients must present a certificate issued by this CA (PEM): mutual TLS. Unset: any
+    # client may connect (then a password is still needed beyond localhost).
+    client_ca_file: Path | None = None
+
+
 class HttpConfig(_Model):
     """The HTTP endpoint: /metrics (Prometheus), /healthz and /readyz (gateway.ops.http)."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)  # 0: any free port
-    # HTTP basic auth (user `gateway`): required to listen on anything but localhost.
+    # HTTP basic auth (user `gateway`), or client certificates (`tls.client_ca_file`): one of
+    # them is required to listen on anything but localhost.
     password: str | None = Field(default=None, min_length=12)
     alive_s: float = Field(default=30.0, gt=0, le=3600)  # rules loop silent longer: not alive
+    tls: HttpTlsConfig | None = None  # HTTPS
 
     @model_validator(mode="after")
     def _password_off_localhost(self) -> HttpConfig:
-        if self.enabled and not _loopback(self.host) and self.password is None:
+        certificates = self.tls is not None and self.tls.client_ca_file is not None
+        if self.enabled and not _loopback(self.host) and self.password is None and not certificates:
             raise ValueError(
                 f"listening on {self.host!r} (not localhost) needs a password (http.password, "
-                "at least 12 characters): the status it serves is the site's"
+                "at least 12 characters) or client certificates (http.tls.client_ca_file): "
+                "the status it serves is the site's"
             )
         return self
 
@@ -811,7 +825,17 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
             }
         )
     broker = config.broker.model_copy(update=broker_update)
-    return config.model_copy(update={"storage": storage, "broker": broker})
+    http = config.http
+    if http.tls is not None:
+        http_tls = http.tls.model_copy(
+            update={
+                "cert_file": resolve(http.tls.cert_file),
+                "key_file": resolve(http.tls.key_file),
+                "client_ca_file": resolve(http.tls.client_ca_file),
+            }
+        )
+        http = http.model_copy(update={"tls": http_tls})
+    return config.model_copy(update={"storage": storage, "broker": broker, "http": http})
 
 
 def _check_environment(config: GatewayConfig, path: Path) -> list[str]:
@@ -827,6 +851,13 @@ def _check_environment(config: GatewayConfig, path: Path) -> list[str]:
             "broker.tls.ca_file": broker.tls.ca_file,
             "broker.tls.cert_file": broker.tls.cert_file,
             "broker.tls.key_file": broker.tls.key_file,
+        }
+    if config.http.enabled and config.http.tls is not None:
+        tls = config.http.tls
+        files |= {
+            "http.tls.cert_file": tls.cert_file,
+            "http.tls.key_file": tls.key_file,
+            "http.tls.client_ca_file": tls.client_ca_file,
         }
     for key, file in files.items():
         if file is None or file.is_file():

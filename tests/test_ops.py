@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import shutil
 import socket
+import ssl
 from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 
 from gateway.config import ConfigError
 from gateway.domain import (
@@ -150,6 +152,43 @@ def test_listening_beyond_localhost_needs_a_password(tmp_path: Path) -> None:
         build(ops_site(tmp_path, 1883, host="0.0.0.0"), tmp_path)
     build(ops_site(tmp_path, 1883, host="0.0.0.0", password=PASSWORD), tmp_path)
     build(ops_site(tmp_path, 1883, host="::1"), tmp_path)
+
+
+async def test_client_certificates_stand_in_for_a_password_off_localhost(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    ca, stranger = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(tmp_path / "server.pem")
+    for blob in server.cert_chain_pems[1:]:
+        blob.write_to_path(tmp_path / "server.pem", append=True)
+    server.private_key_pem.write_to_path(tmp_path / "server.key")
+    ca.cert_pem.write_to_path(tmp_path / "clients-ca.pem")
+    tls = {"cert_file": "server.pem", "key_file": "server.key", "client_ca_file": "clients-ca.pem"}
+    # Beyond localhost: client certificates are enough, a server certificate alone is not.
+    build(ops_site(tmp_path, 1883, host="0.0.0.0", tls=tls), tmp_path)
+    with pytest.raises(ConfigError, match="client certificates"):
+        build(
+            ops_site(tmp_path, 1883, host="0.0.0.0", tls={**tls, "client_ca_file": None}), tmp_path
+        )
+    config = build(ops_site(tmp_path, mosquitto.port, tls=tls), tmp_path)
+
+    def client(issuer: trustme.CA | None) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        if issuer is not None:
+            issuer.issue_cert("supervisor@site").configure_cert(context)
+        return context
+
+    async with running(config) as gateway:
+        base = (await listening(gateway)).replace("http://", "https://")
+        status, text = await get(f"{base}/metrics", ssl=client(ca))
+        assert status == 200 and "gateway_outbox_messages" in text
+        for issuer in (None, stranger):  # no certificate, or one of another CA
+            with pytest.raises(aiohttp.ClientError):
+                await get(f"{base}/metrics", ssl=client(issuer))
+        with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served
+            await get(f"{base.replace('https://', 'http://')}/healthz")
 
 
 async def test_a_password_is_asked_for_and_checked(tmp_path: Path, mosquitto: Mosquitto) -> None:

@@ -11,7 +11,8 @@
   document whenever it changed, at most every `PUSH_MIN_S`).
 
 Read-only. Bound to localhost by default; any other address needs `[http] password` (HTTP
-basic auth, user `gateway`), which the config checks. It runs in the gateway's TaskGroup and
+basic auth, user `gateway`) or client certificates (`[http.tls] client_ca_file`: mutual TLS),
+which the config checks. `[http.tls]` serves HTTPS. It runs in the gateway's TaskGroup and
 stops with it.
 """
 
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +127,11 @@ async def serve(
     try:
         while True:
             try:
-                await web.TCPSite(runner, config.host, config.port).start()
+                await web.TCPSite(
+                    runner, config.host, config.port, ssl_context=_tls(config)
+                ).start()
                 break
-            except OSError as err:
+            except OSError as err:  # ssl.SSLError too (a bad certificate file)
                 if not failing:
                     log.error(  # noqa: TRY400 - the reason is the whole story
                         "http endpoint cannot listen; retrying",
@@ -147,6 +151,19 @@ async def serve(
 
 
 NO_CACHE = {"Cache-Control": "no-store"}
+
+
+def _tls(config: HttpConfig) -> ssl.SSLContext | None:
+    """HTTPS, and client certificates required when a client CA is given (None: plain HTTP)."""
+    if config.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+    if config.tls.client_ca_file is not None:
+        context.load_verify_locations(config.tls.client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _status(ok: bool, reasons: list[str]) -> web.Response:
