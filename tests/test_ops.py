@@ -93,6 +93,10 @@ async def test_after_a_shift_every_counter_equals_what_a_subscriber_received(
     assert total(values, "gateway_broker_connected") == 1
     assert total(values, "gateway_outbox_messages") == 0
     assert total(values, "gateway_broker_published_total") >= len(truth)
+    # Round trips to the broker were timed, each within the PUBACK timeout.
+    timed = total(values, "gateway_broker_round_trip_seconds_count")
+    assert 1 <= timed <= total(values, "gateway_broker_published_total")
+    assert 0 < total(values, "gateway_broker_round_trip_seconds_sum") < 10 * timed
     promtool = shutil.which("promtool")
     if promtool is not None:  # Debian's prometheus package (.ci/run installs it)
         check = await asyncio.create_subprocess_exec(

@@ -465,6 +465,8 @@ class MqttBridge:
         self._refusals_logged: set[str] = set()  # reasons a reply topic was refused, logged once
         self.statuses_pending = True
         self.state: StateFeed | None = None  # the live state topics (None: not published)
+        # Told the time from publish to PUBACK of outbox messages, one in flight at a time.
+        self.on_round_trip: Callable[[float], None] | None = None
         # Debug output: newest first to go when more comes than the rate allows.
         self._debug: deque[tuple[str, bytes]] = deque(maxlen=DEBUG_BACKLOG)
         self._debug_ready = asyncio.Event()
@@ -903,10 +905,16 @@ class MqttBridge:
         ack_ready = asyncio.Event()
         room = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
+            timed: tuple[int, float] | None = None  # one publish at a time: (mid, sent at)
 
             def on_ack(mid: int, reason: ReasonCode | None) -> None:
+                nonlocal timed
                 row = sent.pop(mid)
                 room.set()
+                if timed is not None and timed[0] == mid:
+                    if self.on_round_trip is not None:
+                        self.on_round_trip(time.monotonic() - timed[1])
+                    timed = None
                 if reason is not None and reason.is_failure:
                     # Kept in the outbox, set aside for a retry; the rows behind it go on.
                     refusal = self._refused(row, PublishRefused(row.topic, str(reason)))
@@ -940,6 +948,8 @@ class MqttBridge:
                         await self._refused(row, err)
                         continue
                     sent[mid] = row
+                    if timed is None:
+                        timed = (mid, time.monotonic())
                 cursor = rows[-1].seq
 
     async def _watch_pubacks(self, sent: dict[int, PendingMessage]) -> None:

@@ -71,6 +71,7 @@ class Operations:
         if config.http.enabled:  # prometheus-client and aiohttp only where they are used
             self.metrics = self._metrics(store, bridge, board, inbox, tasks)
             recorder.on_committed = chained(self.metrics.committed, self.alarms.committed)
+            bridge.on_round_trip = self.metrics.round_trips.observe
 
     def _metrics(
         self,

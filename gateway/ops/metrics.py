@@ -17,7 +17,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -75,6 +75,12 @@ class GatewayMetrics:
             "gateway_events",
             "Events and alarms committed for publishing (on event and alarm).",
             ["code", "severity"],
+            registry=self.registry,
+        )
+        self.round_trips = Histogram(
+            "gateway_broker_round_trip_seconds",
+            "Time from publishing an outbox message to the broker's PUBACK (one sampled at a time).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
 
