@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/footprint.py
 	$(BIN)/python benchmarks/hostile_input.py
 	$(BIN)/python benchmarks/pallet_memory.py
+	$(BIN)/python benchmarks/ops_surface.py
 	$(BIN)/python benchmarks/guard.py
 
 clean:

@@ -445,7 +445,7 @@ class DroppingRecorder:
     def __init__(self) -> None:
         self.decisions = 0
 
-    async def record(self, decisions: Sequence[Any]) -> None:
+    async def record(self, decisions: Sequence[Any], _counts: object = None) -> None:
         self.decisions += len(decisions)
 
 
