@@ -175,7 +175,7 @@ async def test_the_status_page_follows_the_demo_live(tmp_path: Path) -> None:
                         """() => {
                             const c = window.gatewayCharts["chart-hours"];
                             return Object.fromEntries(c.series.slice(1).map((s, i) =>
-                                [s.label, c.data[i + 1].reduce((a, b) => a + b, 0)]));
+                                [s.label, c.raw[i].reduce((a, b) => a + b, 0)]));
                         }"""
                     )
                     counted = published.exceptions()
@@ -183,6 +183,12 @@ async def test_the_status_page_follows_the_demo_live(tmp_path: Path) -> None:
                         break
                     await asyncio.sleep(0.2)
             assert wanted <= {name for name, n in shown.items() if n}
+            # Stacked: the first series' bars are the sum of all of them.
+            top = await page.evaluate(
+                """() => { const c = window.gatewayCharts["chart-hours"];
+                           return c.data[1].reduce((a, b) => a + b, 0); }"""
+            )
+            assert top == sum(shown.values())
             totals = await page.eval_on_selector_all(
                 "#totals tbody tr",
                 "rows => rows.map(r => [r.dataset.series, Number(r.cells[1].textContent)])",

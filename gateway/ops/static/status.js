@@ -66,10 +66,15 @@ function rows(tbody, list) {
 }
 
 function chart(id, trend, days) {
+  // Stacked bars: each series is drawn as the sum of itself and those listed after it, the
+  // tallest first, so every series shows as its own band; the legend shows its own count.
   const names = Object.keys(trend.series);
-  const data = [trend.starts, ...names.map((n) => trend.series[n])];
+  const raw = names.map((n) => trend.series[n]);
+  const stacked = raw.map((_, i) => trend.starts.map((__, t) => raw.slice(i).reduce((a, s) => a + s[t], 0)));
+  const data = [trend.starts, ...stacked];
   const existing = charts[id];
   if (existing) {
+    existing.raw = raw;
     existing.setData(data);
     return;
   }
@@ -81,10 +86,12 @@ function chart(id, trend, days) {
     scales: { x: { time: true } },
     axes: [{ values: days ? "{D} {MMM}" : "{HH}:00" }, {}],
     series: [{}, ...names.map((name, i) => ({
-      label: name, stroke: COLOURS[i % COLOURS.length], fill: COLOURS[i % COLOURS.length] + "66",
+      label: name, stroke: COLOURS[i % COLOURS.length], fill: COLOURS[i % COLOURS.length] + "aa",
       paths: bars, points: { show: false },
+      value: (u, _v, sidx, didx) => (didx === null ? "--" : u.raw[sidx - 1][didx]),
     }))],
   }, data, node);
+  charts[id].raw = raw; // each series' own counts (the data are stacked)
 }
 
 function render(doc) {
