@@ -116,9 +116,11 @@ async def test_readyz_says_why_while_the_broker_is_down_and_healthz_stays_up(
             while (await get(f"{base}/readyz"))[0] != 200:
                 await asyncio.sleep(0.05)
         mosquitto.stop()
+        gone = asyncio.get_running_loop().time()
         async with asyncio.timeout(10):
             while (ready := await get(f"{base}/readyz"))[0] != 503:
                 await asyncio.sleep(0.05)
+        assert asyncio.get_running_loop().time() - gone < 1.0  # unready within a second
         assert "not connected to the broker" in ready[1]
         assert (await get(f"{base}/healthz"))[0] == 200
         _, text = await get(f"{base}/metrics")
@@ -251,6 +253,46 @@ async def test_systemd_hears_ready_watchdog_status_and_stopping(
     assert heard[0].startswith("READY=1\nSTATUS=")
     assert "STOPPING=1" in heard[-1]
     assert any("broker connected" in m for m in heard)
+
+
+async def test_a_hung_rules_loop_stops_feeding_the_watchdog(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with notify_socket(tmp_path) as sock:
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        monkeypatch.setenv("WATCHDOG_USEC", "200000")  # WATCHDOG=1 every 0.1 s while alive
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+        heard: list[tuple[float, str]] = []
+        loop = asyncio.get_running_loop()
+
+        async def listen() -> None:
+            async for message in datagrams(sock):
+                heard.append((loop.time(), message))
+
+        def fed_since(t: float) -> int:
+            return sum(1 for at, m in heard if at >= t and "WATCHDOG=1" in m)
+
+        listener = asyncio.create_task(listen())
+        config = build(ops_site(tmp_path, mosquitto.port, alive_s=0.5), tmp_path)
+        async with running(config) as gateway:
+            async with asyncio.timeout(5):
+                while fed_since(0) < 3:
+                    await asyncio.sleep(0.05)
+            assert gateway.runner is not None
+            hung = asyncio.Event()
+
+            async def stuck(*_: object) -> None:
+                hung.set()
+                await asyncio.Event().wait()  # a commit that never returns
+
+            monkeypatch.setattr(gateway.runner.recorder, "record", stuck)
+            await hung.wait()
+            since = loop.time()
+            await asyncio.sleep(2.0)
+            # Fed for at most alive_s (0.5 s) and one period after the hang, then never.
+            assert fed_since(since + 0.8) == 0
+            assert fed_since(since) <= 8
+        listener.cancel()
 
 
 def test_the_exception_codes_counted_are_the_ones_published() -> None:
