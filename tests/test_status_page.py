@@ -32,6 +32,7 @@ SCREENSHOT = os.environ.get("STATUS_PAGE_SCREENSHOT")  # where to keep one (the 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (Debian: apt install chromium)"),
     pytest.mark.timeout(120),
+    pytest.mark.slow(35),
 ]
 
 
