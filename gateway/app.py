@@ -39,7 +39,7 @@ from gateway.storage import Store
 from gateway.supervisor import Backoff, supervise
 from gateway.wire.inbound import InboundRoutes
 from gateway.wire.topics import Topics
-from gateway.wiring import build_engine, epcis_settings
+from gateway.wiring import build_engine, epcis_settings, handheld_labels
 
 log = structlog.get_logger("gateway.app")
 
@@ -109,6 +109,7 @@ class Gateway:
                 refdata_max_bytes={k: v.max_bytes for k, v in config.refdata.by_kind().items()},
                 # Every record the limits allow, and the WMS's tasks besides.
                 remembered=sum(v.max_count for v in config.refdata.by_kind().values()) + 100_000,
+                handheld=handheld_labels(config),
             )
             # The broker sends every retained record again: those taken in before are skipped.
             for kind, key, digest in await store.reference_digests():

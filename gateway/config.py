@@ -66,8 +66,9 @@ class ReplyTopicsConfig(_Model):
 
     fleet: list[str] = Field(default_factory=lambda: ["fleet/{fleet}/#"], max_length=50)
     wms: list[str] = Field(default_factory=lambda: ["wms/{site}/replies/#"], max_length=50)
+    handheld: list[str] = Field(default_factory=lambda: ["handheld/{terminal}/#"], max_length=50)
 
-    @field_validator("fleet", "wms")
+    @field_validator("fleet", "wms", "handheld")
     @classmethod
     def _topic_filters(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
@@ -699,6 +700,35 @@ def _loopback(host: str) -> bool:
         return False
 
 
+class HandheldHttpConfig(_Model):
+    """Handheld batches over HTTP: `POST /handheld/scans` with a terminal's bearer token."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"  # handhelds come over the site's Wi-Fi  # noqa: S104
+    port: int = Field(default=9109, ge=0, le=65535)
+    tls: HttpTlsConfig | None = None  # HTTPS (client certificates: `client_ca_file`)
+
+
+class HandheldConfig(_Model):
+    """Handheld terminals (gateway.rules.handheld): MQTT `handheld/scans`, and HTTP."""
+
+    enabled: bool = False
+    reorder_wait_s: float = Field(default=10.0, ge=0, le=3600)  # a scan waits for those before it
+    replay_window_days: float = Field(default=7.0, gt=0, le=365)  # results remembered this long
+    # terminal id -> its HTTP bearer token (at least 16 characters); a batch must name the
+    # terminal its token belongs to.
+    tokens: dict[str, str] = Field(default_factory=dict)
+    http: HandheldHttpConfig = HandheldHttpConfig()
+
+    @field_validator("tokens")
+    @classmethod
+    def _long_tokens(cls, tokens: dict[str, str]) -> dict[str, str]:
+        short = sorted(t for t, token in tokens.items() if len(token) < 16)
+        if short:
+            raise ValueError(f"tokens of at least 16 characters, not for {', '.join(short)}")
+        return tokens
+
+
 class GatewayConfig(_Model):
     """The whole site configuration."""
 
@@ -714,6 +744,7 @@ class GatewayConfig(_Model):
     refdata: RefDataConfig = RefDataConfig()
     http: HttpConfig = HttpConfig()
     state: StateConfig = StateConfig()
+    handheld: HandheldConfig = HandheldConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

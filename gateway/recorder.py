@@ -32,6 +32,8 @@ from gateway.domain import (
     DockKind,
     DockSummary,
     DockTransaction,
+    HandheldAnswer,
+    HandheldApplied,
     LedgerEntry,
     MoveTransaction,
     Notice,
@@ -65,6 +67,7 @@ from gateway.supervisor import Backoff
 from gateway.wire import epcis
 from gateway.wire.agv import task_json
 from gateway.wire.codec import encode, iso
+from gateway.wire.handheld import result_json
 from gateway.wire.outbound import (
     dock_payload,
     move_payload,
@@ -83,7 +86,7 @@ log = structlog.get_logger("gateway.recorder")
 class Publisher(Protocol):
     """What the recorder needs of the bridge: answers and debug output."""
 
-    def reply(self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer) -> None:
+    def reply(self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer | HandheldAnswer) -> None:
         """Send an answer to where its request asked."""
 
     def publish_debug(self, topic: str, payload: bytes) -> None:
@@ -225,8 +228,12 @@ class Recorder:
             self.on_committed(batch.committed, notices)
         if self.on_state is not None:
             self.on_state(batch.changes, batch.committed)
-        if self.publisher is not None:
-            for reply in batch.replies:
+        for reply in batch.replies:
+            # An answer to a request over HTTP goes back to its waiting handler; others to MQTT.
+            deliver = getattr(reply.to.address, "deliver", None)
+            if callable(deliver):
+                deliver(reply.answer)
+            elif self.publisher is not None:
                 self.publisher.reply(reply.to, reply.answer)
         for tx in batch.committed:
             log.info("transaction committed", tx_id=tx.tx_id, kind=type(tx).__name__)
@@ -311,6 +318,15 @@ class Recorder:
                         )
                 case Reply():
                     batch.replies.append(d)
+                case HandheldApplied():
+                    state.handheld.append(
+                        (
+                            d.terminal,
+                            d.result.seq,
+                            json.dumps(result_json(d.result)),
+                            d.scanned_at.timestamp(),
+                        )
+                    )
                 case Notice():
                     batch.notices.append(d)
                 case PortalPass() | Weighing():

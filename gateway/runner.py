@@ -152,17 +152,20 @@ class RulesRunner:
     async def _prepare(self, event: Event, decisions: list[Decision]) -> list[Decision]:
         """Hand the rules a pallet's stored location if `event` needs one their cache lacks,
         after committing `decisions` (then none are left); returns the decisions to record."""
-        try:
-            sscc = self.engine.pallet_needed(event)
-        except Exception:  # a bug: the event itself is handled (and reported) next
-            log.exception("rules failed to say which pallet an event needs")
-            return decisions
-        if sscc is None:
-            return decisions
-        if decisions:  # storage must hold every move the rules made so far
-            await self.recorder.record(decisions)
-        self.engine.pallet_found(sscc, await self._look_up(sscc))
-        return []
+        asked: set[str] = set()
+        while True:  # a handheld batch may need several, one after the other
+            try:
+                sscc = self.engine.pallet_needed(event)
+            except Exception:  # a bug: the event itself is handled (and reported) next
+                log.exception("rules failed to say which pallet an event needs")
+                return decisions
+            if sscc is None or sscc in asked:
+                return decisions
+            asked.add(sscc)
+            if decisions:  # storage must hold every move the rules made so far
+                await self.recorder.record(decisions)
+                decisions = []
+            self.engine.pallet_found(sscc, await self._look_up(sscc))
 
     async def _look_up(self, sscc: str) -> str | None:
         """The pallet's stored location; a storage failure is retried (intake held)."""

@@ -131,6 +131,15 @@ CREATE TABLE IF NOT EXISTS pallet_received (
     door       TEXT NOT NULL,
     at         REAL NOT NULL               -- epoch s of the receive transaction
 );
+-- Handheld terminals' scans applied (`gateway.rules.handheld`): never applied twice.
+CREATE TABLE IF NOT EXISTS handheld_scan (
+    terminal   TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    body       TEXT NOT NULL,              -- its result, JSON (gateway.wire.handheld)
+    scanned_at REAL NOT NULL,
+    PRIMARY KEY (terminal, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS handheld_scan_at ON handheld_scan (scanned_at);
 -- The last transactions at each door, for its live state (`gateway.ops.state`).
 CREATE TABLE IF NOT EXISTS door_recent (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -275,7 +284,8 @@ class StateChanges:
     product, lot and expiry; `moved`: moves of received pallets, for velocity classes;
     `prefixes`: GS1 company prefixes RFID tags showed (for EPC URIs); `trends`: what the batch
     publishes, counted per (UTC hour, kind, code) (`gateway.recorder.trend_counts`); `recent`:
-    (door, JSON) of each dock transaction, the last `RECENT_PER_DOOR` of a door kept.
+    (door, JSON) of each dock transaction, the last `RECENT_PER_DOOR` of a door kept;
+    `handheld`: (terminal, seq, result JSON, scanned_at) of each handheld scan applied.
     """
 
     moves: list[PalletMove] = field(default_factory=list)
@@ -289,6 +299,7 @@ class StateChanges:
     prefixes: set[str] = field(default_factory=set)
     trends: dict[tuple[int, str, str], int] = field(default_factory=dict)
     recent: list[tuple[str, str]] = field(default_factory=list)
+    handheld: list[tuple[str, int, str, float]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any(
@@ -304,6 +315,7 @@ class StateChanges:
                 self.prefixes,
                 self.trends,
                 self.recent,
+                self.handheld,
             )
         )
 
@@ -544,6 +556,11 @@ class Store:
                 [(*key, n) for key, n in trends.items()],
             )
             db.executemany("INSERT INTO door_recent (door, body) VALUES (?, ?)", state.recent)
+            db.executemany(
+                "INSERT OR IGNORE INTO handheld_scan (terminal, seq, body, scanned_at)"
+                " VALUES (?, ?, ?, ?)",
+                state.handheld,
+            )
             for door in {door for door, _ in state.recent}:
                 db.execute(
                     "DELETE FROM door_recent WHERE door = ? AND seq NOT IN"
@@ -797,6 +814,17 @@ class Store:
         for door, body in rows:
             out.setdefault(str(door), []).append(str(body))
         return out
+
+    async def handheld_scans(self, *, since: float) -> list[tuple[str, str]]:
+        """Handheld scans applied (terminal, result JSON), oldest seq first per terminal; those
+        scanned before `since` (epoch s) are deleted first (the replay window)."""
+
+        def prune(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM handheld_scan WHERE scanned_at < ?", (since,)).rowcount
+
+        await self._transaction(prune, lambda _: None)
+        rows = await self._fetch("SELECT terminal, body FROM handheld_scan ORDER BY terminal, seq")
+        return [(str(t), str(b)) for t, b in rows]
 
     async def state_topics(self) -> set[str]:
         """The retained state topics the gateway may have published and not cleared."""

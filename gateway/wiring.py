@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import re
 
 import structlog
 
@@ -28,9 +29,11 @@ from gateway.config import (
     SicsScaleDevice,
 )
 from gateway.domain import DockKind, DockResult, DoorRole, LedgerEntry, PalletLot, RefDataKind
+from gateway.drivers.barcode import LabelRules
 from gateway.drivers.base import Clock
 from gateway.rules.agv import TaskBoard
 from gateway.rules.engine import DockStation, RulesEngine
+from gateway.rules.handheld import HandheldIntake, HandheldSettings
 from gateway.rules.moves import ForkliftMoves, MoveSettings
 from gateway.rules.portal import PortalSettings, PortalTracker
 from gateway.rules.receiving import DockRules, WeightCheckSettings
@@ -41,6 +44,7 @@ from gateway.rules.weighing import WeighingSettings, WeightCapture
 from gateway.storage import Store
 from gateway.wire.agv import task_from_json
 from gateway.wire.epcis import EpcisSettings
+from gateway.wire.handheld import result_from_json
 from gateway.wire.refdata import from_stored
 
 log = structlog.get_logger("gateway.wiring")
@@ -129,6 +133,7 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
         refdata_limits={
             RefDataKind(kind): limit.max_count for kind, limit in config.refdata.by_kind().items()
         },
+        handheld=await _handheld(config, store, clock),
     )
     # What the WMS sent before the restart (the broker's retained copies follow, and are
     # recognised by their digest: `InboundRoutes.remember`). All of it, also beyond a count
@@ -154,6 +159,28 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
                 limit=limit,
             )
     return engine
+
+
+async def _handheld(config: GatewayConfig, store: Store, clock: Clock) -> HandheldIntake | None:
+    """Handheld terminals' intake, with the scans applied within the replay window (None: off)."""
+    handheld = config.handheld
+    if not handheld.enabled:
+        return None
+    since = clock().timestamp() - handheld.replay_window_days * 86400
+    return HandheldIntake(
+        HandheldSettings(reorder_wait=dt.timedelta(seconds=handheld.reorder_wait_s)),
+        applied=[
+            (terminal, result_from_json(json.loads(body)))
+            for terminal, body in await store.handheld_scans(since=since)
+        ],
+    )
+
+
+def handheld_labels(config: GatewayConfig) -> LabelRules | None:
+    """How handheld labels are read (the site's location pattern); None: handhelds off."""
+    if not config.handheld.enabled:
+        return None
+    return LabelRules(re.compile(config.labels.location_pattern))
 
 
 def _most_recent(pallets: dict[str, str], count: int) -> dict[str, str]:

@@ -38,12 +38,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.bridge.decoding import DecodePool
 from gateway.config import BrokerConfig
-from gateway.domain import CloseAnswer, Event, ReplyHandle, TaskAnswer
+from gateway.domain import CloseAnswer, Event, HandheldAnswer, ReplyHandle, TaskAnswer
 from gateway.health import StatusBoard
 from gateway.storage import PendingMessage, StorageError, Store
 from gateway.supervisor import Backoff
 from gateway.wire.agv import answer_payload
 from gateway.wire.codec import encode
+from gateway.wire.handheld import answer_payload as handheld_answer_payload
 from gateway.wire.inbound import InboundRoutes, Received
 from gateway.wire.outbound import close_answer_payload, gateway_status_payload
 from gateway.wire.topics import ReplyPolicy, Requester, RequesterKind, Topics, topic_refusal
@@ -429,6 +430,7 @@ class MqttBridge:
             {
                 RequesterKind.FLEET: config.reply_topics.fleet,
                 RequesterKind.WMS: config.reply_topics.wms,
+                RequesterKind.HANDHELD: config.reply_topics.handheld,
             },
             topics,
             reserved=routes.reserved_roots if routes is not None else frozenset(),
@@ -480,7 +482,7 @@ class MqttBridge:
         self._debug.append((topic, payload))
         self._debug_ready.set()
 
-    def reply(self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer) -> None:
+    def reply(self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer | HandheldAnswer) -> None:
         """Send an answer to where its request asked (MQTT 5 request/response, or 3.1.1
         `reply_to`), rendered here; a handle this bridge did not make is refused."""
         address = to.address
@@ -490,6 +492,8 @@ class MqttBridge:
             return
         if isinstance(answer, TaskAnswer):
             payload = answer_payload(answer, address.echo)
+        elif isinstance(answer, HandheldAnswer):
+            payload = handheld_answer_payload(answer, address.echo)
         else:
             payload = close_answer_payload(answer)
         self._responses.append((address.topic, address.correlation, encode(payload)))

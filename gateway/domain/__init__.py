@@ -19,6 +19,8 @@ from gateway.domain.events import (
     CloseCommand,
     DeviceGap,
     Event,
+    HandheldBatch,
+    HandheldScan,
     InputKind,
     RefDataDeleted,
     RefDataUpdate,
@@ -31,6 +33,13 @@ from gateway.domain.events import (
     TagRead,
     TagReadBatch,
     WeightSample,
+)
+from gateway.domain.handheld import (
+    HandheldAnswer,
+    HandheldApplied,
+    HandheldCode,
+    HandheldResult,
+    Purpose,
 )
 from gateway.domain.ids import (
     TX_NAMESPACE,
@@ -145,6 +154,12 @@ __all__ = [
     "Epc",
     "Event",
     "EvidenceSource",
+    "HandheldAnswer",
+    "HandheldApplied",
+    "HandheldBatch",
+    "HandheldCode",
+    "HandheldResult",
+    "HandheldScan",
     "InputKind",
     "Item",
     "ItemResult",
@@ -160,6 +175,7 @@ __all__ = [
     "Product",
     "ProgressRequest",
     "ProgressStatus",
+    "Purpose",
     "RefData",
     "RefDataChange",
     "RefDataDeleted",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.domain.handheld import HandheldAnswer, HandheldApplied
 from gateway.domain.notices import Notice
 from gateway.domain.refdata import RefData, RefDataKind
 from gateway.domain.replies import ReplyHandle
@@ -47,7 +48,7 @@ class Reply:
     """An answer for the sender of a request, sent only once the batch is committed."""
 
     to: ReplyHandle
-    answer: TaskAnswer | CloseAnswer
+    answer: TaskAnswer | CloseAnswer | HandheldAnswer
 
 
 Decision = (
@@ -60,5 +61,6 @@ Decision = (
     | TaskChanged
     | RefDataChange
     | Reply
+    | HandheldApplied
 )
 """Everything a rule may decide."""

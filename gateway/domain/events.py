@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
+from gateway.domain.handheld import Purpose
 from gateway.domain.refdata import RefData, RefDataKind
 from gateway.domain.replies import ReplyHandle
 from gateway.domain.robots import RobotConnection, RobotState
@@ -151,6 +152,7 @@ class InputKind(enum.StrEnum):
     AGV_REQUEST = "agv_request"
     ROBOT = "vda5050"
     COMMAND = "command"
+    HANDHELD = "handheld"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,33 @@ class DeviceGap:
 
 
 ScanEvent = Scan | RejectedScan
+
+
+@dataclass(frozen=True, slots=True)
+class HandheldScan:
+    """One scan of a terminal: `label` decoded at the edge (a rejected label keeps why), and
+    for a move the location label `to`. `scanned_at` is the terminal's clock."""
+
+    seq: int
+    purpose: Purpose
+    scanned_at: dt.datetime
+    label: Scan | RejectedScan
+    door: str | None = None  # receive, ship_check
+    reference: str | None = None  # the ASN or ship order the operator works on, if the app knows
+    to: Scan | RejectedScan | None = None  # move: the location label
+    operator: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HandheldBatch:
+    """Scans of one terminal in one message (MQTT or HTTP), received at `at`."""
+
+    terminal: str
+    scans: tuple[HandheldScan, ...]
+    at: dt.datetime
+    reply: ReplyHandle | None = None
+
+
 Event = (
     Scan
     | RejectedScan
@@ -196,4 +225,5 @@ Event = (
     | WmsTaskMessage
     | RobotReport
     | Rejected
+    | HandheldBatch
 )

@@ -25,13 +25,20 @@ from gateway.domain import (
     DockTransaction,
     DoorRole,
     Event,
+    HandheldAnswer,
+    HandheldBatch,
+    HandheldCode,
+    HandheldResult,
+    HandheldScan,
     InputKind,
     Location,
     MoveTransaction,
     NextRequest,
+    Notice,
     PortalPass,
     Product,
     ProgressRequest,
+    Purpose,
     RefData,
     RefDataChange,
     RefDataDeleted,
@@ -42,6 +49,7 @@ from gateway.domain import (
     Reply,
     RobotReport,
     Scan,
+    ScanKind,
     ShipOrder,
     TagReadBatch,
     TaskAnswer,
@@ -51,6 +59,7 @@ from gateway.domain import (
     key_of,
 )
 from gateway.rules.agv import TaskBoard
+from gateway.rules.handheld import HandheldIntake
 from gateway.rules.moves import ForkliftMoves
 from gateway.rules.portal import PortalTracker
 from gateway.rules.receiving import DockRules
@@ -74,6 +83,7 @@ _REJECTED: Final[Mapping[InputKind, tuple[str, str]]] = {
     InputKind.AGV_REQUEST: ("agv_request_rejected", "operation"),
     InputKind.ROBOT: ("vda5050_rejected", "topic"),
     InputKind.COMMAND: ("command_rejected", "topic"),
+    InputKind.HANDHELD: ("handheld_rejected", "terminal"),
 }
 
 
@@ -90,6 +100,7 @@ class RulesEngine:
         agv: the AGV task board; receipts and moves feed it (None: no AGV tasks).
         refdata_limits: the most reference data records of each kind held (see
             `gateway.rules.refdata_limits`); a kind not given has no limit.
+        handheld: handheld terminals' scans (None: not taken).
     """
 
     def __init__(
@@ -103,6 +114,7 @@ class RulesEngine:
         scales: Mapping[str, tuple[str, WeightCapture]] | None = None,
         agv: TaskBoard | None = None,
         refdata_limits: Mapping[RefDataKind, int] | None = None,
+        handheld: HandheldIntake | None = None,
     ) -> None:
         self.moves = moves
         self.portals = dict(portals)
@@ -114,9 +126,12 @@ class RulesEngine:
         self.agv = agv
         self.rejections = RejectionDigest(dict(_REJECTED))
         self.refdata_limits = RefDataLimits(refdata_limits)
+        self.handheld = handheld
 
     def on_event(self, event: Event) -> list[Decision]:
         """Decisions caused by one event."""
+        if isinstance(event, HandheldBatch):  # scan by scan (each sees the ones before it)
+            return self._handheld(event)
         handler = _HANDLERS[type(event)]
         return self._to_agv(handler(self, event))
 
@@ -128,6 +143,16 @@ class RulesEngine:
         """
         if isinstance(event, Scan) and event.device_id not in self.dock_stations:
             return self.moves.needs(event)
+        if isinstance(event, HandheldBatch):  # the pallets its moves take (one at a time)
+            for scan in event.scans:
+                label = scan.label
+                if (
+                    scan.purpose is Purpose.MOVE
+                    and isinstance(label, Scan)
+                    and label.sscc is not None
+                    and not self.moves.knows(label.sscc)
+                ):
+                    return label.sscc
         return None
 
     def pallet_found(self, sscc: str, location: str | None) -> None:
@@ -163,18 +188,20 @@ class RulesEngine:
         decisions.extend(self.rejections.on_tick(now))
         if self.agv is not None:
             decisions.extend(self.agv.on_tick(now))
-        return self._to_agv(decisions)
+        out = self._to_agv(decisions)
+        if self.handheld is not None:
+            out.extend(self.handheld.on_tick(now, self._handheld_scan))
+        return out
 
     def _to_agv(self, decisions: list[Decision]) -> list[Decision]:
         """Receipts and forklift moves also go to the task board (stock, putaway tasks)."""
-        if self.agv is None:
-            return decisions
         out = list(decisions)
-        for d in decisions:
-            if isinstance(d, DockTransaction):
-                out.extend(self.agv.on_dock(d))
-            elif isinstance(d, MoveTransaction) and d.task_id is None:  # forklift or station
-                out.extend(self.agv.on_move(d))
+        if self.agv is not None:
+            for d in decisions:
+                if isinstance(d, DockTransaction):
+                    out.extend(self.agv.on_dock(d))
+                elif isinstance(d, MoveTransaction) and d.task_id is None:  # forklift, station
+                    out.extend(self.agv.on_move(d))
         # Receipts, ships and AGV drops tell the forklift rule where pallets are, so that its
         # "from" locations agree with the task board's stock.
         for d in out:
@@ -227,7 +254,9 @@ class RulesEngine:
         notice = self.rejections.on_rejected(event, at)
         if notice is not None:
             out.append(notice)
-        if event.reply is not None:
+        if event.reply is not None and event.kind is InputKind.HANDHELD:
+            out.append(Reply(event.reply, HandheldAnswer(event.subject, (), event.reason)))
+        elif event.reply is not None:
             refused = TaskAnswer(False, AnswerResult.REFUSED, "bad_request", event.reason)
             out.append(Reply(event.reply, refused))
         return out
@@ -317,6 +346,56 @@ class RulesEngine:
     def _known(self, kind: RefDataKind, key: str) -> bool:
         return self._held(kind, key) is not None
 
+    def _handheld(self, batch: HandheldBatch) -> list[Decision]:
+        if self.handheld is None:
+            return []
+        return self.handheld.on_batch(batch, self._handheld_scan)
+
+    def _handheld_scan(
+        self, terminal: str, scan: HandheldScan
+    ) -> tuple[list[Decision], HandheldResult]:
+        """Carry out one handheld scan (`HandheldIntake` calls this once per scan)."""
+        seq = scan.seq
+        label = scan.label
+        if isinstance(label, RejectedScan):
+            return [], HandheldResult(seq, HandheldCode.REJECTED, label.reason)
+        if scan.purpose is Purpose.MOVE:
+            return self._handheld_move(scan, label)
+        door = scan.door or ""
+        role = DoorRole.RECEIVING if scan.purpose is Purpose.RECEIVE else DoorRole.SHIPPING
+        if scan.reference is not None and self.dock.is_closed(scan.reference):
+            what = "receipt" if role is DoorRole.RECEIVING else "shipment"
+            return [], HandheldResult(
+                seq, HandheldCode.LATE_SCAN, f"{what} {scan.reference} was closed before it came"
+            )
+        if label.kind is ScanKind.LOCATION:
+            return [], HandheldResult(seq, HandheldCode.REJECTED, "a location label, not an item")
+        decisions = self._to_agv(list(self.dock.on_scan(label, door, role)))
+        tx = next((d for d in decisions if isinstance(d, DockTransaction)), None)
+        if tx is None or not tx.items:
+            return decisions, HandheldResult(seq, HandheldCode.REJECTED, "nothing to count")
+        item = tx.items[0]
+        return decisions, HandheldResult(seq, item.result.value, item.detail, tx.tx_id)
+
+    def _handheld_move(
+        self, scan: HandheldScan, label: Scan
+    ) -> tuple[list[Decision], HandheldResult]:
+        seq, to = scan.seq, scan.to
+        if label.kind is not ScanKind.PALLET:
+            return [], HandheldResult(seq, HandheldCode.REJECTED, "a move needs a pallet label")
+        if to is None or isinstance(to, RejectedScan) or to.kind is not ScanKind.LOCATION:
+            why = to.reason if isinstance(to, RejectedScan) else "a move needs a location label"
+            return [], HandheldResult(seq, HandheldCode.REJECTED, why)
+        decisions = [*self.moves.on_event(label), *self.moves.on_event(to)]
+        decisions = self._to_agv(decisions)
+        move = next((d for d in decisions if isinstance(d, MoveTransaction)), None)
+        if move is not None:
+            return decisions, HandheldResult(seq, HandheldCode.MOVED, None, move.tx_id)
+        notice = next((d for d in decisions if isinstance(d, Notice)), None)
+        if notice is not None:
+            return decisions, HandheldResult(seq, notice.code, notice.message)
+        return decisions, HandheldResult(seq, HandheldCode.NO_CHANGE)
+
     def _close(self, command: CloseCommand) -> list[Decision]:
         decisions: list[Decision] = list(self.dock.close(command.reference, command.at))
         if command.reply is not None:
@@ -349,4 +428,5 @@ _HANDLERS: Final[Mapping[type[Any], Callable[[RulesEngine, Any], list[Decision]]
     WmsTaskDeleted: RulesEngine._wms_task,
     RobotReport: RulesEngine._robot,
     Rejected: RulesEngine._rejected,
+    HandheldBatch: RulesEngine._handheld,
 }

@@ -28,7 +28,9 @@ from gateway.domain import (
     ReplyHandle,
     RobotReport,
 )
+from gateway.drivers.barcode import LabelRules
 from gateway.wire import agv as agv_wire
+from gateway.wire import handheld as handheld_wire
 from gateway.wire import refdata, vda5050
 from gateway.wire.topics import Requester, RequesterKind, Topics
 
@@ -137,6 +139,8 @@ class InboundRoutes:
         refdata_max_bytes: the largest reference data payload of each kind (`asn`,
             `shipment`, `product`, `location`); a larger one is rejected unread. A kind not
             given: `refdata.MAX_PAYLOAD_BYTES`, the ceiling of every kind.
+        handheld: take handheld terminals' batches (`handheld/scans`), their labels read
+            with these rules (None: not at all).
     """
 
     def __init__(
@@ -147,6 +151,7 @@ class InboundRoutes:
         vda5050_interface: str | None,
         refdata_max_bytes: Mapping[str, int] | None = None,
         remembered: int = MAX_REMEMBERED_PAYLOADS,
+        handheld: LabelRules | None = None,
     ) -> None:
         self._topics = topics
         self._remembered = remembered
@@ -189,6 +194,15 @@ class InboundRoutes:
                     lambda t: t.startswith(f"{base}/agv/"),
                     _agv_request,
                     tuple((topics.agv_request(op), 1) for op in agv_wire.OPERATIONS),
+                )
+            )
+        if handheld is not None:
+            routes.append(
+                Route(
+                    "handheld",
+                    lambda t: t == topics.handheld_scans,
+                    partial(_handheld, handheld),
+                    ((topics.handheld_scans, 1),),
                 )
             )
         if vda5050_interface is not None:
@@ -330,6 +344,25 @@ def _agv_request(message: Received, reply_to: ReplyTo) -> Event | None:
             InputKind.AGV_REQUEST, op, parsed.request.reason, message.at, reply, source=source
         )
     return replace(parsed.request, reply=reply)
+
+
+def _handheld(labels: LabelRules, message: Received, reply_to: ReplyTo) -> Event | None:
+    """A batch of handheld scans (MQTT 5 request/response, or `reply_to` in a 3.1.1 one)."""
+    if message.retain:  # carried out again at every reconnect
+        return None
+    parsed = handheld_wire.parse_batch(message.payload, message.at, labels)
+    terminal = parsed.batch.terminal
+    requester = Requester(RequesterKind.HANDHELD, terminal=terminal)
+    source = f"terminal {terminal}"[:120] if terminal else "handheld"
+    reply = reply_handle(message, reply_to, requester, parsed.reply_to, parsed.correlation)
+    subject = terminal or "unknown terminal"
+    if isinstance(reply, str):
+        return _refused_reply(InputKind.HANDHELD, subject, source, message, reply, parsed.reply_to)
+    if isinstance(parsed.batch, handheld_wire.BadBatch):
+        return Rejected(
+            InputKind.HANDHELD, subject, parsed.batch.reason, message.at, reply, source=source
+        )
+    return replace(parsed.batch, reply=reply)
 
 
 def _robot(message: Received) -> Event:

@@ -88,6 +88,7 @@ class RequesterKind(enum.StrEnum):
 
     FLEET = "fleet"  # fleet controllers: agv/next, agv/progress (and agv/cancel naming a fleet)
     WMS = "wms"  # the WMS: cmd/close, and agv/cancel naming no fleet
+    HANDHELD = "handheld"  # handheld terminals: handheld/scans
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +97,15 @@ class Requester:
 
     kind: RequesterKind
     fleet: str | None = None
+    terminal: str | None = None  # a handheld terminal's id
 
     def __str__(self) -> str:
+        if self.terminal is not None:
+            return f"terminal {self.terminal}"
         return f"fleet {self.fleet}" if self.fleet is not None else str(self.kind)
 
 
-PLACEHOLDERS = ("{site}", "{gateway}", "{fleet}")
+PLACEHOLDERS = ("{site}", "{gateway}", "{fleet}", "{terminal}")
 """What a reply topic pattern may contain besides MQTT topic filter levels."""
 
 # A fleet id put into a pattern must stay one plain level: it must not widen the pattern.
@@ -143,14 +147,17 @@ class ReplyPolicy:
         why = reply_topic_refusal(topic, reserved=self.reserved)
         if why is not None:
             return why
-        fleet = requester.fleet
+        named = {"{fleet}": requester.fleet, "{terminal}": requester.terminal}
         for pattern in self._patterns.get(requester.kind, ()):
-            if "{fleet}" in pattern:
-                if fleet is None or not _PLAIN_LEVEL.match(fleet) or _CONTROL.search(fleet):
+            for placeholder, value in named.items():
+                if placeholder not in pattern:
                     continue
-                pattern = pattern.replace("{fleet}", fleet)
-            if topic_matches_sub(pattern, topic):
-                return None
+                if value is None or not _PLAIN_LEVEL.match(value) or _CONTROL.search(value):
+                    break
+                pattern = pattern.replace(placeholder, value)
+            else:
+                if topic_matches_sub(pattern, topic):
+                    return None
         return f"not an allowed reply topic for {requester.kind} requesters"
 
 
@@ -210,6 +217,11 @@ class Topics:
     def agv_task(self) -> str:
         """Every change of an AGV task."""
         return f"{self.base}/agv/task"
+
+    @property
+    def handheld_scans(self) -> str:
+        """Where handheld terminals send their batches of scans."""
+        return f"{self.base}/handheld/scans"
 
     def agv_request(self, op: str) -> str:
         """Where fleet controllers send `next`, `progress` and `cancel` requests."""

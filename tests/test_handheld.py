@@ -1,0 +1,212 @@
+"""Handheld terminals (#15): scans applied exactly once, in each terminal's order, whatever the
+network does to the batches; answers per scan; late scans; refused batches answered."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from gateway.app import Gateway
+from gateway.domain import (
+    HandheldAnswer,
+    HandheldApplied,
+    HandheldBatch,
+    HandheldCode,
+    HandheldResult,
+    HandheldScan,
+    Notice,
+    Purpose,
+    Reply,
+    ReplyHandle,
+    Scan,
+    ScanKind,
+)
+from gateway.rules.handheld import HandheldIntake, HandheldSettings
+from simulators.gs1 import sscc, sscc_label
+from simulators.handheld import HandheldTerminal, Misbehaviour
+from tests.gateway_helpers import (
+    ask_to_close,
+    assert_valid,
+    build,
+    running,
+    site_config,
+    wait_reference_data,
+)
+from tests.mqtt_helpers import Collector, Mosquitto
+
+T0 = dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC)
+
+
+# --- the intake alone (pure) ------------------------------------------------------------------
+
+
+def batch(*seqs: int, terminal: str = "pda-1", at: dt.datetime = T0) -> HandheldBatch:
+    scans = tuple(
+        HandheldScan(
+            seq,
+            Purpose.RECEIVE,
+            T0 + dt.timedelta(seconds=seq),
+            Scan(terminal, T0, f"label {seq}", ScanKind.PALLET, sscc=str(seq)),
+            door="D03",
+        )
+        for seq in seqs
+    )
+    return HandheldBatch(terminal, scans, at, ReplyHandle(object()))
+
+
+class Counter:
+    """`apply`: records the order scans are carried out in."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, int]] = []
+
+    def __call__(self, terminal: str, scan: HandheldScan) -> tuple[list[Any], HandheldResult]:
+        self.applied.append((terminal, scan.seq))
+        return [], HandheldResult(scan.seq, "accepted", tx_id=f"tx-{terminal}-{scan.seq}")
+
+
+def answer(decisions: list[Any]) -> dict[int, HandheldResult]:
+    (reply,) = [d for d in decisions if isinstance(d, Reply)]
+    assert isinstance(reply.answer, HandheldAnswer)
+    return {r.seq: r for r in reply.answer.results}
+
+
+def test_repeats_and_reordered_batches_apply_each_scan_once_in_order() -> None:
+    intake, apply = HandheldIntake(), Counter()
+    first = answer(intake.on_batch(batch(3, 4), apply))  # 1 and 2 are late
+    assert {s: r.result for s, r in first.items()} == {3: "held", 4: "held"}
+    second = answer(intake.on_batch(batch(1, 2), apply))
+    assert all(r.result == "accepted" and not r.repeat for r in second.values())
+    assert apply.applied == [("pda-1", 1), ("pda-1", 2), ("pda-1", 3), ("pda-1", 4)]
+    again = answer(intake.on_batch(batch(1, 2, 3, 4, 4), apply))  # sent again, one twice
+    assert all(r.repeat and r.tx_id == f"tx-pda-1-{s}" for s, r in again.items())
+    assert len(apply.applied) == 4
+    # Another terminal's seqs are its own.
+    answer(intake.on_batch(batch(1, terminal="pda-2"), apply))
+    assert apply.applied[-1] == ("pda-2", 1)
+
+
+def test_a_gap_is_given_up_on_after_the_wait_and_a_late_scan_is_still_applied_once() -> None:
+    intake, apply = (
+        HandheldIntake(HandheldSettings(reorder_wait=dt.timedelta(seconds=10))),
+        Counter(),
+    )
+    intake.on_batch(batch(1), apply)
+    intake.on_batch(batch(4, 5, at=T0), apply)  # 2 and 3 lost on the way
+    assert intake.on_tick(T0 + dt.timedelta(seconds=9), apply) == []
+    out = intake.on_tick(T0 + dt.timedelta(seconds=10), apply)
+    (gap,) = [d for d in out if isinstance(d, Notice)]
+    assert gap.code == "handheld_gap" and gap.details["missing_from"] == 2
+    assert gap.details["missing_to"] == 3
+    assert [s for _, s in apply.applied] == [1, 4, 5]
+    late = answer(intake.on_batch(batch(3), apply))  # 3 comes after all
+    assert late[3].result == "accepted" and not late[3].repeat
+    assert answer(intake.on_batch(batch(3), apply))[3].repeat
+    assert [s for _, s in apply.applied] == [1, 4, 5, 3]
+    assert sum(isinstance(d, HandheldApplied) for d in out) == 2
+
+
+def test_what_was_applied_before_a_restart_is_not_applied_again() -> None:
+    apply = Counter()
+    stored = [("pda-1", HandheldResult(s, "accepted", tx_id=f"t{s}")) for s in (1, 2, 3)]
+    intake = HandheldIntake(HandheldSettings(remembered_per_terminal=2), applied=stored)
+    results = answer(intake.on_batch(batch(1, 2, 3, 4), apply))
+    assert results[1].result == HandheldCode.TOO_OLD  # beyond what is remembered
+    assert results[2].repeat and results[3].repeat
+    assert results[4].result == "accepted"
+    assert apply.applied == [("pda-1", 4)]
+
+
+# --- over MQTT, against the rules ---------------------------------------------------------------
+
+PALLETS = [sscc("0614141", 700 + n) for n in range(12)]
+STRANGER = sscc("0614141", 799)
+
+
+def site(tmp_path: Path, port: int) -> Any:
+    raw = site_config(tmp_path, broker_port=port, scanner=None)
+    raw["handheld"] = {"enabled": True, "reorder_wait_s": 1.0}
+    return build(raw, tmp_path)
+
+
+async def subscribed(gateway: Gateway) -> None:
+    async with asyncio.timeout(10):
+        while gateway.bridge is None or not gateway.bridge.subscribed:
+            await asyncio.sleep(0.02)
+
+
+async def publish_asn(port: int, asn_id: str, pallets: list[str]) -> None:
+    asn = {
+        "asn_id": asn_id,
+        "door": "D03",
+        "lines": [{"line": n, "sscc": p, "quantity": 1} for n, p in enumerate(pallets, 1)],
+    }
+    async with aiomqtt.Client("127.0.0.1", port, identifier="test-wms") as wms:
+        await wms.publish(f"wms/DC1/asn/{asn_id}", json.dumps(asn), qos=1, retain=True)
+
+
+async def test_a_terminal_offline_then_replaying_badly_gets_each_scan_applied_once(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    await publish_asn(mosquitto.port, "ASN-H1", PALLETS)
+    truth: dict[int, str] = {}
+    async with (
+        Collector(mosquitto.port) as collector,
+        running(site(tmp_path, mosquitto.port)) as gateway,
+        HandheldTerminal(
+            "pda-1",
+            mosquitto.port,
+            batch_size=3,
+            operator="anna",
+            misbehaviour=Misbehaviour(max_copies=3, reorder=0.3, seed=5),
+        ) as pda,
+    ):
+        await wait_reference_data(gateway, "asn/ASN-H1")
+        pda.offline = True  # in the freezer: scans pile up
+        for pallet in PALLETS[:8]:
+            truth[pda.scan("receive", sscc_label(pallet), door="D03")] = "accepted"
+        truth[pda.scan("receive", sscc_label(PALLETS[0]), door="D03")] = "already_received"
+        truth[pda.scan("receive", sscc_label(STRANGER), door="D03")] = "unexpected"
+        truth[pda.scan("receive", "]C1not a label", door="D03")] = "rejected"
+        pda.offline = False
+        for _ in range(5):
+            await pda.flush()
+            if not pda.pending:
+                break
+        assert pda.pending == 0
+        assert {s: r["result"] for s, r in pda.results.items()} == truth
+        assert pda.disagreements == 0
+        for result in pda.results.values():
+            if result["result"] != "rejected":
+                assert result["tx_id"]
+        # One receive transaction per scan applied (not per copy sent), the label refused.
+        await collector.wait_for(lambda c: len(c.on("/tx/receive")) >= 10)
+        receives = {m.json()["tx_id"] for m in collector.on("/tx/receive")}
+        made = {r["tx_id"] for r in pda.results.values() if r["tx_id"]}
+        assert receives == made and len(made) == 10
+        # The receipt closes; a scan made before, sent after, is a late scan and changes nothing.
+        await ask_to_close(mosquitto.port, "ASN-H1")
+        late = pda.scan("receive", sscc_label(PALLETS[9]), door="D03", reference="ASN-H1")
+        await pda.flush()
+        assert pda.results[late]["result"] == "late_scan"
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms:
+        await wms.publish("wms/DC1/asn/ASN-H1", b"", qos=1, retain=True)
+
+
+async def test_a_refused_batch_is_answered_with_its_reason(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with (
+        running(site(tmp_path, mosquitto.port)) as gateway,
+        HandheldTerminal("pda-9", mosquitto.port) as pda,
+    ):
+        await subscribed(gateway)
+        answer = await pda.send([{"seq": 0, "purpose": "receive", "barcode": "x"}])
+        assert_valid("handheld-answer", answer)
+        assert answer["ok"] is False and answer["terminal"] == "pda-9"
+        assert "seq" in answer["error"] or "required" in answer["error"]
