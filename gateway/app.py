@@ -75,6 +75,7 @@ class Gateway:
         self.runner: RulesRunner | None = None
         self.ops: Operations | None = None
         self.live: LiveState | None = None
+        self.handheld_port: int | None = None  # the handheld HTTP endpoint's, once listening
         self.http_listening = asyncio.Event()  # the HTTP endpoint listens (on `ops.port`)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -193,6 +194,7 @@ class Gateway:
                 rules_task = tg.create_task(runner.run(), name="rules")
                 ops_task = tg.create_task(ops.run(), name="ops")
                 live_task = tg.create_task(live.run(), name="state") if live else None
+                handheld_task = self._handheld_http(tg)
                 drivers = [
                     tg.create_task(self._supervised(device_id), name=f"device.{device_id}")
                     for device_id in self.drivers
@@ -201,6 +203,8 @@ class Gateway:
                 log.info("gateway stopping", grace_s=config.gateway.shutdown_grace_s)
                 ops.stopping()
                 recorder.stop_holding()  # what was read is committed, room in the outbox or not
+                if handheld_task is not None:  # intake stops first (terminals send again)
+                    handheld_task.cancel()
                 for task in drivers:
                     task.cancel()
                 await asyncio.wait(drivers) if drivers else None
@@ -217,6 +221,27 @@ class Gateway:
         finally:
             await store.close()
         log.info("gateway stopped", outbox_depth=store.depth)
+
+    def _handheld_http(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+        """Handheld batches over HTTP, when configured."""
+        handheld = self.config.handheld
+        labels = handheld_labels(self.config)
+        if labels is None or not handheld.http.enabled:
+            return None
+        from gateway.bridge import handheld_http  # aiohttp only where it is used
+
+        def listening(port: int) -> None:
+            self.handheld_port = port
+
+        serving = handheld_http.serve(
+            handheld.http,
+            handheld.tokens,
+            labels,
+            self._from_network,
+            self.clock,
+            started=listening,
+        )
+        return tg.create_task(serving, name="handheld.http")
 
     async def _from_network(self, event: Event) -> None:
         """Events from MQTT fill at most half the inbox: a flood from the network never holds

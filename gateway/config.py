@@ -726,7 +726,15 @@ class HandheldConfig(_Model):
         short = sorted(t for t, token in tokens.items() if len(token) < 16)
         if short:
             raise ValueError(f"tokens of at least 16 characters, not for {', '.join(short)}")
+        if len(set(tokens.values())) != len(tokens):
+            raise ValueError("two terminals have the same token")
         return tokens
+
+    @model_validator(mode="after")
+    def _http_needs_tokens(self) -> HandheldConfig:
+        if self.enabled and self.http.enabled and not self.tokens:
+            raise ValueError("handheld.http needs handheld.tokens: one per terminal")
+        return self
 
 
 class GatewayConfig(_Model):

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 
 from gateway.app import Gateway
@@ -210,3 +211,58 @@ async def test_a_refused_batch_is_answered_with_its_reason(
         assert_valid("handheld-answer", answer)
         assert answer["ok"] is False and answer["terminal"] == "pda-9"
         assert "seq" in answer["error"] or "required" in answer["error"]
+
+
+TOKENS = {"pda-1": "token-of-pda-1-xxxx", "pda-2": "token-of-pda-2-xxxx"}
+
+
+async def test_over_http_with_a_terminal_token(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    await publish_asn(mosquitto.port, "ASN-H2", PALLETS[:3])
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    raw["handheld"] = {
+        "enabled": True,
+        "tokens": TOKENS,
+        "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
+    }
+    scans = [
+        {
+            "seq": n,
+            "purpose": "receive",
+            "scanned_at": (T0 + dt.timedelta(seconds=n)).isoformat(),
+            "barcode": sscc_label(p),
+            "door": "D03",
+        }
+        for n, p in enumerate(PALLETS[:3], 1)
+    ]
+    body = {"terminal": "pda-1", "scans": scans}
+    async with running(build(raw, tmp_path)) as gateway, aiohttp.ClientSession() as http:
+        await wait_reference_data(gateway, "asn/ASN-H2")
+        async with asyncio.timeout(10):
+            while gateway.handheld_port is None:
+                await asyncio.sleep(0.02)
+        url = f"http://127.0.0.1:{gateway.handheld_port}/handheld/scans"
+
+        async def post(payload: Any, token: str | None) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            async with http.post(url, data=data, headers=headers) as response:
+                return response.status, await response.json()
+
+        status, answer = await post(body, TOKENS["pda-1"])
+        assert status == 200, answer
+        assert_valid("handheld-answer", answer)
+        assert [r["result"] for r in answer["results"]] == ["accepted"] * 3
+        status, again = await post(body, TOKENS["pda-1"])  # the same batch again
+        assert status == 200 and all(r["repeat"] for r in again["results"])
+        assert [r["tx_id"] for r in again["results"]] == [r["tx_id"] for r in answer["results"]]
+        # No token, a wrong one, another terminal's, a bad batch.
+        assert (await post(body, None))[0] == 401
+        assert (await post(body, "not-a-token-at-all-xx"))[0] == 401
+        status, other = await post(body, TOKENS["pda-2"])
+        assert status == 403 and "pda-1" in other["error"]
+        status, bad = await post(b"{not json", TOKENS["pda-2"])
+        assert status == 400 and bad["ok"] is False and bad["error"]
+        assert_valid("handheld-answer", bad)
+        assert (await post(b"x" * (300 * 1024), TOKENS["pda-2"]))[0] == 413
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms:
+        await wms.publish("wms/DC1/asn/ASN-H2", b"", qos=1, retain=True)

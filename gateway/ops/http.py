@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import structlog
 from aiohttp import encode_basic_auth, web
 
 from gateway.config import HttpConfig
+from gateway.httptls import server_tls
 from gateway.ops.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.supervisor import Backoff
 
@@ -128,7 +128,7 @@ async def serve(
         while True:
             try:
                 await web.TCPSite(
-                    runner, config.host, config.port, ssl_context=_tls(config)
+                    runner, config.host, config.port, ssl_context=server_tls(config.tls)
                 ).start()
                 break
             except OSError as err:  # ssl.SSLError too (a bad certificate file)
@@ -151,19 +151,6 @@ async def serve(
 
 
 NO_CACHE = {"Cache-Control": "no-store"}
-
-
-def _tls(config: HttpConfig) -> ssl.SSLContext | None:
-    """HTTPS, and client certificates required when a client CA is given (None: plain HTTP)."""
-    if config.tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
-    if config.tls.client_ca_file is not None:
-        context.load_verify_locations(config.tls.client_ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
 
 
 def _status(ok: bool, reasons: list[str]) -> web.Response:
