@@ -52,9 +52,10 @@ MQTT_DOC = ROOT / "docs" / "mqtt.md"
 GATEWAY = "gw-dock-north"
 WMS = "wms"
 FLEET = "fleet-f1"
+HANDHELD = "pda-01"
 ROBOT = "agv-001"  # a robot's username is its VDA 5050 serial number
 OTHER_ROBOT = "agv-002"
-USERS = (GATEWAY, WMS, FLEET, ROBOT, OTHER_ROBOT)
+USERS = (GATEWAY, WMS, FLEET, HANDHELD, ROBOT, OTHER_ROBOT)
 PASSWORD = "secret"
 
 BASE = "gw/DC1/dock-north"
@@ -365,6 +366,7 @@ FLOWS = (
     Flow(GATEWAY, f"{WMS_REPLIES}/close", (WMS,)),
     Flow(GATEWAY, f"{WMS_REPLIES}/agv", (WMS,)),
     Flow(GATEWAY, FLEET_REPLIES, (FLEET,)),
+    Flow(GATEWAY, "handheld/pda-01/answers", (HANDHELD,)),
     # The WMS: reference data and tasks (retained), commands and cancellations.
     Flow(WMS, "wms/DC1/asn/ASN-7", (GATEWAY,), retain=True),
     Flow(WMS, "wms/DC1/shipment/SO-7", (GATEWAY,), retain=True),
@@ -377,6 +379,8 @@ FLOWS = (
     Flow(FLEET, f"{BASE}/agv/next", (GATEWAY,)),
     Flow(FLEET, f"{BASE}/agv/progress", (GATEWAY,)),
     Flow(FLEET, f"{BASE}/agv/cancel", (GATEWAY,)),
+    # A handheld terminal sends its scans.
+    Flow(HANDHELD, f"{BASE}/handheld/scans", (GATEWAY,)),
     # A robot's VDA 5050 state and connection (retained, and its last will), 2.x and 3.x.
     Flow(ROBOT, f"uagv/v2/acme/{ROBOT}/state", (GATEWAY,)),
     Flow(ROBOT, f"uagv/v2/acme/{ROBOT}/connection", (GATEWAY,), retain=True),
@@ -587,7 +591,7 @@ def test_every_documented_topic_has_a_flow() -> None:
 def test_every_user_of_the_acl_has_flows() -> None:
     """Each user block of the shipped ACL publishes and reads in some flow; robots too."""
     users = re.findall(r"^user (\S+)$", SHIPPED_ACL.read_text(), flags=re.MULTILINE)
-    assert sorted(users) == sorted([GATEWAY, WMS, FLEET])
+    assert sorted(users) == sorted([GATEWAY, WMS, FLEET, HANDHELD])
     for user in [*users, ROBOT]:
         assert any(f.publisher == user for f in FLOWS), user
     for user in users:
