@@ -715,6 +715,14 @@ class HandheldConfig(_Model):
     enabled: bool = False
     reorder_wait_s: float = Field(default=10.0, ge=0, le=3600)  # a scan waits for those before it
     replay_window_days: float = Field(default=7.0, gt=0, le=365)  # results remembered this long
+    # The reason codes a clerk may give when reporting damaged or missing items.
+    damage_reasons: list[str] = Field(
+        default_factory=lambda: ["crushed", "wet", "torn", "pallet_broken", "leaking"],
+        min_length=1,
+    )
+    short_reasons: list[str] = Field(
+        default_factory=lambda: ["not_shipped", "missing_on_pallet", "count_error"], min_length=1
+    )
     # terminal id -> its HTTP bearer token (at least 16 characters); a batch must name the
     # terminal its token belongs to.
     tokens: dict[str, str] = Field(default_factory=dict)

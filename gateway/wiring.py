@@ -168,7 +168,11 @@ async def _handheld(config: GatewayConfig, store: Store, clock: Clock) -> Handhe
         return None
     since = clock().timestamp() - handheld.replay_window_days * 86400
     return HandheldIntake(
-        HandheldSettings(reorder_wait=dt.timedelta(seconds=handheld.reorder_wait_s)),
+        HandheldSettings(
+            reorder_wait=dt.timedelta(seconds=handheld.reorder_wait_s),
+            damage_reasons=frozenset(handheld.damage_reasons),
+            short_reasons=frozenset(handheld.short_reasons),
+        ),
         applied=[
             (terminal, result_from_json(json.loads(body)))
             for terminal, body in await store.handheld_scans(since=since)

@@ -11,10 +11,12 @@ from gateway.domain import (
     Direction,
     DockSummary,
     DockTransaction,
+    Notice,
     PortalPass,
     Product,
     Scan,
     ScanKind,
+    Severity,
     ShipLine,
     ShipOrder,
     TagEvidence,
@@ -133,9 +135,10 @@ def test_nothing_is_received_twice_also_after_a_restart() -> None:
     restarted.set_asn(asn(l1=AsnLine(line=1, quantity=5, gtin=GTIN_A)))
     third = tx_of(restarted.on_pass(passing([a(1), a(2), a(3)], at=120), "receiving"))
     assert sorted(results(third).values()) == ["accepted", "already_received", "already_received"]
-    (summary,) = restarted.close("ASN-1", T0 + dt.timedelta(hours=1))
+    summary, alarm = restarted.close("ASN-1", T0 + dt.timedelta(hours=1))
     assert isinstance(summary, DockSummary)
     assert [(line.done, line.short) for line in summary.lines] == [(3, 2)]
+    assert isinstance(alarm, Notice) and alarm.code == "receipt_short"  # closed short
 
 
 def test_expired_and_short_dated_lots_raise_an_alarm() -> None:
@@ -187,9 +190,11 @@ def test_close_by_command_and_by_idle_timeout() -> None:
     rules.set_asn(asn(l1=AsnLine(line=1, quantity=3, gtin=GTIN_A)))
     rules.on_pass(passing([a(1)]), "receiving")
     assert rules.on_tick(T0 + dt.timedelta(minutes=5)) == []
-    (summary,) = rules.on_tick(T0 + dt.timedelta(minutes=11))
+    summary, alarm = rules.on_tick(T0 + dt.timedelta(minutes=11))
     assert isinstance(summary, DockSummary)
     assert (summary.reason, summary.status) == ("idle", "short")
+    assert isinstance(alarm, Notice) and alarm.severity is Severity.ERROR
+    assert alarm.details["lines"] == [{"line": 1, "short": 2, "reported_short": 0}]
     assert summary.lines[0].short == 2
     assert rules.close("ASN-1", T0) == []  # already closed
     # After the close, the door has no open ASN: the next pallet is unplanned.

@@ -207,7 +207,7 @@ async def test_a_day_at_two_doors_matches_its_ground_truth(
         (f"sscc:{day.first_pallet}", "already_received"),
     ]
     alarms = sorted(m.json()["code"] for m in collector.on("/alarm"))
-    assert alarms == ["expired_lot", "wrong_pallet_at_shipping"]
+    assert alarms == ["expired_lot", "receipt_short", "wrong_pallet_at_shipping"]
     # The metrics say what the subscriber received (#14).
     counted = samples(exposition)
     for kind, txs in (("receive", receives), ("ship", ships)):

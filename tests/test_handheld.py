@@ -266,3 +266,67 @@ async def test_over_http_with_a_terminal_token(tmp_path: Path, mosquitto: Mosqui
         assert (await post(b"x" * (300 * 1024), TOKENS["pda-2"]))[0] == 413
     async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms:
         await wms.publish("wms/DC1/asn/ASN-H2", b"", qos=1, retain=True)
+
+
+async def test_damage_and_short_reports_reach_the_receipt_its_summary_alarms_and_epcis(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    pallets = PALLETS[:3]
+    await publish_asn(mosquitto.port, "ASN-H3", pallets)
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    raw["handheld"] = {"enabled": True}
+    raw["epcis"] = {"enabled": True, "read_point_base": "urn:epc:id:sgln:0614141.00001"}
+    async with (
+        Collector(mosquitto.port) as collector,
+        running(build(raw, tmp_path)) as gateway,
+        HandheldTerminal("pda-1", mosquitto.port, operator="li") as pda,
+    ):
+        await wait_reference_data(gateway, "asn/ASN-H3")
+        received = pda.scan("receive", sscc_label(pallets[0]), door="D03")
+        crushed = pda.scan("damage", sscc_label(pallets[0]), door="D03", reason="crushed")
+        missing = pda.scan(
+            "short", sscc_label(pallets[2]), door="D03", reason="not_shipped", quantity=1
+        )
+        unknown = pda.scan("damage", sscc_label(pallets[1]), door="D03", reason="eaten")
+        stranger = pda.scan("damage", sscc_label(STRANGER), door="D03", reason="wet")
+        await pda.flush()
+        got = {seq: pda.results[seq] for seq in (received, crushed, missing, unknown, stranger)}
+        assert [r["result"] for r in got.values()] == [
+            "accepted",
+            "damaged",
+            "reported_short",
+            "rejected",
+            "rejected",
+        ]
+        assert "eaten" in got[unknown]["detail"] and "crushed" in got[unknown]["detail"]
+        assert "no line" in got[stranger]["detail"] or "on no line" in got[stranger]["detail"]
+        await collector.wait_for(lambda c: len(c.on("/alarm")) >= 2)
+        codes = sorted(m.json()["code"] for m in collector.on("/alarm"))
+        assert codes == ["damage_reported", "short_reported"]
+        report = next(
+            m.json()
+            for m in collector.on("/tx/receive")
+            if m.json()["tx_id"] == got[crushed]["tx_id"]
+        )
+        assert_valid("receive", report)
+        assert report["status"] == "reported"
+        assert [(e["code"], e["detail"]) for e in report["exceptions"]] == [("damaged", "crushed")]
+        # The receipt closes: its summary counts the reports, and it closes short: an alarm.
+        await ask_to_close(mosquitto.port, "ASN-H3")
+        await collector.wait_for(lambda c: c.on("/receipt") and len(c.on("/alarm")) >= 3)
+        (summary,) = [m.json() for m in collector.on("/receipt")]
+        assert_valid("dock-summary", summary)
+        lines = {ln["line"]: ln for ln in summary["lines"]}
+        assert (lines[1]["done"], lines[1]["damaged"]) == (1, 1)
+        assert (lines[3]["short"], lines[3]["reported_short"]) == (1, 1)
+        assert "receipt_short" in [m.json()["code"] for m in collector.on("/alarm")]
+        for alarm in collector.on("/alarm"):
+            assert_valid("event", alarm.json())
+        dispositions = {
+            e["disposition"]
+            for m in collector.on("/epcis")
+            for e in m.json()["epcisBody"]["eventList"]
+        }
+        assert "damaged" in dispositions
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms:
+        await wms.publish("wms/DC1/asn/ASN-H3", b"", qos=1, retain=True)

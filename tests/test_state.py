@@ -121,6 +121,9 @@ async def test_a_late_subscriber_rebuilds_the_state_also_after_three_restarts(
         answer = await fleet.ask("next", {"fleet": "fleet-1", "robot": "agv-001"})
         assert answer["ok"], answer  # a putaway of a pallet received at D03
         task_id = answer["task"]["task_id"]
+        async with asyncio.timeout(10):  # the robot's state (every 0.5 s) has come in
+            while (gateway.live.view("robot").get("agv-001") or {}).get("position") is None:
+                await asyncio.sleep(0.05)
         state = await rebuilt_equals_own(gateway, port)
         door = state[f"{STATE}door/D03"]
         (receipt,) = door["open"]

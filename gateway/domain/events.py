@@ -200,6 +200,9 @@ class HandheldScan:
     reference: str | None = None  # the ASN or ship order the operator works on, if the app knows
     to: Scan | RejectedScan | None = None  # move: the location label
     operator: str | None = None
+    reason: str | None = None  # damage, short: the reason code
+    quantity: int = 1  # damage, short: how many
+    line: int | None = None  # damage, short: the ASN line (None: the label's line)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ class Purpose(enum.StrEnum):
     RECEIVE = "receive"  # an item or pallet received at a door (against its open ASN)
     SHIP_CHECK = "ship_check"  # an item or pallet checked against the door's ship order
     MOVE = "move"  # a pallet put at a location (the scan and the location label)
+    DAMAGE = "damage"  # items of a receipt reported damaged (a reason code, a quantity)
+    SHORT = "short"  # items of a receipt reported missing (a reason code, a quantity)
 
 
 class HandheldCode(enum.StrEnum):

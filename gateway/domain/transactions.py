@@ -58,6 +58,8 @@ class DockResult(enum.StrEnum):
     LOT_MISMATCH = "lot_mismatch"
     NOT_ON_ORDER = "not_on_order"
     ALREADY_SHIPPED = "already_shipped"
+    DAMAGED = "damaged"  # reported damaged by a clerk (received, with a reason code)
+    REPORTED_SHORT = "reported_short"  # reported missing by a clerk (with a reason code)
 
 
 class WeighingMethod(enum.StrEnum):
@@ -186,6 +188,9 @@ class ItemResult:
     detail: str = ""
 
 
+_REPORTED = frozenset({DockResult.DAMAGED, DockResult.REPORTED_SHORT})
+
+
 @dataclass(frozen=True, slots=True)
 class DockTransaction:
     """A receive or ship transaction: the items of one pass or scan at a door."""
@@ -216,9 +221,12 @@ class DockTransaction:
 
     @property
     def status(self) -> str:
-        """unplanned, accepted, accepted_with_exceptions or rejected."""
+        """unplanned, accepted, accepted_with_exceptions, rejected, or reported (a clerk's
+        report of damaged or missing items)."""
         if self.reference is None:
             return "unplanned"
+        if self.items and all(r.result in _REPORTED for r in self.items):
+            return "reported"
         accepted = sum(1 for r in self.items if r.result == DockResult.ACCEPTED)
         if accepted == len(self.items) and (self.weight is None or self.weight.within):
             return "accepted"
@@ -248,6 +256,8 @@ class LineSummary:
     expected: int
     done: int
     over: int
+    damaged: int = 0  # reported damaged
+    reported_short: int = 0  # reported missing, with a reason
 
     @property
     def short(self) -> int:

@@ -21,6 +21,7 @@ from gateway.domain import (
     DeviceGap,
     Direction,
     DockKind,
+    DockResult,
     DockSummary,
     DockTransaction,
     DoorRole,
@@ -361,6 +362,8 @@ class RulesEngine:
             return [], HandheldResult(seq, HandheldCode.REJECTED, label.reason)
         if scan.purpose is Purpose.MOVE:
             return self._handheld_move(scan, label)
+        if scan.purpose in (Purpose.DAMAGE, Purpose.SHORT):
+            return self._handheld_report(scan, label)
         door = scan.door or ""
         role = DoorRole.RECEIVING if scan.purpose is Purpose.RECEIVE else DoorRole.SHIPPING
         if scan.reference is not None and self.dock.is_closed(scan.reference):
@@ -376,6 +379,39 @@ class RulesEngine:
             return decisions, HandheldResult(seq, HandheldCode.REJECTED, "nothing to count")
         item = tx.items[0]
         return decisions, HandheldResult(seq, item.result.value, item.detail, tx.tx_id)
+
+    def _handheld_report(
+        self, scan: HandheldScan, label: Scan
+    ) -> tuple[list[Decision], HandheldResult]:
+        """Items of a receipt reported damaged or missing, with a reason code."""
+        seq, damage = scan.seq, scan.purpose is Purpose.DAMAGE
+        settings = self.handheld.settings if self.handheld is not None else None
+        reasons = (
+            (settings.damage_reasons if damage else settings.short_reasons) if settings else ()
+        )
+        if scan.reason not in reasons:
+            known = ", ".join(sorted(reasons))
+            return [], HandheldResult(
+                seq, HandheldCode.REJECTED, f"unknown reason {scan.reason!r} (one of {known})"
+            )
+        if scan.reference is not None and self.dock.is_closed(scan.reference):
+            return [], HandheldResult(
+                seq, HandheldCode.LATE_SCAN, f"receipt {scan.reference} was closed before it came"
+            )
+        made = self.dock.report(
+            DockResult.DAMAGED if damage else DockResult.REPORTED_SHORT,
+            label,
+            scan.door or "",
+            reason=scan.reason or "",
+            quantity=scan.quantity,
+            line=scan.line,
+            reference=scan.reference,
+        )
+        if isinstance(made, str):
+            return [], HandheldResult(seq, HandheldCode.REJECTED, made)
+        decisions = self._to_agv(list(made))
+        tx = next(d for d in decisions if isinstance(d, DockTransaction))
+        return decisions, HandheldResult(seq, tx.items[0].result.value, scan.reason, tx.tx_id)
 
     def _handheld_move(
         self, scan: HandheldScan, label: Scan

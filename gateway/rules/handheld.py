@@ -49,10 +49,13 @@ class _Terminal:
 
 @dataclass(frozen=True, slots=True)
 class HandheldSettings:
-    """How long a scan waits for those before it, and how many results are remembered."""
+    """How long a scan waits for those before it, how many results are remembered, and the
+    reason codes damage and short reports may give."""
 
     reorder_wait: dt.timedelta = dt.timedelta(seconds=10)
     remembered_per_terminal: int = 100_000
+    damage_reasons: frozenset[str] = frozenset()  # the reason codes a damage report may give
+    short_reasons: frozenset[str] = frozenset()  # ... and a short report
 
 
 class HandheldIntake:

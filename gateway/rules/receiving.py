@@ -50,7 +50,10 @@ from gateway.rules.weighing import check_weight
 # Results that make an item received (or shipped): a second pass of it is "already ...".
 # Exceptions (unexpected, expired, not on order...) are not recorded: the item may come back
 # once the WMS has put it right, and is then received as it should be.
-_RECORDED = frozenset({DockResult.ACCEPTED, DockResult.OVER_RECEIPT})
+_RECORDED = frozenset(
+    {DockResult.ACCEPTED, DockResult.OVER_RECEIPT, DockResult.DAMAGED, DockResult.REPORTED_SHORT}
+)
+_REPORTS = frozenset({DockResult.DAMAGED, DockResult.REPORTED_SHORT})
 
 DockDecision = DockTransaction | DockSummary | Notice
 
@@ -101,6 +104,8 @@ class _Open:
     done: dict[int, int] = field(default_factory=dict)  # line -> counted
     over: dict[int, int] = field(default_factory=dict)
     pallets: set[str] = field(default_factory=set)  # ship: SSCCs loaded
+    damaged: dict[int, int] = field(default_factory=dict)  # line -> reported damaged
+    reported_short: dict[int, int] = field(default_factory=dict)  # line -> reported missing
     last_activity: dt.datetime | None = None
 
 
@@ -238,8 +243,88 @@ class DockRules:
                     progress = _Open(reference, plan.door)
             if progress is not None:
                 self._closed.add(reference)
-                return [self._summary(kind, progress, at, reason)]
+                return self._closing(kind, progress, at, reason)
         return []
+
+    def report(
+        self,
+        problem: DockResult,
+        scan: Scan,
+        door: str,
+        *,
+        reason: str,
+        quantity: int,
+        line: int | None = None,
+        reference: str | None = None,
+    ) -> list[DockDecision] | str:
+        """A clerk reports items of a receipt damaged (`DockResult.DAMAGED`) or missing
+        (`DockResult.REPORTED_SHORT`) with a reason code: a receive transaction with one item
+        result per unit, tallied on its ASN line, and an alarm at the door. Returns why not
+        (a str) when there is no open receipt at the door or the label is on none of its lines.
+        """
+        asn = self.asns.get(reference) if reference else self._open_asn(door, scan.at)
+        if asn is None or asn.asn_id in self._closed:
+            return (
+                f"no open receipt at {door}"
+                if reference is None
+                else f"no open receipt {reference}"
+            )
+        item = item_of_scan(scan)
+        if item is None:
+            return "not an item or pallet label"
+        if line is None:
+            found = next(
+                (
+                    ln
+                    for ln in asn.lines
+                    if (item.sscc and ln.sscc == item.sscc)
+                    or (item.gtin and ln.gtin == item.gtin)
+                    or (item.epc and item.epc in ln.epcs)
+                ),
+                None,
+            )
+            if found is None:
+                return f"on no line of ASN {asn.asn_id}"
+            line = found.line
+        elif all(ln.line != line for ln in asn.lines):
+            return f"ASN {asn.asn_id} has no line {line}"
+        progress = self._progress(DockKind.RECEIVE, asn.asn_id, door)
+        progress.last_activity = scan.at
+        tally = progress.damaged if problem == DockResult.DAMAGED else progress.reported_short
+        tally[line] = tally.get(line, 0) + quantity
+        evidence = deterministic_id(
+            "report", problem, scan.device_id, scan.raw, scan.at.isoformat(), line, reason, quantity
+        )
+        results = [
+            ItemResult(
+                dataclasses.replace(item, key=f"report:{evidence}:{n}", epc=None, uri=None),
+                problem,
+                line,
+                reason,
+            )
+            for n in range(quantity)
+        ]
+        for r in results:
+            self._seen[DockKind.RECEIVE].add(r.item.key)
+        seen = _Seen(EvidenceSource.SCANNER, scan.device_id, evidence, scan.at, scan.at, None)
+        tx = _transaction(DockKind.RECEIVE, door, asn.asn_id, results, seen)
+        tx = dataclasses.replace(tx, party_gln=self._party_gln(DockKind.RECEIVE, asn.asn_id))
+        what = "damaged" if problem == DockResult.DAMAGED else "missing"
+        code = "damage_reported" if problem == DockResult.DAMAGED else "short_reported"
+        alarm = _alarm(
+            code,
+            f"{quantity} of line {line} of ASN {asn.asn_id} reported {what} at {door}: {reason}",
+            scan.at,
+            door,
+            {
+                "tx_id": tx.tx_id,
+                "asn_id": asn.asn_id,
+                "line": line,
+                "reason": reason,
+                "quantity": quantity,
+            },
+        )
+        return [tx, alarm]
 
     def on_tick(self, now: dt.datetime) -> list[DockDecision]:
         """Close receipts and shipments idle for `idle_close`."""
@@ -251,7 +336,7 @@ class DockRules:
             ):
                 del self._open[(kind, reference)]
                 self._closed.add(reference)
-                out.append(self._summary(kind, progress, now, "idle"))
+                out.extend(self._closing(kind, progress, now, "idle"))
         return out
 
     def at_door(self, door: str, at: dt.datetime) -> list[DockProgress]:
@@ -540,13 +625,44 @@ class DockRules:
             return
         progress = self._progress(entry.kind, entry.reference, "")
         progress.last_activity = self._resumed_at
-        if entry.result == DockResult.OVER_RECEIPT and entry.line is not None:
+        if entry.result in _REPORTS and entry.line is not None:
+            tally = (
+                progress.damaged if entry.result == DockResult.DAMAGED else progress.reported_short
+            )
+            tally[entry.line] = tally.get(entry.line, 0) + 1
+        elif entry.result == DockResult.OVER_RECEIPT and entry.line is not None:
             progress.over[entry.line] = progress.over.get(entry.line, 0) + 1
         elif entry.counted:
             if entry.line is not None:
                 progress.done[entry.line] = progress.done.get(entry.line, 0) + 1
             elif entry.kind == DockKind.SHIP and entry.key.startswith("sscc:"):
                 progress.pallets.add(entry.key.removeprefix("sscc:"))
+
+    def _closing(
+        self, kind: DockKind, progress: _Open, at: dt.datetime, reason: str
+    ) -> list[DockDecision]:
+        """The summary of a receipt or shipment closing; an alarm too when a receipt closes
+        short."""
+        summary = self._summary(kind, progress, at, reason)
+        if kind != DockKind.RECEIVE or summary.status not in ("short", "short_and_over"):
+            return [summary]
+        short = [ln for ln in summary.lines if ln.short]
+        alarm = _alarm(
+            "receipt_short",
+            f"receipt {summary.reference} closed short at {summary.door}: "
+            f"{sum(ln.short for ln in short)} missing on {len(short)} line(s)",
+            at,
+            summary.door,
+            {
+                "tx_id": summary.tx_id,
+                "asn_id": summary.reference,
+                "lines": [
+                    {"line": ln.line, "short": ln.short, "reported_short": ln.reported_short}
+                    for ln in short
+                ],
+            },
+        )
+        return [summary, alarm]
 
     def _summary(
         self, kind: DockKind, progress: _Open, at: dt.datetime, reason: str
@@ -573,6 +689,8 @@ class DockRules:
                     line.quantity,
                     progress.done.get(line.line, 0),
                     progress.over.get(line.line, 0),
+                    progress.damaged.get(line.line, 0),
+                    progress.reported_short.get(line.line, 0),
                 )
             return
         order = self.orders.get(progress.reference)

@@ -178,6 +178,7 @@ EXCEPTION_DISPOSITIONS: Final[dict[DockResult, str]] = {
     DockResult.LOT_MISMATCH: "mismatch_class",  # another lot than the ASN line's
     DockResult.EXPIRED: "expired",
     DockResult.SHORT_DATED: "non_conformant",  # less shelf life left than the product needs
+    DockResult.DAMAGED: "damaged",  # a clerk reported it damaged
 }
 
 

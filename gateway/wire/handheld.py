@@ -85,6 +85,9 @@ def parse_batch(payload: bytes, at: dt.datetime, labels: LabelRules) -> ParsedBa
                 if raw.get("location") is None
                 else _label(raw["location"], terminal, scanned_at, labels),
                 operator=raw.get("operator"),
+                reason=raw.get("reason"),
+                quantity=int(raw.get("quantity", 1)),
+                line=raw.get("line"),
             )
         )
     return ParsedBatch(HandheldBatch(terminal, tuple(scans), at), reply_to, correlation)

@@ -213,6 +213,8 @@ def summary_payload(summary: DockSummary, topics: Topics) -> dict[str, Any]:
                 "done": line.done,
                 "short": line.short,
                 "over": line.over,
+                "damaged": line.damaged,
+                "reported_short": line.reported_short,
             }
             for line in summary.lines
         ],

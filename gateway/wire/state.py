@@ -60,6 +60,8 @@ def _progress(progress: DockProgress) -> dict[str, Any]:
                 "done": line.done,
                 "over": line.over,
                 "short": line.short,
+                "damaged": line.damaged,
+                "reported_short": line.reported_short,
             }
             for line in progress.lines
         ],
