@@ -34,6 +34,7 @@ from gateway.domain import (
     DockTransaction,
     HandheldAnswer,
     HandheldApplied,
+    HandheldCode,
     LedgerEntry,
     MoveTransaction,
     Notice,
@@ -208,7 +209,8 @@ class Recorder:
         if self._epcis is not None and not self._prefixes_loaded:
             await self._load_prefixes()
         batch = self.rows([*decisions, *late])
-        batch.counts = dict(counts or {})
+        for key, n in (counts or {}).items():
+            batch.counts[key] = batch.counts.get(key, 0) + n
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
@@ -319,6 +321,7 @@ class Recorder:
                 case Reply():
                     batch.replies.append(d)
                 case HandheldApplied():
+                    _count_handheld(batch.counts, d)
                     state.handheld.append(
                         (
                             d.terminal,
@@ -539,6 +542,19 @@ def trend_counts(
     for notice in notices:
         add(notice.at, "alarm" if notice.severity is Severity.ERROR else "event", (notice.code,))
     return dict(counts)
+
+
+def _count_handheld(counts: dict[tuple[int, str, str], int], applied: HandheldApplied) -> None:
+    """A handheld scan applied, for the report: per terminal as a scanner's scans are
+    (`scan`, `scan_rejected`), and per operator (`operator_scan`, `operator_scan_rejected`)."""
+    hour = int(applied.scanned_at.timestamp() // 3600)
+    rejected = applied.result.result == HandheldCode.REJECTED
+    keys = [(hour, "scan_rejected" if rejected else "scan", applied.terminal)]
+    if applied.operator is not None:
+        kind = "operator_scan_rejected" if rejected else "operator_scan"
+        keys.append((hour, kind, applied.operator))
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
 
 
 def _ledger_row(entry: LedgerEntry, tx_id: str) -> LedgerRow:

@@ -27,6 +27,7 @@ from gateway.domain import (
     Scan,
     ScanKind,
 )
+from gateway.ops.report import kpis, per_day
 from gateway.rules.handheld import HandheldIntake, HandheldSettings
 from simulators.gs1 import sscc, sscc_label
 from simulators.handheld import HandheldTerminal, Misbehaviour
@@ -190,6 +191,12 @@ async def test_a_terminal_offline_then_replaying_badly_gets_each_scan_applied_on
         receives = {m.json()["tx_id"] for m in collector.on("/tx/receive")}
         made = {r["tx_id"] for r in pda.results.values() if r["tx_id"]}
         assert receives == made and len(made) == 10
+        # The report counts the terminal's scans and its operator's, as applied (not as sent).
+        assert gateway.store is not None
+        hours = await gateway.store.trends(since=0, until=2e9)
+        kpi = {code: n for _, kind, code, n in kpis(per_day(hours)) if kind == "kpi"}
+        assert (kpi["scans:pda-1"], kpi["operator_scans:anna"]) == (11, 11)
+        assert kpi["operator_rejection_rate:anna"] == round(1 / 11, 4)
         # The receipt closes; a scan made before, sent after, is a late scan and changes nothing.
         await ask_to_close(mosquitto.port, "ASN-H1")
         late = pda.scan("receive", sscc_label(PALLETS[9]), door="D03", reference="ASN-H1")

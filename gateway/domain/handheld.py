@@ -66,3 +66,4 @@ class HandheldApplied:
     terminal: str
     result: HandheldResult
     scanned_at: dt.datetime
+    operator: str | None = None

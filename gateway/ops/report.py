@@ -3,7 +3,9 @@
 One row per (UTC day, kind, code): kind is receive, ship, move, receipt, shipment, event or
 alarm; code '' counts the transactions (or notices) themselves, any other code the exceptions
 (or notices) of that code (a receipt's or shipment's: its lines `short` and `over`). Kind
-`scan` and `scan_rejected` count scans per device (the code); `dock_to_stock` counts pallets
+`scan` and `scan_rejected` count scans per device (the code; a handheld terminal's applied
+scans too), `operator_scan` and `operator_scan_rejected` per operator (handheld scans name
+one); `dock_to_stock` counts pallets
 put away after their receipt (code '') and their time at the door summed (code `seconds`).
 Then the day's KPIs, kind `kpi` (`kpis`). Read while the gateway runs (SQLite's WAL lets a
 reader in).
@@ -37,7 +39,8 @@ def kpis(rows: Iterable[tuple[str, str, str, int]]) -> list[Row]:
     """Each day's KPIs from its counts: receipts and shipments with their lines short and
     over, pallets put away and their mean dock-to-stock time (minutes, from the receive
     transaction to the first move away from the door), and per device its scans and the
-    share of them rejected. (Per operator once scans name one.)"""
+    share of them rejected (handheld terminals count as devices), and the same per operator
+    (handheld scans name one)."""
     days: dict[str, Counter[tuple[str, str]]] = {}
     for day, kind, code, n in rows:
         days.setdefault(day, Counter())[kind, code] += n
@@ -54,13 +57,13 @@ def kpis(rows: Iterable[tuple[str, str, str, int]]) -> list[Row]:
         if c["dock_to_stock", ""]:
             mean = c["dock_to_stock", "seconds"] / c["dock_to_stock", ""] / 60
             figures.append(("dock_to_stock_mean_min", round(mean, 1)))
-        devices = sorted({code for kind, code in c if kind in ("scan", "scan_rejected")})
-        for device in devices:
-            scans = c["scan", device] + c["scan_rejected", device]
-            figures.append((f"scans:{device}", scans))
-            figures.append(
-                (f"rejection_rate:{device}", round(c["scan_rejected", device] / scans, 4))
-            )
+        for label in ("", "operator_"):  # per device (terminals too), then per operator
+            accepted, rejected = f"{label}scan", f"{label}scan_rejected"
+            for who in sorted({code for kind, code in c if kind in (accepted, rejected)}):
+                scans = c[accepted, who] + c[rejected, who]
+                figures.append((f"{label}scans:{who}", scans))
+                rate = round(c[rejected, who] / scans, 4)
+                figures.append((f"{label}rejection_rate:{who}", rate))
         out.extend((day, "kpi", name, value) for name, value in figures)
     return out
 

@@ -170,7 +170,7 @@ class HandheldIntake:
     ) -> HandheldResult:
         decisions, result = apply(terminal, scan)
         out.extend(decisions)
-        out.append(HandheldApplied(terminal, result, scan.scanned_at))
+        out.append(HandheldApplied(terminal, result, scan.scanned_at, scan.operator))
         self._remember(state, result)
         return result
 
