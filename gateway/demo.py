@@ -34,6 +34,7 @@ from gateway.wire.topics import Topics
 from simulators.dock_day import Truck, dock_day
 from simulators.fleet import FleetController
 from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
+from simulators.handheld import HandheldTerminal
 from simulators.llrp import LlrpReaderSimulator, Scenario
 from simulators.modbus_scale import ModbusScaleSimulator
 from simulators.scanner import Garbage, ScannerSimulator, Step, Type, shift_script
@@ -90,6 +91,7 @@ async def run_demo(
                 _wms(config, trucks, products, {"D03": d03, "D05": d05}),
                 _scale_station(scale, d03, inbound),
                 _fleet(config),
+                _clerk(config),
             ]
             await _run(
                 config,
@@ -123,6 +125,7 @@ def demo_config(
     raw["devices"][3]["transport"]["port"] = scale_port
     if http_port is not None:
         raw["http"] = {"enabled": True, "host": "127.0.0.1", "port": http_port}
+    raw["handheld"] = {"enabled": True}  # a clerk's PDA at D03 (`_clerk`)
     return parse_config(raw, Path(str(example)))
 
 
@@ -274,6 +277,48 @@ async def _scale_station(
             scale.load.place(kg, settle_s=1.0)
         else:
             scale.load.remove(settle_s=0.5)
+
+
+async def _clerk(config: GatewayConfig) -> None:
+    """A receiving clerk's PDA at D03: one pallet in eight the portal receives is reported
+    damaged (crushed); the PDA loses its Wi-Fi for 20 s every minute and sends what it scanned
+    meanwhile when it is back (applied exactly once, whatever the network did)."""
+    topics = Topics(config.gateway.site, config.gateway.id)
+    async with (
+        HandheldTerminal(
+            "pda-01",
+            config.broker.port,
+            host=config.broker.host,
+            site=config.gateway.site,
+            gateway=config.gateway.id,
+            operator="clerk-1",
+            protocol="5" if config.broker.protocol == "5" else "3.1.1",
+        ) as pda,
+        aiomqtt.Client(
+            config.broker.host,
+            config.broker.port,
+            identifier="demo-clerk",
+            protocol=_protocol(config),
+        ) as client,
+    ):
+        await client.subscribe(topics.tx("receive"), qos=1)
+        seen = 0
+        loop = asyncio.get_running_loop()
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes | bytearray)
+            tx = json.loads(message.payload)
+            if tx.get("door") != "D03" or tx.get("evidence", {}).get("source") != "portal":
+                continue
+            pallets = [
+                i["key"].removeprefix("sscc:") for i in tx["items"] if i["key"].startswith("sscc:")
+            ]
+            for pallet in pallets:
+                seen += 1
+                if seen % 8 == 0:
+                    pda.scan("damage", sscc_label(pallet), door="D03", reason="crushed")
+            pda.offline = int(loop.time()) % 60 < 20
+            with contextlib.suppress(TimeoutError):
+                await pda.flush()
 
 
 async def _fleet(config: GatewayConfig) -> None:
@@ -462,7 +507,9 @@ def _banner(config: GatewayConfig, *, embedded: bool) -> None:
         "the door's Modbus scale) and loaded through door D05 against their ship orders, each "
         "with a planted problem (an unexpected case, an expired lot, a short pallet, a pallet "
         "too light for its cases, the wrong pallet). Received pallets are put away by three "
-        "simulated AGVs, which lease their tasks from the gateway. Every transaction, alarm, "
+        "simulated AGVs, which lease their tasks from the gateway. A clerk's handheld terminal "
+        "reports some received pallets damaged, and loses its Wi-Fi now and then. Every "
+        "transaction, alarm, "
         "event and "
         "status is shown below as it is published. Ctrl-C stops.\n"
         f"Watch it with any MQTT client: mosquitto_sub -h {config.broker.host} "

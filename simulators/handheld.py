@@ -2,7 +2,8 @@
 
 Like a real warehouse app it numbers its scans from 1, keeps each until it has its final result,
 and sends what it has in batches (MQTT 5 request/response on `gw/{site}/{gateway}/handheld/
-scans`, the answer on `handheld/{terminal}/answers` with the batch's correlation data). While
+scans`, the answer on `handheld/{terminal}/answers` with the batch's correlation data; with
+`protocol="3.1.1"` the batch names its `reply_to` and `correlation`). While
 `offline` it only scans; `flush` then sends the backlog. For tests it misbehaves on purpose,
 from a seeded random generator: each batch sent one to `max_copies` times, and a share of
 batches sent out of order (`reorder`). A scan answered `held` is sent again with the next flush.
@@ -53,6 +54,7 @@ class HandheldTerminal:
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     offline: bool = False
     answer_timeout_s: float = 20.0
+    protocol: str = "5"  # "3.1.1": the reply topic and correlation go in the batch
     results: dict[int, dict[str, Any]] = field(default_factory=dict)  # seq -> final result
     disagreements: int = 0  # a repeat that gave another result than the first time
     batches_sent: int = 0
@@ -76,7 +78,9 @@ class HandheldTerminal:
             self.host,
             self.port,
             identifier=f"handheld-{self.terminal}",
-            protocol=aiomqtt.ProtocolVersion.V5,
+            protocol=(
+                aiomqtt.ProtocolVersion.V5 if self.protocol == "5" else aiomqtt.ProtocolVersion.V311
+            ),
         )
         await self._client.__aenter__()
         await self._client.subscribe(self.answers_topic, qos=1)
@@ -129,10 +133,15 @@ class HandheldTerminal:
         correlation = uuid.uuid4().bytes
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[correlation] = future
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.ResponseTopic = self.answers_topic
-        properties.CorrelationData = correlation
-        body = json.dumps({"terminal": self.terminal, "scans": scans})
+        doc: dict[str, Any] = {"terminal": self.terminal, "scans": scans}
+        properties = None
+        if self.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.ResponseTopic = self.answers_topic
+            properties.CorrelationData = correlation
+        else:  # MQTT 3.1.1 has no response topic: named in the batch, echoed in the answer
+            doc |= {"reply_to": self.answers_topic, "correlation": correlation.hex()}
+        body = json.dumps(doc)
         topic = f"gw/{self.site}/{self.gateway}/handheld/scans"
         self.batches_sent += 1
         await self._client.publish(topic, body, qos=1, properties=properties)
@@ -156,8 +165,11 @@ class HandheldTerminal:
     async def _listen(self) -> None:
         assert self._client is not None
         async for message in self._client.messages:
+            assert isinstance(message.payload, bytes | bytearray)
+            answer = json.loads(message.payload)
             correlation = getattr(message.properties, "CorrelationData", None)
+            if correlation is None and isinstance(answer.get("correlation"), str):
+                correlation = bytes.fromhex(answer["correlation"])
             future = self._waiting.get(bytes(correlation)) if correlation else None
             if future is not None and not future.done():
-                assert isinstance(message.payload, bytes | bytearray)
-                future.set_result(json.loads(message.payload))
+                future.set_result(answer)
