@@ -27,7 +27,14 @@ from gateway import __version__
 from gateway.bridge.mqtt import MqttBridge
 from gateway.config import GatewayConfig
 from gateway.domain import Event, Notice, Severity
-from gateway.drivers.base import AlarmOutputs, Clock, Driver, DriverContext, utc_now
+from gateway.drivers.base import (
+    AlarmOutputs,
+    Clock,
+    Driver,
+    DriverContext,
+    PrintSpool,
+    utc_now,
+)
 from gateway.drivers.registry import DRIVERS
 from gateway.health import StatusBoard
 from gateway.inbox import Inbox
@@ -39,7 +46,7 @@ from gateway.storage import Store
 from gateway.supervisor import Backoff, supervise
 from gateway.wire.inbound import InboundRoutes
 from gateway.wire.topics import Topics
-from gateway.wiring import build_engine, epcis_settings, handheld_labels
+from gateway.wiring import build_engine, epcis_settings, handheld_http, handheld_labels
 
 log = structlog.get_logger("gateway.app")
 
@@ -57,6 +64,7 @@ class Gateway:
         self.board = StatusBoard(clock)
         self.queue = Inbox(maxsize=config.rules.queue_size)
         self.alarms = AlarmOutputs()
+        self.spool = PrintSpool()  # carton labels for the printers (from SQLite at start)
         # Every driver is built before anything runs, so that no early alarm finds its stack
         # light missing.
         self.drivers: dict[str, Driver] = {}
@@ -67,6 +75,7 @@ class Gateway:
                 clock=clock,
                 location_pattern=config.labels.location_pattern,
                 alarms=self.alarms,
+                spool=self.spool,
             )
             self.drivers[device.id] = DRIVERS[device.kind](device, context)
         self.bridge: MqttBridge | None = None
@@ -135,6 +144,9 @@ class Gateway:
                 )
             bridge.debug_max_per_s = config.debug.max_per_s
             recorder.publisher = bridge
+            self.spool.on_printed = store.printed
+            self.spool.add(await store.print_jobs())
+            recorder.on_print = self.spool.add
             # An event makes at most a few messages (a transaction, its EPCIS document, an
             # alarm): a batch's decisions always fit in an empty outbox, so waiting for room
             # always ends.
@@ -194,7 +206,8 @@ class Gateway:
                 rules_task = tg.create_task(runner.run(), name="rules")
                 ops_task = tg.create_task(ops.run(), name="ops")
                 live_task = tg.create_task(live.run(), name="state") if live else None
-                handheld_task = self._handheld_http(tg)
+                handheld = handheld_http(config, self._from_network, self.clock, self._handheld_on)
+                handheld_task = tg.create_task(handheld, name="handheld.http") if handheld else None
                 drivers = [
                     tg.create_task(self._supervised(device_id), name=f"device.{device_id}")
                     for device_id in self.drivers
@@ -222,26 +235,8 @@ class Gateway:
             await store.close()
         log.info("gateway stopped", outbox_depth=store.depth)
 
-    def _handheld_http(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
-        """Handheld batches over HTTP, when configured."""
-        handheld = self.config.handheld
-        labels = handheld_labels(self.config)
-        if labels is None or not handheld.http.enabled:
-            return None
-        from gateway.bridge import handheld_http  # aiohttp only where it is used
-
-        def listening(port: int) -> None:
-            self.handheld_port = port
-
-        serving = handheld_http.serve(
-            handheld.http,
-            handheld.tokens,
-            labels,
-            self._from_network,
-            self.clock,
-            started=listening,
-        )
-        return tg.create_task(serving, name="handheld.http")
+    def _handheld_on(self, port: int) -> None:
+        self.handheld_port = port
 
     async def _from_network(self, event: Event) -> None:
         """Events from MQTT fill at most half the inbox: a flood from the network never holds

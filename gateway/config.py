@@ -464,12 +464,25 @@ class SignalLightDevice(_Model):
     backoff: BackoffConfig = BackoffConfig()
 
 
+class ZplPrinterDevice(_Model):
+    """A label printer at a pack station, taking ZPL on a raw TCP port (9100)."""
+
+    id: Identifier
+    kind: Literal["zpl_printer"]
+    station: Identifier  # the pack station whose carton labels it prints
+    host: str = Field(min_length=1)
+    port: int = Field(default=9100, ge=1, le=65535)
+    timeout_s: float = Field(default=5.0, gt=0)
+    backoff: BackoffConfig = BackoffConfig()
+
+
 DeviceConfig = Annotated[
     BarcodeScannerDevice
     | LlrpReaderDevice
     | SignalLightDevice
     | SicsScaleDevice
-    | ModbusScaleDevice,
+    | ModbusScaleDevice
+    | ZplPrinterDevice,
     Field(discriminator="kind"),
 ]
 
@@ -700,6 +713,27 @@ def _loopback(host: str) -> bool:
         return False
 
 
+class PackingConfig(_Model):
+    """Scan-verified packing at pack stations (gateway.rules.packing), with handhelds: the
+    SSCC range cartons are given (extension digit, GS1 company prefix, serials)."""
+
+    enabled: bool = False
+    company_prefix: str = Field(default="0614141", pattern=r"^\d{6,12}$")
+    extension: int = Field(default=0, ge=0, le=9)
+    first_serial: int = Field(default=1, ge=0)
+    last_serial: int = Field(default=999_999, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> PackingConfig:
+        room = 16 - len(self.company_prefix)
+        if not self.first_serial <= self.last_serial < 10**room:
+            raise ValueError(
+                f"first_serial <= last_serial < 10^{room} (the serial reference's digits "
+                f"beside a {len(self.company_prefix)}-digit prefix)"
+            )
+        return self
+
+
 class HandheldHttpConfig(_Model):
     """Handheld batches over HTTP: `POST /handheld/scans` with a terminal's bearer token."""
 
@@ -761,6 +795,7 @@ class GatewayConfig(_Model):
     http: HttpConfig = HttpConfig()
     state: StateConfig = StateConfig()
     handheld: HandheldConfig = HandheldConfig()
+    packing: PackingConfig = PackingConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

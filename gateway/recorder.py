@@ -27,7 +27,9 @@ from typing import Protocol
 import structlog
 
 from gateway.domain import (
+    CartonChanged,
     CloseAnswer,
+    Committed,
     Decision,
     DockKind,
     DockSummary,
@@ -38,8 +40,10 @@ from gateway.domain import (
     LedgerEntry,
     MoveTransaction,
     Notice,
+    PackTransaction,
     PalletLot,
     PortalPass,
+    PrintJob,
     RefDataChange,
     Reply,
     ReplyHandle,
@@ -65,7 +69,7 @@ from gateway.storage import (
     TaskRow,
 )
 from gateway.supervisor import Backoff
-from gateway.wire import epcis
+from gateway.wire import epcis, zpl
 from gateway.wire.agv import task_json
 from gateway.wire.codec import encode, iso
 from gateway.wire.handheld import result_json
@@ -73,10 +77,12 @@ from gateway.wire.outbound import (
     dock_payload,
     move_payload,
     notice_payload,
+    pack_payload,
     pass_payload,
     summary_payload,
     task_event_payload,
 )
+from gateway.wire.packing import carton_json
 from gateway.wire.refdata import to_json
 from gateway.wire.state import recent_entry
 from gateway.wire.topics import Topics
@@ -105,7 +111,7 @@ class Batch:
     changes: StateChanges = field(default_factory=StateChanges)
     notices: list[Notice] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
-    committed: list[MoveTransaction | DockTransaction | DockSummary] = field(default_factory=list)
+    committed: list[Committed] = field(default_factory=list)
     counts: dict[tuple[int, str, str], int] = field(default_factory=dict)  # more hourly counts
 
 
@@ -152,19 +158,11 @@ class Recorder:
         self._debug_passes = debug_passes
         self.publisher: Publisher | None = None
         # After each commit: its transactions and the notices it publishes (the metrics).
-        self.on_committed: (
-            Callable[
-                [Sequence[MoveTransaction | DockTransaction | DockSummary], Sequence[Notice]], None
-            ]
-            | None
-        ) = None
+        self.on_committed: Callable[[Sequence[Committed], Sequence[Notice]], None] | None = None
         # After each commit: what it changed (the live state).
-        self.on_state: (
-            Callable[
-                [StateChanges, Sequence[MoveTransaction | DockTransaction | DockSummary]], None
-            ]
-            | None
-        ) = None
+        self.on_state: Callable[[StateChanges, Sequence[Committed]], None] | None = None
+        # After each commit: the labels it queued (job id, station, body) for the printers.
+        self.on_print: Callable[[Sequence[tuple[str, str, str]]], None] | None = None
         self.notices_dropped = 0
         self.passes_seen = 0
         self._late: list[Notice] = []  # notices made between batches, committed with the next
@@ -230,6 +228,8 @@ class Recorder:
             self.on_committed(batch.committed, notices)
         if self.on_state is not None:
             self.on_state(batch.changes, batch.committed)
+        if self.on_print is not None and batch.changes.print_jobs:
+            self.on_print(batch.changes.print_jobs)
         for reply in batch.replies:
             # An answer to a request over HTTP goes back to its waiting handler; others to MQTT.
             deliver = getattr(reply.to.address, "deliver", None)
@@ -320,6 +320,21 @@ class Recorder:
                         )
                 case Reply():
                     batch.replies.append(d)
+                case PackTransaction():
+                    payload = pack_payload(d, topics)
+                    batch.messages.append(
+                        OutboxMessage(d.tx_id, topics.tx("pack"), encode(payload))
+                    )
+                    for packed in d.items:
+                        key = (d.order_id, packed.line)
+                        state.packed[key] = state.packed.get(key, 0) + 1
+                    batch.committed.append(d)
+                case PrintJob():
+                    state.print_jobs.append((d.job_id, d.station, zpl.label(d)))
+                case CartonChanged():
+                    state.cartons[d.terminal] = None if d.carton is None else carton_json(d.carton)
+                    if d.next_serial is not None:
+                        state.sscc_next = d.next_serial
                 case HandheldApplied():
                     _count_handheld(batch.counts, d)
                     state.handheld.append(
@@ -507,7 +522,7 @@ class Recorder:
 
 
 def trend_counts(
-    committed: Sequence[MoveTransaction | DockTransaction | DockSummary],
+    committed: Sequence[Committed],
     notices: Sequence[Notice],
 ) -> dict[tuple[int, str, str], int]:
     """What a commit publishes, per (UTC hour it happened, kind, code): each transaction under
@@ -528,6 +543,8 @@ def trend_counts(
                 add(d.occurred_at, d.kind.value, d.exception_codes)
             case MoveTransaction():
                 add(d.confirmed_at, "move", d.exceptions)
+            case PackTransaction():
+                add(d.closed_at, "pack", ())
             case DockSummary():  # lines short or over at the close
                 add(
                     d.closed_at,

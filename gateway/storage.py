@@ -140,6 +140,31 @@ CREATE TABLE IF NOT EXISTS handheld_scan (
     PRIMARY KEY (terminal, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS handheld_scan_at ON handheld_scan (scanned_at);
+-- Packing (`gateway.rules.packing`): each terminal's open carton, what closed cartons hold per
+-- ship order line, the next SSCC serial (never given twice), and the labels to print.
+CREATE TABLE IF NOT EXISTS carton_open (
+    terminal   TEXT PRIMARY KEY,
+    body       TEXT NOT NULL               -- JSON (gateway.wire.packing)
+);
+CREATE TABLE IF NOT EXISTS pack_done (
+    order_id   TEXT NOT NULL,
+    line       INTEGER NOT NULL,
+    packed     INTEGER NOT NULL,
+    PRIMARY KEY (order_id, line)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sscc_next (
+    id         INTEGER PRIMARY KEY CHECK (id = 0),
+    serial     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS print_job (
+    job_id     TEXT PRIMARY KEY,
+    station    TEXT NOT NULL,
+    body       TEXT NOT NULL,              -- what the printer is sent (ZPL)
+    created_at REAL NOT NULL,
+    printed_at REAL                        -- NULL: still to print
+);
+CREATE INDEX IF NOT EXISTS print_job_pending ON print_job (station, created_at)
+    WHERE printed_at IS NULL;
 -- The last transactions at each door, for its live state (`gateway.ops.state`).
 CREATE TABLE IF NOT EXISTS door_recent (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -300,6 +325,10 @@ class StateChanges:
     trends: dict[tuple[int, str, str], int] = field(default_factory=dict)
     recent: list[tuple[str, str]] = field(default_factory=list)
     handheld: list[tuple[str, int, str, float]] = field(default_factory=list)
+    cartons: dict[str, str | None] = field(default_factory=dict)  # terminal -> JSON (None: closed)
+    packed: dict[tuple[str, int], int] = field(default_factory=dict)  # (order, line) -> more packed
+    sscc_next: int | None = None
+    print_jobs: list[tuple[str, str, str]] = field(default_factory=list)  # job id, station, body
 
     def __bool__(self) -> bool:
         return any(
@@ -316,6 +345,10 @@ class StateChanges:
                 self.trends,
                 self.recent,
                 self.handheld,
+                self.cartons,
+                self.packed,
+                self.sscc_next is not None,
+                self.print_jobs,
             )
         )
 
@@ -560,6 +593,31 @@ class Store:
                 "INSERT OR IGNORE INTO handheld_scan (terminal, seq, body, scanned_at)"
                 " VALUES (?, ?, ?, ?)",
                 state.handheld,
+            )
+            for terminal, carton in state.cartons.items():
+                if carton is None:
+                    db.execute("DELETE FROM carton_open WHERE terminal = ?", (terminal,))
+                else:
+                    db.execute(
+                        "INSERT INTO carton_open (terminal, body) VALUES (?, ?)"
+                        " ON CONFLICT (terminal) DO UPDATE SET body = excluded.body",
+                        (terminal, carton),
+                    )
+            db.executemany(
+                "INSERT INTO pack_done (order_id, line, packed) VALUES (?, ?, ?)"
+                " ON CONFLICT (order_id, line) DO UPDATE SET packed = packed + excluded.packed",
+                [(order, line, n) for (order, line), n in state.packed.items()],
+            )
+            if state.sscc_next is not None:
+                db.execute(
+                    "INSERT INTO sscc_next (id, serial) VALUES (0, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET serial = MAX(serial, excluded.serial)",
+                    (state.sscc_next,),
+                )
+            db.executemany(
+                "INSERT OR IGNORE INTO print_job (job_id, station, body, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(job, station, body, now) for job, station, body in state.print_jobs],
             )
             for door in {door for door, _ in state.recent}:
                 db.execute(
@@ -825,6 +883,37 @@ class Store:
         await self._transaction(prune, lambda _: None)
         rows = await self._fetch("SELECT terminal, body FROM handheld_scan ORDER BY terminal, seq")
         return [(str(t), str(b)) for t, b in rows]
+
+    async def packing(self) -> tuple[dict[str, str], dict[tuple[str, int], int], int | None]:
+        """Open cartons (terminal -> JSON), what closed ones hold per (order, line), and the
+        next SSCC serial (None: none given yet)."""
+        cartons = await self._fetch("SELECT terminal, body FROM carton_open")
+        packed = await self._fetch("SELECT order_id, line, packed FROM pack_done")
+        serial = await self._fetch("SELECT serial FROM sscc_next")
+        return (
+            {str(t): str(b) for t, b in cartons},
+            {(str(o), int(ln)): int(n) for o, ln, n in packed},
+            int(serial[0][0]) if serial else None,
+        )
+
+    async def print_jobs(self) -> list[tuple[str, str, str]]:
+        """Labels still to print (job id, station, body), oldest first."""
+        rows = await self._fetch(
+            "SELECT job_id, station, body FROM print_job WHERE printed_at IS NULL"
+            " ORDER BY created_at, job_id"
+        )
+        return [(str(j), str(s), str(b)) for j, s, b in rows]
+
+    async def printed(self, job_id: str) -> None:
+        """A printer took the label."""
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE print_job SET printed_at = ? WHERE job_id = ? AND printed_at IS NULL",
+                (time.time(), job_id),
+            )
+
+        await self._transaction(body, lambda _: None)
 
     async def state_topics(self) -> set[str]:
         """The retained state topics the gateway may have published and not cleared."""

@@ -18,6 +18,8 @@ import datetime as dt
 import itertools
 import json
 import re
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 
@@ -28,13 +30,22 @@ from gateway.config import (
     ModbusScaleDevice,
     SicsScaleDevice,
 )
-from gateway.domain import DockKind, DockResult, DoorRole, LedgerEntry, PalletLot, RefDataKind
+from gateway.domain import (
+    DockKind,
+    DockResult,
+    DoorRole,
+    Event,
+    LedgerEntry,
+    PalletLot,
+    RefDataKind,
+)
 from gateway.drivers.barcode import LabelRules
 from gateway.drivers.base import Clock
 from gateway.rules.agv import TaskBoard
 from gateway.rules.engine import DockStation, RulesEngine
 from gateway.rules.handheld import HandheldIntake, HandheldSettings
 from gateway.rules.moves import ForkliftMoves, MoveSettings
+from gateway.rules.packing import Packing, SsccRange
 from gateway.rules.portal import PortalSettings, PortalTracker
 from gateway.rules.receiving import DockRules, WeightCheckSettings
 from gateway.rules.stock import StockProjection
@@ -45,6 +56,7 @@ from gateway.storage import Store
 from gateway.wire.agv import task_from_json
 from gateway.wire.epcis import EpcisSettings
 from gateway.wire.handheld import result_from_json
+from gateway.wire.packing import carton_from_json
 from gateway.wire.refdata import from_stored
 
 log = structlog.get_logger("gateway.wiring")
@@ -134,6 +146,7 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
             RefDataKind(kind): limit.max_count for kind, limit in config.refdata.by_kind().items()
         },
         handheld=await _handheld(config, store, clock),
+        packing=await _packing(config, store),
     )
     # What the WMS sent before the restart (the broker's retained copies follow, and are
     # recognised by their digest: `InboundRoutes.remember`). All of it, also beyond a count
@@ -178,6 +191,40 @@ async def _handheld(config: GatewayConfig, store: Store, clock: Clock) -> Handhe
             for terminal, body in await store.handheld_scans(since=since)
         ],
     )
+
+
+async def _packing(config: GatewayConfig, store: Store) -> Packing | None:
+    """Packing, with the cartons open at the last stop and the next SSCC serial (None: off)."""
+    packing = config.packing
+    if not packing.enabled:
+        return None
+    cartons, packed, next_serial = await store.packing()
+    span = SsccRange(
+        packing.company_prefix, packing.first_serial, packing.last_serial, packing.extension
+    )
+    return Packing(
+        span,
+        # A range moved on in the config: its first serial; never back into given serials.
+        next_serial=max(next_serial or span.first, span.first),
+        cartons={terminal: carton_from_json(body) for terminal, body in cartons.items()},
+        packed=packed,
+    )
+
+
+def handheld_http(
+    config: GatewayConfig,
+    put: Callable[[Event], Awaitable[None]],
+    clock: Clock,
+    started: Callable[[int], None],
+) -> Coroutine[Any, Any, None] | None:
+    """Handheld batches over HTTP, when configured: the server to run (None: not)."""
+    handheld = config.handheld
+    labels = handheld_labels(config)
+    if labels is None or not handheld.http.enabled:
+        return None
+    from gateway.bridge import handheld_http as http  # aiohttp only where it is used
+
+    return http.serve(handheld.http, handheld.tokens, labels, put, clock, started=started)
 
 
 def handheld_labels(config: GatewayConfig) -> LabelRules | None:

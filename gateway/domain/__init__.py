@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from gateway.domain.decisions import (
     CloseAnswer,
+    Committed,
     Decision,
     RefDataChange,
     Reply,
@@ -58,6 +59,14 @@ from gateway.domain.layout import (
 from gateway.domain.notices import (
     Notice,
     Severity,
+)
+from gateway.domain.packing import (
+    CartonChanged,
+    OpenCarton,
+    PackedItem,
+    PackResult,
+    PackTransaction,
+    PrintJob,
 )
 from gateway.domain.refdata import (
     Asn,
@@ -137,9 +146,11 @@ __all__ = [
     "Asn",
     "AsnLine",
     "CancelRequest",
+    "CartonChanged",
     "CloseAnswer",
     "CloseCommand",
     "ClosingKind",
+    "Committed",
     "ConnectionState",
     "Decision",
     "DeviceGap",
@@ -170,8 +181,13 @@ __all__ = [
     "MoveTransaction",
     "NextRequest",
     "Notice",
+    "OpenCarton",
+    "PackResult",
+    "PackTransaction",
+    "PackedItem",
     "PalletLot",
     "PortalPass",
+    "PrintJob",
     "Product",
     "ProgressRequest",
     "ProgressStatus",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.domain.handheld import HandheldAnswer, HandheldApplied
 from gateway.domain.notices import Notice
+from gateway.domain.packing import CartonChanged, PackTransaction, PrintJob
 from gateway.domain.refdata import RefData, RefDataKind
 from gateway.domain.replies import ReplyHandle
 from gateway.domain.tasks import TaskAnswer, TaskChanged
@@ -62,5 +63,11 @@ Decision = (
     | RefDataChange
     | Reply
     | HandheldApplied
+    | PackTransaction
+    | PrintJob
+    | CartonChanged
 )
 """Everything a rule may decide."""
+
+Committed = MoveTransaction | DockTransaction | DockSummary | PackTransaction
+"""Transactions a commit publishes (metrics, trends and the live state count them)."""

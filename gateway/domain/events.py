@@ -203,6 +203,7 @@ class HandheldScan:
     reason: str | None = None  # damage, short: the reason code
     quantity: int = 1  # damage, short: how many
     line: int | None = None  # damage, short: the ASN line (None: the label's line)
+    station: str | None = None  # carton: the pack station
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,9 @@ class Purpose(enum.StrEnum):
     MOVE = "move"  # a pallet put at a location (the scan and the location label)
     DAMAGE = "damage"  # items of a receipt reported damaged (a reason code, a quantity)
     SHORT = "short"  # items of a receipt reported missing (a reason code, a quantity)
+    CARTON = "carton"  # a carton opened at a pack station for a ship order
+    PACK = "pack"  # an item scanned into the open carton (checked against its order)
+    CLOSE = "close"  # the open carton closed: its SSCC, its label printed
 
 
 class HandheldCode(enum.StrEnum):

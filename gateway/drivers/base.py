@@ -10,9 +10,10 @@ one line in the registry.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -69,6 +70,45 @@ class AlarmOutputs:
             alarm()
 
 
+class PrintSpool:
+    """Labels waiting for their station's printer, in order; each handed out until a printer
+    driver says it printed (then `on_printed` records it, and it is gone)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, dict[str, str]] = {}  # station -> job id -> body, oldest first
+        self._ready: dict[str, asyncio.Event] = {}
+        self.on_printed: Callable[[str], Awaitable[None]] | None = None
+
+    def add(self, jobs: Iterable[tuple[str, str, str]]) -> None:
+        """Queue labels (job id, station, body); a job id already queued is not queued twice."""
+        for job_id, station, body in jobs:
+            self._jobs.setdefault(station, {}).setdefault(job_id, body)
+            self._event(station).set()
+
+    def pending(self, station: str) -> int:
+        """Labels waiting for `station`'s printer."""
+        return len(self._jobs.get(station, {}))
+
+    async def next(self, station: str) -> tuple[str, str]:
+        """The oldest label for `station` (waits for one); it stays queued until `done`."""
+        jobs = self._jobs.setdefault(station, {})
+        while not jobs:
+            ready = self._event(station)
+            ready.clear()
+            await ready.wait()
+        job_id = next(iter(jobs))
+        return job_id, jobs[job_id]
+
+    async def done(self, station: str, job_id: str) -> None:
+        """The printer took the label: recorded (`on_printed`), then dropped from the queue."""
+        if self.on_printed is not None:
+            await self.on_printed(job_id)
+        self._jobs.get(station, {}).pop(job_id, None)
+
+    def _event(self, station: str) -> asyncio.Event:
+        return self._ready.setdefault(station, asyncio.Event())
+
+
 @dataclass(frozen=True, slots=True)
 class DriverContext:
     """What the application gives every driver it builds.
@@ -79,6 +119,7 @@ class DriverContext:
         clock: the gateway's clock.
         alarms: the alarm outputs, for drivers that drive a light or horn.
         location_pattern: the site's location label pattern (a regular expression).
+        spool: labels for the printers.
     """
 
     sink: EventSink
@@ -86,6 +127,7 @@ class DriverContext:
     clock: Clock
     location_pattern: str
     alarms: AlarmOutputs = field(default_factory=AlarmOutputs)
+    spool: PrintSpool = field(default_factory=PrintSpool)
 
 
 DriverBuilder = Callable[[Any, DriverContext], Driver]

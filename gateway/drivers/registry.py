@@ -25,6 +25,7 @@ MODULES: Final[Mapping[str, str]] = {
     "sics_scale": "gateway.drivers.sics_scale",
     "modbus_scale": "gateway.drivers.modbus_scale",
     "signal_light": "gateway.drivers.signal_light",
+    "zpl_printer": "gateway.drivers.zpl_printer",
 }
 
 

@@ -22,10 +22,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.domain import (
+    Committed,
     DockSummary,
     DockTransaction,
     MoveTransaction,
     Notice,
+    PackTransaction,
     TaskState,
 )
 from gateway.health import DeviceHealth, DeviceState
@@ -90,7 +92,7 @@ class GatewayMetrics:
 
     def committed(
         self,
-        decisions: Sequence[MoveTransaction | DockTransaction | DockSummary],
+        decisions: Sequence[Committed],
         notices: Sequence[Notice],
     ) -> None:
         """Count what one commit holds: its transactions and the notices it publishes."""
@@ -102,6 +104,8 @@ class GatewayMetrics:
                     self._transaction("move", d.exceptions)
                 case DockSummary():  # a closed receipt or shipment (topic receipt, shipment)
                     self.transactions.labels(d.kind.value).inc()
+                case PackTransaction():
+                    self.transactions.labels("pack").inc()
         for notice in notices:
             self.events.labels(notice.code, notice.severity.value).inc()
 

@@ -30,8 +30,7 @@ from typing import Any
 
 import structlog
 
-from gateway.domain import DockTransaction, MoveTransaction
-from gateway.domain.transactions import DockSummary
+from gateway.domain import Committed, DockTransaction
 from gateway.health import StatusBoard
 from gateway.rules.engine import RulesEngine
 from gateway.storage import RECENT_PER_DOOR, StateChanges, Store
@@ -117,7 +116,7 @@ class LiveState:
     def committed(
         self,
         changes: StateChanges,
-        committed: Sequence[MoveTransaction | DockTransaction | DockSummary],
+        committed: Sequence[Committed],
     ) -> None:
         """After a commit: pallets moved or shipped, a door's transactions."""
         for move in changes.moves:

@@ -15,7 +15,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gateway.domain import DockSummary, DockTransaction, MoveTransaction, Notice, Severity
+from gateway.domain import (
+    Committed,
+    Notice,
+    Severity,
+)
 from gateway.wire.codec import iso
 
 __all__ = ["SERIES", "Alarms", "trend_series"]
@@ -91,7 +95,7 @@ class Alarms:
 
     def committed(
         self,
-        _decisions: Sequence[MoveTransaction | DockTransaction | DockSummary],
+        _decisions: Sequence[Committed],
         notices: Sequence[Notice],
     ) -> None:
         """A recorder's `on_committed` hook: keep its alarms."""
@@ -113,14 +117,12 @@ class Alarms:
 
 
 def chained(
-    *hooks: Callable[
-        [Sequence[MoveTransaction | DockTransaction | DockSummary], Sequence[Notice]], None
-    ],
-) -> Callable[[Sequence[MoveTransaction | DockTransaction | DockSummary], Sequence[Notice]], None]:
+    *hooks: Callable[[Sequence[Committed], Sequence[Notice]], None],
+) -> Callable[[Sequence[Committed], Sequence[Notice]], None]:
     """One `on_committed` hook that calls each of `hooks` in turn."""
 
     def call(
-        decisions: Sequence[MoveTransaction | DockTransaction | DockSummary],
+        decisions: Sequence[Committed],
         notices: Sequence[Notice],
     ) -> None:
         for hook in hooks:

@@ -36,6 +36,7 @@ from gateway.domain import (
     MoveTransaction,
     NextRequest,
     Notice,
+    PackTransaction,
     PortalPass,
     Product,
     ProgressRequest,
@@ -62,8 +63,9 @@ from gateway.domain import (
 from gateway.rules.agv import TaskBoard
 from gateway.rules.handheld import HandheldIntake
 from gateway.rules.moves import ForkliftMoves
+from gateway.rules.packing import Packing
 from gateway.rules.portal import PortalTracker
-from gateway.rules.receiving import DockRules
+from gateway.rules.receiving import DockRules, item_of_scan
 from gateway.rules.refdata_limits import RefDataLimits
 from gateway.rules.rejections import RejectionDigest
 from gateway.rules.weighing import WeightCapture
@@ -116,6 +118,7 @@ class RulesEngine:
         agv: TaskBoard | None = None,
         refdata_limits: Mapping[RefDataKind, int] | None = None,
         handheld: HandheldIntake | None = None,
+        packing: Packing | None = None,
     ) -> None:
         self.moves = moves
         self.portals = dict(portals)
@@ -128,6 +131,7 @@ class RulesEngine:
         self.rejections = RejectionDigest(dict(_REJECTED))
         self.refdata_limits = RefDataLimits(refdata_limits)
         self.handheld = handheld
+        self.packing = packing
 
     def on_event(self, event: Event) -> list[Decision]:
         """Decisions caused by one event."""
@@ -358,12 +362,16 @@ class RulesEngine:
         """Carry out one handheld scan (`HandheldIntake` calls this once per scan)."""
         seq = scan.seq
         label = scan.label
+        if scan.purpose in (Purpose.CARTON, Purpose.CLOSE):  # the carton's own label: any text
+            return self._handheld_pack(terminal, scan, label)
         if isinstance(label, RejectedScan):
             return [], HandheldResult(seq, HandheldCode.REJECTED, label.reason)
         if scan.purpose is Purpose.MOVE:
             return self._handheld_move(scan, label)
         if scan.purpose in (Purpose.DAMAGE, Purpose.SHORT):
             return self._handheld_report(scan, label)
+        if scan.purpose in (Purpose.CARTON, Purpose.PACK, Purpose.CLOSE):
+            return self._handheld_pack(terminal, scan, label)
         door = scan.door or ""
         role = DoorRole.RECEIVING if scan.purpose is Purpose.RECEIVE else DoorRole.SHIPPING
         if scan.reference is not None and self.dock.is_closed(scan.reference):
@@ -412,6 +420,35 @@ class RulesEngine:
         decisions = self._to_agv(list(made))
         tx = next(d for d in decisions if isinstance(d, DockTransaction))
         return decisions, HandheldResult(seq, tx.items[0].result.value, scan.reason, tx.tx_id)
+
+    def _handheld_pack(
+        self, terminal: str, scan: HandheldScan, label: Scan | RejectedScan
+    ) -> tuple[list[Decision], HandheldResult]:
+        """A carton opened, an item packed, a carton closed (`gateway.rules.packing`)."""
+        seq, at, packing = scan.seq, scan.scanned_at, self.packing
+        if packing is None:
+            return [], HandheldResult(seq, HandheldCode.REJECTED, "no packing at this gateway")
+        if scan.purpose is Purpose.CARTON:
+            order = self.dock.orders.get(scan.reference or "")
+            made, result, detail = packing.open(terminal, label.raw, order, scan.station or "", at)
+            return made, HandheldResult(seq, result, detail)
+        if scan.purpose is Purpose.CLOSE:
+            carton = packing.cartons.get(terminal)
+            if carton is not None and carton.carton != label.raw:
+                why = f"carton {carton.carton} is open, not {label.raw}"
+                return [], HandheldResult(seq, HandheldCode.REJECTED, why)
+            made, result, detail = packing.close(terminal, at, terminal)
+            tx = next((d for d in made if isinstance(d, PackTransaction)), None)
+            return made, HandheldResult(seq, result, detail, tx.tx_id if tx else None)
+        item = item_of_scan(label) if isinstance(label, Scan) else None
+        if item is None or item.gtin is None:
+            why = label.reason if isinstance(label, RejectedScan) else "not an item label"
+            return [], HandheldResult(seq, HandheldCode.REJECTED, why)
+        carton = packing.cartons.get(terminal)
+        order = self.dock.orders.get(carton.order_id) if carton else None
+        product = self.dock.products.get(item.gtin)
+        made, result, detail = packing.add(terminal, item, order, product, at)
+        return made, HandheldResult(seq, result, detail)
 
     def _handheld_move(
         self, scan: HandheldScan, label: Scan

@@ -88,6 +88,7 @@ def parse_batch(payload: bytes, at: dt.datetime, labels: LabelRules) -> ParsedBa
                 reason=raw.get("reason"),
                 quantity=int(raw.get("quantity", 1)),
                 line=raw.get("line"),
+                station=raw.get("station"),
             )
         )
     return ParsedBatch(HandheldBatch(terminal, tuple(scans), at), reply_to, correlation)

@@ -17,6 +17,7 @@ from gateway.domain import (
     DockTransaction,
     MoveTransaction,
     Notice,
+    PackTransaction,
     PortalPass,
     TaskChanged,
     decode_epc,
@@ -244,3 +245,32 @@ def close_answer_payload(answer: CloseAnswer) -> dict[str, Any]:
             "tx_id": answer.tx_id,
         }
     return {"ok": False, "reference": answer.reference, "error": answer.error}
+
+
+def pack_payload(tx: PackTransaction, topics: Topics) -> dict[str, Any]:
+    """The `tx/pack` payload: a carton closed at a pack station, with its SSCC and contents."""
+    return {
+        "version": WIRE_VERSION,
+        "tx_id": tx.tx_id,
+        "type": "pack",
+        "site": topics.site,
+        "gateway": topics.gateway,
+        "sscc": tx.sscc,
+        "order_id": tx.order_id,
+        "station": tx.station,
+        "carton": tx.carton,
+        "device": tx.device,
+        "items": [
+            {
+                "gtin": p.item.gtin,
+                "serial": p.item.serial,
+                "lot": p.item.lot,
+                "expiry": None if p.item.expiry is None else p.item.expiry.isoformat(),
+                "line": p.line,
+                "packed_at": iso(p.at),
+            }
+            for p in tx.items
+        ],
+        "opened_at": iso(tx.opened_at),
+        "closed_at": iso(tx.closed_at),
+    }
