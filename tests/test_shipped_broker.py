@@ -355,6 +355,7 @@ FLOWS = (
     Flow(GATEWAY, f"{BASE}/tx/move", (WMS,)),
     Flow(GATEWAY, f"{BASE}/tx/receive", (WMS,)),
     Flow(GATEWAY, f"{BASE}/tx/ship", (WMS,)),
+    Flow(GATEWAY, f"{BASE}/tx/pack", (WMS,)),
     Flow(GATEWAY, f"{BASE}/event", (WMS,)),
     Flow(GATEWAY, f"{BASE}/alarm", (WMS,)),
     Flow(GATEWAY, f"{BASE}/receipt", (WMS,)),
