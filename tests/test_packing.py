@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import aiomqtt
@@ -22,7 +23,7 @@ from tests.dock_helpers import gtin
 from tests.gateway_helpers import assert_valid, build, running, site_config, wait_reference_data
 from tests.mqtt_helpers import Collector, Mosquitto
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(240)]
 
 T0 = dt.datetime(2026, 12, 7, 10, tzinfo=dt.UTC)
 A, B, C = gtin("011111"), gtin("022222"), gtin("033333")
@@ -75,7 +76,8 @@ def test_sscc_range_and_the_carton_checks() -> None:
 
 
 CARTONS = 200
-OFFLINE_S = 5.0  # the acceptance's minute, shortened for the suite (a benchmark-free test)
+# The acceptance's minute, shortened for the suite; PRINTER_OFFLINE_S=60 runs it as written.
+OFFLINE_S = float(os.environ.get("PRINTER_OFFLINE_S", "5"))
 
 
 async def test_two_hundred_cartons_five_wrong_items_and_a_printer_off_for_a_while(
