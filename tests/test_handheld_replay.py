@@ -95,6 +95,24 @@ async def test_every_scan_applied_once_through_offline_spells_copies_reorders_an
 
     gateway = GatewayProcess(config, tmp_path / "gateway.log")
     gateway.start()
+    try:
+        await replay(tmp_path, mosquitto, gateway, scripts, rng, db)
+    finally:
+        gateway.stop()
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms:
+        for script in scripts:
+            await wms.publish(f"wms/DC1/asn/{script.asn_id}", b"", qos=1, retain=True)
+
+
+async def replay(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    gateway: GatewayProcess,
+    scripts: list[Script],
+    rng: random.Random,
+    db: Path,
+) -> None:
+    """The terminals' work through the gateway's kills; then the checks."""
     kills = 0
 
     async def killer(stop: asyncio.Event) -> None:
@@ -169,7 +187,3 @@ async def test_every_scan_applied_once_through_offline_spells_copies_reorders_an
             lambda c: {m.json()["tx_id"] for m in c.messages} >= made, timeout=60
         )
         assert {m.json()["tx_id"] for m in collector.messages} == made
-    gateway.stop()
-    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms:
-        for script in scripts:
-            await wms.publish(f"wms/DC1/asn/{script.asn_id}", b"", qos=1, retain=True)

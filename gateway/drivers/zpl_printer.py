@@ -41,11 +41,14 @@ class ZplPrinter:
         while True:
             waiting = asyncio.ensure_future(self._spool.next(station))
             try:
-                job_id, body = await asyncio.wait_for(asyncio.shield(waiting), PROBE_S)
-            except TimeoutError:
-                waiting.cancel()
+                done, _ = await asyncio.wait({waiting}, timeout=PROBE_S)
+            finally:
+                if not waiting.done():
+                    waiting.cancel()
+            if not done:
                 await self._send(b"")
                 continue
+            job_id, body = waiting.result()
             await self._send(body.encode("ascii", errors="replace"))
             await self._spool.done(station, job_id)
             self.printed += 1
