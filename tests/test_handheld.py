@@ -337,3 +337,35 @@ async def test_damage_and_short_reports_reach_the_receipt_its_summary_alarms_and
         assert "damaged" in dispositions
     async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms:
         await wms.publish("wms/DC1/asn/ASN-H3", b"", qos=1, retain=True)
+
+
+async def test_counts_are_checked_against_where_the_gateway_has_each_pallet(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    await publish_asn(mosquitto.port, "ASN-H4", PALLETS[:2])
+    async with (
+        Collector(mosquitto.port) as collector,
+        running(site(tmp_path, mosquitto.port)) as gateway,
+        HandheldTerminal("pda-4", mosquitto.port) as pda,
+    ):
+        await wait_reference_data(gateway, "asn/ASN-H4")
+        pda.scan("receive", sscc_label(PALLETS[0]), door="D03")
+        pda.scan("move", sscc_label(PALLETS[0]), location="A-01-01")
+        here = pda.scan("count", sscc_label(PALLETS[0]), location="A-01-01")
+        there = pda.scan("count", sscc_label(PALLETS[0]), location="B-02-02")
+        nowhere = pda.scan("count", sscc_label(STRANGER), location="B-02-02")
+        await pda.flush()
+        assert [pda.results[s]["result"] for s in (here, there, nowhere)] == [
+            "counted",
+            "misplaced",
+            "unknown_pallet",
+        ]
+        assert pda.results[there]["detail"] == "recorded at A-01-01"
+        await collector.wait_for(lambda c: len(c.on("dock-1/event")) >= 2)
+        events = [m.json() for m in collector.on("dock-1/event")]
+        assert [e["code"] for e in events] == ["count_mismatch", "count_mismatch"]
+        assert (
+            collector.on("/tx/move") and len(collector.on("/tx/move")) == 1
+        )  # counts move nothing
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms:
+        await wms.publish("wms/DC1/asn/ASN-H4", b"", qos=1, retain=True)

@@ -25,12 +25,16 @@ class Purpose(enum.StrEnum):
     CARTON = "carton"  # a carton opened at a pack station for a ship order
     PACK = "pack"  # an item scanned into the open carton (checked against its order)
     CLOSE = "close"  # the open carton closed: its SSCC, its label printed
+    COUNT = "count"  # a pallet found at a location (the scan and the location label)
 
 
 class HandheldCode(enum.StrEnum):
     """Results of a handheld scan besides the dock results (accepted, unexpected ...)."""
 
     MOVED = "moved"  # a move transaction
+    COUNTED = "counted"  # a pallet counted where the gateway has it
+    MISPLACED = "misplaced"  # a pallet counted elsewhere than where the gateway has it
+    UNKNOWN_PALLET = "unknown_pallet"  # a pallet counted that the gateway has nowhere
     HELD = "held"  # waiting for the scans before it (send it again later for its result)
     LATE_SCAN = "late_scan"  # its receipt or shipment was closed before it came: nothing changed
     REJECTED = "rejected"  # the label or the record could not be used (see `detail`)

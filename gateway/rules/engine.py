@@ -152,7 +152,7 @@ class RulesEngine:
             for scan in event.scans:
                 label = scan.label
                 if (
-                    scan.purpose is Purpose.MOVE
+                    scan.purpose in (Purpose.MOVE, Purpose.COUNT)
                     and isinstance(label, Scan)
                     and label.sscc is not None
                     and not self.moves.knows(label.sscc)
@@ -368,6 +368,8 @@ class RulesEngine:
             return [], HandheldResult(seq, HandheldCode.REJECTED, label.reason)
         if scan.purpose is Purpose.MOVE:
             return self._handheld_move(scan, label)
+        if scan.purpose is Purpose.COUNT:
+            return self._handheld_count(terminal, scan, label)
         if scan.purpose in (Purpose.DAMAGE, Purpose.SHORT):
             return self._handheld_report(scan, label)
         if scan.purpose in (Purpose.CARTON, Purpose.PACK, Purpose.CLOSE):
@@ -449,6 +451,32 @@ class RulesEngine:
         product = self.dock.products.get(item.gtin)
         made, result, detail = packing.add(terminal, item, order, product, at)
         return made, HandheldResult(seq, result, detail)
+
+    def _handheld_count(
+        self, terminal: str, scan: HandheldScan, label: Scan
+    ) -> tuple[list[Decision], HandheldResult]:
+        """A pallet found at a location, checked against where the gateway has it; a mismatch
+        is an event (nothing is moved: a count is not a move)."""
+        seq, to = scan.seq, scan.to
+        if label.kind is not ScanKind.PALLET or label.sscc is None:
+            return [], HandheldResult(seq, HandheldCode.REJECTED, "a count needs a pallet label")
+        if to is None or isinstance(to, RejectedScan) or to.location is None:
+            why = to.reason if isinstance(to, RejectedScan) else "a count needs a location label"
+            return [], HandheldResult(seq, HandheldCode.REJECTED, why)
+        found, recorded = to.location, self.moves.location_of(label.sscc)
+        if recorded == found:
+            return [], HandheldResult(seq, HandheldCode.COUNTED)
+        code = HandheldCode.MISPLACED if recorded else HandheldCode.UNKNOWN_PALLET
+        detail = f"recorded at {recorded}" if recorded else "the gateway has it nowhere"
+        notice = Notice(
+            code="count_mismatch",
+            message=f"pallet {label.sscc} counted at {found}: {detail}",
+            at=scan.scanned_at,
+            device_id=terminal,
+            location=found,
+            details={"sscc": label.sscc, "found": found, "recorded": recorded},
+        )
+        return [notice], HandheldResult(seq, code, detail)
 
     def _handheld_move(
         self, scan: HandheldScan, label: Scan
