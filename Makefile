@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hostile_input.py
 	$(BIN)/python benchmarks/pallet_memory.py
 	$(BIN)/python benchmarks/ops_surface.py
+	$(BIN)/python benchmarks/handheld_ack.py
 	$(BIN)/python benchmarks/guard.py
 
 clean:
