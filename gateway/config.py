@@ -278,17 +278,31 @@ class PortalTuning(_Model):
     min_peak_rssi: int | None = Field(default=-66, ge=-128, le=0)
 
 
+class ZoneTuning(_Model):
+    """How sure the zone tracking must be (gateway.rules.zones.ZoneSettings)."""
+
+    min_reads: int = Field(default=2, ge=1)
+    window_s: float = Field(default=2.0, gt=0)
+    hysteresis_db: float = Field(default=4.0, ge=0)
+    dwell_s: float = Field(default=3.0, ge=0)
+    depart_after_s: float = Field(default=30.0, gt=0)
+    max_tags: int = Field(default=100_000, ge=1)
+
+
 class LlrpReaderDevice(_Model):
-    """An LLRP RFID reader at a dock door."""
+    """An LLRP RFID reader at a dock door (a portal), and/or covering storage zones."""
 
     id: Identifier
     kind: Literal["llrp_reader"]
     transport: TcpTransport
-    door: Identifier
+    door: Identifier | None = None  # a portal: with `antennas`
     # receiving: inbound passes are received against the door's ASN; shipping: outbound passes
     # are checked against its ship order; both: each direction does its own.
     role: Literal["receiving", "shipping", "both"] = "receiving"
-    antennas: PortalAntennas
+    antennas: PortalAntennas | None = None
+    # Storage zones: a location name -> its antennas (gateway.rules.zones).
+    zones: dict[Identifier, list[int]] = Field(default_factory=dict)
+    zone_tuning: ZoneTuning = ZoneTuning()
     tx_power_dbm: float | None = Field(default=None, description="None: the reader's maximum")
     mode_identifier: int | None = None
     # Gen2 session 1: a tag answers again within seconds, so the portal sees it move; under
@@ -301,6 +315,33 @@ class LlrpReaderDevice(_Model):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     portal: PortalTuning = PortalTuning()
     backoff: BackoffConfig = BackoffConfig()
+
+    @model_validator(mode="after")
+    def _portal_or_zones(self) -> LlrpReaderDevice:
+        if (self.door is None) != (self.antennas is None):
+            raise ValueError("a portal needs both door and antennas")
+        if self.door is None and not self.zones:
+            raise ValueError("a reader needs a door (with antennas) or zones")
+        portal = set()
+        if self.antennas is not None:
+            portal = {*self.antennas.outside, *self.antennas.inside}
+        seen: dict[int, str] = {}
+        for zone, antennas in self.zones.items():
+            if not antennas:
+                raise ValueError(f"zone {zone} has no antenna")
+            for antenna in antennas:
+                if not 1 <= antenna <= 64:
+                    raise ValueError(f"antenna {antenna} of zone {zone}: 1 to 64")
+                if antenna in portal or antenna in seen:
+                    raise ValueError(f"antenna {antenna} of zone {zone} is used twice")
+                seen[antenna] = zone
+        return self
+
+    @property
+    def all_antennas(self) -> list[int]:
+        """Every antenna the reader reads: the portal's and the zones'."""
+        portal = [] if self.antennas is None else [*self.antennas.outside, *self.antennas.inside]
+        return sorted({*portal, *(a for antennas in self.zones.values() for a in antennas)})
 
 
 class WeighingTuning(_Model):

@@ -51,6 +51,7 @@ from gateway.domain import (
     TaskAnswer,
     TaskChanged,
     Weighing,
+    ZoneEvent,
 )
 from gateway.drivers.base import AlarmOutputs, Clock
 from gateway.rules.agv import received_lots
@@ -81,6 +82,7 @@ from gateway.wire.outbound import (
     pass_payload,
     summary_payload,
     task_event_payload,
+    zone_event_payload,
 )
 from gateway.wire.packing import carton_json
 from gateway.wire.refdata import to_json
@@ -335,6 +337,11 @@ class Recorder:
                     state.cartons[d.terminal] = None if d.carton is None else carton_json(d.carton)
                     if d.next_serial is not None:
                         state.sscc_next = d.next_serial
+                case ZoneEvent():
+                    payload = zone_event_payload(d, topics)
+                    batch.messages.append(
+                        OutboxMessage(d.event_id, topics.zone_event, encode(payload))
+                    )
                 case HandheldApplied():
                     _count_handheld(batch.counts, d)
                     state.handheld.append(

@@ -52,6 +52,7 @@ from gateway.rules.stock import StockProjection
 from gateway.rules.tasks import TaskPolicy
 from gateway.rules.vda5050 import RobotObserver
 from gateway.rules.weighing import WeighingSettings, WeightCapture
+from gateway.rules.zones import ZoneSettings, ZoneTracker
 from gateway.storage import Store
 from gateway.wire.agv import task_from_json
 from gateway.wire.epcis import EpcisSettings
@@ -63,13 +64,24 @@ log = structlog.get_logger("gateway.wiring")
 
 
 def portal_settings(device: LlrpReaderDevice) -> PortalSettings:
-    """The portal logic's parameters for one reader's door."""
+    """The portal logic's parameters for one reader's door (the reader must have one)."""
+    if device.door is None or device.antennas is None:
+        raise ValueError(f"reader {device.id} is no portal")
     return PortalSettings(
         door=device.door,
         reader_id=device.id,
         outside=frozenset(device.antennas.outside),
         inside=frozenset(device.antennas.inside),
         **device.portal.model_dump(),  # the tuning's fields are the settings' own names
+    )
+
+
+def zone_settings(device: LlrpReaderDevice) -> ZoneSettings:
+    """The zone tracking's parameters for one reader's zones."""
+    return ZoneSettings(
+        device.id,
+        {zone: frozenset(antennas) for zone, antennas in device.zones.items()},
+        **device.zone_tuning.model_dump(),
     )
 
 
@@ -114,7 +126,8 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
             pallet_locations=_most_recent(pallets, move_config.cached_pallets),
             stations={d.id: d.location for d in scanners if d.role == "station" and d.location},
         ),
-        portals={d.id: PortalTracker(portal_settings(d)) for d in readers},
+        portals={d.id: PortalTracker(portal_settings(d)) for d in readers if d.door},
+        zones={d.id: ZoneTracker(zone_settings(d)) for d in readers if d.zones},
         scales={
             d.id: (d.door, WeightCapture(WeighingSettings(**d.weighing.model_dump())))
             for d in devices
@@ -135,7 +148,7 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
             closed=await store.closed_references(),
             resumed_at=clock(),
         ),
-        door_roles={d.door: DoorRole(d.role) for d in readers},
+        door_roles={d.door: DoorRole(d.role) for d in readers if d.door},
         dock_stations={
             d.id: DockStation(d.location, DoorRole(d.role))
             for d in scanners

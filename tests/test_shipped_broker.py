@@ -352,6 +352,8 @@ FLOWS = (
     Flow(GATEWAY, f"{BASE}/state/location/A-01-01", (WMS,), retain=True),
     Flow(GATEWAY, f"{BASE}/state/robot/agv-001", (WMS,), retain=True),
     Flow(GATEWAY, f"{BASE}/state/device/fl-07", (WMS,), retain=True),
+    Flow(GATEWAY, f"{BASE}/state/zone/A-01", (WMS,), retain=True),
+    Flow(GATEWAY, f"{BASE}/zone/event", (WMS,)),
     Flow(GATEWAY, f"{BASE}/tx/move", (WMS,)),
     Flow(GATEWAY, f"{BASE}/tx/receive", (WMS,)),
     Flow(GATEWAY, f"{BASE}/tx/ship", (WMS,)),

@@ -3,12 +3,20 @@ under cross-antenna bleed, none for tags that sit still, departures after a sile
 
 from __future__ import annotations
 
+import asyncio
 import random
+from pathlib import Path
 
 import pytest
 
 from gateway.domain import TagRead
+from gateway.domain.epc import encode_sgtin96
+from gateway.health import DeviceState
 from gateway.rules.zones import ZoneChange, ZoneSettings, ZoneTracker
+from simulators.llrp import LlrpReaderSimulator, Scenario, StrayTag
+from tests.dock_helpers import CP
+from tests.gateway_helpers import assert_valid, build, running, site_config, wait_device
+from tests.mqtt_helpers import Collector, Mosquitto
 
 SETTINGS = ZoneSettings("r1", {"A-01": frozenset({1, 2}), "A-02": frozenset({3, 4})})
 
@@ -74,3 +82,52 @@ def test_memory_is_bounded_and_antennas_belong_to_one_zone() -> None:
     assert sum(e.change is ZoneChange.DEPARTED for e in events) == 150
     with pytest.raises(ValueError, match="antenna 1"):
         ZoneSettings("r1", {"A": frozenset({1}), "B": frozenset({1, 2})})
+
+
+# --- a zone reader end to end: the LLRP simulator, the gateway, a real broker -------------------
+
+
+@pytest.mark.broker
+async def test_a_zone_reader_places_tags_and_keeps_a_retained_snapshot(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    x, y, z = (encode_sgtin96(CP, "012345", n) for n in (1, 2, 3))
+    strays = [
+        StrayTag(x, (1, 2), -52.0),  # in A-01
+        StrayTag(y, (3, 4), -52.0),  # in A-02
+        StrayTag(z, (2, 3), -60.0),  # between the two: heard by both, must not move
+    ]
+    async with (
+        LlrpReaderSimulator(Scenario(strays=strays, door="zones", seed=3), reads_per_s=400) as rdr,
+        Collector(mosquitto.port) as collector,
+    ):
+        raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None, reader_port=rdr.port)
+        reader = raw["devices"][0]
+        del reader["door"], reader["antennas"]
+        reader["zones"] = {"A-01": [1, 2], "A-02": [3, 4]}
+        reader["zone_tuning"] = {"dwell_s": 2.0}
+        async with running(build(raw, tmp_path)) as gateway:
+            await wait_device(gateway, "d03-reader", DeviceState.CONNECTED)
+            await collector.wait_for(lambda c: len(c.on("/zone/event")) >= 3)
+            await asyncio.sleep(8.0)  # long enough for a wrong move to show
+            events = [m.json() for m in collector.on("/zone/event")]
+            for event in events:
+                assert_valid("zone-event", event)
+            where = {e["epc"]: e["zone"] for e in events}
+            assert [e["change"] for e in events] == ["arrived"] * 3  # and no move since
+            assert where[x.hex().upper()] == "A-01" and where[y.hex().upper()] == "A-02"
+            await collector.wait_for(lambda c: c.on("/state/zone/A-02"))
+            async with asyncio.timeout(10):
+                while True:
+                    snapshot = {
+                        m.topic.rsplit("/", 1)[1]: m.json()
+                        for m in collector.on("")
+                        if "/state/zone/" in m.topic
+                    }
+                    if sum(len(s["epcs"]) for s in snapshot.values()) == 3:
+                        break
+                    await asyncio.sleep(0.2)
+            for state in snapshot.values():
+                assert_valid("state-zone", state)
+            assert x.hex().upper() in snapshot["A-01"]["epcs"]
+            assert y.hex().upper() in snapshot["A-02"]["epcs"]

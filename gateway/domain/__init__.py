@@ -133,6 +133,7 @@ from gateway.domain.transactions import (
     WeighingMethod,
     WeightCheck,
 )
+from gateway.domain.zones import ZoneChange, ZoneEvent
 
 __all__ = [
     "KG_PER_UNIT",
@@ -233,6 +234,8 @@ __all__ = [
     "WmsTask",
     "WmsTaskDeleted",
     "WmsTaskMessage",
+    "ZoneChange",
+    "ZoneEvent",
     "ZoneRule",
     "decode_epc",
     "deterministic_id",

@@ -17,6 +17,7 @@ from gateway.domain.transactions import (
     PortalPass,
     Weighing,
 )
+from gateway.domain.zones import ZoneEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ Decision = (
     | PackTransaction
     | PrintJob
     | CartonChanged
+    | ZoneEvent
 )
 """Everything a rule may decide."""
 

@@ -153,7 +153,7 @@ class LlrpReader:
     def sllurp_config(self) -> LLRPReaderConfig:
         """The ROSpec and reader settings sllurp sends, from the device config."""
         c = self.config
-        antennas = sorted({*c.antennas.outside, *c.antennas.inside})
+        antennas = c.all_antennas
         settings: dict[str, Any] = {
             "antennas": antennas,
             "session": c.session,

@@ -5,6 +5,7 @@
 - `state/location/{location}`: the pallets the gateway's own transactions put there.
 - `state/robot/{serial}`: the AGV task the robot holds and the last node it reported.
 - `state/device/{device}`: the device's state and last error.
+- `state/zone/{zone}`: the tags an RFID zone holds now (`gateway.rules.zones`).
 
 `LiveState` reads the rules' state (a view: it changes nothing) after every commit, after a
 device's transition and every few seconds (an ASN's window opening changes what a door has
@@ -35,14 +36,21 @@ from gateway.health import StatusBoard
 from gateway.rules.engine import RulesEngine
 from gateway.storage import RECENT_PER_DOOR, StateChanges, Store
 from gateway.wire.codec import encode
-from gateway.wire.state import device_state, door_state, location_state, recent_entry, robot_state
+from gateway.wire.state import (
+    device_state,
+    door_state,
+    location_state,
+    recent_entry,
+    robot_state,
+    zone_state,
+)
 from gateway.wire.topics import Topics, topic_refusal
 
 __all__ = ["KINDS", "LiveState"]
 
 log = structlog.get_logger("gateway.ops.state")
 
-KINDS = ("door", "location", "robot", "device")
+KINDS = ("door", "location", "robot", "device", "zone")
 REFRESH_S = 5.0
 """Doors, robots and devices are read again this often without a change (time moves on)."""
 COALESCE_S = 0.1
@@ -158,9 +166,12 @@ class LiveState:
                 )
         for device_id, health in self._board.devices.items():
             payloads[self._topic("device", device_id)] = device_state(health.payload())
+        for reader, tracker in self._engine.zones.items():
+            for zone, epcs in tracker.snapshot().items():
+                payloads[self._topic("zone", zone)] = zone_state(zone, reader, epcs)
         fresh = {topic: encode(p) for topic, p in payloads.items() if topic}
         changed = False
-        for prefix in ("door", "robot", "device"):
+        for prefix in ("door", "robot", "device", "zone"):
             root = self._topics.state(prefix, "")
             for topic in [t for t in self.current if t.startswith(root) and t not in fresh]:
                 changed |= self._set(topic, None)

@@ -69,6 +69,7 @@ from gateway.rules.receiving import DockRules, item_of_scan
 from gateway.rules.refdata_limits import RefDataLimits
 from gateway.rules.rejections import RejectionDigest
 from gateway.rules.weighing import WeightCapture
+from gateway.rules.zones import ZoneTracker
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,8 @@ class RulesEngine:
         refdata_limits: the most reference data records of each kind held (see
             `gateway.rules.refdata_limits`); a kind not given has no limit.
         handheld: handheld terminals' scans (None: not taken).
+        packing: scan-verified packing (None: none).
+        zones: RFID zone tracking, by reader id.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class RulesEngine:
         refdata_limits: Mapping[RefDataKind, int] | None = None,
         handheld: HandheldIntake | None = None,
         packing: Packing | None = None,
+        zones: Mapping[str, ZoneTracker] | None = None,
     ) -> None:
         self.moves = moves
         self.portals = dict(portals)
@@ -132,6 +136,7 @@ class RulesEngine:
         self.refdata_limits = RefDataLimits(refdata_limits)
         self.handheld = handheld
         self.packing = packing
+        self.zones = dict(zones or {})  # by reader id
 
     def on_event(self, event: Event) -> list[Decision]:
         """Decisions caused by one event."""
@@ -190,6 +195,8 @@ class RulesEngine:
         for portal in self.portals.values():
             decisions.extend(self._passes(portal.on_tick(seconds)))
         decisions.extend(self.dock.on_tick(now))
+        for zones in self.zones.values():
+            decisions.extend(zones.on_tick(seconds))
         decisions.extend(self.rejections.on_tick(now))
         if self.agv is not None:
             decisions.extend(self.agv.on_tick(now))
@@ -227,7 +234,11 @@ class RulesEngine:
 
     def _reads(self, event: TagReadBatch) -> list[Decision]:
         portal = self.portals.get(event.reader_id)
-        return self._passes(portal.on_reads(event.reads)) if portal is not None else []
+        out = self._passes(portal.on_reads(event.reads)) if portal is not None else []
+        zones = self.zones.get(event.reader_id)
+        if zones is not None:
+            out.extend(zones.on_reads(event.reads))
+        return out
 
     def _sample(self, event: WeightSample) -> list[Decision]:
         scale = self.scales.get(event.scale_id)

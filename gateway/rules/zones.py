@@ -19,33 +19,12 @@ most `max_tags` tags are tracked per tracker; past it the least recently read is
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from gateway.domain import TagRead
+from gateway.domain import TagRead, ZoneChange, ZoneEvent
 
 __all__ = ["ZoneChange", "ZoneEvent", "ZoneSettings", "ZoneTracker"]
-
-
-class ZoneChange(enum.StrEnum):
-    """What happened to a tag."""
-
-    ARRIVED = "arrived"
-    MOVED = "moved"
-    DEPARTED = "departed"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ZoneEvent:
-    """A tag arrived in, moved between or departed from zones, at `at` (epoch s)."""
-
-    change: ZoneChange
-    epc: str  # hex
-    zone: str | None  # where it is now (None: departed)
-    previous: str | None  # where it was (None: it arrived)
-    at: float
-    reader_id: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from gateway.domain import (
     PackTransaction,
     PortalPass,
     TaskChanged,
+    ZoneEvent,
     decode_epc,
 )
 from gateway.wire.codec import WIRE_VERSION, iso
@@ -273,4 +274,22 @@ def pack_payload(tx: PackTransaction, topics: Topics) -> dict[str, Any]:
         ],
         "opened_at": iso(tx.opened_at),
         "closed_at": iso(tx.closed_at),
+    }
+
+
+def zone_event_payload(event: ZoneEvent, topics: Topics) -> dict[str, Any]:
+    """The `zone/event` payload: a tag arrived in, moved between or departed from zones."""
+    decoded = decode_epc(event.epc)
+    return {
+        "version": WIRE_VERSION,
+        "event_id": event.event_id,
+        "site": topics.site,
+        "gateway": topics.gateway,
+        "change": event.change.value,
+        "epc": event.epc,
+        "uri": decoded.uri,
+        "zone": event.zone,
+        "previous": event.previous,
+        "reader": event.reader_id,
+        "at": iso(dt.datetime.fromtimestamp(event.at, dt.UTC)),
     }

@@ -14,7 +14,14 @@ from typing import Any
 from gateway.domain import DockProgress, DockTransaction, RobotPosition, Task
 from gateway.wire.codec import WIRE_VERSION, iso
 
-__all__ = ["device_state", "door_state", "location_state", "recent_entry", "robot_state"]
+__all__ = [
+    "device_state",
+    "door_state",
+    "location_state",
+    "recent_entry",
+    "robot_state",
+    "zone_state",
+]
 
 
 def recent_entry(tx: DockTransaction) -> dict[str, Any]:
@@ -114,3 +121,8 @@ def device_state(status: dict[str, Any]) -> dict[str, Any]:
         },
         "last_error_at": status["last_error_at"],
     }
+
+
+def zone_state(zone: str, reader: str, epcs: list[str]) -> dict[str, Any]:
+    """`state/zone/{zone}`: the tags (EPC hex) an RFID zone holds now, sorted."""
+    return {"version": WIRE_VERSION, "zone": zone, "reader": reader, "epcs": epcs}

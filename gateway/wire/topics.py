@@ -219,6 +219,11 @@ class Topics:
         return f"{self.base}/agv/task"
 
     @property
+    def zone_event(self) -> str:
+        """Tags arriving in, moving between and departing from RFID zones."""
+        return f"{self.base}/zone/event"
+
+    @property
     def handheld_scans(self) -> str:
         """Where handheld terminals send their batches of scans."""
         return f"{self.base}/handheld/scans"
