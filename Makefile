@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pallet_memory.py
 	$(BIN)/python benchmarks/ops_surface.py
 	$(BIN)/python benchmarks/handheld_ack.py
+	$(BIN)/python benchmarks/zone_rules.py
 	$(BIN)/python benchmarks/guard.py
 
 clean:

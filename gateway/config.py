@@ -286,6 +286,8 @@ class ZoneTuning(_Model):
     hysteresis_db: float = Field(default=4.0, ge=0)
     dwell_s: float = Field(default=3.0, ge=0)
     depart_after_s: float = Field(default=30.0, gt=0)
+    silence_s: float = Field(default=5.0, gt=0)
+    min_rssi: float | None = -65.0  # dBm a zone must hear a tag at to place it there
     max_tags: int = Field(default=100_000, ge=1)
 
 

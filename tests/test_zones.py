@@ -75,7 +75,7 @@ def test_a_pallet_moved_between_zones_is_reported_once_each_way() -> None:
 
 
 def test_memory_is_bounded_and_antennas_belong_to_one_zone() -> None:
-    small = ZoneSettings("r1", {"Z": frozenset({1})}, max_tags=100, min_reads=1)
+    small = ZoneSettings("r1", {"Z": frozenset({1})}, max_tags=100, min_reads=1, window_s=0)
     tracker = ZoneTracker(small)
     events = tracker.on_reads((f"T{n}", 1, -50, float(n), 1) for n in range(250))
     assert len(tracker) == 100 and tracker.evicted == 150

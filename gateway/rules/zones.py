@@ -5,7 +5,8 @@ tag near a zone boundary is heard by antennas of both zones ("bleed"); the first
 read it says nothing. Per tag and zone the tracker keeps an exponentially smoothed RSSI, fed by
 the zone's reads and decayed while the zone does not hear it, and:
 
-- `arrived`: the tag was read `min_reads` times within `window_s` in a zone (the strongest one);
+- `arrived`: the tag has been heard for `window_s`, `min_reads` times by one zone: it is placed
+  in the zone that hears it best (not in the one that happened to read it first);
 - `moved`: another zone's smoothed RSSI stayed above the current zone's by `hysteresis_db` for
   `dwell_s`; a tag sitting between two zones, heard a little stronger by one then the other,
   does not move (the margin), and a passing fluctuation does not either (the dwell);
@@ -39,7 +40,10 @@ class ZoneSettings:
     dwell_s: float = 3.0
     depart_after_s: float = 30.0
     smoothing: float = 0.3  # weight of a new read in the smoothed RSSI
-    decay_db_per_s: float = 2.0  # how fast a zone that stopped hearing the tag fades
+    silence_s: float = 5.0  # a zone that has not heard the tag this long no longer counts
+    # A tag is placed only in a zone that heard it at least this strongly (dBm): a tag heard
+    # only by another zone's antennas, faintly (bleed), is in none. None: no threshold.
+    min_rssi: float | None = -65.0
     max_tags: int = 100_000
 
     def __post_init__(self) -> None:
@@ -53,14 +57,14 @@ class ZoneSettings:
             raise ValueError("smoothing must be in (0, 1]")
 
 
-_FLOOR_DBM = -100.0  # a zone that never heard the tag
+_SILENT = float("-inf")  # a zone that does not hear the tag (any more)
 
 
 @dataclasses.dataclass(slots=True)
 class _Tag:
     rssi: dict[str, float]  # zone -> smoothed RSSI
     heard: dict[str, float]  # zone -> last read time
-    reads: dict[str, list[float]]  # zone -> recent read times (until the tag has a zone)
+    first: dict[str, list[float]] | None  # zone -> read times, until the tag has a zone
     zone: str | None = None
     rival: str | None = None  # a zone ahead by the margin ...
     rival_since: float = 0.0  # ... since then
@@ -73,7 +77,9 @@ class ZoneTracker:
     def __init__(self, settings: ZoneSettings) -> None:
         self.settings = settings
         self._zone_of = {a: z for z, antennas in settings.zones.items() for a in antennas}
-        self._tags: OrderedDict[str, _Tag] = OrderedDict()
+        self._tags: OrderedDict[str, _Tag] = OrderedDict()  # least recently read first
+        self._rivals: set[str] = set()  # tags with a zone ahead of theirs (dwell running)
+        self._unplaced: set[str] = set()  # tags heard, not placed yet
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -95,85 +101,121 @@ class ZoneTracker:
     def on_reads(self, reads: Iterable[TagRead]) -> list[ZoneEvent]:
         """Take reads (EPC hex, antenna, peak RSSI, time s, seen count); the events they make."""
         s = self.settings
+        zone_of, tags = self._zone_of, self._tags
+        keep = 1.0 - s.smoothing
         out: list[ZoneEvent] = []
         for epc, antenna, rssi, t, _seen in reads:
-            zone = self._zone_of.get(antenna)
+            zone = zone_of.get(antenna)
             if zone is None:
                 continue  # an antenna of no zone (a portal's, say)
-            tag = self._tags.get(epc)
+            value = -60.0 if rssi is None else float(rssi)
+            tag = tags.get(epc)
             if tag is None:
-                tag = self._tags[epc] = _Tag({}, {}, {})
-                if len(self._tags) > s.max_tags:
+                tag = tags[epc] = _Tag({zone: value}, {zone: t}, {})
+                if len(tags) > s.max_tags:
                     out.extend(self._evict_oldest())
             else:
-                self._tags.move_to_end(epc)
-            value = float(rssi) if rssi is not None else -60.0
-            before = self._decayed(tag, zone, t)
-            tag.rssi[zone] = before + s.smoothing * (value - before) if zone in tag.rssi else value
-            tag.heard[zone] = t
-            tag.last = max(tag.last, t)
-            if tag.zone is None:
-                times = [x for x in tag.reads.get(zone, []) if t - x <= s.window_s]
-                times.append(t)
-                tag.reads[zone] = times
-                if len(times) >= s.min_reads:
-                    tag.zone = self._strongest(tag, t)
-                    tag.reads.clear()
-                    out.append(ZoneEvent(ZoneChange.ARRIVED, epc, tag.zone, None, t, s.reader_id))
-            else:
-                out.extend(self._maybe_move(epc, tag, t))
+                tags.move_to_end(epc)
+                old = tag.rssi.get(zone)
+                fresh = old is not None and t - tag.heard[zone] <= s.silence_s
+                tag.rssi[zone] = keep * old + s.smoothing * value if fresh and old else value
+                tag.heard[zone] = t
+            if t > tag.last:
+                tag.last = t
+            current = tag.zone
+            if current is None:
+                first = tag.first
+                assert first is not None
+                first.setdefault(zone, []).append(t)
+                self._unplaced.add(epc)
+                placed = self._place(epc, tag, t)
+                if placed is not None:
+                    out.append(placed)
+            elif zone == current:
+                if tag.rival is not None and not self._leads(tag, tag.rival, t):
+                    tag.rival = None
+                    self._rivals.discard(epc)
+            elif self._leads(tag, zone, t):
+                if tag.rival != zone:
+                    tag.rival, tag.rival_since = zone, t
+                    self._rivals.add(epc)
+                elif t - tag.rival_since >= s.dwell_s:
+                    out.append(self._move(epc, tag, t))
+            elif tag.rival == zone:
+                tag.rival = None
+                self._rivals.discard(epc)
         return out
 
     def on_tick(self, now: float) -> list[ZoneEvent]:
         """Tags not read for `depart_after_s` departed; moves whose dwell ended."""
         s = self.settings
         out: list[ZoneEvent] = []
-        for epc, tag in list(self._tags.items()):
-            if now - tag.last >= s.depart_after_s:
-                del self._tags[epc]
-                if tag.zone is not None:
-                    out.append(
-                        ZoneEvent(ZoneChange.DEPARTED, epc, None, tag.zone, now, s.reader_id)
-                    )
-            elif tag.zone is not None:
-                out.extend(self._maybe_move(epc, tag, now))
+        tags = self._tags
+        while tags:
+            epc, tag = next(iter(tags.items()))
+            if now - tag.last < s.depart_after_s:
+                break
+            del tags[epc]
+            self._rivals.discard(epc)
+            self._unplaced.discard(epc)
+            if tag.zone is not None:
+                out.append(ZoneEvent(ZoneChange.DEPARTED, epc, None, tag.zone, now, s.reader_id))
+        for epc in list(self._unplaced):
+            placed = self._place(epc, tags[epc], now)
+            if placed is not None:
+                out.append(placed)
+        for epc in list(self._rivals):
+            tag = tags[epc]
+            if tag.rival is None or not self._leads(tag, tag.rival, now):
+                tag.rival = None
+                self._rivals.discard(epc)
+            elif now - tag.rival_since >= s.dwell_s:
+                out.append(self._move(epc, tag, now))
         return out
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _decayed(self, tag: _Tag, zone: str, t: float) -> float:
-        """A zone's smoothed RSSI at `t`, faded for the time it has not heard the tag."""
-        if zone not in tag.rssi:
-            return _FLOOR_DBM
-        quiet = max(0.0, t - tag.heard.get(zone, t))
-        return max(_FLOOR_DBM, tag.rssi[zone] - self.settings.decay_db_per_s * quiet)
-
-    def _strongest(self, tag: _Tag, t: float) -> str:
-        return max(tag.rssi, key=lambda z: (self._decayed(tag, z, t), z))
-
-    def _maybe_move(self, epc: str, tag: _Tag, t: float) -> list[ZoneEvent]:
+    def _place(self, epc: str, tag: _Tag, t: float) -> ZoneEvent | None:
+        """A new tag is placed once it has been heard for `window_s` (so that a zone's bleed,
+        heard first, does not win) and `min_reads` times by one zone: in the strongest zone."""
+        first = tag.first
+        assert first is not None
+        start = min(times[0] for times in first.values())
         s = self.settings
-        current = tag.zone
-        assert current is not None
-        here = self._decayed(tag, current, t)
-        best = max(
-            (z for z in tag.rssi if z != current),
-            key=lambda z: self._decayed(tag, z, t),
-            default=None,
-        )
-        if best is None or self._decayed(tag, best, t) < here + s.hysteresis_db:
-            tag.rival = None
-            return []
-        if tag.rival != best:
-            tag.rival, tag.rival_since = best, t
-            return []
-        if t - tag.rival_since < s.dwell_s:
-            return []
-        tag.zone, tag.rival = best, None
-        return [ZoneEvent(ZoneChange.MOVED, epc, best, current, t, s.reader_id)]
+        if t - start < s.window_s or max(map(len, first.values())) < s.min_reads:
+            return None
+        best = max(tag.rssi, key=lambda z: (self._strength(tag, z, t), z))
+        if s.min_rssi is not None and self._strength(tag, best, t) < s.min_rssi:
+            return None  # heard only faintly so far
+        tag.zone = best
+        tag.first = None
+        self._unplaced.discard(epc)
+        return ZoneEvent(ZoneChange.ARRIVED, epc, tag.zone, None, t, self.settings.reader_id)
+
+    def _strength(self, tag: _Tag, zone: str, t: float) -> float:
+        """A zone's smoothed RSSI of the tag; silent once it has not heard it for `silence_s`."""
+        if zone not in tag.rssi or t - tag.heard[zone] > self.settings.silence_s:
+            return _SILENT
+        return tag.rssi[zone]
+
+    def _leads(self, tag: _Tag, zone: str, t: float) -> bool:
+        """Whether `zone` hears the tag better than its zone by the margin."""
+        assert tag.zone is not None
+        s = self.settings
+        rival = self._strength(tag, zone, t)
+        if rival == _SILENT or (s.min_rssi is not None and rival < s.min_rssi):
+            return False  # a zone that hears it only faintly is no place for it
+        return rival >= self._strength(tag, tag.zone, t) + s.hysteresis_db
+
+    def _move(self, epc: str, tag: _Tag, t: float) -> ZoneEvent:
+        previous, tag.zone, tag.rival = tag.zone, tag.rival, None
+        self._rivals.discard(epc)
+        return ZoneEvent(ZoneChange.MOVED, epc, tag.zone, previous, t, self.settings.reader_id)
 
     def _evict_oldest(self) -> list[ZoneEvent]:
         epc, tag = self._tags.popitem(last=False)
+        self._rivals.discard(epc)
+        self._unplaced.discard(epc)
         self.evicted += 1
         if tag.zone is None:
             return []
