@@ -842,13 +842,21 @@ class GatewayConfig(_Model):
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
+    def _one_printer_per_station(self) -> GatewayConfig:
+        stations = [d.station for d in self.devices if isinstance(d, ZplPrinterDevice)]
+        twice = sorted({s for s in stations if stations.count(s) > 1})
+        if twice:
+            raise ValueError(f"stations with two printers (each label would print twice): {twice}")
+        return self
+
+    @model_validator(mode="after")
     def _unique_device_ids(self) -> GatewayConfig:
         seen: set[str] = set()
         for device in self.devices:
             if device.id in seen:
                 raise ValueError(f"device id {device.id!r} is used twice")
             seen.add(device.id)
-        doors = [d.door for d in self.devices if isinstance(d, LlrpReaderDevice)]
+        doors = [d.door for d in self.devices if isinstance(d, LlrpReaderDevice) and d.door]
         for door in doors:
             if doors.count(door) > 1:
                 raise ValueError(f"door {door!r} has more than one reader")

@@ -376,9 +376,10 @@ class Recorder:
             state.prefixes |= learned
             self._prefixes |= learned
         payload = dock_payload(tx, self._topics)
-        batch.messages.append(OutboxMessage(tx.tx_id, self._topics.tx(tx.kind), encode(payload)))
+        tx_id = tx.tx_id  # computed over every item: once
+        batch.messages.append(OutboxMessage(tx_id, self._topics.tx(tx.kind), encode(payload)))
         batch.messages.extend(self._epcis_of(tx, tx.occurred_at))
-        state.ledger.extend(_ledger_row(e, tx.tx_id) for e in ledger_entries(tx))
+        state.ledger.extend(_ledger_row(e, tx_id) for e in ledger_entries(tx))
         state.recent.append((tx.door, json.dumps(recent_entry(tx))))
         batch.committed.append(tx)
         # Where pallets are (the live state, forklift moves, the AGV stock after a restart): a

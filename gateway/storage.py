@@ -136,10 +136,17 @@ CREATE TABLE IF NOT EXISTS handheld_scan (
     terminal   TEXT NOT NULL,
     seq        INTEGER NOT NULL,
     body       TEXT NOT NULL,              -- its result, JSON (gateway.wire.handheld)
-    scanned_at REAL NOT NULL,
+    scanned_at REAL NOT NULL,              -- the terminal's clock
+    applied_at REAL NOT NULL,              -- the gateway's: the replay window counts from it
     PRIMARY KEY (terminal, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS handheld_scan_at ON handheld_scan (scanned_at);
+CREATE INDEX IF NOT EXISTS handheld_scan_applied ON handheld_scan (applied_at);
+-- Each terminal's highest seq ever applied, never pruned: a seq up to it whose result was
+-- pruned is too old, never applied again.
+CREATE TABLE IF NOT EXISTS handheld_terminal (
+    terminal   TEXT PRIMARY KEY,
+    high_water INTEGER NOT NULL
+) WITHOUT ROWID;
 -- Packing (`gateway.rules.packing`): each terminal's open carton, what closed cartons hold per
 -- ship order line, the next SSCC serial (never given twice), and the labels to print.
 CREATE TABLE IF NOT EXISTS carton_open (
@@ -590,9 +597,15 @@ class Store:
             )
             db.executemany("INSERT INTO door_recent (door, body) VALUES (?, ?)", state.recent)
             db.executemany(
-                "INSERT OR IGNORE INTO handheld_scan (terminal, seq, body, scanned_at)"
-                " VALUES (?, ?, ?, ?)",
-                state.handheld,
+                "INSERT OR IGNORE INTO handheld_scan (terminal, seq, body, scanned_at, applied_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(*row, now) for row in state.handheld],
+            )
+            db.executemany(
+                "INSERT INTO handheld_terminal (terminal, high_water) VALUES (?, ?)"
+                " ON CONFLICT (terminal) DO UPDATE SET"
+                " high_water = MAX(high_water, excluded.high_water)",
+                [(terminal, seq) for terminal, seq, _body, _at in state.handheld],
             )
             for terminal, carton in state.cartons.items():
                 if carton is None:
@@ -873,16 +886,18 @@ class Store:
             out.setdefault(str(door), []).append(str(body))
         return out
 
-    async def handheld_scans(self, *, since: float) -> list[tuple[str, str]]:
-        """Handheld scans applied (terminal, result JSON), oldest seq first per terminal; those
-        scanned before `since` (epoch s) are deleted first (the replay window)."""
+    async def handheld_scans(self, *, since: float) -> tuple[list[tuple[str, str]], dict[str, int]]:
+        """Handheld scans applied (terminal, result JSON), oldest seq first per terminal, and
+        each terminal's highest seq ever applied; results applied before `since` (epoch s, the
+        gateway's clock) are deleted first (the replay window)."""
 
         def prune(db: sqlite3.Connection) -> int:
-            return db.execute("DELETE FROM handheld_scan WHERE scanned_at < ?", (since,)).rowcount
+            return db.execute("DELETE FROM handheld_scan WHERE applied_at < ?", (since,)).rowcount
 
         await self._transaction(prune, lambda _: None)
         rows = await self._fetch("SELECT terminal, body FROM handheld_scan ORDER BY terminal, seq")
-        return [(str(t), str(b)) for t, b in rows]
+        marks = await self._fetch("SELECT terminal, high_water FROM handheld_terminal")
+        return [(str(t), str(b)) for t, b in rows], {str(t): int(m) for t, m in marks}
 
     async def packing(self) -> tuple[dict[str, str], dict[tuple[str, int], int], int | None]:
         """Open cartons (terminal -> JSON), what closed ones hold per (order, line), and the

@@ -18,6 +18,7 @@ import datetime as dt
 import itertools
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -192,17 +193,16 @@ async def _handheld(config: GatewayConfig, store: Store, clock: Clock) -> Handhe
     handheld = config.handheld
     if not handheld.enabled:
         return None
-    since = clock().timestamp() - handheld.replay_window_days * 86400
+    since = time.time() - handheld.replay_window_days * 86400  # applied_at: the wall clock
+    applied, high_water = await store.handheld_scans(since=since)
     return HandheldIntake(
         HandheldSettings(
             reorder_wait=dt.timedelta(seconds=handheld.reorder_wait_s),
             damage_reasons=frozenset(handheld.damage_reasons),
             short_reasons=frozenset(handheld.short_reasons),
         ),
-        applied=[
-            (terminal, result_from_json(json.loads(body)))
-            for terminal, body in await store.handheld_scans(since=since)
-        ],
+        applied=[(terminal, result_from_json(json.loads(body))) for terminal, body in applied],
+        high_water=high_water,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from gateway.domain import (
     Scan,
     ScanKind,
 )
+from gateway.drivers.barcode import LabelRules
 from gateway.ops.report import kpis, per_day
 from gateway.rules.handheld import HandheldIntake, HandheldSettings
+from gateway.wire.handheld import BadBatch, parse_batch
 from simulators.gs1 import sscc, sscc_label
 from simulators.handheld import HandheldTerminal, Misbehaviour
 from tests.gateway_helpers import (
@@ -122,6 +125,48 @@ def test_what_was_applied_before_a_restart_is_not_applied_again() -> None:
     assert results[2].repeat and results[3].repeat
     assert results[4].result == "accepted"
     assert apply.applied == [("pda-1", 4)]
+
+
+def test_a_scan_the_rules_raise_on_is_refused_and_the_others_stay_applied() -> None:
+    intake, apply = HandheldIntake(), Counter()
+
+    def flaky(terminal: str, scan: HandheldScan) -> tuple[list[Any], HandheldResult]:
+        if scan.seq == 2:
+            raise OverflowError("a bug")
+        return apply(terminal, scan)
+
+    decisions = intake.on_batch(batch(1, 2, 3), flaky)
+    results = answer(decisions)
+    assert [results[s].result for s in (1, 2, 3)] == ["accepted", "rejected", "accepted"]
+    assert [n.code for n in decisions if isinstance(n, Notice)] == ["rules_error"]
+    assert sum(isinstance(d, HandheldApplied) for d in decisions) == 3  # all three answered once
+    assert intake.on_batch(batch(2), flaky) and intake.errors == 1  # a repeat is not re-run
+
+
+def test_a_seq_far_ahead_is_refused_and_pruned_results_stay_too_old() -> None:
+    intake, apply = HandheldIntake(HandheldSettings(max_ahead=100)), Counter()
+    results = answer(intake.on_batch(batch(1, 10**7), apply))
+    assert results[10**7].result == "rejected" and "too far ahead" in (results[10**7].detail or "")
+    assert results[1].result == "accepted"
+    # After a restart whose replay window dropped the results of seqs 1-50: they are too old,
+    # the next one expected is 51.
+    restarted = HandheldIntake(high_water={"pda-1": 50})
+    later = answer(restarted.on_batch(batch(3, 51), apply))
+    assert (later[3].result, later[51].result) == ("too_old", "accepted")
+
+
+def test_a_scan_time_out_of_range_or_far_ahead_refuses_the_batch_with_its_reason() -> None:
+    labels = LabelRules(re.compile(r"^A-\\d\\d-\\d\\d$"))
+    now = dt.datetime(2026, 12, 7, 12, tzinfo=dt.UTC)
+    for when, why in [
+        ("9999-12-31T23:59:59-01:00", "out of range"),
+        ("2026-12-07T13:00:00+00:00", "after the gateway's time"),
+        ("2026-01-01T00:00:00+00:00", "days old"),
+        ("2026-12-07T12:00:00", "not a valid date-time"),  # RFC 3339 needs the offset
+    ]:
+        scan = {"seq": 1, "purpose": "receive", "scanned_at": when, "barcode": "x", "door": "D1"}
+        parsed = parse_batch(json.dumps({"terminal": "t", "scans": [scan]}).encode(), now, labels)
+        assert isinstance(parsed.batch, BadBatch) and why in parsed.batch.reason, (when, parsed)
 
 
 # --- over MQTT, against the rules ---------------------------------------------------------------

@@ -43,7 +43,7 @@ def valid_scan(rng: random.Random, seq: int) -> dict[str, Any]:
     scan: dict[str, Any] = {
         "seq": seq,
         "purpose": purpose,
-        "scanned_at": (AT + dt.timedelta(seconds=seq)).isoformat(),
+        "scanned_at": (AT - dt.timedelta(seconds=seq)).isoformat(),
         "barcode": sscc_label(rng.choice(PALLETS)),
     }
     if purpose == "move":

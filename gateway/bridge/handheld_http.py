@@ -99,9 +99,10 @@ def application(
             reason = f"the batch names terminal {batch.terminal!r}, the token is {terminal!r}'s"
             return _json(answer_payload(HandheldAnswer(terminal, (), reason)), 403)
         waiter = _Waiter()
-        await put(replace(batch, reply=ReplyHandle(waiter)))
         try:
-            answer = await asyncio.wait_for(asyncio.shield(waiter.future), ANSWER_TIMEOUT_S)
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):  # intake held: the queue is full
+                await put(replace(batch, reply=ReplyHandle(waiter)))
+                answer = await asyncio.shield(waiter.future)
         except TimeoutError:
             busy = HandheldAnswer(terminal, (), "no answer in time: send the batch again later")
             return _json(answer_payload(busy), 503)

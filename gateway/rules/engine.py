@@ -427,6 +427,7 @@ class RulesEngine:
             quantity=scan.quantity,
             line=scan.line,
             reference=scan.reference,
+            evidence=f"handheld:{label.device_id}:{seq}",
         )
         if isinstance(made, str):
             return [], HandheldResult(seq, HandheldCode.REJECTED, made)
@@ -503,7 +504,10 @@ class RulesEngine:
         move = next((d for d in decisions if isinstance(d, MoveTransaction)), None)
         if move is not None:
             return decisions, HandheldResult(seq, HandheldCode.MOVED, None, move.tx_id)
-        notice = next((d for d in decisions if isinstance(d, Notice)), None)
+        notice = next(
+            (d for d in decisions if isinstance(d, Notice) and d.device_id == label.device_id),
+            None,
+        )
         if notice is not None:
             return decisions, HandheldResult(seq, notice.code, notice.message)
         return decisions, HandheldResult(seq, HandheldCode.NO_CHANGE)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.domain import (
@@ -54,6 +54,7 @@ class HandheldSettings:
 
     reorder_wait: dt.timedelta = dt.timedelta(seconds=10)
     remembered_per_terminal: int = 100_000
+    max_ahead: int = 10_000  # a scan further ahead of the next expected one is refused
     damage_reasons: frozenset[str] = frozenset()  # the reason codes a damage report may give
     short_reasons: frozenset[str] = frozenset()  # ... and a short report
 
@@ -71,14 +72,23 @@ class HandheldIntake:
         settings: HandheldSettings | None = None,
         *,
         applied: Iterable[tuple[str, HandheldResult]] = (),
+        high_water: Mapping[str, int] | None = None,
     ) -> None:
         self.settings = settings or HandheldSettings()
         self._terminals: dict[str, _Terminal] = {}
         for terminal, result in applied:
             self._remember(self._terminal(terminal), result)
-        for state in self._terminals.values():  # those missing below the last: applied if they come
-            state.floor = min(state.applied, default=1)
-            state.next_seq = max(state.applied, default=0) + 1
+        # The highest seq each terminal ever had applied (kept when its results are pruned):
+        # seqs up to it whose results are gone are `too_old`, never applied again.
+        marks = dict(high_water or {})
+        for terminal in marks:
+            self._terminal(terminal)
+        for terminal, state in self._terminals.items():
+            mark = max(marks.get(terminal, 0), max(state.applied, default=0))
+            # Those missing below the last applied are applied if they come, once.
+            state.floor = min(state.applied, default=mark + 1)
+            state.next_seq = mark + 1
+        self.errors = 0  # scans the rules raised on (bugs): refused, the batch goes on
 
     def held(self) -> int:
         """Scans waiting for those before them."""
@@ -102,6 +112,14 @@ class HandheldIntake:
                 )
             elif seq < state.next_seq:  # came after its gap was given up on: applied now
                 results[seq] = self._apply(batch.terminal, state, scan, apply, out)
+            elif seq - state.next_seq >= self.settings.max_ahead or (
+                seq not in state.held and len(state.held) >= self.settings.max_ahead
+            ):
+                results[seq] = HandheldResult(
+                    seq,
+                    HandheldCode.REJECTED,
+                    f"too far ahead of scan {state.next_seq}, the next expected",
+                )
             else:
                 state.held.setdefault(seq, (scan, batch.at))
         self._drain(batch.terminal, state, apply, out)
@@ -118,33 +136,33 @@ class HandheldIntake:
         return out
 
     def on_tick(self, now: dt.datetime, apply: Apply) -> list[Decision]:
-        """Give up waiting for missing scans held past `reorder_wait`: report the gap, apply."""
+        """Give up waiting for missing scans held past `reorder_wait`: report the gap, apply;
+        every gap waited for long enough, one after the other."""
         out: list[Decision] = []
         for terminal, state in self._terminals.items():
-            if not state.held:
-                continue
-            first = min(state.held)
-            if now - state.held[first][1] < self.settings.reorder_wait:
-                continue
-            out.append(
-                Notice(
-                    code="handheld_gap",
-                    message=(
-                        f"terminal {terminal}: scans {state.next_seq} to {first - 1} never came; "
-                        f"the {len(state.held)} after them are applied"
-                    ),
-                    at=now,
-                    severity=Severity.WARNING,
-                    device_id=terminal,
-                    details={
-                        "terminal": terminal,
-                        "missing_from": state.next_seq,
-                        "missing_to": first - 1,
-                    },
+            while state.held:
+                first = min(state.held)
+                if now - state.held[first][1] < self.settings.reorder_wait:
+                    break
+                out.append(
+                    Notice(
+                        code="handheld_gap",
+                        message=(
+                            f"terminal {terminal}: scans {state.next_seq} to {first - 1} never "
+                            "came; the scans after them are applied"
+                        ),
+                        at=now,
+                        severity=Severity.WARNING,
+                        device_id=terminal,
+                        details={
+                            "terminal": terminal,
+                            "missing_from": state.next_seq,
+                            "missing_to": first - 1,
+                        },
+                    )
                 )
-            )
-            state.next_seq = first
-            self._drain(terminal, state, apply, out)
+                state.next_seq = first
+                self._drain(terminal, state, apply, out)
         return out
 
     # --- internals ----------------------------------------------------------------------------
@@ -168,7 +186,22 @@ class HandheldIntake:
         apply: Apply,
         out: list[Decision],
     ) -> HandheldResult:
-        decisions, result = apply(terminal, scan)
+        try:
+            decisions, result = apply(terminal, scan)
+        except Exception as err:  # noqa: BLE001 - a bug must not lose the batch's other scans
+            self.errors += 1
+            why = f"the rules could not handle it: {type(err).__name__}"
+            decisions = [
+                Notice(
+                    code="rules_error",
+                    message=f"terminal {terminal}, scan {scan.seq}: {why}; refused",
+                    at=scan.scanned_at,
+                    severity=Severity.ERROR,
+                    device_id=terminal,
+                    details={"terminal": terminal, "seq": scan.seq, "error": repr(err)[:300]},
+                )
+            ]
+            result = HandheldResult(scan.seq, HandheldCode.REJECTED, why)
         out.extend(decisions)
         out.append(HandheldApplied(terminal, result, scan.scanned_at, scan.operator))
         self._remember(state, result)

@@ -126,8 +126,9 @@ class Packing:
         carton = self.cartons.get(terminal)
         if carton is None:
             return [], "rejected", "no open carton"
-        if not carton.items:
-            return [], "rejected", f"carton {carton.carton} is empty"
+        if not carton.items:  # given up on: no SSCC, no label, the station is free again
+            del self.cartons[terminal]
+            return [CartonChanged(terminal, None)], "abandoned", f"carton {carton.carton} was empty"
         span = self.span
         if span is None or self.next_serial > span.last:
             notice = Notice(

@@ -256,6 +256,7 @@ class DockRules:
         quantity: int,
         line: int | None = None,
         reference: str | None = None,
+        evidence: str = "",
     ) -> list[DockDecision] | str:
         """A clerk reports items of a receipt damaged (`DockResult.DAMAGED`) or missing
         (`DockResult.REPORTED_SHORT`) with a reason code: a receive transaction with one item
@@ -293,7 +294,15 @@ class DockRules:
         tally = progress.damaged if problem == DockResult.DAMAGED else progress.reported_short
         tally[line] = tally.get(line, 0) + quantity
         evidence = deterministic_id(
-            "report", problem, scan.device_id, scan.raw, scan.at.isoformat(), line, reason, quantity
+            "report",
+            problem,
+            scan.device_id,
+            scan.raw,
+            scan.at.isoformat(),
+            line,
+            reason,
+            quantity,
+            evidence,  # the caller's: a handheld's (terminal, seq), unique per report
         )
         results = [
             ItemResult(

@@ -70,8 +70,9 @@ def parse_batch(payload: bytes, at: dt.datetime, labels: LabelRules) -> ParsedBa
     scans = []
     for raw in doc["scans"]:
         scanned_at = dt.datetime.fromisoformat(raw["scanned_at"])
-        if scanned_at.tzinfo is None:
-            reason = f"scan {raw['seq']}: scanned_at needs a UTC offset"
+        why = _bad_time(scanned_at, at)
+        if why is not None:
+            reason = f"scan {raw['seq']}: scanned_at {why}"
             return ParsedBatch(BadBatch(reason, terminal), reply_to, correlation)
         scans.append(
             HandheldScan(
@@ -92,6 +93,28 @@ def parse_batch(payload: bytes, at: dt.datetime, labels: LabelRules) -> ParsedBa
             )
         )
     return ParsedBatch(HandheldBatch(terminal, tuple(scans), at), reply_to, correlation)
+
+
+MAX_AHEAD = dt.timedelta(minutes=5)
+"""A scan stamped later than this after it arrived is refused (a terminal's clock gone wrong:
+its time drives the rules' timers)."""
+MAX_AGE = dt.timedelta(days=60)
+"""A scan stamped longer ago than this is refused (no terminal keeps a backlog that long)."""
+
+
+def _bad_time(scanned_at: dt.datetime, at: dt.datetime) -> str | None:
+    """Why a scan's time cannot be used; None when it can."""
+    if scanned_at.tzinfo is None:
+        return "needs a UTC offset"
+    try:
+        utc = scanned_at.astimezone(dt.UTC)
+    except (OverflowError, ValueError):
+        return "is out of range"
+    if utc > at + MAX_AHEAD:
+        return f"is more than {MAX_AHEAD} after the gateway's time (the terminal's clock?)"
+    if utc < at - MAX_AGE:
+        return f"is more than {MAX_AGE.days} days old"
+    return None
 
 
 def _label(text: str, terminal: str, at: dt.datetime, labels: LabelRules) -> Scan | RejectedScan:
