@@ -163,9 +163,14 @@ async def test_a_scanner_unplugged_between_pallet_and_location_never_makes_a_wro
     ):
         health = gateway.board.devices["fl-07"]
         await wait_device(gateway, "fl-07", DeviceState.CONNECTED)
+        base = health.counts["reads"]
         for n, pallet in enumerate(pallets):
             await sim.run([Type(sscc_label(pallet), aim="]C1")])
-            await asyncio.sleep(0.05)  # the pallet reaches the rules
+            # The pallet (the cycle's first read: each cycle reads a pallet and a location)
+            # reaches the rules before the cable is pulled, however loaded the machine.
+            async with asyncio.timeout(10):
+                while health.counts["reads"] < base + 2 * n + 1 or gateway.queue.unfinished():
+                    await asyncio.sleep(0.01)
             restarts = health.counts["restarts"]
             sim.unplug()
             await asyncio.sleep(0.05)
