@@ -127,6 +127,28 @@ def test_what_was_applied_before_a_restart_is_not_applied_again() -> None:
     assert apply.applied == [("pda-1", 4)]
 
 
+def test_a_late_move_of_a_pallet_a_later_scan_moved_changes_nothing() -> None:
+    intake = HandheldIntake(HandheldSettings(reorder_wait=dt.timedelta(seconds=10)))
+    moved: list[int] = []
+
+    def apply(_terminal: str, scan: HandheldScan) -> tuple[list[Any], HandheldResult]:
+        moved.append(scan.seq)
+        return [], HandheldResult(scan.seq, "moved", tx_id=f"m{scan.seq}")
+
+    def move(seq: int) -> HandheldBatch:
+        label = Scan("pda-1", T0, "p", ScanKind.PALLET, sscc="P1")
+        to = Scan("pda-1", T0, "l", ScanKind.LOCATION, location=f"A-0{seq}-01")
+        scan = HandheldScan(seq, Purpose.MOVE, T0, label, to=to)
+        return HandheldBatch("pda-1", (scan,), T0, ReplyHandle(object()))
+
+    intake.on_batch(move(1), apply)
+    intake.on_batch(move(3), apply)  # 2 is late
+    intake.on_tick(T0 + dt.timedelta(seconds=10), apply)  # given up on: 3 is applied
+    late = answer(intake.on_batch(move(2), apply))[2]
+    assert (late.result, moved) == ("late_scan", [1, 3])  # the pallet is not moved back
+    assert answer(intake.on_batch(move(2), apply))[2].repeat
+
+
 def test_a_scan_the_rules_raise_on_is_refused_and_the_others_stay_applied() -> None:
     intake, apply = HandheldIntake(), Counter()
 

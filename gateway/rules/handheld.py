@@ -31,6 +31,7 @@ from gateway.domain import (
     HandheldResult,
     HandheldScan,
     Notice,
+    Purpose,
     Reply,
     Severity,
 )
@@ -45,6 +46,12 @@ class _Terminal:
     floor: int = 1  # seqs below this are no longer remembered
     applied: OrderedDict[int, HandheldResult] = field(default_factory=OrderedDict)
     held: dict[int, tuple[HandheldScan, dt.datetime]] = field(default_factory=dict)
+    # The pallets this terminal's moves put somewhere since the start, by the seq that did it
+    # (the last `MOVES_KEPT`): a late move of one of them, scanned before, changes nothing.
+    moved: OrderedDict[str, int] = field(default_factory=OrderedDict)
+
+
+MOVES_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +117,17 @@ class HandheldIntake:
                 results[seq] = HandheldResult(
                     seq, HandheldCode.TOO_OLD, "older than the scans the gateway remembers"
                 )
-            elif seq < state.next_seq:  # came after its gap was given up on: applied now
-                results[seq] = self._apply(batch.terminal, state, scan, apply, out)
+            elif seq < state.next_seq:  # came after its gap was given up on
+                pallet = _moved_pallet(scan)
+                later = state.moved.get(pallet, 0) if pallet else 0
+                if later > seq:  # a later scan of this terminal moved the pallet already
+                    results[seq] = HandheldResult(
+                        seq, HandheldCode.LATE_SCAN, f"scan {later} moved this pallet since"
+                    )
+                    out.append(HandheldApplied(batch.terminal, results[seq], scan.scanned_at))
+                    self._remember(state, results[seq])
+                else:  # applied now
+                    results[seq] = self._apply(batch.terminal, state, scan, apply, out)
             elif seq - state.next_seq >= self.settings.max_ahead or (
                 seq not in state.held and len(state.held) >= self.settings.max_ahead
             ):
@@ -205,6 +221,11 @@ class HandheldIntake:
         out.extend(decisions)
         out.append(HandheldApplied(terminal, result, scan.scanned_at, scan.operator))
         self._remember(state, result)
+        pallet = _moved_pallet(scan)
+        if pallet is not None and result.result == HandheldCode.MOVED:
+            state.moved[pallet] = max(state.moved.pop(pallet, 0), scan.seq)
+            while len(state.moved) > MOVES_KEPT:
+                state.moved.popitem(last=False)
         return result
 
     def _remember(self, state: _Terminal, result: HandheldResult) -> None:
@@ -232,3 +253,10 @@ def _unique(scans: Iterable[HandheldScan]) -> list[HandheldScan]:
             seen.add(scan.seq)
             out.append(scan)
     return out
+
+
+def _moved_pallet(scan: HandheldScan) -> str | None:
+    """The pallet a move scan moves (None: not a move, or no pallet label)."""
+    if scan.purpose is not Purpose.MOVE:
+        return None
+    return getattr(scan.label, "sscc", None)
