@@ -919,6 +919,15 @@ class Store:
         )
         return [(str(j), str(s), str(b)) for j, s, b in rows]
 
+    async def prune_print_jobs(self, *, printed_before: float) -> int:
+        """Forget labels printed before `printed_before` (epoch s); those not printed stay."""
+
+        def body(db: sqlite3.Connection) -> int:
+            sql = "DELETE FROM print_job WHERE printed_at IS NOT NULL AND printed_at < ?"
+            return db.execute(sql, (printed_before,)).rowcount
+
+        return await self._transaction(body, lambda _: None)
+
     async def printed(self, job_id: str) -> None:
         """A printer took the label."""
 

@@ -30,6 +30,7 @@ from gateway.config import (
     LlrpReaderDevice,
     ModbusScaleDevice,
     SicsScaleDevice,
+    ZplPrinterDevice,
 )
 from gateway.domain import (
     DockKind,
@@ -211,6 +212,9 @@ async def _packing(config: GatewayConfig, store: Store) -> Packing | None:
     packing = config.packing
     if not packing.enabled:
         return None
+    pruned = await store.prune_print_jobs(printed_before=time.time() - 7 * 86400)
+    if pruned:
+        log.info("pruned labels printed more than a week ago", labels=pruned)
     cartons, packed, next_serial = await store.packing()
     span = SsccRange(
         packing.company_prefix, packing.first_serial, packing.last_serial, packing.extension
@@ -221,6 +225,7 @@ async def _packing(config: GatewayConfig, store: Store) -> Packing | None:
         next_serial=max(next_serial or span.first, span.first),
         cartons={terminal: carton_from_json(body) for terminal, body in cartons.items()},
         packed=packed,
+        stations=frozenset(d.station for d in config.devices if isinstance(d, ZplPrinterDevice)),
     )
 
 

@@ -36,6 +36,10 @@ def test_sscc_range_and_the_carton_checks() -> None:
     assert first == "30614141000000001" + str(gs1_check_digit("30614141000000001"))
     order = ShipOrder("SO-1", "D05", (), (ShipLine(1, A, 2), ShipLine(2, B, 1, lot="L1")))
     packing = Packing(span)
+    assert Packing(span, stations=frozenset({"PS2"})).open("pda", "C", order, "PS1", T0)[1:] == (
+        "rejected",
+        "no label printer at station PS1",
+    )
     packing.open("pda", "CTN-1", order, "PS1", T0)
     results = [
         packing.add("pda", Item("", gtin=code, lot=lot, expiry=exp), order, None, T0)[1]

@@ -72,6 +72,8 @@ class Packing:
         next_serial: the next serial to give (stored; None: the range's first).
         cartons: the open cartons by terminal (stored).
         packed: what closed cartons hold, per (order id, line) (stored).
+        stations: the pack stations with a label printer; a carton is opened only there
+            (None: anywhere).
     """
 
     def __init__(
@@ -81,8 +83,10 @@ class Packing:
         next_serial: int | None = None,
         cartons: Mapping[str, OpenCarton] | None = None,
         packed: Mapping[tuple[str, int], int] | None = None,
+        stations: frozenset[str] | None = None,
     ) -> None:
         self.span = span
+        self.stations = stations  # the stations with a printer (None: any station)
         self.next_serial = next_serial if next_serial is not None else (span.first if span else 0)
         self.cartons: dict[str, OpenCarton] = dict(cartons or {})
         self.packed: Counter[tuple[str, int]] = Counter(packed or {})
@@ -93,6 +97,8 @@ class Packing:
         """Open a carton for `order` at `station` (a terminal's open carton is left open)."""
         if order is None:
             return [], "rejected", "no such ship order"
+        if self.stations is not None and station not in self.stations:
+            return [], "rejected", f"no label printer at station {station}"
         current = self.cartons.get(terminal)
         if current is not None:
             return [], "rejected", f"carton {current.carton} is open: close it first"
