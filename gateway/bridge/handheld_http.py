@@ -37,8 +37,7 @@ from gateway.domain import (
 )
 from gateway.drivers.barcode import LabelRules
 from gateway.drivers.base import Clock
-from gateway.httptls import server_tls
-from gateway.supervisor import Backoff
+from gateway.httptls import serve_app
 from gateway.wire.handheld import MAX_BATCH_BYTES, BadBatch, answer_payload, parse_batch
 
 __all__ = ["ANSWER_TIMEOUT_S", "application", "serve"]
@@ -121,38 +120,16 @@ async def serve(
     *,
     started: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve until cancelled; `started(port)` once listening. An address that cannot be bound
-    is logged once and tried again with backoff."""
-    runner = web.AppRunner(
-        application(tokens, labels, put, clock), access_log=None, shutdown_timeout=1.0
+    """Serve until cancelled; `started(port)` once listening (an unbindable address is
+    retried with backoff: `gateway.httptls.serve_app`)."""
+    await serve_app(
+        application(tokens, labels, put, clock),
+        config.host,
+        config.port,
+        config.tls,
+        name="handheld",
+        started=started,
     )
-    await runner.setup()
-    backoff, failing = Backoff(1.0, 30.0), False
-    try:
-        while True:
-            try:
-                site = web.TCPSite(
-                    runner, config.host, config.port, ssl_context=server_tls(config.tls)
-                )
-                await site.start()
-                break
-            except OSError as err:
-                if not failing:
-                    log.error(  # noqa: TRY400 - the reason is the whole story
-                        "handheld endpoint cannot listen; retrying",
-                        host=config.host,
-                        port=config.port,
-                        error=str(err),
-                    )
-                    failing = True
-                await asyncio.sleep(backoff.next_delay())
-        port = runner.addresses[0][1]
-        log.info("handheld endpoint listening", host=config.host, port=port)
-        if started is not None:
-            started(port)
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
 
 
 def _json(body: dict[str, Any], status: int) -> web.Response:

@@ -31,9 +31,8 @@ import structlog
 from aiohttp import encode_basic_auth, web
 
 from gateway.config import HttpConfig
-from gateway.httptls import server_tls
+from gateway.httptls import serve_app
 from gateway.ops.metrics import CONTENT_TYPE, GatewayMetrics
-from gateway.supervisor import Backoff
 
 __all__ = ["Probes", "serve"]
 
@@ -114,40 +113,16 @@ async def serve(
     started: Callable[[int], None] | None = None,
 ) -> None:
     """Serve until cancelled; `started(port)` once listening (port 0 in the config: any).
-
-    An address that cannot be bound (the port is taken, the address is not this host's) is
-    logged once and tried again with backoff: the gateway goes on with its work meanwhile,
-    without its endpoint (and /healthz fails for a probe that expects it)."""
-    backoff = Backoff(1.0, 30.0)
-    failing = False
-    runner = web.AppRunner(
-        application(config, metrics, probes), access_log=None, shutdown_timeout=1.0
+    An unbindable address is retried with backoff (`gateway.httptls.serve_app`), the gateway
+    working meanwhile (and /healthz failing for a probe that expects it)."""
+    await serve_app(
+        application(config, metrics, probes),
+        config.host,
+        config.port,
+        config.tls,
+        name="http",
+        started=started,
     )
-    await runner.setup()
-    try:
-        while True:
-            try:
-                await web.TCPSite(
-                    runner, config.host, config.port, ssl_context=server_tls(config.tls)
-                ).start()
-                break
-            except OSError as err:  # ssl.SSLError too (a bad certificate file)
-                if not failing:
-                    log.error(  # noqa: TRY400 - the reason is the whole story
-                        "http endpoint cannot listen; retrying",
-                        host=config.host,
-                        port=config.port,
-                        error=str(err),
-                    )
-                    failing = True
-                await asyncio.sleep(backoff.next_delay())
-        port = runner.addresses[0][1]
-        log.info("http endpoint listening", host=config.host, port=port)
-        if started is not None:
-            started(port)
-        await asyncio.Event().wait()  # until cancelled
-    finally:
-        await runner.cleanup()
 
 
 NO_CACHE = {"Cache-Control": "no-store"}
