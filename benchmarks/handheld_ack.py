@@ -39,7 +39,6 @@ import math
 import os
 import random
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -57,6 +56,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from benchmarks.agv_requests import client_for, stop_child
 from benchmarks.guard import Figure, keep
 from benchmarks.measure import cpu_seconds
 from simulators.gs1 import sscc, sscc_label
@@ -86,17 +86,6 @@ def door_of(n: int) -> str:
 def pallet(n: int, k: int) -> str:
     """The `k`th pallet (from 0) of terminal `n`'s door's ASN."""
     return sscc("0614141", (n + 1) * 100_000 + k)
-
-
-def client_for(port: int, name: str) -> aiomqtt.Client:
-    """An MQTT 5 client that sends small packets at once (TCP_NODELAY), as the gateway does."""
-    return aiomqtt.Client(
-        "127.0.0.1",
-        port,
-        identifier=name,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-    )
 
 
 # --- the processes under test ---------------------------------------------------------------
@@ -376,16 +365,6 @@ def wait_ready(
             log = (folder / "log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"the {kind} did not start:\n{log}")
         time.sleep(0.1)
-
-
-def stop_child(server: subprocess.Popen[bytes], folder: Path) -> None:
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        log = (folder / "log").read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"the server did not stop in 30 s:\n{log}") from None
 
 
 def stored_results(db: Path) -> int:
