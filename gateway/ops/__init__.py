@@ -169,6 +169,7 @@ class Operations:
                 }
             )
         tasks = self._tasks
+        reasons = self.not_ready()
         document = {
             "gateway": {
                 "site": self._config.gateway.site,
@@ -176,8 +177,8 @@ class Operations:
                 "version": self._version,
                 "started_at": self._started_at.isoformat(),
                 "broker_connected": self._bridge.connected,
-                "ready": not self.not_ready(),
-                "not_ready": self.not_ready(),
+                "ready": not reasons,
+                "not_ready": reasons,
             },
             "outbox": {
                 "depth": store.depth,
