@@ -158,6 +158,7 @@ class Gateway:
                 clock=self.clock,
                 batch_max=batch_max,
                 lookup=store.pallet_location,
+                stock=store.count_stock,
                 not_taken=routes.forget_reference,  # taken when it comes again, with room
             )
             self.bridge, self.recorder, self.runner = bridge, recorder, runner

@@ -777,6 +777,17 @@ class PackingConfig(_Model):
         return self
 
 
+class CountsConfig(_Model):
+    """Cycle counts (gateway.rules.counts): opened by the WMS (`cmd/count`) or by a handheld's
+    RFID sweep."""
+
+    enabled: bool = True
+    timeout_s: float = Field(default=3600.0, gt=0, le=604_800)  # closed then, if not before
+    max_open: int = Field(default=100, ge=1, le=10_000)
+    max_seen: int = Field(default=100_000, ge=1, le=10_000_000)  # things noted per count
+    keep_closed: int = Field(default=10_000, ge=1, le=1_000_000)  # ids never counted twice
+
+
 class HandheldHttpConfig(_Model):
     """Handheld batches over HTTP: `POST /handheld/scans` with a terminal's bearer token."""
 
@@ -839,6 +850,7 @@ class GatewayConfig(_Model):
     state: StateConfig = StateConfig()
     handheld: HandheldConfig = HandheldConfig()
     packing: PackingConfig = PackingConfig()
+    counts: CountsConfig = CountsConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

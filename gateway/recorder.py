@@ -30,8 +30,13 @@ from gateway.domain import (
     CartonChanged,
     CloseAnswer,
     Committed,
+    CountAnswer,
+    CountOpened,
+    CountSeen,
+    CountTransaction,
     Decision,
     DockKind,
+    DockResult,
     DockSummary,
     DockTransaction,
     HandheldAnswer,
@@ -73,8 +78,10 @@ from gateway.supervisor import Backoff
 from gateway.wire import epcis, zpl
 from gateway.wire.agv import task_json
 from gateway.wire.codec import encode, iso
+from gateway.wire.counts import opened_json
 from gateway.wire.handheld import result_json
 from gateway.wire.outbound import (
+    count_payload,
     dock_payload,
     move_payload,
     notice_payload,
@@ -95,7 +102,9 @@ log = structlog.get_logger("gateway.recorder")
 class Publisher(Protocol):
     """What the recorder needs of the bridge: answers and debug output."""
 
-    def reply(self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer | HandheldAnswer) -> None:
+    def reply(
+        self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer | HandheldAnswer | CountAnswer
+    ) -> None:
         """Send an answer to where its request asked."""
 
     def publish_debug(self, topic: str, payload: bytes) -> None:
@@ -342,6 +351,12 @@ class Recorder:
                     batch.messages.append(
                         OutboxMessage(d.event_id, topics.zone_event, encode(payload))
                     )
+                case CountOpened():
+                    state.counts_opened.append((d.count_id, opened_json(d)))
+                case CountSeen():
+                    state.count_seen.append((d.count_id, d.key, d.location))
+                case CountTransaction():
+                    self._count(d, batch)
                 case HandheldApplied():
                     _count_handheld(batch.counts, d)
                     state.handheld.append(
@@ -390,6 +405,7 @@ class Recorder:
                 PalletMove(sscc, tx.door, tx.tx_id, at, received=True)
                 for sscc in tx.accepted_pallets
             )
+            state.cases.extend(cases_on_pallet(tx))
             if self._agv:
                 state.lots.extend(
                     LotRow(sscc, lot.gtin, lot.lot, lot.expiry.isoformat() if lot.expiry else None)
@@ -398,8 +414,29 @@ class Recorder:
         else:
             state.shipped.extend(tx.accepted_pallets)
 
+    def _count(self, tx: CountTransaction, batch: Batch) -> None:
+        """A closed count: published, its rows gone, and its adjustments recorded (pallets
+        where they were seen, those missing gone with their cases; missing cases off their
+        pallet)."""
+        state = batch.changes
+        payload = count_payload(tx, self._topics)
+        batch.messages.append(OutboxMessage(tx.tx_id, self._topics.tx("count"), encode(payload)))
+        batch.messages.extend(self._epcis_of(tx, tx.closed_at))
+        state.counts_closed.append((tx.count_id, tx.tx_id))
+        at = tx.closed_at.timestamp()
+        for key, (_before, after) in tx.adjustments.items():
+            if key.startswith("sscc:"):
+                sscc = key.removeprefix("sscc:")
+                if after is None:
+                    state.shipped.append(sscc)
+                else:
+                    state.moves.append(PalletMove(sscc, after, tx.tx_id, at))
+            elif after is None:
+                state.cases_gone.append(key)
+        batch.committed.append(tx)
+
     def _epcis_of(
-        self, tx: MoveTransaction | DockTransaction, at: dt.datetime
+        self, tx: MoveTransaction | DockTransaction | CountTransaction, at: dt.datetime
     ) -> list[OutboxMessage]:
         """The same transaction as a GS1 EPCIS 2.0 document, when the site asked for it: its
         accepted items and the items a door did not accept, each in the event of its
@@ -411,7 +448,11 @@ class Recorder:
         if self._epcis is None:
             return []
         try:
-            events = epcis.object_events(tx, self._epcis, self._prefixes, self._place_gln)
+            events = (
+                epcis.count_events(tx, self._epcis, self._prefixes, self._place_gln)
+                if isinstance(tx, CountTransaction)
+                else epcis.object_events(tx, self._epcis, self._prefixes, self._place_gln)
+            )
         except ValueError as err:
             self._late.append(
                 Notice(
@@ -529,6 +570,20 @@ class Recorder:
         )
 
 
+def cases_on_pallet(tx: DockTransaction) -> list[tuple[str, str]]:
+    """(case key, SSCC) of the tagged cases a receipt accepted with exactly one pallet: what a
+    count of the pallet's location expects to find there. A receipt of several pallets (or
+    none) says nothing of which case is on which."""
+    pallets = tx.accepted_pallets
+    if len(pallets) != 1:
+        return []
+    return [
+        (row.item.key, pallets[0])
+        for row in tx.items
+        if row.result is DockResult.ACCEPTED and row.item.key and not row.item.sscc
+    ]
+
+
 def trend_counts(
     committed: Sequence[Committed],
     notices: Sequence[Notice],
@@ -553,6 +608,8 @@ def trend_counts(
                 add(d.confirmed_at, "move", d.exceptions)
             case PackTransaction():
                 add(d.closed_at, "pack", ())
+            case CountTransaction():  # each thing missing or unexpected
+                add(d.closed_at, "count", d.exception_codes)
             case DockSummary():  # lines short or over at the close
                 add(
                     d.closed_at,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import structlog
 
@@ -60,6 +60,9 @@ MIN_TICK_GAP_S = 0.02
 PalletLookup = Callable[[str], Awaitable[str | None]]
 """A pallet's (SSCC's) stored location, None when storage has none (`Store.pallet_location`)."""
 
+StockLookup = Callable[[Iterable[str], Iterable[str]], Awaitable[dict[str, str]]]
+"""The recorded stock of locations and of things seen (`Store.count_stock`)."""
+
 
 class RulesRunner:
     """Feeds the rules engine from the inbox and hands each batch's decisions to the recorder.
@@ -71,6 +74,7 @@ class RulesRunner:
         clock: the gateway's clock.
         batch_max: events per batch (one commit each).
         lookup: a pallet's stored location, for pallets the rules' cache lacks.
+        stock: the stored stock a cycle count closes against (None: counts see none).
         tick_s: time between ticks.
         not_taken: told (kind, key) of each reference data record the rules did not take.
     """
@@ -84,6 +88,7 @@ class RulesRunner:
         clock: Clock,
         batch_max: int,
         lookup: PalletLookup,
+        stock: StockLookup | None = None,
         tick_s: float = TICK_S,
         not_taken: Callable[[str, str], None] | None = None,
     ) -> None:
@@ -94,6 +99,7 @@ class RulesRunner:
         self._batch_max = max(1, batch_max)
         self._tick_s = tick_s
         self._lookup = lookup
+        self._stock = stock
         self._not_taken = not_taken
         self.rules_errors = 0  # events the rules raised on (bugs), skipped
         self.lookups = 0  # pallets looked up in storage (not in the rules' cache)
@@ -118,10 +124,7 @@ class RulesRunner:
             scans = scan_counts(events)
             for event in events:
                 decisions = await self._prepare(event, decisions)
-                try:
-                    decisions.extend(self.engine.on_event(event))
-                except Exception as err:  # noqa: BLE001 - a bug must not stop every door
-                    decisions.append(self._failed(event, err))
+                decisions.extend(self._handle(event))
                 if isinstance(event, RefDataUpdate) and self._not_taken is not None:
                     kind, key = key_of(event.item)
                     if not self.engine.holds(kind, key):
@@ -132,6 +135,9 @@ class RulesRunner:
             if loop.time() >= next_tick:
                 now = self._clock() - dt.timedelta(seconds=self.inbox.waited_s())
                 decisions.extend(self.engine.on_tick(now))
+                for close in self.engine.counts_due(now):  # a count's deadline came
+                    decisions = await self._prepare(close, decisions)
+                    decisions.extend(self._handle(close))
                 next_tick = loop.time() + self._tick_s
             await self.recorder.record(decisions, scans)
             self.went_round = loop.time()
@@ -149,9 +155,42 @@ class RulesRunner:
         # Just after: a tag departs once more than `depart_after_s` passed since its last read.
         return loop.time() + max(0.0, due - now) + DUE_MARGIN_S
 
+    def _handle(self, event: Event) -> list[Decision]:
+        """The rules' decisions on one event; a rule that raises is reported, not fatal."""
+        try:
+            return self.engine.on_event(event)
+        except Exception as err:  # noqa: BLE001 - a bug must not stop every door
+            return [self._failed(event, err)]
+
     async def _prepare(self, event: Event, decisions: list[Decision]) -> list[Decision]:
-        """Hand the rules a pallet's stored location if `event` needs one their cache lacks,
-        after committing `decisions` (then none are left); returns the decisions to record."""
+        """Hand the rules what `event` needs of storage: a pallet's location their cache lacks,
+        the stock a count closes against. `decisions` are committed first (then none are
+        left), so that storage holds all the rules did; returns the decisions to record."""
+        decisions = await self._pallets(event, decisions)
+        try:
+            wanted = self.engine.stock_needed(event)
+        except Exception:  # a bug: the event itself is handled (and reported) next
+            log.exception("rules failed to say which stock an event needs")
+            return decisions
+        if wanted is None or self._stock is None:
+            return decisions
+        if decisions:
+            await self.recorder.record(decisions)
+            decisions = []
+        locations, keys = wanted
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                recorded = await self._stock(locations, keys)
+                break
+            except StorageError as err:
+                log.warning("cannot read the stock a count needs; retrying", error=str(err))
+                await asyncio.sleep(backoff.next_delay())
+        self.engine.stock_found(recorded, locations)
+        return decisions
+
+    async def _pallets(self, event: Event, decisions: list[Decision]) -> list[Decision]:
+        """Hand the rules a pallet's stored location if `event` needs one their cache lacks."""
         asked: set[str] = set()
         while True:  # a handheld batch may need several, one after the other
             try:

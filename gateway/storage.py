@@ -184,6 +184,31 @@ CREATE INDEX IF NOT EXISTS door_recent_door ON door_recent (door, seq);
 CREATE TABLE IF NOT EXISTS state_topic (
     topic      TEXT PRIMARY KEY
 ) WITHOUT ROWID;
+-- Cycle counts (`gateway.rules.counts`): those open, what each saw so far, those closed (their
+-- transaction is never made twice), and the cases on each received pallet (what a count of
+-- the pallet's location expects).
+CREATE TABLE IF NOT EXISTS count_open (
+    count_id   TEXT PRIMARY KEY,
+    body       TEXT NOT NULL               -- JSON: locations, opened_at, deadline, source
+);
+CREATE TABLE IF NOT EXISTS count_seen (
+    count_id   TEXT NOT NULL,
+    key        TEXT NOT NULL,              -- sscc:N, sgtin:GTIN.SERIAL or epc:HEX
+    location   TEXT NOT NULL,
+    PRIMARY KEY (count_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS count_closed (
+    count_id   TEXT PRIMARY KEY,
+    tx_id      TEXT NOT NULL,
+    closed_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS count_closed_at ON count_closed (closed_at);
+CREATE TABLE IF NOT EXISTS pallet_case (
+    key        TEXT PRIMARY KEY,           -- sgtin:GTIN.SERIAL (or epc:HEX) of a tagged case
+    sscc       TEXT NOT NULL               -- the pallet it was received on
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pallet_case_sscc ON pallet_case (sscc);
+CREATE INDEX IF NOT EXISTS pallet_location_at ON pallet_location (location);
 """
 
 
@@ -317,7 +342,10 @@ class StateChanges:
     `prefixes`: GS1 company prefixes RFID tags showed (for EPC URIs); `trends`: what the batch
     publishes, counted per (UTC hour, kind, code) (`gateway.recorder.trend_counts`); `recent`:
     (door, JSON) of each dock transaction, the last `RECENT_PER_DOOR` of a door kept;
-    `handheld`: (terminal, seq, result JSON, scanned_at) of each handheld scan applied.
+    `handheld`: (terminal, seq, result JSON, scanned_at) of each handheld scan applied;
+    `counts_opened`, `count_seen`, `counts_closed`: cycle counts (a closed one's rows go);
+    `cases`, `cases_gone`: tagged cases on received pallets. A pallet in `shipped` (shipped,
+    or missing at a count) takes its cases with it.
     """
 
     moves: list[PalletMove] = field(default_factory=list)
@@ -336,6 +364,11 @@ class StateChanges:
     packed: dict[tuple[str, int], int] = field(default_factory=dict)  # (order, line) -> more packed
     sscc_next: int | None = None
     print_jobs: list[tuple[str, str, str]] = field(default_factory=list)  # job id, station, body
+    counts_opened: list[tuple[str, str]] = field(default_factory=list)  # count id, JSON
+    count_seen: list[tuple[str, str, str]] = field(default_factory=list)  # count, key, location
+    counts_closed: list[tuple[str, str]] = field(default_factory=list)  # count id, tx id
+    cases: list[tuple[str, str]] = field(default_factory=list)  # case key, its pallet's SSCC
+    cases_gone: list[str] = field(default_factory=list)  # case keys no longer on their pallet
 
     def __bool__(self) -> bool:
         return any(
@@ -356,6 +389,11 @@ class StateChanges:
                 self.packed,
                 self.sscc_next is not None,
                 self.print_jobs,
+                self.counts_opened,
+                self.count_seen,
+                self.counts_closed,
+                self.cases,
+                self.cases_gone,
             )
         )
 
@@ -642,6 +680,32 @@ class Store:
             db.executemany("DELETE FROM pallet_location WHERE sscc = ?", gone)
             db.executemany("DELETE FROM pallet_received WHERE sscc = ?", gone)
             db.executemany("DELETE FROM pallet_lot WHERE sscc = ?", gone)
+            db.executemany("DELETE FROM pallet_case WHERE sscc = ?", gone)
+            db.executemany(
+                "INSERT INTO pallet_case (key, sscc) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET sscc = excluded.sscc",
+                state.cases,
+            )
+            db.executemany(
+                "DELETE FROM pallet_case WHERE key = ?", [(k,) for k in state.cases_gone]
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO count_open (count_id, body) VALUES (?, ?)",
+                state.counts_opened,
+            )
+            db.executemany(
+                "INSERT INTO count_seen (count_id, key, location) VALUES (?, ?, ?)"
+                " ON CONFLICT (count_id, key) DO UPDATE SET location = excluded.location",
+                state.count_seen,
+            )
+            for count_id, tx_id in state.counts_closed:
+                db.execute("DELETE FROM count_open WHERE count_id = ?", (count_id,))
+                db.execute("DELETE FROM count_seen WHERE count_id = ?", (count_id,))
+                db.execute(
+                    "INSERT OR IGNORE INTO count_closed (count_id, tx_id, closed_at)"
+                    " VALUES (?, ?, ?)",
+                    (count_id, tx_id, now),
+                )
             db.executemany(
                 "INSERT INTO agv_task (task_id, state, body, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (task_id) DO UPDATE SET state = excluded.state,"
@@ -992,6 +1056,92 @@ class Store:
             (-1 if limit is None else limit,),
         )
         return {str(sscc): str(loc) for sscc, loc in reversed(rows)}
+
+    async def open_counts(self) -> list[tuple[str, str, list[tuple[str, str]]]]:
+        """Counts open at the last stop: (count id, JSON, [(key, location) seen])."""
+
+        def read(db: sqlite3.Connection) -> list[tuple[str, str, list[tuple[str, str]]]]:
+            out = []
+            for count_id, body in db.execute("SELECT count_id, body FROM count_open").fetchall():
+                seen = db.execute(
+                    "SELECT key, location FROM count_seen WHERE count_id = ?", (count_id,)
+                ).fetchall()
+                out.append((str(count_id), str(body), [(str(k), str(loc)) for k, loc in seen]))
+            return out
+
+        try:
+            return await self._db.call(read)
+        except sqlite3.Error as err:
+            raise StorageError(f"cannot read the open counts: {err}") from err
+
+    async def closed_counts(self, *, limit: int) -> list[tuple[str, str]]:
+        """The last `limit` counts closed: (count id, tx id), oldest first."""
+        rows = await self._fetch(
+            "SELECT count_id, tx_id FROM count_closed ORDER BY closed_at DESC LIMIT ?", (limit,)
+        )
+        return [(str(c), str(t)) for c, t in reversed(rows)]
+
+    async def prune_closed_counts(self, *, keep: int) -> int:
+        """Forget all but the last `keep` closed counts; returns how many went."""
+        rows = await self._fetch(
+            "SELECT closed_at FROM count_closed ORDER BY closed_at DESC LIMIT 1 OFFSET ?", (keep,)
+        )
+        if not rows:
+            return 0
+
+        def delete(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM count_closed WHERE closed_at <= ?", rows[0]).rowcount
+
+        return await self._transaction(delete, lambda _n: None)
+
+    async def count_stock(self, locations: Iterable[str], keys: Iterable[str]) -> dict[str, str]:
+        """The recorded stock a count is compared with: key -> location of every pallet at
+        `locations` and of every case on those pallets, and of those of `keys` recorded
+        anywhere (a case is where its pallet is)."""
+        places = sorted(set(locations))
+        wanted = sorted(set(keys))
+
+        def read(db: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for first in range(0, len(places), _MAX_IN):
+                chunk = places[first : first + _MAX_IN]
+                marks = ",".join("?" * len(chunk))
+                for sscc, where in db.execute(
+                    f"SELECT sscc, location FROM pallet_location WHERE location IN ({marks})",  # noqa: S608 - placeholders only
+                    chunk,
+                ):
+                    out[f"sscc:{sscc}"] = str(where)
+                for key, where in db.execute(
+                    "SELECT c.key, p.location FROM pallet_case c JOIN pallet_location p"  # noqa: S608 - placeholders only
+                    f" ON p.sscc = c.sscc WHERE p.location IN ({marks})",
+                    chunk,
+                ):
+                    out[str(key)] = str(where)
+            pallets = [k.removeprefix("sscc:") for k in wanted if k.startswith("sscc:")]
+            cases = [k for k in wanted if not k.startswith("sscc:")]
+            for first in range(0, len(pallets), _MAX_IN):
+                chunk = pallets[first : first + _MAX_IN]
+                marks = ",".join("?" * len(chunk))
+                for sscc, where in db.execute(
+                    f"SELECT sscc, location FROM pallet_location WHERE sscc IN ({marks})",  # noqa: S608 - placeholders only
+                    chunk,
+                ):
+                    out[f"sscc:{sscc}"] = str(where)
+            for first in range(0, len(cases), _MAX_IN):
+                chunk = cases[first : first + _MAX_IN]
+                marks = ",".join("?" * len(chunk))
+                for key, where in db.execute(
+                    "SELECT c.key, p.location FROM pallet_case c JOIN pallet_location p"  # noqa: S608 - placeholders only
+                    f" ON p.sscc = c.sscc WHERE c.key IN ({marks})",
+                    chunk,
+                ):
+                    out[str(key)] = str(where)
+            return out
+
+        try:
+            return await self._db.call(read)
+        except sqlite3.Error as err:
+            raise StorageError(f"cannot read the stock a count is compared with: {err}") from err
 
     async def pallet_location(self, sscc: str) -> str | None:
         """One pallet's last recorded location (None: none recorded, or shipped)."""

@@ -44,6 +44,7 @@ from gateway.domain import (
 from gateway.drivers.barcode import LabelRules
 from gateway.drivers.base import Clock
 from gateway.rules.agv import TaskBoard
+from gateway.rules.counts import CycleCounts
 from gateway.rules.engine import DockStation, RulesEngine
 from gateway.rules.handheld import HandheldIntake, HandheldSettings
 from gateway.rules.moves import ForkliftMoves, MoveSettings
@@ -57,6 +58,7 @@ from gateway.rules.weighing import WeighingSettings, WeightCapture
 from gateway.rules.zones import ZoneSettings, ZoneTracker
 from gateway.storage import Store
 from gateway.wire.agv import task_from_json
+from gateway.wire.counts import opened_from_json
 from gateway.wire.epcis import EpcisSettings
 from gateway.wire.handheld import result_from_json
 from gateway.wire.packing import carton_from_json
@@ -162,6 +164,8 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
         },
         handheld=await _handheld(config, store, clock),
         packing=await _packing(config, store),
+        counts=await _counts(config, store),
+        count_timeout_s=config.counts.timeout_s,
     )
     # What the WMS sent before the restart (the broker's retained copies follow, and are
     # recognised by their digest: `InboundRoutes.remember`). All of it, also beyond a count
@@ -205,6 +209,24 @@ async def _handheld(config: GatewayConfig, store: Store, clock: Clock) -> Handhe
         applied=[(terminal, result_from_json(json.loads(body))) for terminal, body in applied],
         high_water=high_water,
     )
+
+
+async def _counts(config: GatewayConfig, store: Store) -> CycleCounts | None:
+    """Cycle counts, with those open at the last stop and the ids of those closed (None: off)."""
+    settings = config.counts
+    if not settings.enabled:
+        return None
+    await store.prune_closed_counts(keep=settings.keep_closed)
+    counts = CycleCounts(
+        max_open=settings.max_open, max_seen=settings.max_seen, max_closed=settings.keep_closed
+    )
+    for count_id, tx_id in await store.closed_counts(limit=settings.keep_closed):
+        counts.restore_closed(count_id, tx_id)
+    for count_id, body, seen in await store.open_counts():
+        counts.restore(opened_from_json(count_id, body), seen)
+    if len(counts):
+        log.info("cycle counts open at the last stop go on", counts=len(counts))
+    return counts
 
 
 async def _packing(config: GatewayConfig, store: Store) -> Packing | None:

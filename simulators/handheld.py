@@ -93,7 +93,7 @@ class HandheldTerminal:
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
 
-    def scan(self, purpose: str, barcode: str, **fields: str) -> int:
+    def scan(self, purpose: str, barcode: str, **fields: Any) -> int:
         """Scan a label (kept until its result is final); its seq."""
         self._seq += 1
         scan = {

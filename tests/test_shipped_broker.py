@@ -358,6 +358,7 @@ FLOWS = (
     Flow(GATEWAY, f"{BASE}/tx/receive", (WMS,)),
     Flow(GATEWAY, f"{BASE}/tx/ship", (WMS,)),
     Flow(GATEWAY, f"{BASE}/tx/pack", (WMS,)),
+    Flow(GATEWAY, f"{BASE}/tx/count", (WMS,)),
     Flow(GATEWAY, f"{BASE}/event", (WMS,)),
     Flow(GATEWAY, f"{BASE}/alarm", (WMS,)),
     Flow(GATEWAY, f"{BASE}/receipt", (WMS,)),
@@ -377,6 +378,7 @@ FLOWS = (
     Flow(WMS, "wms/DC1/location/C-01", (GATEWAY,), retain=True),
     Flow(WMS, "wms/DC1/task/T-7", (GATEWAY,), retain=True),
     Flow(WMS, f"{BASE}/cmd/close", (GATEWAY,)),
+    Flow(WMS, f"{BASE}/cmd/count", (GATEWAY,)),
     Flow(WMS, f"{BASE}/agv/cancel", (GATEWAY,)),
     # A fleet controller's requests.
     Flow(FLEET, f"{BASE}/agv/next", (GATEWAY,)),
@@ -441,6 +443,7 @@ REFUSED = (
     Refused(GATEWAY, f"{OTHER_GATEWAY}/tx/move", "a gateway writing another gateway's tree"),
     Refused(GATEWAY, f"{OTHER_GATEWAY}/status", "a gateway forging another's status"),
     Refused(GATEWAY, f"{BASE}/cmd/close", "a gateway sending itself commands"),
+    Refused(FLEET, f"{BASE}/cmd/count", "a fleet controller opening a count"),
     Refused(GATEWAY, f"{BASE}/agv/next", "a gateway forging a fleet's request"),
     Refused(GATEWAY, f"{BASE}/anything", "a gateway publishing an undocumented topic"),
     Refused(GATEWAY, "wms/DC1/asn/ASN-7", "a gateway writing the WMS's reference data"),

@@ -38,7 +38,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.bridge.decoding import DecodePool
 from gateway.config import BrokerConfig
-from gateway.domain import CloseAnswer, Event, HandheldAnswer, ReplyHandle, TaskAnswer
+from gateway.domain import (
+    CloseAnswer,
+    CountAnswer,
+    Event,
+    HandheldAnswer,
+    ReplyHandle,
+    TaskAnswer,
+)
 from gateway.health import StatusBoard
 from gateway.storage import PendingMessage, StorageError, Store
 from gateway.supervisor import Backoff
@@ -46,7 +53,11 @@ from gateway.wire.agv import answer_payload
 from gateway.wire.codec import encode
 from gateway.wire.handheld import answer_payload as handheld_answer_payload
 from gateway.wire.inbound import InboundRoutes, Received
-from gateway.wire.outbound import close_answer_payload, gateway_status_payload
+from gateway.wire.outbound import (
+    close_answer_payload,
+    count_answer_payload,
+    gateway_status_payload,
+)
 from gateway.wire.topics import ReplyPolicy, Requester, RequesterKind, Topics, topic_refusal
 
 log = structlog.get_logger("gateway.bridge")
@@ -482,7 +493,9 @@ class MqttBridge:
         self._debug.append((topic, payload))
         self._debug_ready.set()
 
-    def reply(self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer | HandheldAnswer) -> None:
+    def reply(
+        self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer | HandheldAnswer | CountAnswer
+    ) -> None:
         """Send an answer to where its request asked (MQTT 5 request/response, or 3.1.1
         `reply_to`), rendered here; a handle this bridge did not make is refused."""
         address = to.address
@@ -494,6 +507,10 @@ class MqttBridge:
             payload = answer_payload(answer, address.echo)
         elif isinstance(answer, HandheldAnswer):
             payload = handheld_answer_payload(answer, address.echo)
+        elif isinstance(answer, CountAnswer):
+            payload = count_answer_payload(answer)
+            if address.echo is not None:
+                payload["correlation"] = address.echo
         else:
             payload = close_answer_payload(answer)
         self._responses.append((address.topic, address.correlation, encode(payload)))

@@ -7,6 +7,15 @@ Drivers and the bridge build these values from bytes; the rules take them and re
 
 from __future__ import annotations
 
+from gateway.domain.counts import (
+    CountAnswer,
+    CountCommand,
+    CountOpened,
+    CountReason,
+    CountSeen,
+    CountTransaction,
+    thing_kind,
+)
 from gateway.domain.decisions import (
     CloseAnswer,
     Committed,
@@ -14,7 +23,7 @@ from gateway.domain.decisions import (
     RefDataChange,
     Reply,
 )
-from gateway.domain.epc import Epc, decode_epc, gs1_check_digit
+from gateway.domain.epc import Epc, decode_epc, epc_key, gs1_check_digit
 from gateway.domain.events import (
     KG_PER_UNIT,
     CloseCommand,
@@ -153,6 +162,12 @@ __all__ = [
     "ClosingKind",
     "Committed",
     "ConnectionState",
+    "CountAnswer",
+    "CountCommand",
+    "CountOpened",
+    "CountReason",
+    "CountSeen",
+    "CountTransaction",
     "Decision",
     "DeviceGap",
     "Direction",
@@ -239,7 +254,9 @@ __all__ = [
     "ZoneRule",
     "decode_epc",
     "deterministic_id",
+    "epc_key",
     "gs1_check_digit",
     "key_of",
+    "thing_kind",
     "utc_iso",
 ]

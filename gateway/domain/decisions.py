@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.domain.counts import CountAnswer, CountOpened, CountSeen, CountTransaction
 from gateway.domain.handheld import HandheldAnswer, HandheldApplied
 from gateway.domain.notices import Notice
 from gateway.domain.packing import CartonChanged, PackTransaction, PrintJob
@@ -50,7 +51,7 @@ class Reply:
     """An answer for the sender of a request, sent only once the batch is committed."""
 
     to: ReplyHandle
-    answer: TaskAnswer | CloseAnswer | HandheldAnswer
+    answer: TaskAnswer | CloseAnswer | HandheldAnswer | CountAnswer
 
 
 Decision = (
@@ -68,8 +69,11 @@ Decision = (
     | PrintJob
     | CartonChanged
     | ZoneEvent
+    | CountOpened
+    | CountSeen
+    | CountTransaction
 )
 """Everything a rule may decide."""
 
-Committed = MoveTransaction | DockTransaction | DockSummary | PackTransaction
+Committed = MoveTransaction | DockTransaction | DockSummary | PackTransaction | CountTransaction
 """Transactions a commit publishes (metrics, trends and the live state count them)."""

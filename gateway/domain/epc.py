@@ -205,6 +205,16 @@ def decode_epc(epc: bytes | str) -> Epc:
     return _giai(hex_, filter_, _GIAI_PARTITIONS[partition], body)
 
 
+def epc_key(epc: Epc, raw_hex: str) -> str:
+    """The identity a decoded tag is known by in the dock ledger and in counts: `sscc:N` for
+    a pallet, `sgtin:GTIN.SERIAL` for a case, else `epc:HEX` (as read)."""
+    if epc.sscc:
+        return f"sscc:{epc.sscc}"
+    if epc.gtin and epc.serial:
+        return f"sgtin:{epc.gtin}.{epc.serial}"
+    return f"epc:{raw_hex}"
+
+
 def _failed(hex_: str, scheme: str, filter_: int | None, why: str) -> Epc:
     return Epc(hex=hex_, scheme=scheme, uri=None, filter=filter_, error=f"{scheme}: {why}")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
+from gateway.domain.counts import CountCommand
 from gateway.domain.handheld import Purpose
 from gateway.domain.refdata import RefData, RefDataKind
 from gateway.domain.replies import ReplyHandle
@@ -204,6 +205,8 @@ class HandheldScan:
     quantity: int = 1  # damage, short: how many
     line: int | None = None  # damage, short: the ASN line (None: the label's line)
     station: str | None = None  # carton: the pack station
+    tags: tuple[str, ...] = ()  # sweep: what the RFID sweep read, as keys (sscc:, sgtin:, epc:)
+    count_id: str | None = None  # sweep, count: the open count it belongs to (None: any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,4 +233,5 @@ Event = (
     | RobotReport
     | Rejected
     | HandheldBatch
+    | CountCommand
 )

@@ -26,6 +26,7 @@ class Purpose(enum.StrEnum):
     PACK = "pack"  # an item scanned into the open carton (checked against its order)
     CLOSE = "close"  # the open carton closed: its SSCC, its label printed
     COUNT = "count"  # a pallet found at a location (the scan and the location label)
+    SWEEP = "sweep"  # an RFID sweep of one location (its label scanned, the tags read)
 
 
 class HandheldCode(enum.StrEnum):

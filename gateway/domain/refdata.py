@@ -158,6 +158,7 @@ class Location:
     kind: str | None = None  # dock_door, staging, rack or floor
     capacity_pallets: int | None = None
     gln: str | None = None  # its own GLN-13, when it has one
+    aisle: str | None = None
 
 
 RefData = Asn | ShipOrder | Product | Location

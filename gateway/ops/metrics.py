@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from gateway.domain import (
     Committed,
+    CountTransaction,
     DockSummary,
     DockTransaction,
     MoveTransaction,
@@ -106,6 +107,8 @@ class GatewayMetrics:
                     self.transactions.labels(d.kind.value).inc()
                 case PackTransaction():
                     self.transactions.labels("pack").inc()
+                case CountTransaction():
+                    self._transaction("count", d.exception_codes)
         for notice in notices:
             self.events.labels(notice.code, notice.severity.value).inc()
 

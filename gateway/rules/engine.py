@@ -17,6 +17,10 @@ from gateway.domain import (
     CancelRequest,
     CloseAnswer,
     CloseCommand,
+    CountAnswer,
+    CountCommand,
+    CountReason,
+    CountTransaction,
     Decision,
     DeviceGap,
     Direction,
@@ -58,9 +62,13 @@ from gateway.domain import (
     WeightSample,
     WmsTask,
     WmsTaskDeleted,
+    ZoneEvent,
+    decode_epc,
+    epc_key,
     key_of,
 )
 from gateway.rules.agv import TaskBoard
+from gateway.rules.counts import CycleCounts
 from gateway.rules.handheld import HandheldIntake
 from gateway.rules.moves import ForkliftMoves
 from gateway.rules.packing import Packing
@@ -107,6 +115,8 @@ class RulesEngine:
         handheld: handheld terminals' scans (None: not taken).
         packing: scan-verified packing (None: none).
         zones: RFID zone tracking, by reader id.
+        counts: cycle counts (None: not taken).
+        count_timeout_s: how long a count stays open when its command names no timeout.
     """
 
     def __init__(
@@ -123,6 +133,8 @@ class RulesEngine:
         handheld: HandheldIntake | None = None,
         packing: Packing | None = None,
         zones: Mapping[str, ZoneTracker] | None = None,
+        counts: CycleCounts | None = None,
+        count_timeout_s: float = 3600.0,
     ) -> None:
         self.moves = moves
         self.portals = dict(portals)
@@ -137,6 +149,10 @@ class RulesEngine:
         self.handheld = handheld
         self.packing = packing
         self.zones = dict(zones or {})  # by reader id
+        self.counts = counts
+        self.count_timeout_s = count_timeout_s
+        self._recorded: dict[str, str] = {}  # the stock `stock_found` handed in, for one close
+        self._recorded_of: frozenset[str] = frozenset()  # ... of these locations
 
     def on_event(self, event: Event) -> list[Decision]:
         """Decisions caused by one event."""
@@ -169,6 +185,50 @@ class RulesEngine:
         """Storage's location of a pallet `pallet_needed` asked for (None: none recorded)."""
         self.moves.warm(sscc, location)
 
+    def stock_needed(self, event: Event) -> tuple[frozenset[str], frozenset[str]] | None:
+        """The recorded stock a count closed by `event` is compared with: (its locations, what
+        it saw); None when `event` closes none. The runner reads storage's locations of the
+        things recorded at those locations or seen (cases: their pallet's) and hands them to
+        `stock_found` before the event, so that the rules stay pure."""
+        counts = self.counts
+        if counts is None:
+            return None
+        if isinstance(event, CountCommand) and not event.open:
+            opened = counts.get(event.count_id)
+            if opened is None:
+                return None
+            return frozenset(opened.locations), counts.seen_keys(event.count_id)
+        if isinstance(event, HandheldBatch):  # sweeps of places no open count covers
+            places: set[str] = set()
+            keys: set[str] = set()
+            for scan in event.scans:
+                where = _swept(scan)
+                if where is not None and counts.counting(where) is None:
+                    places.add(where)
+                    keys.update(scan.tags)
+            return (frozenset(places), frozenset(keys)) if places else None
+        return None
+
+    def stock_found(self, recorded: Mapping[str, str], locations: frozenset[str]) -> None:
+        """Storage's answer to `stock_needed`: key -> recorded location, of `locations`."""
+        self._recorded = dict(recorded)
+        self._recorded_of = locations
+
+    def counts_due(self, now: dt.datetime) -> list[CountCommand]:
+        """Closes of the counts whose deadline came (the runner carries them out as events,
+        each after `stock_needed`)."""
+        if self.counts is None:
+            return []
+        return [
+            CountCommand(
+                count_id,
+                False,
+                now,
+                reason=CountReason.SWEEP if count_id.startswith("sweep:") else CountReason.TIMEOUT,
+            )
+            for count_id in self.counts.due(now)
+        ]
+
     def holds(self, kind: RefDataKind, key: str) -> bool:
         """Whether the rules hold the reference data record `key` of this `kind`."""
         return key in self._records(kind)
@@ -196,7 +256,7 @@ class RulesEngine:
             decisions.extend(self._passes(portal.on_tick(seconds)))
         decisions.extend(self.dock.on_tick(now))
         for zones in self.zones.values():
-            decisions.extend(zones.on_tick(seconds))
+            decisions.extend(self._zone_counted(zones.on_tick(seconds)))
         decisions.extend(self.rejections.on_tick(now))
         if self.agv is not None:
             decisions.extend(self.agv.on_tick(now))
@@ -237,7 +297,20 @@ class RulesEngine:
         out = self._passes(portal.on_reads(event.reads)) if portal is not None else []
         zones = self.zones.get(event.reader_id)
         if zones is not None:
-            out.extend(zones.on_reads(event.reads))
+            out.extend(self._zone_counted(zones.on_reads(event.reads)))
+        return out
+
+    def _zone_counted(self, events: list[ZoneEvent]) -> list[Decision]:
+        """Zone events, and what an open count of their zone notes of them."""
+        out: list[Decision] = list(events)
+        counts = self.counts
+        if counts is None or not len(counts):
+            return out
+        for event in events:
+            if event.zone is not None:
+                seen = counts.seen(epc_key(decode_epc(event.epc), event.epc), event.zone)
+                if seen is not None:
+                    out.append(seen)
         return out
 
     def _sample(self, event: WeightSample) -> list[Decision]:
@@ -272,6 +345,8 @@ class RulesEngine:
             out.append(notice)
         if event.reply is not None and event.kind is InputKind.HANDHELD:
             out.append(Reply(event.reply, HandheldAnswer(event.subject, (), event.reason)))
+        elif event.reply is not None and event.kind is InputKind.COMMAND:  # cmd/count
+            out.append(Reply(event.reply, CountAnswer(event.subject, error=event.reason)))
         elif event.reply is not None:
             refused = TaskAnswer(False, AnswerResult.REFUSED, "bad_request", event.reason)
             out.append(Reply(event.reply, refused))
@@ -365,7 +440,10 @@ class RulesEngine:
     def _handheld(self, batch: HandheldBatch) -> list[Decision]:
         if self.handheld is None:
             return []
-        return self.handheld.on_batch(batch, self._handheld_scan)
+        try:
+            return self.handheld.on_batch(batch, self._handheld_scan)
+        finally:  # the stock read for this batch's sweeps serves no other
+            self._recorded, self._recorded_of = {}, frozenset()
 
     def _handheld_scan(
         self, terminal: str, scan: HandheldScan
@@ -381,6 +459,8 @@ class RulesEngine:
             return self._handheld_move(scan, label)
         if scan.purpose is Purpose.COUNT:
             return self._handheld_count(terminal, scan, label)
+        if scan.purpose is Purpose.SWEEP:
+            return self._handheld_sweep(terminal, scan, label)
         if scan.purpose in (Purpose.DAMAGE, Purpose.SHORT):
             return self._handheld_report(scan, label)
         if scan.purpose in (Purpose.CARTON, Purpose.PACK, Purpose.CLOSE):
@@ -476,8 +556,12 @@ class RulesEngine:
             why = to.reason if isinstance(to, RejectedScan) else "a count needs a location label"
             return [], HandheldResult(seq, HandheldCode.REJECTED, why)
         found, recorded = to.location, self.moves.location_of(label.sscc)
+        noted: list[Decision] = []
+        if self.counts is not None:
+            seen = self.counts.seen(f"sscc:{label.sscc}", found, scan.count_id)
+            noted = [] if seen is None else [seen]
         if recorded == found:
-            return [], HandheldResult(seq, HandheldCode.COUNTED)
+            return noted, HandheldResult(seq, HandheldCode.COUNTED)
         code = HandheldCode.MISPLACED if recorded else HandheldCode.UNKNOWN_PALLET
         detail = f"recorded at {recorded}" if recorded else "the gateway has it nowhere"
         notice = Notice(
@@ -488,7 +572,125 @@ class RulesEngine:
             location=found,
             details={"sscc": label.sscc, "found": found, "recorded": recorded},
         )
-        return [notice], HandheldResult(seq, code, detail)
+        return [*noted, notice], HandheldResult(seq, code, detail)
+
+    def _handheld_sweep(
+        self, terminal: str, scan: HandheldScan, label: Scan
+    ) -> tuple[list[Decision], HandheldResult]:
+        """An RFID sweep of one location: what it read is noted by the open count of the
+        location; with none open there, it is a count of its own, closed at once."""
+        seq, counts, where = scan.seq, self.counts, _swept(scan)
+        if counts is None:
+            return [], HandheldResult(seq, HandheldCode.REJECTED, "no cycle counts at this gateway")
+        if where is None:
+            return [], HandheldResult(seq, HandheldCode.REJECTED, "a sweep needs a location label")
+        open_id = counts.counting(where)
+        if open_id is not None and scan.count_id in (None, open_id):
+            noted = [d for key in scan.tags if (d := counts.seen(key, where)) is not None]
+            detail = f"{len(scan.tags)} tags for count {open_id}"
+            return list(noted), HandheldResult(seq, HandheldCode.COUNTED, detail)
+        if scan.count_id is not None:
+            why = f"count {scan.count_id} does not count {where}"
+            return [], HandheldResult(seq, HandheldCode.REJECTED, why)
+        count_id, at = f"sweep:{terminal}:{seq}", scan.scanned_at
+        opened = counts.open(count_id, (where,), at, at, f"terminal {terminal}")
+        if isinstance(opened, str):
+            return [], HandheldResult(seq, HandheldCode.REJECTED, opened)
+        noted = [d for key in scan.tags if (d := counts.seen(key, where)) is not None]
+        if where not in self._recorded_of:
+            # Released later than its batch (it waited for scans before it): the stock was not
+            # read for it. Its deadline has come: the runner closes it with the stock next.
+            detail = f"{len(scan.tags)} tags; count {count_id} closes at once"
+            return [opened, *noted], HandheldResult(seq, HandheldCode.COUNTED, detail)
+        tx = counts.close(count_id, self._recorded, at, CountReason.SWEEP)
+        assert tx is not None  # opened just above
+        detail = (
+            f"found {len(tx.found)}, missing {len(tx.missing)}, unexpected {len(tx.unexpected)}"
+        )
+        return [tx], HandheldResult(seq, HandheldCode.COUNTED, detail, tx.tx_id)
+
+    def _count(self, command: CountCommand) -> list[Decision]:
+        """Open or close a cycle count (`gateway.rules.counts`)."""
+        counts, count_id = self.counts, command.count_id
+        if counts is None:
+            return _answer(command, CountAnswer(count_id, error="no cycle counts at this gateway"))
+        if command.open:
+            return self._open_count(counts, command)
+        recorded, self._recorded, self._recorded_of = self._recorded, {}, frozenset()
+        tx = counts.close(count_id, recorded, command.at, command.reason)
+        if tx is None:
+            done = counts.closed_tx(count_id)
+            answer = (
+                CountAnswer(count_id, "closed", tx_id=done)
+                if done is not None
+                else CountAnswer(count_id, error=f"no open count {count_id}")
+            )
+            return _answer(command, answer)
+        self._adjust(tx)
+        totals = {
+            "expected": tx.expected,
+            "found": len(tx.found),
+            "missing": len(tx.missing),
+            "unexpected": len(tx.unexpected),
+            "misplaced": len(tx.misplaced),
+            "moved": len(tx.moved),
+        }
+        answer = CountAnswer(count_id, "closed", tx.locations, tx.tx_id, totals)
+        return [tx, *_answer(command, answer)]
+
+    def _open_count(self, counts: CycleCounts, command: CountCommand) -> list[Decision]:
+        count_id = command.count_id
+        places = self._places(command)
+        if isinstance(places, str):
+            return _answer(command, CountAnswer(count_id, error=places))
+        timeout = command.timeout_s if command.timeout_s is not None else self.count_timeout_s
+        deadline = command.at + dt.timedelta(seconds=timeout)
+        opened = counts.open(count_id, places, command.at, deadline, command.source)
+        if isinstance(opened, str):
+            held = counts.get(count_id)
+            if held is not None and set(held.locations) == set(places):  # a repeat
+                return _answer(command, CountAnswer(count_id, "open", held.locations))
+            return _answer(command, CountAnswer(count_id, error=opened))
+        out: list[Decision] = [opened]
+        # What the zones hold already is seen: it will not arrive again.
+        for tracker in self.zones.values():
+            for zone, epcs in tracker.snapshot().items():
+                if zone in places:
+                    for epc in epcs:
+                        seen = counts.seen(epc_key(decode_epc(epc), epc), zone)
+                        if seen is not None:
+                            out.append(seen)
+        out.extend(_answer(command, CountAnswer(count_id, "open", opened.locations)))
+        return out
+
+    def _places(self, command: CountCommand) -> tuple[str, ...] | str:
+        """The locations a count's command names (a zone or an aisle expanded from the location
+        master; a zone is also an RFID zone's own location); or why there are none."""
+        if command.locations:
+            return command.locations
+        if command.zone is not None:
+            zone = command.zone
+            named = {n for n, loc in self.locations.items() if loc.zone == zone}
+            named |= {z for t in self.zones.values() for z in t.settings.zones if z == zone}
+            return tuple(sorted(named)) or f"no location of zone {zone} is known"
+        if command.aisle is not None:
+            aisle = command.aisle
+            named = {n for n, loc in self.locations.items() if loc.aisle == aisle}
+            return tuple(sorted(named)) or f"no location of aisle {aisle} is known"
+        return "a count needs locations, a zone or an aisle"
+
+    def _adjust(self, tx: CountTransaction) -> None:
+        """The stock the rules hold follows a count's adjustments of pallets."""
+        for key, (_, after) in tx.adjustments.items():
+            if not key.startswith("sscc:"):
+                continue
+            sscc = key.removeprefix("sscc:")
+            self.moves.located(sscc, after)
+            if self.agv is not None:
+                if after is None:
+                    self.agv.stock.forget(sscc)
+                else:
+                    self.agv.stock.apply_move(sscc, after)
 
     def _handheld_move(
         self, scan: HandheldScan, label: Scan
@@ -545,4 +747,18 @@ _HANDLERS: Final[Mapping[type[Any], Callable[[RulesEngine, Any], list[Decision]]
     RobotReport: RulesEngine._robot,
     Rejected: RulesEngine._rejected,
     HandheldBatch: RulesEngine._handheld,
+    CountCommand: RulesEngine._count,
 }
+
+
+def _answer(command: CountCommand, answer: CountAnswer) -> list[Decision]:
+    """The reply to a count command, when it asked for one."""
+    return [] if command.reply is None else [Reply(command.reply, answer)]
+
+
+def _swept(scan: HandheldScan) -> str | None:
+    """The location a handheld sweep scanned (None: not a sweep, or no location label)."""
+    label = scan.label
+    if scan.purpose is not Purpose.SWEEP or not isinstance(label, Scan):
+        return None
+    return label.location if label.kind is ScanKind.LOCATION else None

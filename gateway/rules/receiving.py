@@ -44,6 +44,7 @@ from gateway.domain import (
     WeightCheck,
     decode_epc,
     deterministic_id,
+    epc_key,
 )
 from gateway.rules.weighing import check_weight
 
@@ -64,12 +65,7 @@ def items_of_pass(portal_pass: PortalPass) -> list[Item]:
     for tag in portal_pass.tags:
         epc = decode_epc(tag.epc)
         # The same identity as the item's label, so that a tag and a scan of its label agree.
-        if epc.sscc:
-            key = f"sscc:{epc.sscc}"
-        elif epc.gtin and epc.serial:
-            key = f"sgtin:{epc.gtin}.{epc.serial}"
-        else:
-            key = f"epc:{tag.epc}"
+        key = epc_key(epc, tag.epc)
         items.append(
             Item(
                 key=key,

@@ -52,6 +52,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.domain import (
+    CountTransaction,
     DockKind,
     DockResult,
     DockTransaction,
@@ -305,6 +306,72 @@ def object_events(
                 event.pop(field, None)
         events.append(event)
     return events
+
+
+def count_events(
+    tx: CountTransaction,
+    settings: EpcisSettings,
+    known: AbstractSet[str] = _NOTHING_KNOWN,
+    place_gln: PlaceGln = _no_gln,
+) -> list[dict[str, Any]]:
+    """A closed cycle count as EPCIS 2.0: per location where something was seen, one
+    `ObjectEvent` (OBSERVE, bizStep `cycle_counting`) of what was seen there (found, moved in,
+    unexpected). What was missing was not observed and is in no event (the `tx/count`
+    transaction lists it); tags that are no GS1 identifier have no EPC URI and are left out.
+
+    Raises:
+        PayloadError: a value of the count cannot be expressed in EPCIS.
+    """
+    length_of = prefix_lengths(settings, known)
+    seen: dict[str, list[str]] = {}
+    for key, (_recorded, where) in tx.moved.items():
+        seen.setdefault(where, []).append(key)
+    for key, where in tx.unexpected.items():
+        seen.setdefault(where, []).append(key)
+    for key, where in tx.found.items():
+        seen.setdefault(where, []).append(key)
+    events = []
+    try:
+        at = _event_time(tx.closed_at, "closed_at")
+        offset = timezone_offset(tx.closed_at, settings.time_zone)
+        for where in sorted(seen):
+            uris = sorted(u for key in seen[where] if (u := _key_uri(key, length_of)) is not None)
+            if not uris:
+                continue
+            place = _text(where, "location")
+            events.append(
+                {
+                    "@context": EPCIS_CONTEXT,
+                    "type": "ObjectEvent",
+                    "eventID": f"urn:uuid:{uuid.uuid5(uuid.UUID(tx.tx_id), where)}",
+                    "eventTime": at,
+                    "eventTimeZoneOffset": offset,
+                    "epcList": uris,
+                    "action": "OBSERVE",
+                    "bizStep": "cycle_counting",
+                    "disposition": "in_progress",
+                    "readPoint": {
+                        "id": _location_uri(settings.read_point_base, place, place_gln, settings)
+                    },
+                    "bizLocation": {
+                        "id": _location_uri(settings.biz_location_base, place, place_gln, settings)
+                    },
+                }
+            )
+    except ValueError as err:
+        raise PayloadError(f"count transaction {tx.tx_id!r}: {err}") from err
+    return events
+
+
+def _key_uri(key: str, length_of: LengthOf) -> str | None:
+    """The EPC URI of a counted thing's key (sscc:, sgtin:, epc:); None: no GS1 identifier."""
+    kind, _, rest = key.partition(":")
+    if kind == "sscc":
+        return sscc_uri(rest, length_of(rest))
+    if kind == "sgtin":
+        gtin, _, serial = rest.partition(".")
+        return sgtin_uri(gtin, serial, length_of(gtin.zfill(14)))
+    return decode_epc(rest).uri
 
 
 class PayloadError(ValueError):

@@ -22,6 +22,8 @@ from gateway.domain import (
     Purpose,
     RejectedScan,
     Scan,
+    decode_epc,
+    epc_key,
 )
 from gateway.drivers.barcode import LabelRules, decode_label
 from gateway.schemas import validator
@@ -90,6 +92,8 @@ def parse_batch(payload: bytes, at: dt.datetime, labels: LabelRules) -> ParsedBa
                 quantity=int(raw.get("quantity", 1)),
                 line=raw.get("line"),
                 station=raw.get("station"),
+                tags=tuple(epc_key(decode_epc(epc), epc.upper()) for epc in raw.get("epcs", ())),
+                count_id=raw.get("count_id"),
             )
         )
     return ParsedBatch(HandheldBatch(terminal, tuple(scans), at), reply_to, correlation)

@@ -30,6 +30,7 @@ from gateway.domain import (
 )
 from gateway.drivers.barcode import LabelRules
 from gateway.wire import agv as agv_wire
+from gateway.wire import counts as count_wire
 from gateway.wire import handheld as handheld_wire
 from gateway.wire import refdata, vda5050
 from gateway.wire.topics import Requester, RequesterKind, Topics
@@ -308,7 +309,12 @@ def _command(message: Received, reply_to: ReplyTo) -> Event | None:
 
     A retained command would be carried out again at every reconnect: ignored.
     """
-    if message.retain or message.topic.rpartition("/")[2] != "close":
+    if message.retain:
+        return None
+    name = message.topic.rpartition("/")[2]
+    if name == "count":
+        return _count_command(message, reply_to)
+    if name != "close":
         return None
     reply = reply_handle(message, reply_to, Requester(RequesterKind.WMS))
     if isinstance(reply, str):
@@ -322,6 +328,19 @@ def _command(message: Received, reply_to: ReplyTo) -> Event | None:
         if isinstance(body, dict) and isinstance(body.get("reference"), str):
             reference = body["reference"]
     return CloseCommand(reference, message.at, reply)
+
+
+def _count_command(message: Received, reply_to: ReplyTo) -> Event:
+    """`cmd/count`: open or close a cycle count; a bad one is refused, with its answer."""
+    parsed = count_wire.parse_count_command(message.payload, message.at)
+    requester = Requester(RequesterKind.WMS)
+    reply = reply_handle(message, reply_to, requester, parsed.reply_to, parsed.correlation)
+    subject = parsed.count_id or "cmd/count"
+    if isinstance(reply, str):
+        return _refused_reply(InputKind.COMMAND, subject, "wms", message, reply, parsed.reply_to)
+    if isinstance(parsed.command, str):
+        return Rejected(InputKind.COMMAND, subject, parsed.command, message.at, reply, source="wms")
+    return replace(parsed.command, reply=reply)
 
 
 def _agv_request(message: Received, reply_to: ReplyTo) -> Event | None:

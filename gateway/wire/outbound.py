@@ -13,6 +13,8 @@ from typing import Any
 from gateway.domain import (
     WEIGHT_MISMATCH,
     CloseAnswer,
+    CountAnswer,
+    CountTransaction,
     DockSummary,
     DockTransaction,
     MoveTransaction,
@@ -22,6 +24,7 @@ from gateway.domain import (
     TaskChanged,
     ZoneEvent,
     decode_epc,
+    thing_kind,
 )
 from gateway.wire.codec import WIRE_VERSION, iso
 from gateway.wire.topics import Topics
@@ -293,3 +296,70 @@ def zone_event_payload(event: ZoneEvent, topics: Topics) -> dict[str, Any]:
         "reader": event.reader_id,
         "at": iso(dt.datetime.fromtimestamp(event.at, dt.UTC)),
     }
+
+
+def _thing(key: str) -> dict[str, Any]:
+    """A counted thing by its key: {"sscc"}, {"gtin", "serial"} or {"epc"}."""
+    kind, _, rest = key.partition(":")
+    if kind == "sscc":
+        return {"sscc": rest}
+    if kind == "sgtin":
+        gtin, _, serial = rest.partition(".")
+        return {"gtin": gtin, "serial": serial}
+    return {"epc": rest}
+
+
+def count_payload(tx: CountTransaction, topics: Topics) -> dict[str, Any]:
+    """The `tx/count` payload: a closed cycle count, its pallets and items, its adjustments."""
+    groups: dict[str, dict[str, list[Any]]] = {
+        kind: {"found": [], "missing": [], "unexpected": [], "moved": []}
+        for kind in ("pallets", "items")
+    }
+
+    def group(key: str) -> dict[str, list[Any]]:
+        return groups["pallets" if thing_kind(key) == "pallet" else "items"]
+
+    for key in sorted(tx.found):
+        group(key)["found"].append(_thing(key))
+    for key, where in sorted(tx.missing.items()):
+        group(key)["missing"].append(_thing(key) | {"recorded": where})
+    for key, seen in sorted(tx.unexpected.items()):
+        recorded = tx.misplaced.get(key)
+        group(key)["unexpected"].append(_thing(key) | {"seen": seen, "recorded": recorded})
+    for key, (recorded, seen) in sorted(tx.moved.items()):
+        group(key)["moved"].append(_thing(key) | {"recorded": recorded, "seen": seen})
+    adjustments = [
+        _thing(key) | {"from_location": before, "to_location": after}
+        for key, (before, after) in sorted(tx.adjustments.items())
+    ]
+    return {
+        "version": WIRE_VERSION,
+        "tx_id": tx.tx_id,
+        "type": "count",
+        "site": topics.site,
+        "gateway": topics.gateway,
+        "count_id": tx.count_id,
+        "locations": list(tx.locations),
+        "reason": tx.reason.value,
+        "source": tx.source,
+        "opened_at": iso(tx.opened_at),
+        "occurred_at": iso(tx.closed_at),
+        "status": "adjusted" if adjustments else "confirmed",
+        "totals": {kind: {k: len(v) for k, v in g.items()} for kind, g in groups.items()},
+        **groups,
+        "adjustments": adjustments,
+    }
+
+
+def count_answer_payload(answer: CountAnswer) -> dict[str, Any]:
+    """The answer to `cmd/count`."""
+    if not answer.ok:
+        return {"ok": False, "count_id": answer.count_id, "error": answer.error}
+    out: dict[str, Any] = {"ok": True, "count_id": answer.count_id, "status": answer.status}
+    if answer.locations:
+        out["locations"] = list(answer.locations)
+    if answer.tx_id is not None:
+        out["tx_id"] = answer.tx_id
+    if answer.totals:
+        out["totals"] = dict(answer.totals)
+    return out

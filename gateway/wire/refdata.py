@@ -196,6 +196,7 @@ def to_json(item: RefData) -> dict[str, Any]:
                     "kind": item.kind,
                     "capacity_pallets": item.capacity_pallets,
                     "gln": item.gln,
+                    "aisle": item.aisle,
                 }
             )
 
@@ -309,6 +310,7 @@ def _location(doc: dict[str, Any]) -> Location:
         doc.get("kind"),
         None if capacity is None else int(capacity),
         doc.get("gln"),
+        doc.get("aisle"),
     )
 
 
