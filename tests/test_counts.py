@@ -8,8 +8,20 @@ import random
 from collections.abc import Mapping
 from typing import TypeVar
 
-from gateway.domain import CountOpened, CountReason
+from gateway.domain import (
+    CountCommand,
+    CountOpened,
+    CountReason,
+    CountTransaction,
+    TagReadBatch,
+    decode_epc,
+    epc_key,
+)
+from gateway.domain.epc import encode_sscc96
 from gateway.rules.counts import CycleCounts
+from gateway.rules.engine import RulesEngine
+from gateway.rules.moves import ForkliftMoves, MoveSettings
+from gateway.rules.zones import ZoneSettings, ZoneTracker
 
 T0 = dt.datetime(2026, 12, 7, 6, tzinfo=dt.UTC)
 LATER = T0 + dt.timedelta(hours=1)
@@ -87,3 +99,40 @@ def test_deadlines_bounds_and_restore() -> None:
     assert dict(tx.unexpected) == {"sscc:9": "A"}
     assert tx.reason is CountReason.TIMEOUT
     assert tx.exception_codes == ["missing", "unexpected"]
+
+
+# --- counts in the engine: zones, handheld count scans, the stock handed in -------------------
+
+
+def test_a_count_of_an_rfid_zone_takes_what_is_there_and_what_arrives() -> None:
+    zones = ZoneSettings("r1", {"A-01": frozenset({1}), "A-02": frozenset({2})}, min_reads=1)
+    engine = RulesEngine(
+        ForkliftMoves(MoveSettings()), {}, zones={"r1": ZoneTracker(zones)}, counts=CycleCounts()
+    )
+    tags = [encode_sscc96("0614141", f"3{n:09d}").hex().upper() for n in range(4)]
+    key = [epc_key(decode_epc(t), t) for t in tags]
+    t0 = T0.timestamp()
+
+    def read(epc: str, antenna: int, t: float) -> None:  # heard for longer than the window
+        for dt_s in (0.0, 1.0, 2.5):
+            at = dt.datetime.fromtimestamp(t + dt_s, dt.UTC)
+            engine.on_event(TagReadBatch("r1", at, ((epc, antenna, -50, t + dt_s, 1),)))
+
+    read(tags[0], 1, t0)  # in A-01 before the count
+    read(tags[1], 2, t0)  # in A-02: not counted
+    opened = engine.on_event(CountCommand("Z-1", True, T0, zone="A-01"))
+    assert [d.key for d in opened if hasattr(d, "key")] == [key[0]]  # what is there is seen
+    read(tags[2], 1, t0 + 5)  # arrives during the count
+    recorded = {key[0]: "A-01", key[3]: "A-01", key[1]: "A-02"}  # tags[3] is not there
+    close = CountCommand("Z-1", False, T0 + dt.timedelta(minutes=1))
+    assert engine.stock_needed(close) == (frozenset({"A-01"}), frozenset({key[0], key[2]}))
+    engine.stock_found(recorded, frozenset({"A-01"}))
+    (tx,) = [d for d in engine.on_event(close) if isinstance(d, CountTransaction)]
+    assert dict(tx.found) == {key[0]: "A-01"}
+    assert dict(tx.missing) == {key[3]: "A-01"}
+    assert dict(tx.unexpected) == {key[2]: "A-01"}
+    # The rules' own stock follows: the missing pallet is gone, the unexpected one is there.
+    assert engine.moves.knows(key[3].removeprefix("sscc:"))
+    assert engine.moves.location_of(key[3].removeprefix("sscc:")) is None
+    assert engine.moves.location_of(key[2].removeprefix("sscc:")) == "A-01"
+    assert engine.counts is not None and engine.counts.closed_tx("Z-1") == tx.tx_id

@@ -24,7 +24,7 @@ from gateway.domain import (
     ReplyHandle,
     TaskAnswer,
 )
-from gateway.domain.epc import decode_epc, encode_sscc96
+from gateway.domain.epc import decode_epc, encode_sgtin96, encode_sscc96
 from gateway.drivers.base import AlarmOutputs
 from gateway.recorder import Recorder
 from gateway.storage import OutboxMessage, PendingMessage, Store
@@ -70,7 +70,7 @@ class Answers:
         self.store = store
         self.sent: list[tuple[ReplyHandle, TaskAnswer | CloseAnswer, int]] = []
 
-    def reply(self, to: ReplyHandle, answer: TaskAnswer | CloseAnswer) -> None:
+    def reply(self, to: ReplyHandle, answer: object) -> None:
         self.sent.append((to, answer, self.store.depth))
 
     def publish_debug(self, topic: str, payload: bytes) -> None:
@@ -160,3 +160,45 @@ async def test_a_prefix_a_tag_showed_gives_the_pallets_uri_in_every_event_after_
     uri = "urn:epc:id:sscc:061414123.34567890"
     assert first == [[uri], [uri]]
     assert after[-1] == [uri]
+
+
+async def test_cases_received_on_one_pallet_are_where_the_pallet_is_until_it_ships(
+    tmp_path: Path,
+) -> None:
+    def tag_item(tag: str) -> ItemResult:
+        epc = decode_epc(tag)
+        key = f"sscc:{epc.sscc}" if epc.sscc else f"sgtin:{epc.gtin}.{epc.serial}"
+        item = Item(key=key, epc=tag, gtin=epc.gtin, serial=epc.serial, sscc=epc.sscc)
+        return ItemResult(item, DockResult.ACCEPTED)
+
+    def receipt(kind: DockKind, tags: list[str], evidence: str) -> DockTransaction:
+        return DockTransaction(
+            kind=kind,
+            door="D03",
+            reference=None,
+            items=tuple(tag_item(t) for t in tags),
+            source=EvidenceSource.PORTAL,
+            device="d03-reader",
+            evidence_id=evidence,
+            started_at=T0,
+            occurred_at=T0,
+        )
+
+    pallets = [encode_sscc96("0614141", f"3{n:09d}").hex().upper() for n in range(3)]
+    cases = [encode_sgtin96("0614141", "012345", n).hex().upper() for n in range(5)]
+    one = receipt(DockKind.RECEIVE, [pallets[0], *cases[:3]], "pass-1")
+    two = receipt(DockKind.RECEIVE, [pallets[1], pallets[2], *cases[3:]], "pass-2")
+    sscc = decode_epc(pallets[0]).sscc
+    assert sscc is not None
+    case_keys = {r.item.key for r in one.items if not r.item.sscc}
+    async with await Store.open(tmp_path / "gw.db") as store:
+        recorder = Recorder(topics=TOPICS, store=store, clock=lambda: T0, alarms=AlarmOutputs())
+        await recorder.record([one, two])
+        await recorder.record([MoveTransaction(sscc, "D03", "A-01-01", "fl-1", T0, T0)])
+        stock = await store.count_stock(["A-01-01"], [two.items[3].item.key])
+        # The cases of a pass with two pallets are on neither: nothing says which.
+        assert stock == {f"sscc:{sscc}": "A-01-01"} | dict.fromkeys(case_keys, "A-01-01")
+        await recorder.record([receipt(DockKind.SHIP, [pallets[0]], "pass-3")])
+        assert await store.count_stock(["A-01-01", "D03"], case_keys) == {
+            f"sscc:{decode_epc(p).sscc}": "D03" for p in pallets[1:]
+        }
