@@ -79,7 +79,7 @@ asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
 """
 
 
-def site_toml(workdir: Path, *, broker: int, readers: tuple[int, int], scale: int) -> Path:
+def site_toml(workdir: Path, *, broker: int, readers: tuple[int, int, int], scale: int) -> Path:
     """The demo configuration, pointed at this run's broker, simulators and folder."""
     text = DEMO.read_text("utf-8")
     replacements = [
@@ -90,6 +90,7 @@ def site_toml(workdir: Path, *, broker: int, readers: tuple[int, int], scale: in
         (r'port = "scanner-fl-07"', f'port = "{workdir / "scanner-fl-07"}"'),
         (r"port = 5084 ", f"port = {readers[0]} "),
         (r"port = 5085 ", f"port = {readers[1]} "),
+        (r"port = 5086 ", f"port = {readers[2]} "),
         (r"port = 502 ", f"port = {scale} "),
     ]
     for pattern, new in replacements:
@@ -103,10 +104,12 @@ def site_toml(workdir: Path, *, broker: int, readers: tuple[int, int], scale: in
 
 @dataclass
 class Devices:
-    """The demo's devices, simulated: two empty portals, a scale, a forklift scanner."""
+    """The demo's devices, simulated: two empty portals, a zone reader, a scale, a forklift
+    scanner."""
 
     d03: int
     d05: int
+    zones: int
     scale: int
     scanner: ScannerSimulator
     ids: list[str]
@@ -121,10 +124,13 @@ async def devices(workdir: Path) -> AsyncIterator[Devices]:
     async with (
         LlrpReaderSimulator() as d03,
         LlrpReaderSimulator() as d05,
+        LlrpReaderSimulator() as zones,
         ModbusScaleSimulator(weight=registers.weight, status=registers.status) as scale,
         ScannerSimulator(workdir / "scanner-fl-07") as scanner,
     ):
-        yield Devices(d03.port, d05.port, scale.port, scanner, [d.id for d in demo.devices])
+        yield Devices(
+            d03.port, d05.port, zones.port, scale.port, scanner, [d.id for d in demo.devices]
+        )
 
 
 @dataclass
@@ -241,7 +247,10 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, dict[str, float]]
         try:
             async with devices(workdir) as sims:
                 config = site_toml(
-                    workdir, broker=broker.port, readers=(sims.d03, sims.d05), scale=sims.scale
+                    workdir,
+                    broker=broker.port,
+                    readers=(sims.d03, sims.d05, sims.zones),
+                    scale=sims.scale,
                 )
                 for n in range(args.rounds):
                     for kind in ("gateway", "floor"):

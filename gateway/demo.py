@@ -29,13 +29,14 @@ from amqtt.broker import Broker
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig, ModbusScaleDevice, parse_config
+from gateway.domain.epc import encode_sscc96
 from gateway.health import DeviceState
 from gateway.wire.topics import Topics
 from simulators.dock_day import Truck, dock_day
 from simulators.fleet import FleetController
 from simulators.gs1 import corrupt_check_digit, sscc, sscc_label
 from simulators.handheld import HandheldTerminal
-from simulators.llrp import LlrpReaderSimulator, Scenario
+from simulators.llrp import LlrpReaderSimulator, Scenario, StrayTag
 from simulators.modbus_scale import ModbusScaleSimulator
 from simulators.scanner import Garbage, ScannerSimulator, Step, Type, shift_script
 
@@ -66,12 +67,14 @@ async def run_demo(
         shipping = Scenario(
             pallets=[p for t in trucks if t.direction == "outbound" for p in t.pallets], door="D05"
         )
+        floor = Scenario(strays=_floor_pallets(), door="zones", seed=5)
         example = demo_config(workdir, host="127.0.0.1", port=1883, protocol="5")
         scale_config = next(d for d in example.devices if isinstance(d, ModbusScaleDevice))
         async with (
             _broker(broker) as (host, port, protocol),
             LlrpReaderSimulator(receiving, reads_per_s=1500) as d03,
             LlrpReaderSimulator(shipping, reads_per_s=1500) as d05,
+            LlrpReaderSimulator(floor, reads_per_s=200) as zones,
             ModbusScaleSimulator(
                 weight=scale_config.weight, status=scale_config.status, seed=3
             ) as scale,
@@ -81,7 +84,7 @@ async def run_demo(
                 host=host,
                 port=port,
                 protocol=protocol,
-                reader_ports=(d03.port, d05.port),
+                reader_ports=(d03.port, d05.port, zones.port),
                 scale_port=scale.port,
                 http_port=http_port if _free(http_port) else 0,
             )
@@ -92,6 +95,7 @@ async def run_demo(
                 _scale_station(scale, d03, inbound),
                 _fleet(config),
                 _clerk(config),
+                _counts(config),
             ]
             await _run(
                 config,
@@ -109,7 +113,7 @@ def demo_config(
     host: str,
     port: int,
     protocol: str,
-    reader_ports: tuple[int, int] = (5084, 5085),
+    reader_ports: tuple[int, int, int] = (5084, 5085, 5086),
     scale_port: int = 502,
     http_port: int | None = None,
 ) -> GatewayConfig:
@@ -122,7 +126,8 @@ def demo_config(
     raw["devices"][0]["transport"]["port"] = str(workdir / "scanner-fl-07")
     raw["devices"][1]["transport"]["port"] = reader_ports[0]
     raw["devices"][2]["transport"]["port"] = reader_ports[1]
-    raw["devices"][3]["transport"]["port"] = scale_port
+    raw["devices"][3]["transport"]["port"] = reader_ports[2]
+    raw["devices"][4]["transport"]["port"] = scale_port
     if http_port is not None:
         raw["http"] = {"enabled": True, "host": "127.0.0.1", "port": http_port}
     raw["handheld"] = {"enabled": True}  # a clerk's PDA at D03 (`_clerk`)
@@ -321,6 +326,42 @@ async def _clerk(config: GatewayConfig) -> None:
                 await pda.flush()
 
 
+def _floor_pallets() -> list[StrayTag]:
+    """Pallets standing in the floor zones Z-01 and Z-02, which the gateway never received:
+    the first count finds them unexpected and puts them there, the next ones find them."""
+    zone_antennas = ((1, 2), (3, 4))
+    return [
+        StrayTag(encode_sscc96("0614141", f"39{n:08d}"), zone_antennas[n % 2], -55.0)
+        for n in range(5)
+    ]
+
+
+async def _counts(config: GatewayConfig, *, first_s: float = 6.0, every_s: float = 120.0) -> None:
+    """The WMS counts the floor zones Z-01 and Z-02 (`cmd/count`): open, closed 10 s later."""
+    command = f"{Topics(config.gateway.site, config.gateway.id).base}/cmd/count"
+    await asyncio.sleep(first_s)
+    n = 0
+    while True:
+        n += 1
+        count_id = f"CC-{n:04d}"
+        try:
+            async with aiomqtt.Client(
+                config.broker.host,
+                config.broker.port,
+                protocol=_protocol(config),
+                identifier="demo-wms-counts",
+            ) as client:
+                places = {"locations": ["Z-01", "Z-02"]}
+                opened = {"count_id": count_id, "action": "open", **places}
+                await client.publish(command, json.dumps(opened), qos=1)
+                await asyncio.sleep(10.0)
+                closed = {"count_id": count_id, "action": "close"}
+                await client.publish(command, json.dumps(closed), qos=1)
+        except aiomqtt.MqttError:
+            pass
+        await asyncio.sleep(every_s)
+
+
 async def _fleet(config: GatewayConfig) -> None:
     """A fleet controller with three robots that put away the pallets received at D03."""
     fleet = FleetController(
@@ -434,6 +475,27 @@ def describe(topic: str, payload: dict[str, Any], topics: Topics) -> str | None:
             why = f": {task['reason']}" if task["reason"] else ""
             return f"{now} {tag} {task['sscc']} {event}{why}"
         return None  # accepted, picked, done: the move line says it
+    if rel == "zone/event":
+        tag = typer.style(" ZONE  ", fg=typer.colors.MAGENTA)
+        epc = payload["uri"] or payload["epc"]
+        if payload["change"] == "moved":
+            return f"{now} {tag} {epc} moved {payload['previous']} -> {payload['zone']}"
+        where = payload["zone"] or payload["previous"]
+        return f"{now} {tag} {epc} {payload['change']} {where}"
+    if rel == "tx/count":
+        totals = payload["totals"]
+        colour = typer.colors.YELLOW if payload["adjustments"] else typer.colors.GREEN
+        tag = typer.style(" COUNT ", fg=colour, bold=True)
+        parts = ", ".join(
+            f"{kind}: {t['found']} found, {t['missing']} missing, {t['unexpected']} unexpected,"
+            f" {t['moved']} moved"
+            for kind, t in totals.items()
+        )
+        return (
+            f"{now} {tag} {payload['count_id']} of {', '.join(payload['locations'])} "
+            f"({payload['reason']}): {parts}; {len(payload['adjustments'])} adjustments"
+            f"   tx {payload['tx_id'][:8]}"
+        )
     if rel.startswith("debug/pass/"):
         tag = typer.style(" PASS  ", fg=typer.colors.MAGENTA, bold=True)
         tags = payload["tags"]
@@ -508,7 +570,9 @@ def _banner(config: GatewayConfig, *, embedded: bool) -> None:
         "with a planted problem (an unexpected case, an expired lot, a short pallet, a pallet "
         "too light for its cases, the wrong pallet). Received pallets are put away by three "
         "simulated AGVs, which lease their tasks from the gateway. A clerk's handheld terminal "
-        "reports some received pallets damaged, and loses its Wi-Fi now and then. Every "
+        "reports some received pallets damaged, and loses its Wi-Fi now and then. An RFID "
+        "reader watches two floor zones by the doors; the WMS counts them every two minutes. "
+        "Every "
         "transaction, alarm, "
         "event and "
         "status is shown below as it is published. Ctrl-C stops.\n"

@@ -61,7 +61,7 @@ def test_demo_shows_transactions_and_stops_cleanly(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             output += process.stdout.read() or b""
             statuses.start_once(output)
-            wanted = (b"MOVE", b"RECEIVE", b"SHIP", b"weighed", b"by robot")
+            wanted = (b"MOVE", b"RECEIVE", b"SHIP", b"weighed", b"by robot", b"COUNT", b"ZONE")
             if all(w in output for w in wanted):
                 break
             time.sleep(0.2)
@@ -78,6 +78,8 @@ def test_demo_shows_transactions_and_stops_cleanly(tmp_path: Path) -> None:
     assert "weighed" in text, text[-2000:]  # the Modbus scale at D03
     assert "TASK   putaway" in text, text[-2000:]  # a received pallet's putaway task
     assert "by robot agv-" in text, text[-2000:]  # ... done by a simulated AGV
+    assert "arrived Z-0" in text, text[-2000:]  # the floor zones' reader
+    assert re.search(r"COUNT  CC-0001 of Z-01, Z-02 \(command\): pallets: 0 found", text), text[-3000:]
     assert "GATEWAY offline (stopped)" in text, text[-2000:]
     assert "Traceback" not in text, text[-4000:]
     assert process.returncode == 0
