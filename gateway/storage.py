@@ -1100,42 +1100,27 @@ class Store:
         anywhere (a case is where its pallet is)."""
         places = sorted(set(locations))
         wanted = sorted(set(keys))
+        pallets = [k.removeprefix("sscc:") for k in wanted if k.startswith("sscc:")]
+        cases = [k for k in wanted if not k.startswith("sscc:")]
+        by_pallet = "SELECT 'sscc:' || sscc, location FROM pallet_location WHERE {} IN ({})"
+        by_case = (
+            "SELECT c.key, p.location FROM pallet_case c JOIN pallet_location p"
+            " ON p.sscc = c.sscc WHERE {} IN ({})"
+        )
+        queries = [
+            (by_pallet, "location", places),
+            (by_case, "p.location", places),
+            (by_pallet, "sscc", pallets),
+            (by_case, "c.key", cases),
+        ]
 
         def read(db: sqlite3.Connection) -> dict[str, str]:
             out: dict[str, str] = {}
-            for first in range(0, len(places), _MAX_IN):
-                chunk = places[first : first + _MAX_IN]
-                marks = ",".join("?" * len(chunk))
-                for sscc, where in db.execute(
-                    f"SELECT sscc, location FROM pallet_location WHERE location IN ({marks})",  # noqa: S608 - placeholders only
-                    chunk,
-                ):
-                    out[f"sscc:{sscc}"] = str(where)
-                for key, where in db.execute(
-                    "SELECT c.key, p.location FROM pallet_case c JOIN pallet_location p"  # noqa: S608 - placeholders only
-                    f" ON p.sscc = c.sscc WHERE p.location IN ({marks})",
-                    chunk,
-                ):
-                    out[str(key)] = str(where)
-            pallets = [k.removeprefix("sscc:") for k in wanted if k.startswith("sscc:")]
-            cases = [k for k in wanted if not k.startswith("sscc:")]
-            for first in range(0, len(pallets), _MAX_IN):
-                chunk = pallets[first : first + _MAX_IN]
-                marks = ",".join("?" * len(chunk))
-                for sscc, where in db.execute(
-                    f"SELECT sscc, location FROM pallet_location WHERE sscc IN ({marks})",  # noqa: S608 - placeholders only
-                    chunk,
-                ):
-                    out[f"sscc:{sscc}"] = str(where)
-            for first in range(0, len(cases), _MAX_IN):
-                chunk = cases[first : first + _MAX_IN]
-                marks = ",".join("?" * len(chunk))
-                for key, where in db.execute(
-                    "SELECT c.key, p.location FROM pallet_case c JOIN pallet_location p"  # noqa: S608 - placeholders only
-                    f" ON p.sscc = c.sscc WHERE c.key IN ({marks})",
-                    chunk,
-                ):
-                    out[str(key)] = str(where)
+            for sql, column, values in queries:
+                for first in range(0, len(values), _MAX_IN):  # SQLite bounds the variables
+                    chunk = values[first : first + _MAX_IN]
+                    rows = db.execute(sql.format(column, ",".join("?" * len(chunk))), chunk)
+                    out.update((str(key), str(where)) for key, where in rows)
             return out
 
         try:

@@ -128,8 +128,15 @@ def assert_valid(schema: str, payload: Any) -> None:
 
 
 async def ask_to_close(port: int, reference: str, *, timeout: float = 60) -> dict[str, Any]:
-    """Ask gateway dock-1 of site DC1 to close `reference`, as the WMS does (MQTT 5
-    request/response, answered under `wms/DC1/replies/`); its answer."""
+    """Ask gateway dock-1 of site DC1 to close `reference`, as the WMS does; its answer."""
+    return await wms_request(port, "cmd/close", {"reference": reference}, timeout=timeout)
+
+
+async def wms_request(
+    port: int, command: str, doc: dict[str, Any], *, timeout: float = 60
+) -> dict[str, Any]:
+    """Send `doc` on gateway dock-1's `command` topic (`cmd/close`, `cmd/count`) as the WMS
+    does (MQTT 5 request/response, answered under `wms/DC1/replies/`); its answer."""
     async with aiomqtt.Client(
         "127.0.0.1",
         port,
@@ -139,13 +146,8 @@ async def ask_to_close(port: int, reference: str, *, timeout: float = 60) -> dic
         await wms.subscribe("wms/DC1/replies/#", qos=1)
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         properties.ResponseTopic = "wms/DC1/replies/test"
-        properties.CorrelationData = b"1"
-        await wms.publish(
-            "gw/DC1/dock-1/cmd/close",
-            json.dumps({"reference": reference}),
-            qos=1,
-            properties=properties,
-        )
+        properties.CorrelationData = uuid.uuid4().bytes
+        await wms.publish(f"gw/DC1/dock-1/{command}", json.dumps(doc), qos=1, properties=properties)
         async with asyncio.timeout(timeout):
             message = await anext(aiter(wms.messages))
     assert isinstance(message.payload, bytes)

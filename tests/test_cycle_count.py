@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from gateway.app import Gateway
 from gateway.domain import decode_epc, epc_key
@@ -23,7 +20,14 @@ from gateway.storage import PalletMove, StateChanges, Store
 from gateway.wire.epcis import validator as epcis_validator
 from simulators.handheld import HandheldTerminal
 from simulators.storage_area import StorageArea
-from tests.gateway_helpers import assert_valid, build, running, site_config, wait_reference_data
+from tests.gateway_helpers import (
+    assert_valid,
+    build,
+    running,
+    site_config,
+    wait_reference_data,
+    wms_request,
+)
 from tests.mqtt_helpers import Collector, Mosquitto
 
 pytestmark = pytest.mark.broker
@@ -32,24 +36,9 @@ LOCATIONS = [f"A-{n // 10 + 1:02d}-{n % 10 + 1:02d}" for n in range(40)]
 OUTSIDE = "B-09-01"  # a location outside the counted aisle
 
 
-async def count_command(port: int, doc: dict[str, Any], *, timeout: float = 20) -> dict[str, Any]:
-    """Send `cmd/count` as the WMS does (MQTT 5 request/response); its answer."""
-    async with aiomqtt.Client(
-        "127.0.0.1",
-        port,
-        identifier=f"test-wms-{uuid.uuid4().hex[:6]}",
-        protocol=aiomqtt.ProtocolVersion.V5,
-    ) as wms:
-        await wms.subscribe("wms/DC1/replies/#", qos=1)
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.ResponseTopic = "wms/DC1/replies/counts"
-        properties.CorrelationData = uuid.uuid4().bytes
-        await wms.publish("gw/DC1/dock-1/cmd/count", json.dumps(doc), qos=1, properties=properties)
-        async with asyncio.timeout(timeout):
-            message = await anext(aiter(wms.messages))
-    assert isinstance(message.payload, bytes)
-    answer: dict[str, Any] = json.loads(message.payload)
-    return answer
+async def count_command(port: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """Send `cmd/count` as the WMS does; its answer."""
+    return await wms_request(port, "cmd/count", doc, timeout=20)
 
 
 def config(tmp_path: Path, port: int) -> dict[str, Any]:
