@@ -291,6 +291,26 @@ class ZoneTuning(_Model):
     max_tags: int = Field(default=100_000, ge=1)
 
 
+class ReaderGpi(_Model):
+    """A presence sensor (light barrier, radar) wired to one of the reader's GPI ports.
+
+    The reader reads only while the port is in its `active` state (True: high), and `hold_s`
+    after it leaves it, so that a pallet that has just crossed is still heard from inside.
+    """
+
+    port: int = Field(ge=1, le=65535)  # LLRP numbers GPI ports from 1; the reader says how many
+    active: bool = True
+    hold_s: float = Field(default=2.0, ge=0, le=3600)
+
+
+class ReaderGpo(_Model):
+    """A stack light or horn wired to one of the reader's GPO ports: on while an alarm is
+    active at the reader's door, off `hold_s` after the latest one (as a `signal_light`)."""
+
+    port: int = Field(ge=1, le=65535)
+    hold_s: float = Field(default=10.0, gt=0, le=86_400)
+
+
 class LlrpReaderDevice(_Model):
     """An LLRP RFID reader at a dock door (a portal), and/or covering storage zones."""
 
@@ -316,6 +336,10 @@ class LlrpReaderDevice(_Model):
     keepalive_s: float = Field(default=5.0, gt=0, le=3600)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     portal: PortalTuning = PortalTuning()
+    # None: read always. Else a presence sensor on a GPI port starts and stops the reading.
+    gpi: ReaderGpi | None = None
+    # None: none. Else a GPO port driven by alarms at the door (a light wired to the reader).
+    gpo: ReaderGpo | None = None
     backoff: BackoffConfig = BackoffConfig()
 
     @model_validator(mode="after")
@@ -337,6 +361,15 @@ class LlrpReaderDevice(_Model):
                 if antenna in portal or antenna in seen:
                     raise ValueError(f"antenna {antenna} of zone {zone} is used twice")
                 seen[antenna] = zone
+        if self.gpi is not None and self.door is None:
+            raise ValueError("gpi gates the reading at a door: the reader needs a door")
+        if self.gpi is not None and self.zones:
+            raise ValueError(
+                "gpi stops all of the reader's reading, its zones' too: a reader with zones "
+                "cannot have gpi"
+            )
+        if self.gpo is not None and self.door is None:
+            raise ValueError("gpo is switched by alarms at the reader's door: it needs a door")
         return self
 
     @property

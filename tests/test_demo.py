@@ -79,7 +79,9 @@ def test_demo_shows_transactions_and_stops_cleanly(tmp_path: Path) -> None:
     assert "TASK   putaway" in text, text[-2000:]  # a received pallet's putaway task
     assert "by robot agv-" in text, text[-2000:]  # ... done by a simulated AGV
     assert "arrived Z-0" in text, text[-2000:]  # the floor zones' reader
-    assert re.search(r"COUNT  CC-0001 of Z-01, Z-02 \(command\): pallets: 0 found", text), text[-3000:]
+    assert re.search(r"COUNT  CC-0001 of Z-01, Z-02 \(command\): pallets: 0 found", text), text[
+        -3000:
+    ]
     assert "GATEWAY offline (stopped)" in text, text[-2000:]
     assert "Traceback" not in text, text[-4000:]
     assert process.returncode == 0

@@ -10,6 +10,7 @@ from simulators.llrp.scenario import (
     Crossing,
     Direction,
     EmptyReports,
+    GpiChange,
     Pallet,
     PortalRadio,
     Scenario,
@@ -17,12 +18,14 @@ from simulators.llrp.scenario import (
     TagRead,
     day_scenario,
 )
-from simulators.llrp.server import LlrpReaderSimulator, MalformedKind, SimulatorStats
+from simulators.llrp.server import GpioPorts, LlrpReaderSimulator, MalformedKind, SimulatorStats
 
 __all__ = [
     "Crossing",
     "Direction",
     "EmptyReports",
+    "GpiChange",
+    "GpioPorts",
     "LlrpReaderSimulator",
     "MalformedKind",
     "Pallet",

@@ -31,6 +31,7 @@ __all__ = [
     "ContentSelector",
     "Frame",
     "FrameDecoder",
+    "GpiTrigger",
     "MalformedFrame",
     "MalformedParameter",
     "MessageType",
@@ -50,6 +51,7 @@ __all__ = [
     "decode_tag_reports",
     "encode_frame",
     "error_message",
+    "gpi_event_notification",
     "keepalive",
     "parse_add_rospec",
     "parse_set_reader_config",
@@ -150,15 +152,20 @@ class ParamType(enum.IntEnum):
     RO_SPEC = 177
     RO_BOUNDARY_SPEC = 178
     RO_SPEC_START_TRIGGER = 179
+    PERIODIC_TRIGGER_VALUE = 180
+    GPI_TRIGGER_VALUE = 181
+    RO_SPEC_STOP_TRIGGER = 182
     AI_SPEC = 183
     INVENTORY_PARAMETER_SPEC = 186
     LLRP_CONFIGURATION_STATE_VALUE = 217
     IDENTIFICATION = 218
+    GPO_WRITE_DATA = 219
     KEEPALIVE_SPEC = 220
     ANTENNA_PROPERTIES = 221
     ANTENNA_CONFIGURATION = 222
     RF_RECEIVER = 223
     RF_TRANSMITTER = 224
+    GPI_PORT_CURRENT_STATE = 225
     EVENTS_AND_REPORTS = 226
     RO_REPORT_SPEC = 237
     TAG_REPORT_CONTENT_SELECTOR = 238
@@ -168,6 +175,7 @@ class ParamType(enum.IntEnum):
     READER_EVENT_NOTIFICATION_SPEC = 244
     EVENT_NOTIFICATION_STATE = 245
     READER_EVENT_NOTIFICATION_DATA = 246
+    GPI_EVENT = 248
     READER_EXCEPTION_EVENT = 252
     CONNECTION_ATTEMPT_EVENT = 256
     CONNECTION_CLOSE_EVENT = 257
@@ -416,7 +424,13 @@ _U32 = struct.Struct("!I")
 _U8_U16 = struct.Struct("!BH")
 _U8_U32 = struct.Struct("!BI")
 _ROSPEC_FIXED = struct.Struct("!IBB")  # ROSpecID, Priority, CurrentState
+_GPI_TRIGGER = struct.Struct("!HBI")  # GPIPortNum, GPIEvent (bit 7), Timeout (ms)
+_U16_U8 = struct.Struct("!HB")  # a port number and a flags byte (GPOWriteData, GPIEvent)
+_GPI_STATE = struct.Struct("!HBB")  # GPIPortNum, GPIConfig (bit 7), GPIState
 _IPS_FIXED = struct.Struct("!HB")  # InventoryParameterSpecID, ProtocolID
+# ROSpecStartTriggerType 3 and ROSpecStopTriggerType 2 (LLRP 1.0.1 16.2.4.1.1.1, .2).
+_TRIGGER_GPI = 3
+_TRIGGER_GPI_WITH_TIMEOUT = 2
 
 
 # -- what a client asks for --------------------------------------------------------------------
@@ -484,16 +498,31 @@ class ReportSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class GpiTrigger:
+    """GPITriggerValue (LLRP 1.0.1 16.2.4.1.1.1.2): an edge on a GPI port that starts or stops
+    a ROSpec. `event` is the level the port goes to (True: high). In a stop trigger, `timeout_ms`
+    (0: none) stops the ROSpec that long after it started if the edge has not come by then."""
+
+    port: int
+    event: bool
+    timeout_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ROSpec:
     """The parts of a Reader Operation spec the simulator acts on."""
 
     rospec_id: int
     priority: int
     current_state: int  # 0 Disabled, 1 Inactive, 2 Active: a client must add it Disabled
-    start_trigger: int  # 0 Null (wait for START_ROSPEC), 1 Immediate (runs once enabled), ...
+    start_trigger: int  # 0 Null (wait for START_ROSPEC), 1 Immediate (runs once enabled), 3 GPI
     antennas: tuple[int, ...]  # every AISpec's antenna ids; 0 means all antennas
     inventory_parameter_spec_id: int
     report: ReportSpec | None
+    start_gpi: GpiTrigger | None = None  # with start trigger 3
+    stop_trigger: int = 0  # 0 Null (until STOP_ROSPEC), 1 Duration, 2 GPI with a timeout
+    stop_duration_ms: int = 0  # with stop trigger 1
+    stop_gpi: GpiTrigger | None = None  # with stop trigger 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +532,10 @@ class ReaderConfigChange:
     reset_to_factory_defaults: bool
     keepalive_ms: int | None
     report: ReportSpec | None
+    # ReaderEventNotificationSpec: event type (1 = GPIEvent) -> notify or not; None: not sent.
+    events: dict[int, bool] | None = None
+    gpo_writes: tuple[tuple[int, bool], ...] = ()  # GPOWriteData: (port, level), in order
+    gpi_config: tuple[tuple[int, bool], ...] = ()  # GPIPortCurrentState: (port, enabled)
 
 
 def parse_spec_id(body: bytes) -> int:
@@ -549,6 +582,8 @@ def parse_add_rospec(body: bytes) -> ROSpec:
     value = rospecs[0].value
     rospec_id, priority, state = _unpack(_ROSPEC_FIXED, value, "ROSpec")
     start_trigger: int | None = None
+    start_gpi: GpiTrigger | None = None
+    stop_trigger, stop_duration_ms, stop_gpi = 0, 0, None
     antennas: list[int] = []
     spec_id: int | None = None
     report: ReportSpec | None = None
@@ -558,6 +593,12 @@ def parse_add_rospec(body: bytes) -> ROSpec:
             for sub in split_params(param.value):
                 if sub.type == ParamType.RO_SPEC_START_TRIGGER:
                     start_trigger = _unpack(_U8, sub.value, "ROSpecStartTrigger")[0]
+                    start_gpi = _gpi_trigger(sub.value[_U8.size :])
+                elif sub.type == ParamType.RO_SPEC_STOP_TRIGGER:
+                    stop_trigger, stop_duration_ms = _unpack(
+                        _U8_U32, sub.value, "ROSpecStopTrigger"
+                    )
+                    stop_gpi = _gpi_trigger(sub.value[_U8_U32.size :])
         elif param.type == ParamType.AI_SPEC:
             ai_specs += 1
             ai_antennas, ai_spec_id = _parse_ai_spec(param.value)
@@ -567,6 +608,10 @@ def parse_add_rospec(body: bytes) -> ROSpec:
             report = _parse_report_spec(param.value)
     if start_trigger is None:
         raise MalformedParameter("ROSpec has no ROBoundarySpec/ROSpecStartTrigger")
+    if start_trigger == _TRIGGER_GPI and start_gpi is None:
+        raise MalformedParameter("a GPI ROSpecStartTrigger without its GPITriggerValue")
+    if stop_trigger == _TRIGGER_GPI_WITH_TIMEOUT and stop_gpi is None:
+        raise MalformedParameter("a GPI ROSpecStopTrigger without its GPITriggerValue")
     if ai_specs == 0:
         raise MalformedParameter("ROSpec has no AISpec: nothing to inventory")
     return ROSpec(
@@ -577,7 +622,20 @@ def parse_add_rospec(body: bytes) -> ROSpec:
         antennas=tuple(antennas),
         inventory_parameter_spec_id=spec_id if spec_id is not None else 1,
         report=report,
+        start_gpi=start_gpi if start_trigger == _TRIGGER_GPI else None,
+        stop_trigger=stop_trigger,
+        stop_duration_ms=stop_duration_ms,
+        stop_gpi=stop_gpi if stop_trigger == _TRIGGER_GPI_WITH_TIMEOUT else None,
     )
+
+
+def _gpi_trigger(params: bytes) -> GpiTrigger | None:
+    """The GPITriggerValue among a trigger's parameters, if there is one."""
+    for param in split_params(params):
+        if param.type == ParamType.GPI_TRIGGER_VALUE:
+            port, flags, timeout_ms = _unpack(_GPI_TRIGGER, param.value, "GPITriggerValue")
+            return GpiTrigger(port, bool(flags & 0x80), timeout_ms)
+    return None
 
 
 def parse_set_reader_config(body: bytes) -> ReaderConfigChange:
@@ -589,6 +647,9 @@ def parse_set_reader_config(body: bytes) -> ReaderConfigChange:
     (flags,) = _unpack(_U8, body, "SET_READER_CONFIG")
     keepalive_ms: int | None = None
     report: ReportSpec | None = None
+    events: dict[int, bool] | None = None
+    gpo_writes: list[tuple[int, bool]] = []
+    gpi_config: list[tuple[int, bool]] = []
     for param in split_params(body[_U8.size :]):
         if param.type == ParamType.KEEPALIVE_SPEC:
             # KeepaliveTriggerType 1 = periodic, every TimeInterval ms; 0 = none.
@@ -596,7 +657,21 @@ def parse_set_reader_config(body: bytes) -> ReaderConfigChange:
             keepalive_ms = interval if trigger == 1 else 0
         elif param.type == ParamType.RO_REPORT_SPEC:
             report = _parse_report_spec(param.value)
-    return ReaderConfigChange(bool(flags & 0x80), keepalive_ms, report)
+        elif param.type == ParamType.READER_EVENT_NOTIFICATION_SPEC:
+            events = {}
+            for sub in split_params(param.value):
+                if sub.type == ParamType.EVENT_NOTIFICATION_STATE:
+                    event, state = _unpack(_U16_U8, sub.value, "EventNotificationState")
+                    events[event] = bool(state & 0x80)
+        elif param.type == ParamType.GPO_WRITE_DATA:
+            port, data = _unpack(_U16_U8, param.value, "GPOWriteData")
+            gpo_writes.append((port, bool(data & 0x80)))
+        elif param.type == ParamType.GPI_PORT_CURRENT_STATE:
+            port, config, _ = _unpack(_GPI_STATE, param.value, "GPIPortCurrentState")
+            gpi_config.append((port, bool(config & 0x80)))
+    return ReaderConfigChange(
+        bool(flags & 0x80), keepalive_ms, report, events, tuple(gpo_writes), tuple(gpi_config)
+    )
 
 
 # -- what a reader sends -----------------------------------------------------------------------
@@ -659,6 +734,14 @@ def reader_exception_notification(msg_id: int, utc_us: int, message: str) -> byt
     return encode_frame(MessageType.READER_EVENT_NOTIFICATION, msg_id, data)
 
 
+def gpi_event_notification(msg_id: int, utc_us: int, port: int, level: bool) -> bytes:
+    """READER_EVENT_NOTIFICATION with a GPIEvent: GPI `port` went to `level` (True: high)."""
+    event = tlv(ParamType.GPI_EVENT, _U16_U8.pack(port, 0x80 if level else 0))
+    timestamp = tlv(ParamType.UTC_TIMESTAMP, struct.pack("!Q", utc_us))
+    data = tlv(ParamType.READER_EVENT_NOTIFICATION_DATA, timestamp + event)
+    return encode_frame(MessageType.READER_EVENT_NOTIFICATION, msg_id, data)
+
+
 @dataclass(frozen=True, slots=True)
 class RFMode:
     """One entry of the UHF C1G2 RF mode table (LLRP 1.0.1 16.3.1.1.3)."""
@@ -701,6 +784,8 @@ class ReaderCapabilities:
     channels_khz: tuple[int, ...] = _ETSI_CHANNELS_KHZ
     country_code: int = 276  # ISO 3166 numeric: Germany
     communications_standard: int = 2  # 2 = ETSI 302 208
+    gpis: int = 4  # general purpose inputs (GPIOCapabilities), numbered from 1
+    gpos: int = 4  # general purpose outputs
 
 
 def _general_device_capabilities(caps: ReaderCapabilities) -> bytes:
@@ -711,7 +796,7 @@ def _general_device_capabilities(caps: ReaderCapabilities) -> bytes:
     )
     # ReceiveSensitivityTableEntry: index 1 = 0 dB (the antenna's full sensitivity).
     sensitivity = tlv(ParamType.RECEIVE_SENSITIVITY_TABLE_ENTRY, struct.pack("!HH", 1, 0))
-    gpio = tlv(ParamType.GPIO_CAPABILITIES, struct.pack("!HH", 4, 4))
+    gpio = tlv(ParamType.GPIO_CAPABILITIES, struct.pack("!HH", caps.gpis, caps.gpos))
     # PerAntennaAirProtocol: every antenna speaks one protocol, 1 = EPCglobal Class 1 Gen 2.
     air = b"".join(
         tlv(ParamType.PER_ANTENNA_AIR_PROTOCOL, struct.pack("!HHB", ant, 1, 1))
@@ -793,8 +878,15 @@ def reader_config_response(
     keepalive_ms: int,
     report: ReportSpec,
     reader_id: bytes = b"\x00\x16\x25\x00\x00\x01",
+    events: frozenset[int] = frozenset(),
+    gpi: tuple[tuple[int, bool, bool], ...] = (),
+    gpo: tuple[tuple[int, bool], ...] = (),
 ) -> bytes:
-    """GET_READER_CONFIG_RESPONSE: the reader's identity and its current configuration."""
+    """GET_READER_CONFIG_RESPONSE: the reader's identity and its current configuration.
+
+    `events`: the event types notified; `gpi`: (port, enabled, level) per GPI port; `gpo`:
+    (port, level) per GPO port.
+    """
     identification = tlv(  # IDType 0 = MAC address, then a byte count and the id
         ParamType.IDENTIFICATION, struct.pack("!BH", 0, len(reader_id)) + reader_id
     )
@@ -814,20 +906,32 @@ def reader_config_response(
         )
         for ant in antennas
     )
-    # EventNotificationState for event types 0..8, all off: (type, flags) each.
-    events = b"".join(
-        tlv(ParamType.EVENT_NOTIFICATION_STATE, struct.pack("!HB", event, 0)) for event in range(9)
+    # EventNotificationState for event types 0..8: (type, flags) each, bit 7 = notified.
+    notified = b"".join(
+        tlv(ParamType.EVENT_NOTIFICATION_STATE, _U16_U8.pack(event, 0x80 if event in events else 0))
+        for event in range(9)
+    )
+    # GPIPortCurrentState: GPIConfig (bit 7: enabled), GPIState 0 low, 1 high; GPOWriteData.
+    gpi_states = b"".join(
+        tlv(ParamType.GPI_PORT_CURRENT_STATE, _GPI_STATE.pack(port, 0x80 if on else 0, level))
+        for port, on, level in gpi
+    )
+    gpo_states = b"".join(
+        tlv(ParamType.GPO_WRITE_DATA, _U16_U8.pack(port, 0x80 if level else 0))
+        for port, level in gpo
     )
     body = (
         _status()
         + identification
         + properties
         + configurations
-        + tlv(ParamType.READER_EVENT_NOTIFICATION_SPEC, events)
+        + tlv(ParamType.READER_EVENT_NOTIFICATION_SPEC, notified)
         + _report_spec(report)
         + tlv(ParamType.ACCESS_REPORT_SPEC, _U8.pack(0))  # report with the RO report
         + tlv(ParamType.LLRP_CONFIGURATION_STATE_VALUE, _U32.pack(0))
         + tlv(ParamType.KEEPALIVE_SPEC, _U8_U32.pack(1 if keepalive_ms else 0, keepalive_ms))
+        + gpi_states
+        + gpo_states
         + tlv(ParamType.EVENTS_AND_REPORTS, _U8.pack(0))
     )
     return encode_frame(MessageType.GET_READER_CONFIG_RESPONSE, msg_id, body)

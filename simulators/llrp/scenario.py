@@ -2,7 +2,8 @@
 
 A `Scenario` is the script (data only): pallets that cross the door at given times in a given
 direction, tags that sit near the door and never cross, periods when the reader reports
-nothing. Its `crossings` are the ground truth a test compares the gateway's passes with.
+nothing, and a presence sensor on one of the reader's GPI ports going on and off. Its
+`crossings` are the ground truth a test compares the gateway's passes with.
 
 A `PortalRadio` is the physics the simulator samples reads from. The door plane is x = 0;
 outside is x < 0. The outside antennas hang 0.5 m outside the door plane facing the yard, the
@@ -33,6 +34,7 @@ __all__ = [
     "Crossing",
     "Direction",
     "EmptyReports",
+    "GpiChange",
     "Pallet",
     "PortalRadio",
     "Scenario",
@@ -120,6 +122,20 @@ class EmptyReports:
 
 
 @dataclass(frozen=True, slots=True)
+class GpiChange:
+    """At `at_s`, GPI `port` of the reader goes on (high) or off: "gpi 1 on" at 2.5 s is
+    `GpiChange(2.5, 1, True)`, a presence sensor at the door starting to see a pallet."""
+
+    at_s: float
+    port: int
+    on: bool
+
+    def __post_init__(self) -> None:
+        if self.at_s < 0 or self.port < 1:
+            raise ValueError("a GPI change needs at_s >= 0 and a port from 1")
+
+
+@dataclass(frozen=True, slots=True)
 class Crossing:
     """Ground truth: these tags crossed `door` in `direction` between start_s and end_s."""
 
@@ -137,12 +153,15 @@ class Scenario:
     Times are scenario seconds from the moment the reader first starts inventorying.
     `time_scale` plays the script faster than real time: at 10, ten scenario seconds pass per
     wall-clock second (and the reader's clock, which stamps the reads, runs ten times fast).
-    `seed` fixes where each tag sits and the reads sampled.
+    `seed` fixes where each tag sits and the reads sampled. `gpi` changes the reader's GPI
+    ports at their times (a reader whose ROSpec is started and stopped by a GPI reads only
+    in between).
     """
 
     pallets: Sequence[Pallet] = ()
     strays: Sequence[StrayTag] = ()
     empty_reports: Sequence[EmptyReports] = ()
+    gpi: Sequence[GpiChange] = ()
     door: str = "dock-1"
     outside_antennas: Sequence[int] = (1, 2)
     inside_antennas: Sequence[int] = (3, 4)
@@ -150,7 +169,14 @@ class Scenario:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("pallets", "strays", "empty_reports", "outside_antennas", "inside_antennas"):
+        for name in (
+            "pallets",
+            "strays",
+            "empty_reports",
+            "gpi",
+            "outside_antennas",
+            "inside_antennas",
+        ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {self.time_scale}")

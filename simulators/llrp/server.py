@@ -10,7 +10,14 @@ section 18: port 5084 on a real reader, a free port here). What a client such as
    operation; ERROR_MESSAGE for a message type it does not support;
 3. RO_ACCESS_REPORTs every `report_interval_s` while a ROSpec is active, and only after the
    ENABLE_ROSPEC (or START_ROSPEC) response that made it active has been sent;
-4. KEEPALIVE every KeepaliveSpec interval once SET_READER_CONFIG asked for it.
+4. KEEPALIVE every KeepaliveSpec interval once SET_READER_CONFIG asked for it;
+5. general purpose I/O: GPI ports whose level a test or the scenario sets (`set_gpi`,
+   `Scenario.gpi`), which start and stop ROSpecs with GPI triggers and, if the client asked
+   for GPIEvent notifications, are reported as they change; GPO ports a client writes with
+   SET_READER_CONFIG GPOWriteData (`gpo` holds what was written).
+
+A ROSpec reads only while it is Active: tags in the field while it is not are never reported,
+as with a real reader.
 
 `ReaderSession` is that state machine, sans-IO: every transition is in its handler table.
 `LlrpReaderSimulator` owns the sockets and the timers around it.
@@ -35,6 +42,7 @@ from simulators.llrp.codec import (
     ConnectionAttemptStatus,
     Frame,
     FrameDecoder,
+    GpiTrigger,
     MalformedFrame,
     MalformedParameter,
     MessageType,
@@ -47,6 +55,7 @@ from simulators.llrp.codec import (
     capabilities_response,
     encode_frame,
     error_message,
+    gpi_event_notification,
     keepalive,
     parse_add_rospec,
     parse_set_reader_config,
@@ -61,7 +70,7 @@ from simulators.llrp.codec import (
 )
 from simulators.llrp.scenario import Crossing, PortalRadio, Scenario, TagRead
 
-__all__ = ["LlrpReaderSimulator", "MalformedKind", "ReaderSession", "SimulatorStats"]
+__all__ = ["GpioPorts", "LlrpReaderSimulator", "MalformedKind", "ReaderSession", "SimulatorStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +89,8 @@ _HOP_S = 0.2
 # ROSpec states (LLRP 1.0.1 section 10.2.1).
 _DISABLED, _INACTIVE, _ACTIVE = 0, 1, 2
 _START_IMMEDIATE = 1
+_STOP_DURATION, _STOP_GPI = 1, 2  # ROSpecStopTriggerType
+_GPI_EVENT = 1  # the event type of GPIEvent in a ReaderEventNotificationSpec
 _ALL = 0  # a spec id of 0 in ENABLE/START/STOP/DISABLE/DELETE means "every spec"
 # A message type no LLRP 1.0.1 reader knows (types 900..999 are unassigned).
 _UNKNOWN_TYPE = 999
@@ -92,6 +103,30 @@ _UNKNOWN_TYPE = 999
 class _Rospec:
     spec: ROSpec
     state: int = _DISABLED
+    active_since: float | None = None  # the session's clock, while Active
+    stop_at: float | None = None  # a Duration or GPI-timeout stop trigger ends it then
+
+
+@dataclass(slots=True)
+class GpioPorts:
+    """A reader's general purpose I/O, shared by its sessions: the level on each GPI port (what
+    its sensor says; True: high), whether the port is enabled (GPIPortCurrentState GPIConfig),
+    and the level last written to each GPO port."""
+
+    gpi: dict[int, bool]
+    gpi_enabled: dict[int, bool]
+    gpo: dict[int, bool]
+    gpo_writes: int = 0  # GPOWriteData parameters accepted
+
+    @classmethod
+    def for_reader(cls, caps: ReaderCapabilities) -> GpioPorts:
+        """Every GPI low and enabled, every GPO low."""
+        inputs = range(1, caps.gpis + 1)
+        return cls(
+            gpi=dict.fromkeys(inputs, False),
+            gpi_enabled=dict.fromkeys(inputs, True),
+            gpo=dict.fromkeys(range(1, caps.gpos + 1), False),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +142,21 @@ class _Inventory:
 class ReaderSession:
     """The LLRP state of one client connection: `handle` a request, get the frames to send.
 
-    Transitions, all in `_handlers`:
-    - GET_READER_CAPABILITIES, GET_READER_CONFIG: answered from the reader's description.
-    - SET_READER_CONFIG: keepalive interval and default report spec (or rejected).
-    - ADD_ROSPEC: a new ROSpec, Disabled (or rejected). ENABLE_ROSPEC: Disabled -> Inactive,
-      then Active at once with an Immediate start trigger. START_ROSPEC: Inactive -> Active.
-      STOP_ROSPEC: Active -> Inactive. DISABLE_ROSPEC: -> Disabled. DELETE_ROSPEC: removed.
+    Transitions, all in `_handlers` (requests) and `gpi_changed` and `expire` (the reader's own):
+    - GET_READER_CAPABILITIES, GET_READER_CONFIG: answered from the reader's description (GPI
+      levels and GPO states included).
+    - SET_READER_CONFIG: keepalive interval, default report spec, which events are notified,
+      GPI ports enabled or not, GPO writes; all or nothing: a GPI or GPO port the reader does
+      not have refuses the whole request with FieldError (as does `reject_config`).
+    - ADD_ROSPEC: a new ROSpec, Disabled (or rejected; also for a GPI trigger on a port the
+      reader does not have). ENABLE_ROSPEC: Disabled -> Inactive, then Active at once with an
+      Immediate start trigger. START_ROSPEC: Inactive -> Active. STOP_ROSPEC: Active ->
+      Inactive. DISABLE_ROSPEC: -> Disabled. DELETE_ROSPEC: removed.
+    - a GPI port of the ROSpec's start trigger going to its GPIEvent level: Inactive -> Active
+      (an edge: a port already at that level when the ROSpec is enabled does not start it); of
+      its stop trigger: Active -> Inactive. A disabled port triggers nothing.
+    - `expire`: an Active ROSpec whose Duration, or GPI stop trigger timeout, has run out ->
+      Inactive (both timed from when it became Active).
     - AccessSpec operations: accepted; the simulator runs no access operations.
     - KEEPALIVE_ACK, ENABLE_EVENTS_AND_REPORTS: no answer.
     - CLOSE_CONNECTION: answered, then the session is over.
@@ -125,13 +169,18 @@ class ReaderSession:
         *,
         reject_config: bool,
         unsupported: Collection[int] = frozenset(),
+        gpio: GpioPorts | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._caps = caps
         self._reject_config = reject_config
         self._unsupported = frozenset(unsupported)
+        self.gpio = gpio if gpio is not None else GpioPorts.for_reader(caps)
+        self._clock = clock
         self.rospecs: dict[int, _Rospec] = {}
         self.keepalive_ms = 0
         self.default_report = ReportSpec()
+        self.notified: frozenset[int] = frozenset()  # event types the client asked for
         self.closed = False
         self.keepalive_acks = 0
         self.errors_sent = 0
@@ -170,6 +219,52 @@ class ReaderSession:
                 )
         return None
 
+    @property
+    def active_since(self) -> float | None:
+        """When (the session's clock) the active ROSpec became Active; None while none is."""
+        for rospec in self.rospecs.values():
+            if rospec.state == _ACTIVE:
+                return rospec.active_since
+        return None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a ROSpec is enabled (Inactive, waiting for its start trigger, or Active)."""
+        return any(r.state != _DISABLED for r in self.rospecs.values())
+
+    def gpi_changed(self, port: int, level: bool) -> bool:
+        """GPI `port` went to `level`: start and stop the ROSpecs it triggers. Returns whether
+        the client asked to be told (a GPIEvent notification is due)."""
+        if not self.gpio.gpi_enabled.get(port, False):
+            return False
+        for rospec in self.rospecs.values():
+            spec = rospec.spec
+            if rospec.state == _INACTIVE and _fires(spec.start_gpi, port, level):
+                self._activate(rospec)
+            elif rospec.state == _ACTIVE and _fires(spec.stop_gpi, port, level):
+                self._deactivate(rospec)
+        return _GPI_EVENT in self.notified
+
+    def expire(self) -> None:
+        """Stop the Active ROSpecs whose stop trigger's time is up."""
+        now = self._clock()
+        for rospec in self.rospecs.values():
+            if rospec.state == _ACTIVE and rospec.stop_at is not None and now >= rospec.stop_at:
+                self._deactivate(rospec)
+
+    def _activate(self, rospec: _Rospec) -> None:
+        spec = rospec.spec
+        now = self._clock()
+        rospec.state, rospec.active_since, rospec.stop_at = _ACTIVE, now, None
+        if spec.stop_trigger == _STOP_DURATION and spec.stop_duration_ms:
+            rospec.stop_at = now + spec.stop_duration_ms / 1000
+        elif spec.stop_trigger == _STOP_GPI and spec.stop_gpi and spec.stop_gpi.timeout_ms:
+            rospec.stop_at = now + spec.stop_gpi.timeout_ms / 1000
+
+    @staticmethod
+    def _deactivate(rospec: _Rospec) -> None:
+        rospec.state, rospec.active_since, rospec.stop_at = _INACTIVE, None, None
+
     def handle(self, frame: Frame) -> list[bytes]:
         """The frames to send in answer to `frame` (its response first, if it has one)."""
         if frame.version not in (1, 2):
@@ -205,9 +300,16 @@ class ReaderSession:
         return [capabilities_response(frame.id, self._caps)]
 
     def _get_config(self, frame: Frame) -> list[bytes]:
+        gpio = self.gpio
         return [
             reader_config_response(
-                frame.id, self._caps, keepalive_ms=self.keepalive_ms, report=self.default_report
+                frame.id,
+                self._caps,
+                keepalive_ms=self.keepalive_ms,
+                report=self.default_report,
+                events=self.notified,
+                gpi=tuple((p, gpio.gpi_enabled[p], level) for p, level in gpio.gpi.items()),
+                gpo=tuple(gpio.gpo.items()),
             )
         ]
 
@@ -220,13 +322,35 @@ class ReaderSession:
                 "reader configuration refused: this reader rejects every configuration "
                 "(simulator reject_config)",
             )
+        gpio = self.gpio
+        for port, _ in change.gpi_config:
+            if port not in gpio.gpi:
+                return self._respond(frame, StatusCode.FIELD_ERROR, self._no_gpi(port))
+        for port, _ in change.gpo_writes:
+            if port not in gpio.gpo:
+                return self._respond(
+                    frame,
+                    StatusCode.FIELD_ERROR,
+                    f"GPO port {port} does not exist (this reader has {self._caps.gpos})",
+                )
         if change.reset_to_factory_defaults:
-            self.keepalive_ms, self.default_report = 0, ReportSpec()
+            self.keepalive_ms, self.default_report, self.notified = 0, ReportSpec(), frozenset()
         if change.keepalive_ms is not None:
             self.keepalive_ms = change.keepalive_ms
         if change.report is not None:
             self.default_report = change.report
+        if change.events is not None:
+            notified = {event for event, on in change.events.items() if on}
+            self.notified = frozenset(self.notified - change.events.keys() | notified)
+        for port, enabled in change.gpi_config:
+            gpio.gpi_enabled[port] = enabled
+        for port, level in change.gpo_writes:
+            gpio.gpo[port] = level
+            gpio.gpo_writes += 1
         return self._respond(frame)
+
+    def _no_gpi(self, port: int) -> str:
+        return f"GPI port {port} does not exist (this reader has {self._caps.gpis})"
 
     def _add_rospec(self, frame: Frame) -> list[bytes]:
         spec = parse_add_rospec(frame.body)
@@ -246,6 +370,10 @@ class ReaderSession:
             problem = "a ROSpec must be added in the Disabled state"
         elif unknown := sorted(a for a in spec.antennas if a > self._caps.antennas):
             problem = f"antennas {unknown} do not exist (this reader has {self._caps.antennas})"
+        elif missing := [
+            t.port for t in (spec.start_gpi, spec.stop_gpi) if t and t.port not in self.gpio.gpi
+        ]:
+            problem = f"GPI trigger: {self._no_gpi(missing[0])}"
         if problem:
             return self._respond(frame, StatusCode.FIELD_ERROR, problem)
         self.rospecs[spec.rospec_id] = _Rospec(spec)
@@ -266,18 +394,22 @@ class ReaderSession:
         elif kind == MessageType.ENABLE_ROSPEC:
             for rospec in targets:
                 if rospec.state == _DISABLED:
-                    immediate = rospec.spec.start_trigger == _START_IMMEDIATE
-                    rospec.state = _ACTIVE if immediate else _INACTIVE
+                    rospec.state = _INACTIVE
+                    if rospec.spec.start_trigger == _START_IMMEDIATE:
+                        self._activate(rospec)
         elif kind == MessageType.START_ROSPEC:
             if any(r.state == _DISABLED for r in targets):
                 return self._respond(frame, StatusCode.FIELD_ERROR, f"ROSpec {spec_id} is disabled")
             for rospec in targets:
-                rospec.state = _ACTIVE
+                if rospec.state != _ACTIVE:
+                    self._activate(rospec)
         elif kind == MessageType.STOP_ROSPEC:
             for rospec in targets:
-                rospec.state = min(rospec.state, _INACTIVE)
+                if rospec.state == _ACTIVE:
+                    self._deactivate(rospec)
         else:  # DISABLE_ROSPEC
             for rospec in targets:
+                self._deactivate(rospec)
                 rospec.state = _DISABLED
         return self._respond(frame)
 
@@ -288,6 +420,10 @@ class ReaderSession:
     def _close(self, frame: Frame) -> list[bytes]:
         self.closed = True
         return self._respond(frame)
+
+
+def _fires(trigger: GpiTrigger | None, port: int, level: bool) -> bool:
+    return trigger is not None and trigger.port == port and trigger.event == level
 
 
 # -- malformed frames on command ---------------------------------------------------------------
@@ -332,6 +468,8 @@ class SimulatorStats:
     malformed_sent: int = 0  # malformed frames sent on command, per connection
     malformed_received: int = 0  # client byte streams that could not be framed
     errors_sent: int = 0  # ERROR_MESSAGEs and responses with an error status
+    gpi_events_sent: int = 0  # GPIEvent notifications
+    gpo_writes: int = 0  # GPO port writes accepted (GPOWriteData)
 
 
 @dataclass(slots=True)
@@ -347,6 +485,7 @@ class _Counters:
     malformed_sent: int = 0
     malformed_received: int = 0
     errors_sent: int = 0
+    gpi_events_sent: int = 0
 
 
 class _ConnectionOver(Exception):
@@ -382,9 +521,11 @@ class LlrpReaderSimulator:
     """An LLRP reader at a dock door, on a TCP port of 127.0.0.1, playing `scenario`.
 
     Use as ``async with LlrpReaderSimulator(scenario) as reader:`` and connect a client to
-    ``reader.port``. The scenario's clock starts when a client first starts an inventory (or,
+    ``reader.port``. The scenario's clock starts when a client first enables a ROSpec (or,
     `held`, at `release()`) and keeps running through disconnects and restarts; reads happen
-    only while a client is connected with an active ROSpec.
+    only while a client is connected with an active ROSpec. The scenario's GPI changes
+    (`Scenario.gpi`) happen on that clock, while a client is connected (one made while none
+    is happens when the next one connects).
 
     Args:
         scenario: what happens at the door; an empty door (no tags) by default.
@@ -406,6 +547,9 @@ class LlrpReaderSimulator:
         held: the scenario's clock waits for `release()` (a test that has something to do
             before the first pallet rolls up, whatever the time that takes); until then a
             client that inventories hears nothing but keepalives.
+        gpis: general purpose input ports (numbered from 1; 0: none), reported in the
+            capabilities; all low until `set_gpi` or the scenario changes them.
+        gpos: general purpose output ports; a write to another port is refused (FieldError).
     """
 
     def __init__(
@@ -422,12 +566,18 @@ class LlrpReaderSimulator:
         malformed_in_setup: MalformedKind | None = None,
         accumulate: bool = False,
         held: bool = False,
+        gpis: int = 4,
+        gpos: int = 4,
     ) -> None:
         if reads_per_s <= 0 or report_interval_s <= 0:
             raise ValueError("reads_per_s and report_interval_s must be positive")
         if not 1 <= antennas <= 64:
             raise ValueError(f"antennas must be 1..64, got {antennas}")
+        if not (0 <= gpis <= 64 and 0 <= gpos <= 64):
+            raise ValueError(f"gpis and gpos must be 0..64, got {gpis} and {gpos}")
         self._scenario = scenario if scenario is not None else Scenario()
+        if bad := sorted({c.port for c in self._scenario.gpi if c.port > gpis}):
+            raise ValueError(f"the scenario changes GPI ports {bad}; this reader has {gpis}")
         self.reject_config = reject_config
         unknown = sorted(n for n in unsupported if n not in MessageType.__members__)
         if unknown:
@@ -436,7 +586,10 @@ class LlrpReaderSimulator:
         self.malformed_in_setup = malformed_in_setup
         self._host = host
         self._port = port
-        self._caps = ReaderCapabilities(antennas=antennas)
+        self._caps = ReaderCapabilities(antennas=antennas, gpis=gpis, gpos=gpos)
+        self._gpio = GpioPorts.for_reader(self._caps)
+        self._gpi_script = sorted(self._scenario.gpi, key=lambda change: change.at_s)
+        self._gpi_played = 0  # changes of the script made so far
         self._reads_per_s = reads_per_s
         self._interval = report_interval_s
         self._accumulate = accumulate
@@ -476,7 +629,46 @@ class LlrpReaderSimulator:
     def stats(self) -> SimulatorStats:
         """A snapshot of the counters."""
         counters = {f.name: getattr(self._counters, f.name) for f in fields(_Counters)}
-        return SimulatorStats(**counters, active_connections=len(self._connections))
+        return SimulatorStats(
+            **counters,
+            active_connections=len(self._connections),
+            gpo_writes=self._gpio.gpo_writes,
+        )
+
+    @property
+    def gpi(self) -> dict[int, bool]:
+        """The level on each GPI port (True: high)."""
+        return dict(self._gpio.gpi)
+
+    @property
+    def gpo(self) -> dict[int, bool]:
+        """The level last written to each GPO port (all low until a client writes one)."""
+        return dict(self._gpio.gpo)
+
+    @property
+    def reading(self) -> bool:
+        """Whether a connected client's ROSpec is Active (the reader is inventorying)."""
+        return any(conn.session.inventory is not None for conn in self._connections)
+
+    def set_gpi(self, port: int, level: bool) -> None:
+        """Put `level` on GPI `port` (True: high; a presence sensor that sees something).
+
+        A change is an edge: the ROSpecs it triggers start or stop, and every client that asked
+        for GPIEvent notifications is told. The same level again changes nothing.
+
+        Raises:
+            ValueError: the reader has no such port.
+        """
+        gpio = self._gpio
+        if port not in gpio.gpi:
+            raise ValueError(f"GPI port {port} does not exist (this reader has {self._caps.gpis})")
+        if gpio.gpi[port] == level:
+            return
+        gpio.gpi[port] = level
+        for conn in self._connections:
+            if conn.session.gpi_changed(port, level):
+                conn.send(gpi_event_notification(next(self._msg_ids), _utc_now_us(), port, level))
+                self._counters.gpi_events_sent += 1
 
     @property
     def started(self) -> bool:
@@ -484,10 +676,10 @@ class LlrpReaderSimulator:
         return self._origin is not None
 
     def release(self) -> None:
-        """Let a `held` scenario's clock start: now if a client is inventorying, else when one
-        starts to."""
+        """Let a `held` scenario's clock start: now if a client has enabled a ROSpec, else when
+        one does."""
         self._held = False
-        if any(conn.session.inventory is not None for conn in self._connections):
+        if any(conn.session.enabled for conn in self._connections):
             self._start_clock()
 
     @property
@@ -530,9 +722,11 @@ class LlrpReaderSimulator:
         await self._finish_connections()
 
     async def restart(self, down_for_s: float = 0.0) -> None:
-        """Reboot: drop every connection, stop listening, wait, listen again on the same port."""
+        """Reboot: drop every connection, stop listening, wait, listen again on the same port.
+        The GPO ports come back off (a reader's outputs fall back to low when it boots)."""
         await self._stop_listening()
         await self.drop_connections()
+        self._gpio.gpo.update(dict.fromkeys(self._gpio.gpo, False))
         await asyncio.sleep(down_for_s)
         await self._listen()
 
@@ -594,11 +788,23 @@ class LlrpReaderSimulator:
         assert self._origin is not None
         return (monotonic - self._origin[0]) * self.scenario.time_scale
 
+    def _play_gpi_script(self) -> None:
+        """Make the scenario's GPI changes that are due."""
+        if self._origin is None:
+            return
+        now = self.scenario_time
+        script = self._gpi_script
+        while self._gpi_played < len(script) and script[self._gpi_played].at_s <= now:
+            change = script[self._gpi_played]
+            self._gpi_played += 1
+            self.set_gpi(change.port, change.on)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = ReaderSession(
             self._caps,
             reject_config=self.reject_config,
             unsupported={MessageType[name] for name in self.unsupported},
+            gpio=self._gpio,
         )
         conn = _Connection(writer, session)
         if self._connections:
@@ -651,7 +857,7 @@ class LlrpReaderSimulator:
                 self._counters.errors_sent += conn.session.errors_sent
                 self._counters.keepalive_acks += conn.session.keepalive_acks
                 conn.session.errors_sent = conn.session.keepalive_acks = 0
-                if conn.session.inventory is not None:
+                if conn.session.enabled:
                     self._start_clock()
                 if conn.session.keepalive_ms != keepalive_before:
                     conn.keepalive_changed.set()
@@ -683,12 +889,16 @@ class LlrpReaderSimulator:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             now = time.monotonic()
             due = max(due + self._interval, now)
+            self._play_gpi_script()
+            conn.session.expire()
             inventory = conn.session.inventory
             if inventory is None or self._origin is None:
                 last, carry = now, 0.0
                 continue
-            # Nothing is read before scenario time 0 (the clock may start mid-interval).
-            start = max(last, now - _MAX_TICK_S, self._origin[0])
+            # Nothing is read before scenario time 0 (the clock may start mid-interval), nor
+            # before the ROSpec became Active (a GPI edge or START_ROSPEC between two ticks).
+            # Reads since the last tick of a ROSpec that has just stopped are not reported.
+            start = max(last, now - _MAX_TICK_S, self._origin[0], conn.session.active_since or 0.0)
             budget = self._reads_per_s * (now - start) + carry
             max_reads = int(budget)
             carry = budget - max_reads
