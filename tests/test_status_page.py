@@ -121,7 +121,8 @@ class Published:
                     for code in ("short", "over"):
                         counts[of.get((kind, code), "")] += 1 if line[code] else 0
                 continue
-            for exception in tx["exceptions"]:  # a move's are codes, the others' objects
+            for exception in tx.get("exceptions", ()):  # a move's are codes, the others' objects;
+                # a count has none (its totals say what it found)
                 code = exception["code"] if isinstance(exception, dict) else exception
                 counts[of.get((kind, code), "")] += 1
         del counts[""]
