@@ -119,7 +119,25 @@ class BrokerConfig(_Model):
     redeliver_window_s: float = Field(default=60.0, ge=0, le=86_400)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    # A node that takes the connection but gives no CONNACK within this is left for the next
+    # (a cluster node that lost its peers may hold clients while it waits for a quorum).
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Other nodes of the same broker cluster, "host" or "host:port" (no port: `port`), e.g.
+    # ["10.20.0.12", "10.20.0.13:8883"]: a connection lost or refused is tried again on the
+    # next node of [host, *failover], round and round, after the jittered backoff.
+    failover: list[str] = Field(default_factory=list, max_length=32)
     reply_topics: ReplyTopicsConfig = ReplyTopicsConfig()
+
+    @field_validator("failover")
+    @classmethod
+    def _endpoints(cls, nodes: list[str]) -> list[str]:
+        for node in nodes:
+            _split_endpoint(node, 1883)  # raises with what is wrong
+        return nodes
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """Every node to connect to, in order: `host`, then `failover`."""
+        return [(self.host, self.port), *(_split_endpoint(n, self.port) for n in self.failover)]
 
     @model_validator(mode="after")
     def _one_password_source(self) -> BrokerConfig:
@@ -136,6 +154,33 @@ class BrokerConfig(_Model):
         if self.password_file is not None:
             return self.password_file.read_text(encoding="utf-8").strip()
         return None
+
+
+def _split_endpoint(node: str, default_port: int) -> tuple[str, int]:
+    """("host", port) of "host", "host:port", "[v6]" or "[v6]:port"; ValueError if neither."""
+    host, port = node.strip(), default_port
+    if host.startswith("["):
+        end = host.find("]")
+        rest = host[end + 1 :] if end > 0 else None
+        if rest is None or (rest and not rest.startswith(":")):
+            raise ValueError(f"{node!r}: an IPv6 address in brackets, then :port if any")
+        host = host[1:end]
+        if rest:
+            port = _port(node, rest[1:])
+    elif host.count(":") == 1:
+        host, _, text = host.partition(":")
+        port = _port(node, text)
+    elif ":" in host:
+        raise ValueError(f"{node!r}: put an IPv6 address in brackets: [{host}]:1883")
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{node!r}: no host")
+    return host, port
+
+
+def _port(node: str, text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{node!r}: the port must be 1 to 65535")
+    return int(text)
 
 
 class StorageConfig(_Model):

@@ -463,6 +463,8 @@ class MqttBridge:
         self._reported_down = False
         self._stop = asyncio.Event()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
+        self._endpoints = config.endpoints()
+        self._node = 0  # the node of `_endpoints` connected to, or tried next
         self.connected = False
         self.subscribed = False  # to the WMS's reference data and the commands
         self.published = 0
@@ -540,6 +542,11 @@ class MqttBridge:
             return refusal
         return ReplyHandle(_ReplyAddress(topic, correlation, echo))
 
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """The broker node connected to, or tried next: (host, port)."""
+        return self._endpoints[self._node]
+
     def stop(self) -> None:
         """Ask the bridge to publish its offline status and disconnect."""
         self._stop.set()
@@ -563,6 +570,8 @@ class MqttBridge:
                 self._backoff.reset()
             if self._stop.is_set():
                 return
+            # The next node of the cluster: the one lost or refusing may be down.
+            self._node = (self._node + 1) % len(self._endpoints)
             delay = self._backoff.next_delay()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
@@ -572,7 +581,8 @@ class MqttBridge:
             self.connection_losses += 1
             log.warning("broker connection lost", error=str(error))
         elif not self._reported_down:
-            log.warning("broker not reachable", host=self._config.host, error=str(error))
+            host, port = self.endpoint
+            log.warning("broker not reachable", host=host, port=port, error=str(error))
         else:
             log.debug("broker still not reachable", error=str(error))
         self._reported_down = True
@@ -610,9 +620,10 @@ class MqttBridge:
             # At most this many inbound QoS 1 messages unacknowledged (see the module docstring).
             connect.ReceiveMaximum = config.receive_maximum
             session = {"clean_start": False, "properties": connect}
+        host, port = self.endpoint
         client = _Client(
-            config.host,
-            config.port,
+            host,
+            port,
             username=config.username,
             password=config.password(),
             identifier=config.client_id or f"gw-{self._topics.site}-{self._topics.gateway}",
@@ -620,7 +631,7 @@ class MqttBridge:
             will=aiomqtt.Will(self._topics.status, will_payload, qos=1, retain=True),
             **session,
             keepalive=config.keepalive_s,
-            timeout=10,
+            timeout=config.connect_timeout_s,
             max_inflight_messages=config.max_inflight,
             # Unbounded here: QoS 1 messages are bounded by the Receive Maximum, QoS 0 ones by
             # `_Client._on_message`.
@@ -641,7 +652,8 @@ class MqttBridge:
             await self._publish_status(client, online=True, reason="started")
             await self._requeue_sent()
             if not self.connected:
-                log.info("broker connected", host=self._config.host, port=self._config.port)
+                host, port = self.endpoint
+                log.info("broker connected", host=host, port=port)
             self.connected = True
             self._reported_down = False
             self._board.mark_all()
