@@ -184,6 +184,42 @@ def report(
 
 
 @app.command()
+def consume(
+    broker: Annotated[str, typer.Option(help="The broker, host:port (one node of a cluster).")],
+    dsn: Annotated[str, typer.Option(help="PostgreSQL, e.g. postgresql://wms@db/wms.")],
+    site: Annotated[str, typer.Option(help="The site whose gateways' messages to take.")],
+    group: Annotated[
+        str,
+        typer.Option(help="The shared subscription's group; '' for a plain subscription."),
+    ] = "wms",
+    client_id: Annotated[str, typer.Option(help="This consumer's MQTT client id.")] = (
+        "wms-consumer-1"
+    ),
+    protocol: Annotated[str, typer.Option(help="MQTT 5 or 3.1.1.")] = "5",
+) -> None:
+    """The reference WMS consumer: every transaction and event once into PostgreSQL."""
+    from gateway.consumer import Consumer  # needs the "consumer" extra (psycopg)
+    from gateway.logs import configure_logging
+
+    host, _, port = broker.rpartition(":")
+    if not host or not port.isdigit() or protocol not in ("5", "3.1.1"):
+        typer.echo("error: --broker host:port, --protocol 5 or 3.1.1", err=True)
+        raise typer.Exit(2)
+    configure_logging("console", "info")
+    consumer = Consumer(
+        host=host.strip("[]"),
+        port=int(port),
+        dsn=dsn,
+        site=site,
+        group=group or None,
+        client_id=client_id,
+        protocol=protocol,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(consumer.run())
+
+
+@app.command()
 def version() -> None:
     """Print the gateway's version."""
     typer.echo(__version__)

@@ -1,0 +1,144 @@
+"""The reference WMS consumer (#17): competing consumers on an MQTT 5 shared subscription write
+every transaction exactly once into PostgreSQL, also when one of them is SIGKILLed mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from gateway.consumer import Consumer
+from tests.gateway_helpers import build, running, site_config
+from tests.mqtt_helpers import Mosquitto
+from tests.pg_helpers import Postgres, postgres_binaries
+from tests.test_failover import moves
+
+pytestmark = [
+    pytest.mark.broker,
+    pytest.mark.skipif(postgres_binaries() is None, reason="needs PostgreSQL (Debian package)"),
+]
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def stored(dsn: str) -> dict[str, tuple[str, int]]:
+    """tx_id -> (SSCC, deliveries) of the moves in the table."""
+    async with await psycopg.AsyncConnection.connect(dsn) as db:
+        try:
+            cursor = await db.execute(
+                "SELECT id, body->>'sscc', deliveries FROM gateway_message"
+                " WHERE topic LIKE '%/tx/move'"
+            )
+        except psycopg.errors.UndefinedTable:
+            return {}
+        return {row[0]: (row[1], row[2]) for row in await cursor.fetchall()}
+
+
+async def all_stored(
+    dsn: str, pallets: set[str], timeout: float = 30
+) -> dict[str, tuple[str, int]]:
+    async with asyncio.timeout(timeout):
+        while True:
+            rows = await stored(dsn)
+            if {sscc for sscc, _ in rows.values()} >= pallets:
+                return rows
+            await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def consumers(*members: Consumer) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(m.run()) for m in members]
+    await asyncio.sleep(1.0)  # subscribed (a shared subscription keeps nothing from before)
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_two_consumers_share_the_moves_and_store_each_once(
+    tmp_path: Path, mosquitto: Mosquitto, postgres: Postgres
+) -> None:
+    group = [
+        Consumer(
+            host="127.0.0.1", port=mosquitto.port, dsn=postgres.dsn, site="DC1", client_id=name
+        )
+        for name in ("wms-1", "wms-2")
+    ]
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    async with consumers(*group), running(build(raw, tmp_path)) as gateway:
+        made = await moves(gateway, 1, 200)
+        rows = await all_stored(postgres.dsn, made)
+    assert {sscc for sscc, _ in rows.values()} == made
+    assert len(rows) == len(made)  # one row per move: its tx_id
+    received = [c.stats.received for c in group]
+    total = sum(received)
+    for n in received:
+        assert 0.3 * total <= n <= 0.7 * total, received
+    assert sum(c.stats.stored for c in group) >= len(made)
+    assert all(c.stats.unusable == 0 for c in group)
+
+
+def consumer_process(port: int, dsn: str, name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "consume",
+            "--broker",
+            f"127.0.0.1:{port}",
+            "--dsn",
+            dsn,
+            "--site",
+            "DC1",
+            "--client-id",
+            name,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@pytest.mark.slow(10)
+async def test_a_consumer_killed_mid_stream_loses_nothing_and_stores_nothing_twice(
+    tmp_path: Path, mosquitto: Mosquitto, postgres: Postgres
+) -> None:
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    first = consumer_process(mosquitto.port, postgres.dsn, "wms-1")
+    second = consumer_process(mosquitto.port, postgres.dsn, "wms-2")
+    try:
+        await asyncio.sleep(2.0)  # both subscribed
+        async with running(build(raw, tmp_path)) as gateway:
+            made = await moves(gateway, 1, 150)
+            second.send_signal(signal.SIGKILL)  # in the middle of the stream
+            second.wait(10)
+            made |= await moves(gateway, 1000, 150)
+            await asyncio.sleep(1.0)
+            second = consumer_process(mosquitto.port, postgres.dsn, "wms-2")  # its session waits
+            rows = await all_stored(postgres.dsn, made)
+        assert {sscc for sscc, _ in rows.values()} == made
+        assert len(rows) == len(made)  # a redelivery counts a delivery, not a row
+    finally:
+        for process in (first, second):
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait(10)
