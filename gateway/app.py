@@ -44,7 +44,7 @@ from gateway.recorder import Recorder
 from gateway.runner import RulesRunner
 from gateway.storage import Store
 from gateway.supervisor import Backoff, supervise
-from gateway.wire.inbound import InboundRoutes
+from gateway.wire.inbound import InboundRoutes, Ownership
 from gateway.wire.topics import Topics
 from gateway.wiring import build_engine, epcis_settings, handheld_http, handheld_labels
 
@@ -120,6 +120,11 @@ class Gateway:
                 # Every record the limits allow, and the WMS's tasks besides.
                 remembered=sum(v.max_count for v in config.refdata.by_kind().values()) + 100_000,
                 handheld=handheld_labels(config),
+                ownership=Ownership(
+                    config.gateway.id,
+                    None if config.gateway.doors is None else frozenset(config.gateway.doors),
+                    config.agv.task_board,
+                ),
             )
             # The broker sends every retained record again: those taken in before are skipped.
             for kind, key, digest in await store.reference_digests():

@@ -43,6 +43,10 @@ class GatewaySection(_Model):
     site: Identifier
     id: Identifier
     shutdown_grace_s: float = Field(default=5.0, ge=0, le=300)
+    # The dock doors this gateway owns, on a site of several gateways: ASNs and ship orders
+    # for other doors are not its own (not held; one it held that moves to another door is
+    # dropped). None: every door of the site is its own (a site of one gateway).
+    doors: list[Identifier] | None = None
 
 
 class TlsConfig(_Model):
@@ -687,6 +691,9 @@ class AgvConfig(_Model):
     """AGV transport tasks: the queue fleet controllers lease from, and putaway from receipts."""
 
     enabled: bool = False
+    # The site's task board: this gateway takes the WMS tasks that name no `gateway` (one
+    # gateway of a site has it). Tasks naming a gateway go to that one only.
+    task_board: bool = True
     lease_s: float = Field(default=120.0, gt=0, le=86_400)
     max_attempts: int = Field(default=3, ge=1, le=100)
     # Moves this recent count for the ABC velocity class of a product.
@@ -937,6 +944,23 @@ class GatewayConfig(_Model):
         twice = sorted({s for s in stations if stations.count(s) > 1})
         if twice:
             raise ValueError(f"stations with two printers (each label would print twice): {twice}")
+        return self
+
+    @model_validator(mode="after")
+    def _devices_at_own_doors(self) -> GatewayConfig:
+        owned = self.gateway.doors
+        if owned is None:
+            return self
+        for device in self.devices:
+            door = getattr(device, "door", None) or (
+                getattr(device, "location", None)
+                if getattr(device, "role", None) in ("receiving", "shipping")
+                else None
+            )
+            if door is not None and door not in owned:
+                raise ValueError(
+                    f"device {device.id} is at door {door}, which is not one of gateway.doors"
+                )
         return self
 
     @model_validator(mode="after")

@@ -169,6 +169,7 @@ class WmsTask:
     priority: int
     at: dt.datetime
     gtin: str | None = None
+    gateway: str | None = None  # the gateway whose task board takes it (None: the site's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,6 +136,7 @@ def parse_wms_task(
         priority=int(doc.get("priority", 0)),
         at=at,
         gtin=doc.get("gtin"),
+        gateway=doc.get("gateway"),
     )
 
 

@@ -20,13 +20,19 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from gateway.domain import (
+    Asn,
     CloseCommand,
     Event,
     InputKind,
+    RefDataDeleted,
     RefDataUpdate,
     Rejected,
     ReplyHandle,
     RobotReport,
+    ShipOrder,
+    WmsTask,
+    WmsTaskDeleted,
+    key_of,
 )
 from gateway.drivers.barcode import LabelRules
 from gateway.wire import agv as agv_wire
@@ -99,6 +105,29 @@ PureDecoder = Callable[[Received], Event | None]
 
 
 @dataclass(frozen=True, slots=True)
+class Ownership:
+    """What of the site's WMS data is this gateway's own (a site of several gateways).
+
+    `doors`: the dock doors it owns (None: every door); an ASN or ship order for another door
+    is decoded as withdrawn, so that one it held and the WMS moved to another door is dropped.
+    A WMS task naming a `gateway` is that gateway's only; one naming none is the task board's
+    (`task_board`). Frozen and picklable: decoders running in the worker process take it.
+    """
+
+    gateway: str
+    doors: frozenset[str] | None = None
+    task_board: bool = True
+
+    def owns_door(self, door: str) -> bool:
+        """Whether ASNs and ship orders for `door` are this gateway's."""
+        return self.doors is None or door in self.doors
+
+    def owns_task(self, gateway: str | None) -> bool:
+        """Whether a WMS task naming `gateway` (None: none) is this gateway's."""
+        return self.task_board if gateway is None else gateway == self.gateway
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One kind of inbound message: which topics, how they are subscribed, how decoded.
 
@@ -142,6 +171,7 @@ class InboundRoutes:
             given: `refdata.MAX_PAYLOAD_BYTES`, the ceiling of every kind.
         handheld: take handheld terminals' batches (`handheld/scans`), their labels read
             with these rules (None: not at all).
+        ownership: what of the site's WMS data is this gateway's (None: all of it).
     """
 
     def __init__(
@@ -153,9 +183,11 @@ class InboundRoutes:
         refdata_max_bytes: Mapping[str, int] | None = None,
         remembered: int = MAX_REMEMBERED_PAYLOADS,
         handheld: LabelRules | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self._topics = topics
         self._remembered = remembered
+        owns = ownership or Ownership(topics.gateway)
         # The digest of a WMS topic -> the digest of its last payload.
         self._digests: OrderedDict[bytes, bytes] = OrderedDict()
         base, wms = topics.base, topics.wms
@@ -165,7 +197,7 @@ class InboundRoutes:
                 _pure_route(
                     "wms_task",
                     lambda t: t.startswith(f"{wms}/task/"),
-                    partial(_wms_task, f"{wms}/task/"),
+                    partial(_wms_task, f"{wms}/task/", owns),
                     ((f"{wms}/task/+", 1),),
                     skip_repeats=True,
                 )
@@ -175,7 +207,7 @@ class InboundRoutes:
                 "reference_data",
                 lambda t: t.startswith(f"{wms}/"),
                 # A plain dict: the decoder is pickled to the worker process.
-                partial(_reference, topics.site, dict(refdata_max_bytes or {})),
+                partial(_reference, topics.site, dict(refdata_max_bytes or {}), owns),
                 # Kind by kind, not `wms/{site}/+/+`, which would bring back the answers the
                 # gateway publishes on `wms/{site}/replies/...`.
                 tuple((f"{wms}/{kind}/+", 1) for kind in refdata.KINDS),
@@ -276,9 +308,12 @@ def _topic_key(topic: str) -> bytes:
     return hashlib.blake2b(topic.encode(), digest_size=16).digest()
 
 
-def _wms_task(prefix: str, message: Received) -> Event:
-    """A WMS task (`wms/{site}/task/{task_id}`)."""
+def _wms_task(prefix: str, owns: Ownership, message: Received) -> Event:
+    """A WMS task (`wms/{site}/task/{task_id}`); another gateway's is withdrawn here (see
+    `Ownership`)."""
     task = agv_wire.parse_wms_task(message.topic.removeprefix(prefix), message.payload, message.at)
+    if isinstance(task, WmsTask) and not owns.owns_task(task.gateway):
+        return WmsTaskDeleted(task.task_id, task.at)
     if isinstance(task, agv_wire.BadRequest):
         return Rejected(
             InputKind.REFERENCE_DATA,
@@ -290,10 +325,17 @@ def _wms_task(prefix: str, message: Received) -> Event:
     return task
 
 
-def _reference(site: str, max_bytes: Mapping[str, int], message: Received) -> Event:
+def _reference(
+    site: str, max_bytes: Mapping[str, int], owns: Ownership, message: Received
+) -> Event:
     """Reference data (`wms/{site}/{kind}/{key}`), with the digest of the payload; a payload
-    over its kind's limit in `max_bytes` is rejected unread."""
+    over its kind's limit in `max_bytes` is rejected unread; an ASN or ship order for a door
+    of another gateway is withdrawn here (see `Ownership`)."""
     event = refdata.decode(message.topic, message.payload, site, message.at, max_bytes)
+    item = event.item if isinstance(event, RefDataUpdate) else None
+    if isinstance(item, Asn | ShipOrder) and not owns.owns_door(item.door):
+        kind, key = key_of(item)
+        return RefDataDeleted(kind, key, event.at)
     if isinstance(event, RefDataUpdate):
         return replace(event, digest=payload_digest(message.payload))
     return event

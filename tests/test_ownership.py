@@ -1,0 +1,91 @@
+"""Ownership on a site of several gateways (#17): each takes the ASNs and ship orders of its own
+doors and the WMS tasks that are its own; one the WMS moves to another gateway's door changes
+hands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import ConfigError, GatewayConfig
+from simulators.gs1 import sscc
+from tests.gateway_helpers import build, running, site_config
+from tests.mqtt_helpers import Mosquitto
+
+pytestmark = pytest.mark.broker
+
+
+def gateway_config(tmp_path: Path, port: int, gateway: str, doors: list[str]) -> GatewayConfig:
+    folder = tmp_path / gateway
+    folder.mkdir()
+    raw = site_config(folder, broker_port=port, scanner=None)
+    raw["gateway"].update(id=gateway, doors=doors)
+    raw["agv"] = {"enabled": True, "task_board": gateway == "dock-1"}
+    return build(raw, folder)
+
+
+def asn(asn_id: str, door: str) -> dict[str, Any]:
+    line = {"line": 1, "sscc": sscc("0614141", 7), "quantity": 1}
+    return {"asn_id": asn_id, "door": door, "lines": [line]}
+
+
+def task(task_id: str, **extra: str) -> dict[str, Any]:
+    return {"task_id": task_id, "sscc": sscc("0614141", 9), "source": "D01", **extra}
+
+
+async def until(what: Callable[[], bool], timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not what():
+            await asyncio.sleep(0.05)
+
+
+def held(gateway: Gateway) -> tuple[set[str], set[str], set[str]]:
+    """The ASNs, ship orders and WMS tasks a gateway holds."""
+    if gateway.runner is None:  # not started yet
+        return set(), set(), set()
+    engine = gateway.runner.engine
+    assert engine.agv is not None
+    tasks = {t for t in ("T-1", "T-2", "T-3") if engine.agv.task(t) is not None}
+    return set(engine.dock.asns), set(engine.dock.orders), tasks
+
+
+async def test_each_gateway_takes_its_own_doors_and_tasks(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    first = gateway_config(tmp_path, mosquitto.port, "dock-1", ["D01", "D02", "D03", "D04"])
+    second = gateway_config(tmp_path, mosquitto.port, "dock-2", ["D05", "D06", "D07", "D08"])
+    records = {
+        "asn/ASN-2": asn("ASN-2", "D02"),
+        "asn/ASN-6": asn("ASN-6", "D06"),
+        "shipment/SO-7": {"order_id": "SO-7", "door": "D07", "pallets": [sscc("0614141", 8)]},
+        "task/T-1": task("T-1", destination="A-01-01"),  # no gateway: the task board's
+        "task/T-2": task("T-2", destination="A-01-02", gateway="dock-2"),
+        "task/T-3": task("T-3", destination="A-01-03", gateway="dock-9"),  # nobody here
+    }
+    async with running(first) as one, running(second) as two:
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms:
+            for path, doc in records.items():
+                await wms.publish(f"wms/DC1/{path}", json.dumps(doc), qos=1, retain=True)
+            await until(lambda: held(one) == ({"ASN-2"}, set(), {"T-1"}))
+            await until(lambda: held(two) == ({"ASN-6"}, {"SO-7"}, {"T-2"}))
+            # The WMS moves ASN-2 to D05: dock-1 drops it, dock-2 takes it.
+            await wms.publish("wms/DC1/asn/ASN-2", json.dumps(asn("ASN-2", "D05")), retain=True)
+            await until(lambda: held(two)[0] == {"ASN-2", "ASN-6"})
+            await until(lambda: held(one)[0] == set())
+        assert one.store is not None and two.store is not None
+        stored_one = {f"{r.kind}/{r.key}" for r in await one.store.reference_data()}
+        assert not stored_one & {"asn/ASN-2", "asn/ASN-6", "shipment/SO-7"}
+
+
+def test_a_device_at_a_door_the_gateway_does_not_own_is_a_config_error(tmp_path: Path) -> None:
+    raw = site_config(tmp_path, broker_port=1883, scanner=None, reader_port=5084)  # door D03
+    raw["gateway"]["doors"] = ["D05"]
+    with pytest.raises(ConfigError, match=r"not one of gateway\.doors"):
+        build(raw, tmp_path)
