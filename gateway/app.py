@@ -125,6 +125,7 @@ class Gateway:
                     None if config.gateway.doors is None else frozenset(config.gateway.doors),
                     config.agv.task_board,
                 ),
+                site_state=config.state.follow_site,
             )
             # The broker sends every retained record again: those taken in before are skipped.
             for kind, key, digest in await store.reference_digests():
@@ -164,6 +165,7 @@ class Gateway:
                 batch_max=batch_max,
                 lookup=store.pallet_location,
                 stock=store.count_stock,
+                places=store.pallet_times,
                 not_taken=routes.forget_reference,  # taken when it comes again, with room
             )
             self.bridge, self.recorder, self.runner = bridge, recorder, runner

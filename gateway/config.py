@@ -796,6 +796,9 @@ class StateConfig(_Model):
     enabled: bool = True
     # The most pallets whose location is loaded at start (the most recently moved).
     max_pallets: int = Field(default=200_000, ge=1)
+    # A site of several gateways: read the others' `state/location/+` too; a pallet one of
+    # them put somewhere later than this gateway last did is there (docs/site.md).
+    follow_site: bool = False
 
 
 class HttpTlsConfig(_Model):

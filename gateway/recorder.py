@@ -46,6 +46,7 @@ from gateway.domain import (
     MoveTransaction,
     Notice,
     PackTransaction,
+    PalletElsewhere,
     PalletLot,
     PortalPass,
     PrintJob,
@@ -357,6 +358,9 @@ class Recorder:
                     state.count_seen.append((d.count_id, d.key, d.location))
                 case CountTransaction():
                     self._count(d, batch)
+                case PalletElsewhere():
+                    if d.held_here:  # another gateway has it since: not here any more
+                        state.left.append(d.sscc)
                 case HandheldApplied():
                     _count_handheld(batch.counts, d)
                     state.handheld.append(

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
 import structlog
 
@@ -47,6 +48,8 @@ from gateway.supervisor import Backoff
 
 log = structlog.get_logger("gateway.runner")
 
+T = TypeVar("T")
+
 TICK_S = 0.2
 """How often time alone is given to the rules (timeouts, departures, leases); a portal pass
 that is due sooner gets its own tick (`RulesEngine.next_due`)."""
@@ -63,6 +66,9 @@ PalletLookup = Callable[[str], Awaitable[str | None]]
 StockLookup = Callable[[Iterable[str], Iterable[str]], Awaitable[dict[str, str]]]
 """The recorded stock of locations and of things seen (`Store.count_stock`)."""
 
+PlacesLookup = Callable[[Iterable[str]], Awaitable[dict[str, tuple[str, float]]]]
+"""Pallets' recorded locations and since when (`Store.pallet_times`)."""
+
 
 class RulesRunner:
     """Feeds the rules engine from the inbox and hands each batch's decisions to the recorder.
@@ -75,6 +81,7 @@ class RulesRunner:
         batch_max: events per batch (one commit each).
         lookup: a pallet's stored location, for pallets the rules' cache lacks.
         stock: the stored stock a cycle count closes against (None: counts see none).
+        places: pallets' stored locations and times, for other gateways' state (None: none).
         tick_s: time between ticks.
         not_taken: told (kind, key) of each reference data record the rules did not take.
     """
@@ -89,6 +96,7 @@ class RulesRunner:
         batch_max: int,
         lookup: PalletLookup,
         stock: StockLookup | None = None,
+        places: PlacesLookup | None = None,
         tick_s: float = TICK_S,
         not_taken: Callable[[str, str], None] | None = None,
     ) -> None:
@@ -100,6 +108,7 @@ class RulesRunner:
         self._tick_s = tick_s
         self._lookup = lookup
         self._stock = stock
+        self._places = places
         self._not_taken = not_taken
         self.rules_errors = 0  # events the rules raised on (bugs), skipped
         self.lookups = 0  # pallets looked up in storage (not in the rules' cache)
@@ -167,6 +176,13 @@ class RulesRunner:
         the stock a count closes against. `decisions` are committed first (then none are
         left), so that storage holds all the rules did; returns the decisions to record."""
         decisions = await self._pallets(event, decisions)
+        ssccs = self.engine.site_needed(event)
+        if ssccs and self._places is not None:
+            if decisions:
+                await self.recorder.record(decisions)
+                decisions = []
+            places = self._places
+            self.engine.site_found(await self._retried(lambda: places(ssccs)))
         try:
             wanted = self.engine.stock_needed(event)
         except Exception:  # a bug: the event itself is handled (and reported) next
@@ -178,16 +194,21 @@ class RulesRunner:
             await self.recorder.record(decisions)
             decisions = []
         locations, keys = wanted
+        stock = self._stock
+        self.engine.stock_found(await self._retried(lambda: stock(locations, keys)), locations)
+        return decisions
+
+    async def _retried(self, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()` from storage; a failure is retried with backoff (intake held)."""
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
-                recorded = await self._stock(locations, keys)
-                break
+                return await read()
             except StorageError as err:
-                log.warning("cannot read the stock a count needs; retrying", error=str(err))
+                log.warning(
+                    "cannot read what the rules need from storage; retrying", error=str(err)
+                )
                 await asyncio.sleep(backoff.next_delay())
-        self.engine.stock_found(recorded, locations)
-        return decisions
 
     async def _pallets(self, event: Event, decisions: list[Decision]) -> list[Decision]:
         """Hand the rules a pallet's stored location if `event` needs one their cache lacks."""

@@ -369,6 +369,7 @@ class StateChanges:
     counts_closed: list[tuple[str, str]] = field(default_factory=list)  # count id, tx id
     cases: list[tuple[str, str]] = field(default_factory=list)  # case key, its pallet's SSCC
     cases_gone: list[str] = field(default_factory=list)  # case keys no longer on their pallet
+    left: list[str] = field(default_factory=list)  # pallets another gateway has seen since
 
     def __bool__(self) -> bool:
         return any(
@@ -394,6 +395,7 @@ class StateChanges:
                 self.counts_closed,
                 self.cases,
                 self.cases_gone,
+                self.left,
             )
         )
 
@@ -596,7 +598,7 @@ class Store:
                 " VALUES (?, ?, ?, ?) ON CONFLICT (sscc) DO UPDATE SET"
                 " location = excluded.location, tx_id = excluded.tx_id,"
                 " updated_at = excluded.updated_at",
-                [(m.sscc, m.location, m.tx_id, now) for m in state.moves],
+                [(m.sscc, m.location, m.tx_id, m.at or now) for m in state.moves],
             )
             db.executemany(
                 "INSERT OR IGNORE INTO dock_ledger"
@@ -681,6 +683,10 @@ class Store:
             db.executemany("DELETE FROM pallet_received WHERE sscc = ?", gone)
             db.executemany("DELETE FROM pallet_lot WHERE sscc = ?", gone)
             db.executemany("DELETE FROM pallet_case WHERE sscc = ?", gone)
+            # Pallets another gateway of the site has seen since, elsewhere: no longer here.
+            left = [(sscc,) for sscc in state.left]
+            db.executemany("DELETE FROM pallet_location WHERE sscc = ?", left)
+            db.executemany("DELETE FROM pallet_received WHERE sscc = ?", left)
             db.executemany(
                 "INSERT INTO pallet_case (key, sscc) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET sscc = excluded.sscc",
@@ -1127,6 +1133,37 @@ class Store:
             return await self._db.call(read)
         except sqlite3.Error as err:
             raise StorageError(f"cannot read the stock a count is compared with: {err}") from err
+
+    async def pallet_times(self, ssccs: Iterable[str]) -> dict[str, tuple[str, float]]:
+        """Where these pallets are recorded and since when (epoch s, event time): those known."""
+        wanted = sorted(set(ssccs))
+
+        def read(db: sqlite3.Connection) -> dict[str, tuple[str, float]]:
+            out: dict[str, tuple[str, float]] = {}
+            for first in range(0, len(wanted), _MAX_IN):
+                chunk = wanted[first : first + _MAX_IN]
+                marks = ",".join("?" * len(chunk))
+                for sscc, where, at in db.execute(
+                    "SELECT sscc, location, updated_at FROM pallet_location"  # noqa: S608 - placeholders only
+                    f" WHERE sscc IN ({marks})",
+                    chunk,
+                ):
+                    out[str(sscc)] = (str(where), float(at))
+            return out
+
+        try:
+            return await self._db.call(read)
+        except sqlite3.Error as err:
+            raise StorageError(f"cannot read pallets' locations: {err}") from err
+
+    async def pallet_places(self, *, limit: int) -> dict[str, tuple[str, float]]:
+        """The `limit` most recently moved pallets: sscc -> (location, since), oldest first."""
+        rows = await self._fetch(
+            "SELECT sscc, location, updated_at FROM pallet_location"
+            " ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        )
+        return {str(s): (str(loc), float(at)) for s, loc, at in reversed(rows)}
 
     async def pallet_location(self, sscc: str) -> str | None:
         """One pallet's last recorded location (None: none recorded, or shipped)."""

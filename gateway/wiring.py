@@ -166,6 +166,8 @@ async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> Rul
         packing=await _packing(config, store),
         counts=await _counts(config, store),
         count_timeout_s=config.counts.timeout_s,
+        gateway_id=config.gateway.id,
+        site_memory=move_config.cached_pallets,
     )
     # What the WMS sent before the restart (the broker's retained copies follow, and are
     # recognised by their digest: `InboundRoutes.remember`). All of it, also beyond a count

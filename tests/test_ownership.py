@@ -5,6 +5,7 @@ hands."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +16,10 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import ConfigError, GatewayConfig
+from gateway.domain import Scan, ScanKind
 from simulators.gs1 import sscc
-from tests.gateway_helpers import build, running, site_config
-from tests.mqtt_helpers import Mosquitto
+from tests.gateway_helpers import assert_valid, build, running, site_config
+from tests.mqtt_helpers import Collector, Mosquitto
 
 pytestmark = pytest.mark.broker
 
@@ -89,3 +91,83 @@ def test_a_device_at_a_door_the_gateway_does_not_own_is_a_config_error(tmp_path:
     raw["gateway"]["doors"] = ["D05"]
     with pytest.raises(ConfigError, match=r"not one of gateway\.doors"):
         build(raw, tmp_path)
+
+
+# --- site state: a pallet's true origin, whichever gateway saw it last --------------------------
+
+
+def following(tmp_path: Path, port: int, gateway: str) -> GatewayConfig:
+    folder = tmp_path / gateway
+    folder.mkdir()
+    raw = site_config(folder, broker_port=port, scanner=None)
+    raw["gateway"]["id"] = gateway
+    raw["state"] = {"follow_site": True}
+    return build(raw, folder)
+
+
+async def move(gateway: Gateway, pallet: str, to: str, scanner: str) -> None:
+    """A forklift's scans: the pallet, then the location (in the gateway's inbox)."""
+    at = dt.datetime.now(dt.UTC)
+    await gateway.queue.put(Scan(scanner, at, pallet, ScanKind.PALLET, sscc=pallet))
+    await gateway.queue.put(Scan(scanner, at, to, ScanKind.LOCATION, location=to))
+
+
+async def test_a_move_on_one_gateway_starts_where_another_gateway_put_the_pallet(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    pallet = sscc("0614141", 42)
+    async with (
+        Collector(mosquitto.port) as collector,
+        running(following(tmp_path, mosquitto.port, "dock-1")) as one,
+        running(following(tmp_path, mosquitto.port, "dock-2")) as two,
+    ):
+        for gateway in (one, two):
+            await subscribed(gateway)
+
+        def moves() -> list[dict[str, Any]]:
+            return [m.json() for m in collector.on("/tx/move")]
+
+        await move(one, pallet, "A-01-01", "fl-1")  # dock-1's forklift puts it away
+        await collector.wait_for(lambda c: len(moves()) == 1)
+        # dock-2 learns it from dock-1's retained state/location/A-01-01.
+        await until(
+            lambda: (
+                two.runner is not None and two.runner.engine.moves.location_of(pallet) == "A-01-01"
+            )
+        )
+        await move(two, pallet, "B-02-01", "fl-2")  # ... and dock-2's forklift moves it on
+        await collector.wait_for(lambda c: len(moves()) == 2)
+        assert moves()[1]["from_location"] == "A-01-01"
+        assert "origin_unknown" not in moves()[1]["exceptions"]
+        # dock-1 drops its older record: the pallet is in one gateway's state only.
+        await collector.wait_for(
+            lambda c: any(
+                m.topic.endswith("dock-1/state/location/A-01-01") and not m.payload
+                for m in c.messages
+            )
+        )
+        await until(
+            lambda: (
+                one.runner is not None and one.runner.engine.moves.location_of(pallet) == "B-02-01"
+            )
+        )
+        await move(one, pallet, "C-03-01", "fl-1")  # back on dock-1
+        await collector.wait_for(lambda c: len(moves()) == 3)
+        assert moves()[2]["from_location"] == "B-02-01"
+        assert one.store is not None and two.store is not None
+        assert await one.store.pallet_location(pallet) == "C-03-01"
+        await until(
+            lambda: (
+                two.runner is not None and two.runner.engine.moves.location_of(pallet) == "C-03-01"
+            )
+        )
+        assert await two.store.pallet_location(pallet) is None
+        for message in collector.on(""):
+            if "/state/location/" in message.topic and message.payload:
+                assert_valid("state-location", message.json())
+
+
+async def subscribed(gateway: Gateway) -> None:
+    async with asyncio.timeout(10):
+        while gateway.bridge is None or not gateway.bridge.subscribed:
+            await asyncio.sleep(0.02)

@@ -349,7 +349,8 @@ FLOWS = (
     Flow(GATEWAY, f"{BASE}/status", (WMS,), retain=True, will=True),
     Flow(GATEWAY, f"{BASE}/device/fl-07/status", (WMS,), retain=True),
     Flow(GATEWAY, f"{BASE}/state/door/D03", (WMS,), retain=True),
-    Flow(GATEWAY, f"{BASE}/state/location/A-01-01", (WMS,), retain=True),
+    # Read by the site's gateways too (`[state] follow_site`); here by the publisher itself.
+    Flow(GATEWAY, f"{BASE}/state/location/A-01-01", (WMS, GATEWAY), retain=True),
     Flow(GATEWAY, f"{BASE}/state/robot/agv-001", (WMS,), retain=True),
     Flow(GATEWAY, f"{BASE}/state/device/fl-07", (WMS,), retain=True),
     Flow(GATEWAY, f"{BASE}/state/zone/A-01", (WMS,), retain=True),

@@ -103,6 +103,7 @@ from gateway.domain.robots import (
     RobotPosition,
     RobotState,
 )
+from gateway.domain.site import PalletElsewhere, SiteLocationState
 from gateway.domain.tasks import (
     AnswerResult,
     CancelRequest,
@@ -201,6 +202,7 @@ __all__ = [
     "PackResult",
     "PackTransaction",
     "PackedItem",
+    "PalletElsewhere",
     "PalletLot",
     "PortalPass",
     "PrintJob",
@@ -230,6 +232,7 @@ __all__ = [
     "ShipLine",
     "ShipOrder",
     "SiteLayout",
+    "SiteLocationState",
     "Ssccs",
     "StorageLocation",
     "TagEvidence",

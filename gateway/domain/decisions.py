@@ -10,6 +10,7 @@ from gateway.domain.notices import Notice
 from gateway.domain.packing import CartonChanged, PackTransaction, PrintJob
 from gateway.domain.refdata import RefData, RefDataKind
 from gateway.domain.replies import ReplyHandle
+from gateway.domain.site import PalletElsewhere
 from gateway.domain.tasks import TaskAnswer, TaskChanged
 from gateway.domain.transactions import (
     DockSummary,
@@ -72,6 +73,7 @@ Decision = (
     | CountOpened
     | CountSeen
     | CountTransaction
+    | PalletElsewhere
 )
 """Everything a rule may decide."""
 

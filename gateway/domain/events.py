@@ -19,6 +19,7 @@ from gateway.domain.handheld import Purpose
 from gateway.domain.refdata import RefData, RefDataKind
 from gateway.domain.replies import ReplyHandle
 from gateway.domain.robots import RobotConnection, RobotState
+from gateway.domain.site import SiteLocationState
 from gateway.domain.tasks import TaskRequest, WmsTaskMessage
 
 
@@ -154,6 +155,7 @@ class InputKind(enum.StrEnum):
     ROBOT = "vda5050"
     COMMAND = "command"
     HANDHELD = "handheld"
+    SITE_STATE = "site_state"  # another gateway's retained state
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,4 +236,5 @@ Event = (
     | Rejected
     | HandheldBatch
     | CountCommand
+    | SiteLocationState
 )

@@ -87,6 +87,7 @@ class LiveState:
             door: deque(maxlen=RECENT_PER_DOOR) for door in self._doors
         }
         self._where: dict[str, str] = {}  # sscc -> location
+        self._since: dict[str, float] = {}  # sscc -> since when (epoch s, event time)
         self._at: dict[str, set[str]] = {}  # location -> sscc
         self._dirty_locations: set[str] = set()
         self.current: dict[str, bytes] = {}  # topic -> its payload now
@@ -102,8 +103,8 @@ class LiveState:
 
     async def load(self, store: Store) -> None:
         """Where pallets are, each door's last transactions and the topics retained before."""
-        for sscc, location in (await store.pallet_locations(limit=self._max_pallets)).items():
-            self._put(sscc, location)
+        for sscc, (location, since) in (await store.pallet_places(limit=self._max_pallets)).items():
+            self._put(sscc, location, since)
         for door, bodies in (await store.door_recent()).items():
             recent = self._recent.setdefault(door, deque(maxlen=RECENT_PER_DOOR))
             recent.extend(json.loads(body) for body in bodies)
@@ -127,9 +128,10 @@ class LiveState:
         committed: Sequence[Committed],
     ) -> None:
         """After a commit: pallets moved or shipped, a door's transactions."""
+        now = self._clock().timestamp()
         for move in changes.moves:
-            self._put(move.sscc, move.location)
-        for sscc in changes.shipped:
+            self._put(move.sscc, move.location, move.at or now)
+        for sscc in (*changes.shipped, *changes.left):
             self._drop(sscc)
         for tx in committed:
             if isinstance(tx, DockTransaction):
@@ -182,8 +184,9 @@ class LiveState:
             topic = self._topic("location", location)
             if topic:
                 pallets = self._at.get(location)
+                since = {p: self._since[p] for p in pallets or () if p in self._since}
                 changed |= self._set(
-                    topic, encode(location_state(location, pallets)) if pallets else None
+                    topic, encode(location_state(location, pallets, since)) if pallets else None
                 )
         if changed:
             self.version += 1
@@ -261,12 +264,11 @@ class LiveState:
             )
         return ""
 
-    def _put(self, sscc: str, location: str) -> None:
+    def _put(self, sscc: str, location: str, since: float) -> None:
         before = self._where.get(sscc)
-        if before == location:
-            return
-        if before is not None:
+        if before is not None and before != location:
             self._drop(sscc)
+        self._since[sscc] = since
         self._where[sscc] = location
         self._at.setdefault(location, set()).add(sscc)
         self._dirty_locations.add(location)
@@ -274,6 +276,7 @@ class LiveState:
             self._drop(next(iter(self._where)))
 
     def _drop(self, sscc: str) -> None:
+        self._since.pop(sscc, None)
         location = self._where.pop(sscc, None)
         if location is None:
             return

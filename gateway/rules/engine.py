@@ -7,6 +7,7 @@ Every event kind meets its handler in one table (`_HANDLERS`); every handler ret
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -41,6 +42,7 @@ from gateway.domain import (
     NextRequest,
     Notice,
     PackTransaction,
+    PalletElsewhere,
     PortalPass,
     Product,
     ProgressRequest,
@@ -57,6 +59,7 @@ from gateway.domain import (
     Scan,
     ScanKind,
     ShipOrder,
+    SiteLocationState,
     TagReadBatch,
     TaskAnswer,
     WeightSample,
@@ -96,6 +99,7 @@ _REJECTED: Final[Mapping[InputKind, tuple[str, str]]] = {
     InputKind.ROBOT: ("vda5050_rejected", "topic"),
     InputKind.COMMAND: ("command_rejected", "topic"),
     InputKind.HANDHELD: ("handheld_rejected", "terminal"),
+    InputKind.SITE_STATE: ("site_state_rejected", "topic"),
 }
 
 
@@ -117,6 +121,8 @@ class RulesEngine:
         zones: RFID zone tracking, by reader id.
         counts: cycle counts (None: not taken).
         count_timeout_s: how long a count stays open when its command names no timeout.
+        gateway_id: this gateway's id (breaks ties with other gateways' pallet sightings).
+        site_memory: the most pallets whose newest sighting by another gateway is kept.
     """
 
     def __init__(
@@ -135,6 +141,8 @@ class RulesEngine:
         zones: Mapping[str, ZoneTracker] | None = None,
         counts: CycleCounts | None = None,
         count_timeout_s: float = 3600.0,
+        gateway_id: str = "",
+        site_memory: int = 100_000,
     ) -> None:
         self.moves = moves
         self.portals = dict(portals)
@@ -153,6 +161,11 @@ class RulesEngine:
         self.count_timeout_s = count_timeout_s
         self._recorded: dict[str, str] = {}  # the stock `stock_found` handed in, for one close
         self._recorded_of: frozenset[str] = frozenset()  # ... of these locations
+        self.gateway_id = gateway_id
+        # Another gateway's newest sighting of each pallet: (since, gateway), least recent first.
+        self._site_seen: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._site_memory = site_memory
+        self._local: dict[str, tuple[str, float]] = {}  # `site_found`: this gateway's record
 
     def on_event(self, event: Event) -> list[Decision]:
         """Decisions caused by one event."""
@@ -213,6 +226,17 @@ class RulesEngine:
         """Storage's answer to `stock_needed`: key -> recorded location, of `locations`."""
         self._recorded = dict(recorded)
         self._recorded_of = locations
+
+    def site_needed(self, event: Event) -> frozenset[str] | None:
+        """The pallets whose record in storage (location, since) another gateway's state
+        needs compared with; the runner hands them to `site_found` before the event."""
+        if isinstance(event, SiteLocationState) and event.pallets:
+            return frozenset(sscc for sscc, _ in event.pallets)
+        return None
+
+    def site_found(self, local: Mapping[str, tuple[str, float]]) -> None:
+        """Storage's answer to `site_needed`: sscc -> (location, since) of those recorded."""
+        self._local = dict(local)
 
     def counts_due(self, now: dt.datetime) -> list[CountCommand]:
         """Closes of the counts whose deadline came (the runner carries them out as events,
@@ -609,6 +633,33 @@ class RulesEngine:
         )
         return [tx], HandheldResult(seq, HandheldCode.COUNTED, detail, tx.tx_id)
 
+    def _site(self, event: SiteLocationState) -> list[Decision]:
+        """Another gateway's pallets at one of its locations: each that it put there later than
+        this gateway last recorded it (newest event time wins; a tie goes to the larger gateway
+        id) is there now: the forklift rule takes it as the pallet's origin, and this gateway's
+        own record of it goes."""
+        local, self._local = self._local, {}
+        out: list[Decision] = []
+        for sscc, since in event.pallets:
+            theirs = (since, event.gateway)
+            seen = self._site_seen.get(sscc)
+            if seen is not None and theirs <= seen:
+                continue
+            mine = local.get(sscc)
+            if mine is not None and theirs <= (mine[1], self.gateway_id):
+                continue
+            self._site_seen[sscc] = theirs
+            self._site_seen.move_to_end(sscc)
+            while len(self._site_seen) > self._site_memory:
+                self._site_seen.popitem(last=False)
+            self.moves.located(sscc, event.location)
+            if mine is not None and self.agv is not None:
+                self.agv.stock.forget(sscc)
+            out.append(
+                PalletElsewhere(sscc, event.location, since, event.gateway, mine is not None)
+            )
+        return out
+
     def _count(self, command: CountCommand) -> list[Decision]:
         """Open or close a cycle count (`gateway.rules.counts`)."""
         counts, count_id = self.counts, command.count_id
@@ -748,6 +799,7 @@ _HANDLERS: Final[Mapping[type[Any], Callable[[RulesEngine, Any], list[Decision]]
     Rejected: RulesEngine._rejected,
     HandheldBatch: RulesEngine._handheld,
     CountCommand: RulesEngine._count,
+    SiteLocationState: RulesEngine._site,
 }
 
 

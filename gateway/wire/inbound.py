@@ -30,16 +30,22 @@ from gateway.domain import (
     ReplyHandle,
     RobotReport,
     ShipOrder,
+    SiteLocationState,
     WmsTask,
     WmsTaskDeleted,
     key_of,
 )
 from gateway.drivers.barcode import LabelRules
+from gateway.schemas import validator
 from gateway.wire import agv as agv_wire
 from gateway.wire import counts as count_wire
 from gateway.wire import handheld as handheld_wire
 from gateway.wire import refdata, vda5050
+from gateway.wire.jsondoc import InvalidDocument, load_valid, one_line
 from gateway.wire.topics import Requester, RequesterKind, Topics
+
+MAX_STATE_BYTES = 1024 * 1024
+"""Another gateway's state of one location (thousands of pallets fit); larger is refused."""
 
 MAX_COMMAND_BYTES = 4096
 """A command is a small JSON object; anything larger is refused unread."""
@@ -172,6 +178,7 @@ class InboundRoutes:
         handheld: take handheld terminals' batches (`handheld/scans`), their labels read
             with these rules (None: not at all).
         ownership: what of the site's WMS data is this gateway's (None: all of it).
+        site_state: take the other gateways' `state/location/+` (retained).
     """
 
     def __init__(
@@ -184,6 +191,7 @@ class InboundRoutes:
         remembered: int = MAX_REMEMBERED_PAYLOADS,
         handheld: LabelRules | None = None,
         ownership: Ownership | None = None,
+        site_state: bool = False,
     ) -> None:
         self._topics = topics
         self._remembered = remembered
@@ -245,6 +253,16 @@ class InboundRoutes:
                     lambda t: vda5050.parse_topic(t) is not None,
                     _robot,
                     tuple((f, 0) for f in vda5050.subscriptions(vda5050_interface)),
+                )
+            )
+        if site_state:
+            site_root = f"gw/{topics.site}/"
+            routes.append(
+                Route(
+                    "site_state",
+                    lambda t: t.startswith(site_root) and _other_location_state(t, topics),
+                    lambda message, _reply: _site_location(message),
+                    ((f"gw/{topics.site}/+/state/location/+", 1),),
                 )
             )
         self.routes: tuple[Route, ...] = tuple(routes)
@@ -424,6 +442,34 @@ def _handheld(labels: LabelRules, message: Received, reply_to: ReplyTo) -> Event
             InputKind.HANDHELD, subject, parsed.batch.reason, message.at, reply, source=source
         )
     return replace(parsed.batch, reply=reply)
+
+
+def _other_location_state(topic: str, topics: Topics) -> bool:
+    """`gw/{site}/{gateway}/state/location/{location}` of a gateway other than this one."""
+    levels = topic.split("/")
+    return len(levels) == 6 and levels[3:5] == ["state", "location"] and levels[2] != topics.gateway
+
+
+def _site_location(message: Received) -> Event:
+    """Another gateway's pallets at one of its locations (empty: none there any more)."""
+    _, _, gateway, _, _, location = message.topic.split("/")
+    source = f"gateway {gateway}"[:120]
+    if not message.payload:
+        return SiteLocationState(gateway, location, (), message.at)
+    try:
+        doc = load_valid(message.payload, validator("state-location"), max_bytes=MAX_STATE_BYTES)
+    except InvalidDocument as err:
+        reason = one_line(str(err))
+        return Rejected(InputKind.SITE_STATE, message.topic, reason, message.at, source=source)
+    if doc["location"] != location:
+        why = f"location: {doc['location'][:60]!r} is not the topic's, {location[:60]!r}"
+        return Rejected(InputKind.SITE_STATE, message.topic, why, message.at, source=source)
+    since = doc.get("since", {})
+    pallets = tuple(
+        (p, dt.datetime.fromisoformat(since[p]).timestamp() if p in since else 0.0)
+        for p in doc["pallets"]
+    )
+    return SiteLocationState(gateway, location, pallets, message.at)
 
 
 def _robot(message: Received) -> Event:

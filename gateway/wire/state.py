@@ -8,7 +8,8 @@ state always gives the same bytes (and is published only when it changes). Schem
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway.domain import DockProgress, DockTransaction, RobotPosition, Task
@@ -77,9 +78,18 @@ def _progress(progress: DockProgress) -> dict[str, Any]:
     }
 
 
-def location_state(location: str, pallets: Iterable[str]) -> dict[str, Any]:
-    """`state/location/{location}`: the pallets (SSCCs) the gateway's transactions put there."""
-    return {"version": WIRE_VERSION, "location": location, "pallets": sorted(pallets)}
+def location_state(
+    location: str, pallets: Iterable[str], since: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """`state/location/{location}`: the pallets (SSCCs) the gateway's transactions put there,
+    and since when each (event time: the transaction that put it there)."""
+    ordered = sorted(pallets)
+    doc: dict[str, Any] = {"version": WIRE_VERSION, "location": location, "pallets": ordered}
+    if since:
+        doc["since"] = {
+            p: iso(dt.datetime.fromtimestamp(since[p], dt.UTC)) for p in ordered if p in since
+        }
+    return doc
 
 
 def robot_state(robot: str, task: Task | None, position: RobotPosition | None) -> dict[str, Any]:
