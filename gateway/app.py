@@ -126,6 +126,7 @@ class Gateway:
                     config.agv.task_board,
                 ),
                 site_state=config.state.follow_site,
+                site_receipts=config.agv.enabled and config.agv.site_putaway,
             )
             # The broker sends every retained record again: those taken in before are skipped.
             for kind, key, digest in await store.reference_digests():

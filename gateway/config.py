@@ -694,6 +694,9 @@ class AgvConfig(_Model):
     # The site's task board: this gateway takes the WMS tasks that name no `gateway` (one
     # gateway of a site has it). Tasks naming a gateway go to that one only.
     task_board: bool = True
+    # The task board also puts away what the site's other gateways receive (their
+    # `tx/receive`, at doors in its layout): they need no AGV config of their own.
+    site_putaway: bool = False
     lease_s: float = Field(default=120.0, gt=0, le=86_400)
     max_attempts: int = Field(default=3, ge=1, le=100)
     # Moves this recent count for the ABC velocity class of a product.

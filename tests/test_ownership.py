@@ -171,3 +171,73 @@ async def subscribed(gateway: Gateway) -> None:
     async with asyncio.timeout(10):
         while gateway.bridge is None or not gateway.bridge.subscribed:
             await asyncio.sleep(0.02)
+
+
+# --- the site's task board puts away what the other gateways receive ---------------------------
+
+
+async def test_the_task_board_puts_away_a_pallet_another_gateway_received_once(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    pallet = sscc("0614141", 77)
+    board_raw = site_config(tmp_path / "b", broker_port=mosquitto.port, scanner=None)
+    board_raw["gateway"].update(id="dock-1", doors=["D01"])
+    board_raw["agv"] = {
+        "enabled": True,
+        "site_putaway": True,
+        "layout": {
+            "doors": [{"door": "D05", "x": 0.0, "y": 0.0}],
+            "locations": [
+                {
+                    "location": "RA-01",
+                    "zone": "AMBIENT",
+                    "velocity": "A",
+                    "capacity_pallets": 4,
+                    "x": 3.0,
+                    "y": 4.0,
+                }
+            ],
+        },
+    }
+    dock_raw = site_config(tmp_path / "d", broker_port=mosquitto.port, scanner=None)
+    dock_raw["gateway"].update(id="dock-2", doors=["D05"])
+    dock_raw["devices"] = [
+        {
+            "id": "rcv-d05",
+            "kind": "barcode_scanner",
+            "role": "receiving",
+            "location": "D05",
+            "transport": {"type": "serial", "port": str(tmp_path / "no-such-port")},
+        }
+    ]
+    for folder in ("b", "d"):
+        (tmp_path / folder).mkdir()
+    asn = {"asn_id": "ASN-5", "door": "D05", "lines": [{"line": 1, "sscc": pallet, "quantity": 1}]}
+    async with (
+        Collector(mosquitto.port) as collector,
+        running(build(board_raw, tmp_path / "b")) as board,
+        running(build(dock_raw, tmp_path / "d")) as dock,
+    ):
+        for gateway in (board, dock):
+            await subscribed(gateway)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms:
+            await wms.publish("wms/DC1/asn/ASN-5", json.dumps(asn), qos=1, retain=True)
+        await until(lambda: dock.runner is not None and "ASN-5" in dock.runner.engine.dock.asns)
+        at = dt.datetime.now(dt.UTC)
+        await dock.queue.put(Scan("rcv-d05", at, pallet, ScanKind.PALLET, sscc=pallet))
+        await collector.wait_for(lambda c: c.on("dock-2/tx/receive"))
+        await collector.wait_for(lambda c: c.on("dock-1/agv/task"))
+        (created,) = [m.json() for m in collector.on("dock-1/agv/task")]
+        assert created["event"] == "created"
+        assert created["task"]["sscc"] == pallet and created["task"]["source"] == "D05"
+        assert created["task"]["destination"] == "RA-01"
+        # The same receipt again (a redelivery): no second task.
+        (receipt,) = collector.on("dock-2/tx/receive")
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-replay") as again:
+            await again.publish("gw/DC1/dock-2/tx/receive", receipt.payload, qos=1)
+            forged = {**receipt.json(), "door": "D01"}  # an id that is not the payload's
+            await again.publish("gw/DC1/dock-2/tx/receive", json.dumps(forged), qos=1)
+        await collector.wait_for(
+            lambda c: any(m.json()["code"] == "site_state_rejected" for m in c.on("dock-1/event"))
+        )
+        assert len(collector.on("dock-1/agv/task")) == 1

@@ -356,7 +356,7 @@ FLOWS = (
     Flow(GATEWAY, f"{BASE}/state/zone/A-01", (WMS,), retain=True),
     Flow(GATEWAY, f"{BASE}/zone/event", (WMS,)),
     Flow(GATEWAY, f"{BASE}/tx/move", (WMS,)),
-    Flow(GATEWAY, f"{BASE}/tx/receive", (WMS,)),
+    Flow(GATEWAY, f"{BASE}/tx/receive", (WMS, GATEWAY)),  # the task board reads receipts
     Flow(GATEWAY, f"{BASE}/tx/ship", (WMS,)),
     Flow(GATEWAY, f"{BASE}/tx/pack", (WMS,)),
     Flow(GATEWAY, f"{BASE}/tx/count", (WMS,)),

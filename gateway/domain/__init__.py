@@ -103,7 +103,7 @@ from gateway.domain.robots import (
     RobotPosition,
     RobotState,
 )
-from gateway.domain.site import PalletElsewhere, SiteLocationState
+from gateway.domain.site import PalletElsewhere, SiteLocationState, SiteReceipt
 from gateway.domain.tasks import (
     AnswerResult,
     CancelRequest,
@@ -233,6 +233,7 @@ __all__ = [
     "ShipOrder",
     "SiteLayout",
     "SiteLocationState",
+    "SiteReceipt",
     "Ssccs",
     "StorageLocation",
     "TagEvidence",

@@ -19,7 +19,7 @@ from gateway.domain.handheld import Purpose
 from gateway.domain.refdata import RefData, RefDataKind
 from gateway.domain.replies import ReplyHandle
 from gateway.domain.robots import RobotConnection, RobotState
-from gateway.domain.site import SiteLocationState
+from gateway.domain.site import SiteLocationState, SiteReceipt
 from gateway.domain.tasks import TaskRequest, WmsTaskMessage
 
 
@@ -237,4 +237,5 @@ Event = (
     | HandheldBatch
     | CountCommand
     | SiteLocationState
+    | SiteReceipt
 )

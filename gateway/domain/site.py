@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from gateway.domain.transactions import DockTransaction
+
 
 @dataclass(frozen=True, slots=True)
 class SiteLocationState:
@@ -28,3 +30,13 @@ class PalletElsewhere:
     since: float
     gateway: str
     held_here: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SiteReceipt:
+    """Another gateway's receive transaction (its `tx/receive`), for the site's task board to
+    put its pallets away; `tx.tx_id` is the id it was published with."""
+
+    gateway: str
+    tx: DockTransaction
+    at: dt.datetime

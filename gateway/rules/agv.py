@@ -243,8 +243,12 @@ class TaskBoard:
 
     # --- what creates tasks and moves pallets ------------------------------------------------
 
-    def on_dock(self, tx: DockTransaction) -> list[Decision]:
-        """A receive creates putaway tasks for its pallets; a ship takes pallets off stock."""
+    def on_dock(self, tx: DockTransaction, *, site: bool = False) -> list[Decision]:
+        """A receive creates putaway tasks for its pallets; a ship takes pallets off stock.
+
+        `site`: another gateway's receipt (this board puts the site's pallets away); it may
+        come again (its redelivery, this gateway's restart): a pallet whose putaway task for
+        this receipt exists already, open or finished, is left alone."""
         pallets = tx.accepted_pallets
         if tx.kind == DockKind.SHIP:
             shipped: list[Decision] = []
@@ -260,6 +264,8 @@ class TaskBoard:
         out: list[Decision] = []
         classes: dict[str, VelocityClass] | None = None  # the same for the whole receipt
         for sscc in pallets:
+            if site and self.task(deterministic_id("putaway", tx.tx_id, sscc)) is not None:
+                continue
             self.stock.apply_receive(sscc, tx.door)
             if sscc in lots:
                 self._remember_lot(sscc, lots[sscc])

@@ -60,6 +60,7 @@ from gateway.domain import (
     ScanKind,
     ShipOrder,
     SiteLocationState,
+    SiteReceipt,
     TagReadBatch,
     TaskAnswer,
     WeightSample,
@@ -660,6 +661,10 @@ class RulesEngine:
             )
         return out
 
+    def _site_receipt(self, event: SiteReceipt) -> list[Decision]:
+        """Another gateway's receipt: the site's task board puts its pallets away."""
+        return [] if self.agv is None else self.agv.on_dock(event.tx, site=True)
+
     def _count(self, command: CountCommand) -> list[Decision]:
         """Open or close a cycle count (`gateway.rules.counts`)."""
         counts, count_id = self.counts, command.count_id
@@ -800,6 +805,7 @@ _HANDLERS: Final[Mapping[type[Any], Callable[[RulesEngine, Any], list[Decision]]
     HandheldBatch: RulesEngine._handheld,
     CountCommand: RulesEngine._count,
     SiteLocationState: RulesEngine._site,
+    SiteReceipt: RulesEngine._site_receipt,
 }
 
 

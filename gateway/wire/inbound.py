@@ -31,6 +31,7 @@ from gateway.domain import (
     RobotReport,
     ShipOrder,
     SiteLocationState,
+    SiteReceipt,
     WmsTask,
     WmsTaskDeleted,
     key_of,
@@ -41,6 +42,7 @@ from gateway.wire import agv as agv_wire
 from gateway.wire import counts as count_wire
 from gateway.wire import handheld as handheld_wire
 from gateway.wire import refdata, vda5050
+from gateway.wire import site as site_wire
 from gateway.wire.jsondoc import InvalidDocument, load_valid, one_line
 from gateway.wire.topics import Requester, RequesterKind, Topics
 
@@ -179,6 +181,7 @@ class InboundRoutes:
             with these rules (None: not at all).
         ownership: what of the site's WMS data is this gateway's (None: all of it).
         site_state: take the other gateways' `state/location/+` (retained).
+        site_receipts: take the other gateways' `tx/receive` (the site's task board).
     """
 
     def __init__(
@@ -192,6 +195,7 @@ class InboundRoutes:
         handheld: LabelRules | None = None,
         ownership: Ownership | None = None,
         site_state: bool = False,
+        site_receipts: bool = False,
     ) -> None:
         self._topics = topics
         self._remembered = remembered
@@ -263,6 +267,15 @@ class InboundRoutes:
                     lambda t: t.startswith(site_root) and _other_location_state(t, topics),
                     lambda message, _reply: _site_location(message),
                     ((f"gw/{topics.site}/+/state/location/+", 1),),
+                )
+            )
+        if site_receipts:
+            routes.append(
+                _pure_route(
+                    "site_receipt",
+                    partial(_other_receipt, f"gw/{topics.site}/", topics.gateway),
+                    _site_receipt,
+                    ((f"gw/{topics.site}/+/tx/receive", 1),),
                 )
             )
         self.routes: tuple[Route, ...] = tuple(routes)
@@ -470,6 +483,29 @@ def _site_location(message: Received) -> Event:
         for p in doc["pallets"]
     )
     return SiteLocationState(gateway, location, pallets, message.at)
+
+
+def _other_receipt(root: str, own: str, topic: str) -> bool:
+    """`gw/{site}/{gateway}/tx/receive` of a gateway other than `own`."""
+    levels = topic.split("/")
+    return (
+        topic.startswith(root)
+        and len(levels) == 5
+        and levels[3:] == ["tx", "receive"]
+        and levels[2] != own
+    )
+
+
+def _site_receipt(message: Received) -> Event | None:
+    """Another gateway's receive transaction (retained ones are none: ignored)."""
+    if message.retain:
+        return None
+    gateway = message.topic.split("/")[2]
+    parsed = site_wire.parse_receipt(message.payload)
+    if isinstance(parsed, str):
+        source = f"gateway {gateway}"[:120]
+        return Rejected(InputKind.SITE_STATE, message.topic, parsed, message.at, source=source)
+    return SiteReceipt(gateway, parsed, message.at)
 
 
 def _robot(message: Received) -> Event:
