@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS gateway_message (
     site        TEXT,
     gateway     TEXT,
     body        JSONB NOT NULL,
+    consumer    TEXT NOT NULL,             -- the consumer that stored it (its client id)
     first_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     deliveries  INTEGER NOT NULL DEFAULT 1 -- how many times it came
 );
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS gateway_message (
 SCHEMA_LOCK = 0x67775F6D7367  # a PostgreSQL advisory lock key of the consumers' own
 
 _INSERT = (
-    "INSERT INTO gateway_message (id, topic, site, gateway, body) VALUES (%s, %s, %s, %s, %s)"
+    "INSERT INTO gateway_message (id, topic, site, gateway, body, consumer)"
+    " VALUES (%s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (id) DO UPDATE SET deliveries = gateway_message.deliveries + 1"
     " RETURNING xmax = 0"  # PostgreSQL: true for a row inserted, false for one updated
 )
@@ -183,7 +185,7 @@ class Consumer:
         fresh = 0
         async with db.transaction():
             for row in rows:
-                inserted = await (await db.execute(_INSERT, row)).fetchone()
+                inserted = await (await db.execute(_INSERT, (*row, self._client_id))).fetchone()
                 fresh += 1 if inserted and inserted[0] else 0
         self.stats.stored += fresh
         self.stats.repeats += len(rows) - fresh
