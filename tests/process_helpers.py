@@ -18,10 +18,12 @@ def write_toml(path: Path, raw: dict[str, Any]) -> Path:
     def value(v: Any) -> str:
         if isinstance(v, dict):
             return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
         return json.dumps(v)
 
     def table(prefix: str, data: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in data.items() if not isinstance(v, dict | list)}
+        scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
         if prefix:
             lines.append(f"[{prefix}]")
         lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())

@@ -62,6 +62,9 @@ from gateway.wire.topics import ReplyPolicy, Requester, RequesterKind, Topics, t
 
 log = structlog.get_logger("gateway.bridge")
 
+# How long other operations (SUBSCRIBE, a status publish) may take before the link is taken as
+# dead (aiomqtt's `timeout`); the CONNACK has `[broker] connect_timeout_s`.
+OPERATION_TIMEOUT_S = 10.0
 # How long one publish may wait for its PUBACK before the connection is taken as dead.
 PUBACK_TIMEOUT_S = 30.0
 # Rows read from the outbox per query.
@@ -631,7 +634,7 @@ class MqttBridge:
             will=aiomqtt.Will(self._topics.status, will_payload, qos=1, retain=True),
             **session,
             keepalive=config.keepalive_s,
-            timeout=config.connect_timeout_s,
+            timeout=OPERATION_TIMEOUT_S,
             max_inflight_messages=config.max_inflight,
             # Unbounded here: QoS 1 messages are bounded by the Receive Maximum, QoS 0 ones by
             # `_Client._on_message`.
@@ -645,7 +648,12 @@ class MqttBridge:
 
     async def _session(self) -> None:
         client = self._client()
-        async with client, asyncio.TaskGroup() as tg:
+        async with contextlib.AsyncExitStack() as stack:
+            # The CONNACK within the connect timeout (a node may hold clients without one);
+            # later operations (a SUBACK a cluster takes long to give) have their own.
+            async with asyncio.timeout(self._config.connect_timeout_s):
+                await stack.enter_async_context(client)
+            tg = await stack.enter_async_context(asyncio.TaskGroup())
             # Messages of the persistent session come at once: taken before anything waits for
             # a PUBACK, which would otherwise wait behind them.
             tasks = [tg.create_task(self._receive(client), name="bridge.receive")]
