@@ -15,6 +15,7 @@ batches sent out of order (`reorder`). A scan answered `held` is sent again with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import random
@@ -74,6 +75,18 @@ class HandheldTerminal:
         return f"handheld/{self.terminal}/answers"
 
     async def __aenter__(self) -> Self:
+        await self._connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._disconnect()
+
+    async def reconnect(self) -> None:
+        """Connect again (a link the broker dropped: a terminal's app does the same)."""
+        await self._disconnect()
+        await self._connect()
+
+    async def _connect(self) -> None:
         self._client = aiomqtt.Client(
             self.host,
             self.port,
@@ -85,13 +98,15 @@ class HandheldTerminal:
         await self._client.__aenter__()
         await self._client.subscribe(self.answers_topic, qos=1)
         self._listener = asyncio.create_task(self._listen())
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def _disconnect(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
+            self._listener = None
         if self._client is not None:
-            await self._client.__aexit__(None, None, None)
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.__aexit__(None, None, None)
+            self._client = None
 
     def scan(self, purpose: str, barcode: str, **fields: Any) -> int:
         """Scan a label (kept until its result is final); its seq."""

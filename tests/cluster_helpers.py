@@ -36,12 +36,14 @@ class NatsCluster:
         self.client_ports = [free_port() for _ in range(nodes)]
         self.route_ports = [free_port() for _ in range(nodes)]
         self.mqtt_ports = [free_port() for _ in range(nodes)]
+        self.http_ports = [free_port() for _ in range(nodes)]  # monitoring: /connz, /jsz
         self._processes: list[subprocess.Popen[bytes] | None] = [None] * nodes
         routes = ", ".join(f"nats://127.0.0.1:{p}" for p in self.route_ports)
         for i in range(nodes):
             (self.dir / f"n{i}.conf").write_text(
                 f"server_name: n{i}\n"
                 f"listen: 127.0.0.1:{self.client_ports[i]}\n"
+                f"http: 127.0.0.1:{self.http_ports[i]}\n"
                 f'jetstream {{ store_dir: "{self.dir / f"js{i}"}" }}\n'
                 f"cluster {{ name: site, listen: 127.0.0.1:{self.route_ports[i]},"
                 f" routes: [{routes}] }}\n"

@@ -180,9 +180,15 @@ async def _until(what: Any, timeout: float, label: str) -> None:
 
 
 async def _flush(pda: HandheldTerminal) -> None:
-    """Send what the terminal holds; a gateway that is down is tried again later."""
-    with contextlib.suppress(TimeoutError, aiomqtt.MqttError, RuntimeError):
+    """Send what the terminal holds; a gateway that is down is tried again later, a link the
+    broker dropped is connected again."""
+    try:
         await pda.flush()
+    except (TimeoutError, RuntimeError):
+        pass
+    except aiomqtt.MqttError:
+        with contextlib.suppress(aiomqtt.MqttError, OSError):
+            await pda.reconnect()
 
 
 async def run_site(
