@@ -127,9 +127,10 @@ def _gateway_config(
     return raw
 
 
-def _consumer(
-    port: int, dsn: str, name: str, protocol: str, shared: bool
+def consumer_process(
+    port: int, dsn: str, name: str, protocol: str = "5", shared: bool = True
 ) -> subprocess.Popen[bytes]:
+    """`gateway consume` as a child process, for site DC1 (its output dropped)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -235,7 +236,7 @@ async def run_site(
                 process.start()
             for n in (1, 2):
                 consumers.append(
-                    _consumer(auditor_port, postgres.dsn, f"wms-{n}", protocol, shared)
+                    consumer_process(auditor_port, postgres.dsn, f"wms-{n}", protocol, shared)
                 )
             await _until(
                 lambda: (
@@ -454,7 +455,7 @@ async def _faults(
             consumers[1].kill()
             consumers[1].wait(10)
             run.consumer_kills += 1
-            consumers[1] = _consumer(port, dsn, "wms-2", protocol, shared)
+            consumers[1] = consumer_process(port, dsn, "wms-2", protocol, shared)
     if node is not None:
         await node
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from gateway.consumer import Consumer
 from tests.gateway_helpers import build, running, site_config
 from tests.mqtt_helpers import Mosquitto
 from tests.pg_helpers import Postgres, postgres_binaries
+from tests.site_scenario import consumer_process
 from tests.test_failover import moves
 
 pytestmark = [
@@ -94,28 +92,6 @@ async def test_two_consumers_share_the_moves_and_store_each_once(
         assert 0.3 * total <= n <= 0.7 * total, received
     assert sum(c.stats.stored for c in group) >= len(made)
     assert all(c.stats.unusable == 0 for c in group)
-
-
-def consumer_process(port: int, dsn: str, name: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "consume",
-            "--broker",
-            f"127.0.0.1:{port}",
-            "--dsn",
-            dsn,
-            "--site",
-            "DC1",
-            "--client-id",
-            name,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 @pytest.mark.slow(10)
