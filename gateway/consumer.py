@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
@@ -79,7 +79,6 @@ class ConsumerStats:
     stored: int = 0  # messages whose row was new
     repeats: int = 0  # messages whose id was stored already
     unusable: int = 0  # not JSON, or no id: acknowledged and dropped
-    ids: set[str] = field(default_factory=set)  # the ids this consumer stored or saw
 
 
 class _AckingClient(aiomqtt.Client):
@@ -189,7 +188,6 @@ class Consumer:
                 fresh += 1 if inserted and inserted[0] else 0
         self.stats.stored += fresh
         self.stats.repeats += len(rows) - fresh
-        self.stats.ids.update(r[0] for r in rows)
 
 
 def _row(topic: str, payload: Any) -> tuple[str, str, str | None, str | None, str] | None:

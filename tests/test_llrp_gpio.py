@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import re
 import struct
@@ -49,16 +48,13 @@ from tests.gateway_helpers import (
     wait_reference_data,
 )
 from tests.mqtt_helpers import Collector, Mosquitto
+from tests.test_llrp_driver import device, now
 from tests.time_helpers import SPEED, AcceleratedClock
 
 STRAYS = [encode_sscc96(CP, f"90000000{n:02d}") for n in range(3)]
 # How late a switch may come on a busy machine: a GPI edge or an alarm, through the driver's
 # loop and a request, to the simulator.
 SLACK_S = 0.4
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> float:
@@ -69,21 +65,6 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) 
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.005)
     return time.monotonic()
-
-
-def device(port: int, **extra: Any) -> LlrpReaderDevice:
-    return LlrpReaderDevice.model_validate(
-        {
-            "id": "d03-reader",
-            "kind": "llrp_reader",
-            "door": "D03",
-            "transport": {"type": "tcp", "host": "127.0.0.1", "port": port},
-            "antennas": {"outside": [1, 2], "inside": [3, 4]},
-            "keepalive_s": 0.5,
-            "connect_timeout_s": 3,
-            **extra,
-        }
-    )
 
 
 @contextlib.asynccontextmanager
