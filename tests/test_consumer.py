@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiomqtt
 import psycopg
 import pytest
 
@@ -118,3 +119,21 @@ async def test_a_consumer_killed_mid_stream_loses_nothing_and_stores_nothing_twi
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             process.wait(10)
+
+
+async def test_a_message_without_json_or_id_is_counted_and_does_not_stop_the_consumer(
+    tmp_path: Path, mosquitto: Mosquitto, postgres: Postgres
+) -> None:
+    consumer = Consumer(
+        host="127.0.0.1", port=mosquitto.port, dsn=postgres.dsn, site="DC1", client_id="wms-1"
+    )
+    raw = site_config(tmp_path, broker_port=mosquitto.port, scanner=None)
+    async with consumers(consumer):
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="hostile") as peer:
+            await peer.publish("gw/DC1/dock-9/tx/move", b"\xff not json", qos=1)
+            await peer.publish("gw/DC1/dock-9/tx/move", b'{"sscc": "no id"}', qos=1)
+        async with running(build(raw, tmp_path)) as gateway:
+            made = await moves(gateway, 1, 5)
+            rows = await all_stored(postgres.dsn, made)
+    assert len(rows) == len(made)
+    assert consumer.stats.unusable == 2

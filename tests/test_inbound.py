@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway.domain import RefDataDeleted, RefDataUpdate, Rejected
+from gateway.domain import InputKind, RefDataDeleted, RefDataUpdate, Rejected, SiteLocationState
 from gateway.wire import inbound
 from gateway.wire.inbound import InboundRoutes, Received
 from gateway.wire.topics import Requester, Topics
@@ -62,3 +62,23 @@ def test_the_digests_are_bounded() -> None:
     # L0 was forgotten (the least recent): it is parsed again; L4 is still remembered.
     assert isinstance(decode(table, "wms/DC1/location/L0", payload), RefDataUpdate)
     assert decode(table, "wms/DC1/location/L4", json.dumps({"location": "L4"}).encode()) is None
+
+
+def test_other_gateways_location_states_are_checked_and_the_own_ignored() -> None:
+    table = InboundRoutes(Topics("DC1", "gw1"), agv=False, vda5050_interface=None, site_state=True)
+
+    def decode(topic: str, payload: bytes) -> object:
+        return table.decode(Received(topic, payload, True, T0), _no_answers)
+
+    pallet = "306141410000000013"
+    good = {"version": 1, "location": "A-01", "pallets": [pallet]}
+    good["since"] = {pallet: "2026-12-07T07:59:00.000Z"}
+    state = decode("gw/DC1/gw2/state/location/A-01", json.dumps(good).encode())
+    assert isinstance(state, SiteLocationState)
+    assert state.gateway == "gw2" and state.pallets == ((pallet, T0.timestamp() - 60),)
+    assert decode("gw/DC1/gw1/state/location/A-01", json.dumps(good).encode()) is None  # its own
+    emptied = decode("gw/DC1/gw2/state/location/A-01", b"")
+    assert isinstance(emptied, SiteLocationState) and emptied.pallets == ()
+    for bad in (b"{not json", json.dumps({**good, "location": "B-02"}).encode()):
+        rejected = decode("gw/DC1/gw2/state/location/A-01", bad)
+        assert isinstance(rejected, Rejected) and rejected.kind is InputKind.SITE_STATE
