@@ -147,9 +147,9 @@ async def test_a_gateway_on_a_three_node_nats_cluster_survives_two_node_kills(
                 baseline = await cluster_back
                 print(f"failover: gateway {took:.2f} s, a bare client {baseline:.2f} s")
                 # Each attempt costs at most the backoff cap (1 s) and a connect timeout (2 s)
-                # on a node still stalled; the two live nodes are both tried within two
-                # attempts of the moment a client trying all the time got in.
-                assert took < baseline + 2 * (1.0 + 2.0) + 0.5, (took, baseline)
+                # on a node still stalled (or a refusal by the dead one); one round over the
+                # three nodes after a client trying all the time got in reaches a live one.
+                assert took < baseline + 3 * (1.0 + 2.0) + 0.5, (took, baseline)
                 cluster.start(node)  # (the auditor may have been on it: its session waits)
                 expected = set(made)
                 await auditor.wait_for(lambda c, e=expected: moved(c) >= e, timeout=30)
