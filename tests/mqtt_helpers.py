@@ -21,6 +21,21 @@ import aiomqtt
 # Private: hypothesis seeds the `random` module in its tests; parallel workers must not pick
 # the same ports.
 _ports = random.Random()
+# Ports this process handed out: not given again (a cluster's twelve ports must differ), until
+# this worker's share of the range is used up.
+_given: set[int] = set()
+
+
+def _worker_share(ports: range) -> range:
+    """This pytest-xdist worker's own part of `ports` (gw0, gw1 ...: parallel workers never
+    pick the same port); all of it outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count <= 1:
+        return ports
+    index = int(worker[2:]) % count
+    size = len(ports) // count
+    return ports[index * size : (index + 1) * size]
 
 
 def _ephemeral_ports() -> range:
@@ -45,8 +60,14 @@ def free_port() -> int:
     """
     ephemeral = _ephemeral_ports()
     outside = range(10_000, ephemeral.start) if ephemeral.start > 11_000 else range(0)
+    outside = _worker_share(outside)
+    if len(_given) > len(outside) // 2:
+        _given.clear()
     for _ in range(100 if outside else 0):
         port = _ports.choice(outside)
+        if port in _given:
+            continue
+        _given.add(port)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

@@ -468,7 +468,10 @@ class MqttBridge:
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._endpoints = config.endpoints()
         self._node = 0  # the node of `_endpoints` connected to, or tried next
-        self.connected = False
+        self.connected = False  # CONNACK taken and the online status acknowledged
+        # When the last CONNACK came (`time.monotonic()`) and from which node: on a cluster
+        # the status publish after it may wait longer for the node's storage than the CONNACK.
+        self.last_connack: tuple[float, tuple[str, int]] | None = None
         self.subscribed = False  # to the WMS's reference data and the commands
         self.published = 0
         self.refused = 0
@@ -653,6 +656,7 @@ class MqttBridge:
             # later operations (a SUBACK a cluster takes long to give) have their own.
             async with asyncio.timeout(self._config.connect_timeout_s):
                 await stack.enter_async_context(client)
+            self.last_connack = (time.monotonic(), self.endpoint)
             tg = await stack.enter_async_context(asyncio.TaskGroup())
             # Messages of the persistent session come at once: taken before anything waits for
             # a PUBACK, which would otherwise wait behind them.
