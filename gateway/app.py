@@ -27,14 +27,7 @@ from gateway import __version__
 from gateway.bridge.mqtt import MqttBridge
 from gateway.config import GatewayConfig
 from gateway.domain import Event, Notice, Severity
-from gateway.drivers.base import (
-    AlarmOutputs,
-    Clock,
-    Driver,
-    DriverContext,
-    PrintSpool,
-    utc_now,
-)
+from gateway.drivers.base import AlarmOutputs, Clock, Driver, DriverContext, PrintSpool, utc_now
 from gateway.drivers.registry import DRIVERS
 from gateway.health import StatusBoard
 from gateway.inbox import Inbox
@@ -141,6 +134,7 @@ class Gateway:
                 outbox_alarm_ratio=config.storage.outbox_alarm_ratio,
                 on_refused=self._publish_refused,
                 inbox=self._from_network,
+                committed=self.queue.committed,
                 routes=routes,
                 notices_dropped=lambda: recorder.notices_dropped,
             )
@@ -247,10 +241,10 @@ class Gateway:
     def _handheld_on(self, port: int) -> None:
         self.handheld_port = port
 
-    async def _from_network(self, event: Event) -> None:
+    async def _from_network(self, event: Event) -> int:
         """Events from MQTT fill at most half the inbox: a flood from the network never holds
-        back the devices' scans and reads."""
-        await self.queue.put_leaving(event, self.queue.maxsize // 2)
+        back the devices' scans and reads. The event's number in the inbox (`committed`)."""
+        return await self.queue.put_leaving(event, self.queue.maxsize // 2)
 
     async def _supervised(self, device_id: str) -> None:
         device = next(d for d in self.config.devices if d.id == device_id)

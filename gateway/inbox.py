@@ -17,12 +17,19 @@ rather than dropped, and what a driver holds in memory is bounded.
 
 The waits are measured on the monotonic clock: a gateway run on an accelerated test clock
 subtracts real seconds from it.
+
+Events are numbered as they are queued. The rules take them in that order and mark each done
+(`task_done`) once the batch holding it is committed; so `committed(n)` returns once event `n`,
+and every event queued before it, is committed. The MQTT bridge acknowledges a message only
+then: a gateway killed before its commit gets the message again from the broker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -42,6 +49,11 @@ class Inbox(asyncio.Queue[Event]):
         self._backlogs: list[float] = []  # since when the backlogs being read waited
         self._taken = asyncio.Event()  # set whenever an event is taken: room may have come
         self._beyond_bound = False  # `keep` is queueing
+        self._queued_total = 0  # events ever queued: the number of the last one
+        self._done_total = 0  # events ever marked done (committed)
+        # (event number, tie-breaker, future) of those waiting for a commit, least first.
+        self._commit_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tie = itertools.count()
 
     def _put(self, item: Event) -> None:
         stamp = time.monotonic()
@@ -49,6 +61,7 @@ class Inbox(asyncio.Queue[Event]):
             stamp = min(stamp, *self._backlogs)
         self._stamps.append(stamp)
         self._push_least(stamp)
+        self._queued_total += 1
         super()._put(item)
 
     def _get(self) -> Event:
@@ -82,13 +95,40 @@ class Inbox(asyncio.Queue[Event]):
         finally:
             self._offered.remove(offered)
 
-    async def put_leaving(self, item: Event, room: int) -> None:
+    async def put_leaving(self, item: Event, room: int) -> int:
         """Put `item` once fewer than `maxsize - room` events are queued: a producer that must
-        not fill the inbox (the network) leaves `room` for the others (the devices)."""
+        not fill the inbox (the network) leaves `room` for the others (the devices). Its number
+        (for `committed`)."""
         while self.maxsize and self.qsize() >= self.maxsize - room:
             self._taken.clear()
             await self._taken.wait()
         await self.put(item)
+        # Nothing ran since `put_nowait` numbered it: it is the last one queued.
+        return self._queued_total
+
+    def task_done(self) -> None:
+        """Mark the oldest event taken and not done as done (its batch is committed)."""
+        super().task_done()
+        self._done_total += 1
+        waiters = self._commit_waiters
+        while waiters and waiters[0][0] <= self._done_total:
+            future = heapq.heappop(waiters)[2]
+            if not future.done():
+                future.set_result(None)
+
+    async def committed(self, number: int) -> None:
+        """Return once event `number` (from `put_leaving`) and all queued before it are done."""
+        if number <= self._done_total:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (number, next(self._tie), future)
+        heapq.heappush(self._commit_waiters, entry)
+        try:
+            await future
+        finally:
+            if entry in self._commit_waiters:  # cancelled: forget it
+                self._commit_waiters.remove(entry)
+                heapq.heapify(self._commit_waiters)
 
     def full(self) -> bool:
         """Whether `put` would wait (never while `keep` queues)."""

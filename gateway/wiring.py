@@ -255,7 +255,7 @@ async def _packing(config: GatewayConfig, store: Store) -> Packing | None:
 
 def handheld_http(
     config: GatewayConfig,
-    put: Callable[[Event], Awaitable[None]],
+    put: Callable[[Event], Awaitable[object]],
     clock: Clock,
     started: Callable[[int], None],
 ) -> Coroutine[Any, Any, None] | None:

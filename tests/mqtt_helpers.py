@@ -137,8 +137,11 @@ class Mosquitto:
             + "persistence true\n"
             f"persistence_location {self.dir}/\n"
             + self._autosave
-            # The defaults drop messages in bursts; a test broker must not.
-            + "max_queued_messages 0\n"
+            # The defaults drop messages in bursts; a test broker must not. Not 0 (unlimited):
+            # Mosquitto 2.0.11 then drops a client whose PUBACK follows a PUBLISH it denied
+            # by ACL ("Bad socket read/write"; the `max_queued_messages 0` bugs, mosquitto
+            # #3088, #3244). The shipped config has a limit too.
+            + "max_queued_messages 1000000\n"
             "max_inflight_messages 0\n"
             "max_inflight_bytes 0\n"
             "max_queued_bytes 0\n"

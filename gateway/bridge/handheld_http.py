@@ -61,7 +61,7 @@ class _Waiter:
 def application(
     tokens: Mapping[str, str],
     labels: LabelRules,
-    put: Callable[[Event], Awaitable[None]],
+    put: Callable[[Event], Awaitable[object]],
     clock: Clock,
 ) -> web.Application:
     """The aiohttp application (`put` hands an event to the rules' queue)."""
@@ -115,7 +115,7 @@ async def serve(
     config: HandheldHttpConfig,
     tokens: Mapping[str, str],
     labels: LabelRules,
-    put: Callable[[Event], Awaitable[None]],
+    put: Callable[[Event], Awaitable[object]],
     clock: Clock,
     *,
     started: Callable[[int], None] | None = None,

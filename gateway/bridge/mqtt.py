@@ -6,10 +6,14 @@ relay's window, and paho's limit for every publish). When the connection drops,
 unacknowledged rows stay in the outbox and are published again, in order, after the
 reconnect: a consumer may see a transaction twice, always with the same id.
 
-Inbound flow control: an inbound QoS 1 message is acknowledged (PUBACK) only once it has been
-decoded and handed to the rules' inbox, and the CONNECT's Receive Maximum caps how many the
-broker sends unacknowledged; so a full inbox slows the broker down instead of a queue here
-discarding what the broker was told had arrived. QoS 0 messages (robot states) beyond a bound
+Inbound flow control: an inbound QoS 1 message is acknowledged (PUBACK) only once the rules
+have committed what it brought (`committed`; in arrival order, as MQTT wants its PUBACKs), and
+the CONNECT's Receive Maximum caps how many the broker sends unacknowledged; so a full inbox
+slows the broker down instead of a queue here discarding what the broker was told had arrived,
+and a gateway killed before its commit gets the message again. (Acknowledged once queued, an
+ASN taken in just before a SIGKILL was lost from the session; the broker sent it again only
+with the retained messages of the next SUBSCRIBE, after the handheld scans queued for the
+session, which were then judged without it.) QoS 0 messages (robot states) beyond a bound
 are dropped and counted. Large payloads are decoded in a worker process, one at a time in
 arrival order, so that the event loop (drivers, rules, publishing) does not stall on them.
 """
@@ -98,6 +102,8 @@ HEALTHY_SESSION_S = 10.0
 REFUSED_RETRY_MIN_S = 5.0
 REFUSED_RETRY_MAX_S = 300.0
 RETRY_SWEEP_S = 1.0
+# At a stop, how long the acknowledgements of what was committed may take to go out.
+ACKS_AT_STOP_S = 1.0
 # While the outbox's figures change, the gateway status is republished at most this often.
 STATUS_REFRESH_S = 10.0
 
@@ -418,7 +424,8 @@ class MqttBridge:
         outbox_alarm_ratio: outbox fill (rows or bytes, a share of the limit) at which the
             gateway status shows the alarm.
         on_refused: called once per topic the broker refuses (topic, reason).
-        inbox: where decoded messages go (the rules' queue).
+        inbox: where decoded messages go (the rules' queue); returns the event's number there.
+        committed: returns once the event of that number is committed (None: at once).
         routes: the inbound message kinds to subscribe to and decode (None: none).
         notices_dropped: how many events the full outbox had no room for (shown on the status).
     """
@@ -434,7 +441,8 @@ class MqttBridge:
         clock: Callable[[], dt.datetime],
         outbox_alarm_ratio: float | None = None,
         on_refused: Callable[[str, str], None] | None = None,
-        inbox: Callable[[Event], Awaitable[None]] | None = None,
+        inbox: Callable[[Event], Awaitable[int | None]] | None = None,
+        committed: Callable[[int], Awaitable[None]] | None = None,
         routes: InboundRoutes | None = None,
         notices_dropped: Callable[[], int] = lambda: 0,
     ) -> None:
@@ -458,6 +466,7 @@ class MqttBridge:
         self._outbox_alarm_ratio = outbox_alarm_ratio
         self._on_refused = on_refused
         self._inbox = inbox
+        self._committed = committed
         self._clock = clock
         # Answers to commands: published directly, QoS 1, the oldest dropped past the bound.
         self._responses: deque[tuple[str, bytes | None, bytes]] = deque(maxlen=RESPONSE_BACKLOG)
@@ -660,7 +669,11 @@ class MqttBridge:
             tg = await stack.enter_async_context(asyncio.TaskGroup())
             # Messages of the persistent session come at once: taken before anything waits for
             # a PUBACK, which would otherwise wait behind them.
-            tasks = [tg.create_task(self._receive(client), name="bridge.receive")]
+            acks = _Acks(client, self._committed)
+            tasks = [
+                tg.create_task(self._receive(client, acks), name="bridge.receive"),
+                tg.create_task(acks.run(), name="bridge.acks"),
+            ]
             await self._publish_status(client, online=True, reason="started")
             await self._requeue_sent()
             if not self.connected:
@@ -680,6 +693,10 @@ class MqttBridge:
                 tg.create_task(self._publish_debug(client), name="bridge.debug"),
             ]
             await self._stop.wait()
+            # The gateway committed what it had queued before stopping the bridge: what came
+            # is acknowledged now, or comes again at the next start.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(acks.drained(), ACKS_AT_STOP_S)
             for task in tasks:
                 task.cancel()
             await self._publish_status(client, online=False, reason="stopped")
@@ -729,13 +746,14 @@ class MqttBridge:
         )
         await client.publish_acked(self._topics.status, encode(payload), qos=1, retain=True)
 
-    async def _receive(self, client: _Client) -> None:
-        """Messages in, decoded at the edge, acknowledged once handed on; raises MqttError
+    async def _receive(self, client: _Client, acks: _Acks) -> None:
+        """Messages in, decoded at the edge, acknowledged once committed; raises MqttError
         when the link drops. Messages are taken while the subscriptions are made: a broker
         may hold a SUBACK until the retained messages it sends first are acknowledged."""
         async for message in client.messages:
             client.taken(message)
             routes = self._routes
+            number = None
             if (
                 self._inbox is not None
                 and routes is not None
@@ -744,13 +762,13 @@ class MqttBridge:
                 try:
                     event = await self._decode(routes, message)
                     if event is not None:
-                        await self._inbox(event)
+                        number = await self._inbox(event)
                 except BaseException:
                     # Not handed on (the link dropped meanwhile): the broker sends it again,
                     # and it must not be taken for a repeat then.
                     routes.forget(str(message.topic))
                     raise
-            client.ack(message)
+            acks.add(message, number)
             self.received += 1
             self.qos0_dropped = client.qos0_dropped
             self.reading_paused = client.reading_paused
@@ -1048,6 +1066,43 @@ class MqttBridge:
             batch = acked[:]
             del acked[: len(batch)]
             await self._store.acknowledge(batch, keep_s=self._config.redeliver_window_s)
+
+
+class _Acks:
+    """Inbound QoS 1 messages of one connection still to acknowledge, in arrival order (MQTT
+    wants PUBACKs in the order of the PUBLISHes), each once what it brought is committed."""
+
+    def __init__(self, client: _Client, committed: Callable[[int], Awaitable[None]] | None) -> None:
+        self._client = client
+        self._committed = committed
+        self._waiting: deque[tuple[aiomqtt.Message, int | None]] = deque()
+        self._changed = asyncio.Event()
+
+    def add(self, message: aiomqtt.Message, number: int | None) -> None:
+        """Acknowledge `message` once inbox event `number` is committed (None: nothing queued
+        for it; after those before it)."""
+        if message.qos > 0:
+            self._waiting.append((message, number))
+            self._changed.set()
+
+    async def run(self) -> None:
+        """Acknowledge, in order, as commits come; until cancelled with the connection."""
+        while True:
+            while not self._waiting:
+                self._changed.clear()
+                await self._changed.wait()
+            message, number = self._waiting[0]
+            if number is not None and self._committed is not None:
+                await self._committed(number)
+            self._waiting.popleft()
+            self._client.ack(message)
+            self._changed.set()
+
+    async def drained(self) -> None:
+        """Return once nothing waits to be acknowledged."""
+        while self._waiting:
+            self._changed.clear()
+            await self._changed.wait()
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:
