@@ -27,6 +27,8 @@ from typing import Any
 import aiomqtt
 import structlog
 
+from gateway.bridge.suback import subscribe_or_raise
+
 log = structlog.get_logger("gateway.consumer")
 
 __all__ = ["SCHEMA", "Consumer", "ConsumerStats", "topics_of"]
@@ -159,7 +161,7 @@ class Consumer:
         async with client:
             for topic in topics_of(self._site):
                 shared = f"$share/{self._group}/{topic}" if self._group else topic
-                await client.subscribe(shared, qos=1)
+                await subscribe_or_raise(client, shared)
             log.info("consumer subscribed", site=self._site, group=self._group)
             messages = aiter(client.messages)
             while True:

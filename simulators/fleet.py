@@ -62,6 +62,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.bridge.suback import subscribe_or_raise
 from simulators.vda5050_robot import VERSIONS, SimulatedRobot
 
 __all__ = [
@@ -1114,7 +1115,7 @@ class FleetController:
                     ),
                     timeout=10,
                 ) as client:
-                    await client.subscribe(self.response_topic, qos=1)
+                    await subscribe_or_raise(client, self.response_topic)
                     self._client = client
                     if ever_up:
                         self.reconnects += 1

@@ -28,6 +28,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.bridge.suback import subscribe_or_raise
+
 __all__ = ["HandheldTerminal", "Misbehaviour"]
 
 
@@ -96,7 +98,13 @@ class HandheldTerminal:
             ),
         )
         await self._client.__aenter__()
-        await self._client.subscribe(self.answers_topic, qos=1)
+        try:
+            await subscribe_or_raise(self._client, self.answers_topic)
+        except BaseException:
+            # Connected but not subscribed (a broker cluster that holds the SUBACK): no answer
+            # would ever come on this link, so it is no link.
+            await self._disconnect()
+            raise
         self._listener = asyncio.create_task(self._listen())
 
     async def _disconnect(self) -> None:
@@ -143,8 +151,10 @@ class HandheldTerminal:
                 self._take(await self.send(batches[i]))
 
     async def send(self, scans: list[dict[str, Any]]) -> dict[str, Any]:
-        """Send one batch and wait for its answer."""
-        assert self._client is not None, "use the terminal as an async context manager"
+        """Send one batch and wait for its answer; `aiomqtt.MqttError` without a link (after
+        a failed `reconnect`)."""
+        if self._client is None:
+            raise aiomqtt.MqttError("not connected to the broker")
         correlation = uuid.uuid4().bytes
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[correlation] = future

@@ -18,6 +18,8 @@ from typing import Any
 
 import aiomqtt
 
+from gateway.bridge.suback import subscribe_or_raise
+
 # Private: hypothesis seeds the `random` module in its tests; parallel workers must not pick
 # the same ports.
 _ports = random.Random()
@@ -259,7 +261,7 @@ class Collector:
                     clean_session=False,
                     max_queued_incoming_messages=0,
                 ) as client:
-                    await client.subscribe(self.topic, qos=1)
+                    await subscribe_or_raise(client, self.topic)
                     self.subscribed.set()
                     async for message in client.messages:
                         payload = message.payload

@@ -507,13 +507,20 @@ def main() -> None:
     cli.add_argument("--outage", type=float, default=30.0)
     cli.add_argument("--pallets", type=int, default=15, help="per door (8 doors)")
     cli.add_argument("--tasks", type=int, default=100)
+    cli.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the gateways' and brokers' logs here (default: a temporary folder)",
+    )
     args = cli.parse_args()
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="site-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         run = asyncio.run(
             run_site(
-                Path(tmp),
+                workdir,
                 broker=args.broker,
                 pallets_per_door=args.pallets,
                 wms_tasks=args.tasks,

@@ -205,28 +205,36 @@ async def test_a_message_larger_than_the_gateways_packet_limit_never_reaches_it(
 
 
 class _RefusingBroker:
-    """Stands in for a broker that refuses subscriptions by ACL (EMQX, HiveMQ): Mosquitto 2.0
-    grants every subscription and checks the ACL only when it delivers."""
+    """Stands in for a broker that refuses subscriptions: by ACL (EMQX, HiveMQ; Mosquitto 2.0
+    grants every subscription and checks the ACL only when it delivers), or for a while (a NATS
+    cluster without a JetStream leader answers 0x80). Refuses `refused` the first `times`
+    SUBSCRIBEs (for ever when None)."""
 
-    def __init__(self, refused: set[str]) -> None:
+    def __init__(self, refused: set[str], times: int | None = None) -> None:
         self.refused = refused
+        self.times = times
+        self.asked: list[list[str]] = []
 
     async def subscribe(self, topics: list[tuple[str, int]]) -> list[ReasonCode]:
+        self.asked.append([t for t, _qos in topics])
+        refusing = self.times is None or len(self.asked) <= self.times
         return [
             ReasonCode(
-                PacketTypes.SUBACK, "Not authorized" if t in self.refused else "Granted QoS 1"
+                PacketTypes.SUBACK,
+                "Not authorized" if refusing and t in self.refused else "Granted QoS 1",
             )
             for t, _qos in topics
         ]
 
 
-async def test_a_subscription_the_broker_refuses_is_logged_and_kept_for_the_status(
-    tmp_path: Path,
+async def test_a_subscription_the_broker_refuses_is_logged_kept_for_the_status_and_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from gateway.config import BrokerConfig
     from gateway.health import StatusBoard
     from gateway.wire.topics import Topics
 
+    monkeypatch.setattr(mqtt, "SUBSCRIBE_RETRY_MIN_S", 0.01)
     topics = Topics("DC1", "dock-1")
     routes = InboundRoutes(topics, agv=False, vda5050_interface=None)
     async with await Store.open(tmp_path / "gw.db") as store:
@@ -240,6 +248,22 @@ async def test_a_subscription_the_broker_refuses_is_logged_and_kept_for_the_stat
             inbox=lambda _event: asyncio.sleep(0),
             routes=routes,
         )
-        await bridge._subscribe(_RefusingBroker({"wms/DC1/asn/+"}))  # type: ignore[arg-type]
-    assert bridge.subscriptions_refused == {"wms/DC1/asn/+"}
+        # Refused for good (an ACL): shown, and asked for again, alone, with backoff.
+        acl = _RefusingBroker({"wms/DC1/asn/+"})
+        asking = asyncio.create_task(bridge._subscribe(acl))  # type: ignore[arg-type]
+        async with asyncio.timeout(5):
+            while len(acl.asked) < 4:
+                await asyncio.sleep(0.01)
+        assert bridge.subscribed
+        assert bridge.subscriptions_refused == {"wms/DC1/asn/+"}
+        assert len(acl.asked[0]) > 1 and acl.asked[1:] == [["wms/DC1/asn/+"]] * (len(acl.asked) - 1)
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+        # Refused twice (a cluster electing its leader), then taken: nothing refused any more.
+        cluster = _RefusingBroker({"wms/DC1/asn/+"}, times=2)
+        async with asyncio.timeout(5):
+            await bridge._subscribe(cluster)  # type: ignore[arg-type]
+    assert len(cluster.asked) == 3
+    assert bridge.subscriptions_refused == set()
     assert bridge.subscribed

@@ -41,6 +41,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.bridge.decoding import DecodePool
+from gateway.bridge.suback import refused as refused_code
 from gateway.config import BrokerConfig
 from gateway.domain import (
     CloseAnswer,
@@ -102,6 +103,9 @@ HEALTHY_SESSION_S = 10.0
 REFUSED_RETRY_MIN_S = 5.0
 REFUSED_RETRY_MAX_S = 300.0
 RETRY_SWEEP_S = 1.0
+# A subscription the broker refused is asked for again after 1 s, doubling up to a minute.
+SUBSCRIBE_RETRY_MIN_S = 1.0
+SUBSCRIBE_RETRY_MAX_S = 60.0
 # At a stop, how long the acknowledgements of what was committed may take to go out.
 ACKS_AT_STOP_S = 1.0
 # While the outbox's figures change, the gateway status is republished at most this often.
@@ -490,7 +494,8 @@ class MqttBridge:
         self.connection_losses = 0  # sessions that ended other than by `stop()`
         self.qos0_dropped = 0  # inbound QoS 0 messages dropped while too many waited
         self.reading_paused = 0  # times the socket was left unread while too many waited
-        self.subscriptions_refused: set[str] = set()  # topic filters the broker refused (ACL)
+        # Topic filters the broker refuses now (an ACL, or a cluster that cannot take them yet).
+        self.subscriptions_refused: set[str] = set()
         self._decoding = DecodePool()
         self._refusals_logged: set[str] = set()  # reasons a reply topic was refused, logged once
         self.statuses_pending = True
@@ -777,17 +782,33 @@ class MqttBridge:
             await asyncio.sleep(0)
 
     async def _subscribe(self, client: _Client) -> None:
-        """Subscribe to every inbound route, in one SUBSCRIBE."""
+        """Subscribe to every inbound route, in one SUBSCRIBE; what the broker refuses is asked
+        for again with backoff while the connection lasts. A refusal may be an ACL (lasting)
+        or a broker that cannot make the subscription now: a NATS cluster without a JetStream
+        leader answers 0x80 for a QoS 1 subscription it could not store, and what comes on
+        that topic would otherwise never reach the gateway until its next connection."""
         if self._inbox is None or self._routes is None:
             return
         wanted = list(self._routes.subscriptions())
-        granted = await client.subscribe(wanted)
-        for (topic, _qos), code in zip(wanted, granted, strict=False):
-            refused = code.is_failure if isinstance(code, ReasonCode) else int(str(code)) >= 0x80
-            if refused:  # an ACL: what comes on this topic never reaches the gateway
-                self.subscriptions_refused.add(topic)
-                log.error("broker refused a subscription", topic=topic, reason=str(code))
-        self.subscribed = True
+        delay = SUBSCRIBE_RETRY_MIN_S
+        while True:
+            granted = await client.subscribe(wanted)
+            refused = []
+            for (topic, qos), code in zip(wanted, granted, strict=False):
+                if refused_code(code):
+                    refused.append((topic, qos))
+                    if topic not in self.subscriptions_refused:
+                        self.subscriptions_refused.add(topic)
+                        log.error("broker refused a subscription", topic=topic, reason=str(code))
+                elif topic in self.subscriptions_refused:
+                    self.subscriptions_refused.discard(topic)
+                    log.info("broker took a subscription it had refused", topic=topic)
+            self.subscribed = True
+            if not refused:
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, SUBSCRIBE_RETRY_MAX_S)
+            wanted = refused
 
     async def _decode(self, routes: InboundRoutes, message: aiomqtt.Message) -> Event | None:
         """The domain event of one message (a large one decoded in the worker process); None
