@@ -185,38 +185,78 @@ def report(
 
 @app.command()
 def consume(
-    broker: Annotated[str, typer.Option(help="The broker, host:port (one node of a cluster).")],
     dsn: Annotated[str, typer.Option(help="PostgreSQL, e.g. postgresql://wms@db/wms.")],
     site: Annotated[str, typer.Option(help="The site whose gateways' messages to take.")],
+    broker: Annotated[
+        str, typer.Option(help="An MQTT broker, host:port (one node of a cluster).")
+    ] = "",
+    nats: Annotated[
+        str,
+        typer.Option(
+            help="A NATS cluster instead (JetStream): its nodes' URLs, comma-separated, "
+            "e.g. nats://10.20.0.11:4222,nats://10.20.0.12:4222."
+        ),
+    ] = "",
     group: Annotated[
         str,
-        typer.Option(help="The shared subscription's group; '' for a plain subscription."),
+        typer.Option(
+            help="The group the consumers share: MQTT 5 shared subscription ('' for a plain "
+            "one), or the JetStream durable consumer."
+        ),
     ] = "wms",
-    client_id: Annotated[str, typer.Option(help="This consumer's MQTT client id.")] = (
-        "wms-consumer-1"
-    ),
+    client_id: Annotated[
+        str, typer.Option(help="This consumer's MQTT client id, or its name on NATS.")
+    ] = "wms-consumer-1",
     protocol: Annotated[str, typer.Option(help="MQTT 5 or 3.1.1.")] = "5",
+    replicas: Annotated[
+        int, typer.Option(min=1, max=5, help="NATS: the stream's copies (3 on three nodes).")
+    ] = 1,
+    ack_wait_s: Annotated[
+        float,
+        typer.Option(
+            min=1.0, help="NATS: seconds before what a member took and did not store goes again."
+        ),
+    ] = 30.0,
 ) -> None:
     """The reference WMS consumer: every transaction and event once into PostgreSQL."""
-    from gateway.consumer import Consumer  # needs the "consumer" extra (psycopg)
+    from gateway.consumer import Consumer, JetStreamConsumer  # the "consumer" extra
     from gateway.logs import configure_logging
 
-    host, _, port = broker.rpartition(":")
-    if not host or not port.isdigit() or protocol not in ("5", "3.1.1"):
-        typer.echo("error: --broker host:port, --protocol 5 or 3.1.1", err=True)
+    if bool(broker) == bool(nats):
+        typer.echo("error: give --broker host:port or --nats nats://host:4222, not both", err=True)
         raise typer.Exit(2)
     configure_logging("console", "info")
-    consumer = Consumer(
-        host=host.strip("[]"),
-        port=int(port),
-        dsn=dsn,
-        site=site,
-        group=group or None,
-        client_id=client_id,
-        protocol=protocol,
-    )
+    member: Consumer | JetStreamConsumer
+    if nats:
+        servers = [u.strip() for u in nats.split(",") if u.strip()]
+        if not group or not all(u.startswith(("nats://", "tls://")) for u in servers):
+            typer.echo("error: --nats takes nats://host:port URLs and a --group", err=True)
+            raise typer.Exit(2)
+        member = JetStreamConsumer(
+            servers=servers,
+            dsn=dsn,
+            site=site,
+            group=group,
+            name=client_id,
+            replicas=replicas,
+            ack_wait_s=ack_wait_s,
+        )
+    else:
+        host, _, port = broker.rpartition(":")
+        if not host or not port.isdigit() or protocol not in ("5", "3.1.1"):
+            typer.echo("error: --broker host:port, --protocol 5 or 3.1.1", err=True)
+            raise typer.Exit(2)
+        member = Consumer(
+            host=host.strip("[]"),
+            port=int(port),
+            dsn=dsn,
+            site=site,
+            group=group or None,
+            client_id=client_id,
+            protocol=protocol,
+        )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(consumer.run())
+        asyncio.run(member.run())
 
 
 @app.command()

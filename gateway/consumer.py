@@ -1,8 +1,10 @@
 """A reference WMS-side consumer: the gateways' transactions and events into PostgreSQL, each once.
 
 Several consumers share the load through an MQTT 5 shared subscription (`$share/{group}/...`:
-the broker gives each message to one of them); on a broker without shared subscriptions (NATS's
-MQTT listener) run one, with a persistent session. Every message the gateways publish on
+the broker gives each message to one of them). NATS's MQTT listener has no shared
+subscriptions; its own equivalent is a JetStream stream over the same subjects and a durable
+pull consumer that several processes pull from (`JetStreamConsumer`: each message goes to one
+of them, and comes again after `ack_wait` if it was not acknowledged). Every message the gateways publish on
 `tx/#`, `receipt`, `shipment`, `event`, `alarm`, `agv/task` and `zone/event` carries a
 deterministic id (`tx_id` or `event_id`): it is the table's primary key, so a redelivery (a
 gateway's redelivery window, a consumer killed before its acknowledgement reached the broker,
@@ -13,7 +15,8 @@ only after the transaction that stores them committed. A consumer killed in betw
 them unacknowledged; the broker sends them again (to it, or to another member of the group).
 A payload that is not JSON or has no id is counted and acknowledged (it would never store).
 
-Run with `gateway consume --broker HOST:PORT --dsn postgresql://... --site DC1`.
+Run with `gateway consume --broker HOST:PORT --dsn postgresql://... --site DC1`, or on NATS
+`gateway consume --nats nats://HOST:4222 --dsn ... --site DC1`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from gateway.bridge.suback import subscribe_or_raise
 
 log = structlog.get_logger("gateway.consumer")
 
-__all__ = ["SCHEMA", "Consumer", "ConsumerStats", "topics_of"]
+__all__ = ["SCHEMA", "Consumer", "ConsumerStats", "JetStreamConsumer", "subjects_of", "topics_of"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_message (
@@ -71,6 +74,15 @@ def topics_of(site: str) -> list[str]:
         f"{base}/agv/task",
         f"{base}/zone/event",
     ]
+
+
+def subjects_of(site: str) -> list[str]:
+    """`topics_of` as NATS subjects (NATS's MQTT listener maps `a/b` to `a.b`)."""
+    return [t.replace("/", ".").replace("+", "*").replace("#", ">") for t in topics_of(site)]
+
+
+def _topic_of(subject: str) -> str:
+    return subject.replace(".", "/")
 
 
 @dataclass
@@ -134,9 +146,7 @@ class Consumer:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as db:
-                    async with db.transaction():  # one at a time: CREATE races otherwise
-                        await db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                        await db.execute(SCHEMA)
+                    await _schema(db)
                     await self._consume(db)
             except (aiomqtt.MqttError, psycopg.Error) as err:
                 log.warning("consumer: connection lost; again in 1 s", error=str(err))
@@ -168,28 +178,146 @@ class Consumer:
                 batch = [await anext(messages)]
                 while len(batch) < BATCH_MAX and len(client.messages):
                     batch.append(await anext(messages))
-                await self._store(db, batch)
+                await store(
+                    db, [(str(m.topic), m.payload) for m in batch], self.stats, self._client_id
+                )
                 for message in batch:
                     client.ack(message)
 
-    async def _store(self, db: Any, batch: list[aiomqtt.Message]) -> None:
-        """One transaction for the batch; then the counts."""
-        rows = []
-        for message in batch:
-            self.stats.received += 1
-            row = _row(str(message.topic), message.payload)
-            if row is None:
-                self.stats.unusable += 1
-                log.warning("consumer: a message without JSON or id", topic=str(message.topic))
+
+async def store(db: Any, batch: list[tuple[str, Any]], stats: ConsumerStats, by: str) -> None:
+    """Store (topic, payload) pairs in one PostgreSQL transaction; count them in `stats`."""
+    rows = []
+    for topic, payload in batch:
+        stats.received += 1
+        row = _row(topic, payload)
+        if row is None:
+            stats.unusable += 1
+            log.warning("consumer: a message without JSON or id", topic=topic)
+            continue
+        rows.append(row)
+    fresh = 0
+    async with db.transaction():
+        for row in rows:
+            inserted = await (await db.execute(_INSERT, (*row, by))).fetchone()
+            fresh += 1 if inserted and inserted[0] else 0
+    stats.stored += fresh
+    stats.repeats += len(rows) - fresh
+
+
+async def _schema(db: Any) -> None:
+    async with db.transaction():  # one at a time: CREATE races otherwise
+        await db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        await db.execute(SCHEMA)
+
+
+class JetStreamConsumer:
+    """One member of a consumer group on a NATS cluster (see the module docstring).
+
+    At start it makes the stream `stream` over `subjects_of(site)` (file storage, `replicas`
+    copies, messages kept `max_age_s`) and the durable pull consumer `group` on it, unless they
+    exist; then it pulls batches, stores each in one PostgreSQL transaction and acknowledges
+    its messages after the commit. Members with the same `group` share the messages. The
+    stream captures what the gateways publish from the moment it exists: make it (start a
+    consumer) before the gateways publish.
+
+    Args:
+        servers: NATS URLs of the cluster's nodes (nats://host:4222).
+        dsn: the PostgreSQL connection string.
+        site: the site whose gateways' messages it takes.
+        group: the durable consumer's name, shared by the group's members.
+        name: this member's name (stored with each row it wrote first).
+        stream: the stream's name (default `GW_{site}`).
+        replicas: the stream's copies on the cluster (3 on a three-node cluster).
+        max_age_s: how long the stream keeps a message.
+    """
+
+    def __init__(
+        self,
+        *,
+        servers: list[str],
+        dsn: str,
+        site: str,
+        group: str = "wms",
+        name: str = "wms-consumer-1",
+        stream: str | None = None,
+        replicas: int = 1,
+        max_age_s: float = 7 * 86400,
+        ack_wait_s: float = 30.0,
+    ) -> None:
+        self._servers, self._dsn, self._site = servers, dsn, site
+        self._group, self._name = group, name
+        self._stream = stream or f"GW_{site}"
+        self._replicas, self._max_age_s, self._ack_wait_s = replicas, max_age_s, ack_wait_s
+        self.stats = ConsumerStats()
+
+    async def run(self) -> None:
+        """Consume until cancelled; a lost cluster or database is retried after a second."""
+        import nats
+        import nats.errors
+        import nats.js.errors
+        import psycopg
+
+        while True:
+            try:
+                nc = await nats.connect(
+                    servers=self._servers,
+                    name=self._name,
+                    connect_timeout=2,
+                    reconnect_time_wait=1,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                )
+                try:
+                    async with await psycopg.AsyncConnection.connect(
+                        self._dsn, autocommit=True
+                    ) as db:
+                        await _schema(db)
+                        await self._consume(nc, db)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await nc.close()
+            except (nats.errors.Error, psycopg.Error, OSError, TimeoutError) as err:
+                log.warning("consumer: connection lost; again in 1 s", error=str(err) or repr(err))
+                await asyncio.sleep(1.0)
+
+    async def _consume(self, nc: Any, db: Any) -> None:
+        import nats.errors
+        import nats.js.errors
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+        js = nc.jetstream(timeout=5)
+        wanted = StreamConfig(
+            name=self._stream,
+            subjects=subjects_of(self._site),
+            storage=StorageType.FILE,
+            num_replicas=self._replicas,
+            max_age=self._max_age_s,
+        )
+        try:
+            await js.stream_info(self._stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(wanted)
+        await js.add_consumer(
+            self._stream,
+            ConsumerConfig(
+                durable_name=self._group,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self._ack_wait_s,
+                max_ack_pending=10 * BATCH_MAX,
+            ),
+        )
+        pull = await js.pull_subscribe_bind(durable=self._group, stream=self._stream)
+        log.info("consumer pulling", stream=self._stream, group=self._group, name=self._name)
+        while True:
+            try:
+                batch = await pull.fetch(BATCH_MAX, timeout=1.0)
+            except nats.errors.TimeoutError:
                 continue
-            rows.append(row)
-        fresh = 0
-        async with db.transaction():
-            for row in rows:
-                inserted = await (await db.execute(_INSERT, (*row, self._client_id))).fetchone()
-                fresh += 1 if inserted and inserted[0] else 0
-        self.stats.stored += fresh
-        self.stats.repeats += len(rows) - fresh
+            await store(db, [(_topic_of(m.subject), m.data) for m in batch], self.stats, self._name)
+            for message in batch:
+                await message.ack()
 
 
 def _row(topic: str, payload: Any) -> tuple[str, str, str | None, str | None, str] | None:

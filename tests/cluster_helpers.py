@@ -22,9 +22,10 @@ def nats_server_binary() -> str | None:
 
 
 class NatsCluster:
-    """Three routed nats-server nodes, each with an MQTT listener (`mqtt_ports`) and JetStream
-    (which keeps MQTT sessions and retained messages, replicated); `kill(i)` and `start(i)`
-    reuse the node's ports and store."""
+    """Three routed nats-server nodes (or `nodes`; one is a server of its own), each with an
+    MQTT listener (`mqtt_ports`), a NATS listener (`client_ports`) and JetStream (which keeps
+    MQTT sessions and retained messages, replicated); `kill(i)` and `start(i)` reuse the node's
+    ports and store."""
 
     def __init__(self, workdir: Path, nodes: int = 3) -> None:
         binary = nats_server_binary()
@@ -40,14 +41,19 @@ class NatsCluster:
         self._processes: list[subprocess.Popen[bytes] | None] = [None] * nodes
         routes = ", ".join(f"nats://127.0.0.1:{p}" for p in self.route_ports)
         for i in range(nodes):
+            cluster = (  # one node: a server of its own, no cluster
+                f"cluster {{ name: site, listen: 127.0.0.1:{self.route_ports[i]},"
+                f" routes: [{routes}] }}\n"
+                if nodes > 1
+                else ""
+            )
             (self.dir / f"n{i}.conf").write_text(
                 f"server_name: n{i}\n"
                 f"listen: 127.0.0.1:{self.client_ports[i]}\n"
                 f"http: 127.0.0.1:{self.http_ports[i]}\n"
                 f'jetstream {{ store_dir: "{self.dir / f"js{i}"}" }}\n'
-                f"cluster {{ name: site, listen: 127.0.0.1:{self.route_ports[i]},"
-                f" routes: [{routes}] }}\n"
-                f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[i]} }}\n"
+                + cluster
+                + f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[i]} }}\n"
             )
 
     def start_all(self) -> None:
@@ -57,8 +63,9 @@ class NatsCluster:
         for i in range(len(self._processes)):
             self._wait_mqtt(i)
         deadline = time.monotonic() + 30
-        while not any(
-            "JetStream cluster" in self.log(i) and "leader" in self.log(i) for i in range(3)
+        nodes = len(self._processes)
+        while nodes > 1 and not any(
+            "JetStream cluster" in self.log(i) and "leader" in self.log(i) for i in range(nodes)
         ):
             if time.monotonic() > deadline:
                 raise RuntimeError("the NATS cluster elected no JetStream leader")

@@ -6,7 +6,8 @@ task board (`[agv] site_putaway`). A clerk's handheld at each dock gateway recei
 pallet of its doors' ASNs; dock-3's board puts them away with a simulated fleet, and runs the
 WMS's move tasks; the dock-2 clerk then moves some pallets received at dock-1 and put away by
 dock-3 (their true origin comes from dock-3's retained state). Two reference consumers write
-everything into PostgreSQL; an auditor subscribes to everything.
+everything into PostgreSQL (on Mosquitto through an MQTT 5 shared subscription, on NATS
+pulling from one JetStream durable consumer); an auditor subscribes to everything.
 
 Meanwhile: dock-1 is SIGKILLed three times (restarted after a second), one consumer is
 SIGKILLed and restarted, and on the cluster one broker node is SIGKILLed and restarted after
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -155,6 +157,56 @@ def consumer_process(
     )
 
 
+def jetstream_consumer_process(
+    servers: list[str], dsn: str, name: str, replicas: int = 1, ack_wait_s: float = 5.0
+) -> subprocess.Popen[bytes]:
+    """`gateway consume --nats` as a child process, for site DC1, group `wms` (output dropped)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "consume",
+            "--nats",
+            ",".join(servers),
+            "--dsn",
+            dsn,
+            "--site",
+            "DC1",
+            "--client-id",
+            name,
+            "--replicas",
+            str(replicas),
+            "--ack-wait-s",
+            str(ack_wait_s),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def jetstream_ready(server: str, stream: str = "GW_DC1", group: str = "wms") -> None:
+    """Wait until the consumers made their stream and durable consumer (the stream takes what
+    is published from then on)."""
+    import nats
+    import nats.errors
+    import nats.js.errors
+
+    async with asyncio.timeout(30):
+        nc = await nats.connect(servers=[server], connect_timeout=2)
+        try:
+            js = nc.jetstream(timeout=2)
+            while True:
+                try:
+                    await js.consumer_info(stream, group)
+                except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
+                    await asyncio.sleep(0.2)
+                else:
+                    return
+        finally:
+            await nc.close()
+
+
 async def _stored(dsn: str) -> dict[str, tuple[str, str, int]]:
     async with await psycopg.AsyncConnection.connect(dsn) as db:
         try:
@@ -231,13 +283,23 @@ async def run_site(
                 workdir / f"{name}.toml", _gateway_config(workdir, name, order, protocol)
             )
             gateways[name] = GatewayProcess(path, workdir / f"{name}.log")
+        if cluster is None:
+
+            def new_consumer(name: str) -> subprocess.Popen[bytes]:
+                return consumer_process(auditor_port, postgres.dsn, name, protocol, shared)
+
+        else:  # NATS's own competing consumers: a JetStream stream over every node
+            urls = [f"nats://127.0.0.1:{p}" for p in cluster.client_ports]
+
+            def new_consumer(name: str) -> subprocess.Popen[bytes]:
+                return jetstream_consumer_process(urls, postgres.dsn, name, replicas=3)
+
         async with Collector(auditor_port, client_id="auditor") as auditor:
+            consumers.extend(new_consumer(f"wms-{n}") for n in (1, 2))
+            if cluster is not None:  # the stream takes what is published once it exists
+                await jetstream_ready(f"nats://127.0.0.1:{cluster.client_ports[-1]}")
             for process in gateways.values():
                 process.start()
-            for n in (1, 2):
-                consumers.append(
-                    consumer_process(auditor_port, postgres.dsn, f"wms-{n}", protocol, shared)
-                )
             await _until(
                 lambda: (
                     len(
@@ -315,17 +377,7 @@ async def run_site(
                 fleet_task = asyncio.create_task(fleet.run())
                 pdas = {"dock-1": pda1, "dock-2": pda2}
                 faults = asyncio.create_task(
-                    _faults(
-                        run,
-                        gateways["dock-1"],
-                        consumers,
-                        cluster,
-                        outage_s,
-                        postgres.dsn,
-                        auditor_port,
-                        protocol,
-                        shared,
-                    )
+                    _faults(run, gateways["dock-1"], consumers, new_consumer, cluster, outage_s)
                 )
                 # The clerks receive every pallet, ten at a time, door by door.
                 for name, pda in pdas.items():
@@ -427,12 +479,9 @@ async def _faults(
     run: SiteRun,
     dock1: GatewayProcess,
     consumers: list[subprocess.Popen[bytes]],
+    new_consumer: Callable[[str], subprocess.Popen[bytes]],
     cluster: NatsCluster | None,
     outage_s: float,
-    dsn: str,
-    port: int,
-    protocol: str,
-    shared: bool,
 ) -> None:
     """dock-1 SIGKILLed three times, a consumer once, a broker node for `outage_s`."""
     node: asyncio.Task[None] | None = None
@@ -455,7 +504,7 @@ async def _faults(
             consumers[1].kill()
             consumers[1].wait(10)
             run.consumer_kills += 1
-            consumers[1] = consumer_process(port, dsn, "wms-2", protocol, shared)
+            consumers[1] = new_consumer("wms-2")
     if node is not None:
         await node
 

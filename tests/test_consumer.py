@@ -13,11 +13,12 @@ import aiomqtt
 import psycopg
 import pytest
 
-from gateway.consumer import Consumer
+from gateway.consumer import Consumer, subjects_of
+from tests.cluster_helpers import NatsCluster, nats_server_binary
 from tests.gateway_helpers import build, running, site_config
 from tests.mqtt_helpers import Mosquitto
 from tests.pg_helpers import Postgres, postgres_binaries
-from tests.site_scenario import consumer_process
+from tests.site_scenario import consumer_process, jetstream_consumer_process, jetstream_ready
 from tests.test_failover import moves
 
 pytestmark = [
@@ -137,3 +138,62 @@ async def test_a_message_without_json_or_id_is_counted_and_does_not_stop_the_con
             rows = await all_stored(postgres.dsn, made)
     assert len(rows) == len(made)
     assert consumer.stats.unusable == 2
+
+
+def test_the_jetstream_subjects_are_the_mqtt_topics_as_nats_maps_them() -> None:
+    assert subjects_of("DC1") == [
+        "gw.DC1.*.tx.>",
+        "gw.DC1.*.receipt",
+        "gw.DC1.*.shipment",
+        "gw.DC1.*.event",
+        "gw.DC1.*.alarm",
+        "gw.DC1.*.agv.task",
+        "gw.DC1.*.zone.event",
+    ]
+
+
+@pytest.mark.slow(15)
+@pytest.mark.skipif(nats_server_binary() is None, reason="needs nats-server (Debian package)")
+async def test_on_nats_jetstream_consumers_share_the_moves_and_a_killed_one_loses_nothing(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    # NATS's MQTT listener has no shared subscriptions: the consumers pull from one durable
+    # JetStream consumer over the gateways' subjects, which the gateway publishes to by MQTT.
+    server = NatsCluster(tmp_path, nodes=1)
+    server.start_all()
+    url = f"nats://127.0.0.1:{server.client_ports[0]}"
+    first = jetstream_consumer_process([url], postgres.dsn, "wms-1")
+    second = jetstream_consumer_process([url], postgres.dsn, "wms-2")
+    try:
+        await jetstream_ready(url)
+        raw = site_config(
+            tmp_path, broker_port=server.mqtt_ports[0], scanner=None, protocol="3.1.1"
+        )
+        async with running(build(raw, tmp_path)) as gateway:
+            made = await moves(gateway, 1, 150)
+            async with asyncio.timeout(30):  # flowing
+                while len(await stored(postgres.dsn)) < 20:
+                    await asyncio.sleep(0.02)
+            second.send_signal(signal.SIGKILL)  # mid-stream: what it pulled and did not ack
+            second.wait(10)  # comes again after ack_wait, to either member
+            made |= await moves(gateway, 1000, 150)
+            second = jetstream_consumer_process([url], postgres.dsn, "wms-2")
+            made |= await moves(gateway, 2000, 150)
+            rows = await all_stored(postgres.dsn, made, timeout=60)
+        assert {sscc for sscc, _ in rows.values()} == made
+        assert len(rows) == len(made)  # one row per move: its tx_id
+        async with await psycopg.AsyncConnection.connect(postgres.dsn) as db:
+            by = dict(
+                await (
+                    await db.execute(
+                        "SELECT consumer, COUNT(*) FROM gateway_message GROUP BY consumer"
+                    )
+                ).fetchall()
+            )
+        assert set(by) <= {"wms-1", "wms-2"} and sum(by.values()) == len(made), by
+    finally:
+        for process in (first, second):
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait(10)
+        server.stop()
