@@ -208,9 +208,6 @@ def consume(
         str, typer.Option(help="This consumer's MQTT client id, or its name on NATS.")
     ] = "wms-consumer-1",
     protocol: Annotated[str, typer.Option(help="MQTT 5 or 3.1.1.")] = "5",
-    replicas: Annotated[
-        int, typer.Option(min=1, max=5, help="NATS: the stream's copies (3 on three nodes).")
-    ] = 1,
     ack_wait_s: Annotated[
         float,
         typer.Option(
@@ -238,7 +235,6 @@ def consume(
             site=site,
             group=group,
             name=client_id,
-            replicas=replicas,
             ack_wait_s=ack_wait_s,
         )
     else:

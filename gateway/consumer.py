@@ -2,9 +2,9 @@
 
 Several consumers share the load through an MQTT 5 shared subscription (`$share/{group}/...`:
 the broker gives each message to one of them). NATS's MQTT listener has no shared
-subscriptions; its own equivalent is a JetStream stream over the same subjects and a durable
-pull consumer that several processes pull from (`JetStreamConsumer`: each message goes to one
-of them, and comes again after `ack_wait` if it was not acknowledged). Every message the gateways publish on
+subscriptions; its own equivalent is a JetStream durable pull consumer, on the stream in which
+NATS keeps the MQTT messages, that several processes pull from (`JetStreamConsumer`: each
+message goes to one of them, and comes again after `ack_wait` if it was not acknowledged). Every message the gateways publish on
 `tx/#`, `receipt`, `shipment`, `event`, `alarm`, `agv/task` and `zone/event` carries a
 deterministic id (`tx_id` or `event_id`): it is the table's primary key, so a redelivery (a
 gateway's redelivery window, a consumer killed before its acknowledgement reached the broker,
@@ -29,12 +29,13 @@ from typing import Any
 
 import aiomqtt
 import structlog
+from paho.mqtt.client import topic_matches_sub
 
 from gateway.bridge.suback import subscribe_or_raise
 
 log = structlog.get_logger("gateway.consumer")
 
-__all__ = ["SCHEMA", "Consumer", "ConsumerStats", "JetStreamConsumer", "subjects_of", "topics_of"]
+__all__ = ["SCHEMA", "Consumer", "ConsumerStats", "JetStreamConsumer", "topics_of"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_message (
@@ -76,13 +77,14 @@ def topics_of(site: str) -> list[str]:
     ]
 
 
-def subjects_of(site: str) -> list[str]:
-    """`topics_of` as NATS subjects (NATS's MQTT listener maps `a/b` to `a.b`)."""
-    return [t.replace("/", ".").replace("+", "*").replace("#", ">") for t in topics_of(site)]
+MQTT_STREAM = "$MQTT_msgs"
+"""The JetStream stream NATS's MQTT listener keeps QoS 1 messages in (NATS 2.9 and later)."""
+MQTT_SUBJECT_PREFIX = "$MQTT.msgs."
 
 
 def _topic_of(subject: str) -> str:
-    return subject.replace(".", "/")
+    """The MQTT topic of a NATS subject of `$MQTT_msgs` (NATS maps `a/b` to `a.b`)."""
+    return subject.removeprefix(MQTT_SUBJECT_PREFIX).replace(".", "/")
 
 
 @dataclass
@@ -214,12 +216,16 @@ async def _schema(db: Any) -> None:
 class JetStreamConsumer:
     """One member of a consumer group on a NATS cluster (see the module docstring).
 
-    At start it makes the stream `stream` over `subjects_of(site)` (file storage, `replicas`
-    copies, messages kept `max_age_s`) and the durable pull consumer `group` on it, unless they
-    exist; then it pulls batches, stores each in one PostgreSQL transaction and acknowledges
-    its messages after the commit. Members with the same `group` share the messages. The
-    stream captures what the gateways publish from the moment it exists: make it (start a
-    consumer) before the gateways publish.
+    NATS's MQTT listener stores every QoS 1 message it takes in its JetStream stream
+    `$MQTT_msgs` (subjects `$MQTT.msgs.<topic as subject>`) before it sends the PUBACK; the
+    stream keeps a message while a consumer has an interest in it. So a durable pull consumer
+    `group` on that stream, filtered to the site's gateways (`$MQTT.msgs.gw.{site}.>`), holds
+    everything a gateway was acknowledged for, until a member stored it: members pull batches,
+    store each in one PostgreSQL transaction and acknowledge its messages after the commit.
+    Messages of other topics (statuses, live state) are acknowledged unstored. What is
+    published before the durable consumer exists is not kept for it: start a consumer (it
+    makes the durable consumer once NATS has made its stream, at the first MQTT client)
+    before the gateways publish.
 
     Args:
         servers: NATS URLs of the cluster's nodes (nats://host:4222).
@@ -227,9 +233,8 @@ class JetStreamConsumer:
         site: the site whose gateways' messages it takes.
         group: the durable consumer's name, shared by the group's members.
         name: this member's name (stored with each row it wrote first).
-        stream: the stream's name (default `GW_{site}`).
-        replicas: the stream's copies on the cluster (3 on a three-node cluster).
-        max_age_s: how long the stream keeps a message.
+        ack_wait_s: how long a message a member took may stay unacknowledged before it goes
+            again (to any member).
     """
 
     def __init__(
@@ -240,16 +245,14 @@ class JetStreamConsumer:
         site: str,
         group: str = "wms",
         name: str = "wms-consumer-1",
-        stream: str | None = None,
-        replicas: int = 1,
-        max_age_s: float = 7 * 86400,
         ack_wait_s: float = 30.0,
     ) -> None:
         self._servers, self._dsn, self._site = servers, dsn, site
         self._group, self._name = group, name
-        self._stream = stream or f"GW_{site}"
-        self._replicas, self._max_age_s, self._ack_wait_s = replicas, max_age_s, ack_wait_s
+        self._ack_wait_s = ack_wait_s
+        self._filters = topics_of(site)
         self.stats = ConsumerStats()
+        self.skipped = 0  # messages of the site's other topics, acknowledged unstored
 
     async def run(self) -> None:
         """Consume until cancelled; a lost cluster or database is retried after a second."""
@@ -284,38 +287,42 @@ class JetStreamConsumer:
     async def _consume(self, nc: Any, db: Any) -> None:
         import nats.errors
         import nats.js.errors
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         js = nc.jetstream(timeout=5)
-        wanted = StreamConfig(
-            name=self._stream,
-            subjects=subjects_of(self._site),
-            storage=StorageType.FILE,
-            num_replicas=self._replicas,
-            max_age=self._max_age_s,
-        )
-        try:
-            await js.stream_info(self._stream)
-        except nats.js.errors.NotFoundError:
-            await js.add_stream(wanted)
+        while True:  # NATS makes its MQTT streams at the first MQTT client
+            try:
+                await js.stream_info(MQTT_STREAM)
+                break
+            except nats.js.errors.NotFoundError:
+                log.info("consumer: waiting for NATS's MQTT stream", stream=MQTT_STREAM)
+                await asyncio.sleep(1.0)
         await js.add_consumer(
-            self._stream,
+            MQTT_STREAM,
             ConsumerConfig(
                 durable_name=self._group,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
+                filter_subject=f"{MQTT_SUBJECT_PREFIX}gw.{self._site}.>",
                 ack_wait=self._ack_wait_s,
                 max_ack_pending=10 * BATCH_MAX,
             ),
         )
-        pull = await js.pull_subscribe_bind(durable=self._group, stream=self._stream)
-        log.info("consumer pulling", stream=self._stream, group=self._group, name=self._name)
+        pull = await js.pull_subscribe_bind(durable=self._group, stream=MQTT_STREAM)
+        log.info("consumer pulling", stream=MQTT_STREAM, group=self._group, name=self._name)
         while True:
             try:
                 batch = await pull.fetch(BATCH_MAX, timeout=1.0)
             except nats.errors.TimeoutError:
                 continue
-            await store(db, [(_topic_of(m.subject), m.data) for m in batch], self.stats, self._name)
+            items = []
+            for message in batch:
+                topic = _topic_of(message.subject)
+                if any(topic_matches_sub(f, topic) for f in self._filters):
+                    items.append((topic, message.data))
+                else:
+                    self.skipped += 1
+            await store(db, items, self.stats, self._name)
             for message in batch:
                 await message.ack()
 

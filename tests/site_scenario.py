@@ -158,7 +158,7 @@ def consumer_process(
 
 
 def jetstream_consumer_process(
-    servers: list[str], dsn: str, name: str, replicas: int = 1, ack_wait_s: float = 5.0
+    servers: list[str], dsn: str, name: str, ack_wait_s: float = 5.0
 ) -> subprocess.Popen[bytes]:
     """`gateway consume --nats` as a child process, for site DC1, group `wms` (output dropped)."""
     return subprocess.Popen(
@@ -175,8 +175,6 @@ def jetstream_consumer_process(
             "DC1",
             "--client-id",
             name,
-            "--replicas",
-            str(replicas),
             "--ack-wait-s",
             str(ack_wait_s),
         ],
@@ -185,9 +183,9 @@ def jetstream_consumer_process(
     )
 
 
-async def jetstream_ready(server: str, stream: str = "GW_DC1", group: str = "wms") -> None:
-    """Wait until the consumers made their stream and durable consumer (the stream takes what
-    is published from then on)."""
+async def jetstream_ready(server: str, stream: str = "$MQTT_msgs", group: str = "wms") -> None:
+    """Wait until the consumers made their durable consumer on NATS's MQTT stream (what is
+    published from then on is kept for it)."""
     import nats
     import nats.errors
     import nats.js.errors
@@ -292,7 +290,7 @@ async def run_site(
             urls = [f"nats://127.0.0.1:{p}" for p in cluster.client_ports]
 
             def new_consumer(name: str) -> subprocess.Popen[bytes]:
-                return jetstream_consumer_process(urls, postgres.dsn, name, replicas=3)
+                return jetstream_consumer_process(urls, postgres.dsn, name)
 
         async with Collector(auditor_port, client_id="auditor") as auditor:
             consumers.extend(new_consumer(f"wms-{n}") for n in (1, 2))
@@ -311,7 +309,7 @@ async def run_site(
                     )
                     >= 3
                 ),
-                30,
+                60,  # a loaded NATS cluster can take long to store three new sessions
                 "three gateways online",
             )
             _say("gateways online")

@@ -1,8 +1,8 @@
 """A site of three gateways with faults (#17): every transaction once in PostgreSQL, repeats with
 their own id, every task leased once, every hand move from its true origin. The harness is
-tests/site_scenario.py; this run is shorter than its full-length one (see its docstring). On a
-NATS cluster the same run does not finish (docs/site.md: a gateway SIGKILLed and restarted
-gets nothing more for its session there), so only the Mosquitto run is here."""
+tests/site_scenario.py; these runs are shorter than its full-length one (see its docstring):
+on one Mosquitto (MQTT 5, shared subscriptions) and on a three-node NATS cluster (MQTT 3.1.1,
+JetStream consumers, a broker node SIGKILLed and restarted besides)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster_helpers import nats_server_binary
 from tests.pg_helpers import postgres_binaries
 from tests.site_scenario import check_site, run_site
 
@@ -28,3 +29,13 @@ async def test_a_site_on_one_mosquitto_with_shared_subscriptions(tmp_path: Path)
     total = sum(shares.values())
     for name in ("wms-1", "wms-2"):
         assert 0.3 * total <= shares[name] <= 0.7 * total, shares
+
+
+@pytest.mark.slow(50)
+@pytest.mark.skipif(nats_server_binary() is None, reason="needs nats-server (Debian package)")
+async def test_a_site_on_a_three_node_nats_cluster_losing_a_node(tmp_path: Path) -> None:
+    run = await run_site(tmp_path, broker="nats", pallets_per_door=3, wms_tasks=20, outage_s=10)
+    check_site(run)
+    assert run.node_kills == 1
+    shares = Counter(by for _, by, _ in run.stored.values())
+    assert set(shares) <= {"wms-1", "wms-2"} and sum(shares.values()) == len(run.stored)
