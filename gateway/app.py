@@ -117,6 +117,7 @@ class Gateway:
                     config.gateway.id,
                     None if config.gateway.doors is None else frozenset(config.gateway.doors),
                     config.agv.task_board,
+                    tuple(sorted(config.agv.zone_boards.items())),
                 ),
                 site_state=config.state.follow_site,
                 site_receipts=config.agv.enabled and config.agv.site_putaway,

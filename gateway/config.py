@@ -691,9 +691,13 @@ class AgvConfig(_Model):
     """AGV transport tasks: the queue fleet controllers lease from, and putaway from receipts."""
 
     enabled: bool = False
-    # The site's task board: this gateway takes the WMS tasks that name no `gateway` (one
-    # gateway of a site has it). Tasks naming a gateway go to that one only.
+    # The site's task board: this gateway takes the WMS tasks that name no `gateway` and no
+    # zone of `zone_boards` (one gateway of a site has it). Tasks naming a gateway go to that
+    # one only.
     task_board: bool = True
+    # Task boards per zone, the same on every gateway of the site: a WMS task naming a `zone`
+    # listed here goes to that zone's gateway (zone -> gateway id).
+    zone_boards: dict[Identifier, Identifier] = Field(default_factory=dict, max_length=1000)
     # The task board also puts away what the site's other gateways receive (their
     # `tx/receive`, at doors in its layout): they need no AGV config of their own.
     site_putaway: bool = False

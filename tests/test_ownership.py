@@ -16,12 +16,16 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import ConfigError, GatewayConfig
-from gateway.domain import Scan, ScanKind
+from gateway.domain import Scan, ScanKind, WmsTask, WmsTaskDeleted
+from gateway.wire.inbound import InboundRoutes, Ownership, Received
+from gateway.wire.topics import Topics
 from simulators.gs1 import sscc
 from tests.gateway_helpers import assert_valid, build, running, site_config
 from tests.mqtt_helpers import Collector, Mosquitto
 
 pytestmark = pytest.mark.broker
+
+T0 = dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC)
 
 
 def gateway_config(tmp_path: Path, port: int, gateway: str, doors: list[str]) -> GatewayConfig:
@@ -155,13 +159,15 @@ async def test_a_move_on_one_gateway_starts_where_another_gateway_put_the_pallet
         await collector.wait_for(lambda c: len(moves()) == 3)
         assert moves()[2]["from_location"] == "B-02-01"
         assert one.store is not None and two.store is not None
-        assert await one.store.pallet_location(pallet) == "C-03-01"
+        assert await one.store.pallet_location(pallet) == "C-03-01"  # published after commit
         await until(
             lambda: (
                 two.runner is not None and two.runner.engine.moves.location_of(pallet) == "C-03-01"
             )
         )
-        assert await two.store.pallet_location(pallet) is None
+        async with asyncio.timeout(10):  # the rules' state first, then its commit
+            while await two.store.pallet_location(pallet) is not None:
+                await asyncio.sleep(0.05)
         for message in collector.on(""):
             if "/state/location/" in message.topic and message.payload:
                 assert_valid("state-location", message.json())
@@ -241,3 +247,52 @@ async def test_the_task_board_puts_away_a_pallet_another_gateway_received_once(
             lambda c: any(m.json()["code"] == "site_state_rejected" for m in c.on("dock-1/event"))
         )
         assert len(collector.on("dock-1/agv/task")) == 1
+
+
+def test_every_wms_task_goes_to_exactly_one_task_board_of_the_site() -> None:
+    # The site: dock-1 has the site's board; dock-3 is the board of zone Z-A, dock-4 of Z-B
+    # (the same zone_boards on every gateway); dock-2 has no board.
+    zones = (("Z-A", "dock-3"), ("Z-B", "dock-4"))
+    boards = {
+        "dock-1": Ownership("dock-1", task_board=True, zone_boards=zones),
+        "dock-2": Ownership("dock-2", task_board=False, zone_boards=zones),
+        "dock-3": Ownership("dock-3", task_board=False, zone_boards=zones),
+        "dock-4": Ownership("dock-4", task_board=False, zone_boards=zones),
+    }
+    cases = {
+        (None, None): "dock-1",  # no zone: the site's board
+        (None, "Z-A"): "dock-3",
+        (None, "Z-B"): "dock-4",
+        (None, "Z-C"): "dock-1",  # a zone no board serves: the site's board
+        ("dock-2", "Z-A"): "dock-2",  # a gateway named comes first
+    }
+    for (gateway, zone), owner in cases.items():
+        takers = [name for name, owns in boards.items() if owns.owns_task(gateway, zone)]
+        assert takers == [owner], (gateway, zone, takers)
+
+
+def test_a_zone_board_decodes_only_its_zones_tasks_and_the_config_says_so(tmp_path: Path) -> None:
+    raw = site_config(tmp_path, broker_port=1883, scanner=None)
+    raw["gateway"]["id"] = "dock-3"
+    raw["agv"] = {"enabled": True, "task_board": False, "zone_boards": {"Z-A": "dock-3"}}
+    config = build(raw, tmp_path)
+    assert config.agv.zone_boards == {"Z-A": "dock-3"}
+    routes = InboundRoutes(
+        Topics("DC1", "dock-3"),
+        agv=True,
+        vda5050_interface=None,
+        ownership=Ownership("dock-3", None, False, tuple(config.agv.zone_boards.items())),
+    )
+
+    def decode(task_id: str, **extra: str) -> object:
+        doc = task(task_id, destination="A-01-01", **extra)
+        message = Received(f"wms/DC1/task/{task_id}", json.dumps(doc).encode(), True, T0)
+        return routes.decode(message, lambda *_: None)
+
+    mine = decode("T-1", zone="Z-A")
+    assert isinstance(mine, WmsTask) and mine.zone == "Z-A"
+    assert isinstance(decode("T-2", zone="Z-B"), WmsTaskDeleted)  # the site's board's
+    assert isinstance(decode("T-3"), WmsTaskDeleted)
+    raw["agv"]["zone_boards"] = {"Z-A": "no such/gateway"}
+    with pytest.raises(ConfigError, match="zone_boards"):
+        build(raw, tmp_path)

@@ -169,7 +169,8 @@ class WmsTask:
     priority: int
     at: dt.datetime
     gtin: str | None = None
-    gateway: str | None = None  # the gateway whose task board takes it (None: the site's)
+    gateway: str | None = None  # the gateway whose task board takes it (None: by zone)
+    zone: str | None = None  # the zone whose board takes it (None, or no board: the site's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,6 +137,7 @@ def parse_wms_task(
         at=at,
         gtin=doc.get("gtin"),
         gateway=doc.get("gateway"),
+        zone=doc.get("zone"),
     )
 
 

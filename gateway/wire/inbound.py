@@ -118,21 +118,27 @@ class Ownership:
 
     `doors`: the dock doors it owns (None: every door); an ASN or ship order for another door
     is decoded as withdrawn, so that one it held and the WMS moved to another door is dropped.
-    A WMS task naming a `gateway` is that gateway's only; one naming none is the task board's
-    (`task_board`). Frozen and picklable: decoders running in the worker process take it.
+    A WMS task goes to exactly one task board: the gateway it names, else the board of its
+    `zone` (`zone_boards`: zone -> gateway, the same on every gateway of the site), else the
+    site's board (`task_board`). Frozen and picklable: decoders running in the worker process
+    take it.
     """
 
     gateway: str
     doors: frozenset[str] | None = None
     task_board: bool = True
+    zone_boards: tuple[tuple[str, str], ...] = ()  # (zone, gateway)
 
     def owns_door(self, door: str) -> bool:
         """Whether ASNs and ship orders for `door` are this gateway's."""
         return self.doors is None or door in self.doors
 
-    def owns_task(self, gateway: str | None) -> bool:
-        """Whether a WMS task naming `gateway` (None: none) is this gateway's."""
-        return self.task_board if gateway is None else gateway == self.gateway
+    def owns_task(self, gateway: str | None, zone: str | None = None) -> bool:
+        """Whether a WMS task naming `gateway` and `zone` (None: none) is this gateway's."""
+        if gateway is not None:
+            return gateway == self.gateway
+        board = next((g for z, g in self.zone_boards if z == zone), None)
+        return self.task_board if board is None else board == self.gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +349,7 @@ def _wms_task(prefix: str, owns: Ownership, message: Received) -> Event:
     """A WMS task (`wms/{site}/task/{task_id}`); another gateway's is withdrawn here (see
     `Ownership`)."""
     task = agv_wire.parse_wms_task(message.topic.removeprefix(prefix), message.payload, message.at)
-    if isinstance(task, WmsTask) and not owns.owns_task(task.gateway):
+    if isinstance(task, WmsTask) and not owns.owns_task(task.gateway, task.zone):
         return WmsTaskDeleted(task.task_id, task.at)
     if isinstance(task, agv_wire.BadRequest):
         return Rejected(
