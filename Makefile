@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ops_surface.py
 	$(BIN)/python benchmarks/handheld_ack.py
 	$(BIN)/python benchmarks/zone_rules.py
+	$(BIN)/python benchmarks/site_sizing.py
 	$(BIN)/python benchmarks/guard.py
 
 clean:
