@@ -523,7 +523,7 @@ def check_site(run: SiteRun) -> None:
         assert p["gateway"] == owner
     # PostgreSQL holds every transaction the auditor saw, each once (its id the key).
     stored = {i for i, (topic, _, _) in run.stored.items() if "/tx/" in topic}
-    assert set(txs) <= stored, len(set(txs) - stored)
+    assert set(txs) == stored, (len(set(txs) - stored), len(stored - set(txs)))
     assert not run.repeats_with_other_ids()  # a repeat carries its first id
     # Every task leased to one robot at a time, and each done once.
     assert overlapping_leases(run.outcomes) == []
