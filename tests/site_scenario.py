@@ -540,7 +540,11 @@ def check_site(run: SiteRun) -> None:
         if p.get("task_id") and p["from_location"] in run.received.values()
     }
     by_hand = [p for p in moves if not p.get("task_id")]
-    assert {p["sscc"] for p in by_hand} == set(run.moved_by_hand)
+    hand = {p["sscc"] for p in by_hand}
+    assert hand == set(run.moved_by_hand), (
+        hand - set(run.moved_by_hand),
+        set(run.moved_by_hand) - hand,
+    )
     for p in by_hand:
         assert p["gateway"] == "dock-2"
         assert p["from_location"] == putaway[p["sscc"]], p
