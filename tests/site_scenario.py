@@ -129,58 +129,33 @@ def _gateway_config(
     return raw
 
 
+def _consume(dsn: str, name: str, *where: str) -> subprocess.Popen[bytes]:
+    """`gateway consume` for site DC1 as a child process (its output dropped)."""
+    command = [sys.executable, "-m", "gateway", "consume", "--dsn", dsn, "--site", "DC1"]
+    return subprocess.Popen(
+        [*command, "--client-id", name, *where],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def consumer_process(
     port: int, dsn: str, name: str, protocol: str = "5", shared: bool = True
 ) -> subprocess.Popen[bytes]:
-    """`gateway consume` as a child process, for site DC1 (its output dropped)."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "consume",
-            "--broker",
-            f"127.0.0.1:{port}",
-            "--dsn",
-            dsn,
-            "--site",
-            "DC1",
-            "--client-id",
-            name,
-            "--group",
-            "wms" if shared else "",
-            "--protocol",
-            protocol,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    """The MQTT consumer (an MQTT 5 shared subscription, group `wms`, unless not `shared`)."""
+    return _consume(
+        dsn,
+        name,
+        *("--broker", f"127.0.0.1:{port}", "--protocol", protocol),
+        *("--group", "wms" if shared else ""),
     )
 
 
 def jetstream_consumer_process(
     servers: list[str], dsn: str, name: str, ack_wait_s: float = 5.0
 ) -> subprocess.Popen[bytes]:
-    """`gateway consume --nats` as a child process, for site DC1, group `wms` (output dropped)."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "consume",
-            "--nats",
-            ",".join(servers),
-            "--dsn",
-            dsn,
-            "--site",
-            "DC1",
-            "--client-id",
-            name,
-            "--ack-wait-s",
-            str(ack_wait_s),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """The NATS consumer (JetStream, group `wms`)."""
+    return _consume(dsn, name, "--nats", ",".join(servers), "--ack-wait-s", str(ack_wait_s))
 
 
 async def jetstream_ready(server: str, stream: str = "$MQTT_msgs", group: str = "wms") -> None:

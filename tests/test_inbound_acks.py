@@ -36,10 +36,10 @@ def asn(n: int) -> bytes:
     return json.dumps({"asn_id": f"ASN-{n}", "door": "D01", "lines": [line]}).encode()
 
 
-@contextlib.asynccontextmanager
-async def bridge_on(store: Store, port: int, inbox: Inbox) -> AsyncIterator[mqtt.MqttBridge]:
-    """A bridge with the gateway's client id and persistent session, feeding `inbox`."""
-    bridge = mqtt.MqttBridge(
+def new_bridge(store: Store, port: int, inbox: Inbox) -> mqtt.MqttBridge:
+    """A bridge with the gateway's client id and persistent session, feeding `inbox` and
+    acknowledging what it marks done."""
+    return mqtt.MqttBridge(
         BrokerConfig(host="127.0.0.1", port=port, reconnect_max_s=0.5),
         topics=TOPICS,
         store=store,
@@ -50,6 +50,12 @@ async def bridge_on(store: Store, port: int, inbox: Inbox) -> AsyncIterator[mqtt
         committed=inbox.committed,
         routes=InboundRoutes(TOPICS, agv=False, vda5050_interface=None),
     )
+
+
+@contextlib.asynccontextmanager
+async def bridge_on(store: Store, port: int, inbox: Inbox) -> AsyncIterator[mqtt.MqttBridge]:
+    """`new_bridge` running until the block ends (then stopped cleanly)."""
+    bridge = new_bridge(store, port, inbox)
     task = asyncio.create_task(bridge.run())
     try:
         async with asyncio.timeout(10):
@@ -87,18 +93,7 @@ async def test_a_message_not_committed_comes_again_and_a_committed_one_does_not(
         # The rules take the three in, and the gateway dies before committing them (the
         # bridge's task cancelled: no clean stop, nothing acknowledged).
         inbox = Inbox(100)
-        bridge = mqtt.MqttBridge(
-            BrokerConfig(host="127.0.0.1", port=mosquitto.port),
-            topics=TOPICS,
-            store=store,
-            board=StatusBoard(lambda: T0),
-            version="test",
-            clock=lambda: T0,
-            inbox=lambda event: inbox.put_leaving(event, 0),
-            committed=inbox.committed,
-            routes=InboundRoutes(TOPICS, agv=False, vda5050_interface=None),
-        )
-        task = asyncio.create_task(bridge.run())
+        task = asyncio.create_task(new_bridge(store, mosquitto.port, inbox).run())
         assert asn_ids(await taken(inbox, 3)) == ["ASN-1", "ASN-2", "ASN-3"]
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
