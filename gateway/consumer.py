@@ -35,7 +35,7 @@ from gateway.bridge.suback import subscribe_or_raise
 
 log = structlog.get_logger("gateway.consumer")
 
-__all__ = ["SCHEMA", "Consumer", "ConsumerStats", "JetStreamConsumer", "topics_of"]
+__all__ = ["SCHEMA", "Consumer", "ConsumerStats", "JetStreamConsumer", "durable_name", "topics_of"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_message (
@@ -83,8 +83,21 @@ MQTT_SUBJECT_PREFIX = "$MQTT.msgs."
 
 
 def _topic_of(subject: str) -> str:
-    """The MQTT topic of a NATS subject of `$MQTT_msgs` (NATS maps `a/b` to `a.b`)."""
-    return subject.removeprefix(MQTT_SUBJECT_PREFIX).replace(".", "/")
+    """The MQTT topic of a NATS subject of `$MQTT_msgs`: NATS maps `a/b` to `a.b`, and a `.`
+    within a level to `//` (NATS 2.10; 2.9 refuses such topics)."""
+    levels = subject.removeprefix(MQTT_SUBJECT_PREFIX).split(".")
+    return "/".join(level.replace("//", ".") for level in levels)
+
+
+def _subject_level(level: str) -> str:
+    """One MQTT topic level as NATS writes it in a subject."""
+    return level.replace(".", "//")
+
+
+def durable_name(group: str, site: str) -> str:
+    """The JetStream durable consumer of `group` for `site`: one per site, since the stream is
+    the whole cluster's (a durable's name may hold neither `.` nor wildcards)."""
+    return f"{group}_{site}".replace(".", "_")
 
 
 @dataclass
@@ -198,13 +211,30 @@ async def store(db: Any, batch: list[tuple[str, Any]], stats: ConsumerStats, by:
             log.warning("consumer: a message without JSON or id", topic=topic)
             continue
         rows.append(row)
-    fresh = 0
-    async with db.transaction():
+    import psycopg
+
+    fresh = refused = 0
+    try:
+        async with db.transaction():
+            for row in rows:
+                inserted = await (await db.execute(_INSERT, (*row, by))).fetchone()
+                fresh += 1 if inserted and inserted[0] else 0
+    except psycopg.DataError:
+        # One row PostgreSQL cannot take (a NUL in a JSON string): the others one by one, that
+        # one counted and dropped (it would fail, and come again, for ever).
+        fresh = 0
         for row in rows:
-            inserted = await (await db.execute(_INSERT, (*row, by))).fetchone()
+            try:
+                async with db.transaction():
+                    inserted = await (await db.execute(_INSERT, (*row, by))).fetchone()
+            except psycopg.DataError as err:
+                refused += 1
+                log.warning("consumer: PostgreSQL refused a message", id=row[0], error=str(err))
+                continue
             fresh += 1 if inserted and inserted[0] else 0
+    stats.unusable += refused
     stats.stored += fresh
-    stats.repeats += len(rows) - fresh
+    stats.repeats += len(rows) - fresh - refused
 
 
 async def _schema(db: Any) -> None:
@@ -297,19 +327,20 @@ class JetStreamConsumer:
             except nats.js.errors.NotFoundError:
                 log.info("consumer: waiting for NATS's MQTT stream", stream=MQTT_STREAM)
                 await asyncio.sleep(1.0)
+        durable = durable_name(self._group, self._site)
         await js.add_consumer(
             MQTT_STREAM,
             ConsumerConfig(
-                durable_name=self._group,
+                durable_name=durable,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                filter_subject=f"{MQTT_SUBJECT_PREFIX}gw.{self._site}.>",
+                filter_subject=f"{MQTT_SUBJECT_PREFIX}gw.{_subject_level(self._site)}.>",
                 ack_wait=self._ack_wait_s,
                 max_ack_pending=10 * BATCH_MAX,
             ),
         )
-        pull = await js.pull_subscribe_bind(durable=self._group, stream=MQTT_STREAM)
-        log.info("consumer pulling", stream=MQTT_STREAM, group=self._group, name=self._name)
+        pull = await js.pull_subscribe_bind(durable=durable, stream=MQTT_STREAM)
+        log.info("consumer pulling", stream=MQTT_STREAM, durable=durable, name=self._name)
         while True:
             try:
                 batch = await pull.fetch(BATCH_MAX, timeout=1.0)

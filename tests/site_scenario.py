@@ -158,7 +158,9 @@ def jetstream_consumer_process(
     return _consume(dsn, name, "--nats", ",".join(servers), "--ack-wait-s", str(ack_wait_s))
 
 
-async def jetstream_ready(server: str, stream: str = "$MQTT_msgs", group: str = "wms") -> None:
+async def jetstream_ready(
+    server: str, stream: str = "$MQTT_msgs", durable: str = "wms_DC1"
+) -> None:
     """Wait until the consumers made their durable consumer on NATS's MQTT stream (what is
     published from then on is kept for it)."""
     import nats
@@ -171,7 +173,7 @@ async def jetstream_ready(server: str, stream: str = "$MQTT_msgs", group: str = 
             js = nc.jetstream(timeout=2)
             while True:
                 try:
-                    await js.consumer_info(stream, group)
+                    await js.consumer_info(stream, durable)
                 except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
                     await asyncio.sleep(0.2)
                 else:

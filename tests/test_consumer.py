@@ -13,7 +13,7 @@ import aiomqtt
 import psycopg
 import pytest
 
-from gateway.consumer import Consumer
+from gateway.consumer import Consumer, _topic_of, durable_name
 from tests.cluster_helpers import NatsCluster, nats_server_binary
 from tests.gateway_helpers import build, running, site_config
 from tests.mqtt_helpers import Mosquitto
@@ -133,11 +133,24 @@ async def test_a_message_without_json_or_id_is_counted_and_does_not_stop_the_con
         async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="hostile") as peer:
             await peer.publish("gw/DC1/dock-9/tx/move", b"\xff not json", qos=1)
             await peer.publish("gw/DC1/dock-9/tx/move", b'{"sscc": "no id"}', qos=1)
+            # Valid JSON PostgreSQL's JSONB refuses (a NUL in a string): that one is dropped,
+            # not the batch it came in, and it does not come again for ever.
+            await peer.publish(
+                "gw/DC1/dock-9/tx/move", b'{"tx_id": "nul", "x": "a\\u0000b"}', qos=1
+            )
         async with running(build(raw, tmp_path)) as gateway:
             made = await moves(gateway, 1, 5)
             rows = await all_stored(postgres.dsn, made)
     assert len(rows) == len(made)
-    assert consumer.stats.unusable == 2
+    assert consumer.stats.unusable == 3
+
+
+def test_nats_subjects_back_to_topics_and_one_durable_consumer_per_site() -> None:
+    assert _topic_of("$MQTT.msgs.gw.DC1.dock-1.tx.receive") == "gw/DC1/dock-1/tx/receive"
+    # NATS 2.10 writes a "." within a topic level as "//".
+    assert _topic_of("$MQTT.msgs.gw.DC1.dock//1.tx.receive") == "gw/DC1/dock.1/tx/receive"
+    assert durable_name("wms", "DC1") != durable_name("wms", "DC2")
+    assert "." not in durable_name("wms", "site.one")
 
 
 @pytest.mark.slow(15)

@@ -142,3 +142,30 @@ async def test_committed_waits_for_every_event_queued_before() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await waiting
     assert not inbox._commit_waiters
+
+
+async def test_a_repeat_redelivered_after_a_lost_link_waits_for_the_first_ones_commit(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # The same bridge (its memory of what it took in) loses its link while ASN-1 waits for
+    # its commit; the broker sends ASN-1 again, which the bridge knows for a repeat and does
+    # not queue: it must not acknowledge it before the first copy is committed either.
+    async with await Store.open(tmp_path / "gateway.db") as store:
+        async with bridge_on(store, mosquitto.port, Inbox(100)):
+            pass  # the session
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="wms") as wms:
+            await wms.publish("wms/DC1/asn/ASN-1", asn(1), qos=1)
+        inbox = Inbox(100)
+        async with bridge_on(store, mosquitto.port, inbox) as bridge:
+            assert asn_ids(await taken(inbox, 1)) == ["ASN-1"]
+            mosquitto.stop()  # the link lost (the broker keeps the session on disk)
+            mosquitto.start()
+            async with asyncio.timeout(15):
+                while not bridge.connected:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # ASN-1 again, a repeat: nothing queued
+            assert inbox.empty()
+        # Never committed: a fresh bridge gets it once more.
+        inbox = Inbox(100)
+        async with bridge_on(store, mosquitto.port, inbox):
+            assert asn_ids(await taken(inbox, 1)) == ["ASN-1"]

@@ -471,6 +471,7 @@ class MqttBridge:
         self._on_refused = on_refused
         self._inbox = inbox
         self._committed = committed
+        self._last_number: int | None = None  # of the last event this bridge queued
         self._clock = clock
         # Answers to commands: published directly, QoS 1, the oldest dropped past the bound.
         self._responses: deque[tuple[str, bytes | None, bytes]] = deque(maxlen=RESPONSE_BACKLOG)
@@ -768,6 +769,12 @@ class MqttBridge:
                     event = await self._decode(routes, message)
                     if event is not None:
                         number = await self._inbox(event)
+                        self._last_number = number
+                    else:
+                        # Nothing queued: maybe a repeat of one taken in before (a redelivery
+                        # after a lost link), whose event may not be committed yet. Acknowledged
+                        # once everything this bridge queued so far is.
+                        number = self._last_number
                 except BaseException:
                     # Not handed on (the link dropped meanwhile): the broker sends it again,
                     # and it must not be taken for a repeat then.
