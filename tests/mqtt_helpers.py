@@ -230,6 +230,7 @@ class Collector:
     username: str | None = None
     password: str | None = None
     tls_ca: Path | None = None
+    subscribe_timeout_s: float = 10.0  # a NATS cluster just started takes longer
     messages: list[Received] = field(default_factory=list)
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -237,7 +238,7 @@ class Collector:
 
     async def __aenter__(self) -> Collector:
         self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self.subscribed.wait(), 10)
+        await asyncio.wait_for(self.subscribed.wait(), self.subscribe_timeout_s)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -269,7 +269,8 @@ async def run_site(
             def new_consumer(name: str) -> subprocess.Popen[bytes]:
                 return jetstream_consumer_process(urls, postgres.dsn, name)
 
-        async with Collector(auditor_port, client_id="auditor") as auditor:
+        # The first MQTT client of a NATS cluster waits for JetStream to make its MQTT streams.
+        async with Collector(auditor_port, client_id="auditor", subscribe_timeout_s=60) as auditor:
             consumers.extend(new_consumer(f"wms-{n}") for n in (1, 2))
             if cluster is not None:  # the stream takes what is published once it exists
                 await jetstream_ready(f"nats://127.0.0.1:{cluster.client_ports[-1]}")
