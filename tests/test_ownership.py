@@ -58,7 +58,7 @@ def held(gateway: Gateway) -> tuple[set[str], set[str], set[str]]:
         return set(), set(), set()
     engine = gateway.runner.engine
     assert engine.agv is not None
-    tasks = {t for t in ("T-1", "T-2", "T-3") if engine.agv.task(t) is not None}
+    tasks = {t for t in ("T-1", "T-2", "T-3") if t in engine.agv.open}  # not finished
     return set(engine.dock.asns), set(engine.dock.orders), tasks
 
 
@@ -296,3 +296,38 @@ def test_a_zone_board_decodes_only_its_zones_tasks_and_the_config_says_so(tmp_pa
     raw["agv"]["zone_boards"] = {"Z-A": "no such/gateway"}
     with pytest.raises(ConfigError, match="zone_boards"):
         build(raw, tmp_path)
+
+
+async def test_two_running_boards_each_queue_only_their_own_tasks(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # dock-1 the site's board, dock-2 the board of zone Z-A; the same zone_boards on both.
+    configs = []
+    for name, doors, site_board in (("dock-1", ["D01"], True), ("dock-2", ["D05"], False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        raw = site_config(folder, broker_port=mosquitto.port, scanner=None)
+        raw["gateway"].update(id=name, doors=doors)
+        raw["agv"] = {"enabled": True, "task_board": site_board, "zone_boards": {"Z-A": "dock-2"}}
+        configs.append(build(raw, folder))
+    pallets = {n: sscc("0614141", 20 + n) for n in (1, 2, 3)}  # a task per pallet
+    records = {
+        "T-1": task("T-1", destination="A-01-01", sscc=pallets[1]),  # no zone: the site's board
+        "T-2": task("T-2", destination="A-01-02", sscc=pallets[2], zone="Z-A"),
+        # A zone no board serves: the site's board.
+        "T-3": task("T-3", destination="A-01-03", sscc=pallets[3], zone="Z-B"),
+    }
+    async with (
+        running(configs[0]) as one,
+        running(configs[1]) as two,
+        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms,
+    ):
+        for task_id, doc in records.items():
+            await wms.publish(f"wms/DC1/task/{task_id}", json.dumps(doc), qos=1, retain=True)
+        await until(lambda: held(one)[2] == {"T-1", "T-3"} and held(two)[2] == {"T-2"})
+        # The WMS moves T-1 into zone Z-A: it changes boards.
+        moved = task("T-1", destination="A-01-01", sscc=pallets[1], zone="Z-A")
+        await wms.publish("wms/DC1/task/T-1", json.dumps(moved), qos=1, retain=True)
+        await until(lambda: held(one)[2] == {"T-3"} and held(two)[2] == {"T-1", "T-2"})
+        for task_id in records:
+            await wms.publish(f"wms/DC1/task/{task_id}", b"", qos=1, retain=True)
