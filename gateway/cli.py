@@ -220,7 +220,7 @@ def consume(
     from gateway.logs import configure_logging
 
     if bool(broker) == bool(nats):
-        typer.echo("error: give --broker host:port or --nats nats://host:4222, not both", err=True)
+        typer.echo("error: give one of --broker host:port and --nats nats://host:4222", err=True)
         raise typer.Exit(2)
     configure_logging("console", "info")
     member: Consumer | JetStreamConsumer

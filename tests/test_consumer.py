@@ -12,7 +12,9 @@ from pathlib import Path
 import aiomqtt
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
+from gateway.cli import app
 from gateway.consumer import Consumer, _topic_of, durable_name
 from tests.cluster_helpers import NatsCluster, nats_server_binary
 from tests.gateway_helpers import build, running, site_config
@@ -201,3 +203,22 @@ async def test_on_nats_jetstream_consumers_share_the_moves_and_a_killed_one_lose
                 process.kill()
             process.wait(10)
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ([], "give one of --broker"),
+        (["--broker", "127.0.0.1:1883", "--nats", "nats://127.0.0.1:4222"], "give one of"),
+        (["--nats", "127.0.0.1:4222"], "--nats takes nats://host:port URLs"),
+        (["--nats", "nats://127.0.0.1:4222", "--group", ""], "and a --group"),
+        (["--broker", "no-port"], "--broker host:port"),
+        (["--broker", "127.0.0.1:1883", "--protocol", "4"], "--protocol 5 or 3.1.1"),
+    ],
+)
+def test_consume_refuses_unclear_arguments_with_exit_2(args: list[str], error: str) -> None:
+    result = CliRunner().invoke(
+        app, ["consume", "--dsn", "postgresql://x/y", "--site", "DC1", *args]
+    )
+    assert result.exit_code == 2
+    assert error in result.output
