@@ -279,14 +279,19 @@ class Gateway:
                 beyond_limit=self.recorder.beyond_limit if self.recorder else 0,
             )
 
-    def _publish_refused(self, topic: str, reason: str) -> None:
-        """The broker refused a topic (an ACL): an alarm, committed with the next decisions."""
+    def _publish_refused(self, topic: str, reason: str, subscription: bool = False) -> None:
+        """The broker refused a topic or a subscription: an alarm, committed with the next."""
         if self.recorder is None:
             return
+        what, then = (
+            ("a subscription to", "asked for again")
+            if subscription
+            else ("messages on", "they are kept and retried")
+        )
         self.recorder.late_notice(
             Notice(
-                code="publish_refused",
-                message=f"the broker refused messages on {topic}: {reason}; they are kept and retried",
+                code="subscription_refused" if subscription else "publish_refused",
+                message=f"the broker refused {what} {topic}: {reason}; {then}",
                 at=self.clock(),
                 severity=Severity.ERROR,
                 details={"topic": topic, "reason": reason},

@@ -248,7 +248,10 @@ async def test_a_subscription_the_broker_refuses_is_logged_kept_for_the_status_a
             inbox=lambda _event: asyncio.sleep(0),
             routes=routes,
         )
-        # Refused for good (an ACL): shown, and asked for again, alone, with backoff.
+        told: list[tuple[str, ...]] = []
+        bridge._on_refused = lambda *args: told.append(args)
+        # Refused for good (an ACL): shown, told once (the app raises an alarm), and asked for
+        # again, alone, with backoff.
         acl = _RefusingBroker({"wms/DC1/asn/+"})
         asking = asyncio.create_task(bridge._subscribe(acl))  # type: ignore[arg-type]
         async with asyncio.timeout(5):
@@ -257,6 +260,7 @@ async def test_a_subscription_the_broker_refuses_is_logged_kept_for_the_status_a
         assert bridge.subscribed
         assert bridge.subscriptions_refused == {"wms/DC1/asn/+"}
         assert len(acl.asked[0]) > 1 and acl.asked[1:] == [["wms/DC1/asn/+"]] * (len(acl.asked) - 1)
+        assert told == [("wms/DC1/asn/+", "Not authorized", True)]
         asking.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asking

@@ -427,7 +427,8 @@ class MqttBridge:
         clock: wall clock.
         outbox_alarm_ratio: outbox fill (rows or bytes, a share of the limit) at which the
             gateway status shows the alarm.
-        on_refused: called once per topic the broker refuses (topic, reason).
+        on_refused: called once per topic the broker refuses to take publishes on (topic,
+            reason), or to subscribe to (topic, reason, True).
         inbox: where decoded messages go (the rules' queue); returns the event's number there.
         committed: returns once the event of that number is committed (None: at once).
         routes: the inbound message kinds to subscribe to and decode (None: none).
@@ -444,7 +445,7 @@ class MqttBridge:
         version: str,
         clock: Callable[[], dt.datetime],
         outbox_alarm_ratio: float | None = None,
-        on_refused: Callable[[str, str], None] | None = None,
+        on_refused: Callable[..., None] | None = None,
         inbox: Callable[[Event], Awaitable[int | None]] | None = None,
         committed: Callable[[int], Awaitable[None]] | None = None,
         routes: InboundRoutes | None = None,
@@ -807,6 +808,8 @@ class MqttBridge:
                     if topic not in self.subscriptions_refused:
                         self.subscriptions_refused.add(topic)
                         log.error("broker refused a subscription", topic=topic, reason=str(code))
+                        if self._on_refused is not None:
+                            self._on_refused(topic, str(code), True)
                 elif topic in self.subscriptions_refused:
                     self.subscriptions_refused.discard(topic)
                     log.info("broker took a subscription it had refused", topic=topic)
