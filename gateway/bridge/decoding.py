@@ -15,8 +15,10 @@ instead, so nothing is lost. multiprocessing is imported then too, not at start.
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import signal
+import sys
 from typing import TYPE_CHECKING
 
 import structlog
@@ -29,11 +31,32 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.bridge")
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent ends
 
-def _worker_init() -> None:
-    """The worker leaves Ctrl-C and SIGTERM to the gateway, which shuts it down."""
+
+def _worker_init(gateway: int) -> None:
+    """The worker leaves Ctrl-C and SIGTERM to the gateway, which shuts it down, and dies with
+    the gateway (process `gateway`) however that ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with(gateway)
+
+
+def _die_with(gateway: int) -> None:
+    """Linux: the kernel kills this process when the gateway's process ends. Otherwise a
+    gateway killed by SIGKILL (the OOM killer, a crash, a test) leaves its idle worker behind,
+    and every restart adds one (seen: 52 of them, 56 MiB each, after a day of tests)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != gateway:  # it ended before the prctl
+        os._exit(0)
 
 
 class DecodePool:
@@ -57,6 +80,7 @@ class DecodePool:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init,
+                initargs=(os.getpid(),),
             )
         try:
             event = await loop.run_in_executor(self._pool, decoder, message)
