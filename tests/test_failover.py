@@ -142,7 +142,10 @@ async def test_a_gateway_on_a_three_node_nats_cluster_survives_two_node_kills(
             failover=[f"127.0.0.1:{p}" for p in others], reconnect_max_s=1.0, connect_timeout_s=2.0
         )
         async with (
-            Collector(cluster.mqtt_ports[2], client_id="auditor") as auditor,
+            # The fresh cluster's first MQTT client: JetStream makes its MQTT streams meanwhile.
+            Collector(
+                cluster.mqtt_ports[2], client_id="auditor", subscribe_timeout_s=60
+            ) as auditor,
             running(build(raw, tmp_path)) as gateway,
         ):
             await connected_to(gateway, *cluster.mqtt_ports, timeout=20)
