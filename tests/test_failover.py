@@ -164,8 +164,10 @@ async def test_a_gateway_on_a_three_node_nats_cluster_survives_two_node_kills(
                 print(f"failover: gateway {took:.2f} s, a bare client {baseline:.2f} s")
                 # Each attempt costs at most the backoff cap (1 s) and a connect timeout (2 s)
                 # on a node still stalled (or a refusal by the dead one); one round over the
-                # three nodes after a client trying all the time got in reaches a live one.
-                assert took < baseline + 3 * (1.0 + 2.0) + 0.5, (took, baseline)
+                # three nodes after a client trying all the time got in reaches a live one
+                # (at most 3.2 s behind it in 15 runs alone). The bound allows a second round:
+                # on a suite loading both cores, the cluster takes clients unevenly.
+                assert took < baseline + 2 * 3 * (1.0 + 2.0) + 0.5, (took, baseline)
                 # Publishing resumes once the node's storage takes the online status.
                 await connected_to(gateway, *live, timeout=30)
                 cluster.start(node)  # (the auditor may have been on it: its session waits)
