@@ -87,12 +87,9 @@ def scenario(seconds: float) -> Scenario:
     return Scenario(pallets=pallets, strays=strays, door="D03", seed=14)
 
 
-def site_toml(
-    workdir: Path, n: int, *, broker: int, reader: int, surface: bool, http_port: int
-) -> Path:
-    """One round's configuration: the reader at D03, the surface on or off."""
-    on = "true" if surface else "false"
-    text = f"""\
+def gateway_toml(workdir: Path, n: int, broker: int) -> str:
+    """Round `n`'s gateway, broker, storage and logging sections (a fresh database a round)."""
+    return f"""\
 [gateway]
 site = "{SITE}"
 id = "{GATEWAY}"
@@ -109,7 +106,15 @@ path = "{workdir / f"gateway-{n}.db"}"
 [logging]
 format = "json"
 level = "warning"
+"""
 
+
+def site_toml(
+    workdir: Path, n: int, *, broker: int, reader: int, surface: bool, http_port: int
+) -> Path:
+    """One round's configuration: the reader at D03, the surface on or off."""
+    on = "true" if surface else "false"
+    text = f"""{gateway_toml(workdir, n, broker)}
 [http]
 enabled = {on}
 host = "127.0.0.1"

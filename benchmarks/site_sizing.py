@@ -42,14 +42,14 @@ import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from benchmarks.guard import Figure, keep
+from benchmarks.handheld_ack import percentile as nearest_rank
 from benchmarks.measure import cpu_seconds
-from benchmarks.ops_surface import gateway_command
+from benchmarks.ops_surface import GATEWAY, SITE, gateway_command, gateway_toml
 from gateway.domain.epc import encode_sgtin96, encode_sscc96
 from simulators.llrp import LlrpReaderSimulator, Pallet, Scenario, StrayTag
 from tests.dock_helpers import CP, cases
 from tests.mqtt_helpers import Mosquitto
 
-SITE, GATEWAY = "DC1", "dock-1"
 BASE = f"gw/{SITE}/{GATEWAY}"
 READS_PER_S = 1000.0
 PALLET_EVERY_S = 3.0
@@ -107,24 +107,7 @@ antennas = {{ outside = [1, 2], inside = [3, 4] }}
 """
         for i, port in enumerate(readers)
     )
-    text = f"""\
-[gateway]
-site = "{SITE}"
-id = "{GATEWAY}"
-shutdown_grace_s = 3
-
-[broker]
-host = "127.0.0.1"
-port = {broker}
-protocol = "5"
-
-[storage]
-path = "{workdir / f"gateway-{n}.db"}"
-
-[logging]
-format = "json"
-level = "warning"
-{devices}"""
+    text = gateway_toml(workdir, n, broker) + devices
     path = workdir / f"site-{n}.toml"
     path.write_text(text, "utf-8")
     return path
@@ -181,10 +164,8 @@ class Round:
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    """Nearest rank; NaN without values (no receipt in the window)."""
+    return nearest_rank(values, q) if values else float("nan")
 
 
 async def one_round(n: int, doors: int, workdir: Path, args: argparse.Namespace) -> Round:
