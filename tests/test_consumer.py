@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from gateway.consumer import Consumer, _topic_of, durable_name
+from gateway.consumer import Consumer, JetStreamConsumer, _topic_of, durable_name
 from tests.cluster_helpers import NatsCluster, nats_server_binary
 from tests.gateway_helpers import build, running, site_config
 from tests.mqtt_helpers import Mosquitto
@@ -222,3 +222,32 @@ def test_consume_refuses_unclear_arguments_with_exit_2(args: list[str], error: s
     )
     assert result.exit_code == 2
     assert error in result.output
+
+
+@pytest.mark.skipif(nats_server_binary() is None, reason="needs nats-server (Debian package)")
+async def test_a_jetstream_consumer_started_before_nats_waits_for_it(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    # The cluster is down when the consumer starts (a power cut, a site booting): it retries,
+    # and stores what comes once NATS is up.
+    server = NatsCluster(tmp_path, nodes=1)
+    url = f"nats://127.0.0.1:{server.client_ports[0]}"
+    member = JetStreamConsumer(servers=[url], dsn=postgres.dsn, site="DC1", name="wms-1")
+    task = asyncio.create_task(member.run())
+    try:
+        await asyncio.sleep(2.0)  # refused meanwhile
+        assert not task.done()
+        server.start_all()
+        async with aiomqtt.Client("127.0.0.1", server.mqtt_ports[0], identifier="gw") as gw:
+            await jetstream_ready(url)
+            body = b'{"tx_id": "tx-after-outage", "site": "DC1", "gateway": "dock-1"}'
+            await gw.publish("gw/DC1/dock-1/tx/move", body, qos=1)
+        async with asyncio.timeout(20):
+            while "tx-after-outage" not in await stored(postgres.dsn):
+                await asyncio.sleep(0.1)
+        assert member.stats.stored == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        server.stop()
