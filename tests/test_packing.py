@@ -135,6 +135,9 @@ async def test_two_hundred_cartons_five_wrong_items_and_a_printer_off_for_a_whil
                 pda.scan("close", f"CTN-{n:04d}")
                 if n == 60:
                     await pda.flush()
+                    async with asyncio.timeout(20):  # carton 60's label printed: it is async
+                        while len(printer.labels) < 61:
+                            await asyncio.sleep(0.05)
                     await printer.offline()  # switched off: labels wait for it
                     off = asyncio.get_running_loop().time()
                 if n % 20 == 19:
