@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.domain import Scan, ScanKind, WmsTask, WmsTaskDeleted
 from gateway.wire.inbound import InboundRoutes, Ownership, Received
 from gateway.wire.topics import Topics
+from simulators.fleet import Did, FleetController, overlapping_leases
 from simulators.gs1 import sscc
 from tests.gateway_helpers import assert_valid, build, running, site_config
 from tests.mqtt_helpers import Collector, Mosquitto
@@ -331,3 +333,65 @@ async def test_two_running_boards_each_queue_only_their_own_tasks(
         await until(lambda: held(one)[2] == {"T-3"} and held(two)[2] == {"T-1", "T-2"})
         for task_id in records:
             await wms.publish(f"wms/DC1/task/{task_id}", b"", qos=1, retain=True)
+
+
+@pytest.mark.slow(8)
+async def test_a_fleet_per_board_leases_each_task_once_from_its_own_board(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # dock-1 the site's board, dock-2 zone Z-A's; a fleet controller asks each board.
+    configs = []
+    for name, doors, site_board in (("dock-1", ["D01"], True), ("dock-2", ["D05"], False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        raw = site_config(folder, broker_port=mosquitto.port, scanner=None)
+        raw["gateway"].update(id=name, doors=doors)
+        raw["agv"] = {"enabled": True, "task_board": site_board, "zone_boards": {"Z-A": "dock-2"}}
+        configs.append(build(raw, folder))
+    zones = {f"T-{n:02d}": ("Z-A" if n % 2 else "Z-B" if n % 5 == 0 else None) for n in range(20)}
+    board = {t: "dock-2" if z == "Z-A" else "dock-1" for t, z in zones.items()}
+    fleets = {
+        name: FleetController(
+            port=mosquitto.port,
+            base=f"gw/DC1/{name}",
+            fleet_id=f"fleet-{name}",
+            robots=[f"{name}-r{n}" for n in range(3)],
+            capabilities=("pallet",),
+            step_s=0.02,
+            poll_s=0.2,
+            request_timeout_s=3.0,
+        )
+        for name in ("dock-1", "dock-2")
+    }
+    async with (
+        Collector(mosquitto.port) as collector,
+        running(configs[0]),
+        running(configs[1]),
+        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-wms") as wms,
+        fleets["dock-1"],
+        fleets["dock-2"],
+    ):
+        for n, (task_id, zone) in enumerate(zones.items()):
+            doc = task(task_id, destination=f"A-02-{n:02d}", sscc=sscc("0614141", 300 + n))
+            if zone is not None:
+                doc["zone"] = zone
+            await wms.publish(f"wms/DC1/task/{task_id}", json.dumps(doc), qos=1, retain=True)
+        wanted = Counter(board.values())
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(fleet.run_until(wanted[name]) for name, fleet in fleets.items()))
+        await collector.wait_for(lambda c: len(c.on("/tx/move")) >= len(zones))
+        await asyncio.sleep(0.5)  # nothing more comes
+        for task_id in zones:
+            await wms.publish(f"wms/DC1/task/{task_id}", b"", qos=1, retain=True)
+    outcomes = [o for fleet in fleets.values() for o in fleet.log]
+    assert overlapping_leases(outcomes) == []
+    dropped = Counter(o.task_id for o in outcomes if o.did is Did.DROPPED)
+    assert dropped == Counter(list(zones))  # each task done once, site-wide
+    # Each fleet did the tasks of the board it asks, and that board confirmed them.
+    for o in outcomes:
+        assert o.fleet == f"fleet-{board[o.task_id]}", o
+    moves = [m.json() for m in collector.on("/tx/move")]
+    assert Counter(m["task_id"] for m in moves) == Counter(list(zones))
+    for move in moves:
+        assert move["gateway"] == board[move["task_id"]], move
+        assert_valid("move", move)
