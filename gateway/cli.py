@@ -214,6 +214,13 @@ def consume(
             min=1.0, help="NATS: seconds before what a member took and did not store goes again."
         ),
     ] = 30.0,
+    check_s: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds between two looks for transactions missing (asked for again).",
+        ),
+    ] = 5.0,
 ) -> None:
     """The reference WMS consumer: every transaction and event once into PostgreSQL."""
     from gateway.consumer import Consumer, JetStreamConsumer  # the "consumer" extra
@@ -236,6 +243,7 @@ def consume(
             group=group,
             name=client_id,
             ack_wait_s=ack_wait_s,
+            check_s=check_s,
         )
     else:
         host, _, port = broker.rpartition(":")
@@ -250,6 +258,7 @@ def consume(
             group=group or None,
             client_id=client_id,
             protocol=protocol,
+            check_s=check_s,
         )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(member.run())

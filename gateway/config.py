@@ -121,6 +121,10 @@ class BrokerConfig(_Model):
     # published again at the next connection: a broker that crashed loses what it took since
     # its last save (Mosquitto: `autosave_interval`; keep this above it). 0: never.
     redeliver_window_s: float = Field(default=60.0, ge=0, le=86_400)
+    # Every transaction carries its number on its topic (`sequence`); what was published is
+    # kept this long (at most 200,000), so a consumer that finds one missing gets it again
+    # (`cmd/resend`), whatever the broker lost.
+    resend_history_s: float = Field(default=86_400.0, ge=60, le=30 * 86_400)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     # A node that takes the connection but gives no CONNACK within this is left for the next

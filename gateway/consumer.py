@@ -15,6 +15,14 @@ only after the transaction that stores them committed. A consumer killed in betw
 them unacknowledged; the broker sends them again (to it, or to another member of the group).
 A payload that is not JSON or has no id is counted and acknowledged (it would never store).
 
+Nothing lost, even by a broker: every transaction carries its number on its topic
+(`sequence`: the gateway's stream and n), and each gateway announces the last number of each
+topic (`gw/{site}/{gateway}/sequence`). The consumers keep both in PostgreSQL and look for
+numbers missing every `check_s`; one still missing at the next look is asked for again
+(`cmd/resend`, the gateway publishes it again from what it keeps), and again while it stays
+missing. So a message the broker acknowledged and then lost (a crash between two saves, a
+cluster losing a node) still reaches the table.
+
 Run with `gateway consume --broker HOST:PORT --dsn postgresql://... --site DC1`, or on NATS
 `gateway consume --nats nats://HOST:4222 --dsn ... --site DC1`.
 """
@@ -24,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,16 +58,50 @@ CREATE TABLE IF NOT EXISTS gateway_message (
     first_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     deliveries  INTEGER NOT NULL DEFAULT 1 -- how many times it came
 );
+ALTER TABLE gateway_message ADD COLUMN IF NOT EXISTS stream TEXT;   -- its sequence, if any
+ALTER TABLE gateway_message ADD COLUMN IF NOT EXISTS n BIGINT;
+CREATE INDEX IF NOT EXISTS gateway_message_sequence ON gateway_message (topic, stream, n);
+-- Per numbered topic and stream: the numbers the gateway announced (first still kept, last
+-- given) and up to where every one is stored.
+CREATE TABLE IF NOT EXISTS gateway_sequence (
+    topic       TEXT NOT NULL,
+    stream      TEXT NOT NULL,
+    first       BIGINT NOT NULL,
+    last        BIGINT NOT NULL,
+    complete_to BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (topic, stream)
+);
 """
 
 SCHEMA_LOCK = 0x67775F6D7367  # a PostgreSQL advisory lock key of the consumers' own
 
 _INSERT = (
-    "INSERT INTO gateway_message (id, topic, site, gateway, body, consumer)"
-    " VALUES (%s, %s, %s, %s, %s, %s)"
+    "INSERT INTO gateway_message (id, topic, site, gateway, body, stream, n, consumer)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (id) DO UPDATE SET deliveries = gateway_message.deliveries + 1"
     " RETURNING xmax = 0"  # PostgreSQL: true for a row inserted, false for one updated
 )
+
+_SEEN = (  # a numbered message: its topic and stream are known from then on (from 1)
+    "INSERT INTO gateway_sequence (topic, stream, first, last) VALUES (%s, %s, 1, %s)"
+    " ON CONFLICT (topic, stream) DO UPDATE SET last = GREATEST(gateway_sequence.last, excluded.last)"
+)
+_ANNOUNCED = (  # a gateway's announcement: from the first it keeps to the last it gave
+    "INSERT INTO gateway_sequence (topic, stream, first, last) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (topic, stream) DO UPDATE SET"
+    " first = GREATEST(gateway_sequence.first, excluded.first),"
+    " last = GREATEST(gateway_sequence.last, excluded.last)"
+)
+_MISSING = """
+SELECT s.topic, s.stream, g.n
+FROM gateway_sequence s,
+     generate_series(GREATEST(s.first, s.complete_to + 1), s.last) AS g(n)
+WHERE NOT EXISTS (
+    SELECT 1 FROM gateway_message m WHERE m.topic = s.topic AND m.stream = s.stream AND m.n = g.n
+)
+ORDER BY s.topic, s.stream, g.n
+LIMIT %s
+"""
 
 BATCH_MAX = 200
 """Messages stored in one PostgreSQL transaction at most (those that arrived together)."""
@@ -74,6 +118,7 @@ def topics_of(site: str) -> list[str]:
         f"{base}/alarm",
         f"{base}/agv/task",
         f"{base}/zone/event",
+        f"{base}/sequence",
     ]
 
 
@@ -108,6 +153,123 @@ class ConsumerStats:
     stored: int = 0  # messages whose row was new
     repeats: int = 0  # messages whose id was stored already
     unusable: int = 0  # not JSON, or no id: acknowledged and dropped
+    announcements: int = 0  # gateways' sequence announcements taken
+    missing: int = 0  # numbers found missing (each once)
+    resend_requests: int = 0  # cmd/resend sent
+
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+"""Publish a payload on an MQTT topic (the consumer's broker connection)."""
+
+RESEND_MAX = 1000
+"""Numbers one `cmd/resend` asks for at most (the gateway's limit)."""
+
+
+class GapRepair:
+    """Finds the numbers missing in PostgreSQL and asks their gateways for them again.
+
+    Every `check_s`: the numbers missing between the first a gateway keeps (or 1) and the
+    last it announced or a consumer stored (`_MISSING`, from where every one was stored
+    last time). A number missing at two looks in a row (not merely in flight to another
+    member of the group) is asked for (`cmd/resend` to its gateway, in ranges), and again
+    every `again_s` while it stays missing.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        stats: ConsumerStats,
+        *,
+        check_s: float = 5.0,
+        again_s: float = 15.0,
+        limit: int = 20_000,
+    ) -> None:
+        self._dsn, self.stats = dsn, stats
+        self._check_s, self._again_s, self._limit = check_s, again_s, limit
+        self._seen: dict[tuple[str, str, int], float] = {}  # missing since (monotonic)
+        self._asked: dict[tuple[str, str, int], float] = {}
+
+    async def run(self, publish: Publish) -> None:
+        """Look every `check_s` until cancelled (its own PostgreSQL connection); a lost
+        database is retried."""
+        import psycopg
+
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as db:
+                    await _schema(db)
+                    while True:
+                        await asyncio.sleep(self._check_s)
+                        await self.check(db, publish)
+            except Exception as err:  # noqa: BLE001 - the database or the broker: look again
+                log.warning("consumer: gap check failed; again in 1 s", error=str(err))
+                await asyncio.sleep(1.0)
+
+    async def check(self, db: Any, publish: Publish) -> int:
+        """One look; returns how many numbers were asked for."""
+        announced = await (
+            await db.execute("SELECT topic, stream, last FROM gateway_sequence")
+        ).fetchall()
+        rows = await (await db.execute(_MISSING, (self._limit,))).fetchall()
+        now = time.monotonic()
+        missing = {(str(t), str(s), int(n)) for t, s, n in rows}
+        self._seen = {k: v for k, v in self._seen.items() if k in missing}
+        self._asked = {k: v for k, v in self._asked.items() if k in missing}
+        due: list[tuple[str, str, int]] = []
+        for key in sorted(missing):
+            if key not in self._seen:
+                self._seen[key] = now
+                self.stats.missing += 1
+            elif now - self._asked.get(key, -self._again_s) >= self._again_s:
+                due.append(key)
+                self._asked[key] = now
+        # Up to where every number is stored, so the next look starts there.
+        lowest: dict[tuple[str, str], int] = {}
+        for topic, stream, n in sorted(missing):
+            lowest.setdefault((topic, stream), n)
+        complete = len(rows) < self._limit
+        async with db.transaction():
+            for topic, stream, last in announced:
+                to = lowest.get((topic, stream), int(last) + 1 if complete else None)
+                if to is not None:
+                    await db.execute(
+                        "UPDATE gateway_sequence SET complete_to = GREATEST(complete_to, %s)"
+                        " WHERE topic = %s AND stream = %s",
+                        (to - 1, topic, stream),
+                    )
+        for topic, stream, first, last in _ranges(due):
+            base, _, name = topic.rpartition("/tx/")
+            request = {"version": 1, "topic": f"tx/{name}", "stream": stream}
+            request |= {"first": first, "last": last}
+            await publish(f"{base}/cmd/resend", json.dumps(request).encode())
+            self.stats.resend_requests += 1
+            log.info(
+                "consumer: asked for missing transactions", topic=topic, first=first, last=last
+            )
+        return len(due)
+
+
+async def _beside(helper: Awaitable[None], main: Awaitable[None]) -> None:
+    """Run `main`, with `helper` beside it until `main` ends (or raises)."""
+    task = asyncio.ensure_future(helper)
+    try:
+        await main
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _ranges(keys: list[tuple[str, str, int]]) -> list[tuple[str, str, int, int]]:
+    """Sorted (topic, stream, n) as (topic, stream, first, last) runs of at most RESEND_MAX."""
+    out: list[tuple[str, str, int, int]] = []
+    for topic, stream, n in keys:
+        last = out[-1] if out else None
+        if last and last[:2] == (topic, stream) and last[3] == n - 1 and n - last[2] < RESEND_MAX:
+            out[-1] = (topic, stream, last[2], n)
+            continue
+        out.append((topic, stream, n, n))
+    return out
 
 
 class _AckingClient(aiomqtt.Client):
@@ -136,6 +298,7 @@ class Consumer:
         group: the shared subscription's group (None: a plain subscription, one consumer).
         client_id: its MQTT client id (persistent session: what comes while it is away waits).
         protocol: "5" or "3.1.1".
+        check_s: how often to look for transactions missing (see `GapRepair`).
     """
 
     def __init__(
@@ -148,11 +311,13 @@ class Consumer:
         group: str | None = "wms",
         client_id: str = "wms-consumer-1",
         protocol: str = "5",
+        check_s: float = 5.0,
     ) -> None:
         self._host, self._port, self._dsn = host, port, dsn
         self._site, self._group, self._client_id = site, group, client_id
         self._protocol = protocol
         self.stats = ConsumerStats()
+        self.repair = GapRepair(dsn, self.stats, check_s=check_s)
 
     async def run(self) -> None:
         """Consume until cancelled; a lost broker or database is retried after a second."""
@@ -188,23 +353,34 @@ class Consumer:
                 shared = f"$share/{self._group}/{topic}" if self._group else topic
                 await subscribe_or_raise(client, shared)
             log.info("consumer subscribed", site=self._site, group=self._group)
-            messages = aiter(client.messages)
-            while True:
-                batch = [await anext(messages)]
-                while len(batch) < BATCH_MAX and len(client.messages):
-                    batch.append(await anext(messages))
-                await store(
-                    db, [(str(m.topic), m.payload) for m in batch], self.stats, self._client_id
-                )
-                for message in batch:
-                    client.ack(message)
+
+            async def publish(topic: str, payload: bytes) -> None:
+                await client.publish(topic, payload, qos=1)
+
+            await _beside(self.repair.run(publish), self._take(client, db))
+
+    async def _take(self, client: _AckingClient, db: Any) -> None:
+        """Store what comes, batch by batch, acknowledging each batch once committed."""
+        messages = aiter(client.messages)
+        while True:
+            batch = [await anext(messages)]
+            while len(batch) < BATCH_MAX and len(client.messages):
+                batch.append(await anext(messages))
+            await store(db, [(str(m.topic), m.payload) for m in batch], self.stats, self._client_id)
+            for message in batch:
+                client.ack(message)
 
 
 async def store(db: Any, batch: list[tuple[str, Any]], stats: ConsumerStats, by: str) -> None:
     """Store (topic, payload) pairs in one PostgreSQL transaction; count them in `stats`."""
     rows = []
+    announced = []
     for topic, payload in batch:
         stats.received += 1
+        if topic.endswith("/sequence"):
+            announced.extend(_announced(topic, payload))
+            stats.announcements += 1
+            continue
         row = _row(topic, payload)
         if row is None:
             stats.unusable += 1
@@ -214,11 +390,17 @@ async def store(db: Any, batch: list[tuple[str, Any]], stats: ConsumerStats, by:
     import psycopg
 
     fresh = refused = 0
+    if announced:
+        async with db.transaction():
+            for numbers in announced:
+                await db.execute(_ANNOUNCED, numbers)
     try:
         async with db.transaction():
             for row in rows:
                 inserted = await (await db.execute(_INSERT, (*row, by))).fetchone()
                 fresh += 1 if inserted and inserted[0] else 0
+                if row[5] is not None:
+                    await db.execute(_SEEN, (row[1], row[5], row[6]))
     except psycopg.DataError:
         # One row PostgreSQL cannot take (a NUL in a JSON string): the others one by one, that
         # one counted and dropped (it would fail, and come again, for ever).
@@ -227,6 +409,8 @@ async def store(db: Any, batch: list[tuple[str, Any]], stats: ConsumerStats, by:
             try:
                 async with db.transaction():
                     inserted = await (await db.execute(_INSERT, (*row, by))).fetchone()
+                    if row[5] is not None:
+                        await db.execute(_SEEN, (row[1], row[5], row[6]))
             except psycopg.DataError as err:
                 refused += 1
                 log.warning("consumer: PostgreSQL refused a message", id=row[0], error=str(err))
@@ -265,6 +449,7 @@ class JetStreamConsumer:
         name: this member's name (stored with each row it wrote first).
         ack_wait_s: how long a message a member took may stay unacknowledged before it goes
             again (to any member).
+        check_s: how often to look for transactions missing (see `GapRepair`).
     """
 
     def __init__(
@@ -276,6 +461,7 @@ class JetStreamConsumer:
         group: str = "wms",
         name: str = "wms-consumer-1",
         ack_wait_s: float = 30.0,
+        check_s: float = 5.0,
     ) -> None:
         self._servers, self._dsn, self._site = servers, dsn, site
         self._group, self._name = group, name
@@ -283,6 +469,7 @@ class JetStreamConsumer:
         self._filters = topics_of(site)
         self.stats = ConsumerStats()
         self.skipped = 0  # messages of the site's other topics, acknowledged unstored
+        self.repair = GapRepair(dsn, self.stats, check_s=check_s)
 
     async def run(self) -> None:
         """Consume until cancelled; a lost cluster or database is retried after a second."""
@@ -341,6 +528,17 @@ class JetStreamConsumer:
         )
         pull = await js.pull_subscribe_bind(durable=durable, stream=MQTT_STREAM)
         log.info("consumer pulling", stream=MQTT_STREAM, durable=durable, name=self._name)
+
+        async def publish(topic: str, payload: bytes) -> None:
+            # NATS hands a message on a topic's subject to that topic's MQTT subscribers.
+            await nc.publish(".".join(_subject_level(level) for level in topic.split("/")), payload)
+
+        await _beside(self.repair.run(publish), self._pull(pull, db))
+
+    async def _pull(self, pull: Any, db: Any) -> None:
+        """Store what comes, batch by batch, acknowledging each batch once committed."""
+        import nats.errors
+
         while True:
             try:
                 batch = await pull.fetch(BATCH_MAX, timeout=1.0)
@@ -358,17 +556,64 @@ class JetStreamConsumer:
                 await message.ack()
 
 
-def _row(topic: str, payload: Any) -> tuple[str, str, str | None, str | None, str] | None:
-    """(id, topic, site, gateway, body JSON) of a message; None when it has no id."""
-    if not isinstance(payload, bytes | bytearray):
+Row = tuple[str, str, str | None, str | None, str, str | None, int | None]
+"""(id, topic, site, gateway, body JSON, stream, n) of a message."""
+
+
+def _row(topic: str, payload: Any) -> Row | None:
+    """The row of a message; None when it has no id."""
+    body = _json(payload)
+    if body is None:
         return None
-    with contextlib.suppress(ValueError, RecursionError):
-        body = json.loads(payload)
-        if isinstance(body, dict):
-            ident = body.get("tx_id") or body.get("event_id")
-            if isinstance(ident, str) and ident:
-                return ident, topic, body.get("site"), body.get("gateway"), json.dumps(body)
+    ident = body.get("tx_id") or body.get("event_id")
+    if not isinstance(ident, str) or not ident:
+        return None
+    stream, n = None, None
+    sequence = body.get("sequence")
+    if (
+        isinstance(sequence, dict)
+        and isinstance(sequence.get("stream"), str)
+        and _is_number(sequence.get("n"))
+    ):
+        stream, n = sequence["stream"][:64], sequence["n"]
+    return ident, topic, body.get("site"), body.get("gateway"), json.dumps(body), stream, n
+
+
+def _announced(topic: str, payload: Any) -> list[tuple[str, str, int, int]]:
+    """(topic, stream, first, last) of each topic a sequence announcement names (none when
+    it is not one)."""
+    body = _json(payload)
+    if body is None or not isinstance(body.get("stream"), str):
+        return []
+    base = topic.removesuffix("/sequence")
+    out: list[tuple[str, str, int, int]] = []
+    topics = body.get("topics")
+    for name, numbers in topics.items() if isinstance(topics, dict) else ():
+        if not (isinstance(name, str) and name.startswith("tx/") and isinstance(numbers, dict)):
+            continue
+        first, last = numbers.get("first"), numbers.get("last")
+        if (
+            isinstance(first, int)
+            and isinstance(last, int)
+            and _is_number(first)
+            and _is_number(last)
+        ):
+            out.append((f"{base}/{name}", str(body["stream"])[:64], first, last))
+    return out
+
+
+def _json(payload: Any) -> dict[str, Any] | None:
+    if isinstance(payload, bytes | bytearray):
+        with contextlib.suppress(ValueError, RecursionError):
+            body = json.loads(payload)
+            if isinstance(body, dict):
+                return body
     return None
+
+
+def _is_number(value: Any) -> bool:
+    """A sequence number PostgreSQL's BIGINT takes."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def _session_properties() -> Any:

@@ -35,6 +35,7 @@ from gateway.domain import (
     Notice,
     RefDataUpdate,
     RejectedScan,
+    ResendRequest,
     Scan,
     Severity,
     key_of,
@@ -43,7 +44,7 @@ from gateway.drivers.base import Clock
 from gateway.inbox import Inbox
 from gateway.recorder import Recorder
 from gateway.rules.engine import RulesEngine
-from gateway.storage import StorageError
+from gateway.storage import OutboxFull, StorageError
 from gateway.supervisor import Backoff
 
 log = structlog.get_logger("gateway.runner")
@@ -65,6 +66,9 @@ PalletLookup = Callable[[str], Awaitable[str | None]]
 
 StockLookup = Callable[[Iterable[str], Iterable[str]], Awaitable[dict[str, str]]]
 """The recorded stock of locations and of things seen (`Store.count_stock`)."""
+
+Resend = Callable[[ResendRequest], Awaitable[int]]
+"""Queue numbered transactions again (`Store.resend`); returns how many."""
 
 PlacesLookup = Callable[[Iterable[str]], Awaitable[dict[str, tuple[str, float]]]]
 """Pallets' recorded locations and since when (`Store.pallet_times`)."""
@@ -99,6 +103,7 @@ class RulesRunner:
         places: PlacesLookup | None = None,
         tick_s: float = TICK_S,
         not_taken: Callable[[str, str], None] | None = None,
+        resend: Resend | None = None,
     ) -> None:
         self.engine = engine
         self.inbox = inbox
@@ -110,6 +115,10 @@ class RulesRunner:
         self._stock = stock
         self._places = places
         self._not_taken = not_taken
+        self._resend = resend
+        self.resends = 0  # resend requests carried out
+        self.resent = 0  # messages they queued again
+        self.resends_failed = 0  # requests that could not be carried out (outbox full, storage)
         self.rules_errors = 0  # events the rules raised on (bugs), skipped
         self.lookups = 0  # pallets looked up in storage (not in the rules' cache)
         self.went_round: float | None = None  # the event loop's time the loop last went round
@@ -132,6 +141,9 @@ class RulesRunner:
             decisions: list[Decision] = []
             scans = scan_counts(events)
             for event in events:
+                if isinstance(event, ResendRequest):  # storage's business, not the rules'
+                    await self._resend_now(event)
+                    continue
                 decisions = await self._prepare(event, decisions)
                 decisions.extend(self._handle(event))
                 if isinstance(event, RefDataUpdate) and self._not_taken is not None:
@@ -153,6 +165,27 @@ class RulesRunner:
             for _ in events:
                 self.inbox.task_done()
             next_tick = min(next_tick, max(self._due_tick(loop), loop.time() + MIN_TICK_GAP_S))
+
+    async def _resend_now(self, request: ResendRequest) -> None:
+        """Carry out a resend request; one that cannot be (the outbox full, storage failing)
+        is logged and counted: the consumer asks again."""
+        if self._resend is None:
+            return
+        try:
+            queued = await self._resend(request)
+        except (OutboxFull, StorageError) as err:
+            self.resends_failed += 1
+            log.warning("cannot publish transactions again", topic=request.topic, error=str(err))
+            return
+        self.resends += 1
+        self.resent += queued
+        log.info(
+            "transactions published again on request",
+            topic=request.topic,
+            first=request.first,
+            last=request.last,
+            queued=queued,
+        )
 
     def _due_tick(self, loop: asyncio.AbstractEventLoop) -> float:
         """The loop time of the next portal departure: a pass is decided when it is due, not

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
+import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +65,27 @@ CREATE TABLE IF NOT EXISTS outbox_sent (
     acked_at   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_sent_acked ON outbox_sent (acked_at);
+-- Transactions are numbered per topic (`Sequencing`): the stream's id (new with the file),
+-- the last number given on each topic, and what was published, kept for resends.
+CREATE TABLE IF NOT EXISTS sequence_stream (
+    id           TEXT NOT NULL,
+    announce_seq INTEGER               -- the outbox row of the announcement not yet published
+);
+CREATE TABLE IF NOT EXISTS sequence_last (
+    topic TEXT PRIMARY KEY,            -- gw/{site}/{gateway}/tx/receive
+    n     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sequence_history (
+    topic      TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    msg_id     TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    qos        INTEGER NOT NULL,
+    retain     INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (topic, n)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sequence_history_age ON sequence_history (created_at);
 CREATE TABLE IF NOT EXISTS dock_ledger (
     kind       TEXT NOT NULL,              -- receive or ship
     key        TEXT NOT NULL,              -- epc:HEX, sscc:N, sgtin:GTIN.SERIAL
@@ -212,6 +236,103 @@ CREATE INDEX IF NOT EXISTS pallet_location_at ON pallet_location (location);
 """
 
 
+def _number(
+    db: sqlite3.Connection,
+    numbering: Sequencing,
+    stream: str,
+    messages: Sequence[OutboxMessage],
+    now: float,
+) -> tuple[int, int]:
+    """Insert `messages` numbered on their topics (see `Sequencing`), kept for resends, and
+    the announcement after them (replacing one not yet published); returns the outbox rows
+    and payload bytes added."""
+    rows = size = 0
+    numbered = False
+    for m in messages:
+        if db.execute("SELECT 1 FROM outbox WHERE msg_id = ?", (m.msg_id,)).fetchone():
+            continue  # there already (rare): as INSERT OR IGNORE
+        row = db.execute("SELECT n FROM sequence_last WHERE topic = ?", (m.topic,)).fetchone()
+        n = (int(row[0]) if row else 0) + 1
+        payload = _with_sequence(m.payload, stream, n)
+        db.execute(
+            "INSERT INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (m.msg_id, m.topic, payload, m.qos, int(m.retain), now),
+        )
+        db.execute(
+            "INSERT INTO sequence_last (topic, n) VALUES (?, ?)"
+            " ON CONFLICT (topic) DO UPDATE SET n = excluded.n",
+            (m.topic, n),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO sequence_history"
+            " (topic, n, msg_id, payload, qos, retain, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (m.topic, n, m.msg_id, payload, m.qos, int(m.retain), now),
+        )
+        rows, size, numbered = rows + 1, size + len(payload), True
+        if n % 500 == 0:  # now and then: what is kept stays bounded
+            _prune_history(db, now - numbering.history_s, numbering.history_rows)
+    if not numbered:
+        return rows, size
+    # One announcement waits in the outbox at most: the last, after what it announces.
+    pending = db.execute("SELECT announce_seq FROM sequence_stream").fetchone()
+    if pending is not None and pending[0] is not None:
+        old = db.execute(
+            "SELECT LENGTH(payload) FROM outbox WHERE seq = ? AND retry_at = 0", (pending[0],)
+        ).fetchone()
+        if old is not None:
+            db.execute("DELETE FROM outbox WHERE seq = ?", (pending[0],))
+            rows, size = rows - 1, size - int(old[0])
+    topics: dict[str, dict[str, int]] = {}
+    for topic, last in db.execute("SELECT topic, n FROM sequence_last ORDER BY topic"):
+        (first,) = db.execute(
+            "SELECT MIN(n) FROM sequence_history WHERE topic = ?", (topic,)
+        ).fetchone()
+        key = str(topic).removeprefix(numbering.base + "/")
+        topics[key] = {"first": int(first) if first is not None else int(last) + 1, "last": last}
+    payload = json.dumps(
+        {
+            "version": 1,
+            "site": numbering.site,
+            "gateway": numbering.gateway,
+            "stream": stream,
+            "topics": topics,
+            "at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat().replace("+00:00", "Z"),
+        },
+        separators=(",", ":"),
+    ).encode()
+    cursor = db.execute(
+        "INSERT INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
+        " VALUES (?, ?, ?, 1, 1, ?)",
+        (f"sequence-{uuid.uuid4().hex}", numbering.announce_topic, payload, now),
+    )
+    db.execute("UPDATE sequence_stream SET announce_seq = ?", (cursor.lastrowid,))
+    return rows + 1, size + len(payload)
+
+
+def _prune_history(db: sqlite3.Connection, before: float, keep_rows: int) -> int:
+    """Forget numbered messages kept since before `before`, and the oldest beyond
+    `keep_rows`; returns how many."""
+    changed = db.total_changes
+    db.execute("DELETE FROM sequence_history WHERE created_at < ?", (before,))
+    (rows,) = db.execute("SELECT COUNT(*) FROM sequence_history").fetchone()
+    if rows > keep_rows:
+        db.execute(
+            "DELETE FROM sequence_history WHERE created_at <="
+            " (SELECT created_at FROM sequence_history ORDER BY created_at LIMIT 1 OFFSET ?)",
+            (rows - keep_rows - 1,),
+        )
+    return db.total_changes - changed
+
+
+def _with_sequence(payload: bytes, stream: str, n: int) -> bytes:
+    """`payload` (a JSON object) with `"sequence": {"stream": stream, "n": n}` first."""
+    if not payload.startswith(b"{") or payload.startswith(b"{}"):
+        return payload
+    head = b'{"sequence":{"stream":"' + stream.encode() + b'","n":' + str(n).encode() + b"},"
+    return head + payload[1:]
+
+
 def _dock_to_stock(
     db: sqlite3.Connection, move: PalletMove, at: float, trends: dict[tuple[int, str, str], int]
 ) -> None:
@@ -245,6 +366,39 @@ class OutboxMessage:
     payload: bytes
     qos: int = 1
     retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sequencing:
+    """Number the messages published under `base` + `/tx/`, per topic, in one stream.
+
+    Each such message gets `"sequence": {"stream": ..., "n": ...}` at its commit: n counts
+    from 1 on each topic, and `stream` is the SQLite file's own (a new file starts again at
+    1 in a new stream). After a commit that numbered messages, a retained announcement on
+    `base/sequence` (`announcement` schema) gives the last number of each topic and the
+    first still kept; what was numbered is kept `history_s` (at most `history_rows`), so a
+    consumer that finds a number missing asks for it again (`cmd/resend`, `Store.resend`).
+    """
+
+    base: str  # gw/{site}/{gateway}
+    site: str
+    gateway: str
+    history_s: float = 86_400.0
+    history_rows: int = 200_000
+
+    @property
+    def prefix(self) -> str:
+        """What a numbered message's topic starts with."""
+        return f"{self.base}/tx/"
+
+    @property
+    def announce_topic(self) -> str:
+        """Where the announcement goes (retained)."""
+        return f"{self.base}/sequence"
+
+
+RESEND_MAX = 1000
+"""Messages one resend request may ask for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +622,8 @@ class Store:
         # the connection's thread, so transactions run one at a time, in order, and no read
         # comes in the middle of one.
         self._running: set[asyncio.Task[Any]] = set()
+        self._sequencing: Sequencing | None = None
+        self._stream = ""
 
     @classmethod
     async def open(
@@ -580,19 +736,29 @@ class Store:
                 f" {self._bytes} of {self.max_bytes} bytes"
             )
         now = time.time()
+        numbering = self._sequencing
+        plain: Sequence[OutboxMessage] = messages
+        numbered: list[OutboxMessage] = []
+        if numbering is not None:
+            plain = []
+            for m in messages:
+                (numbered if m.topic.startswith(numbering.prefix) else plain).append(m)
 
-        def body(db: sqlite3.Connection) -> tuple[int, int | None]:
+        def body(db: sqlite3.Connection) -> tuple[int, int | None, int]:
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                [(m.msg_id, m.topic, m.payload, m.qos, int(m.retain), now) for m in messages],
+                [(m.msg_id, m.topic, m.payload, m.qos, int(m.retain), now) for m in plain],
             )
             inserted = db.total_changes - before
             total: int | None = None
-            if inserted != len(messages):  # some were there already (rare): count them all
+            if inserted != len(plain):  # some were there already (rare): count them all
                 summed = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox")
                 total = int(summed.fetchone()[0])
+            added = grown = 0
+            if numbered and numbering is not None:
+                added, grown = _number(db, numbering, self._stream, numbered, now)
             db.executemany(
                 "INSERT INTO pallet_location (sscc, location, tx_id, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (sscc) DO UPDATE SET"
@@ -731,17 +897,89 @@ class Store:
                         " digest = excluded.digest, updated_at = excluded.updated_at",
                         (row.kind, row.key, row.body, row.digest, now),
                     )
-            return inserted, total
+            return inserted + added, None if total is None else total + grown, grown
 
-        size = sum(len(m.payload) for m in messages)
+        size = sum(len(m.payload) for m in plain)
 
-        def done(result: tuple[int, int | None]) -> None:
-            inserted, total = result
+        def done(result: tuple[int, int | None, int]) -> None:
+            inserted, total, grown = result
             self._depth += inserted
-            self._bytes = self._bytes + size if total is None else total
+            self._bytes = self._bytes + size + grown if total is None else total
 
-        inserted, _total = await self._transaction(body, done)
+        inserted, _total, _grown = await self._transaction(body, done)
         return inserted
+
+    async def number(self, sequencing: Sequencing) -> str:
+        """Number the transactions committed from now on (see `Sequencing`); returns the
+        stream's id, made with the file and kept in it."""
+
+        def body(db: sqlite3.Connection) -> str:
+            row = db.execute("SELECT id FROM sequence_stream").fetchone()
+            if row is not None:
+                return str(row[0])
+            stream = uuid.uuid4().hex[:16]
+            db.execute("INSERT INTO sequence_stream (id) VALUES (?)", (stream,))
+            return stream
+
+        self._stream = await self._transaction(body, lambda _: None)
+        self._sequencing = sequencing
+        return self._stream
+
+    @property
+    def stream(self) -> str:
+        """The id of the stream this file numbers transactions in ("" before `number`)."""
+        return self._stream
+
+    async def resend(self, topic: str, first: int, last: int) -> int:
+        """Publish again the numbered messages `first` to `last` (at most `RESEND_MAX`) of
+        `topic` (under the base: "tx/receive") that are still kept; returns how many were
+        queued (one still in the outbox is not queued twice). Raises `OutboxFull` when they
+        do not fit."""
+        numbering = self._sequencing
+        if numbering is None or last < first:
+            return 0
+        last = min(last, first + RESEND_MAX - 1)
+        full = f"{numbering.base}/{topic}"
+        rows = await self._fetch(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM sequence_history"
+            " WHERE topic = ? AND n BETWEEN ? AND ?",
+            (full, first, last),
+        )
+        count, size = int(rows[0][0]), int(rows[0][1])
+        if count == 0:
+            return 0
+        if self._depth + count > self.max_rows or self._bytes + size > self.max_bytes:
+            raise OutboxFull(f"a resend of {count} messages does not fit in the outbox")
+        now = time.time()
+
+        def body(db: sqlite3.Connection) -> tuple[int, int]:
+            before = db.total_changes
+            db.execute(
+                "INSERT OR IGNORE INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
+                " SELECT msg_id, topic, payload, qos, retain, ? FROM sequence_history"
+                " WHERE topic = ? AND n BETWEEN ? AND ? ORDER BY n",
+                (now, full, first, last),
+            )
+            moved = db.total_changes - before
+            row = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+            return moved, int(row[0])
+
+        def done(result: tuple[int, int]) -> None:
+            moved, total = result
+            self._depth += moved
+            self._bytes = total
+
+        moved, _total = await self._transaction(body, done)
+        return moved
+
+    async def prune_sequence_history(self, *, before: float, keep_rows: int) -> int:
+        """Forget numbered messages kept since before `before`, and the oldest beyond
+        `keep_rows`; returns how many."""
+
+        def body(db: sqlite3.Connection) -> int:
+            return _prune_history(db, before, keep_rows)
+
+        return await self._transaction(body, lambda _: None)
 
     async def pending(self, *, after_seq: int = 0, limit: int = 500) -> list[PendingMessage]:
         """Unacknowledged messages of the normal stream after `after_seq`, oldest first."""

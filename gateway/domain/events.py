@@ -140,6 +140,18 @@ class CloseCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class ResendRequest:
+    """Publish again the numbered transactions `first` to `last` of `topic` ("tx/receive")
+    in `stream`: a consumer found them missing (`cmd/resend`). Storage's, not the rules'."""
+
+    topic: str
+    stream: str
+    first: int
+    last: int
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
 class RobotReport:
     """A robot's VDA 5050 state or connection message, received at `at`."""
 
@@ -230,6 +242,7 @@ Event = (
     | RefDataUpdate
     | RefDataDeleted
     | CloseCommand
+    | ResendRequest
     | TaskRequest
     | WmsTaskMessage
     | RobotReport

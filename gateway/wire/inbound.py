@@ -28,6 +28,7 @@ from gateway.domain import (
     RefDataUpdate,
     Rejected,
     ReplyHandle,
+    ResendRequest,
     RobotReport,
     ShipOrder,
     SiteLocationState,
@@ -393,6 +394,8 @@ def _command(message: Received, reply_to: ReplyTo) -> Event | None:
     name = message.topic.rpartition("/")[2]
     if name == "count":
         return _count_command(message, reply_to)
+    if name == "resend":
+        return _resend_command(message)
     if name != "close":
         return None
     reply = reply_handle(message, reply_to, Requester(RequesterKind.WMS))
@@ -407,6 +410,24 @@ def _command(message: Received, reply_to: ReplyTo) -> Event | None:
         if isinstance(body, dict) and isinstance(body.get("reference"), str):
             reference = body["reference"]
     return CloseCommand(reference, message.at, reply)
+
+
+MAX_RESEND_BYTES = 1024
+"""A resend request is a few fields: a larger one is refused unread."""
+
+
+def _resend_command(message: Received) -> Event:
+    """`cmd/resend`: publish numbered transactions again (`resend-command` schema)."""
+    try:
+        doc = load_valid(message.payload, validator("resend-command"), max_bytes=MAX_RESEND_BYTES)
+    except InvalidDocument as err:
+        return Rejected(
+            InputKind.COMMAND, "cmd/resend", one_line(str(err)), message.at, source="resend"
+        )
+    if doc["last"] < doc["first"]:
+        why = f"last ({doc['last']}) comes before first ({doc['first']})"
+        return Rejected(InputKind.COMMAND, "cmd/resend", why, message.at, source="resend")
+    return ResendRequest(doc["topic"], doc["stream"], doc["first"], doc["last"], message.at)
 
 
 def _count_command(message: Received, reply_to: ReplyTo) -> Event:

@@ -1,0 +1,230 @@
+"""Numbered transactions and resends: nothing lost even when the broker loses what it
+acknowledged. Each transaction carries its number on its topic; the gateway announces the last
+numbers; a consumer finding one missing asks for it again (`cmd/resend`)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from gateway.consumer import Consumer, _ranges
+from gateway.domain import Rejected, ResendRequest
+from gateway.storage import RESEND_MAX, OutboxMessage, Sequencing, Store
+from gateway.wire.inbound import InboundRoutes, Received
+from gateway.wire.topics import Topics
+from tests.gateway_helpers import assert_valid, build, running, site_config
+from tests.mqtt_helpers import Collector, Mosquitto
+from tests.pg_helpers import Postgres, postgres_binaries
+from tests.test_failover import moved, moves
+
+BASE = "gw/DC1/dock-1"
+NUMBERING = Sequencing(BASE, "DC1", "dock-1")
+
+
+def tx(tx_id: str, kind: str = "move") -> OutboxMessage:
+    body = {"version": 1, "tx_id": tx_id, "type": kind, "gateway": "dock-1"}
+    return OutboxMessage(tx_id, f"{BASE}/tx/{kind}", json.dumps(body).encode())
+
+
+async def outbox(store: Store) -> list[tuple[str, dict[str, Any]]]:
+    return [(m.topic, json.loads(m.payload)) for m in await store.pending()]
+
+
+async def test_transactions_are_numbered_per_topic_and_announced_after_them(
+    tmp_path: Path,
+) -> None:
+    async with await Store.open(tmp_path / "gw.db") as store:
+        stream = await store.number(NUMBERING)
+        other = OutboxMessage("e-1", f"{BASE}/event", b'{"event_id":"e-1"}')
+        await store.commit([tx("m-1"), tx("r-1", "receive"), other, tx("m-2")])
+        await store.commit([tx("m-3")])
+        rows = await outbox(store)
+        numbered = [(t.rpartition("/")[2], p["sequence"]["n"]) for t, p in rows if "/tx/" in t]
+        assert numbered == [("move", 1), ("receive", 1), ("move", 2), ("move", 3)]
+        assert {p["sequence"]["stream"] for t, p in rows if "/tx/" in t} == {stream}
+        assert ("gw/DC1/dock-1/event", {"event_id": "e-1"}) in rows  # not a transaction
+        # One announcement waits at most, the last one, after what it announces.
+        announcements = [p for t, p in rows if t == NUMBERING.announce_topic]
+        assert len(announcements) == 1 and rows[-1][0] == NUMBERING.announce_topic
+        assert announcements[0]["topics"] == {
+            "tx/move": {"first": 1, "last": 3},
+            "tx/receive": {"first": 1, "last": 1},
+        }
+        assert_valid("sequence", announcements[0])
+        assert store.depth == len(rows)
+        assert store.size == sum(len(m.payload) for m in await store.pending())
+        # The same transaction committed again while it waits takes no number.
+        await store.commit([tx("m-3")])
+        assert [p["sequence"]["n"] for t, p in await outbox(store) if t.endswith("/move")] == [
+            1,
+            2,
+            3,
+        ]
+    # The stream and the numbers go on after a restart.
+    async with await Store.open(tmp_path / "gw.db") as store:
+        assert await store.number(NUMBERING) == stream
+        await store.commit([tx("m-4")])
+        last = [p for t, p in await outbox(store) if t.endswith("/move")][-1]
+        assert last["sequence"] == {"stream": stream, "n": 4}
+    # A new file is a new stream.
+    async with await Store.open(tmp_path / "other.db") as store:
+        assert await store.number(NUMBERING) != stream
+
+
+async def test_a_resend_publishes_kept_transactions_again_unchanged(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "gw.db") as store:
+        await store.number(NUMBERING)
+        await store.commit([tx(f"m-{n}") for n in range(1, 6)])
+        first = {p["tx_id"]: p for t, p in await outbox(store) if "/tx/" in t}
+        # The broker acknowledged them all: the outbox is empty.
+        await store.acknowledge([m.seq for m in await store.pending()])
+        assert store.depth == 0
+        assert await store.resend("tx/move", 2, 3) == 2
+        again = [(t, p) for t, p in await outbox(store) if "/tx/" in t]
+        assert [p["tx_id"] for _, p in again] == ["m-2", "m-3"]
+        assert all(p == first[p["tx_id"]] for _, p in again)  # same id, same number
+        # Asked again while they wait: not queued twice; numbers never given: nothing.
+        assert await store.resend("tx/move", 2, 3) == 0
+        assert await store.resend("tx/move", 40, 50) == 0
+        assert await store.resend("tx/receive", 1, 5) == 0
+        # What is no longer kept cannot be sent again.
+        await store.acknowledge([m.seq for m in await store.pending()])
+        assert await store.prune_sequence_history(before=9e12, keep_rows=10) == 5
+        assert await store.resend("tx/move", 1, 5) == 0
+
+
+async def test_a_resend_asks_for_a_thousand_at_most_and_history_is_bounded(
+    tmp_path: Path,
+) -> None:
+    numbering = Sequencing(BASE, "DC1", "dock-1", history_rows=1500)
+    async with await Store.open(tmp_path / "gw.db") as store:
+        await store.number(numbering)
+        await store.commit([tx(f"m-{n}") for n in range(1, 2001)])
+        await store.acknowledge([m.seq for m in await store.pending(limit=5000)])
+        assert await store.resend("tx/move", 1, 2000) <= RESEND_MAX
+        await store.acknowledge([m.seq for m in await store.pending(limit=5000)])
+        # Pruned as it numbers (every 500): at most about history_rows kept.
+        await store.commit([tx(f"m-{n}") for n in range(2001, 2501)])
+        kept = await store.resend("tx/move", 1, 999) + await store.resend("tx/move", 1000, 1999)
+        assert kept < 1000  # the oldest were forgotten
+
+
+def resend(payload: dict[str, Any] | bytes, *, retain: bool = False) -> Any:
+    routes = InboundRoutes(Topics("DC1", "dock-1"), agv=False, vda5050_interface=None)
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    at = dt.datetime(2026, 12, 8, tzinfo=dt.UTC)
+    message = Received(f"{BASE}/cmd/resend", raw, retain, at, None, None)
+    return routes.decode(message, lambda *_: None)  # type: ignore[arg-type, return-value]
+
+
+def test_a_resend_request_is_checked_at_the_edge() -> None:
+    good = {"topic": "tx/move", "stream": "0123456789abcdef", "first": 3, "last": 7}
+    assert resend(good) == ResendRequest(
+        "tx/move", "0123456789abcdef", 3, 7, dt.datetime(2026, 12, 8, tzinfo=dt.UTC)
+    )
+    assert resend(good, retain=True) is None  # a retained command would come back for ever
+    for bad, why in (
+        ({**good, "last": 2}, "before first"),
+        ({**good, "topic": "event"}, "topic"),
+        ({**good, "topic": "tx/../x"}, "topic"),
+        ({**good, "first": 0}, "first"),
+        ({**good, "stream": "x"}, "stream"),
+        ({k: v for k, v in good.items() if k != "last"}, "last"),
+        (b"\xff{", "UTF-8"),
+        (b"[" * 5000, "bytes"),
+    ):
+        event = resend(bad)
+        assert isinstance(event, Rejected) and why in event.reason, (bad, event)
+
+
+def test_missing_numbers_are_asked_for_in_runs_of_a_thousand_at_most() -> None:
+    keys = [("t", "s", n) for n in [1, 2, 3, 7, *range(10, 2510)]] + [("u", "s", 4)]
+    assert _ranges(keys) == [
+        ("t", "s", 1, 3),
+        ("t", "s", 7, 7),
+        ("t", "s", 10, 1009),
+        ("t", "s", 1010, 2009),
+        ("t", "s", 2010, 2509),
+        ("u", "s", 4, 4),
+    ]
+
+
+async def stored_moves(dsn: str) -> set[str]:
+    async with await psycopg.AsyncConnection.connect(dsn) as db:
+        try:
+            cursor = await db.execute(
+                "SELECT body->>'sscc' FROM gateway_message WHERE topic LIKE '%/tx/move'"
+            )
+        except psycopg.errors.UndefinedTable:
+            return set()
+        return {row[0] for row in await cursor.fetchall()}
+
+
+async def until(what: Any, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not await what():
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.broker
+@pytest.mark.slow(10)
+@pytest.mark.skipif(postgres_binaries() is None, reason="needs PostgreSQL (Debian package)")
+async def test_what_a_crashed_broker_lost_reaches_the_consumer_again(tmp_path: Path) -> None:
+    # A Mosquitto that saves every 30 s, SIGKILLed: what it acknowledged since is gone, the
+    # consumer's queue with it; the gateway's own redelivery window is off here.
+    broker = Mosquitto(tmp_path, save_every_change=False)
+    broker.start()
+    postgres = Postgres()
+    postgres.start()
+    try:
+        raw = site_config(tmp_path, broker_port=broker.port, scanner=None)
+        raw["broker"].update(redeliver_window_s=0, reconnect_min_s=0.1, reconnect_max_s=0.5)
+        consumer = Consumer(
+            host="127.0.0.1",
+            port=broker.port,
+            dsn=postgres.dsn,
+            site="DC1",
+            group=None,
+            client_id="wms-1",
+            check_s=0.5,
+        )
+        async with running(build(raw, tmp_path)) as gateway:
+            task = asyncio.create_task(consumer.run())
+            await asyncio.sleep(1.0)  # subscribed
+            made = await moves(gateway, 1, 10)
+            await until(lambda: _has(postgres.dsn, made), 20)
+            # The consumer is away; the broker takes 20 more for it, then crashes.
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            async with Collector(broker.port, client_id="witness") as witness:
+                lost = await moves(gateway, 100, 20)
+                await witness.wait_for(lambda c: moved(c) >= lost)  # the broker took them
+            async with asyncio.timeout(10):
+                while gateway.store is None or gateway.store.depth > 0:
+                    await asyncio.sleep(0.05)  # every one acknowledged
+            broker.kill()
+            broker.start()
+            task = asyncio.create_task(consumer.run())
+            later = await moves(gateway, 200, 3)
+            try:
+                await until(lambda: _has(postgres.dsn, made | lost | later), 30)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        # They were lost by the broker, found missing, and asked for again.
+        assert consumer.stats.missing >= len(lost)
+        assert consumer.stats.resend_requests >= 1
+        assert gateway.runner is not None and gateway.runner.resent >= len(lost)
+    finally:
+        broker.kill()
+        postgres.stop()
+
+
+async def _has(dsn: str, pallets: set[str]) -> bool:
+    return await stored_moves(dsn) >= pallets
