@@ -8,10 +8,12 @@ order, and deleted only after a successful PUBACK.
 - gateway: `gateway.storage.Store` (the outbox) and `gateway.bridge.mqtt.MqttBridge` (the
   relay, aiomqtt over paho-mqtt, MQTT 5), as the app drives them.
   The bridge also keeps what the broker acknowledged for its redelivery window (60 s, the
-  default), as it does in production.
+  default), as it does in production; the store numbers each transaction on its topic, keeps
+  a copy for resends and announces the last numbers after each commit (`Sequencing`).
 - bare: the relay of about 60 lines in this file (`bare_relay`): plain sqlite3 and paho-mqtt
   (the library under aiomqtt, the same version, MQTT 5), one thread; the committer on its own
-  connection in a second thread.
+  connection in a second thread, numbering each message and keeping a copy for resends in
+  the same transaction, as the gateway does (without its announcements).
 
 Two figures each: relay alone (the outbox filled first, then drained) and commit and relay
 together (committing batches as fast as possible while the relay publishes). A subscriber in
@@ -62,7 +64,8 @@ PHASES = (("together", "commit and relay together"), ("alone", "relay alone"))
 
 
 def payload(n: int) -> bytes:
-    """400 bytes of JSON carrying the id `n` at a fixed place (bytes 7..15)."""
+    """400 bytes of JSON carrying the id `n` (bytes 7..15; the gateway puts its "sequence"
+    before)."""
     head = b'{"id":"%08d","pad":"' % n
     return head + b"x" * (PAYLOAD_BYTES - len(head) - 2) + b'"}'
 
@@ -112,7 +115,8 @@ def subscriber(port: int, expect: int, timeout: float) -> None:
     state = {"distinct": 0, "duplicates": 0, "out_of_order": 0, "last": -1, "at": time.time()}
 
     def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        n = int(message.payload[7:15])
+        at = message.payload.find(b'"id":"') + 6  # after the gateway's "sequence", if any
+        n = int(message.payload[at : at + 8])
         state["at"] = time.time()
         if seen[n]:
             state["duplicates"] += 1
@@ -149,6 +153,10 @@ def bare_db(path: Path) -> sqlite3.Connection:
         "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
         " msg_id TEXT NOT NULL UNIQUE, topic TEXT NOT NULL, payload BLOB NOT NULL)"
     )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS history (topic TEXT NOT NULL, n INTEGER NOT NULL,"
+        " payload BLOB NOT NULL, PRIMARY KEY (topic, n)) WITHOUT ROWID"
+    )
     return db
 
 
@@ -160,12 +168,20 @@ WRITING = threading.Lock()
 def bare_commit(db: sqlite3.Connection, start: int, count: int, batch: int) -> None:
     """Commit `count` messages from id `start`, `batch` per transaction."""
     for first in range(start, start + count, batch):
-        rows = [
-            (msg_id(n), TOPIC, payload(n)) for n in range(first, min(first + batch, start + count))
+        numbered = [
+            (n + 1, b'{"sequence":{"n":%d},' % (n + 1) + payload(n)[1:])
+            for n in range(first, min(first + batch, start + count))
         ]
         with WRITING:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO outbox (msg_id, topic, payload) VALUES (?, ?, ?)", rows)
+            db.executemany(
+                "INSERT INTO outbox (msg_id, topic, payload) VALUES (?, ?, ?)",
+                [(msg_id(n - 1), TOPIC, body) for n, body in numbered],
+            )
+            db.executemany(
+                "INSERT INTO history (topic, n, payload) VALUES (?, ?, ?)",
+                [(TOPIC, n, body) for n, body in numbered],
+            )
             db.execute("COMMIT")
 
 
@@ -249,7 +265,7 @@ async def run_gateway(
     from gateway.bridge.mqtt import MqttBridge
     from gateway.config import BrokerConfig
     from gateway.health import StatusBoard
-    from gateway.storage import OutboxMessage, Store
+    from gateway.storage import OutboxMessage, Sequencing, Store
     from gateway.wire.topics import Topics
 
     def batches(start: int) -> list[list[OutboxMessage]]:
@@ -275,6 +291,9 @@ async def run_gateway(
         return dt.datetime.now(dt.UTC)
 
     store = await Store.open(tmp / "gateway.db", max_rows=args.count * 3)
+    # As a gateway does: each transaction numbered and kept for resends, an announcement
+    # after each commit (the bare relay does neither).
+    await store.number(Sequencing("gw/BENCH/gw1", "BENCH", "gw1"))
     await commit_all(store, 0)
     bridge = MqttBridge(
         BrokerConfig(host="127.0.0.1", port=port, max_inflight=args.inflight),

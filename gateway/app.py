@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
-from functools import partial
 
 import structlog
 
 from gateway import __version__
 from gateway.bridge.mqtt import MqttBridge
 from gateway.config import GatewayConfig
-from gateway.domain import Event, Notice, ResendRequest, Severity
+from gateway.domain import Event, Notice, Severity
 from gateway.drivers.base import AlarmOutputs, Clock, Driver, DriverContext, PrintSpool, utc_now
 from gateway.drivers.registry import DRIVERS
 from gateway.health import StatusBoard
@@ -37,7 +35,7 @@ from gateway.ops import Operations
 from gateway.ops.state import LiveState
 from gateway.recorder import Recorder
 from gateway.runner import RulesRunner
-from gateway.storage import Sequencing, Store
+from gateway.storage import Store
 from gateway.supervisor import Backoff, supervise
 from gateway.wire.inbound import InboundRoutes, Ownership
 from gateway.wire.topics import Topics
@@ -92,16 +90,6 @@ class Gateway:
         )
         self.store = store
         try:
-            numbering = Sequencing(
-                self.topics.base,
-                config.gateway.site,
-                config.gateway.id,
-                history_s=config.broker.resend_history_s,
-            )
-            await store.number(numbering)
-            await store.prune_sequence_history(
-                before=time.time() - numbering.history_s, keep_rows=numbering.history_rows
-            )
             engine = await build_engine(config, store, self.clock)
             board = engine.agv
             recorder = Recorder(
@@ -161,9 +149,8 @@ class Gateway:
             self.spool.on_printed = store.printed
             self.spool.add(await store.print_jobs())
             recorder.on_print = self.spool.add
-            # An event makes at most a few messages (a transaction, its EPCIS document, an
-            # alarm): a batch's decisions always fit in an empty outbox, so waiting for room
-            # always ends.
+            # An event makes a few messages at most (a transaction, its EPCIS document, an
+            # alarm): a batch's decisions fit in an empty outbox, so waiting for room ends.
             batch_max = min(config.storage.commit_batch, store.max_rows // 8)
             runner = RulesRunner(
                 engine,
@@ -175,7 +162,7 @@ class Gateway:
                 stock=store.count_stock,
                 places=store.pallet_times,
                 not_taken=routes.forget_reference,  # taken when it comes again, with room
-                resend=partial(resend, store),
+                resend=store.resend,
             )
             self.bridge, self.recorder, self.runner = bridge, recorder, runner
             live: LiveState | None = None
@@ -310,16 +297,3 @@ class Gateway:
                 details={"topic": topic, "reason": reason},
             )
         )
-
-
-async def resend(store: Store, request: ResendRequest) -> int:
-    """Carry out a consumer's `cmd/resend`: numbers of this file's stream only (one of a
-    replaced file is not this gateway's to give again)."""
-    if request.stream != store.stream:
-        log.warning(
-            "a resend request for another stream is ignored",
-            stream=request.stream,
-            ours=store.stream,
-        )
-        return 0
-    return await store.resend(request.topic, request.first, request.last)

@@ -182,6 +182,7 @@ class RulesRunner:
         log.info(
             "transactions published again on request",
             topic=request.topic,
+            stream=request.stream,  # none queued for another stream (a replaced file)
             first=request.first,
             last=request.last,
             queued=queued,

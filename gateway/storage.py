@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -243,35 +243,51 @@ def _number(
     messages: Sequence[OutboxMessage],
     now: float,
 ) -> tuple[int, int]:
-    """Insert `messages` numbered on their topics (see `Sequencing`), kept for resends, and
-    the announcement after them (replacing one not yet published); returns the outbox rows
-    and payload bytes added."""
+    """Insert `messages` in their order, the transactions numbered on their topics (see
+    `Sequencing`) and kept for resends, and the announcement after them (replacing one not
+    yet published); returns the outbox rows and payload bytes added."""
     rows = size = 0
-    numbered = False
+    last = {str(t): int(n) for t, n in db.execute("SELECT topic, n FROM sequence_last")}
+    there: set[str] = set()  # already in the outbox (rare): no number taken
+    for first in range(0, len(messages), _MAX_IN):
+        chunk = [m.msg_id for m in messages[first : first + _MAX_IN]]
+        marks = ",".join("?" * len(chunk))
+        there.update(
+            str(row[0])
+            for row in db.execute(f"SELECT msg_id FROM outbox WHERE msg_id IN ({marks})", chunk)  # noqa: S608 - placeholders only
+        )
+    rows_in: list[tuple[str, str, bytes, int, int, float]] = []
+    kept: list[tuple[str, int, str, bytes, int, int, float]] = []
     for m in messages:
-        if db.execute("SELECT 1 FROM outbox WHERE msg_id = ?", (m.msg_id,)).fetchone():
-            continue  # there already (rare): as INSERT OR IGNORE
-        row = db.execute("SELECT n FROM sequence_last WHERE topic = ?", (m.topic,)).fetchone()
-        n = (int(row[0]) if row else 0) + 1
-        payload = _with_sequence(m.payload, stream, n)
-        db.execute(
-            "INSERT INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (m.msg_id, m.topic, payload, m.qos, int(m.retain), now),
-        )
-        db.execute(
-            "INSERT INTO sequence_last (topic, n) VALUES (?, ?)"
-            " ON CONFLICT (topic) DO UPDATE SET n = excluded.n",
-            (m.topic, n),
-        )
-        db.execute(
-            "INSERT OR REPLACE INTO sequence_history"
-            " (topic, n, msg_id, payload, qos, retain, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (m.topic, n, m.msg_id, payload, m.qos, int(m.retain), now),
-        )
-        rows, size, numbered = rows + 1, size + len(payload), True
-        if n % 500 == 0:  # now and then: what is kept stays bounded
-            _prune_history(db, now - numbering.history_s, numbering.history_rows)
+        if m.msg_id in there:
+            continue
+        there.add(m.msg_id)
+        payload = m.payload
+        if m.topic.startswith(numbering.prefix):
+            n = last[m.topic] = last.get(m.topic, 0) + 1
+            payload = _with_sequence(payload, stream, n)
+            kept.append((m.topic, n, m.msg_id, payload, m.qos, int(m.retain), now))
+        rows_in.append((m.msg_id, m.topic, payload, m.qos, int(m.retain), now))
+        rows, size = rows + 1, size + len(payload)
+    db.executemany(
+        "INSERT INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        rows_in,
+    )
+    numbered = bool(kept)
+    db.executemany(
+        "INSERT OR REPLACE INTO sequence_history"
+        " (topic, n, msg_id, payload, qos, retain, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        kept,
+    )
+    db.executemany(
+        "INSERT INTO sequence_last (topic, n) VALUES (?, ?)"
+        " ON CONFLICT (topic) DO UPDATE SET n = excluded.n",
+        [(topic, last[topic]) for topic in {k[0] for k in kept}],
+    )
+    # Now and then (each 500th number): what is kept stays bounded.
+    if any(k[1] % 500 == 0 for k in kept):
+        _prune_history(db, now - numbering.history_s, numbering.history_rows)
     if not numbered:
         return rows, size
     # One announcement waits in the outbox at most: the last, after what it announces.
@@ -395,6 +411,19 @@ class Sequencing:
     def announce_topic(self) -> str:
         """Where the announcement goes (retained)."""
         return f"{self.base}/sequence"
+
+
+class Resend(Protocol):
+    """What a resend asks for (`gateway.domain.ResendRequest`)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def first(self) -> int: ...
+    @property
+    def last(self) -> int: ...
 
 
 RESEND_MAX = 1000
@@ -737,12 +766,11 @@ class Store:
             )
         now = time.time()
         numbering = self._sequencing
-        plain: Sequence[OutboxMessage] = messages
-        numbered: list[OutboxMessage] = []
-        if numbering is not None:
-            plain = []
-            for m in messages:
-                (numbered if m.topic.startswith(numbering.prefix) else plain).append(m)
+        if numbering is not None and not any(
+            m.topic.startswith(numbering.prefix) for m in messages
+        ):
+            numbering = None  # nothing to number: the plain way
+        plain = messages if numbering is None else ()
 
         def body(db: sqlite3.Connection) -> tuple[int, int | None, int]:
             before = db.total_changes
@@ -757,8 +785,8 @@ class Store:
                 summed = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox")
                 total = int(summed.fetchone()[0])
             added = grown = 0
-            if numbered and numbering is not None:
-                added, grown = _number(db, numbering, self._stream, numbered, now)
+            if numbering is not None:
+                added, grown = _number(db, numbering, self._stream, messages, now)
             db.executemany(
                 "INSERT INTO pallet_location (sscc, location, tx_id, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (sscc) DO UPDATE SET"
@@ -930,13 +958,17 @@ class Store:
         """The id of the stream this file numbers transactions in ("" before `number`)."""
         return self._stream
 
-    async def resend(self, topic: str, first: int, last: int) -> int:
+    async def resend(self, request: Resend) -> int:
         """Publish again the numbered messages `first` to `last` (at most `RESEND_MAX`) of
         `topic` (under the base: "tx/receive") that are still kept; returns how many were
-        queued (one still in the outbox is not queued twice). Raises `OutboxFull` when they
-        do not fit."""
+        queued (one still in the outbox is not queued twice; none for another stream: a
+        replaced file's numbers are not this gateway's to give again). Raises `OutboxFull`
+        when they do not fit."""
         numbering = self._sequencing
+        topic, first, last = request.topic, request.first, request.last
         if numbering is None or last < first:
+            return 0
+        if request.stream != self._stream:
             return 0
         last = min(last, first + RESEND_MAX - 1)
         full = f"{numbering.base}/{topic}"

@@ -56,13 +56,14 @@ from gateway.rules.tasks import TaskPolicy
 from gateway.rules.vda5050 import RobotObserver
 from gateway.rules.weighing import WeighingSettings, WeightCapture
 from gateway.rules.zones import ZoneSettings, ZoneTracker
-from gateway.storage import Store
+from gateway.storage import Sequencing, Store
 from gateway.wire.agv import task_from_json
 from gateway.wire.counts import opened_from_json
 from gateway.wire.epcis import EpcisSettings
 from gateway.wire.handheld import result_from_json
 from gateway.wire.packing import carton_from_json
 from gateway.wire.refdata import from_stored
+from gateway.wire.topics import Topics
 
 log = structlog.get_logger("gateway.wiring")
 
@@ -103,7 +104,9 @@ def epcis_settings(config: GatewayConfig) -> EpcisSettings | None:
 
 
 async def build_engine(config: GatewayConfig, store: Store, clock: Clock) -> RulesEngine:
-    """The rules engine for `config`, with the state stored at the last stop."""
+    """The rules engine for `config`, with the state stored at the last stop (and the
+    transactions it makes numbered, `start_numbering`)."""
+    await start_numbering(config, store)
     dock_config = config.rules.dock
     pruned = await store.prune_dock_history(
         closed_before=clock().timestamp() - dock_config.ledger_retention_days * 86400
@@ -311,3 +314,21 @@ async def _task_board(
         },
         moves=[(gtin, dt.datetime.fromtimestamp(at, dt.UTC)) for gtin, at in moves],
     )
+
+
+async def start_numbering(config: GatewayConfig, store: Store) -> str:
+    """Number the gateway's transactions from now on (`Sequencing`), forgetting what is kept
+    beyond `[broker] resend_history_s`; returns the stream's id."""
+    numbering = Sequencing(
+        Topics(config.gateway.site, config.gateway.id).base,
+        config.gateway.site,
+        config.gateway.id,
+        history_s=config.broker.resend_history_s,
+    )
+    stream = await store.number(numbering)
+    pruned = await store.prune_sequence_history(
+        before=time.time() - numbering.history_s, keep_rows=numbering.history_rows
+    )
+    if pruned:
+        log.info("pruned old transactions kept for resends", rows=pruned)
+    return stream

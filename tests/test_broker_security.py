@@ -33,7 +33,7 @@ async def test_refused_publish_is_kept_retried_and_does_not_hold_up_the_rest(
     acl.write_text(
         "user gw\ntopic write gw/DC1/dock-1/status\ntopic write gw/DC1/dock-1/device/#\n"
         "topic write gw/DC1/dock-1/event\ntopic write gw/DC1/dock-1/alarm\n"
-        "topic write gw/DC1/dock-1/state/#\n"
+        "topic write gw/DC1/dock-1/state/#\ntopic write gw/DC1/dock-1/sequence\n"
         "user wms\ntopic read gw/#\n"
     )
     broker = Mosquitto(
@@ -103,7 +103,7 @@ async def test_wrong_password_keeps_retrying_without_losing_anything(tmp_path: P
             assert gateway.bridge is not None
             assert not gateway.bridge.connected
             assert gateway.store is not None
-            assert gateway.store.depth == 1
+            assert gateway.store.depth == 2  # the move and its number's announcement
     finally:
         broker.stop()
 

@@ -37,6 +37,10 @@ BASE = "gw/DC1/dock-1"
 NUMBERING = Sequencing(BASE, "DC1", "dock-1")
 
 
+def ask(topic: str, first: int, last: int, stream: str) -> ResendRequest:
+    return ResendRequest(topic, stream, first, last, dt.datetime(2026, 12, 8, tzinfo=dt.UTC))
+
+
 def tx(tx_id: str, kind: str = "move") -> OutboxMessage:
     body = {"version": 1, "tx_id": tx_id, "type": kind, "gateway": "dock-1"}
     return OutboxMessage(tx_id, f"{BASE}/tx/{kind}", json.dumps(body).encode())
@@ -89,24 +93,25 @@ async def test_transactions_are_numbered_per_topic_and_announced_after_them(
 
 async def test_a_resend_publishes_kept_transactions_again_unchanged(tmp_path: Path) -> None:
     async with await Store.open(tmp_path / "gw.db") as store:
-        await store.number(NUMBERING)
+        stream = await store.number(NUMBERING)
         await store.commit([tx(f"m-{n}") for n in range(1, 6)])
         first = {p["tx_id"]: p for t, p in await outbox(store) if "/tx/" in t}
         # The broker acknowledged them all: the outbox is empty.
         await store.acknowledge([m.seq for m in await store.pending()])
         assert store.depth == 0
-        assert await store.resend("tx/move", 2, 3) == 2
+        assert await store.resend(ask("tx/move", 2, 3, stream)) == 2
         again = [(t, p) for t, p in await outbox(store) if "/tx/" in t]
         assert [p["tx_id"] for _, p in again] == ["m-2", "m-3"]
         assert all(p == first[p["tx_id"]] for _, p in again)  # same id, same number
         # Asked again while they wait: not queued twice; numbers never given: nothing.
-        assert await store.resend("tx/move", 2, 3) == 0
-        assert await store.resend("tx/move", 40, 50) == 0
-        assert await store.resend("tx/receive", 1, 5) == 0
+        assert await store.resend(ask("tx/move", 2, 3, stream)) == 0
+        assert await store.resend(ask("tx/move", 40, 50, stream)) == 0
+        assert await store.resend(ask("tx/move", 1, 5, "0123456789abcdef")) == 0  # not ours
+        assert await store.resend(ask("tx/receive", 1, 5, stream)) == 0
         # What is no longer kept cannot be sent again.
         await store.acknowledge([m.seq for m in await store.pending()])
         assert await store.prune_sequence_history(before=9e12, keep_rows=10) == 5
-        assert await store.resend("tx/move", 1, 5) == 0
+        assert await store.resend(ask("tx/move", 1, 5, stream)) == 0
 
 
 async def test_a_resend_asks_for_a_thousand_at_most_and_history_is_bounded(
@@ -114,14 +119,16 @@ async def test_a_resend_asks_for_a_thousand_at_most_and_history_is_bounded(
 ) -> None:
     numbering = Sequencing(BASE, "DC1", "dock-1", history_rows=1500)
     async with await Store.open(tmp_path / "gw.db") as store:
-        await store.number(numbering)
+        stream = await store.number(numbering)
         await store.commit([tx(f"m-{n}") for n in range(1, 2001)])
         await store.acknowledge([m.seq for m in await store.pending(limit=5000)])
-        assert await store.resend("tx/move", 1, 2000) <= RESEND_MAX
+        assert await store.resend(ask("tx/move", 1, 2000, stream)) <= RESEND_MAX
         await store.acknowledge([m.seq for m in await store.pending(limit=5000)])
         # Pruned as it numbers (every 500): at most about history_rows kept.
         await store.commit([tx(f"m-{n}") for n in range(2001, 2501)])
-        kept = await store.resend("tx/move", 1, 999) + await store.resend("tx/move", 1000, 1999)
+        kept = await store.resend(ask("tx/move", 1, 999, stream)) + await store.resend(
+            ask("tx/move", 1000, 1999, stream)
+        )
         assert kept < 1000  # the oldest were forgotten
 
 
