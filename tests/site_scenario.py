@@ -36,6 +36,7 @@ from typing import Any, Literal
 import aiomqtt
 import psycopg
 
+from gateway.consumer import _MISSING
 from simulators.fleet import Did, FleetController, Outcome, overlapping_leases
 from simulators.gs1 import sscc, sscc_label
 from simulators.handheld import HandheldTerminal
@@ -59,6 +60,8 @@ class SiteRun:
     stored: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # id -> (topic, by, n)
     outcomes: list[Outcome] = field(default_factory=list)
     handheld: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    missing_numbers: int = -1  # transaction numbers missing in PostgreSQL at the end
+    resends: int = 0  # resend requests the gateways carried out
     gateway_kills: int = 0
     consumer_kills: int = 0
     node_kills: int = 0
@@ -191,6 +194,16 @@ async def _stored(dsn: str) -> dict[str, tuple[str, str, int]]:
         except psycopg.errors.UndefinedTable:
             return {}
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+async def _missing_numbers(dsn: str) -> int:
+    """Transaction numbers the gateways gave (announced or seen) that PostgreSQL lacks."""
+    async with await psycopg.AsyncConnection.connect(dsn) as db:
+        try:
+            rows = await (await db.execute(_MISSING, (1_000_000,))).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return 0
+    return len(rows)
 
 
 def _say(what: str) -> None:
@@ -419,12 +432,16 @@ async def run_site(
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 run.stored = await _stored(postgres.dsn)
-                if wanted <= set(run.stored):
+                run.missing_numbers = await _missing_numbers(postgres.dsn)
+                if wanted <= set(run.stored) and run.missing_numbers == 0:
                     break
                 await asyncio.sleep(0.5)
     finally:
         for process in gateways.values():
             process.stop()
+            if process.log.exists():
+                text = process.log.read_text(errors="replace")
+                run.resends += text.count("transactions published again on request")
         for consumer in consumers:
             with contextlib.suppress(ProcessLookupError):
                 consumer.kill()
@@ -502,6 +519,8 @@ def check_site(run: SiteRun) -> None:
     # PostgreSQL holds every transaction the auditor saw, each once (its id the key).
     stored = {i for i, (topic, _, _) in run.stored.items() if "/tx/" in topic}
     assert set(txs) == stored, (len(set(txs) - stored), len(stored - set(txs)))
+    # ... and every transaction the gateways numbered (what the auditor did not see too).
+    assert run.missing_numbers == 0, run.missing_numbers
     assert not run.repeats_with_other_ids()  # a repeat carries its first id
     # Every task leased to one robot at a time, and each done once.
     assert overlapping_leases(run.outcomes) == []
@@ -570,6 +589,8 @@ def main() -> None:
                 "transactions": len(txs),
                 "stored": len([i for i, (t, _, _) in run.stored.items() if "/tx/" in t]),
                 "missing_in_postgres": len(set(txs) - set(run.stored)),
+                "numbers_missing": run.missing_numbers,
+                "resends": run.resends,
                 "repeats_with_other_ids": len(run.repeats_with_other_ids()),
                 "gateway_kills": run.gateway_kills,
                 "node_kills": run.node_kills,
