@@ -92,16 +92,24 @@ _ANNOUNCED = (  # a gateway's announcement: from the first it keeps to the last 
     " first = GREATEST(gateway_sequence.first, excluded.first),"
     " last = GREATEST(gateway_sequence.last, excluded.last)"
 )
-_MISSING = """
+_FROM = "GREATEST(s.first, s.complete_to + 1)"
+_MISSING = f"""
 SELECT s.topic, s.stream, g.n
 FROM gateway_sequence s,
-     generate_series(GREATEST(s.first, s.complete_to + 1), s.last) AS g(n)
+     generate_series({_FROM}, LEAST(s.last, {_FROM} + %(span)s - 1)) AS g(n)
 WHERE NOT EXISTS (
     SELECT 1 FROM gateway_message m WHERE m.topic = s.topic AND m.stream = s.stream AND m.n = g.n
 )
 ORDER BY s.topic, s.stream, g.n
-LIMIT %s
-"""
+LIMIT %(limit)s
+"""  # noqa: S608 - no input in the text: parameters only
+"""Numbers missing, from where every one was stored last time, at most `span` a topic (an
+announcement claiming a huge `last`, forged or not, costs one span a look, not hours)."""
+_SPANS = f"SELECT s.topic, s.stream, {_FROM}, s.last FROM gateway_sequence s"  # noqa: S608
+SPAN = 100_000
+"""Numbers of one topic looked at in one check at most."""
+MAX_ANNOUNCED_TOPICS = 64
+"""Topics one announcement may name (the gateway has five); the rest are ignored."""
 
 BATCH_MAX = 200
 """Messages stored in one PostgreSQL transaction at most (those that arrived together)."""
@@ -207,10 +215,9 @@ class GapRepair:
 
     async def check(self, db: Any, publish: Publish) -> int:
         """One look; returns how many numbers were asked for."""
-        announced = await (
-            await db.execute("SELECT topic, stream, last FROM gateway_sequence")
-        ).fetchall()
-        rows = await (await db.execute(_MISSING, (self._limit,))).fetchall()
+        spans = await (await db.execute(_SPANS)).fetchall()
+        params = {"span": SPAN, "limit": self._limit}
+        rows = await (await db.execute(_MISSING, params)).fetchall()
         now = time.monotonic()
         missing = {(str(t), str(s), int(n)) for t, s, n in rows}
         self._seen = {k: v for k, v in self._seen.items() if k in missing}
@@ -229,8 +236,9 @@ class GapRepair:
             lowest.setdefault((topic, stream), n)
         complete = len(rows) < self._limit
         async with db.transaction():
-            for topic, stream, last in announced:
-                to = lowest.get((topic, stream), int(last) + 1 if complete else None)
+            for topic, stream, start, last in spans:
+                end = min(int(last), int(start) + SPAN - 1)  # the span looked at
+                to = lowest.get((topic, stream), end + 1 if complete else None)
                 if to is not None:
                     await db.execute(
                         "UPDATE gateway_sequence SET complete_to = GREATEST(complete_to, %s)"
@@ -588,8 +596,14 @@ def _announced(topic: str, payload: Any) -> list[tuple[str, str, int, int]]:
     base = topic.removesuffix("/sequence")
     out: list[tuple[str, str, int, int]] = []
     topics = body.get("topics")
-    for name, numbers in topics.items() if isinstance(topics, dict) else ():
-        if not (isinstance(name, str) and name.startswith("tx/") and isinstance(numbers, dict)):
+    named = list(topics.items())[:MAX_ANNOUNCED_TOPICS] if isinstance(topics, dict) else []
+    for name, numbers in named:
+        if not (
+            isinstance(name, str)
+            and name.startswith("tx/")
+            and len(name) <= 40
+            and isinstance(numbers, dict)
+        ):
             continue
         first, last = numbers.get("first"), numbers.get("last")
         if (

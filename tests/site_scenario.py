@@ -200,7 +200,7 @@ async def _missing_numbers(dsn: str) -> int:
     """Transaction numbers the gateways gave (announced or seen) that PostgreSQL lacks."""
     async with await psycopg.AsyncConnection.connect(dsn) as db:
         try:
-            rows = await (await db.execute(_MISSING, (1_000_000,))).fetchall()
+            rows = await (await db.execute(_MISSING, {"span": 10**6, "limit": 10**6})).fetchall()
         except psycopg.errors.UndefinedTable:
             return 0
     return len(rows)

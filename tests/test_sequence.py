@@ -19,8 +19,12 @@ from gateway.consumer import (
     MQTT_STREAM,
     MQTT_SUBJECT_PREFIX,
     Consumer,
+    ConsumerStats,
+    GapRepair,
     JetStreamConsumer,
     _ranges,
+    _schema,
+    store,
 )
 from gateway.domain import Rejected, ResendRequest
 from gateway.storage import RESEND_MAX, OutboxMessage, Sequencing, Store
@@ -311,4 +315,65 @@ async def test_on_nats_what_the_stream_lost_is_asked_for_again(tmp_path: Path) -
         assert gateway.runner is not None and gateway.runner.resent >= len(lost)
     finally:
         server.stop()
+        postgres.stop()
+
+
+@pytest.mark.skipif(postgres_binaries() is None, reason="needs PostgreSQL (Debian package)")
+async def test_the_gap_check_asks_after_a_grace_in_ranges_and_stays_bounded() -> None:
+    postgres = Postgres()
+    postgres.start()
+    try:
+        stats = ConsumerStats()
+        repair = GapRepair(postgres.dsn, stats, check_s=0.1, again_s=0.3)
+        asked: list[tuple[str, dict[str, Any]]] = []
+
+        async def publish(topic: str, payload: bytes) -> None:
+            asked.append((topic, json.loads(payload)))
+
+        stream = "0123456789abcdef"
+        move = f"{BASE}/tx/move"
+
+        def numbered(n: int) -> tuple[str, bytes]:
+            body = {"tx_id": f"m-{n}", "sequence": {"stream": stream, "n": n}}
+            return move, json.dumps(body).encode()
+
+        announcement = {"stream": stream, "topics": {"tx/move": {"first": 1, "last": 10}}}
+        async with await psycopg.AsyncConnection.connect(postgres.dsn, autocommit=True) as db:
+            await _schema(db)
+            # 1-10 announced (9 and 10 only announced); 3, 4 and 8 never came either.
+            batch = [numbered(n) for n in (1, 2, 5, 6, 7)]
+            await store(
+                db,
+                [*batch, (NUMBERING.announce_topic, json.dumps(announcement).encode())],
+                stats,
+                "t",
+            )
+            assert await repair.check(db, publish) == 0  # maybe in flight: not yet
+            assert stats.missing == 5
+            assert await repair.check(db, publish) == 5  # still missing: asked, in runs
+            assert [(t, (a["first"], a["last"])) for t, a in asked] == [
+                (f"{BASE}/cmd/resend", (3, 4)),
+                (f"{BASE}/cmd/resend", (8, 10)),
+            ]
+            assert all(a["stream"] == stream and a["topic"] == "tx/move" for _, a in asked)
+            assert await repair.check(db, publish) == 0  # asked a moment ago
+            await store(db, [numbered(n) for n in (3, 4, 9, 10)], stats, "t")  # they came
+            await asyncio.sleep(0.3)
+            asked.clear()
+            assert await repair.check(db, publish) == 1  # 8 again, only
+            assert [(a["first"], a["last"]) for _, a in asked] == [(8, 8)]
+            await store(db, [numbered(8)], stats, "t")
+            assert await repair.check(db, publish) == 0
+            (complete,) = await (
+                await db.execute("SELECT complete_to FROM gateway_sequence")
+            ).fetchone()
+            assert complete == 10
+            # A forged announcement of a huge last: one check looks at one span, fast.
+            forged = {"stream": stream, "topics": {"tx/move": {"first": 1, "last": 2**62}}}
+            await store(db, [(NUMBERING.announce_topic, json.dumps(forged).encode())], stats, "t")
+            async with asyncio.timeout(10):
+                await repair.check(db, publish)
+                await repair.check(db, publish)
+            assert len(asked[-1][1]) and asked[-1][1]["last"] - asked[-1][1]["first"] < RESEND_MAX
+    finally:
         postgres.stop()
