@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS sequence_history (
     PRIMARY KEY (topic, n)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sequence_history_age ON sequence_history (created_at);
+CREATE INDEX IF NOT EXISTS sequence_history_msg ON sequence_history (msg_id);
 CREATE TABLE IF NOT EXISTS dock_ledger (
     kind       TEXT NOT NULL,              -- receive or ship
     key        TEXT NOT NULL,              -- epc:HEX, sscc:N, sgtin:GTIN.SERIAL
@@ -242,19 +243,28 @@ def _number(
     stream: str,
     messages: Sequence[OutboxMessage],
     now: float,
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Insert `messages` in their order, the transactions numbered on their topics (see
-    `Sequencing`) and kept for resends, and the announcement after them (replacing one not
-    yet published); returns the outbox rows and payload bytes added."""
+    `Sequencing`; one numbered before keeps its number) and kept for resends, and the
+    announcement after them (replacing one not yet published); returns the outbox rows,
+    payload bytes and refused rows added."""
     rows = size = 0
     last = {str(t): int(n) for t, n in db.execute("SELECT topic, n FROM sequence_last")}
-    there: set[str] = set()  # already in the outbox (rare): no number taken
+    there: set[str] = set()  # already in the outbox (rare): not inserted again
+    given: dict[str, bytes] = {}  # numbered before (a transaction committed again): as then
     for first in range(0, len(messages), _MAX_IN):
         chunk = [m.msg_id for m in messages[first : first + _MAX_IN]]
         marks = ",".join("?" * len(chunk))
         there.update(
             str(row[0])
             for row in db.execute(f"SELECT msg_id FROM outbox WHERE msg_id IN ({marks})", chunk)  # noqa: S608 - placeholders only
+        )
+        given.update(
+            (str(row[0]), bytes(row[1]))
+            for row in db.execute(
+                f"SELECT msg_id, payload FROM sequence_history WHERE msg_id IN ({marks})",  # noqa: S608 - placeholders only
+                chunk,
+            )
         )
     rows_in: list[tuple[str, str, bytes, int, int, float]] = []
     kept: list[tuple[str, int, str, bytes, int, int, float]] = []
@@ -263,7 +273,9 @@ def _number(
             continue
         there.add(m.msg_id)
         payload = m.payload
-        if m.topic.startswith(numbering.prefix):
+        if m.msg_id in given:  # the same transaction: the same number, the same message
+            payload = given[m.msg_id]
+        elif m.topic.startswith(numbering.prefix):
             n = last[m.topic] = last.get(m.topic, 0) + 1
             payload = _with_sequence(payload, stream, n)
             kept.append((m.topic, n, m.msg_id, payload, m.qos, int(m.retain), now))
@@ -287,18 +299,23 @@ def _number(
     )
     # Now and then (each 500th number): what is kept stays bounded.
     if any(k[1] % 500 == 0 for k in kept):
-        _prune_history(db, now - numbering.history_s, numbering.history_rows)
+        _prune_history(
+            db, now - numbering.history_s, numbering.history_rows, numbering.history_bytes
+        )
     if not numbered:
-        return rows, size
-    # One announcement waits in the outbox at most: the last, after what it announces.
+        return rows, size, 0
+    # One announcement waits in the outbox at most: the last, after what it announces (one
+    # the broker refused too: refused ones would pile up, and an old one overwrite a new).
+    refused = 0
     pending = db.execute("SELECT announce_seq FROM sequence_stream").fetchone()
     if pending is not None and pending[0] is not None:
         old = db.execute(
-            "SELECT LENGTH(payload) FROM outbox WHERE seq = ? AND retry_at = 0", (pending[0],)
+            "SELECT LENGTH(payload), retry_at FROM outbox WHERE seq = ?", (pending[0],)
         ).fetchone()
         if old is not None:
             db.execute("DELETE FROM outbox WHERE seq = ?", (pending[0],))
             rows, size = rows - 1, size - int(old[0])
+            refused = -1 if old[1] else 0
     topics: dict[str, dict[str, int]] = {}
     for topic, last in db.execute("SELECT topic, n FROM sequence_last ORDER BY topic"):
         (first,) = db.execute(
@@ -323,20 +340,27 @@ def _number(
         (f"sequence-{uuid.uuid4().hex}", numbering.announce_topic, payload, now),
     )
     db.execute("UPDATE sequence_stream SET announce_seq = ?", (cursor.lastrowid,))
-    return rows + 1, size + len(payload)
+    return rows + 1, size + len(payload), refused
 
 
-def _prune_history(db: sqlite3.Connection, before: float, keep_rows: int) -> int:
-    """Forget numbered messages kept since before `before`, and the oldest beyond
-    `keep_rows`; returns how many."""
+def _prune_history(
+    db: sqlite3.Connection, before: float, keep_rows: int, keep_bytes: int = 1 << 62
+) -> int:
+    """Forget numbered messages kept since before `before`, then the oldest beyond
+    `keep_rows` or `keep_bytes` of payload; returns how many."""
     changed = db.total_changes
     db.execute("DELETE FROM sequence_history WHERE created_at < ?", (before,))
-    (rows,) = db.execute("SELECT COUNT(*) FROM sequence_history").fetchone()
-    if rows > keep_rows:
+    rows, size = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM sequence_history"
+    ).fetchone()
+    over = max(0, rows - keep_rows)
+    if size > keep_bytes:  # about: as if all were of the average size
+        over = max(over, int(rows * (1 - keep_bytes / size)) + 1)
+    if over:
         db.execute(
-            "DELETE FROM sequence_history WHERE created_at <="
-            " (SELECT created_at FROM sequence_history ORDER BY created_at LIMIT 1 OFFSET ?)",
-            (rows - keep_rows - 1,),
+            "DELETE FROM sequence_history WHERE (topic, n) IN (SELECT topic, n FROM"
+            " sequence_history ORDER BY created_at, n LIMIT ?)",
+            (over,),
         )
     return db.total_changes - changed
 
@@ -401,6 +425,7 @@ class Sequencing:
     gateway: str
     history_s: float = 86_400.0
     history_rows: int = 200_000
+    history_bytes: int = 256 * 1024 * 1024
 
     @property
     def prefix(self) -> str:
@@ -772,7 +797,7 @@ class Store:
             numbering = None  # nothing to number: the plain way
         plain = messages if numbering is None else ()
 
-        def body(db: sqlite3.Connection) -> tuple[int, int | None, int]:
+        def body(db: sqlite3.Connection) -> tuple[int, int | None, int, int]:
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
@@ -784,9 +809,9 @@ class Store:
             if inserted != len(plain):  # some were there already (rare): count them all
                 summed = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox")
                 total = int(summed.fetchone()[0])
-            added = grown = 0
+            added = grown = refused = 0
             if numbering is not None:
-                added, grown = _number(db, numbering, self._stream, messages, now)
+                added, grown, refused = _number(db, numbering, self._stream, messages, now)
             db.executemany(
                 "INSERT INTO pallet_location (sscc, location, tx_id, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (sscc) DO UPDATE SET"
@@ -925,16 +950,17 @@ class Store:
                         " digest = excluded.digest, updated_at = excluded.updated_at",
                         (row.kind, row.key, row.body, row.digest, now),
                     )
-            return inserted + added, None if total is None else total + grown, grown
+            return inserted + added, None if total is None else total + grown, grown, refused
 
         size = sum(len(m.payload) for m in plain)
 
-        def done(result: tuple[int, int | None, int]) -> None:
-            inserted, total, grown = result
+        def done(result: tuple[int, int | None, int, int]) -> None:
+            inserted, total, grown, refused = result
             self._depth += inserted
+            self._refused += refused
             self._bytes = self._bytes + size + grown if total is None else total
 
-        inserted, _total, _grown = await self._transaction(body, done)
+        inserted, _total, _grown, _refused = await self._transaction(body, done)
         return inserted
 
     async def number(self, sequencing: Sequencing) -> str:
@@ -1004,12 +1030,14 @@ class Store:
         moved, _total = await self._transaction(body, done)
         return moved
 
-    async def prune_sequence_history(self, *, before: float, keep_rows: int) -> int:
+    async def prune_sequence_history(
+        self, *, before: float, keep_rows: int, keep_bytes: int = 1 << 62
+    ) -> int:
         """Forget numbered messages kept since before `before`, and the oldest beyond
         `keep_rows`; returns how many."""
 
         def body(db: sqlite3.Connection) -> int:
-            return _prune_history(db, before, keep_rows)
+            return _prune_history(db, before, keep_rows, keep_bytes)
 
         return await self._transaction(body, lambda _: None)
 

@@ -327,7 +327,9 @@ async def start_numbering(config: GatewayConfig, store: Store) -> str:
     )
     stream = await store.number(numbering)
     pruned = await store.prune_sequence_history(
-        before=time.time() - numbering.history_s, keep_rows=numbering.history_rows
+        before=time.time() - numbering.history_s,
+        keep_rows=numbering.history_rows,
+        keep_bytes=numbering.history_bytes,
     )
     if pruned:
         log.info("pruned old transactions kept for resends", rows=pruned)

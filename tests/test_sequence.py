@@ -95,6 +95,29 @@ async def test_transactions_are_numbered_per_topic_and_announced_after_them(
         assert await store.number(NUMBERING) != stream
 
 
+async def test_a_transaction_committed_again_keeps_its_number_and_refusals_do_not_pile_up(
+    tmp_path: Path,
+) -> None:
+    async with await Store.open(tmp_path / "gw.db") as store:
+        await store.number(NUMBERING)
+        await store.commit([tx("m-1")])
+        first = [p for t, p in await outbox(store) if "/tx/" in t]
+        await store.acknowledge([m.seq for m in await store.pending()])
+        # The same transaction again (a replay after a crash): the same message, number 1.
+        await store.commit([tx("m-1"), tx("m-2")])
+        again = [p for t, p in await outbox(store) if "/tx/" in t]
+        assert again == [first[0], {**again[1], "sequence": {**first[0]["sequence"], "n": 2}}]
+        # The broker refuses the announcement (an ACL without it): the next replaces it.
+        (announcement,) = [m for m in await store.pending() if m.topic.endswith("/sequence")]
+        await store.refuse(announcement.seq, reason="not authorized", retry_at=9e12)
+        assert store.refused == 1
+        for n in range(3, 8):
+            await store.commit([tx(f"m-{n}")])
+        pending = await store.pending() + await store.due_retries(now=9e12)
+        assert sum(m.topic.endswith("/sequence") for m in pending) == 1
+        assert store.refused == 0 and store.depth == len(pending)
+
+
 async def test_a_resend_publishes_kept_transactions_again_unchanged(tmp_path: Path) -> None:
     async with await Store.open(tmp_path / "gw.db") as store:
         stream = await store.number(NUMBERING)
@@ -128,12 +151,11 @@ async def test_a_resend_asks_for_a_thousand_at_most_and_history_is_bounded(
         await store.acknowledge([m.seq for m in await store.pending(limit=5000)])
         assert await store.resend(ask("tx/move", 1, 2000, stream)) <= RESEND_MAX
         await store.acknowledge([m.seq for m in await store.pending(limit=5000)])
-        # Pruned as it numbers (every 500): at most about history_rows kept.
+        # Pruned as it numbers (every 500): the oldest beyond history_rows, no more.
         await store.commit([tx(f"m-{n}") for n in range(2001, 2501)])
-        kept = await store.resend(ask("tx/move", 1, 999, stream)) + await store.resend(
-            ask("tx/move", 1000, 1999, stream)
-        )
-        assert kept < 1000  # the oldest were forgotten
+        await store.acknowledge([m.seq for m in await store.pending(limit=5000)])
+        kept = [await store.resend(ask("tx/move", n, n + 999, stream)) for n in (1, 1001, 2001)]
+        assert sum(kept) == 1500 and kept[0] == 0  # the oldest 1,000 forgotten, no more
 
 
 def resend(payload: dict[str, Any] | bytes, *, retain: bool = False) -> Any:
