@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -60,7 +61,15 @@ CREATE TABLE IF NOT EXISTS gateway_message (
 );
 ALTER TABLE gateway_message ADD COLUMN IF NOT EXISTS stream TEXT;   -- its sequence, if any
 ALTER TABLE gateway_message ADD COLUMN IF NOT EXISTS n BIGINT;
-CREATE INDEX IF NOT EXISTS gateway_message_sequence ON gateway_message (topic, stream, n);
+-- Every transaction number that arrived (a repeat of an id too, and one PostgreSQL refused
+-- to store), or was given up (`given_up`: asked for too long, never came).
+CREATE TABLE IF NOT EXISTS gateway_number (
+    topic    TEXT NOT NULL,
+    stream   TEXT NOT NULL,
+    n        BIGINT NOT NULL,
+    given_up BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (topic, stream, n)
+);
 -- Per numbered topic and stream: the numbers the gateway announced (first still kept, last
 -- given) and up to where every one is stored.
 CREATE TABLE IF NOT EXISTS gateway_sequence (
@@ -92,24 +101,34 @@ _ANNOUNCED = (  # a gateway's announcement: from the first it keeps to the last 
     " first = GREATEST(gateway_sequence.first, excluded.first),"
     " last = GREATEST(gateway_sequence.last, excluded.last)"
 )
+_ARRIVED = (
+    "INSERT INTO gateway_number (topic, stream, n, given_up) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT DO NOTHING"
+)
 _FROM = "GREATEST(s.first, s.complete_to + 1)"
 _MISSING = f"""
 SELECT s.topic, s.stream, g.n
-FROM gateway_sequence s,
-     generate_series({_FROM}, LEAST(s.last, {_FROM} + %(span)s - 1)) AS g(n)
-WHERE NOT EXISTS (
-    SELECT 1 FROM gateway_message m WHERE m.topic = s.topic AND m.stream = s.stream AND m.n = g.n
-)
+FROM gateway_sequence s
+CROSS JOIN LATERAL (
+    SELECT g.n FROM generate_series({_FROM}, LEAST(s.last, {_FROM} + %(span)s - 1)) AS g(n)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM gateway_number x
+        WHERE x.topic = s.topic AND x.stream = s.stream AND x.n = g.n
+    )
+    ORDER BY g.n
+    LIMIT %(limit)s
+) g
 ORDER BY s.topic, s.stream, g.n
-LIMIT %(limit)s
 """  # noqa: S608 - no input in the text: parameters only
-"""Numbers missing, from where every one was stored last time, at most `span` a topic (an
-announcement claiming a huge `last`, forged or not, costs one span a look, not hours)."""
+"""Numbers missing, per topic and stream from where every one had come last time: at most
+`span` looked at and `limit` found (an announcement claiming a huge `last`, forged or not,
+costs one span a look, and leaves the other topics their share)."""
 _SPANS = f"SELECT s.topic, s.stream, {_FROM}, s.last FROM gateway_sequence s"  # noqa: S608
 SPAN = 100_000
 """Numbers of one topic looked at in one check at most."""
-MAX_ANNOUNCED_TOPICS = 64
-"""Topics one announcement may name (the gateway has five); the rest are ignored."""
+STREAM = re.compile(r"[0-9a-f]{16}")
+"""A gateway's stream id (`sequence.schema.json`)."""
+
 
 BATCH_MAX = 200
 """Messages stored in one PostgreSQL transaction at most (those that arrived together)."""
@@ -164,6 +183,7 @@ class ConsumerStats:
     announcements: int = 0  # gateways' sequence announcements taken
     missing: int = 0  # numbers found missing (each once)
     resend_requests: int = 0  # cmd/resend sent
+    given_up: int = 0  # numbers asked for in vain for `give_up_s`
 
 
 Publish = Callable[[str, bytes], Awaitable[None]]
@@ -177,10 +197,12 @@ class GapRepair:
     """Finds the numbers missing in PostgreSQL and asks their gateways for them again.
 
     Every `check_s`: the numbers missing between the first a gateway keeps (or 1) and the
-    last it announced or a consumer stored (`_MISSING`, from where every one was stored
-    last time). A number missing at two looks in a row (not merely in flight to another
-    member of the group) is asked for (`cmd/resend` to its gateway, in ranges), and again
-    every `again_s` while it stays missing.
+    last it announced or a consumer stored (`_MISSING`, from where every one had come last
+    time). A number missing at two looks in a row (not merely in flight to another member
+    of the group) is asked for (`cmd/resend` to its gateway, in ranges), and again every
+    `again_s` while it stays missing; after `give_up_s` it is given up (logged, counted,
+    marked in `gateway_number`): the gateway no longer has it, or never will (a replaced
+    file's stream), and the numbers after it are checked on.
     """
 
     def __init__(
@@ -190,10 +212,12 @@ class GapRepair:
         *,
         check_s: float = 5.0,
         again_s: float = 15.0,
-        limit: int = 20_000,
+        give_up_s: float = 3600.0,
+        limit: int = 5_000,
     ) -> None:
         self._dsn, self.stats = dsn, stats
         self._check_s, self._again_s, self._limit = check_s, again_s, limit
+        self._give_up_s = give_up_s
         self._seen: dict[tuple[str, str, int], float] = {}  # missing since (monotonic)
         self._asked: dict[tuple[str, str, int], float] = {}
 
@@ -206,6 +230,7 @@ class GapRepair:
             try:
                 async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as db:
                     await _schema(db)
+                    await db.execute("SET statement_timeout = '60s'")  # a look, not a hang
                     while True:
                         await asyncio.sleep(self._check_s)
                         await self.check(db, publish)
@@ -223,22 +248,42 @@ class GapRepair:
         self._seen = {k: v for k, v in self._seen.items() if k in missing}
         self._asked = {k: v for k, v in self._asked.items() if k in missing}
         due: list[tuple[str, str, int]] = []
+        gone: list[tuple[str, str, int]] = []
         for key in sorted(missing):
             if key not in self._seen:
                 self._seen[key] = now
                 self.stats.missing += 1
+            elif now - self._seen[key] >= self._give_up_s:
+                gone.append(key)
             elif now - self._asked.get(key, -self._again_s) >= self._again_s:
                 due.append(key)
                 self._asked[key] = now
-        # Up to where every number is stored, so the next look starts there.
+        if gone:
+            async with db.transaction():
+                for key in gone:
+                    await db.execute(_ARRIVED, (*key, True))
+            self.stats.given_up += len(gone)
+            for topic, stream, first, last in _ranges(gone):
+                log.error(
+                    "consumer: transactions never came; given up",
+                    topic=topic,
+                    stream=stream,
+                    first=first,
+                    last=last,
+                )
+            missing -= set(gone)
+        # Up to where every number came, so the next look starts there.
         lowest: dict[tuple[str, str], int] = {}
+        found: dict[tuple[str, str], int] = {}
         for topic, stream, n in sorted(missing):
             lowest.setdefault((topic, stream), n)
-        complete = len(rows) < self._limit
+        for topic, stream, _n in rows:
+            found[(topic, stream)] = found.get((topic, stream), 0) + 1
         async with db.transaction():
             for topic, stream, start, last in spans:
                 end = min(int(last), int(start) + SPAN - 1)  # the span looked at
-                to = lowest.get((topic, stream), end + 1 if complete else None)
+                every = found.get((topic, stream), 0) < self._limit  # the span all seen
+                to = lowest.get((topic, stream), end + 1 if every else None)
                 if to is not None:
                     await db.execute(
                         "UPDATE gateway_sequence SET complete_to = GREATEST(complete_to, %s)"
@@ -386,7 +431,11 @@ async def store(db: Any, batch: list[tuple[str, Any]], stats: ConsumerStats, by:
     for topic, payload in batch:
         stats.received += 1
         if topic.endswith("/sequence"):
-            announced.extend(_announced(topic, payload))
+            numbers = _announced(topic, payload)
+            if not numbers:
+                stats.unusable += 1
+                log.warning("consumer: a sequence announcement failing its schema", topic=topic)
+            announced.extend(numbers)
             stats.announcements += 1
             continue
         row = _row(topic, payload)
@@ -400,15 +449,14 @@ async def store(db: Any, batch: list[tuple[str, Any]], stats: ConsumerStats, by:
     fresh = refused = 0
     if announced:
         async with db.transaction():
-            for numbers in announced:
-                await db.execute(_ANNOUNCED, numbers)
+            for topic_numbers in announced:
+                await db.execute(_ANNOUNCED, topic_numbers)
     try:
         async with db.transaction():
             for row in rows:
                 inserted = await (await db.execute(_INSERT, (*row, by))).fetchone()
                 fresh += 1 if inserted and inserted[0] else 0
-                if row[5] is not None:
-                    await db.execute(_SEEN, (row[1], row[5], row[6]))
+                await _numbered(db, row)
     except psycopg.DataError:
         # One row PostgreSQL cannot take (a NUL in a JSON string): the others one by one, that
         # one counted and dropped (it would fail, and come again, for ever).
@@ -417,16 +465,24 @@ async def store(db: Any, batch: list[tuple[str, Any]], stats: ConsumerStats, by:
             try:
                 async with db.transaction():
                     inserted = await (await db.execute(_INSERT, (*row, by))).fetchone()
-                    if row[5] is not None:
-                        await db.execute(_SEEN, (row[1], row[5], row[6]))
+                    await _numbered(db, row)
             except psycopg.DataError as err:
                 refused += 1
                 log.warning("consumer: PostgreSQL refused a message", id=row[0], error=str(err))
+                async with db.transaction():  # its number came: not to be asked for again
+                    await _numbered(db, row)
                 continue
             fresh += 1 if inserted and inserted[0] else 0
     stats.unusable += refused
     stats.stored += fresh
     stats.repeats += len(rows) - fresh - refused
+
+
+async def _numbered(db: Any, row: Row) -> None:
+    """Note a numbered message's number as come (a repeat of its id too)."""
+    if row[5] is not None and row[6] is not None:
+        await db.execute(_SEEN, (row[1], row[5], row[6]))
+        await db.execute(_ARRIVED, (row[1], row[5], row[6], False))
 
 
 async def _schema(db: Any) -> None:
@@ -579,41 +635,30 @@ def _row(topic: str, payload: Any) -> Row | None:
     stream, n = None, None
     sequence = body.get("sequence")
     if (
-        isinstance(sequence, dict)
+        "/tx/" in topic  # only transactions are numbered
+        and isinstance(sequence, dict)
         and isinstance(sequence.get("stream"), str)
+        and STREAM.fullmatch(sequence["stream"])
         and _is_number(sequence.get("n"))
+        and sequence["n"] > 0
     ):
-        stream, n = sequence["stream"][:64], sequence["n"]
+        stream, n = sequence["stream"], sequence["n"]
     return ident, topic, body.get("site"), body.get("gateway"), json.dumps(body), stream, n
 
 
 def _announced(topic: str, payload: Any) -> list[tuple[str, str, int, int]]:
-    """(topic, stream, first, last) of each topic a sequence announcement names (none when
-    it is not one)."""
+    """(topic, stream, first, last) of each topic a sequence announcement names; none when
+    it fails its schema (`sequence`)."""
+    from gateway.schemas import validator
+
     body = _json(payload)
-    if body is None or not isinstance(body.get("stream"), str):
+    if body is None or not validator("sequence").is_valid(body):
         return []
     base = topic.removesuffix("/sequence")
-    out: list[tuple[str, str, int, int]] = []
-    topics = body.get("topics")
-    named = list(topics.items())[:MAX_ANNOUNCED_TOPICS] if isinstance(topics, dict) else []
-    for name, numbers in named:
-        if not (
-            isinstance(name, str)
-            and name.startswith("tx/")
-            and len(name) <= 40
-            and isinstance(numbers, dict)
-        ):
-            continue
-        first, last = numbers.get("first"), numbers.get("last")
-        if (
-            isinstance(first, int)
-            and isinstance(last, int)
-            and _is_number(first)
-            and _is_number(last)
-        ):
-            out.append((f"{base}/{name}", str(body["stream"])[:64], first, last))
-    return out
+    return [
+        (f"{base}/{name}", body["stream"], numbers["first"], numbers["last"])
+        for name, numbers in body["topics"].items()
+    ]
 
 
 def _json(payload: Any) -> dict[str, Any] | None:

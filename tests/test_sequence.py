@@ -359,14 +359,25 @@ async def test_the_gap_check_asks_after_a_grace_in_ranges_and_stays_bounded() ->
             body = {"tx_id": f"m-{n}", "sequence": {"stream": stream, "n": n}}
             return move, json.dumps(body).encode()
 
-        announcement = {"stream": stream, "topics": {"tx/move": {"first": 1, "last": 10}}}
+        def announced(last: int) -> bytes:
+            doc = {
+                "version": 1,
+                "site": "DC1",
+                "gateway": "dock-1",
+                "stream": stream,
+                "topics": {"tx/move": {"first": 1, "last": last}},
+                "at": "2026-12-08T09:00:00.000Z",
+            }
+            assert_valid("sequence", doc)
+            return json.dumps(doc).encode()
+
         async with await psycopg.AsyncConnection.connect(postgres.dsn, autocommit=True) as db:
             await _schema(db)
             # 1-10 announced (9 and 10 only announced); 3, 4 and 8 never came either.
             batch = [numbered(n) for n in (1, 2, 5, 6, 7)]
             await store(
                 db,
-                [*batch, (NUMBERING.announce_topic, json.dumps(announcement).encode())],
+                [*batch, (NUMBERING.announce_topic, announced(10))],
                 stats,
                 "t",
             )
@@ -390,12 +401,41 @@ async def test_the_gap_check_asks_after_a_grace_in_ranges_and_stays_bounded() ->
                 await db.execute("SELECT complete_to FROM gateway_sequence")
             ).fetchone()
             assert complete == 10
-            # A forged announcement of a huge last: one check looks at one span, fast.
-            forged = {"stream": stream, "topics": {"tx/move": {"first": 1, "last": 2**62}}}
-            await store(db, [(NUMBERING.announce_topic, json.dumps(forged).encode())], stats, "t")
+            # A forged announcement of a huge last: one check looks at one span, fast, and
+            # a gap on another topic is still asked for.
+            await store(db, [(NUMBERING.announce_topic, announced(2**62))], stats, "t")
+            receive = f"{BASE}/tx/receive"
+            for n in (1, 3):
+                body = {"tx_id": f"r-{n}", "sequence": {"stream": stream, "n": n}}
+                await store(db, [(receive, json.dumps(body).encode())], stats, "t")
+            asked.clear()
             async with asyncio.timeout(10):
                 await repair.check(db, publish)
                 await repair.check(db, publish)
-            assert len(asked[-1][1]) and asked[-1][1]["last"] - asked[-1][1]["first"] < RESEND_MAX
+            assert all(a["last"] - a["first"] < RESEND_MAX for _, a in asked)
+            assert ("tx/receive", 2, 2) in [(a["topic"], a["first"], a["last"]) for _, a in asked]
+            # Malformed numbers and announcements are counted and change nothing.
+            unusable = stats.unusable
+            bad = {"tx_id": "x-1", "sequence": {"stream": "not-a-stream", "n": 5}}
+            await store(db, [(move, json.dumps(bad).encode())], stats, "t")
+            await store(db, [(NUMBERING.announce_topic, b'{"stream": "\\ud800"}')], stats, "t")
+            assert stats.unusable == unusable + 1  # the announcement; the move is stored
+            streams = await (
+                await db.execute("SELECT DISTINCT stream FROM gateway_number")
+            ).fetchall()
+            assert streams == [(stream,)]
+            # A number that never comes is given up after a while, and the next looked at.
+            patient = GapRepair(postgres.dsn, stats, check_s=0.1, again_s=0.1, give_up_s=0.3)
+            for _ in range(2):
+                await patient.check(db, publish)
+                await asyncio.sleep(0.35)
+            await patient.check(db, publish)
+            assert stats.given_up >= 1
+            (to,) = await (
+                await db.execute(
+                    "SELECT complete_to FROM gateway_sequence WHERE topic = %s", (receive,)
+                )
+            ).fetchone()
+            assert to == 3
     finally:
         postgres.stop()
