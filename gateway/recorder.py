@@ -206,6 +206,10 @@ class Recorder:
         """A notice from outside a batch (the bridge's refusals): committed with the next one."""
         self._late.append(notice)
 
+    async def announce(self) -> None:
+        """Announce the transaction numbers given since the last time (`Store.announce`)."""
+        await self._store.announce()
+
     async def record(
         self,
         decisions: Sequence[Decision],

@@ -52,6 +52,8 @@ log = structlog.get_logger("gateway.runner")
 T = TypeVar("T")
 
 TICK_S = 0.2
+ANNOUNCE_S = 1.0
+"""Transaction numbers are announced at most this often (`Store.announce`)."""
 """How often time alone is given to the rules (timeouts, departures, leases); a portal pass
 that is due sooner gets its own tick (`RulesEngine.next_due`)."""
 
@@ -127,6 +129,7 @@ class RulesRunner:
         """Run until cancelled."""
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + self._tick_s
+        next_announce = loop.time()
         self.went_round = loop.time()
         while True:
             events: list[Event] = []
@@ -161,6 +164,12 @@ class RulesRunner:
                     decisions.extend(self._handle(close))
                 next_tick = loop.time() + self._tick_s
             await self.recorder.record(decisions, scans)
+            if loop.time() >= next_announce:
+                next_announce = loop.time() + ANNOUNCE_S
+                try:
+                    await self.recorder.announce()
+                except StorageError as err:  # told again at the next chance
+                    log.warning("cannot announce transaction numbers", error=str(err))
             self.went_round = loop.time()
             for _ in events:
                 self.inbox.task_done()

@@ -245,9 +245,9 @@ def _number(
     now: float,
 ) -> tuple[int, int, int]:
     """Insert `messages` in their order, the transactions numbered on their topics (see
-    `Sequencing`; one numbered before keeps its number) and kept for resends, and the
-    announcement after them (replacing one not yet published); returns the outbox rows,
-    payload bytes and refused rows added."""
+    `Sequencing`; one numbered before keeps its number) and kept for resends; returns the
+    outbox rows and payload bytes added, and the total of the numbers given so far (0:
+    none given now)."""
     rows = size = 0
     last = {str(t): int(n) for t, n in db.execute("SELECT topic, n FROM sequence_last")}
     there: set[str] = set()  # already in the outbox (rare): not inserted again
@@ -302,11 +302,18 @@ def _number(
         _prune_history(
             db, now - numbering.history_s, numbering.history_rows, numbering.history_bytes
         )
-    if not numbered:
-        return rows, size, 0
+    return rows, size, sum(last.values()) if numbered else 0
+
+
+def _announce(
+    db: sqlite3.Connection, numbering: Sequencing, stream: str, now: float
+) -> tuple[int, int, int, int]:
+    """Put the announcement of the numbers given so far in the outbox, after them, replacing
+    one not yet published; returns the outbox rows, payload bytes and refused rows added, and
+    the numbers' total it announces."""
+    rows = size = refused = 0
     # One announcement waits in the outbox at most: the last, after what it announces (one
     # the broker refused too: refused ones would pile up, and an old one overwrite a new).
-    refused = 0
     pending = db.execute("SELECT announce_seq FROM sequence_stream").fetchone()
     if pending is not None and pending[0] is not None:
         old = db.execute(
@@ -317,7 +324,9 @@ def _number(
             rows, size = rows - 1, size - int(old[0])
             refused = -1 if old[1] else 0
     topics: dict[str, dict[str, int]] = {}
+    total = 0
     for topic, last in db.execute("SELECT topic, n FROM sequence_last ORDER BY topic"):
+        total += int(last)
         (first,) = db.execute(
             "SELECT MIN(n) FROM sequence_history WHERE topic = ?", (topic,)
         ).fetchone()
@@ -340,7 +349,7 @@ def _number(
         (f"sequence-{uuid.uuid4().hex}", numbering.announce_topic, payload, now),
     )
     db.execute("UPDATE sequence_stream SET announce_seq = ?", (cursor.lastrowid,))
-    return rows + 1, size + len(payload), refused
+    return rows + 1, size + len(payload), refused, total
 
 
 def _prune_history(
@@ -678,6 +687,8 @@ class Store:
         self._running: set[asyncio.Task[Any]] = set()
         self._sequencing: Sequencing | None = None
         self._stream = ""
+        self._numbered = 0  # the total of the numbers given, as of the last commit
+        self._announced = 0  # ... as of the last announcement
 
     @classmethod
     async def open(
@@ -809,9 +820,9 @@ class Store:
             if inserted != len(plain):  # some were there already (rare): count them all
                 summed = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox")
                 total = int(summed.fetchone()[0])
-            added = grown = refused = 0
+            added = grown = numbers = 0
             if numbering is not None:
-                added, grown, refused = _number(db, numbering, self._stream, messages, now)
+                added, grown, numbers = _number(db, numbering, self._stream, messages, now)
             db.executemany(
                 "INSERT INTO pallet_location (sscc, location, tx_id, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (sscc) DO UPDATE SET"
@@ -950,17 +961,17 @@ class Store:
                         " digest = excluded.digest, updated_at = excluded.updated_at",
                         (row.kind, row.key, row.body, row.digest, now),
                     )
-            return inserted + added, None if total is None else total + grown, grown, refused
+            return inserted + added, None if total is None else total + grown, grown, numbers
 
         size = sum(len(m.payload) for m in plain)
 
         def done(result: tuple[int, int | None, int, int]) -> None:
-            inserted, total, grown, refused = result
+            inserted, total, grown, numbers = result
             self._depth += inserted
-            self._refused += refused
+            self._numbered = max(self._numbered, numbers)
             self._bytes = self._bytes + size + grown if total is None else total
 
-        inserted, _total, _grown, _refused = await self._transaction(body, done)
+        inserted, _total, _grown, _numbers = await self._transaction(body, done)
         return inserted
 
     async def number(self, sequencing: Sequencing) -> str:
@@ -977,7 +988,33 @@ class Store:
 
         self._stream = await self._transaction(body, lambda _: None)
         self._sequencing = sequencing
+        # What was given before the last stop is announced again at the first chance.
+        rows = await self._fetch("SELECT COALESCE(SUM(n), 0) FROM sequence_last")
+        self._numbered, self._announced = int(rows[0][0]), 0
         return self._stream
+
+    async def announce(self) -> bool:
+        """Announce the numbers given since the last announcement, if any (`Sequencing`);
+        True if it did. The rules runner calls it at most once a second: an announcement
+        after every commit would double what goes to the broker, and make every commit a
+        retained message's."""
+        numbering = self._sequencing
+        if numbering is None or self._numbered <= self._announced:
+            return False
+        stream, now = self._stream, time.time()
+
+        def body(db: sqlite3.Connection) -> tuple[int, int, int, int]:
+            return _announce(db, numbering, stream, now)
+
+        def done(result: tuple[int, int, int, int]) -> None:
+            rows, size, refused, total = result
+            self._depth += rows
+            self._bytes += size
+            self._refused += refused
+            self._announced = max(self._announced, total)
+
+        await self._transaction(body, done)
+        return True
 
     @property
     def stream(self) -> str:

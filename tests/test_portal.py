@@ -248,6 +248,9 @@ async def test_a_pass_is_decided_when_its_tags_depart_not_on_the_next_regular_ti
         async def record(self, decisions: Sequence[Decision], _counts: object = None) -> None:
             decided.extend(time.time() for d in decisions if isinstance(d, PortalPass))
 
+        async def announce(self) -> None:
+            pass
+
     async def no_lookup(_sscc: str) -> str | None:
         return None
 

@@ -61,7 +61,10 @@ async def test_transactions_are_numbered_per_topic_and_announced_after_them(
         stream = await store.number(NUMBERING)
         other = OutboxMessage("e-1", f"{BASE}/event", b'{"event_id":"e-1"}')
         await store.commit([tx("m-1"), tx("r-1", "receive"), other, tx("m-2")])
+        assert await store.announce()
         await store.commit([tx("m-3")])
+        assert await store.announce()
+        assert not await store.announce()  # nothing new to say
         rows = await outbox(store)
         numbered = [(t.rpartition("/")[2], p["sequence"]["n"]) for t, p in rows if "/tx/" in t]
         assert numbered == [("move", 1), ("receive", 1), ("move", 2), ("move", 3)]
@@ -87,6 +90,7 @@ async def test_transactions_are_numbered_per_topic_and_announced_after_them(
     # The stream and the numbers go on after a restart.
     async with await Store.open(tmp_path / "gw.db") as store:
         assert await store.number(NUMBERING) == stream
+        assert await store.announce()  # what was given before the stop, told again
         await store.commit([tx("m-4")])
         last = [p for t, p in await outbox(store) if t.endswith("/move")][-1]
         assert last["sequence"] == {"stream": stream, "n": 4}
@@ -108,11 +112,13 @@ async def test_a_transaction_committed_again_keeps_its_number_and_refusals_do_no
         again = [p for t, p in await outbox(store) if "/tx/" in t]
         assert again == [first[0], {**again[1], "sequence": {**first[0]["sequence"], "n": 2}}]
         # The broker refuses the announcement (an ACL without it): the next replaces it.
+        assert await store.announce()
         (announcement,) = [m for m in await store.pending() if m.topic.endswith("/sequence")]
         await store.refuse(announcement.seq, reason="not authorized", retry_at=9e12)
         assert store.refused == 1
         for n in range(3, 8):
             await store.commit([tx(f"m-{n}")])
+            assert await store.announce()
         pending = await store.pending() + await store.due_retries(now=9e12)
         assert sum(m.topic.endswith("/sequence") for m in pending) == 1
         assert store.refused == 0 and store.depth == len(pending)
