@@ -423,9 +423,9 @@ class Sequencing:
 
     Each such message gets `"sequence": {"stream": ..., "n": ...}` at its commit: n counts
     from 1 on each topic, and `stream` is the SQLite file's own (a new file starts again at
-    1 in a new stream). After a commit that numbered messages, a retained announcement on
-    `base/sequence` (`announcement` schema) gives the last number of each topic and the
-    first still kept; what was numbered is kept `history_s` (at most `history_rows`), so a
+    1 in a new stream). `Store.announce` puts a retained announcement on `base/sequence`
+    (`sequence` schema) after them: the last number of each topic and the first still
+    kept; what was numbered is kept `history_s` (at most `history_rows`), so a
     consumer that finds a number missing asks for it again (`cmd/resend`, `Store.resend`).
     """
 
