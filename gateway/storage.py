@@ -1047,15 +1047,25 @@ class Store:
             raise OutboxFull(f"a resend of {count} messages does not fit in the outbox")
         now = time.time()
 
+        return await self._into_outbox(
+            "INSERT OR IGNORE INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
+            " SELECT msg_id, topic, payload, qos, retain, ? FROM sequence_history"
+            " WHERE topic = ? AND n BETWEEN ? AND ? ORDER BY n",
+            (now, full, first, last),
+        )
+
+    async def _into_outbox(
+        self, insert: str, params: Sequence[Any], *, then: str | None = None
+    ) -> int:
+        """Run `insert` (an INSERT ... SELECT into the outbox), then `then`, in one
+        transaction; the outbox's depth and bytes follow. Returns the rows it added."""
+
         def body(db: sqlite3.Connection) -> tuple[int, int]:
             before = db.total_changes
-            db.execute(
-                "INSERT OR IGNORE INTO outbox (msg_id, topic, payload, qos, retain, created_at)"
-                " SELECT msg_id, topic, payload, qos, retain, ? FROM sequence_history"
-                " WHERE topic = ? AND n BETWEEN ? AND ? ORDER BY n",
-                (now, full, first, last),
-            )
+            db.execute(insert, params)
             moved = db.total_changes - before
+            if then is not None:
+                db.execute(then)
             row = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
             return moved, int(row[0])
 
@@ -1140,27 +1150,13 @@ class Store:
         """Put the messages the broker acknowledged within `within_s` before its last
         acknowledgement back in the outbox, in their order (a broker that crashed may have lost
         them, however long it then stayed down); returns how many."""
-
-        def body(db: sqlite3.Connection) -> tuple[int, int]:
-            before = db.total_changes
-            db.execute(
-                "INSERT OR IGNORE INTO outbox (seq, msg_id, topic, payload, qos, retain, created_at)"
-                " SELECT seq, msg_id, topic, payload, qos, retain, created_at FROM outbox_sent"
-                " WHERE acked_at >= (SELECT MAX(acked_at) FROM outbox_sent) - ?",
-                (within_s,),
-            )
-            moved = db.total_changes - before
-            db.execute("DELETE FROM outbox_sent")
-            row = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
-            return moved, int(row[0])
-
-        def done(result: tuple[int, int]) -> None:
-            moved, total = result
-            self._depth += moved
-            self._bytes = total
-
-        moved, _total = await self._transaction(body, done)
-        return moved
+        return await self._into_outbox(
+            "INSERT OR IGNORE INTO outbox (seq, msg_id, topic, payload, qos, retain, created_at)"
+            " SELECT seq, msg_id, topic, payload, qos, retain, created_at FROM outbox_sent"
+            " WHERE acked_at >= (SELECT MAX(acked_at) FROM outbox_sent) - ?",
+            (within_s,),
+            then="DELETE FROM outbox_sent",
+        )
 
     async def forget_sent(self) -> None:
         """Forget the acknowledged messages kept for redelivery (a clean disconnect)."""

@@ -300,18 +300,25 @@ def test_a_zone_board_decodes_only_its_zones_tasks_and_the_config_says_so(tmp_pa
         build(raw, tmp_path)
 
 
-async def test_two_running_boards_each_queue_only_their_own_tasks(
-    tmp_path: Path, mosquitto: Mosquitto
-) -> None:
-    # dock-1 the site's board, dock-2 the board of zone Z-A; the same zone_boards on both.
+def two_boards(tmp_path: Path, port: int) -> list[GatewayConfig]:
+    """dock-1 (door D01) the site's task board, dock-2 (door D05) the board of zone Z-A; the
+    same zone_boards on both."""
     configs = []
     for name, doors, site_board in (("dock-1", ["D01"], True), ("dock-2", ["D05"], False)):
         folder = tmp_path / name
         folder.mkdir()
-        raw = site_config(folder, broker_port=mosquitto.port, scanner=None)
+        raw = site_config(folder, broker_port=port, scanner=None)
         raw["gateway"].update(id=name, doors=doors)
         raw["agv"] = {"enabled": True, "task_board": site_board, "zone_boards": {"Z-A": "dock-2"}}
         configs.append(build(raw, folder))
+    return configs
+
+
+async def test_two_running_boards_each_queue_only_their_own_tasks(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # dock-1 the site's board, dock-2 the board of zone Z-A; the same zone_boards on both.
+    configs = two_boards(tmp_path, mosquitto.port)
     pallets = {n: sscc("0614141", 20 + n) for n in (1, 2, 3)}  # a task per pallet
     records = {
         "T-1": task("T-1", destination="A-01-01", sscc=pallets[1]),  # no zone: the site's board
@@ -340,14 +347,7 @@ async def test_a_fleet_per_board_leases_each_task_once_from_its_own_board(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     # dock-1 the site's board, dock-2 zone Z-A's; a fleet controller asks each board.
-    configs = []
-    for name, doors, site_board in (("dock-1", ["D01"], True), ("dock-2", ["D05"], False)):
-        folder = tmp_path / name
-        folder.mkdir()
-        raw = site_config(folder, broker_port=mosquitto.port, scanner=None)
-        raw["gateway"].update(id=name, doors=doors)
-        raw["agv"] = {"enabled": True, "task_board": site_board, "zone_boards": {"Z-A": "dock-2"}}
-        configs.append(build(raw, folder))
+    configs = two_boards(tmp_path, mosquitto.port)
     zones = {f"T-{n:02d}": ("Z-A" if n % 2 else "Z-B" if n % 5 == 0 else None) for n in range(20)}
     board = {t: "dock-2" if z == "Z-A" else "dock-1" for t, z in zones.items()}
     fleets = {
