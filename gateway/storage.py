@@ -460,6 +460,9 @@ class Resend(Protocol):
     def last(self) -> int: ...
 
 
+_SEQUENCE_BYTES = len(b'"sequence":{"stream":"0123456789abcdef","n":9223372036854775807},')
+"""What numbering adds to a transaction's payload at most."""
+
 RESEND_MAX = 1000
 """Messages one resend request may ask for."""
 
@@ -774,8 +777,12 @@ class Store:
         return max(0, self.max_rows - self._depth)
 
     def fits(self, messages: Sequence[OutboxMessage]) -> bool:
-        """Whether `messages` fit under both limits: rows and payload bytes."""
+        """Whether `messages` fit under both limits: rows and payload bytes (with the
+        `sequence` a transaction gets at its commit)."""
         size = sum(len(m.payload) for m in messages)
+        numbering = self._sequencing
+        if numbering is not None:
+            size += _SEQUENCE_BYTES * sum(m.topic.startswith(numbering.prefix) for m in messages)
         return len(messages) <= self.room() and self._bytes + size <= self.max_bytes
 
     def fill(self) -> float:
