@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS gateway_sequence (
 """
 
 SCHEMA_LOCK = 0x67775F6D7367  # a PostgreSQL advisory lock key of the consumers' own
+CHECK_LOCK = SCHEMA_LOCK + 1  # held by the one member of a group that checks the numbers
 
 _INSERT = (
     "INSERT INTO gateway_message (id, topic, site, gateway, body, stream, n, consumer)"
@@ -202,7 +203,9 @@ class GapRepair:
     of the group) is asked for (`cmd/resend` to its gateway, in ranges), and again every
     `again_s` while it stays missing; after `give_up_s` it is given up (logged, counted,
     marked in `gateway_number`): the gateway no longer has it, or never will (a replaced
-    file's stream), and the numbers after it are checked on.
+    file's stream), and the numbers after it are checked on. One member of a group checks
+    at a time (a PostgreSQL advisory lock its connection holds), so each number is asked for
+    once, not once per member.
     """
 
     def __init__(
@@ -239,7 +242,14 @@ class GapRepair:
                 await asyncio.sleep(1.0)
 
     async def check(self, db: Any, publish: Publish) -> int:
-        """One look; returns how many numbers were asked for."""
+        """One look, by the one member of the group that holds the check's lock (a session
+        lock: taken over by another member when its connection ends); returns how many
+        numbers were asked for."""
+        (mine,) = await (
+            await db.execute("SELECT pg_try_advisory_lock(%s)", (CHECK_LOCK,))
+        ).fetchone()
+        if not mine:
+            return 0  # another member checks
         spans = await (await db.execute(_SPANS)).fetchall()
         params = {"span": SPAN, "limit": self._limit}
         rows = await (await db.execute(_MISSING, params)).fetchall()

@@ -443,5 +443,19 @@ async def test_the_gap_check_asks_after_a_grace_in_ranges_and_stays_bounded() ->
                 )
             ).fetchone()
             assert to == 3
+            # Another member of the group does not check while this one's connection holds
+            # the check; once it is gone, the other takes over.
+            rival = GapRepair(postgres.dsn, ConsumerStats(), check_s=0.1, again_s=0.1)
+            async with await psycopg.AsyncConnection.connect(
+                postgres.dsn, autocommit=True
+            ) as other:
+                asked.clear()
+                for _ in range(2):
+                    assert await rival.check(other, publish) == 0
+                assert asked == [] and rival.stats.missing == 0
+        async with await psycopg.AsyncConnection.connect(postgres.dsn, autocommit=True) as other:
+            for _ in range(2):
+                await rival.check(other, publish)
+            assert rival.stats.missing > 0 and asked  # the forged topic's "gaps", asked for
     finally:
         postgres.stop()
