@@ -52,10 +52,11 @@ log = structlog.get_logger("gateway.runner")
 T = TypeVar("T")
 
 TICK_S = 0.2
-ANNOUNCE_S = 1.0
-"""Transaction numbers are announced at most this often (`Store.announce`)."""
 """How often time alone is given to the rules (timeouts, departures, leases); a portal pass
 that is due sooner gets its own tick (`RulesEngine.next_due`)."""
+
+ANNOUNCE_S = 1.0
+"""Transaction numbers are announced at most this often (`Store.announce`)."""
 
 DUE_MARGIN_S = 0.002
 """A due tick comes this long after the due time (departure is strictly after the window)."""
