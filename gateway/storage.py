@@ -30,7 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self, TypeVar
+
+from gateway.domain import ResendRequest
 
 T = TypeVar("T")
 
@@ -445,19 +447,6 @@ class Sequencing:
     def announce_topic(self) -> str:
         """Where the announcement goes (retained)."""
         return f"{self.base}/sequence"
-
-
-class Resend(Protocol):
-    """What a resend asks for (`gateway.domain.ResendRequest`)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def stream(self) -> str: ...
-    @property
-    def first(self) -> int: ...
-    @property
-    def last(self) -> int: ...
 
 
 _SEQUENCE_BYTES = len(b'"sequence":{"stream":"0123456789abcdef","n":9223372036854775807},')
@@ -985,19 +974,18 @@ class Store:
         """Number the transactions committed from now on (see `Sequencing`); returns the
         stream's id, made with the file and kept in it."""
 
-        def body(db: sqlite3.Connection) -> str:
+        def body(db: sqlite3.Connection) -> tuple[str, int]:
+            (given,) = db.execute("SELECT COALESCE(SUM(n), 0) FROM sequence_last").fetchone()
             row = db.execute("SELECT id FROM sequence_stream").fetchone()
             if row is not None:
-                return str(row[0])
+                return str(row[0]), int(given)
             stream = uuid.uuid4().hex[:16]
             db.execute("INSERT INTO sequence_stream (id) VALUES (?)", (stream,))
-            return stream
+            return stream, int(given)
 
-        self._stream = await self._transaction(body, lambda _: None)
+        self._stream, self._numbered = await self._transaction(body, lambda _: None)
+        self._announced = 0  # what was given before the last stop is announced again at once
         self._sequencing = sequencing
-        # What was given before the last stop is announced again at the first chance.
-        rows = await self._fetch("SELECT COALESCE(SUM(n), 0) FROM sequence_last")
-        self._numbered, self._announced = int(rows[0][0]), 0
         return self._stream
 
     async def announce(self) -> bool:
@@ -1028,7 +1016,7 @@ class Store:
         """The id of the stream this file numbers transactions in ("" before `number`)."""
         return self._stream
 
-    async def resend(self, request: Resend) -> int:
+    async def resend(self, request: ResendRequest) -> int:
         """Publish again the numbered messages `first` to `last` (at most `RESEND_MAX`) of
         `topic` (under the base: "tx/receive") that are still kept; returns how many were
         queued (one still in the outbox is not queued twice; none for another stream: a
