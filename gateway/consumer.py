@@ -34,6 +34,7 @@ import contextlib
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ import structlog
 from paho.mqtt.client import topic_matches_sub
 
 from gateway.bridge.suback import subscribe_or_raise
+from gateway.storage import RESEND_MAX
 
 log = structlog.get_logger("gateway.consumer")
 
@@ -190,9 +192,6 @@ class ConsumerStats:
 Publish = Callable[[str, bytes], Awaitable[None]]
 """Publish a payload on an MQTT topic (the consumer's broker connection)."""
 
-RESEND_MAX = 1000
-"""Numbers one `cmd/resend` asks for at most (the gateway's limit)."""
-
 
 class GapRepair:
     """Finds the numbers missing in PostgreSQL and asks their gateways for them again.
@@ -284,11 +283,9 @@ class GapRepair:
             missing -= set(gone)
         # Up to where every number came, so the next look starts there.
         lowest: dict[tuple[str, str], int] = {}
-        found: dict[tuple[str, str], int] = {}
+        found = Counter((str(t), str(s)) for t, s, _n in rows)
         for topic, stream, n in sorted(missing):
             lowest.setdefault((topic, stream), n)
-        for topic, stream, _n in rows:
-            found[(topic, stream)] = found.get((topic, stream), 0) + 1
         async with db.transaction():
             for topic, stream, start, last in spans:
                 end = min(int(last), int(start) + SPAN - 1)  # the span looked at
@@ -302,8 +299,13 @@ class GapRepair:
                     )
         for topic, stream, first, last in _ranges(due):
             base, _, name = topic.rpartition("/tx/")
-            request = {"version": 1, "topic": f"tx/{name}", "stream": stream}
-            request |= {"first": first, "last": last}
+            request = {
+                "version": 1,
+                "topic": f"tx/{name}",
+                "stream": stream,
+                "first": first,
+                "last": last,
+            }
             await publish(f"{base}/cmd/resend", json.dumps(request).encode())
             self.stats.resend_requests += 1
             log.info(
