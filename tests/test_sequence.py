@@ -15,6 +15,7 @@ import aiomqtt
 import psycopg
 import pytest
 
+from gateway.app import Gateway
 from gateway.consumer import (
     MQTT_STREAM,
     MQTT_SUBJECT_PREFIX,
@@ -27,7 +28,13 @@ from gateway.consumer import (
     store,
 )
 from gateway.domain import Rejected, ResendRequest
-from gateway.storage import RESEND_MAX, OutboxMessage, Sequencing, Store
+from gateway.drivers.base import AlarmOutputs
+from gateway.inbox import Inbox
+from gateway.recorder import Recorder
+from gateway.rules.engine import RulesEngine
+from gateway.rules.moves import ForkliftMoves, MoveSettings
+from gateway.runner import RulesRunner
+from gateway.storage import RESEND_MAX, OutboxFull, OutboxMessage, Sequencing, Store
 from gateway.wire.inbound import InboundRoutes, Received
 from gateway.wire.topics import Topics
 from tests.cluster_helpers import NatsCluster, nats_server_binary
@@ -259,13 +266,7 @@ async def test_what_a_crashed_broker_lost_reaches_the_consumer_again(tmp_path: P
                     await asyncio.sleep(0.05)  # every one acknowledged
             broker.kill()
             broker.start()
-            task = asyncio.create_task(consumer.run())
-            later = await moves(gateway, 200, 3)
-            try:
-                await until(lambda: _has(postgres.dsn, made | lost | later), 30)
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            await back_until_stored(consumer, gateway, postgres.dsn, made | lost)
         # They were lost by the broker, found missing, and asked for again.
         assert consumer.stats.missing >= len(lost)
         assert consumer.stats.resend_requests >= 1
@@ -277,6 +278,20 @@ async def test_what_a_crashed_broker_lost_reaches_the_consumer_again(tmp_path: P
 
 async def _has(dsn: str, pallets: set[str]) -> bool:
     return await stored_moves(dsn) >= pallets
+
+
+async def back_until_stored(
+    member: Consumer | JetStreamConsumer, gateway: Gateway, dsn: str, pallets: set[str]
+) -> None:
+    """The consumer back, three more moves (announced after `pallets`' own numbers): until
+    PostgreSQL holds the moves of `pallets` and those."""
+    task = asyncio.create_task(member.run())
+    later = await moves(gateway, 200, 3)
+    try:
+        await until(lambda: _has(dsn, pallets | later), 30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.mark.broker
@@ -331,14 +346,8 @@ async def test_on_nats_what_the_stream_lost_is_asked_for_again(tmp_path: Path) -
                         await js.delete_msg(MQTT_STREAM, seq)
                         deleted += 1
             assert deleted == len(lost)
-            task = asyncio.create_task(member.run())
-            later = await moves(gateway, 200, 3)
-            try:
-                await until(lambda: _has(postgres.dsn, made | lost | later), 30)
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                await nc.close()
+            await nc.close()
+            await back_until_stored(member, gateway, postgres.dsn, made | lost)
         assert member.stats.missing >= len(lost) and member.stats.resend_requests >= 1
         assert gateway.runner is not None and gateway.runner.resent >= len(lost)
     finally:
@@ -459,3 +468,49 @@ async def test_the_gap_check_asks_after_a_grace_in_ranges_and_stays_bounded() ->
             assert rival.stats.missing > 0 and asked  # the forged topic's "gaps", asked for
     finally:
         postgres.stop()
+
+
+async def test_a_resend_the_outbox_cannot_take_is_refused_counted_and_the_rules_go_on(
+    tmp_path: Path,
+) -> None:
+    async with await Store.open(tmp_path / "gw.db", max_rows=8) as store:
+        stream = await store.number(NUMBERING)
+        await store.commit([tx(f"m-{n}") for n in range(1, 6)])
+        await store.acknowledge([m.seq for m in await store.pending()])
+        await store.commit([tx(f"m-{n}") for n in range(6, 10)])  # the broker is away now
+        with pytest.raises(OutboxFull):
+            await store.resend(ask("tx/move", 1, 5, stream))
+        assert store.depth == 4  # nothing half-queued
+        # Through the rules loop: the request is counted as failed, and the loop goes on.
+        engine = RulesEngine(ForkliftMoves(MoveSettings()), {})
+        inbox = Inbox(maxsize=100)
+        recorder = Recorder(
+            topics=Topics("DC1", "dock-1"),
+            store=store,
+            clock=lambda: dt.datetime.now(dt.UTC),
+            alarms=AlarmOutputs(),
+        )
+        runner = RulesRunner(
+            engine,
+            inbox,
+            recorder,
+            clock=lambda: dt.datetime.now(dt.UTC),
+            batch_max=10,
+            lookup=store.pallet_location,
+            resend=store.resend,
+        )
+        task = asyncio.create_task(runner.run())
+        try:
+            await inbox.put(ask("tx/move", 1, 5, stream))
+            async with asyncio.timeout(5):
+                while runner.resends_failed < 1:
+                    await asyncio.sleep(0.02)
+            await store.acknowledge([m.seq for m in await store.pending()])  # the broker is back
+            await inbox.put(ask("tx/move", 2, 3, stream))
+            async with asyncio.timeout(5):
+                while runner.resends < 1:
+                    await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert (runner.resends_failed, runner.resends, runner.resent) == (1, 1, 2)
