@@ -24,7 +24,7 @@ check: $(STAMP)
 # In parallel: the tests mostly wait on brokers, sockets and simulated devices, so more workers
 # than cores pay off. Workers are handed tests two at a time, slow ones first (tests/conftest.py).
 # A run that collects no test exits 5, and so does make.
-PYTEST_WORKERS ?= 6
+PYTEST_WORKERS ?= 4
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist load --maxschedchunk 2
 
